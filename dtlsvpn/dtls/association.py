@@ -1,0 +1,535 @@
+"""Association: the one public object of the sans-I/O DTLS core.
+
+Inputs: ``connect``, ``receive_datagram``, ``handle_timer``, ``protect``,
+``close``.  Outputs: ``datagrams_to_send``, ``get_timer``, ``pop_events`` and
+the application data returned by ``receive_datagram``.  Time comes in as
+arguments; nothing here touches a socket, a clock or a thread.
+
+Record layer rules (RFC 6347 §4.1):
+
+* Fast path: an application_data record in the current read epoch of an
+  established association is replay-checked, opened and returned; nothing
+  else happens per packet.
+* Everything else takes the slow path.  Records that do not parse, fail
+  authentication, are replays, or belong to an epoch without keys are dropped
+  silently and counted (§4.1.2.7); they never raise and never close the
+  association.  The replay window moves only after authentication
+  (§4.1.2.6, CVE-2016-2181).
+* Records of the next epoch that arrive before the peer's CCS are kept (at
+  most ``MAX_FUTURE_RECORDS``) and replayed after it (security.md S9).
+* After the read epoch moved on, records of the previous epoch are used only
+  to recognise a repeated flight of the peer (§4.2.4), never to deliver data
+  or alerts (security.md S8).
+
+Handshake messages are reassembled (``reassembly.py``) and fed in order to
+the role's machine (``client.py`` / ``server.py``).  A message older than
+``next_receive_seq`` that repeats what we received byte for byte means the
+peer is re-sending its last flight: we re-send ours (rate-limited).  Any
+other old message is dropped and counted (security.md S10).
+
+Alerts raised by the machines are caught in exactly one place
+(``_fail``): the fatal alert goes out when possible, the association moves
+to closed and ``AssociationClosed(local=True)`` is queued.  After close,
+nothing more is processed (security.md S14).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from dtlsvpn.crypto.aead import RecordProtection
+from dtlsvpn.dtls.client import ClientMachine
+from dtlsvpn.dtls.config import DtlsConfig
+from dtlsvpn.dtls.events import AlertReceived, AssociationClosed, Event, HandshakeCompleted
+from dtlsvpn.dtls.flight import (
+    SHRINK_AFTER,
+    SMALL_MTU,
+    FlightState,
+    FlightTimer,
+    OutMessage,
+    pack_flight,
+)
+from dtlsvpn.dtls.machine import CCS_TYPE, Machine
+from dtlsvpn.dtls.reassembly import Reassembler
+from dtlsvpn.dtls.replay import ReplayWindow
+from dtlsvpn.dtls.server import ServerMachine
+from dtlsvpn.dtls.stats import Stats
+from dtlsvpn.errors import Alert, DecodeError, UnexpectedMessage, UsageError
+from dtlsvpn.wire.alert import decode_alert, encode_alert
+from dtlsvpn.wire.constants import (
+    DTLS_1_0,
+    DTLS_1_2,
+    MAX_PLAINTEXT,
+    MAX_SEQ,
+    AlertDescription,
+    AlertLevel,
+    ContentType,
+    HandshakeType,
+)
+from dtlsvpn.wire.handshake import parse_handshake_fragments
+from dtlsvpn.wire.record import RECORD_HEADER, Record, parse_datagram
+
+MAX_FUTURE_RECORDS = 16  # next-epoch records kept until the CCS arrives
+REPEAT_RESEND_GAP = 0.125  # seconds between two re-sends triggered by the peer's repeats
+
+_CT_APP = int(ContentType.application_data)
+_CT_HANDSHAKE = int(ContentType.handshake)
+_CT_CCS = int(ContentType.change_cipher_spec)
+_CT_ALERT = int(ContentType.alert)
+_CT_HEARTBEAT = int(ContentType.heartbeat)
+
+
+@dataclass(slots=True)
+class _WriteEpoch:
+    protection: RecordProtection | None
+    next_seq: int = 0
+
+
+class Association:
+    """One DTLS association with one peer (either role)."""
+
+    def __init__(
+        self,
+        config: DtlsConfig,
+        peer: bytes = b"",
+        *,
+        first_message_seq: int = 0,
+        first_record_seq: int = 0,
+    ) -> None:
+        self.config = config
+        self.peer = peer
+        self.stats = Stats()
+        self._events: list[Event] = []
+        self._out: list[bytes] = []
+        self._established = False
+        self._closed = False
+        self._connected = False
+        self._machine: Machine = (
+            ClientMachine(config, self) if config.is_client else ServerMachine(config, self)
+        )
+        self._reasm = Reassembler(first_message_seq)
+        self._received: dict[int, tuple[int, bytes]] = {}
+        self._write: dict[int, _WriteEpoch] = {0: _WriteEpoch(None, first_record_seq)}
+        self._write_epoch = 0
+        self._read_epoch = 0
+        self._read_protection: RecordProtection | None = None
+        self._pending_read: RecordProtection | None = None
+        self._window = ReplayWindow()
+        self._future: list[Record] = []
+        self._flight: list[OutMessage] = []
+        self._flight_state = FlightState.PREPARING
+        self._timer = FlightTimer(config.initial_timeout, config.max_timeout)
+        self._last_repeat_resend = float("-inf")
+        self._bad_mac_in_handshake = 0
+        self.handshake_result: HandshakeCompleted | None = None
+
+    # --- public state -------------------------------------------------------
+
+    @property
+    def is_established(self) -> bool:
+        return self._established and not self._closed
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    @property
+    def client_random(self) -> bytes:
+        return self._machine.client_random
+
+    # --- inputs ---------------------------------------------------------------
+
+    def connect(self, now: float, wall: float) -> None:
+        """Start the client handshake (flight 1)."""
+        if not self.config.is_client:
+            raise UsageError("connect() is for clients; servers use ServerEndpoint")
+        if self._connected:
+            raise UsageError("connect() called twice")
+        self._connected = True
+        assert isinstance(self._machine, ClientMachine)
+        machine = self._machine
+        self._guard(lambda: machine.start(now), now)
+
+    def receive_datagram(self, data: bytes, now: float, wall: float) -> list[bytes]:
+        """Process one datagram; return the application data it carried, in order."""
+        if self._closed:
+            self.stats.after_close += 1
+            return []
+        records, garbage = parse_datagram(data)
+        if garbage:
+            self.stats.malformed += 1
+        stats = self.stats
+        stats.rx_bytes += len(data)
+        out: list[bytes] = []
+        repeat = False
+        for rec in records:
+            stats.rx_records += 1
+            if (
+                rec.content_type == _CT_APP
+                and self._established
+                and rec.epoch == self._read_epoch
+            ):
+                # Fast path: RFC 6347 §4.1.2.6 check, open, then commit.
+                seq = rec.seq
+                if not self._window.check(seq):
+                    stats.replay += 1
+                    continue
+                assert self._read_protection is not None
+                plain = self._read_protection.open(rec.epoch << 48 | seq, _CT_APP, rec.fragment)
+                if plain is None:
+                    stats.bad_mac += 1
+                    continue
+                self._window.commit(seq)
+                out.append(plain)
+                continue
+            repeat |= self._slow_record(rec, now, wall, out)
+            if self._closed:
+                break
+        if repeat and not self._closed:
+            self._on_peer_repeat(now)
+        return out
+
+    def handle_timer(self, now: float) -> None:
+        if self._closed or not self._timer.expired(now):
+            return
+        self._on_flight_timer_expired(now)
+
+    def protect(self, payloads: Iterable[bytes]) -> list[bytes]:
+        """Seal each payload as one application_data record in its own datagram."""
+        if not self.is_established:
+            raise UsageError("protect() before the handshake completed or after close")
+        ws = self._write[self._write_epoch]
+        prot = ws.protection
+        assert prot is not None
+        epoch_bits = self._write_epoch << 48
+        pack = RECORD_HEADER.pack
+        out: list[bytes] = []
+        for payload in payloads:
+            if len(payload) > MAX_PLAINTEXT:
+                raise UsageError(f"payload of {len(payload)} bytes exceeds 2^14")
+            seq = ws.next_seq
+            if seq > MAX_SEQ:
+                raise UsageError("sequence numbers exhausted: rekey required")
+            ws.next_seq = seq + 1
+            frag = prot.seal(epoch_bits | seq, _CT_APP, payload)
+            out.append(pack(_CT_APP, DTLS_1_2, epoch_bits | seq, len(frag)) + frag)
+        self.stats.tx_records += len(out)
+        return out
+
+    def close(self, now: float) -> None:
+        """Send close_notify (RFC 5246 §7.2.1) and stop."""
+        if self._closed:
+            return
+        self._send_alert(AlertLevel.warning, AlertDescription.close_notify)
+        self._close(local=True, reason="closed", alert=AlertDescription.close_notify)
+
+    # --- outputs --------------------------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        out, self._out = self._out, []
+        for d in out:
+            self.stats.tx_bytes += len(d)
+        return out
+
+    def get_timer(self) -> float | None:
+        if self._closed:
+            return None
+        return self._timer.deadline
+
+    def pop_events(self) -> list[Event]:
+        ev, self._events = self._events, []
+        return ev
+
+    # --- Link interface for the machines -------------------------------------
+
+    def send_flight(self, messages: list[OutMessage], now: float, *, expect_reply: bool) -> None:
+        self._flight = messages
+        self._transmit_flight(self.config.mtu)
+        if expect_reply:
+            self._flight_state = FlightState.WAITING
+            self._timer.start(now)
+        else:
+            self._flight_state = FlightState.FINISHED
+            self._timer.stop()
+
+    def install_keys(self, write: RecordProtection, read: RecordProtection) -> None:
+        self._write[self._write_epoch + 1] = _WriteEpoch(write, 0)
+        self._pending_read = read
+
+    def complete(self, event: HandshakeCompleted, now: float) -> None:
+        self._established = True
+        self.handshake_result = event
+        if self._flight_state is FlightState.WAITING:
+            self._flight_state = FlightState.FINISHED
+        self._timer.stop()
+        self._reasm.clear()
+        self._future.clear()
+        self._events.append(event)
+
+    # --- slow path ---------------------------------------------------------------
+
+    def _slow_record(self, rec: Record, now: float, wall: float, out: list[bytes]) -> bool:
+        """Handle one non-fast-path record; True when it was part of a repeated flight."""
+        stats = self.stats
+        epoch = rec.epoch
+        if epoch == self._read_epoch:
+            if epoch == 0:
+                # RFC 6347 §4.2.1: HelloVerifyRequest records may carry 1.0.
+                if rec.version not in (DTLS_1_2, DTLS_1_0):
+                    stats.malformed += 1
+                    return False
+                payload = rec.fragment
+            else:
+                if rec.version != DTLS_1_2:
+                    stats.malformed += 1
+                    return False
+                opened = self._open(rec)
+                if opened is None:
+                    return False
+                payload = opened
+            return self._dispatch(rec.content_type, epoch, payload, now, wall, out)
+        if epoch == self._read_epoch + 1 and not self._established:
+            # security.md S9: keep a Finished that overtook its CCS.
+            if self._pending_read is None and self._read_epoch > 0:
+                stats.unknown_epoch += 1
+            elif len(self._future) < MAX_FUTURE_RECORDS:
+                self._future.append(rec)
+            else:
+                stats.buffer_full += 1
+            return False
+        if epoch == 0 and rec.content_type == _CT_HANDSHAKE and self._read_epoch == 1:
+            # The peer's previous flight again: only good for recognising repeats.
+            return self._handshake_repeat_only(rec.fragment)
+        stats.unknown_epoch += 1  # security.md S7/S8: silently, no alert
+        return False
+
+    def _open(self, rec: Record) -> bytes | None:
+        if not self._window.check(rec.seq):
+            self.stats.replay += 1
+            return None
+        assert self._read_protection is not None
+        plain = self._read_protection.open(rec.epoch << 48 | rec.seq, rec.content_type,
+                                           rec.fragment)
+        if plain is None:
+            self.stats.bad_mac += 1
+            if not self._established:
+                self._bad_mac_in_handshake += 1
+            return None
+        self._window.commit(rec.seq)
+        return plain
+
+    def _dispatch(
+        self, ctype: int, epoch: int, payload: bytes, now: float, wall: float, out: list[bytes]
+    ) -> bool:
+        stats = self.stats
+        if ctype == _CT_HANDSHAKE:
+            return self._guard_bool(lambda: self._handle_handshake(payload, now, wall), now)
+        if ctype == _CT_CCS:
+            self._guard(lambda: self._handle_ccs(payload, now, wall), now)
+            return False
+        if ctype == _CT_ALERT:
+            self._handle_alert(payload)
+            return False
+        if ctype == _CT_APP:
+            # security.md S6: nothing reaches the tunnel before Finished is verified;
+            # epoch-0 application data is never accepted.
+            if self._established and epoch > 0:
+                out.append(payload)
+            else:
+                stats.early_data += 1
+            return False
+        if ctype == _CT_HEARTBEAT:
+            stats.heartbeat_dropped += 1
+            return False
+        stats.unexpected += 1  # RFC 5246 §6: unknown content types are dropped here
+        return False
+
+    def _handle_handshake(self, payload: bytes, now: float, wall: float) -> bool:
+        try:
+            frags = parse_handshake_fragments(payload)
+        except DecodeError:
+            self.stats.malformed += 1
+            return False
+        repeat = False
+        reasm = self._reasm
+        for frag in frags:
+            if frag.message_seq < reasm.next_receive_seq:
+                if self._is_exact_repeat(frag.message_seq, frag.msg_type, frag.length,
+                                         frag.fragment_offset, frag.body):
+                    repeat = True
+                else:
+                    self.stats.stale_handshake += 1
+                continue
+            if self._established:
+                # RFC 5746 / security.md S17: no renegotiation.  A HelloRequest or a
+                # new ClientHello gets a warning no_renegotiation and changes nothing.
+                if frag.msg_type in (HandshakeType.hello_request, HandshakeType.client_hello):
+                    self._send_alert(AlertLevel.warning, AlertDescription.no_renegotiation)
+                else:
+                    self.stats.unexpected += 1
+                continue
+            reason = reasm.add(frag)
+            if reason is not None:
+                setattr(self.stats, reason, getattr(self.stats, reason) + 1)
+        while not self._closed:
+            ready = reasm.pop_ready()
+            if ready is None:
+                break
+            msg_type, seq, body = ready
+            self._received[seq] = (msg_type, body)
+            # The peer has moved on to its next flight: our timer's job is done
+            # (RFC 6347 §4.2.4); if the rest of its flight is lost it re-sends.
+            self._timer.stop()
+            self._machine.handle(msg_type, seq, body, now, wall)
+        return repeat
+
+    def _handshake_repeat_only(self, payload: bytes) -> bool:
+        try:
+            frags = parse_handshake_fragments(payload)
+        except DecodeError:
+            self.stats.malformed += 1
+            return False
+        repeat = False
+        for frag in frags:
+            if frag.message_seq < self._reasm.next_receive_seq and self._is_exact_repeat(
+                frag.message_seq, frag.msg_type, frag.length, frag.fragment_offset, frag.body
+            ):
+                repeat = True
+            else:
+                self.stats.unknown_epoch += 1
+        return repeat
+
+    def _is_exact_repeat(self, seq: int, msg_type: int, length: int, offset: int,
+                         body: bytes) -> bool:
+        got = self._received.get(seq)
+        if got is None:
+            # Our own first ClientHello's answer (HVR) is never stored: a
+            # repeated HVR simply means our ClientHello got lost again.
+            return self.config.is_client and msg_type == HandshakeType.hello_verify_request
+        got_type, got_body = got
+        return (got_type == msg_type and len(got_body) == length
+                and got_body[offset:offset + len(body)] == body)
+
+    def _handle_ccs(self, payload: bytes, now: float, wall: float) -> None:
+        if payload != b"\x01":
+            self.stats.malformed += 1  # RFC 5246 §7.1: the single byte 1
+            return
+        m = self._machine
+        if m.expects_ccs() and self._pending_read is not None:
+            m.handle(CCS_TYPE, 0, b"", now, wall)
+            # RFC 6347 §4.1: the read epoch moves exactly here (CVE-2014-0224).
+            self._read_epoch += 1
+            self._read_protection = self._pending_read
+            self._pending_read = None
+            self._window = ReplayWindow()
+            self._reasm.clear()  # nothing buffered from the old epoch may complete a message
+            future, self._future = self._future, []
+            out: list[bytes] = []
+            for rec in future:
+                if self._closed:
+                    break
+                self._slow_record(rec, now, wall, out)
+            return
+        if not self._established and self._pending_read is not None:
+            # security.md S5: keys negotiated but the CCS came too early.
+            raise UnexpectedMessage("ChangeCipherSpec before the handshake allows it")
+        # A CCS before any key exchange (S15, CVE-2017-7243) or a repeated one.
+        self.stats.unexpected += 1
+
+    def _handle_alert(self, payload: bytes) -> None:
+        try:
+            level, desc = decode_alert(payload)
+        except DecodeError:
+            self.stats.malformed += 1
+            return
+        self._events.append(AlertReceived(level=level, description=desc))
+        if desc == AlertDescription.close_notify:
+            self._close(local=False, reason="peer sent close_notify", alert=desc)
+        elif level == AlertLevel.fatal:
+            try:
+                name = AlertDescription(desc).name
+            except ValueError:
+                name = str(desc)
+            self._close(local=False, reason=f"peer sent fatal alert {name}", alert=desc)
+
+    # --- flights and timers ---------------------------------------------------------
+
+    def _transmit_flight(self, mtu: int) -> None:
+        self._out.extend(pack_flight(self._flight, mtu, self._record_overhead, self._seal_record))
+
+    def _record_overhead(self, epoch: int) -> int:
+        prot = self._write[epoch].protection
+        return 0 if prot is None else prot.overhead
+
+    def _seal_record(self, ctype: int, epoch: int, payload: bytes) -> bytes:
+        ws = self._write[epoch]
+        seq = ws.next_seq
+        ws.next_seq = seq + 1
+        if ctype == _CT_CCS:
+            self._write_epoch = max(self._write_epoch, epoch + 1)  # RFC 5246 §7.1
+        frag = payload if ws.protection is None else ws.protection.seal(
+            epoch << 48 | seq, ctype, payload)
+        self.stats.tx_records += 1
+        return RECORD_HEADER.pack(ctype, DTLS_1_2, epoch << 48 | seq, len(frag)) + frag
+
+    def _on_flight_timer_expired(self, now: float) -> None:
+        if self._timer.tries >= self.config.max_retransmissions:
+            reason = "handshake timed out"
+            if self._bad_mac_in_handshake:
+                reason += (f" ({self._bad_mac_in_handshake} records from the peer failed "
+                           "authentication: wrong PSK or key?)")
+            self._close(local=True, reason=reason, alert=None)
+            return
+        self._timer.backoff(now)
+        self.stats.retransmissions += 1
+        mtu = self.config.mtu
+        if self._timer.tries >= SHRINK_AFTER:
+            mtu = min(mtu, SMALL_MTU)
+        self._transmit_flight(mtu)
+
+    def _on_peer_repeat(self, now: float) -> None:
+        """RFC 6347 §4.2.4: the peer re-sent its last flight, so ours was lost."""
+        if not self._flight or now - self._last_repeat_resend < REPEAT_RESEND_GAP:
+            return
+        if self._flight_state not in (FlightState.WAITING, FlightState.FINISHED):
+            return
+        self._last_repeat_resend = now
+        self.stats.retransmissions += 1
+        self._transmit_flight(self.config.mtu)
+
+    # --- alerts and closing ---------------------------------------------------------
+
+    def _guard(self, fn: object, now: float) -> None:
+        self._guard_bool(fn, now)
+
+    def _guard_bool(self, fn: object, now: float) -> bool:
+        """Run a handshake step; turn an Alert into a fatal alert and closure (one place)."""
+        try:
+            return bool(fn())  # type: ignore[operator]
+        except Alert as exc:
+            self._fail(exc)
+        except (ValueError, TypeError) as exc:
+            # cryptography rejects malformed keys and signatures with ValueError.
+            from dtlsvpn.errors import DecodeErrorAlert
+            self._fail(DecodeErrorAlert(str(exc) or type(exc).__name__))
+        return False
+
+    def _fail(self, exc: Alert) -> None:
+        if self._closed:
+            return
+        self._send_alert(AlertLevel.fatal, exc.description)
+        self._close(local=True, reason=str(exc), alert=int(exc.description))
+
+    def _send_alert(self, level: int, desc: int) -> None:
+        self._out.append(
+            self._seal_record(_CT_ALERT, self._write_epoch, encode_alert(level, desc)))
+
+    def _close(self, *, local: bool, reason: str, alert: int | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._timer.stop()
+        self._reasm.clear()
+        self._future.clear()
+        self._events.append(AssociationClosed(local=local, reason=reason, alert=alert))

@@ -1,0 +1,156 @@
+"""ServerEndpoint: the stateless gate in front of the server's associations.
+
+RFC 6347 §4.2.1 and security.md S12/S13: before a ClientHello carries a
+valid cookie the endpoint keeps no state and does no asymmetric crypto.  A
+ClientHello without one gets a HelloVerifyRequest that is never larger than
+the ClientHello (no amplification), one per ClientHello, never re-sent by a
+timer.  The cookie is an HMAC (``crypto/cookie.py``) over the client's
+address and port and the ClientHello's version, random, session_id,
+cipher_suites and compression_methods, so a different ClientHello needs a
+different cookie.
+
+Only a complete, unfragmented ClientHello in one epoch-0 record is looked at
+here; anything else from an unknown address is dropped and counted.
+
+RFC 6347 §4.2.8: a new ClientHello (another random) from the address of a live
+association starts a new association only once it has a valid cookie; until
+then the live one is untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dtlsvpn.crypto.cookie import CookieSecrets
+from dtlsvpn.dtls.association import Association
+from dtlsvpn.dtls.config import DtlsConfig
+from dtlsvpn.errors import DecodeError, UsageError
+from dtlsvpn.wire.buffer import Writer
+from dtlsvpn.wire.constants import DTLS_1_0, DTLS_1_2, ContentType, HandshakeType
+from dtlsvpn.wire.handshake import (
+    ClientHello,
+    HelloVerifyRequest,
+    decode_client_hello,
+    encode_handshake,
+    encode_hello_verify_request,
+    parse_handshake_fragments,
+)
+from dtlsvpn.wire.record import Record, encode_record, parse_datagram
+
+Address = tuple[str, int]
+
+
+@dataclass(slots=True)
+class EndpointStats:
+    hello_verify_sent: int = 0
+    cookie_accepted: int = 0
+    not_client_hello: int = 0  # unknown address, and not a ClientHello we can read
+    table_full: int = 0
+    replaced: int = 0  # RFC 6347 §4.2.8 new association on a live address
+
+
+def _peer_bytes(addr: Address) -> bytes:
+    return f"{addr[0]}|{addr[1]}".encode()
+
+
+def _hello_params(ch: ClientHello) -> bytes:
+    """The ClientHello fields the cookie binds (RFC 6347 §4.2.1)."""
+    w = Writer()
+    w.push_uint16(ch.version)
+    w.push_bytes(ch.random)
+    w.push_opaque8(ch.session_id)
+    with w.block(2):
+        for s in ch.cipher_suites:
+            w.push_uint16(s)
+    w.push_opaque8(ch.compression_methods)
+    return w.data()
+
+
+def _initial_client_hello(data: bytes) -> tuple[Record, int, ClientHello] | None:
+    """(record, message_seq, hello) when the datagram starts with a whole ClientHello."""
+    records, _ = parse_datagram(data)
+    if not records:
+        return None
+    rec = records[0]
+    if (rec.content_type != ContentType.handshake or rec.epoch != 0
+            or rec.version not in (DTLS_1_0, DTLS_1_2)):
+        return None
+    try:
+        frags = parse_handshake_fragments(rec.fragment)
+        frag = frags[0]
+        if (frag.msg_type != HandshakeType.client_hello or frag.fragment_offset != 0
+                or len(frag.body) != frag.length):
+            return None
+        return rec, frag.message_seq, decode_client_hello(frag.body)
+    except (DecodeError, IndexError):
+        return None
+
+
+class ServerEndpoint:
+    """Demultiplexes datagrams by source address and gates new associations."""
+
+    def __init__(self, config: DtlsConfig, *, max_associations: int = 1024) -> None:
+        if config.is_client:
+            raise UsageError("ServerEndpoint needs a server config")
+        self.config = config
+        self.max_associations = max_associations
+        self.associations: dict[Address, Association] = {}
+        self.stats = EndpointStats()
+        self._cookies = CookieSecrets(config.random_bytes)
+
+    def receive(
+        self, data: bytes, addr: Address, now: float, wall: float
+    ) -> tuple[Association | None, list[bytes]]:
+        assoc = self.associations.get(addr)
+        hello = None
+        if assoc is not None and not assoc.is_closed:
+            hello = _initial_client_hello(data)
+            if hello is None or hello[2].random == assoc.client_random:
+                return assoc, assoc.receive_datagram(data, now, wall)
+        if hello is None:
+            hello = _initial_client_hello(data)
+        if hello is None:
+            self.stats.not_client_hello += 1
+            return None, []
+        rec, message_seq, ch = hello
+        if self.config.cookie_exchange:
+            peer = _peer_bytes(addr)
+            params = _hello_params(ch)
+            if not ch.cookie or not self._cookies.check(now, peer, params, ch.cookie):
+                return None, [self._hello_verify(now, peer, params, rec, message_seq)]
+            self.stats.cookie_accepted += 1
+        if addr not in self.associations and len(self.associations) >= self.max_associations:
+            self.stats.table_full += 1
+            return None, []
+        if assoc is not None:
+            self.stats.replaced += 1
+        assoc = Association(self.config, _peer_bytes(addr), first_message_seq=message_seq,
+                            first_record_seq=rec.seq)
+        self.associations[addr] = assoc
+        return assoc, assoc.receive_datagram(data, now, wall)
+
+    def _hello_verify(self, now: float, peer: bytes, params: bytes, rec: Record,
+                      message_seq: int) -> bytes:
+        cookie = self._cookies.make(now, peer, params)
+        # RFC 6347 §4.2.1: server_version 1.0 whatever will be negotiated; the
+        # record sequence number copies the ClientHello's.
+        body = encode_hello_verify_request(HelloVerifyRequest(DTLS_1_0, cookie))
+        msg = encode_handshake(HandshakeType.hello_verify_request, message_seq, body)
+        self.stats.hello_verify_sent += 1
+        return encode_record(ContentType.handshake, 0, rec.seq, msg, version=DTLS_1_0)
+
+    def get_timer(self) -> float | None:
+        deadlines = [t for a in self.associations.values() if (t := a.get_timer()) is not None]
+        return min(deadlines, default=None)
+
+    def handle_timer(self, now: float) -> None:
+        for a in list(self.associations.values()):
+            t = a.get_timer()
+            if t is not None and now >= t:
+                a.handle_timer(now)
+
+    def remove_closed(self) -> list[Address]:
+        gone = [addr for addr, a in self.associations.items() if a.is_closed]
+        for addr in gone:
+            del self.associations[addr]
+        return gone

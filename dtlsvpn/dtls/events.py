@@ -1,0 +1,50 @@
+"""Events the core reports to its shell.
+
+Events are frozen, slotted, keyword-only dataclasses named in the past tense.
+Decrypted application data is *not* an event: ``receive_datagram`` returns it
+directly, so the data path allocates no object per packet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from dtlsvpn.wire.constants import CipherSuite
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandshakeCompleted:
+    """Both Finished messages verified; application data may flow."""
+
+    suite: CipherSuite
+    suite_name: str
+    ems: bool
+    resumed: bool
+    peer_certificate: x509.Certificate | None
+    psk_identity: bytes | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertReceived:
+    """An authenticated (or, during the handshake, plaintext) alert from the peer."""
+
+    level: int
+    description: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssociationClosed:
+    """The association ended; nothing more is processed on it.
+
+    ``local`` is True when we ended it (our alert, timeout, close()), False
+    when the peer did (close_notify or a fatal alert).
+    """
+
+    local: bool
+    reason: str
+    alert: int | None
+
+
+Event = HandshakeCompleted | AlertReceived | AssociationClosed

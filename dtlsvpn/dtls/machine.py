@@ -1,0 +1,166 @@
+"""What the client and server handshake machines share.
+
+A machine owns the handshake's secrets and its transcript, decides which
+message is legal in which state (a table per role), and asks its
+:class:`Link` (the association) to send flights, install keys and report
+completion.  It raises :class:`~dtlsvpn.errors.Alert` subclasses on bad peer
+input; the association catches them in one place.
+
+Transcript (RFC 6347 §4.2.6): every handshake message as if unfragmented,
+12-byte DTLS header included, except the first ClientHello and the
+HelloVerifyRequest.  The bytes are kept (not just a running hash) because
+CertificateVerify may sign with a hash other than the PRF hash.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import Protocol
+
+from cryptography import x509
+
+from dtlsvpn.crypto import prf
+from dtlsvpn.crypto.aead import RecordProtection
+from dtlsvpn.crypto.certs import ChainVerifier
+from dtlsvpn.crypto.keyexchange import KeyShare, generate_key_share
+from dtlsvpn.crypto.keylog import keylog_line
+from dtlsvpn.crypto.suites import SuiteInfo
+from dtlsvpn.dtls.config import DtlsConfig
+from dtlsvpn.dtls.events import HandshakeCompleted
+from dtlsvpn.dtls.flight import CCS, OutMessage
+from dtlsvpn.errors import DecodeError, DecodeErrorAlert, DecryptError, UnexpectedMessage
+from dtlsvpn.wire.constants import NamedGroup
+from dtlsvpn.wire.handshake import transcript_bytes
+
+# Pseudo message type under which a ChangeCipherSpec enters the state tables.
+CCS_TYPE = CCS
+
+
+class Link(Protocol):
+    """The association as a handshake machine sees it."""
+
+    def send_flight(
+        self, messages: list[OutMessage], now: float, *, expect_reply: bool
+    ) -> None: ...
+
+    def install_keys(self, write: RecordProtection, read: RecordProtection) -> None: ...
+
+    def complete(self, event: HandshakeCompleted, now: float) -> None: ...
+
+
+Handler = Callable[[int, bytes, float, float], None]  # (message_seq, body, now, wall)
+
+
+class Machine:
+    """Shared state and helpers of both roles."""
+
+    def __init__(self, config: DtlsConfig, link: Link) -> None:
+        self.config = config
+        self.link = link
+        self.state: object = None
+        self.transcript = bytearray()
+        self.client_random = b""
+        self.server_random = b""
+        self.suite: SuiteInfo | None = None
+        self.master_secret = b""
+        self.ems = False
+        self.key_share: KeyShare | None = None
+        self.peer_certificate: x509.Certificate | None = None
+        self.psk_identity: bytes | None = None
+        self.next_send_seq = 0
+        self.bad_finished_hint = ""
+        self._table: dict[tuple[object, int], Handler] = {}
+
+    # --- dispatch ---------------------------------------------------------
+
+    def handle(self, msg_type: int, message_seq: int, body: bytes, now: float, wall: float) -> None:
+        """Feed one whole handshake message (or a CCS with msg_type CCS_TYPE)."""
+        handler = self._table.get((self.state, msg_type))
+        if handler is None:
+            # security.md S4/S5/S10/S11/S16: anything out of order is fatal,
+            # consistently unexpected_message.
+            raise UnexpectedMessage(f"message type {msg_type} in state {self.state}")
+        try:
+            handler(message_seq, body, now, wall)
+        except DecodeError as exc:
+            raise DecodeErrorAlert(str(exc)) from exc
+
+    def expects_ccs(self) -> bool:
+        return (self.state, CCS_TYPE) in self._table
+
+    # --- transcript ---------------------------------------------------------
+
+    def add_transcript(self, msg_type: int, message_seq: int, body: bytes) -> None:
+        self.transcript += transcript_bytes(msg_type, message_seq, body)
+
+    def outgoing(self, epoch: int, msg_type: int, body: bytes) -> OutMessage:
+        """Allocate the next message_seq for a message we send and hash it."""
+        seq = self.next_send_seq
+        self.next_send_seq += 1
+        self.add_transcript(msg_type, seq, body)
+        return OutMessage(epoch, msg_type, seq, body)
+
+    # --- crypto -------------------------------------------------------------
+
+    def new_key_share(self, group: NamedGroup) -> KeyShare:
+        factory = self.config.key_share_factory or generate_key_share
+        return factory(group)
+
+    def derive_master(self, premaster: bytes) -> None:
+        """RFC 5246 §8.1 / RFC 7627 §4, then log it when a key log is asked for."""
+        assert self.suite is not None
+        h = self.suite.prf_hash
+        if self.ems:
+            session_hash = prf.transcript_hash(h, bytes(self.transcript))
+            self.master_secret = prf.extended_master_secret(h, premaster, session_hash)
+        else:
+            self.master_secret = prf.master_secret(
+                h, premaster, self.client_random, self.server_random
+            )
+        if self.config.keylog is not None:
+            self.config.keylog(keylog_line(self.client_random, self.master_secret))
+
+    def install_keys(self) -> None:
+        assert self.suite is not None
+        kb = prf.key_block(self.suite, self.master_secret, self.client_random, self.server_random)
+        client = RecordProtection(self.suite, kb.client_write_key, kb.client_write_iv)
+        server = RecordProtection(self.suite, kb.server_write_key, kb.server_write_iv)
+        if self.config.is_client:
+            self.link.install_keys(client, server)
+        else:
+            self.link.install_keys(server, client)
+
+    def finished_data(self, *, from_client: bool) -> bytes:
+        """RFC 5246 §7.4.9 verify_data over the transcript so far."""
+        assert self.suite is not None
+        label = b"client finished" if from_client else b"server finished"
+        h = self.suite.prf_hash
+        digest = prf.transcript_hash(h, bytes(self.transcript))
+        return prf.verify_data(h, self.master_secret, label, digest)
+
+    def check_finished(self, body: bytes, *, from_client: bool) -> None:
+        import hmac
+
+        expected = self.finished_data(from_client=from_client)
+        if not hmac.compare_digest(expected, body):
+            raise DecryptError("Finished verify_data does not match")  # RFC 5246 §7.4.9
+
+    def verifier(self) -> ChainVerifier:
+        c = self.config
+        return ChainVerifier(c.ca_certs, c.pinned_spki_sha256, c.server_name)
+
+    @staticmethod
+    def wall_datetime(wall: float) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(wall, tz=datetime.UTC)
+
+    def completed_event(self, resumed: bool = False) -> HandshakeCompleted:
+        assert self.suite is not None
+        return HandshakeCompleted(
+            suite=self.suite.code,
+            suite_name=self.suite.name,
+            ems=self.ems,
+            resumed=resumed,
+            peer_certificate=self.peer_certificate,
+            psk_identity=self.psk_identity,
+        )

@@ -1,0 +1,263 @@
+"""The server handshake machine (RFC 5246 §7.3, RFC 6347 §4.2).
+
+The cookie exchange happens before this machine exists (``endpoint.py``):
+the first message it sees is the ClientHello that carried a valid cookie.
+
+States and the messages legal in each (anything else is unexpected_message)::
+
+    WAIT_CLIENT_HELLO       ClientHello       -> WAIT_CERTIFICATE (we asked for one)
+                                               | WAIT_CLIENT_KEY_EXCHANGE
+    WAIT_CERTIFICATE        Certificate       -> WAIT_CLIENT_KEY_EXCHANGE
+    WAIT_CLIENT_KEY_EXCHANGE ClientKeyExchange -> WAIT_CERTIFICATE_VERIFY (non-empty client chain)
+                                               | WAIT_CCS
+    WAIT_CERTIFICATE_VERIFY CertificateVerify -> WAIT_CCS
+    WAIT_CCS                CCS               -> WAIT_FINISHED
+    WAIT_FINISHED           Finished          -> ESTABLISHED (our CCS + Finished go out)
+
+security.md S2-S5: a client Certificate without a CertificateVerify, an empty
+Certificate when one is required, a ClientKeyExchange before the Certificate,
+or a CCS before the CertificateVerify are all refused by the table.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from dtlsvpn.crypto import certs
+from dtlsvpn.crypto.keyexchange import psk_premaster
+from dtlsvpn.crypto.suites import SUITES, KeyExchangeKind, SuiteInfo
+from dtlsvpn.dtls.config import DtlsConfig
+from dtlsvpn.dtls.flight import CCS, OutMessage
+from dtlsvpn.dtls.machine import CCS_TYPE, Link, Machine
+from dtlsvpn.errors import (
+    HandshakeFailure,
+    IllegalParameter,
+    InsufficientSecurity,
+    ProtocolVersion,
+    UnknownPskIdentity,
+)
+from dtlsvpn.wire import extensions as ext
+from dtlsvpn.wire import handshake as hs
+from dtlsvpn.wire.constants import (
+    DTLS_1_2,
+    CipherSuite,
+    ClientCertificateType,
+    ExtensionType,
+    HandshakeType,
+    NamedGroup,
+    SignatureScheme,
+)
+
+_ECDSA_KEYS = (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
+
+
+class ServerState(enum.Enum):
+    WAIT_CLIENT_HELLO = "WAIT_CLIENT_HELLO"
+    WAIT_CERTIFICATE = "WAIT_CERTIFICATE"
+    WAIT_CLIENT_KEY_EXCHANGE = "WAIT_CLIENT_KEY_EXCHANGE"
+    WAIT_CERTIFICATE_VERIFY = "WAIT_CERTIFICATE_VERIFY"
+    WAIT_CCS = "WAIT_CCS"
+    WAIT_FINISHED = "WAIT_FINISHED"
+    ESTABLISHED = "ESTABLISHED"
+
+
+class ServerMachine(Machine):
+    def __init__(self, config: DtlsConfig, link: Link) -> None:
+        super().__init__(config, link)
+        self.state = ServerState.WAIT_CLIENT_HELLO
+        self.group: NamedGroup | None = None
+        self.cert_requested = False
+        self.client_public: object | None = None
+        S = ServerState
+        self._table = {
+            (S.WAIT_CLIENT_HELLO, HandshakeType.client_hello): self._handle_client_hello,
+            (S.WAIT_CERTIFICATE, HandshakeType.certificate): self._handle_certificate,
+            (S.WAIT_CLIENT_KEY_EXCHANGE, HandshakeType.client_key_exchange): self._handle_cke,
+            (S.WAIT_CERTIFICATE_VERIFY, HandshakeType.certificate_verify): self._handle_cv,
+            (S.WAIT_CCS, CCS_TYPE): self._handle_ccs,
+            (S.WAIT_FINISHED, HandshakeType.finished): self._handle_finished,
+        }
+
+    # --- flight 3 -> 4 --------------------------------------------------------
+
+    def _choose_suite(self, offered: tuple[int, ...]) -> SuiteInfo:
+        """Server preference order (protocol.md), limited to what our credentials allow."""
+        key = self.config.private_key
+        for code in self.config.suites:
+            if int(code) not in offered:
+                continue
+            info = SUITES[int(code)]
+            if info.kx is KeyExchangeKind.ECDHE_ECDSA and not isinstance(key, _ECDSA_KEYS):
+                continue
+            if info.kx is KeyExchangeKind.ECDHE_RSA and not isinstance(key, rsa.RSAPrivateKey):
+                continue
+            if info.uses_psk and not self.config.has_psk:
+                continue
+            return info
+        raise HandshakeFailure("no cipher suite in common")
+
+    def _handle_client_hello(self, seq: int, body: bytes, now: float, wall: float) -> None:
+        ch = hs.decode_client_hello(body)
+        if ch.version < DTLS_1_2:  # DTLS versions count down: 0xFEFD is newer than 0xFEFF
+            raise ProtocolVersion(f"client offers {ch.version:#06x} only")
+        if 0 not in ch.compression_methods:
+            raise IllegalParameter("client does not offer null compression")
+        reneg = ch.ext(ExtensionType.renegotiation_info)
+        if reneg is not None and ext.decode_renegotiation_info(reneg) != b"":
+            raise HandshakeFailure("non-empty renegotiation_info on an initial handshake")
+        secure_reneg = reneg is not None or CipherSuite.TLS_EMPTY_RENEGOTIATION_INFO_SCSV in (
+            ch.cipher_suites
+        )
+        ems = ch.ext(ExtensionType.extended_master_secret)
+        if ems is not None:
+            ext.decode_extended_master_secret(ems)
+        self.ems = ems is not None
+        if not self.ems and self.config.require_extended_master_secret:
+            raise HandshakeFailure("client does not offer extended_master_secret (RFC 7627)")
+        self.suite = suite = self._choose_suite(ch.cipher_suites)
+        self.client_random = ch.random
+        self.add_transcript(HandshakeType.client_hello, seq, body)
+        self.next_send_seq = seq  # RFC 6347 §4.2.2: our message_seq follows the ClientHello's
+
+        groups_data = ch.ext(ExtensionType.supported_groups)
+        client_groups = (
+            ext.decode_supported_groups(groups_data) if groups_data is not None
+            else (NamedGroup.secp256r1,)  # RFC 8422 §4: absent means any; P-256 is universal
+        )
+        schemes_data = ch.ext(ExtensionType.signature_algorithms)
+        client_schemes = (
+            ext.decode_signature_algorithms(schemes_data) if schemes_data is not None else ()
+        )
+        if suite.uses_ecdhe:
+            self.group = next((g for g in self.config.groups if g in client_groups), None)
+            if self.group is None:
+                raise HandshakeFailure("no common group")
+
+        self.server_random = self.config.random_bytes(32)
+        exts: list[hs.Extension] = []
+        if secure_reneg:
+            exts.append(hs.Extension(ExtensionType.renegotiation_info,
+                                     ext.encode_renegotiation_info(b"")))
+        if self.ems:
+            exts.append(hs.Extension(ExtensionType.extended_master_secret,
+                                     ext.encode_extended_master_secret()))
+        if ch.ext(ExtensionType.ec_point_formats) is not None and suite.uses_ecdhe:
+            exts.append(hs.Extension(ExtensionType.ec_point_formats,
+                                     ext.encode_ec_point_formats(b"\x00")))
+        sh = hs.ServerHello(DTLS_1_2, self.server_random, b"", suite.code, 0, tuple(exts))
+        msgs = [self.outgoing(0, HandshakeType.server_hello, hs.encode_server_hello(sh))]
+
+        if suite.uses_certificate:
+            chain = tuple(c.public_bytes(Encoding.DER) for c in self.config.certificate_chain)
+            msgs.append(self.outgoing(0, HandshakeType.certificate,
+                                      hs.encode_certificate(hs.Certificate(chain))))
+        kx = suite.kx
+        if kx is not KeyExchangeKind.PSK:
+            assert self.group is not None
+            self.key_share = self.new_key_share(self.group)
+            hint = b"" if kx is KeyExchangeKind.ECDHE_PSK else None
+            ske = hs.ServerKeyExchange(hint, self.group, self.key_share.public_bytes(), None, None)
+            if suite.uses_certificate:
+                key = self.config.private_key
+                assert key is not None
+                scheme = self._choose_scheme(key, client_schemes)
+                signed = self.client_random + self.server_random + ske.params_bytes()
+                ske = hs.ServerKeyExchange(None, ske.group, ske.public, scheme,
+                                           certs.sign(key, SignatureScheme(scheme), signed))
+            msgs.append(self.outgoing(0, HandshakeType.server_key_exchange,
+                                      hs.encode_server_key_exchange(ske, kx)))
+        if suite.uses_certificate and (self.config.require_client_cert or self.config.ca_certs
+                                       or self.config.pinned_spki_sha256):
+            self.cert_requested = True
+            req = hs.CertificateRequest(
+                bytes([ClientCertificateType.ecdsa_sign, ClientCertificateType.rsa_sign]),
+                tuple(int(s) for s in self.config.signature_schemes),
+                (),
+            )
+            msgs.append(self.outgoing(0, HandshakeType.certificate_request,
+                                      hs.encode_certificate_request(req)))
+        msgs.append(self.outgoing(0, HandshakeType.server_hello_done, b""))
+        self.link.send_flight(msgs, now, expect_reply=True)
+        self.state = (ServerState.WAIT_CERTIFICATE if self.cert_requested
+                      else ServerState.WAIT_CLIENT_KEY_EXCHANGE)
+
+    def _choose_scheme(self, key: certs.PrivateKey, client_schemes: tuple[int, ...]) -> int:
+        ours = certs.schemes_for_key(key)
+        if not client_schemes:
+            # RFC 5246 §7.4.1.4.1: no extension means SHA-1; we do not sign with SHA-1.
+            client_schemes = tuple(int(s) for s in ours)
+        for s in ours:
+            if s in client_schemes and s in self.config.signature_schemes:
+                return int(s)
+        raise InsufficientSecurity("no signature scheme in common")
+
+    # --- flight 5 ------------------------------------------------------------
+
+    def _handle_certificate(self, seq: int, body: bytes, now: float, wall: float) -> None:
+        msg = hs.decode_certificate(body)
+        if not msg.chain:
+            if self.config.require_client_cert:
+                # security.md S3: OpenSSL answers handshake_failure (40) here.
+                raise HandshakeFailure("client certificate required")
+        else:
+            leaf = self.verifier().verify(msg.chain, self.wall_datetime(wall),
+                                          peer_is_server=False)
+            self.peer_certificate = leaf
+            self.client_public = leaf.public_key()
+        self.add_transcript(HandshakeType.certificate, seq, body)
+        self.state = ServerState.WAIT_CLIENT_KEY_EXCHANGE
+
+    def _handle_cke(self, seq: int, body: bytes, now: float, wall: float) -> None:
+        assert self.suite is not None
+        kx = self.suite.kx
+        cke = hs.decode_client_key_exchange(body, kx)
+        shared = b""
+        if kx is not KeyExchangeKind.PSK:
+            assert self.key_share is not None and cke.public is not None
+            shared = self.key_share.exchange(cke.public)
+        if self.suite.uses_psk:
+            assert cke.psk_identity is not None
+            psk = self.config.lookup_psk(cke.psk_identity)
+            if psk is None:
+                raise UnknownPskIdentity("unknown PSK identity")  # RFC 4279 §2
+            self.psk_identity = cke.psk_identity
+            pms = psk_premaster(psk, shared if kx is KeyExchangeKind.ECDHE_PSK else None)
+        else:
+            pms = shared
+        self.add_transcript(HandshakeType.client_key_exchange, seq, body)
+        self.derive_master(pms)
+        self.install_keys()
+        self.state = (ServerState.WAIT_CERTIFICATE_VERIFY if self.client_public is not None
+                      else ServerState.WAIT_CCS)
+
+    def _handle_cv(self, seq: int, body: bytes, now: float, wall: float) -> None:
+        cv = hs.decode_certificate_verify(body)
+        if cv.scheme not in self.config.signature_schemes:
+            raise IllegalParameter(f"CertificateVerify scheme {cv.scheme:#06x} not offered")
+        assert self.client_public is not None
+        # RFC 5246 §7.4.8: the signature covers every handshake message so far.
+        certs.verify_signature(self.client_public, SignatureScheme(cv.scheme), cv.signature,
+                               bytes(self.transcript))
+        self.add_transcript(HandshakeType.certificate_verify, seq, body)
+        self.state = ServerState.WAIT_CCS
+
+    def _handle_ccs(self, seq: int, body: bytes, now: float, wall: float) -> None:
+        self.state = ServerState.WAIT_FINISHED
+
+    def _handle_finished(self, seq: int, body: bytes, now: float, wall: float) -> None:
+        fin = hs.decode_finished(body)
+        self.check_finished(fin.verify_data, from_client=True)
+        self.add_transcript(HandshakeType.finished, seq, body)
+        ours = self.finished_data(from_client=False)
+        msgs: list[OutMessage] = [
+            OutMessage(0, CCS, 0, b""),
+            self.outgoing(1, HandshakeType.finished, hs.encode_finished(hs.Finished(ours))),
+        ]
+        # RFC 6347 §4.2.4: the server's last flight is not timed; it is re-sent
+        # when the client's final flight repeats.
+        self.link.send_flight(msgs, now, expect_reply=False)
+        self.state = ServerState.ESTABLISHED
+        self.link.complete(self.completed_event(), now)

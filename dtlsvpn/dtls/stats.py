@@ -1,0 +1,32 @@
+"""Per-association counters.
+
+One int per drop reason plus traffic totals.  The names are the drop-reason
+strings used in logs, ``dtlsvpn status`` and the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(slots=True)
+class Stats:
+    rx_records: int = 0
+    rx_bytes: int = 0
+    tx_records: int = 0
+    tx_bytes: int = 0
+    retransmissions: int = 0
+    # drop reasons (RFC 6347 §4.1.2.7: invalid records are discarded silently)
+    malformed: int = 0  # record or handshake bytes that do not parse
+    bad_mac: int = 0  # AEAD authentication failed
+    replay: int = 0  # duplicate or left of the window (RFC 6347 §4.1.2.6)
+    unknown_epoch: int = 0  # no keys for that epoch (yet, or any more)
+    early_data: int = 0  # application data before the handshake completed
+    unexpected: int = 0  # a record type or message not legal in this state
+    buffer_full: int = 0  # a reassembly or future-epoch buffer cap reached
+    stale_handshake: int = 0  # a handshake message already processed, not an exact repeat
+    after_close: int = 0  # anything that arrived after the association closed
+    heartbeat_dropped: int = 0  # heartbeat records (not negotiated yet)
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
