@@ -378,9 +378,9 @@ class Association:
                 break
             msg_type, seq, body = ready
             self._received[seq] = (msg_type, body)
-            # The peer has moved on to its next flight: our timer's job is done
-            # (RFC 6347 §4.2.4); if the rest of its flight is lost it re-sends.
-            self._timer.stop()
+            # The flight timer keeps running until our next flight (or completion):
+            # if the rest of the peer's flight is lost, our re-send makes it repeat
+            # its flight, and a handshake that stalls half-way still times out.
             self._machine.handle(msg_type, seq, body, now, wall)
         return repeat
 
@@ -445,6 +445,8 @@ class Association:
             return
         self._events.append(AlertReceived(level=level, description=desc))
         if desc == AlertDescription.close_notify:
+            # RFC 5246 §7.2.1: answer with a close_notify of our own, then stop.
+            self._send_alert(AlertLevel.warning, AlertDescription.close_notify)
             self._close(local=False, reason="peer sent close_notify", alert=desc)
         elif level == AlertLevel.fatal:
             try:
