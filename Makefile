@@ -1,0 +1,92 @@
+# dtlsvpn: `make test` and `make demo` work on a fresh Debian 12 machine as root; each
+# installs what it needs (Debian packages once, then a virtualenv in .venv).
+#
+#   make deps    Debian packages: peers (openssl, gnutls-bin, tshark), build deps of
+#                systemd-python, network tools for the namespace tests
+#   make venv    .venv with `pip install -e .[test,dev]` (redone when pyproject.toml changes)
+#   make lint    ruff over dtlsvpn/ and tests/; mypy (strict per pyproject) over wire/crypto/dtls
+#   make test    deps + venv + lint, then the whole pytest suite (exit status is pytest's)
+#   make demo    our DTLS tools against OpenSSL, for real (tools/demo.sh)
+#   make clean   remove .venv and caches
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.ONESHELL:
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+APT_STAMP := $(VENV)/.apt-stamp
+VENV_STAMP := $(VENV)/.install-stamp
+
+# Debian packages, and programs whose presence shows they are installed.
+APT_PACKAGES := openssl gnutls-bin libgnutls30 tshark libsystemd-dev pkg-config gcc \
+	iproute2 nftables procps psmisc util-linux
+APT_PROGRAMS := openssl gnutls-serv gnutls-cli tshark pkg-config gcc ip ss nft ps killall \
+	unshare nsenter timeout
+
+.PHONY: help deps venv lint test demo clean
+
+help:
+	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
+
+deps:
+	@missing=()
+	for prog in $(APT_PROGRAMS); do command -v "$$prog" >/dev/null || missing+=("$$prog"); done
+	pkg-config --exists libsystemd 2>/dev/null || missing+=(libsystemd.pc)
+	ldconfig -p 2>/dev/null | grep -q 'libgnutls\.so\.30' || missing+=(libgnutls.so.30)
+	# The interpreter that builds .venv: Debian's python3 needs python3-venv (ensurepip)
+	# and python3-dev (Python.h, for systemd-python); a pyenv build already has both.
+	extra=()
+	if ! command -v $(PYTHON) >/dev/null; then
+		extra+=(python3 python3-venv python3-dev); missing+=($(PYTHON))
+	else
+		$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { extra+=(python3-venv); missing+=(ensurepip); }
+		$(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+			|| { extra+=(python3-dev); missing+=(Python.h); }
+	fi
+	if [[ -f $(APT_STAMP) && $${#missing[@]} -eq 0 ]]; then
+		echo "deps: Debian packages already installed"
+		exit 0
+	fi
+	echo "deps: installing Debian packages (missing: $${missing[*]:-none; no stamp yet})"
+	sudo=""
+	if [[ $$(id -u) -ne 0 ]]; then
+		command -v sudo >/dev/null || { echo "deps: run as root (or install sudo)" >&2; exit 1; }
+		sudo=sudo
+	fi
+	export DEBIAN_FRONTEND=noninteractive
+	echo "wireshark-common wireshark-common/install-setuid boolean false" | $$sudo debconf-set-selections
+	$$sudo apt-get update
+	$$sudo apt-get install -y --no-install-recommends $(APT_PACKAGES) "$${extra[@]}"
+	mkdir -p $(VENV)
+	touch $(APT_STAMP)
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml | deps
+	@[[ -x $(VPY) ]] || { echo "venv: creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	echo "venv: pip install -e .[test,dev]"
+	$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
+	touch $@
+
+lint: venv
+	@rc=0
+	echo "lint: ruff check dtlsvpn tests"
+	$(VENV)/bin/ruff check dtlsvpn tests || rc=1
+	echo "lint: mypy dtlsvpn/wire dtlsvpn/crypto dtlsvpn/dtls"
+	$(VENV)/bin/mypy dtlsvpn/wire dtlsvpn/crypto dtlsvpn/dtls || rc=1
+	exit $$rc
+
+test: deps venv lint
+	$(VPY) -m pytest -q -p no:cacheprovider tests/
+
+demo: venv
+	bash tools/demo.sh
+
+clean:
+	rm -rf $(VENV) build dist ./*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
