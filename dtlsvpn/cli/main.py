@@ -1,0 +1,58 @@
+"""The ``dtlsvpn`` command line: one argparse tree of subcommands.
+
+Each command module registers its own subparsers through an ``add_parsers``
+function and sets ``func`` (a callable taking the parsed namespace and
+returning an exit status) on every leaf. ``main`` never raises for bad
+arguments: argparse's exit status (2 for usage errors, 0 for ``--help``) is
+returned instead, so tests can call it in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from dtlsvpn import __version__
+from dtlsvpn.cli import dtls_tools
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree."""
+    parser = argparse.ArgumentParser(
+        prog="dtlsvpn", description="A userspace VPN over DTLS 1.2, and its debug tools."
+    )
+    parser.add_argument("--version", action="version", version=f"dtlsvpn {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    dtls = commands.add_parser(
+        "dtls", help="DTLS 1.2 debug tools (a plain DTLS client and server)",
+        description="DTLS 1.2 debug tools driving the project's DTLS core over a real socket.",
+    )
+    dtls_commands = dtls.add_subparsers(dest="dtls_command", metavar="TOOL", required=True)
+    dtls_tools.add_parsers(dtls_commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command named by ``argv`` (default ``sys.argv[1:]``); return its exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse reports usage errors (2) and --help (0) this way
+        return exc.code if isinstance(exc.code, int) else 2
+    handler: Handler = args.func
+    try:
+        return handler(args)
+    except dtls_tools.ArgumentProblem as exc:
+        args.parser_of_command.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
