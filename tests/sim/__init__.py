@@ -1,0 +1,1 @@
+"""Deterministic simulation of dtlsvpn's sans-I/O core: fake clock, lossy links, a driver."""
