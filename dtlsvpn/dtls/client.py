@@ -50,6 +50,7 @@ from dtlsvpn.wire.constants import (
     DTLS_1_2,
     ExtensionType,
     HandshakeType,
+    HeartbeatMode,
     NamedGroup,
     SignatureScheme,
 )
@@ -118,6 +119,10 @@ class ClientMachine(Machine):
             # RFC 5746 §3.4: an empty renegotiation_info on the initial handshake.
             hs.Extension(ExtensionType.renegotiation_info, ext.encode_renegotiation_info(b"")),
         ]
+        if c.heartbeat:
+            # RFC 6520 §2: we answer requests; the server's mode says whether we may send.
+            exts.append(hs.Extension(ExtensionType.heartbeat,
+                                     ext.encode_heartbeat(HeartbeatMode.peer_allowed_to_send)))
         return hs.ClientHello(
             DTLS_1_2, self.client_random, b"", self.cookie, self.offered_suites, b"\x00",
             tuple(exts),
@@ -165,6 +170,7 @@ class ClientMachine(Machine):
         self.ems = ems is not None
         if not self.ems and self.config.require_extended_master_secret:
             raise HandshakeFailure("server does not support extended_master_secret (RFC 7627)")
+        self.note_heartbeat_mode(sh.ext(ExtensionType.heartbeat))
         self.add_transcript(HandshakeType.server_hello, seq, body)
         self.server_random = sh.random
         self.suite = SUITES[sh.cipher_suite]

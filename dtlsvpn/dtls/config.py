@@ -71,6 +71,7 @@ class DtlsConfig:
     max_retransmissions: int = 10
     keylog: Callable[[str], None] | None = field(default=None, repr=False)
     require_extended_master_secret: bool = True
+    heartbeat: bool = True  # offer/accept RFC 6520 with mode peer_allowed_to_send
 
     def __post_init__(self) -> None:
         self.validate()

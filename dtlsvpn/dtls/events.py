@@ -24,6 +24,7 @@ class HandshakeCompleted:
     resumed: bool
     peer_certificate: x509.Certificate | None
     psk_identity: bytes | None
+    heartbeat: bool = False  # the peer accepts our HeartbeatRequests (RFC 6520 §2)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

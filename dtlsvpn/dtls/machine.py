@@ -29,8 +29,15 @@ from dtlsvpn.crypto.suites import SuiteInfo
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import HandshakeCompleted
 from dtlsvpn.dtls.flight import CCS, OutMessage
-from dtlsvpn.errors import DecodeError, DecodeErrorAlert, DecryptError, UnexpectedMessage
-from dtlsvpn.wire.constants import NamedGroup
+from dtlsvpn.errors import (
+    DecodeError,
+    DecodeErrorAlert,
+    DecryptError,
+    IllegalParameter,
+    UnexpectedMessage,
+)
+from dtlsvpn.wire import extensions as ext
+from dtlsvpn.wire.constants import HeartbeatMode, NamedGroup
 from dtlsvpn.wire.handshake import transcript_bytes
 
 # Pseudo message type under which a ChangeCipherSpec enters the state tables.
@@ -69,7 +76,7 @@ class Machine:
         self.peer_certificate: x509.Certificate | None = None
         self.psk_identity: bytes | None = None
         self.next_send_seq = 0
-        self.bad_finished_hint = ""
+        self.peer_allows_heartbeat = False  # RFC 6520 §2: may we send requests?
         self._table: dict[tuple[object, int], Handler] = {}
 
     # --- dispatch ---------------------------------------------------------
@@ -150,6 +157,17 @@ class Machine:
         c = self.config
         return ChainVerifier(c.ca_certs, c.pinned_spki_sha256, c.server_name)
 
+    def note_heartbeat_mode(self, data: bytes | None) -> None:
+        """RFC 6520 §2: record the peer's mode; an unknown mode is illegal_parameter."""
+        if data is None:
+            return
+        mode = ext.decode_heartbeat(data)
+        if mode not in (HeartbeatMode.peer_allowed_to_send, HeartbeatMode.peer_not_allowed_to_send):
+            raise IllegalParameter(f"unknown heartbeat mode {mode}")
+        self.peer_allows_heartbeat = (
+            self.config.heartbeat and mode == HeartbeatMode.peer_allowed_to_send
+        )
+
     @staticmethod
     def wall_datetime(wall: float) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(wall, tz=datetime.UTC)
@@ -163,4 +181,5 @@ class Machine:
             resumed=resumed,
             peer_certificate=self.peer_certificate,
             psk_identity=self.psk_identity,
+            heartbeat=self.peer_allows_heartbeat,
         )

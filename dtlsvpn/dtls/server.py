@@ -47,6 +47,7 @@ from dtlsvpn.wire.constants import (
     ClientCertificateType,
     ExtensionType,
     HandshakeType,
+    HeartbeatMode,
     NamedGroup,
     SignatureScheme,
 )
@@ -117,6 +118,8 @@ class ServerMachine(Machine):
         self.ems = ems is not None
         if not self.ems and self.config.require_extended_master_secret:
             raise HandshakeFailure("client does not offer extended_master_secret (RFC 7627)")
+        heartbeat = ch.ext(ExtensionType.heartbeat)
+        self.note_heartbeat_mode(heartbeat)
         self.suite = suite = self._choose_suite(ch.cipher_suites)
         self.client_random = ch.random
         self.add_transcript(HandshakeType.client_hello, seq, body)
@@ -144,6 +147,9 @@ class ServerMachine(Machine):
         if self.ems:
             exts.append(hs.Extension(ExtensionType.extended_master_secret,
                                      ext.encode_extended_master_secret()))
+        if heartbeat is not None and self.config.heartbeat:
+            exts.append(hs.Extension(ExtensionType.heartbeat,
+                                     ext.encode_heartbeat(HeartbeatMode.peer_allowed_to_send)))
         if ch.ext(ExtensionType.ec_point_formats) is not None and suite.uses_ecdhe:
             exts.append(hs.Extension(ExtensionType.ec_point_formats,
                                      ext.encode_ec_point_formats(b"\x00")))
