@@ -1,0 +1,191 @@
+"""Unit tests for the small pieces of the DTLS core: replay window,
+reassembly, flight packing, flight timer and config validation."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dtlsvpn.dtls.config import DtlsConfig
+from dtlsvpn.dtls.flight import CCS, FlightTimer, OutMessage, pack_flight
+from dtlsvpn.dtls.reassembly import Reassembler
+from dtlsvpn.dtls.replay import WINDOW_SIZE, ReplayWindow
+from dtlsvpn.errors import UsageError
+from dtlsvpn.wire.constants import (
+    MAX_FUTURE_MESSAGES,
+    MAX_HANDSHAKE_MESSAGE,
+    CipherSuite,
+    ContentType,
+)
+from dtlsvpn.wire.handshake import HandshakeFragment, parse_handshake_fragments
+from dtlsvpn.wire.record import encode_record, parse_datagram
+
+# --- replay window (RFC 6347 §4.1.2.6) ------------------------------------------
+
+
+def test_replay_duplicates_and_window_edge() -> None:
+    w = ReplayWindow()
+    for seq in (0, 1, 5, 3):
+        assert w.check(seq)
+        w.commit(seq)
+    for seq in (0, 1, 5, 3):
+        assert not w.check(seq)
+    assert w.check(2) and w.check(4) and w.check(6)
+    w.commit(1000)
+    assert not w.check(1000 - WINDOW_SIZE)  # left of the window
+    assert w.check(1000 - WINDOW_SIZE + 1)
+    assert not w.check(1000)
+
+
+def test_replay_check_does_not_move_window() -> None:
+    # CVE-2016-2181: only commit() moves the window.
+    w = ReplayWindow()
+    w.commit(10)
+    assert w.check(2**48 - 1)
+    assert w.check(11) and w.top == 10
+
+
+@given(st.lists(st.integers(min_value=0, max_value=400), max_size=200))
+def test_replay_matches_reference(seqs: list[int]) -> None:
+    w = ReplayWindow()
+    seen: set[int] = set()
+    top = -1
+    for s in seqs:
+        expected = s not in seen and s > top - WINDOW_SIZE
+        assert w.check(s) == expected
+        if expected:
+            w.commit(s)
+            seen.add(s)
+            top = max(top, s)
+
+
+# --- reassembly (RFC 6347 §4.2.3) --------------------------------------------
+
+
+def _frags(msg_type: int, seq: int, body: bytes, cuts: list[tuple[int, int]]) -> list[
+        HandshakeFragment]:
+    return [HandshakeFragment(msg_type, len(body), seq, a, body[a:b]) for a, b in cuts]
+
+
+def test_reassembly_overlapping_out_of_order() -> None:
+    body = bytes(range(200))
+    r = Reassembler()
+    for f in reversed(_frags(11, 0, body, [(0, 50), (40, 120), (100, 200)])):
+        assert r.add(f) is None
+    assert r.pop_ready() == (11, 0, body)
+    assert r.pop_ready() is None and r.next_receive_seq == 1
+
+
+@given(st.binary(min_size=1, max_size=600), st.randoms(use_true_random=False))
+def test_reassembly_any_cover_completes(body: bytes, rnd: random.Random) -> None:
+    cuts = []
+    pos = 0
+    while pos < len(body):
+        start = max(0, pos - rnd.randint(0, 10))
+        end = min(len(body), pos + rnd.randint(1, 100))
+        cuts.append((start, end))
+        pos = end
+    rnd.shuffle(cuts)
+    r = Reassembler()
+    for f in _frags(1, 0, body, cuts):
+        r.add(f)
+    assert r.pop_ready() == (1, 0, body)
+
+
+def test_reassembly_rejects_mismatched_type_or_length() -> None:
+    # CVE-2014-0195 / GnuTLS #1839: fragments of one message_seq must agree.
+    r = Reassembler()
+    assert r.add(HandshakeFragment(11, 100, 0, 0, b"a" * 10)) is None
+    assert r.add(HandshakeFragment(12, 100, 0, 10, b"b" * 10)) == "malformed"
+    assert r.add(HandshakeFragment(11, 5000, 0, 10, b"b" * 10)) == "malformed"
+    assert r.pop_ready() is None
+
+
+def test_reassembly_caps() -> None:
+    r = Reassembler()
+    assert r.add(HandshakeFragment(1, 10, MAX_FUTURE_MESSAGES, 0, b"x" * 10)) == "buffer_full"
+    big = MAX_HANDSHAKE_MESSAGE + 1
+    assert r.add(HandshakeFragment(1, big, 0, 0, b"x")) == "buffer_full"
+    # CVE-2022-29190: a zero-length fragment of a non-empty message is dropped.
+    assert r.add(HandshakeFragment(1, 10, 0, 5, b"")) == "malformed"
+    # A zero-length message (ServerHelloDone) is complete with one empty fragment.
+    assert r.add(HandshakeFragment(14, 0, 0, 0, b"")) is None
+    assert r.pop_ready() == (14, 0, b"")
+
+
+def test_reassembly_total_buffer_cap() -> None:
+    r = Reassembler()
+    results = [r.add(HandshakeFragment(1, 60000, s, 0, b"x")) for s in range(MAX_FUTURE_MESSAGES)]
+    assert "buffer_full" in results
+
+
+# --- flight packing -------------------------------------------------------------
+
+
+def _plain_seal(ctype: int, epoch: int, payload: bytes) -> bytes:
+    return encode_record(ctype, epoch, 0, payload)
+
+
+@pytest.mark.parametrize("mtu", [200, 300, 548, 1400])
+def test_pack_flight_respects_mtu_and_reassembles(mtu: int) -> None:
+    bodies = [bytes([i]) * n for i, n in enumerate([90, 1500, 0, 700, 3000])]
+    msgs = [OutMessage(0, 11 + i, i, b) for i, b in enumerate(bodies)]
+    msgs.append(OutMessage(0, CCS, 0, b""))
+    msgs.append(OutMessage(1, 20, 5, b"f" * 12))
+    dgrams = pack_flight(msgs, mtu, lambda e: 24 if e else 0, _plain_seal)
+    assert all(len(d) <= mtu for d in dgrams)
+    r = Reassembler()
+    ccs = 0
+    for d in dgrams:
+        records, garbage = parse_datagram(d)
+        assert not garbage
+        for rec in records:
+            if rec.content_type == ContentType.change_cipher_spec:
+                ccs += 1
+                continue
+            for f in parse_handshake_fragments(rec.fragment):
+                assert r.add(f) is None
+    assert ccs == 1
+    got = []
+    while (m := r.pop_ready()) is not None:
+        got.append(m[2])
+    assert got == [*bodies, b"f" * 12]
+
+
+def test_flight_timer_backoff_and_reset() -> None:
+    t = FlightTimer(1.0, 60.0)
+    t.start(0.0)
+    assert t.deadline == 1.0
+    timeouts = []
+    now = 0.0
+    for _ in range(8):
+        now = t.deadline or 0.0
+        assert t.expired(now)
+        t.backoff(now)
+        timeouts.append(t.timeout)
+    assert timeouts == [2, 4, 8, 16, 32, 60, 60, 60]  # RFC 6347 §4.2.4.1
+    t.start(now)  # the last flight needed retransmissions: keep the backed-off value
+    assert t.timeout == 60
+    t.start(now)  # a flight that went through without loss resets it
+    assert t.timeout == 1.0
+
+
+# --- config validation ---------------------------------------------------------------
+
+
+def test_config_validation() -> None:
+    with pytest.raises(UsageError):
+        DtlsConfig(is_client=True)  # nothing to authenticate with
+    with pytest.raises(UsageError):
+        DtlsConfig(is_client=True, psk=b"k" * 16)  # no identity
+    with pytest.raises(UsageError):
+        DtlsConfig(is_client=True, psk=b"k" * 16, psk_identity=b"i", mtu=100)
+    with pytest.raises(UsageError):
+        DtlsConfig(is_client=False)  # server without credentials
+    c = DtlsConfig(is_client=True, psk=b"k" * 16, psk_identity=b"i")
+    assert c.suites == (CipherSuite.TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256,)
+    s = DtlsConfig(is_client=False, psk=b"k" * 16, psk_identity=b"i")
+    assert s.lookup_psk(b"i") == b"k" * 16 and s.lookup_psk(b"other") is None
