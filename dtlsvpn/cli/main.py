@@ -10,11 +10,16 @@ returned instead, so tests can call it in-process.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable
 
 from dtlsvpn import __version__
 from dtlsvpn.cli import dtls_tools
+
+# Top-level command modules: each has ``add_parsers(commands)`` that adds its
+# subcommands to the tree.  Add a module here when it lands.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -33,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dtls_commands = dtls.add_subparsers(dest="dtls_command", metavar="TOOL", required=True)
     dtls_tools.add_parsers(dtls_commands)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"dtlsvpn.cli.{name}").add_parsers(commands)
     return parser
 
 
