@@ -1,0 +1,417 @@
+"""dtlsvpn.crypto.tickets: ticket state codec, sealing, rotation and the key file."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import random
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dtlsvpn.crypto.tickets import (
+    DEFAULT_TICKET_LIFETIME,
+    FUTURE_SKEW,
+    KEY_NAME_LEN,
+    MAX_PEER_IDENTITY_LEN,
+    MAX_TICKET_LEN,
+    TICKET_OVERHEAD,
+    TicketKey,
+    TicketKeyRing,
+    TicketState,
+)
+from dtlsvpn.errors import ConfigError, DecodeError, UsageError
+
+T0 = 1_700_000_000  # a wall-clock second
+SUITE = 0xC02B  # TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+
+
+def seeded(seed: int = 1):
+    rng = random.Random(seed)
+    return lambda n: rng.randbytes(n)
+
+
+def state(
+    issued_at: int = T0,
+    lifetime: int = 3600,
+    identity: bytes = hashlib.sha256(b"leaf").digest(),
+    ems: bool = True,
+) -> TicketState:
+    return TicketState(
+        version=0xFEFD, suite=SUITE, master_secret=bytes(range(48)), ems=ems,
+        peer_identity=identity, issued_at=issued_at, lifetime=lifetime,
+    )
+
+
+# --- TicketState -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("identity", [b"", b"psk:client1", hashlib.sha256(b"x").digest()])
+@pytest.mark.parametrize("ems", [True, False])
+def test_state_round_trip(identity: bytes, ems: bool) -> None:
+    s = state(identity=identity, ems=ems)
+    assert TicketState.decode(s.encode()) == s
+
+
+def test_state_layout() -> None:
+    data = state(identity=b"id").encode()
+    assert data[0] == 1  # format
+    assert data[1:3] == b"\xfe\xfd"
+    assert data[3:5] == SUITE.to_bytes(2, "big")
+    assert data[5] == 1  # EMS flag
+    assert data[6:14] == T0.to_bytes(8, "big")
+    assert data[14:18] == (3600).to_bytes(4, "big")
+    assert data[18:66] == bytes(range(48))
+    assert data[66:] == b"\x00\x02id"
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d[:-1],  # truncated
+        lambda d: d + b"\x00",  # trailing byte
+        lambda d: b"\x02" + d[1:],  # unknown format
+        lambda d: d[:5] + b"\x02" + d[6:],  # reserved flag
+        lambda d: b"",
+    ],
+)
+def test_state_decode_rejects(mutate) -> None:
+    with pytest.raises(DecodeError):
+        TicketState.decode(mutate(state().encode()))
+
+
+def test_state_validation() -> None:
+    with pytest.raises(UsageError):
+        dataclasses.replace(state(), master_secret=b"short")
+    with pytest.raises(UsageError):
+        dataclasses.replace(state(), lifetime=-1)
+    with pytest.raises(UsageError):
+        dataclasses.replace(state(), peer_identity=bytes(MAX_PEER_IDENTITY_LEN + 1))
+    with pytest.raises(UsageError):
+        dataclasses.replace(state(), suite=0x10000)
+    assert "master_secret" not in repr(state())
+
+
+@given(st.binary(max_size=300))
+def test_state_decode_raises_only_decode_error(data: bytes) -> None:
+    try:
+        s = TicketState.decode(data)
+    except DecodeError:
+        return
+    assert s.encode() == data
+
+
+@given(
+    st.builds(
+        TicketState,
+        version=st.integers(0, 0xFFFF), suite=st.integers(0, 0xFFFF),
+        master_secret=st.binary(min_size=48, max_size=48), ems=st.booleans(),
+        peer_identity=st.binary(max_size=100), issued_at=st.integers(0, 2**64 - 1),
+        lifetime=st.integers(0, 2**32 - 1),
+    )
+)
+def test_state_round_trip_property(s: TicketState) -> None:
+    assert TicketState.decode(s.encode()) == s
+
+
+# --- sealing and opening ---------------------------------------------------
+
+
+def test_seal_open_round_trip() -> None:
+    ring = TicketKeyRing(seeded())
+    s = state()
+    ticket = ring.seal(s, T0)
+    assert len(ticket) == TICKET_OVERHEAD + len(s.encode())
+    assert ticket[:KEY_NAME_LEN] == ring.keys[-1].key_name
+    assert ring.open(ticket, T0 + 10) == s
+    # A fresh nonce each time: two tickets for one state differ.
+    assert ring.seal(s, T0) != ticket
+
+
+def test_largest_state_fits_ticket_length() -> None:
+    ring = TicketKeyRing(seeded())
+    s = state(identity=bytes(MAX_PEER_IDENTITY_LEN))
+    ticket = ring.seal(s, T0)
+    assert len(ticket) == MAX_TICKET_LEN
+    assert ring.open(ticket, T0) == s
+
+
+def test_tamper_any_byte_rejected() -> None:
+    ring = TicketKeyRing(seeded())
+    ticket = ring.seal(state(identity=b"psk:a"), T0)
+    for i in range(len(ticket)):
+        for bit in (0x01, 0x80):
+            bad = ticket[:i] + bytes([ticket[i] ^ bit]) + ticket[i + 1:]
+            assert ring.open(bad, T0) is None, (i, bit)
+    assert ring.open(ticket[:-1], T0) is None
+    assert ring.open(ticket + b"\x00", T0) is None
+    assert ring.open(b"", T0) is None
+    assert ring.open(ticket[:TICKET_OVERHEAD], T0) is None
+
+
+def test_foreign_ring_rejected() -> None:
+    mine, theirs = TicketKeyRing(seeded(1)), TicketKeyRing(seeded(2))
+    theirs_ticket = theirs.seal(state(), T0)
+    mine.seal(state(), T0)  # mine has a key too, just not theirs
+    assert mine.open(theirs_ticket, T0) is None
+
+
+def test_forged_with_known_key_name_rejected() -> None:
+    ring = TicketKeyRing(seeded())
+    ticket = ring.seal(state(), T0)
+    other = TicketKeyRing(seeded(9), keys=[
+        TicketKey(ticket[:KEY_NAME_LEN], bytes(32), T0)  # right name, wrong secret
+    ])
+    assert ring.open(other.seal(state(), T0), T0) is None
+
+
+def test_expiry_and_future() -> None:
+    ring = TicketKeyRing(seeded(), rotate_every=0)
+    ticket = ring.seal(state(issued_at=T0, lifetime=100), T0)
+    assert ring.open(ticket, T0 + 100) is not None
+    assert ring.open(ticket, T0 + 100.5) is None
+    assert ring.open(ticket, T0 + 101) is None
+    # Issued "in the future": tolerated up to FUTURE_SKEW seconds of clock skew.
+    assert ring.open(ticket, T0 - FUTURE_SKEW) is not None
+    assert ring.open(ticket, T0 - FUTURE_SKEW - 1) is None
+
+
+def test_ring_lifetime_caps_ticket_lifetime() -> None:
+    long_ring = TicketKeyRing(seeded(), rotate_every=0, ticket_lifetime=1000)
+    ticket = long_ring.seal(state(lifetime=1000), T0)
+    short_ring = TicketKeyRing(seeded(), rotate_every=0, ticket_lifetime=10,
+                               keys=long_ring.keys)
+    assert short_ring.open(ticket, T0 + 10) is not None
+    assert short_ring.open(ticket, T0 + 11) is None
+
+
+def test_seal_refuses_lifetime_beyond_ring() -> None:
+    ring = TicketKeyRing(seeded(), ticket_lifetime=100)
+    with pytest.raises(UsageError):
+        ring.seal(state(lifetime=101), T0)
+
+
+def test_lifetime_hint_and_default() -> None:
+    assert DEFAULT_TICKET_LIFETIME == 43200
+    assert TicketKeyRing(seeded()).lifetime_hint == 43200
+    assert TicketKeyRing(seeded(), ticket_lifetime=600).lifetime_hint == 600
+
+
+@given(st.binary(max_size=400))
+def test_open_never_raises(data: bytes) -> None:
+    ring = TicketKeyRing(seeded())
+    ticket = ring.seal(state(), T0)
+    assert ring.open(data, T0) is None or data == ticket
+    # Also with a valid key name in front of arbitrary bytes.
+    assert ring.open(ticket[:KEY_NAME_LEN] + data, T0) is None
+
+
+# --- rotation ----------------------------------------------------------------
+
+
+def test_rotation_keeps_old_tickets_then_retires_keys() -> None:
+    ring = TicketKeyRing(seeded(), rotate_every=100, ticket_lifetime=1000)
+    s0 = state(issued_at=T0, lifetime=1000)
+    t0 = ring.seal(s0, T0)
+    first = ring.keys[-1].key_name
+    # Not yet due: same key.
+    ring.seal(state(issued_at=T0 + 100, lifetime=1000), T0 + 100)
+    assert [k.key_name for k in ring.keys] == [first]
+    # Due: a new key becomes current; the old one still opens its tickets.
+    s1 = state(issued_at=T0 + 101, lifetime=1000)
+    t1 = ring.seal(s1, T0 + 101)
+    assert len(ring.keys) == 2
+    assert t1[:KEY_NAME_LEN] == ring.keys[-1].key_name != first
+    assert ring.open(t0, T0 + 1000) == s0
+    # The last ticket the first key could have sealed (at T0 + 100) lives to T0 + 1100;
+    # the key is retired just after, and the second key lives on.
+    assert any(k.key_name == first for k in ring.keys)
+    assert ring.open(t1, T0 + 1101) == s1
+    assert [k.key_name for k in ring.keys] == [t1[:KEY_NAME_LEN]]
+    assert ring.open(t0, T0 + 1000) is None  # rotated out
+
+
+def test_long_idle_replaces_everything() -> None:
+    ring = TicketKeyRing(seeded(), rotate_every=10, ticket_lifetime=20)
+    t0 = ring.seal(state(lifetime=20), T0)
+    assert ring.maintain(T0 + 1000) is True
+    assert len(ring.keys) == 1 and ring.keys[0].created == T0 + 1000
+    assert ring.open(t0, T0 + 10) is None
+
+
+def test_maintain_reports_changes() -> None:
+    ring = TicketKeyRing(seeded(), rotate_every=10, ticket_lifetime=20)
+    assert ring.maintain(T0) is True  # first key
+    assert ring.maintain(T0 + 10) is False
+    assert ring.maintain(T0 + 11) is True  # rotated
+    assert ring.maintain(T0 + 21) is False
+    assert ring.maintain(T0 + 22) is True  # rotated again
+    assert ring.maintain(T0 + 30) is False  # the first key's last ticket may still live
+    assert ring.maintain(T0 + 31) is True  # first key retired
+    assert [k.created for k in ring.keys] == [T0 + 11, T0 + 22]
+
+
+def test_rotate_every_zero_never_rotates_or_retires() -> None:
+    key = TicketKey(b"k" * 16, b"s" * 32, 0)  # a deployment key from long ago
+    ring = TicketKeyRing(seeded(), rotate_every=0, keys=[key])
+    ticket = ring.seal(state(), T0)
+    assert ring.keys == (key,)
+    assert ticket[:KEY_NAME_LEN] == key.key_name
+    assert ring.open(ticket, T0 + 1) == state()
+
+
+def test_ring_validation() -> None:
+    with pytest.raises(UsageError):
+        TicketKeyRing(seeded(), rotate_every=-1)
+    with pytest.raises(UsageError):
+        TicketKeyRing(seeded(), ticket_lifetime=0)
+    k = TicketKey(b"k" * 16, b"s" * 32, 0)
+    with pytest.raises(UsageError):
+        TicketKeyRing(seeded(), keys=[k, dataclasses.replace(k, created=1)])
+    with pytest.raises(UsageError):
+        TicketKey(b"short", b"s" * 32, 0)
+    with pytest.raises(UsageError):
+        TicketKeyRing(lambda n: b"\x00").seal(state(), T0)
+    assert "secret" not in repr(k)
+
+
+# --- key file ---------------------------------------------------------------
+
+
+def test_two_rings_from_one_file_open_each_others_tickets(tmp_path: Path) -> None:
+    path = tmp_path / "ticket.keys"
+    writer = TicketKeyRing(seeded(1))
+    writer.maintain(T0)
+    writer.save(path)
+    a = TicketKeyRing.load(path, seeded(2), rotate_every=0)
+    b = TicketKeyRing.load(path, seeded(3), rotate_every=0)
+    assert a.keys == b.keys == writer.keys
+    s = state(identity=b"psk:laptop")
+    assert b.open(a.seal(s, T0), T0) == s
+    assert a.open(b.seal(s, T0), T0) == s
+    assert a.open(writer.seal(s, T0), T0) == s
+    assert writer.open(b.seal(s, T0), T0) == s
+
+
+def test_reload_if_changed_follows_the_writer(tmp_path: Path) -> None:
+    path = tmp_path / "ticket.keys"
+    writer = TicketKeyRing(seeded(1), rotate_every=100)
+    writer.maintain(T0)
+    writer.save(path)
+    reader = TicketKeyRing.load(path, seeded(2), rotate_every=0)
+    assert reader.reload_if_changed(path) is False
+    assert writer.maintain(T0 + 101) is True
+    writer.save(path)
+    assert writer.reload_if_changed(path) is False  # its own save is no change
+    assert reader.reload_if_changed(path) is True
+    assert reader.keys == writer.keys
+    s = state(issued_at=T0 + 101)
+    assert reader.open(writer.seal(s, T0 + 101), T0 + 101) == s
+    assert reader.reload_if_changed(path) is False
+
+
+def test_file_format(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    name, secret = bytes(range(16)), bytes(range(32, 64))
+    path.write_text(
+        "# a comment\n\n"
+        f"{name.hex()} 1700000000 {secret.hex()}\n"
+        f"  {'ab' * 16}\t1700003600 {'CD' * 32}  \n"
+    )
+    path.chmod(0o600)
+    ring = TicketKeyRing.load(path, seeded())
+    assert ring.keys == (
+        TicketKey(name, secret, 1_700_000_000),
+        TicketKey(b"\xab" * 16, b"\xcd" * 32, 1_700_003_600),
+    )
+    ring.save(path)
+    lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("#")]
+    assert lines == [f"{name.hex()} 1700000000 {secret.hex()}",
+                     f"{'ab' * 16} 1700003600 {'cd' * 32}"]
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("00" * 16 + " 1 " + "00" * 31 + "\n", 1),  # short secret
+        ("# c\n" + "00" * 15 + " 1 " + "00" * 32 + "\n", 2),  # short name
+        ("00" * 16 + " x " + "00" * 32 + "\n", 1),  # bad time
+        ("00" * 16 + " 1 " + "00" * 32 + " extra\n", 1),
+        (("00" * 16 + " 1 " + "11" * 32 + "\n") * 2, 2),  # duplicate name
+        ("# only a comment\n", None),
+        ("", None),
+        ("\xe9\n", None),
+    ],
+)
+def test_bad_key_files(tmp_path: Path, text: str, line: int | None) -> None:
+    path = tmp_path / "keys"
+    path.write_text(text, encoding="latin-1")
+    path.chmod(0o600)
+    with pytest.raises(ConfigError) as exc:
+        TicketKeyRing.load(path, seeded())
+    assert exc.value.path == str(path)
+    assert exc.value.line == line
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o602, 0o644, 0o660, 0o666])
+def test_load_refuses_group_or_world_access(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "keys"
+    ring = TicketKeyRing(seeded())
+    ring.maintain(T0)
+    ring.save(path)
+    path.chmod(mode)
+    with pytest.raises(ConfigError, match="group or others") as exc:
+        TicketKeyRing.load(path, seeded())
+    assert exc.value.path == str(path) and exc.value.line is None
+    # reload_if_changed checks the mode too, and keeps the keys it had.
+    reader = TicketKeyRing(seeded(), keys=ring.keys)
+    with pytest.raises(ConfigError):
+        reader.reload_if_changed(path)
+    assert reader.keys == ring.keys
+    path.chmod(0o400)  # read-only for the owner is fine
+    assert TicketKeyRing.load(path, seeded()).keys == ring.keys
+
+
+def test_load_missing_file_and_symlink(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        TicketKeyRing.load(tmp_path / "absent", seeded())
+    with pytest.raises(ConfigError):
+        TicketKeyRing(seeded()).reload_if_changed(tmp_path / "absent")
+    ring = TicketKeyRing(seeded())
+    ring.maintain(T0)
+    ring.save(tmp_path / "real")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(ConfigError):
+        TicketKeyRing.load(tmp_path / "link", seeded())
+
+
+def test_save_is_atomic_and_private(tmp_path: Path) -> None:
+    path = tmp_path / "ticket.keys"
+    old_umask = os.umask(0)  # even a permissive umask must not widen the mode
+    try:
+        ring = TicketKeyRing(seeded(), rotate_every=10)
+        ring.maintain(T0)
+        ring.save(path)
+        first_inode = path.stat().st_ino
+        ring.maintain(T0 + 11)
+        ring.save(str(path))
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.stat().st_ino != first_inode  # replaced by rename, not rewritten
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ticket.keys"]
+    assert TicketKeyRing.load(path, seeded()).keys == ring.keys
+
+
+def test_failed_save_leaves_no_temp_file(tmp_path: Path) -> None:
+    ring = TicketKeyRing(seeded())
+    ring.maintain(T0)
+    target = tmp_path / "dir-in-the-way"
+    target.mkdir()
+    with pytest.raises(OSError):
+        ring.save(target)  # rename onto a directory fails
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir-in-the-way"]
