@@ -41,7 +41,13 @@ from dataclasses import dataclass
 from dtlsvpn.crypto.aead import RecordProtection
 from dtlsvpn.dtls.client import ClientMachine
 from dtlsvpn.dtls.config import DtlsConfig
-from dtlsvpn.dtls.events import AlertReceived, AssociationClosed, Event, HandshakeCompleted
+from dtlsvpn.dtls.events import (
+    AlertReceived,
+    AssociationClosed,
+    Event,
+    HandshakeCompleted,
+    SessionTicketReceived,
+)
 from dtlsvpn.dtls.flight import (
     SHRINK_AFTER,
     SMALL_MTU,
@@ -54,6 +60,7 @@ from dtlsvpn.dtls.machine import CCS_TYPE, Machine
 from dtlsvpn.dtls.reassembly import Reassembler
 from dtlsvpn.dtls.replay import ReplayWindow
 from dtlsvpn.dtls.server import ServerMachine
+from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.dtls.stats import Stats
 from dtlsvpn.errors import Alert, DecodeError, UnexpectedMessage, UsageError
 from dtlsvpn.wire.alert import decode_alert, encode_alert
@@ -149,7 +156,7 @@ class Association:
         self._connected = True
         assert isinstance(self._machine, ClientMachine)
         machine = self._machine
-        self._guard(lambda: machine.start(now), now)
+        self._guard(lambda: machine.start(now, wall), now)
 
     def receive_datagram(self, data: bytes, now: float, wall: float) -> list[bytes]:
         """Process one datagram; return the application data it carried, in order."""
@@ -266,6 +273,9 @@ class Association:
         self._reasm.clear()
         self._future.clear()
         self._events.append(event)
+
+    def ticket_received(self, session: ClientSession) -> None:
+        self._events.append(SessionTicketReceived(session=session))
 
     # --- slow path ---------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from dtlsvpn.crypto.suites import SUITES, KeyExchangeKind
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.flight import CCS, OutMessage
 from dtlsvpn.dtls.machine import CCS_TYPE, Link, Machine
+from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.errors import (
     HandshakeFailure,
     IllegalParameter,
@@ -66,6 +67,7 @@ class ClientState(enum.Enum):
     WAIT_SERVER_HELLO_DONE_OR_SKE = "WAIT_SERVER_HELLO_DONE_OR_SKE"
     WAIT_CERT_REQUEST_OR_DONE = "WAIT_CERT_REQUEST_OR_DONE"
     WAIT_SERVER_HELLO_DONE = "WAIT_SERVER_HELLO_DONE"
+    WAIT_NEW_SESSION_TICKET = "WAIT_NEW_SESSION_TICKET"
     WAIT_CCS = "WAIT_CCS"
     WAIT_FINISHED = "WAIT_FINISHED"
     ESTABLISHED = "ESTABLISHED"
@@ -84,6 +86,12 @@ class ClientMachine(Machine):
         self.cert_requested = False
         self.requested_schemes: tuple[int, ...] = ()
         self.psk_hint = b""
+        # RFC 5077: the session we try to resume, and what the server said about tickets.
+        self.session: ClientSession | None = None
+        self.session_id = b""
+        self.resuming = False
+        self.ticket_expected = False
+        self.new_ticket: hs.NewSessionTicket | None = None
         S = ClientState
         self._table = {
             (S.WAIT_SERVER_HELLO, HandshakeType.hello_verify_request): self._handle_hello_verify,
@@ -95,14 +103,20 @@ class ClientMachine(Machine):
             (S.WAIT_CERT_REQUEST_OR_DONE, HandshakeType.certificate_request): self._handle_cert_req,
             (S.WAIT_CERT_REQUEST_OR_DONE, HandshakeType.server_hello_done): self._handle_done,
             (S.WAIT_SERVER_HELLO_DONE, HandshakeType.server_hello_done): self._handle_done,
+            (S.WAIT_NEW_SESSION_TICKET, HandshakeType.new_session_ticket): self._handle_ticket,
             (S.WAIT_CCS, CCS_TYPE): self._handle_ccs,
             (S.WAIT_FINISHED, HandshakeType.finished): self._handle_finished,
         }
 
     # --- flight 1 / 3: ClientHello -------------------------------------------
 
-    def start(self, now: float) -> None:
+    def start(self, now: float, wall: float) -> None:
         self.client_random = self.config.random_bytes(32)
+        c = self.config
+        if c.session_tickets and c.resume_session is not None and c.resume_session.usable(wall):
+            self.session = c.resume_session
+            # RFC 5077 §3.4: a fresh session_id lets us tell resumption (echoed) apart.
+            self.session_id = c.random_bytes(32)
         self.state = ClientState.WAIT_SERVER_HELLO
         self._send_client_hello(now)
 
@@ -119,12 +133,17 @@ class ClientMachine(Machine):
             # RFC 5746 §3.4: an empty renegotiation_info on the initial handshake.
             hs.Extension(ExtensionType.renegotiation_info, ext.encode_renegotiation_info(b"")),
         ]
+        if c.session_tickets:
+            ticket = self.session.ticket if self.session is not None else b""
+            exts.append(hs.Extension(ExtensionType.session_ticket,
+                                     ext.encode_session_ticket(ticket)))
         if c.heartbeat:
             # RFC 6520 §2: we answer requests; the server's mode says whether we may send.
             exts.append(hs.Extension(ExtensionType.heartbeat,
                                      ext.encode_heartbeat(HeartbeatMode.peer_allowed_to_send)))
         return hs.ClientHello(
-            DTLS_1_2, self.client_random, b"", self.cookie, self.offered_suites, b"\x00",
+            DTLS_1_2, self.client_random, self.session_id, self.cookie, self.offered_suites,
+            b"\x00",
             tuple(exts),
         )
 
@@ -174,6 +193,10 @@ class ClientMachine(Machine):
         self.add_transcript(HandshakeType.server_hello, seq, body)
         self.server_random = sh.random
         self.suite = SUITES[sh.cipher_suite]
+        self.ticket_expected = sh.ext(ExtensionType.session_ticket) is not None
+        if self.session is not None and sh.session_id == self.session_id:
+            self._resume(sh)
+            return
         kx = self.suite.kx
         if kx in (KeyExchangeKind.ECDHE_ECDSA, KeyExchangeKind.ECDHE_RSA):
             self.state = ClientState.WAIT_CERTIFICATE
@@ -234,7 +257,8 @@ class ClientMachine(Machine):
         hs.decode_server_hello_done(body)
         self.add_transcript(HandshakeType.server_hello_done, seq, body)
         self._send_final_flight(now)
-        self.state = ClientState.WAIT_CCS
+        self.state = (ClientState.WAIT_NEW_SESSION_TICKET if self.ticket_expected
+                      else ClientState.WAIT_CCS)
 
     # --- flight 5: [Certificate] ClientKeyExchange [CertificateVerify] CCS Finished
 
@@ -291,7 +315,28 @@ class ClientMachine(Machine):
         msgs.append(self.outgoing(1, HandshakeType.finished, hs.encode_finished(hs.Finished(fin))))
         self.link.send_flight(msgs, now, expect_reply=True)
 
-    # --- flight 6: CCS Finished -------------------------------------------------
+    # --- abbreviated handshake (RFC 5077 §3.1, RFC 5246 §7.3 Figure 2) -------
+
+    def _resume(self, sh: hs.ServerHello) -> None:
+        session = self.session
+        assert session is not None and self.suite is not None
+        if sh.cipher_suite != session.suite:
+            raise IllegalParameter("resumed session with another cipher suite")
+        if session.ems and not self.ems:
+            # RFC 7627 §5.3: the server dropped EMS on resumption: abort.
+            raise HandshakeFailure("server resumed an EMS session without EMS")
+        self.resuming = True
+        self.master_secret = session.master_secret
+        self.install_keys()
+        self.state = (ClientState.WAIT_NEW_SESSION_TICKET if self.ticket_expected
+                      else ClientState.WAIT_CCS)
+
+    # --- flight 6: [NewSessionTicket] CCS Finished -----------------------------
+
+    def _handle_ticket(self, seq: int, body: bytes, now: float, wall: float) -> None:
+        self.new_ticket = hs.decode_new_session_ticket(body)
+        self.add_transcript(HandshakeType.new_session_ticket, seq, body)
+        self.state = ClientState.WAIT_CCS
 
     def _handle_ccs(self, seq: int, body: bytes, now: float, wall: float) -> None:
         self.state = ClientState.WAIT_FINISHED
@@ -300,6 +345,21 @@ class ClientMachine(Machine):
         fin = hs.decode_finished(body)
         self.check_finished(fin.verify_data, from_client=False)
         self.add_transcript(HandshakeType.finished, seq, body)
+        if self.resuming:
+            # Abbreviated: our CCS and Finished close the handshake; the flight is
+            # not timed, it is re-sent when the server's flight repeats (RFC 6347 §4.2.4).
+            ours = self.finished_data(from_client=True)
+            msgs = [OutMessage(0, CCS, 0, b""),
+                    self.outgoing(1, HandshakeType.finished,
+                                  hs.encode_finished(hs.Finished(ours)))]
+            self.link.send_flight(msgs, now, expect_reply=False)
         self.state = ClientState.ESTABLISHED
-        self.link.complete(self.completed_event(), now)
+        self.link.complete(self.completed_event(resumed=self.resuming), now)
+        ticket = self.new_ticket
+        if ticket is not None and ticket.ticket and self.ems:
+            assert self.suite is not None
+            self.link.ticket_received(ClientSession(
+                ticket=ticket.ticket, suite=int(self.suite.code),
+                master_secret=self.master_secret, ems=self.ems, received_at=int(wall),
+                lifetime_hint=ticket.lifetime_hint))
 

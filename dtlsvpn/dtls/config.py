@@ -12,14 +12,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
 from dtlsvpn.crypto.certs import PrivateKey
 from dtlsvpn.crypto.keyexchange import KeyShareFactory
 from dtlsvpn.crypto.suites import SUITES, KeyExchangeKind
+from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.errors import UsageError
 from dtlsvpn.wire.constants import CipherSuite, NamedGroup, SignatureScheme
+
+if TYPE_CHECKING:
+    from dtlsvpn.crypto.tickets import TicketKeyRing
 
 DEFAULT_GROUPS = (NamedGroup.x25519, NamedGroup.secp256r1, NamedGroup.secp384r1)
 DEFAULT_SIGNATURE_SCHEMES = (
@@ -72,6 +77,9 @@ class DtlsConfig:
     keylog: Callable[[str], None] | None = field(default=None, repr=False)
     require_extended_master_secret: bool = True
     heartbeat: bool = True  # offer/accept RFC 6520 with mode peer_allowed_to_send
+    session_tickets: bool = True  # client: offer RFC 5077 (with resume_session's ticket)
+    resume_session: ClientSession | None = None  # client: the session to resume
+    ticket_keys: TicketKeyRing | None = field(default=None, repr=False)  # server: issue/accept
 
     def __post_init__(self) -> None:
         self.validate()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.wire.constants import CipherSuite
 
 
@@ -25,6 +26,13 @@ class HandshakeCompleted:
     peer_certificate: x509.Certificate | None
     psk_identity: bytes | None
     heartbeat: bool = False  # the peer accepts our HeartbeatRequests (RFC 6520 §2)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionTicketReceived:
+    """Client: the server issued a ticket (RFC 5077 §3.3); keep it to resume later."""
+
+    session: ClientSession
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,4 +56,4 @@ class AssociationClosed:
     alert: int | None
 
 
-Event = HandshakeCompleted | AlertReceived | AssociationClosed
+Event = HandshakeCompleted | SessionTicketReceived | AlertReceived | AssociationClosed

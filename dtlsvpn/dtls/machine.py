@@ -29,6 +29,7 @@ from dtlsvpn.crypto.suites import SuiteInfo
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import HandshakeCompleted
 from dtlsvpn.dtls.flight import CCS, OutMessage
+from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.errors import (
     DecodeError,
     DecodeErrorAlert,
@@ -54,6 +55,8 @@ class Link(Protocol):
     def install_keys(self, write: RecordProtection, read: RecordProtection) -> None: ...
 
     def complete(self, event: HandshakeCompleted, now: float) -> None: ...
+
+    def ticket_received(self, session: ClientSession) -> None: ...
 
 
 Handler = Callable[[int, bytes, float, float], None]  # (message_seq, body, now, wall)

@@ -12,7 +12,15 @@ States and the messages legal in each (anything else is unexpected_message)::
                                                | WAIT_CCS
     WAIT_CERTIFICATE_VERIFY CertificateVerify -> WAIT_CCS
     WAIT_CCS                CCS               -> WAIT_FINISHED
-    WAIT_FINISHED           Finished          -> ESTABLISHED (our CCS + Finished go out)
+    WAIT_FINISHED           Finished          -> ESTABLISHED ([NewSessionTicket] CCS Finished
+                                                 go out)
+
+Abbreviated handshake (RFC 5077 §3.1): a ClientHello whose ticket opens
+under our key ring, binds an EMS session, a suite we still accept and a peer
+identity we still trust is answered by ServerHello (echoing the client's
+session_id), [NewSessionTicket], CCS, Finished; then WAIT_CCS ->
+WAIT_FINISHED -> ESTABLISHED on the client's Finished.  Any other ticket
+falls back to a full handshake without a word (RFC 5077 §3.4).
 
 security.md S2-S5: a client Certificate without a CertificateVerify, an empty
 Certificate when one is required, a ClientKeyExchange before the Certificate,
@@ -23,12 +31,14 @@ from __future__ import annotations
 
 import enum
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from dtlsvpn.crypto import certs
 from dtlsvpn.crypto.keyexchange import psk_premaster
 from dtlsvpn.crypto.suites import SUITES, KeyExchangeKind, SuiteInfo
+from dtlsvpn.crypto.tickets import TicketState
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.flight import CCS, OutMessage
 from dtlsvpn.dtls.machine import CCS_TYPE, Link, Machine
@@ -70,6 +80,8 @@ class ServerMachine(Machine):
         super().__init__(config, link)
         self.state = ServerState.WAIT_CLIENT_HELLO
         self.group: NamedGroup | None = None
+        self.resuming = False
+        self.issue_ticket = False
         self.cert_requested = False
         self.client_public: object | None = None
         S = ServerState
@@ -120,10 +132,19 @@ class ServerMachine(Machine):
             raise HandshakeFailure("client does not offer extended_master_secret (RFC 7627)")
         heartbeat = ch.ext(ExtensionType.heartbeat)
         self.note_heartbeat_mode(heartbeat)
-        self.suite = suite = self._choose_suite(ch.cipher_suites)
         self.client_random = ch.random
         self.add_transcript(HandshakeType.client_hello, seq, body)
         self.next_send_seq = seq  # RFC 6347 §4.2.2: our message_seq follows the ClientHello's
+        ticket_data = ch.ext(ExtensionType.session_ticket)
+        keys = self.config.ticket_keys
+        # RFC 5077 §3.2: we issue tickets only for EMS sessions (protocol.md).
+        self.issue_ticket = keys is not None and ticket_data is not None and self.ems
+        if keys is not None and ticket_data:
+            state = keys.open(ext.decode_session_ticket(ticket_data), wall)
+            if state is not None and self._resumable(state, ch, wall):
+                self._resume(ch, state, heartbeat is not None, secure_reneg, now, wall)
+                return
+        self.suite = suite = self._choose_suite(ch.cipher_suites)
 
         groups_data = ch.ext(ExtensionType.supported_groups)
         client_groups = (
@@ -140,19 +161,12 @@ class ServerMachine(Machine):
                 raise HandshakeFailure("no common group")
 
         self.server_random = self.config.random_bytes(32)
-        exts: list[hs.Extension] = []
-        if secure_reneg:
-            exts.append(hs.Extension(ExtensionType.renegotiation_info,
-                                     ext.encode_renegotiation_info(b"")))
-        if self.ems:
-            exts.append(hs.Extension(ExtensionType.extended_master_secret,
-                                     ext.encode_extended_master_secret()))
-        if heartbeat is not None and self.config.heartbeat:
-            exts.append(hs.Extension(ExtensionType.heartbeat,
-                                     ext.encode_heartbeat(HeartbeatMode.peer_allowed_to_send)))
+        exts = self._common_extensions(heartbeat is not None, secure_reneg)
         if ch.ext(ExtensionType.ec_point_formats) is not None and suite.uses_ecdhe:
             exts.append(hs.Extension(ExtensionType.ec_point_formats,
                                      ext.encode_ec_point_formats(b"\x00")))
+        if self.issue_ticket:
+            exts.append(hs.Extension(ExtensionType.session_ticket, b""))
         sh = hs.ServerHello(DTLS_1_2, self.server_random, b"", suite.code, 0, tuple(exts))
         msgs = [self.outgoing(0, HandshakeType.server_hello, hs.encode_server_hello(sh))]
 
@@ -257,13 +271,104 @@ class ServerMachine(Machine):
         fin = hs.decode_finished(body)
         self.check_finished(fin.verify_data, from_client=True)
         self.add_transcript(HandshakeType.finished, seq, body)
+        if self.resuming:
+            # Abbreviated handshake: the client's Finished ends it (RFC 5246 §7.3).
+            self.state = ServerState.ESTABLISHED
+            self.link.complete(self.completed_event(resumed=True), now)
+            return
+        msgs = self._ticket_messages(wall)  # hashed before our Finished (RFC 5077 §3.3)
         ours = self.finished_data(from_client=False)
-        msgs: list[OutMessage] = [
-            OutMessage(0, CCS, 0, b""),
-            self.outgoing(1, HandshakeType.finished, hs.encode_finished(hs.Finished(ours))),
-        ]
+        msgs.append(OutMessage(0, CCS, 0, b""))
+        msgs.append(self.outgoing(1, HandshakeType.finished,
+                                  hs.encode_finished(hs.Finished(ours))))
         # RFC 6347 §4.2.4: the server's last flight is not timed; it is re-sent
         # when the client's final flight repeats.
         self.link.send_flight(msgs, now, expect_reply=False)
         self.state = ServerState.ESTABLISHED
         self.link.complete(self.completed_event(), now)
+
+    # --- tickets (RFC 5077) --------------------------------------------------------
+
+    def _peer_identity(self) -> bytes:
+        if self.peer_certificate is not None:
+            return b"cert:" + self.peer_certificate.public_bytes(Encoding.DER)
+        if self.psk_identity is not None:
+            return b"psk:" + self.psk_identity
+        return b""
+
+    def _ticket_messages(self, wall: float) -> list[OutMessage]:
+        """A NewSessionTicket when the ServerHello promised one (RFC 5077 §3.3)."""
+        keys = self.config.ticket_keys
+        if not self.issue_ticket or keys is None:
+            return []
+        assert self.suite is not None
+        state = TicketState(
+            version=DTLS_1_2, suite=int(self.suite.code), master_secret=self.master_secret,
+            ems=self.ems, peer_identity=self._peer_identity(), issued_at=int(wall),
+            lifetime=keys.ticket_lifetime,
+        )
+        msg = hs.NewSessionTicket(keys.lifetime_hint, keys.seal(state, wall))
+        return [self.outgoing(0, HandshakeType.new_session_ticket,
+                              hs.encode_new_session_ticket(msg))]
+
+    def _resumable(self, state: TicketState, ch: hs.ClientHello, wall: float) -> bool:
+        """May this ticket resume?  If not, a full handshake follows silently."""
+        if state.version != DTLS_1_2 or not state.ems:
+            return False  # protocol.md: no resumption without EMS
+        if not self.ems:
+            # RFC 7627 §5.3: an EMS session resumed without EMS must abort.
+            raise HandshakeFailure("resumption of an EMS session without EMS")
+        if state.suite not in ch.cipher_suites or state.suite not in [
+                int(s) for s in self.config.suites]:
+            return False
+        ident = state.peer_identity
+        if ident.startswith(b"psk:"):
+            return self.config.lookup_psk(ident[4:]) is not None
+        if ident.startswith(b"cert:"):
+            try:
+                cert = x509.load_der_x509_certificate(ident[5:])
+            except ValueError:
+                return False
+            if cert.not_valid_after_utc < self.wall_datetime(wall):
+                return False
+            self.peer_certificate = cert
+            return True
+        # Anonymous client: only when we do not authenticate clients now.
+        return not self.config.require_client_cert
+
+    def _resume(self, ch: hs.ClientHello, state: TicketState, heartbeat: bool,
+                secure_reneg: bool, now: float, wall: float) -> None:
+        self.resuming = True
+        self.suite = SUITES[state.suite]
+        self.master_secret = state.master_secret
+        if state.peer_identity.startswith(b"psk:"):
+            self.psk_identity = state.peer_identity[4:]
+        self.server_random = self.config.random_bytes(32)
+        exts = self._common_extensions(heartbeat, secure_reneg)
+        if self.issue_ticket:
+            exts.append(hs.Extension(ExtensionType.session_ticket, b""))
+        # RFC 5077 §3.4: echoing the client's session_id says "resumed".
+        sh = hs.ServerHello(DTLS_1_2, self.server_random, ch.session_id, self.suite.code, 0,
+                            tuple(exts))
+        msgs = [self.outgoing(0, HandshakeType.server_hello, hs.encode_server_hello(sh))]
+        msgs += self._ticket_messages(wall)
+        self.install_keys()
+        msgs.append(OutMessage(0, CCS, 0, b""))
+        ours = self.finished_data(from_client=False)
+        msgs.append(self.outgoing(1, HandshakeType.finished,
+                                  hs.encode_finished(hs.Finished(ours))))
+        self.link.send_flight(msgs, now, expect_reply=True)
+        self.state = ServerState.WAIT_CCS
+
+    def _common_extensions(self, heartbeat: bool, secure_reneg: bool) -> list[hs.Extension]:
+        exts: list[hs.Extension] = []
+        if secure_reneg:
+            exts.append(hs.Extension(ExtensionType.renegotiation_info,
+                                     ext.encode_renegotiation_info(b"")))
+        if self.ems:
+            exts.append(hs.Extension(ExtensionType.extended_master_secret,
+                                     ext.encode_extended_master_secret()))
+        if heartbeat and self.config.heartbeat:
+            exts.append(hs.Extension(ExtensionType.heartbeat,
+                                     ext.encode_heartbeat(HeartbeatMode.peer_allowed_to_send)))
+        return exts
