@@ -123,7 +123,7 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ciphers", metavar="NAME,...", type=_cipher_list,
                    help="cipher suites, IANA or OpenSSL names, comma-separated")
     p.add_argument("--mtu", metavar="N", type=_mtu, default=None,
-                   help="largest UDP payload for handshake datagrams")
+                   help="largest UDP payload: a fixed path MTU (turns PMTU discovery off)")
     p.add_argument("--keylog", metavar="FILE", help="append NSS key log lines (debug only!)")
 
 
@@ -227,7 +227,9 @@ def _credentials(args: argparse.Namespace) -> dict[str, Any]:
     if args.ciphers is not None:
         kw["cipher_suites"] = args.ciphers
     if args.mtu is not None:
+        # A fixed MTU: handshake datagrams fit it and no PMTU probe exceeds it.
         kw["mtu"] = args.mtu
+        kw["pmtu"] = None
     keylog = _open_keylog(args.keylog)
     if keylog is not None:
         kw["keylog"] = keylog

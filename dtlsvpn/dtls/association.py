@@ -46,6 +46,10 @@ from dtlsvpn.dtls.events import (
     AssociationClosed,
     Event,
     HandshakeCompleted,
+    HeartbeatAnswered,
+    PathMtuChanged,
+    PeerAlive,
+    PeerUnresponsive,
     SessionTicketReceived,
 )
 from dtlsvpn.dtls.flight import (
@@ -56,7 +60,9 @@ from dtlsvpn.dtls.flight import (
     OutMessage,
     pack_flight,
 )
+from dtlsvpn.dtls.heartbeat import Liveness
 from dtlsvpn.dtls.machine import CCS_TYPE, Machine
+from dtlsvpn.dtls.pmtu import Dplpmtud
 from dtlsvpn.dtls.reassembly import Reassembler
 from dtlsvpn.dtls.replay import ReplayWindow
 from dtlsvpn.dtls.server import ServerMachine
@@ -69,12 +75,15 @@ from dtlsvpn.wire.constants import (
     DTLS_1_2,
     MAX_PLAINTEXT,
     MAX_SEQ,
+    RECORD_HEADER_LEN,
     AlertDescription,
     AlertLevel,
     ContentType,
     HandshakeType,
+    HeartbeatMessageType,
 )
 from dtlsvpn.wire.handshake import parse_handshake_fragments
+from dtlsvpn.wire.heartbeat import decode_heartbeat, encode_heartbeat
 from dtlsvpn.wire.record import RECORD_HEADER, Record, parse_datagram
 
 MAX_FUTURE_RECORDS = 16  # next-epoch records kept until the CCS arrives
@@ -103,6 +112,7 @@ class Association:
         *,
         first_message_seq: int = 0,
         first_record_seq: int = 0,
+        ip_header: int = 20,
     ) -> None:
         self.config = config
         self.peer = peer
@@ -130,6 +140,14 @@ class Association:
         self._last_repeat_resend = float("-inf")
         self._bad_mac_in_handshake = 0
         self.handshake_result: HandshakeCompleted | None = None
+        # Heartbeats (RFC 6520) and DPLPMTUD (RFC 8899), once the handshake is done.
+        self.ip_header = ip_header  # outer IP header size: 20 (IPv4) or 40 (IPv6)
+        self._last_rx = 0.0  # last authenticated record; the fast path only stores this
+        self._liveness: Liveness | None = None
+        self._pmtu: Dplpmtud | None = None
+        self._hb_sent: tuple[bytes, float] | None = None  # keepalive payload, sent at
+        self._probe_sent_at = 0.0
+        self._hb_pending = False  # a heartbeat record arrived: service the machines
 
     # --- public state -------------------------------------------------------
 
@@ -144,6 +162,21 @@ class Association:
     @property
     def client_random(self) -> bytes:
         return self._machine.client_random
+
+    @property
+    def plpmtu(self) -> int | None:
+        """The confirmed PLPMTU (outer IP packet size), when PMTU discovery runs."""
+        return None if self._pmtu is None else self._pmtu.plpmtu
+
+    @property
+    def inner_mtu(self) -> int | None:
+        """The largest inner packet one record carries at the current PLPMTU."""
+        return None if self._pmtu is None else self._pmtu.inner_mtu
+
+    @property
+    def record_overhead(self) -> int:
+        """Bytes a record adds to its payload in the current write epoch."""
+        return RECORD_HEADER_LEN + self._record_overhead(self._write_epoch)
 
     # --- inputs ---------------------------------------------------------------
 
@@ -188,6 +221,7 @@ class Association:
                     stats.bad_mac += 1
                     continue
                 self._window.commit(seq)
+                self._last_rx = now
                 out.append(plain)
                 continue
             repeat |= self._slow_record(rec, now, wall, out)
@@ -195,12 +229,29 @@ class Association:
                 break
         if repeat and not self._closed:
             self._on_peer_repeat(now)
+        if self._hb_pending and not self._closed:
+            self._hb_pending = False
+            self._service_heartbeats(now)
         return out
 
     def handle_timer(self, now: float) -> None:
-        if self._closed or not self._timer.expired(now):
+        if self._closed:
             return
-        self._on_flight_timer_expired(now)
+        if self._timer.expired(now):
+            self._on_flight_timer_expired(now)
+        if self._liveness is not None and not self._closed:
+            self._service_heartbeats(now)
+
+    def path_hint(self, mtu: int, now: float) -> None:
+        """A kernel hint: IP_MTU, an ICMP Packet Too Big, or EMSGSIZE at ``mtu``.
+
+        Never trusted above what a probe confirmed (RFC 8899 §4.6.2); the
+        shell must only pass ICMP errors that quote one of our datagrams.
+        """
+        if self._pmtu is None or self._closed:
+            return
+        self._pmtu.path_hint(mtu, now)
+        self._service_heartbeats(now)
 
     def protect(self, payloads: Iterable[bytes]) -> list[bytes]:
         """Seal each payload as one application_data record in its own datagram."""
@@ -242,7 +293,16 @@ class Association:
     def get_timer(self) -> float | None:
         if self._closed:
             return None
-        return self._timer.deadline
+        deadline = self._timer.deadline
+        lv, pm = self._liveness, self._pmtu
+        if lv is not None:
+            if self._last_rx > lv.last_rx:
+                lv.note_rx(self._last_rx)
+            for t in (lv.get_timer(blocked=pm is not None and pm.in_flight),
+                      None if pm is None else pm.get_timer(blocked=lv.in_flight)):
+                if t is not None and (deadline is None or t < deadline):
+                    deadline = t
+        return deadline
 
     def pop_events(self) -> list[Event]:
         ev, self._events = self._events, []
@@ -273,6 +333,16 @@ class Association:
         self._reasm.clear()
         self._future.clear()
         self._events.append(event)
+        self._last_rx = now
+        if event.heartbeat:
+            c = self.config
+            self._liveness = Liveness(c.heartbeat_settings, now, random_bytes=c.random_bytes)
+            if c.pmtu is not None:
+                self._pmtu = Dplpmtud(
+                    c.pmtu, ip_header=self.ip_header, record_overhead=self.record_overhead,
+                    now=now, random_bytes=c.random_bytes)
+                self._events.append(PathMtuChanged(plpmtu=self._pmtu.plpmtu,
+                                                   inner_mtu=self._pmtu.inner_mtu))
 
     def ticket_received(self, session: ClientSession) -> None:
         self._events.append(SessionTicketReceived(session=session))
@@ -298,6 +368,7 @@ class Association:
                 if opened is None:
                     return False
                 payload = opened
+                self._last_rx = now
             return self._dispatch(rec.content_type, epoch, payload, now, wall, out)
         if epoch == self._read_epoch + 1 and not self._established:
             # security.md S9: keep a Finished that overtook its CCS.
@@ -350,7 +421,7 @@ class Association:
                 stats.early_data += 1
             return False
         if ctype == _CT_HEARTBEAT:
-            stats.heartbeat_dropped += 1
+            self._handle_heartbeat(epoch, payload, now)
             return False
         stats.unexpected += 1  # RFC 5246 §6: unknown content types are dropped here
         return False
@@ -464,6 +535,85 @@ class Association:
             except ValueError:
                 name = str(desc)
             self._close(local=False, reason=f"peer sent fatal alert {name}", alert=desc)
+
+    # --- heartbeats (RFC 6520) and DPLPMTUD (RFC 8899) -----------------------------
+
+    def _handle_heartbeat(self, epoch: int, payload: bytes, now: float) -> None:
+        stats = self.stats
+        # RFC 6520 §3: nothing during a handshake or unprotected; only when negotiated.
+        if not self._established or epoch == 0 or not self._machine.heartbeat_negotiated:
+            stats.heartbeat_dropped += 1
+            return
+        try:
+            # RFC 6520 §4: payload_length + 3 + 16 must fit the record (Heartbleed).
+            msg = decode_heartbeat(payload)
+        except DecodeError:
+            stats.heartbeat_malformed += 1
+            return
+        if msg.type == HeartbeatMessageType.heartbeat_request:
+            # RFC 6520 §4: an exact copy of the payload, fresh padding of 16 bytes.
+            reply = encode_heartbeat(HeartbeatMessageType.heartbeat_response, msg.payload,
+                                     self.config.random_bytes(16))
+            self._out.append(self._seal_record(_CT_HEARTBEAT, self._write_epoch, reply))
+            stats.heartbeat_answered += 1
+            return
+        if msg.type != HeartbeatMessageType.heartbeat_response:
+            stats.heartbeat_dropped += 1  # RFC 6520 §4: unknown types are discarded
+            return
+        lv, pm = self._liveness, self._pmtu
+        sent = self._hb_sent
+        if lv is not None and lv.on_response(msg.payload, now):
+            rtt = now - sent[1] if sent is not None and sent[0] == msg.payload else 0.0
+            self._hb_sent = None
+            self._events.append(HeartbeatAnswered(rtt=rtt, probe_size=None))
+        elif pm is not None and (probe := pm.in_flight_probe) is not None and pm.on_response(
+                msg.payload, now):
+            self._events.append(HeartbeatAnswered(rtt=now - self._probe_sent_at,
+                                                  probe_size=probe.size))
+        else:
+            stats.heartbeat_unexpected += 1  # RFC 6520 §4: discard silently
+            return
+        self._hb_pending = True
+
+    def _service_heartbeats(self, now: float) -> None:
+        """Run the liveness and PMTU machines: expiries, requests to send, changes."""
+        lv, pm = self._liveness, self._pmtu
+        if lv is None or not self._established:
+            return
+        if self._last_rx > lv.last_rx:
+            lv.note_rx(self._last_rx)
+        lv.handle_timer(now)
+        if pm is not None:
+            pm.handle_timer(now)
+        for alive in lv.pop_changes():
+            if alive:
+                self._events.append(PeerAlive())
+                if pm is not None:
+                    pm.enable(now)
+            else:
+                self._events.append(PeerUnresponsive(silent_for=now - lv.last_rx))
+                if pm is not None:
+                    pm.disable()  # RFC 8899 §5.2: no probing an unreachable peer
+        if self._machine.peer_allows_heartbeat:  # RFC 6520 §2: never to a peer that said no
+            payload = lv.poll(now, blocked=pm is not None and pm.in_flight)
+            rand = self.config.random_bytes
+            if payload is not None:
+                if self._hb_sent is None or self._hb_sent[0] != payload:
+                    self._hb_sent = (payload, now)
+                req = encode_heartbeat(HeartbeatMessageType.heartbeat_request, payload, rand(16))
+                self._out.append(self._seal_record(_CT_HEARTBEAT, self._write_epoch, req))
+                self.stats.heartbeats_sent += 1
+            elif pm is not None:
+                probe = pm.poll(now, blocked=lv.in_flight)
+                if probe is not None:
+                    req = encode_heartbeat(HeartbeatMessageType.heartbeat_request, probe.payload,
+                                           rand(probe.padding))
+                    self._probe_sent_at = now
+                    self._out.append(self._seal_record(_CT_HEARTBEAT, self._write_epoch, req))
+                    self.stats.probes_sent += 1
+        if pm is not None:
+            for plpmtu, inner in pm.pop_changes():
+                self._events.append(PathMtuChanged(plpmtu=plpmtu, inner_mtu=inner))
 
     # --- flights and timers ---------------------------------------------------------
 

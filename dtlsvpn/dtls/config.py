@@ -19,6 +19,8 @@ from cryptography import x509
 from dtlsvpn.crypto.certs import PrivateKey
 from dtlsvpn.crypto.keyexchange import KeyShareFactory
 from dtlsvpn.crypto.suites import SUITES, KeyExchangeKind
+from dtlsvpn.dtls.heartbeat import HeartbeatSettings
+from dtlsvpn.dtls.pmtu import PmtuSettings
 from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.errors import UsageError
 from dtlsvpn.wire.constants import CipherSuite, NamedGroup, SignatureScheme
@@ -77,6 +79,8 @@ class DtlsConfig:
     keylog: Callable[[str], None] | None = field(default=None, repr=False)
     require_extended_master_secret: bool = True
     heartbeat: bool = True  # offer/accept RFC 6520 with mode peer_allowed_to_send
+    heartbeat_settings: HeartbeatSettings = field(default_factory=HeartbeatSettings)
+    pmtu: PmtuSettings | None = field(default_factory=PmtuSettings)  # None: no PMTU discovery
     session_tickets: bool = True  # client: offer RFC 5077 (with resume_session's ticket)
     resume_session: ClientSession | None = None  # client: the session to resume
     ticket_keys: TicketKeyRing | None = field(default=None, repr=False)  # server: issue/accept

@@ -36,6 +36,39 @@ class SessionTicketReceived:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PathMtuChanged:
+    """DPLPMTUD (RFC 8899) settled on a new PLPMTU.
+
+    ``plpmtu`` is the outer IP packet size that gets through; ``inner_mtu`` is
+    PLPMTU minus the outer IP, UDP and record overhead of the negotiated suite:
+    the MTU to put on the TUN device.
+    """
+
+    plpmtu: int
+    inner_mtu: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerUnresponsive:
+    """Nothing authenticated arrived for the heartbeat timeout (RFC 6520 §3)."""
+
+    silent_for: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerAlive:
+    """An unresponsive peer was heard again."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeartbeatAnswered:
+    """One of our HeartbeatRequests was answered; ``probe_size`` for PMTU probes."""
+
+    rtt: float
+    probe_size: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AlertReceived:
     """An authenticated (or, during the handshake, plaintext) alert from the peer."""
 
@@ -56,4 +89,7 @@ class AssociationClosed:
     alert: int | None
 
 
-Event = HandshakeCompleted | SessionTicketReceived | AlertReceived | AssociationClosed
+Event = (
+    HandshakeCompleted | SessionTicketReceived | PathMtuChanged | PeerUnresponsive | PeerAlive
+    | HeartbeatAnswered | AlertReceived | AssociationClosed
+)

@@ -80,6 +80,7 @@ class Machine:
         self.psk_identity: bytes | None = None
         self.next_send_seq = 0
         self.peer_allows_heartbeat = False  # RFC 6520 §2: may we send requests?
+        self.heartbeat_negotiated = False  # the peer sent the extension: we answer requests
         self._table: dict[tuple[object, int], Handler] = {}
 
     # --- dispatch ---------------------------------------------------------
@@ -165,6 +166,7 @@ class Machine:
         if data is None:
             return
         mode = ext.decode_heartbeat(data)
+        self.heartbeat_negotiated = self.config.heartbeat
         if mode not in (HeartbeatMode.peer_allowed_to_send, HeartbeatMode.peer_not_allowed_to_send):
             raise IllegalParameter(f"unknown heartbeat mode {mode}")
         self.peer_allows_heartbeat = (

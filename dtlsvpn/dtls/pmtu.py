@@ -329,6 +329,11 @@ class Dplpmtud:
         return self._probe is not None
 
     @property
+    def in_flight_probe(self) -> Probe | None:
+        """The probe awaiting its response, if any."""
+        return self._probe
+
+    @property
     def srtt(self) -> float | None:
         """Smoothed probe round-trip time, once a probe was answered."""
         return self._srtt

@@ -26,7 +26,12 @@ class Stats:
     buffer_full: int = 0  # a reassembly or future-epoch buffer cap reached
     stale_handshake: int = 0  # a handshake message already processed, not an exact repeat
     after_close: int = 0  # anything that arrived after the association closed
-    heartbeat_dropped: int = 0  # heartbeat records (not negotiated yet)
+    heartbeat_dropped: int = 0  # not negotiated, during the handshake, or an unknown type
+    heartbeat_malformed: int = 0  # RFC 6520 §4 length check failed (Heartbleed-shaped)
+    heartbeat_unexpected: int = 0  # a response that answers nothing outstanding
+    heartbeat_answered: int = 0  # requests from the peer we responded to
+    heartbeats_sent: int = 0  # our keepalive requests (retransmissions included)
+    probes_sent: int = 0  # our DPLPMTUD probes
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -423,15 +423,20 @@ def configs_for(
     mtu: int = 1400,
     **overrides: Any,
 ) -> tuple[DtlsConfig, DtlsConfig]:
-    """Client and server DtlsConfig for ``mode``; ``overrides`` apply to both sides."""
+    """Client and server DtlsConfig for ``mode``; ``overrides`` apply to both sides.
+
+    Path MTU discovery is off unless asked for (``pmtu=PmtuSettings(...)``): its
+    probes are meant to exceed the path, which the handshake tests' size
+    assertions forbid; tests/sim/test_pmtu.py exercises it on capped links.
+    """
     m = MODES[mode] if isinstance(mode, str) else mode
     client: dict[str, Any] = dict(
         is_client=True, cipher_suites=(m.suite,), mtu=mtu,
-        random_bytes=seeded_random(seed, "client"),
+        random_bytes=seeded_random(seed, "client"), pmtu=None,
     )
     server: dict[str, Any] = dict(
         is_client=False, cipher_suites=(m.suite,), mtu=mtu,
-        random_bytes=seeded_random(seed, "server"),
+        random_bytes=seeded_random(seed, "server"), pmtu=None,
     )
     if m.psk:
         client.update(psk=PSK, psk_identity=PSK_IDENTITY)
