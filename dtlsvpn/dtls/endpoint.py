@@ -125,7 +125,7 @@ class ServerEndpoint:
         if assoc is not None:
             self.stats.replaced += 1
         assoc = Association(self.config, _peer_bytes(addr), first_message_seq=message_seq,
-                            first_record_seq=rec.seq)
+                            first_record_seq=rec.seq, ip_header=40 if ":" in addr[0] else 20)
         self.associations[addr] = assoc
         return assoc, assoc.receive_datagram(data, now, wall)
 
