@@ -1,0 +1,987 @@
+"""Typed configuration for the dtlsvpn daemon, with validation.
+
+Purpose: read ``/etc/dtlsvpn/NAME.conf`` (see :mod:`dtlsvpn.config.parser`
+for the syntax) into frozen dataclasses, check everything that can be checked
+without touching the system, and translate the result into the DTLS core's
+:class:`~dtlsvpn.dtls.config.DtlsConfig`.
+
+Invariants:
+- Every error is a :class:`~dtlsvpn.errors.ConfigError` naming the file, the
+  line and the key, and saying what was expected
+  (``office.conf:7: ListenAddress: expected HOST:PORT, got '198.18.0.1'``).
+  A missing key is reported at the line of its section header.
+- Relative paths resolve against the directory of the config file.
+- ``Route`` defaults to the peer's ``AllowedIPs`` minus the prefixes that an
+  ``Address`` already puts on-link (the kernel has that route already).
+- Secret files (``PrivateKey``, ``PSKFile``) must be regular files that group
+  and others cannot access at all (mode ``& 0o077 == 0``, as ssh requires);
+  they are read and parsed at load time, like the certificate and CA files,
+  so a config that loads has usable credentials.
+- Equality of :class:`PeerConfig` / :class:`InterfaceConfig` ignores
+  ``source`` (line numbers), so a reload can tell which peers really changed.
+  The loaded key and certificates live in :attr:`Config.credentials`, which is
+  not compared either.
+
+Authentication model (security.md): a server identifies each ``[Peer]`` by
+its client certificate (``CommonName`` checked after a chain to ``CA``, or
+``PeerKeyPin`` = SHA-256 of the SubjectPublicKeyInfo, or both) or by its PSK
+identity.  The DTLS core accepts any client that passes the server-wide
+check (the CA, or the union of pins when every certificate peer is pinned, or
+a known PSK identity); :func:`match_peer` then names the ``[Peer]``, and the
+daemon MUST close an association for which it returns None.  A client checks
+its single ``[Peer]`` (the server) with ``CA`` (+ ``ServerName``), pins, or
+its PSK; the core enforces all of that during the handshake.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import ipaddress
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeAlias, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from dtlsvpn.config.parser import Entry, Section, parse, split_list, suggest
+from dtlsvpn.crypto.certs import (
+    ChainVerifier,
+    PrivateKey,
+    load_certificates,
+    load_private_key,
+    spki_sha256,
+)
+from dtlsvpn.crypto.suites import SUITES, suite_by_name
+from dtlsvpn.dtls.config import DtlsConfig
+from dtlsvpn.dtls.events import HandshakeCompleted
+from dtlsvpn.errors import ConfigError, UsageError
+from dtlsvpn.wire.constants import CipherSuite
+
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+Interface: TypeAlias = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+Role: TypeAlias = Literal["server", "client"]
+T = TypeVar("T")
+
+DEFAULT_CONFDIR = Path("/etc/dtlsvpn")
+DEFAULT_HEARTBEAT_INTERVAL = 2.0
+DEFAULT_DEAD_PEER_TIMEOUT = 8.0
+MIN_MTU, MAX_MTU, MIN_MTU_IPV6 = 576, 9000, 1280  # RFC 791 §3.1 / RFC 8200 §5
+IFNAMSIZ = 16  # Linux: interface names hold at most 15 bytes plus NUL
+MAX_PSK_IDENTITY = 128  # RFC 4279 §5.3: identities up to 128 bytes MUST be supported
+MIN_PSK_BYTES, MAX_PSK_BYTES = 16, 256
+LOG_LEVELS = ("debug", "info", "warning", "error")
+EXPIRY_WARNING = datetime.timedelta(days=30)
+
+INTERFACE_KEYS = (
+    "Role", "ListenAddress", "Device", "Address", "MTU", "Certificate", "PrivateKey", "CA",
+    "Ciphers", "HeartbeatInterval", "DeadPeerTimeout", "TicketStore", "StatusSocket",
+    "MSSClamp", "LogLevel",
+)
+PEER_KEYS = (
+    "Name", "Endpoint", "AllowedIPs", "Route", "PeerKeyPin", "CommonName", "PSKIdentity",
+    "PSKFile", "ServerName",
+)
+MULTI_VALUED = frozenset({"Address", "AllowedIPs", "Route", "PeerKeyPin"})
+VOCABULARY = {"Interface": INTERFACE_KEYS, "Peer": PEER_KEYS}
+# Keys people bring from WireGuard and OpenVPN, with what to write instead.
+HINTS = {
+    "listenport": "use ListenAddress = HOST:PORT",
+    "publickey": "peers authenticate by certificate (CommonName, PeerKeyPin) or by PSK "
+                 "(PSKIdentity, PSKFile)",
+    "presharedkey": "use PSKIdentity and PSKFile (a file holding the key in hex)",
+    "persistentkeepalive": "use HeartbeatInterval in [Interface]",
+    "dns": "dtlsvpn does not configure DNS",
+    "key": "use PrivateKey",
+    "cert": "use Certificate",
+}
+
+
+# --- the typed configuration ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a section starts: the file and the line of its ``[Header]``."""
+
+    path: str
+    line: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeerConfig:
+    """One ``[Peer]``: for a server a client it accepts, for a client its server."""
+
+    name: str
+    endpoint: tuple[str, int] | None
+    allowed_prefixes: tuple[Network, ...]
+    routes: tuple[Network, ...]
+    pinned_spki_sha256: frozenset[bytes]
+    certificate_name: str | None
+    psk_identity: bytes | None
+    psk: bytes | None = field(repr=False)
+    server_name: str | None
+    source: Source = field(compare=False)
+
+    @property
+    def uses_certificate(self) -> bool:
+        """True when this peer may authenticate by certificate (name or pin)."""
+        return bool(self.pinned_spki_sha256) or self.certificate_name is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class InterfaceConfig:
+    """The ``[Interface]`` section: this host's side of the tunnel."""
+
+    role: Role
+    listen: tuple[str, int] | None
+    device: str
+    addresses: tuple[Interface, ...]
+    mtu: int | None
+    certificate: Path | None
+    private_key: Path | None
+    ca: Path | None
+    cipher_suites: tuple[CipherSuite, ...] | None
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    dead_peer_timeout: float = DEFAULT_DEAD_PEER_TIMEOUT
+    ticket_store: Path
+    status_socket: Path
+    mss_clamp: bool = True
+    log_level: str = "info"
+    source: Source = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The loaded contents of Certificate, PrivateKey and CA (not compared)."""
+
+    certificate_chain: tuple[x509.Certificate, ...] = ()
+    private_key: PrivateKey | None = field(default=None, repr=False)
+    ca_certs: tuple[x509.Certificate, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole validated configuration file.
+
+    ``warnings`` lists things that work but look wrong (an unused credential,
+    a certificate close to expiry); ``check-config`` prints them.
+    """
+
+    path: str
+    name: str
+    interface: InterfaceConfig
+    peers: tuple[PeerConfig, ...]
+    credentials: Credentials = field(default_factory=Credentials, compare=False, repr=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def peer(self, name: str) -> PeerConfig | None:
+        """The ``[Peer]`` called ``name``, if any."""
+        return next((p for p in self.peers if p.name == name), None)
+
+
+# --- public API ----------------------------------------------------------------------
+
+
+def config_path(name_or_file: str, confdir: Path = DEFAULT_CONFDIR) -> Path:
+    """``office`` → ``confdir/office.conf``; a name with ``/`` or ending in ``.conf`` is a file."""
+    if "/" in name_or_file or name_or_file.endswith(".conf"):
+        return Path(name_or_file)
+    return confdir / f"{name_or_file}.conf"
+
+
+def load_config(
+    path: str | Path, *, name: str | None = None, now: datetime.datetime | None = None
+) -> Config:
+    """Read, parse and validate a config file, loading its credentials; ConfigError if bad.
+
+    ``name`` (default: the file name without ``.conf``) is the instance name used
+    for the defaults of Device, TicketStore and StatusSocket. ``now`` (default:
+    the current time) is when certificate validity is checked.
+    """
+    p = Path(path)
+    spath = str(p)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(spath, None, None, f"cannot read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")  # a leading BOM (Windows editors) is dropped
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(spath, line, None, "expected UTF-8 text") from None
+    sections = parse(text, spath, VOCABULARY, HINTS)
+    base = Path(os.path.abspath(p)).parent
+    instance = name if name is not None else (p.name[:-5] if p.name.endswith(".conf") else p.name)
+    when = now if now is not None else datetime.datetime.now(datetime.UTC)
+    return _Loader(spath, base, instance, when).load(sections)
+
+
+def dtls_config(cfg: Config, peer: PeerConfig | None = None) -> DtlsConfig:
+    """The DTLS core's settings for this configuration.
+
+    Client: the single ``[Peer]`` (or ``peer``) is the server: CA + ServerName,
+    pins and PSK as configured; our certificate when we have one.
+    Server: ``peer=None`` accepts every configured peer (a PSK lookup over all
+    PSK peers; the CA, or the union of pins when every certificate peer is
+    pinned; a client certificate required when certificate peers exist);
+    ``peer`` restricts all of that to one peer. Timers, MTU and the rest keep
+    the DtlsConfig defaults: use ``dataclasses.replace`` to change them.
+    Raises UsageError when the credentials allow no cipher suite.
+    """
+    iface, creds = cfg.interface, cfg.credentials
+    if iface.role == "client":
+        server = peer if peer is not None else cfg.peers[0]
+        return DtlsConfig(
+            is_client=True,
+            cipher_suites=iface.cipher_suites,
+            certificate_chain=creds.certificate_chain,
+            private_key=creds.private_key,
+            ca_certs=creds.ca_certs,
+            pinned_spki_sha256=server.pinned_spki_sha256,
+            server_name=server.server_name,
+            psk=server.psk,
+            psk_identity=server.psk_identity if server.psk is not None else None,
+        )
+    peers = cfg.peers if peer is None else (peer,)
+    table = {p.psk_identity: p.psk for p in peers
+             if p.psk_identity is not None and p.psk is not None}
+    cert_peers = [p for p in peers if p.uses_certificate]
+    pins: frozenset[bytes] = frozenset()
+    if cert_peers and all(p.pinned_spki_sha256 for p in cert_peers):
+        pins = frozenset().union(*(p.pinned_spki_sha256 for p in cert_peers))
+
+    def lookup(identity: bytes) -> bytes | None:
+        return table.get(identity)
+
+    return DtlsConfig(
+        is_client=False,
+        cipher_suites=iface.cipher_suites,
+        certificate_chain=creds.certificate_chain if cert_peers else (),
+        private_key=creds.private_key if cert_peers else None,
+        ca_certs=creds.ca_certs if cert_peers else (),
+        pinned_spki_sha256=pins,
+        require_client_cert=bool(cert_peers),
+        psk_lookup=lookup if table else None,
+    )
+
+
+def match_peer(cfg: Config, event: HandshakeCompleted) -> PeerConfig | None:
+    """The ``[Peer]`` that authenticated in ``event``, or None (then close the association).
+
+    A PSK handshake matches the peer with that PSKIdentity. A certificate
+    matches the first peer whose pins (if any) contain its SPKI SHA-256 and
+    whose CommonName (if any) is a CN of its subject; the chain itself was
+    already checked by the core. On a client the single peer is returned when
+    the event's credential is one configured for it.
+    """
+    if event.psk_identity is not None:
+        return next((p for p in cfg.peers
+                     if p.psk is not None and p.psk_identity == event.psk_identity), None)
+    cert = event.peer_certificate
+    if cert is None:
+        return None
+    pin = spki_sha256(cert)
+    if cfg.interface.role == "client":
+        server = cfg.peers[0]
+        if server.pinned_spki_sha256 and pin not in server.pinned_spki_sha256:
+            return None
+        if not (server.pinned_spki_sha256 or cfg.credentials.ca_certs):
+            return None
+        return server
+    names = {str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
+    for p in cfg.peers:
+        if not p.uses_certificate:
+            continue
+        if p.pinned_spki_sha256 and pin not in p.pinned_spki_sha256:
+            continue
+        if p.certificate_name is not None and p.certificate_name not in names:
+            continue
+        return p
+    return None
+
+
+def spki_pin_text(digest: bytes) -> str:
+    """``sha256/BASE64``: how PeerKeyPin values and the key tools spell a pin."""
+    return "sha256/" + base64.b64encode(digest).decode("ascii")
+
+
+# --- value converters: text → value, or ValueError("expected …, got '…'") -------------------
+
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$"
+)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$")
+_DEVICE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SECONDS_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?$")
+_TRUE = ("yes", "true", "on", "1")
+_FALSE = ("no", "false", "off", "0")
+
+
+def _role(value: str) -> Role:
+    v = value.lower()
+    if v == "server":
+        return "server"
+    if v == "client":
+        return "client"
+    raise ValueError(f"expected 'server' or 'client', got {value!r}")
+
+
+def _is_hostname(text: str) -> bool:
+    return bool(_HOSTNAME_RE.match(text)) and not text.replace(".", "").isdigit()
+
+
+def _hostport(value: str, *, ip_only: bool) -> tuple[str, int]:
+    what = "HOST:PORT"
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if not sep or not port_text:
+            raise ValueError(f"expected [IPV6]:PORT, got {value!r}")
+        try:
+            addr = ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"expected an IPv6 address inside [...], got {value!r}") from None
+        host = str(addr)
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep:
+            raise ValueError(f"expected {what}, got {value!r}")
+        if ":" in host:
+            raise ValueError(f"expected [IPV6]:PORT (brackets around IPv6), got {value!r}")
+        try:
+            host = str(ipaddress.IPv4Address(host))
+        except ValueError:
+            if ip_only:
+                raise ValueError(f"expected {what} with HOST an IP address, "
+                                 f"got {value!r}") from None
+            if not _is_hostname(host):
+                raise ValueError(f"expected {what} with a host name or address, "
+                                 f"got {value!r}") from None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"expected a port from 1 to 65535 in {what}, got {value!r}")
+    return host, int(port_text)
+
+
+def _listen(value: str) -> tuple[str, int]:
+    return _hostport(value, ip_only=True)
+
+
+def _endpoint(value: str) -> tuple[str, int]:
+    return _hostport(value, ip_only=False)
+
+
+def _interface_address(value: str) -> Interface:
+    example = "ADDRESS/PREFIX such as 100.64.0.1/24 or fd00::1/64"
+    if "/" not in value:
+        raise ValueError(f"expected {example}, got {value!r}")
+    try:
+        iface = ipaddress.ip_interface(value)
+    except ValueError:
+        raise ValueError(f"expected {example}, got {value!r}") from None
+    ip = iface.ip
+    for bad, kind in ((ip.is_unspecified, "unspecified"), (ip.is_loopback, "loopback"),
+                      (ip.is_multicast, "multicast"), (ip.is_link_local, "link-local")):
+        if bad:
+            raise ValueError(f"expected a unicast tunnel address, got {value!r} ({kind})")
+    net = iface.network
+    if (isinstance(iface, ipaddress.IPv4Interface) and net.prefixlen < 31
+            and ip in (net.network_address, net.broadcast_address)):
+        raise ValueError(f"expected a host address, got {value!r} "
+                         f"(the network or broadcast address of {net})")
+    return iface
+
+
+def _network(value: str) -> Network:
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"expected a prefix such as 100.64.0.2/32 or fd00::/64, "
+                         f"got {value!r}") from None
+    raise ValueError(f"expected a prefix without host bits, got {value!r} (did you mean {loose}?)")
+
+
+def _mtu(value: str) -> int | None:
+    if value.lower() == "auto":
+        return None
+    if not value.isdigit() or not MIN_MTU <= int(value) <= MAX_MTU:
+        raise ValueError(f"expected 'auto' or an integer from {MIN_MTU} to {MAX_MTU}, "
+                         f"got {value!r}")
+    return int(value)
+
+
+def _seconds(value: str) -> float:
+    m = _SECONDS_RE.match(value.lower())
+    seconds = -1.0
+    if m is not None:
+        seconds = float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0)
+    if not 0.05 <= seconds <= 86400:
+        raise ValueError(f"expected a duration from 0.05 to 86400 seconds (e.g. 2, 2.5s, "
+                         f"500ms), got {value!r}")
+    return seconds
+
+
+def _boolean(value: str) -> bool:
+    v = value.lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ValueError(f"expected yes or no, got {value!r}")
+
+
+def _log_level(value: str) -> str:
+    v = value.lower()
+    if v == "warn":
+        v = "warning"
+    if v not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return v
+
+
+def _device(value: str) -> str:
+    if len(value.encode()) >= IFNAMSIZ or not _DEVICE_RE.match(value) or value in (".", ".."):
+        raise ValueError(f"expected an interface name of 1 to {IFNAMSIZ - 1} letters, digits, "
+                         f"'-', '_' or '.', got {value!r}")
+    return value
+
+
+def _ciphers(value: str) -> tuple[CipherSuite, ...]:
+    out: list[CipherSuite] = []
+    names = [s.name for s in SUITES.values()] + [s.openssl_name for s in SUITES.values()]
+    for item in split_list(value):
+        try:
+            code = CipherSuite(suite_by_name(item).code)
+        except KeyError:
+            close = suggest(item, names)
+            hint = f" (did you mean {close}?)" if close else ""
+            raise ValueError(f"expected cipher suite names (IANA or OpenSSL spelling), "
+                             f"got {item!r}{hint}") from None
+        if code in out:
+            raise ValueError(f"expected each cipher suite once, got {item!r} twice")
+        out.append(code)
+    return tuple(out)
+
+
+def _pin(value: str) -> bytes:
+    expected = "expected sha256/BASE64 (as printed by `dtlsvpn genkey`) or 64 hex digits"
+    if value.lower().startswith("sha256/"):
+        try:
+            digest = base64.b64decode(value[7:], validate=True)
+        except (binascii.Error, ValueError):
+            digest = b""
+    else:
+        try:
+            digest = bytes.fromhex(value.replace(":", ""))
+        except ValueError:
+            digest = b""
+    if len(digest) != 32:
+        raise ValueError(f"{expected}, got {value!r}")
+    return digest
+
+
+def _common_name(value: str) -> str:
+    if len(value) > 64:  # RFC 5280 Appendix A: ub-common-name 64
+        raise ValueError(f"expected a common name of at most 64 characters, got {value!r}")
+    return value
+
+
+def _psk_identity(value: str) -> bytes:
+    data = value.encode("utf-8")
+    if len(data) > MAX_PSK_IDENTITY:
+        raise ValueError(f"expected at most {MAX_PSK_IDENTITY} bytes, got {len(data)}")
+    return data
+
+
+def _server_name(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if not _is_hostname(value):
+        raise ValueError(f"expected a DNS name or IP address as in the server certificate's "
+                         f"subjectAltName, got {value!r}")
+    return value.rstrip(".").lower()
+
+
+def _peer_name(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(f"expected a name of letters, digits and '_.@+-' (at most 64), "
+                         f"got {value!r}")
+    return value
+
+
+# --- files: certificates, keys and secrets ---------------------------------------------------
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def read_secret_file(path: Path) -> bytes:
+    """Contents of a secret file; ValueError if it is missing, not a file, or too open."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError(f"expected a regular file, got {path}")
+            mode = stat.S_IMODE(st.st_mode)
+            if mode & 0o077:
+                raise ValueError(f"{path} has mode {mode:04o}; a secret file must not be "
+                                 f"accessible by group or others (chmod 600 {path})")
+            return f.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _certificates(path: Path) -> tuple[x509.Certificate, ...]:
+    data = _read(path)
+    try:
+        certs = load_certificates(data)
+    except ValueError:
+        certs = []
+    if not certs:
+        raise ValueError(f"expected PEM certificates in {path}, found none")
+    return tuple(certs)
+
+
+def _private_key(path: Path) -> PrivateKey:
+    data = read_secret_file(path)
+    try:
+        return load_private_key(data)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"expected an unencrypted PEM private key (ECDSA P-256/P-384, "
+                         f"Ed25519, RSA >= 2048) in {path}: {exc}") from None
+
+
+def _psk(path: Path) -> bytes:
+    text = read_secret_file(path).decode("ascii", errors="replace")
+    digits = "".join(text.split())
+    try:
+        key = bytes.fromhex(digits)
+    except ValueError:
+        raise ValueError(f"expected the PSK as hex digits in {path} (as written by "
+                         f"`dtlsvpn genpsk`)") from None
+    if not MIN_PSK_BYTES <= len(key) <= MAX_PSK_BYTES:
+        raise ValueError(f"expected a PSK of {MIN_PSK_BYTES} to {MAX_PSK_BYTES} bytes in "
+                         f"{path}, got {len(key)}")
+    return key
+
+
+def _spki(key: PrivateKey | x509.Certificate) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+
+
+def _when(t: datetime.datetime) -> str:
+    return t.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _subject(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string() or "(empty subject)"
+
+
+# --- the loader ---------------------------------------------------------------------------
+
+
+class _Fields:
+    """The entries of one section by key, with conversion and error reporting."""
+
+    def __init__(self, path: str, section: Section) -> None:
+        self.path = path
+        self.section = section
+        self.by_key: dict[str, list[Entry]] = {}
+        for entry in section.entries:
+            self.by_key.setdefault(entry.key, []).append(entry)
+        for key, entries in self.by_key.items():
+            if key not in MULTI_VALUED and len(entries) > 1:
+                raise ConfigError(path, entries[1].line, key,
+                                  f"set twice (first at line {entries[0].line}); "
+                                  f"expected one value")
+
+    def has(self, key: str) -> bool:
+        return key in self.by_key
+
+    def line(self, key: str) -> int:
+        """The line of ``key``, or of the section header when it is absent."""
+        entries = self.by_key.get(key)
+        return entries[0].line if entries else self.section.line
+
+    def error(self, key: str | None, message: str, line: int | None = None) -> ConfigError:
+        where = line if line is not None else (self.line(key) if key else self.section.line)
+        return ConfigError(self.path, where, key, message)
+
+    def missing(self, key: str, expected: str) -> ConfigError:
+        return ConfigError(self.path, self.section.line, key, f"missing; expected {expected}")
+
+    def get(self, key: str, convert: Callable[[str], T], default: T) -> T:
+        entries = self.by_key.get(key)
+        if not entries:
+            return default
+        try:
+            return convert(entries[0].value)
+        except ValueError as exc:
+            raise ConfigError(self.path, entries[0].line, key, str(exc)) from None
+
+    def many(self, key: str, convert: Callable[[str], T]) -> list[tuple[T, int]]:
+        out: list[tuple[T, int]] = []
+        for entry in self.by_key.get(key, []):
+            try:
+                for item in split_list(entry.value):
+                    out.append((convert(item), entry.line))
+            except ValueError as exc:
+                raise ConfigError(self.path, entry.line, key, str(exc)) from None
+        return out
+
+    def load(self, key: str, path: Path | None, loader: Callable[[Path], T]) -> T | None:
+        if path is None:
+            return None
+        try:
+            return loader(path)
+        except ValueError as exc:
+            raise ConfigError(self.path, self.line(key), key, str(exc)) from None
+
+
+@dataclass
+class _PeerDraft:
+    config: PeerConfig
+    fields: _Fields
+    allowed: list[tuple[Network, int]]
+
+
+class _Loader:
+    def __init__(self, path: str, base: Path, name: str, now: datetime.datetime) -> None:
+        self.path = path
+        self.base = base
+        self.name = name
+        self.now = now
+        self.warnings: list[str] = []
+
+    def _path(self, value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else self.base / p
+
+    def load(self, sections: list[Section]) -> Config:
+        interfaces = [s for s in sections if s.name == "Interface"]
+        if not interfaces:
+            raise ConfigError(self.path, None, "[Interface]",
+                              "missing; expected one [Interface] section")
+        if len(interfaces) > 1:
+            raise ConfigError(self.path, interfaces[1].line, "[Interface]",
+                              f"second section (first at line {interfaces[0].line}); "
+                              f"expected exactly one")
+        f = _Fields(self.path, interfaces[0])
+        iface = self._interface(f)
+        creds = self._credentials(f, iface)
+        drafts = [self._peer(_Fields(self.path, s), i, iface, creds)
+                  for i, s in enumerate((s for s in sections if s.name == "Peer"), start=1)]
+        self._check_peer_count(f, iface.role, drafts)
+        self._check_unique(drafts)
+        self._check_credentials_needed(f, iface.role, creds, drafts)
+        cfg = Config(self.path, self.name, iface, tuple(d.config for d in drafts), creds,
+                     tuple(self.warnings))
+        try:
+            dtls_config(cfg)
+        except UsageError as exc:
+            key = "Ciphers" if f.has("Ciphers") else "[Interface]"
+            raise f.error(key, f"unusable with these credentials: {exc}") from None
+        return cfg
+
+    # -- [Interface] --
+
+    def _interface(self, f: _Fields) -> InterfaceConfig:
+        role = f.get("Role", _role, None)
+        if role is None:
+            raise f.missing("Role", "'server' or 'client'")
+        listen = f.get("ListenAddress", _listen, None)
+        if role == "server" and listen is None:
+            raise f.missing("ListenAddress", "ADDRESS:PORT to listen on, e.g. 198.18.0.1:4433 "
+                                             "or [::]:4433")
+        default_device = f"dtv-{self.name}"
+        if not f.has("Device") and (len(default_device.encode()) >= IFNAMSIZ
+                                    or not _DEVICE_RE.match(default_device)):
+            raise f.missing("Device", f"an interface name: the default {default_device!r} is "
+                                      f"not a valid name of at most {IFNAMSIZ - 1} characters")
+        device = f.get("Device", _device, default_device)
+        addresses = f.many("Address", _interface_address)
+        if not addresses:
+            raise f.missing("Address", "the tunnel address(es) of this host, e.g. "
+                                       "100.64.0.1/24, fd00::1/64")
+        seen: dict[object, int] = {}
+        for addr, line in addresses:
+            if addr.ip in seen:
+                raise f.error("Address", f"{addr.ip} listed twice (first at line "
+                                         f"{seen[addr.ip]}); expected distinct addresses", line)
+            seen[addr.ip] = line
+        mtu = f.get("MTU", _mtu, None)
+        if mtu is not None and mtu < MIN_MTU_IPV6 and any(a.version == 6 for a, _ in addresses):
+            raise f.error("MTU", f"expected at least {MIN_MTU_IPV6} with an IPv6 Address "
+                                 f"(RFC 8200 §5), got {mtu}")
+        heartbeat = f.get("HeartbeatInterval", _seconds, DEFAULT_HEARTBEAT_INTERVAL)
+        dead = f.get("DeadPeerTimeout", _seconds, DEFAULT_DEAD_PEER_TIMEOUT)
+        if dead <= heartbeat:
+            key = "DeadPeerTimeout" if f.has("DeadPeerTimeout") else "HeartbeatInterval"
+            raise f.error(key, f"expected DeadPeerTimeout ({dead:g}s) longer than "
+                               f"HeartbeatInterval ({heartbeat:g}s)")
+        return InterfaceConfig(
+            role=role,
+            listen=listen,
+            device=device,
+            addresses=tuple(a for a, _ in addresses),
+            mtu=mtu,
+            certificate=f.get("Certificate", self._path, None),
+            private_key=f.get("PrivateKey", self._path, None),
+            ca=f.get("CA", self._path, None),
+            cipher_suites=f.get("Ciphers", _ciphers, None),
+            heartbeat_interval=heartbeat,
+            dead_peer_timeout=dead,
+            ticket_store=f.get("TicketStore", self._path, Path(f"/var/lib/dtlsvpn/{self.name}")),
+            status_socket=f.get("StatusSocket", self._path,
+                                Path(f"/run/dtlsvpn/{self.name}.sock")),
+            mss_clamp=f.get("MSSClamp", _boolean, True),
+            log_level=f.get("LogLevel", _log_level, "info"),
+            source=Source(self.path, f.section.line),
+        )
+
+    def _credentials(self, f: _Fields, iface: InterfaceConfig) -> Credentials:
+        if iface.certificate is not None and iface.private_key is None:
+            raise f.missing("PrivateKey", "the private key of Certificate")
+        if iface.private_key is not None and iface.certificate is None:
+            raise f.missing("Certificate", "the certificate of PrivateKey")
+        chain = f.load("Certificate", iface.certificate, _certificates) or ()
+        key = f.load("PrivateKey", iface.private_key, _private_key)
+        ca = f.load("CA", iface.ca, _certificates) or ()
+        if key is not None and chain and _spki(key) != _spki(chain[0]):
+            raise f.error("PrivateKey", f"expected the private key of {iface.certificate}, "
+                                        f"but {iface.private_key} holds another key")
+        for cert in ca:
+            if not _is_ca(cert):
+                raise f.error("CA", f"expected CA certificates in {iface.ca}, but "
+                                    f"{_subject(cert)} is not one (basicConstraints cA)")
+            self._check_validity(f, "CA", cert)
+        if chain:
+            self._check_validity(f, "Certificate", chain[0])
+            if _is_ca(chain[0]):
+                raise f.error("Certificate", f"expected a leaf certificate first in "
+                                             f"{iface.certificate}, got the CA "
+                                             f"{_subject(chain[0])}")
+        return Credentials(chain, key, ca)
+
+    def _check_validity(self, f: _Fields, key: str, cert: x509.Certificate) -> None:
+        after, before = cert.not_valid_after_utc, cert.not_valid_before_utc
+        if self.now > after:
+            raise f.error(key, f"{_subject(cert)} expired at {_when(after)}; "
+                               f"expected a valid certificate")
+        where = f"{self.path}:{f.line(key)}: {key}"
+        if self.now < before:
+            self.warnings.append(f"{where}: {_subject(cert)} is not valid before {_when(before)}")
+        elif after - self.now < EXPIRY_WARNING:
+            self.warnings.append(f"{where}: {_subject(cert)} expires at {_when(after)}")
+
+    # -- [Peer] --
+
+    def _peer(
+        self, f: _Fields, index: int, iface: InterfaceConfig, creds: Credentials
+    ) -> _PeerDraft:
+        role = iface.role
+        name = f.get("Name", _peer_name, f"peer{index}")
+        endpoint = f.get("Endpoint", _endpoint, None)
+        allowed = f.many("AllowedIPs", _network)
+        routes = f.many("Route", _network)
+        pins = f.many("PeerKeyPin", _pin)
+        common_name = f.get("CommonName", _common_name, None)
+        psk_identity = f.get("PSKIdentity", _psk_identity, None)
+        psk_path = f.get("PSKFile", self._path, None)
+        server_name = f.get("ServerName", _server_name, None)
+
+        if role == "server":
+            if endpoint is not None:
+                raise f.error("Endpoint", "a server does not dial its peers; expected no "
+                                          "Endpoint in a server's [Peer]")
+            if server_name is not None:
+                raise f.error("ServerName", "only a client checks a server name; expected "
+                                            "CommonName to name a client certificate")
+            if common_name is not None and not creds.ca_certs:
+                raise f.error("CommonName", "expected CA in [Interface] to verify the "
+                                            "certificate that carries this name")
+        else:
+            if endpoint is None:
+                raise f.missing("Endpoint", "HOST:PORT of the server to dial, e.g. "
+                                            "198.18.0.1:4433 or [2001:db8::1]:4433")
+            if common_name is not None:
+                raise f.error("CommonName", "a client checks its server with ServerName "
+                                            "(subjectAltName) or PeerKeyPin; expected no "
+                                            "CommonName")
+            if server_name is not None:
+                if not creds.ca_certs:
+                    raise f.error("ServerName", "expected CA in [Interface]: the name is "
+                                                "checked in a certificate chained to it")
+                try:
+                    ChainVerifier(creds.ca_certs, (), server_name)
+                except UsageError as exc:
+                    raise f.error("ServerName", str(exc)) from None
+
+        if psk_identity is not None and psk_path is None:
+            raise f.error("PSKIdentity", "expected PSKFile = PATH in the same [Peer]")
+        if psk_path is not None and psk_identity is None:
+            raise f.error("PSKFile", "expected PSKIdentity = NAME in the same [Peer]")
+        psk = f.load("PSKFile", psk_path, _psk)
+
+        cert_auth = bool(pins) or common_name is not None
+        if role == "client":
+            cert_auth = cert_auth or bool(creds.ca_certs)
+        if not cert_auth and psk is None:
+            what = "CommonName (with CA)" if role == "server" else "CA in [Interface]"
+            raise f.error("[Peer]", f"no way to authenticate peer {name!r}; expected {what}, "
+                                    f"PeerKeyPin, or PSKIdentity + PSKFile")
+
+        if not allowed:
+            raise f.missing("AllowedIPs", "the prefixes this peer may use as source "
+                                          "addresses, e.g. 100.64.0.2/32, fd00::2/128")
+        seen: dict[Network, int] = {}
+        for net, line in allowed:
+            if net in seen:
+                raise f.error("AllowedIPs", f"{net} listed twice (first at line "
+                                            f"{seen[net]})", line)
+            seen[net] = line
+        for net, line in routes:
+            if not any(_inside(net, a) for a, _ in allowed):
+                raise f.error("Route", f"expected a prefix inside this peer's AllowedIPs, "
+                                       f"got {net}", line)
+        if endpoint is not None:
+            self._warn_endpoint_routed(f, endpoint, routes or allowed)
+
+        # The default routes leave out prefixes that Address already puts on-link.
+        on_link = {a.network for a in iface.addresses}
+        config = PeerConfig(
+            name=name,
+            endpoint=endpoint,
+            allowed_prefixes=tuple(a for a, _ in allowed),
+            routes=tuple(r for r, _ in routes) if routes else tuple(
+                a for a, _ in allowed if a not in on_link),
+            pinned_spki_sha256=frozenset(p for p, _ in pins),
+            certificate_name=common_name,
+            psk_identity=psk_identity,
+            psk=psk,
+            server_name=server_name,
+            source=Source(self.path, f.section.line),
+        )
+        return _PeerDraft(config, f, allowed)
+
+    def _warn_endpoint_routed(
+        self, f: _Fields, endpoint: tuple[str, int], routes: Iterable[tuple[Network, int]]
+    ) -> None:
+        try:
+            ip = ipaddress.ip_address(endpoint[0])
+        except ValueError:
+            return
+        for net, line in routes:
+            if ip.version == net.version and ip in net:
+                self.warnings.append(
+                    f"{self.path}:{line}: the endpoint {ip} is inside {net}, routed through "
+                    f"the tunnel: the daemon must keep a route to it outside the tunnel")
+                return
+
+    # -- whole-file checks --
+
+    def _check_peer_count(self, f: _Fields, role: Role, drafts: list[_PeerDraft]) -> None:
+        if not drafts:
+            what = "exactly one [Peer] (the server to dial)" if role == "client" else \
+                "at least one [Peer] (a client it accepts)"
+            raise ConfigError(self.path, f.section.line, "[Peer]", f"missing; a {role} needs "
+                                                                  f"{what}")
+        if role == "client" and len(drafts) > 1:
+            second = drafts[1].fields.section.line
+            raise ConfigError(self.path, second, "[Peer]",
+                              f"a client has exactly one [Peer] (the server it dials); the "
+                              f"first is at line {drafts[0].fields.section.line}")
+
+    def _check_unique(self, drafts: list[_PeerDraft]) -> None:
+        names: dict[str, int] = {}
+        identities: dict[bytes, int] = {}
+        common: dict[str, int] = {}
+        pins: dict[bytes, int] = {}
+        owners: list[tuple[Network, int, str]] = []
+        for d in drafts:
+            p, f = d.config, d.fields
+            key = "Name" if f.has("Name") else "[Peer]"
+            _unique(f, key, p.name, p.name, names, "peer name")
+            if p.psk_identity is not None:
+                _unique(f, "PSKIdentity", p.psk_identity,
+                        p.psk_identity.decode(errors="replace"), identities, "PSK identity")
+            if p.certificate_name is not None:
+                _unique(f, "CommonName", p.certificate_name, p.certificate_name, common,
+                        "CommonName")
+            for pin in p.pinned_spki_sha256:
+                _unique(f, "PeerKeyPin", pin, spki_pin_text(pin), pins, "pin")
+            for net, line in d.allowed:
+                for other, other_line, owner in owners:
+                    if net.version == other.version and net.overlaps(other):
+                        raise f.error("AllowedIPs", f"{net} overlaps {other} of peer {owner!r} "
+                                                    f"(line {other_line}); expected disjoint "
+                                                    f"prefixes per peer", line)
+            owners += [(net, line, p.name) for net, line in d.allowed]
+
+    def _check_credentials_needed(
+        self, f: _Fields, role: Role, creds: Credentials, drafts: list[_PeerDraft]
+    ) -> None:
+        peers = [d.config for d in drafts]
+        if role == "server":
+            cert_peers = [d for d in drafts if d.config.uses_certificate]
+            if cert_peers and creds.private_key is None:
+                first = cert_peers[0]
+                raise f.missing("Certificate", f"Certificate and PrivateKey: peer "
+                                               f"{first.config.name!r} (line "
+                                               f"{first.fields.section.line}) authenticates "
+                                               f"by certificate")
+            if not cert_peers and (creds.private_key is not None or creds.ca_certs):
+                self.warnings.append(f"{self.path}:{f.section.line}: Certificate/CA are unused: "
+                                     f"no [Peer] authenticates by certificate")
+        else:
+            server = peers[0]
+            if creds.ca_certs and server.server_name is None and not server.pinned_spki_sha256:
+                self.warnings.append(
+                    f"{self.path}:{drafts[0].fields.section.line}: [Peer]: any certificate "
+                    f"from CA is accepted as the server; set ServerName or PeerKeyPin")
+            if server.psk is None and creds.private_key is None:
+                raise f.missing("Certificate", "Certificate and PrivateKey (the server "
+                                               "identifies its clients by certificate), or "
+                                               "PSKIdentity + PSKFile in [Peer]")
+
+
+def _unique(f: _Fields, key: str, value: T, shown: str, seen: dict[T, int], what: str) -> None:
+    if value in seen:
+        raise ConfigError(f.path, f.line(key), key, f"{what} {shown!r} already used by the "
+                                                    f"[Peer] at line {seen[value]}; expected "
+                                                    f"one per peer")
+    seen[value] = f.section.line
+
+
+def _inside(net: Network, outer: Network) -> bool:
+    if isinstance(net, ipaddress.IPv4Network) and isinstance(outer, ipaddress.IPv4Network):
+        return net.subnet_of(outer)
+    if isinstance(net, ipaddress.IPv6Network) and isinstance(outer, ipaddress.IPv6Network):
+        return net.subnet_of(outer)
+    return False
