@@ -30,10 +30,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from dtlsvpn.crypto.suites import AeadKind, SuiteInfo
 from dtlsvpn.errors import UsageError
-from dtlsvpn.wire.constants import DTLS_1_2
+from dtlsvpn.wire.constants import DTLS_1_2, ContentType
 
 _AAD = struct.Struct("!QBHH")  # epoch_seq, type, version, plaintext length
 _U64 = struct.Struct("!Q")
+# RFC 9146 §5: seq_num_placeholder (8 x 0xff) || tls12_cid, then cid_length || tls12_cid.
+_CID_AAD_PREFIX = b"\xff" * 8 + bytes([ContentType.tls12_cid])
+_CID_AAD_MID = struct.Struct("!BBHQ")  # cid_length, tls12_cid, version, epoch_seq
 _MASK64 = (1 << 64) - 1
 
 
@@ -83,6 +86,36 @@ class RecordProtection:
             return explicit + self.aead.encrypt(self._salt + explicit, plaintext, aad)
         nonce = self._iv_high + _U64.pack(self._iv_low ^ epoch_seq)
         return self.aead.encrypt(nonce, plaintext, aad)
+
+    @staticmethod
+    def cid_aad(epoch_seq: int, cid: bytes, inner_len: int) -> bytes:
+        """RFC 9146 §5 additional data of a tls12_cid record."""
+        return (_CID_AAD_PREFIX
+                + _CID_AAD_MID.pack(len(cid), ContentType.tls12_cid, DTLS_1_2, epoch_seq)
+                + cid + inner_len.to_bytes(2, "big"))
+
+    def seal_cid(self, epoch_seq: int, cid: bytes, inner: bytes) -> bytes:
+        """Encrypt a DTLSInnerPlaintext (content || real_type || zeros) for a CID record."""
+        aad = self.cid_aad(epoch_seq, cid, len(inner))
+        if self._gcm:
+            explicit = _U64.pack(epoch_seq)
+            return explicit + self.aead.encrypt(self._salt + explicit, inner, aad)
+        nonce = self._iv_high + _U64.pack(self._iv_low ^ epoch_seq)
+        return self.aead.encrypt(nonce, inner, aad)
+
+    def open_cid(self, epoch_seq: int, cid: bytes, fragment: bytes) -> bytes | None:
+        """Decrypt a tls12_cid fragment to its DTLSInnerPlaintext; None when it fails."""
+        n = len(fragment) - self._min_len
+        if not (0 <= n <= 0xFFFF and 0 <= epoch_seq <= _MASK64 and len(cid) <= 0xFF):
+            return None
+        aad = self.cid_aad(epoch_seq, cid, n)
+        try:
+            if self._gcm:
+                return self.aead.decrypt(self._salt + fragment[:8], fragment[8:], aad)
+            nonce = self._iv_high + _U64.pack(self._iv_low ^ epoch_seq)
+            return self.aead.decrypt(nonce, fragment, aad)
+        except InvalidTag:
+            return None
 
     def open(self, epoch_seq: int, content_type: int, fragment: bytes) -> bytes | None:
         """Decrypt one record fragment; None when it is too short or does not authenticate."""

@@ -35,6 +35,7 @@ nothing more is processed (security.md S14).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ from dtlsvpn.dtls.events import (
     HandshakeCompleted,
     HeartbeatAnswered,
     PathMtuChanged,
+    PeerAddressChanged,
     PeerAlive,
     PeerUnresponsive,
     SessionTicketReceived,
@@ -94,6 +96,16 @@ _CT_HANDSHAKE = int(ContentType.handshake)
 _CT_CCS = int(ContentType.change_cipher_spec)
 _CT_ALERT = int(ContentType.alert)
 _CT_HEARTBEAT = int(ContentType.heartbeat)
+_CT_CID = int(ContentType.tls12_cid)
+_CID_PREFIX = struct.Struct("!BHQ")  # RFC 9146 §4: type, version, epoch||seq, then the CID
+
+
+def _split_inner(inner: bytes) -> tuple[int, bytes] | None:
+    """RFC 9146 §4 DTLSInnerPlaintext -> (real type, content); None if all padding."""
+    stripped = inner.rstrip(b"\x00")
+    if not stripped:
+        return None
+    return stripped[-1], stripped[:-1]
 
 
 @dataclass(slots=True)
@@ -148,6 +160,11 @@ class Association:
         self._hb_sent: tuple[bytes, float] | None = None  # keepalive payload, sent at
         self._probe_sent_at = 0.0
         self._hb_pending = False  # a heartbeat record arrived: service the machines
+        # RFC 9146 connection IDs, set when the keys are installed.
+        self._recv_cid = b""  # on records the peer sends us (epoch > 0)
+        self._send_cid = b""  # on records we send (epoch > 0)
+        self._fast_type = _CT_APP  # the outer type of protected data records
+        self.advanced = False  # the last datagram authenticated a newer record (RFC 9146 §6)
 
     # --- public state -------------------------------------------------------
 
@@ -196,17 +213,20 @@ class Association:
         if self._closed:
             self.stats.after_close += 1
             return []
-        records, garbage = parse_datagram(data)
-        if garbage:
-            self.stats.malformed += 1
+        recv_cid = self._recv_cid
+        # The CID length is known from the hellos on, before any key is installed.
+        records, garbage = parse_datagram(data, len(self._machine.own_cid or b""))
         stats = self.stats
+        if garbage:
+            stats.malformed += 1
         stats.rx_bytes += len(data)
         out: list[bytes] = []
         repeat = False
+        before = (self._read_epoch, self._window.top)
         for rec in records:
             stats.rx_records += 1
             if (
-                rec.content_type == _CT_APP
+                rec.content_type == self._fast_type
                 and self._established
                 and rec.epoch == self._read_epoch
             ):
@@ -215,18 +235,39 @@ class Association:
                 if not self._window.check(seq):
                     stats.replay += 1
                     continue
-                assert self._read_protection is not None
-                plain = self._read_protection.open(rec.epoch << 48 | seq, _CT_APP, rec.fragment)
-                if plain is None:
+                prot = self._read_protection
+                assert prot is not None
+                if not recv_cid:
+                    plain = prot.open(rec.epoch << 48 | seq, _CT_APP, rec.fragment)
+                    if plain is None:
+                        stats.bad_mac += 1
+                        continue
+                    self._window.commit(seq)
+                    self._last_rx = now
+                    out.append(plain)
+                    continue
+                if rec.cid != recv_cid:
+                    stats.bad_cid += 1
+                    continue
+                inner = prot.open_cid(rec.epoch << 48 | seq, recv_cid, rec.fragment)
+                if inner is None:
                     stats.bad_mac += 1
+                    continue
+                split = _split_inner(inner)
+                if split is None:
+                    stats.malformed += 1
                     continue
                 self._window.commit(seq)
                 self._last_rx = now
-                out.append(plain)
+                if split[0] == _CT_APP:
+                    out.append(split[1])
+                else:
+                    repeat |= self._dispatch(split[0], rec.epoch, split[1], now, wall, out)
                 continue
             repeat |= self._slow_record(rec, now, wall, out)
             if self._closed:
                 break
+        self.advanced = (self._read_epoch, self._window.top) > before
         if repeat and not self._closed:
             self._on_peer_repeat(now)
         if self._hb_pending and not self._closed:
@@ -262,6 +303,7 @@ class Association:
         assert prot is not None
         epoch_bits = self._write_epoch << 48
         pack = RECORD_HEADER.pack
+        cid = self._send_cid
         out: list[bytes] = []
         for payload in payloads:
             if len(payload) > MAX_PLAINTEXT:
@@ -270,6 +312,12 @@ class Association:
             if seq > MAX_SEQ:
                 raise UsageError("sequence numbers exhausted: rekey required")
             ws.next_seq = seq + 1
+            if cid:
+                # RFC 9146 §4: DTLSInnerPlaintext = content || real type (no padding).
+                frag = prot.seal_cid(epoch_bits | seq, cid, payload + b"\x17")
+                out.append(_CID_PREFIX.pack(_CT_CID, DTLS_1_2, epoch_bits | seq) + cid
+                           + len(frag).to_bytes(2, "big") + frag)
+                continue
             frag = prot.seal(epoch_bits | seq, _CT_APP, payload)
             out.append(pack(_CT_APP, DTLS_1_2, epoch_bits | seq, len(frag)) + frag)
         self.stats.tx_records += len(out)
@@ -323,6 +371,23 @@ class Association:
     def install_keys(self, write: RecordProtection, read: RecordProtection) -> None:
         self._write[self._write_epoch + 1] = _WriteEpoch(write, 0)
         self._pending_read = read
+        m = self._machine
+        if m.own_cid is not None and m.peer_cid is not None:
+            self._recv_cid = m.own_cid
+            self._send_cid = m.peer_cid
+            self._fast_type = _CT_CID if m.own_cid else _CT_APP
+
+    @property
+    def connection_ids(self) -> tuple[bytes, bytes] | None:
+        """(CID the peer sends us, CID we send) once RFC 9146 was negotiated."""
+        m = self._machine
+        if m.own_cid is None or m.peer_cid is None:
+            return None
+        return m.own_cid, m.peer_cid
+
+    def note_address_change(self, old: object, new: object) -> None:
+        """The endpoint moved this association to a new peer address (RFC 9146 §6)."""
+        self._events.append(PeerAddressChanged(old=old, new=new))
 
     def complete(self, event: HandshakeCompleted, now: float) -> None:
         self._established = True
@@ -367,8 +432,9 @@ class Association:
                 opened = self._open(rec)
                 if opened is None:
                     return False
-                payload = opened
+                ctype, payload = opened
                 self._last_rx = now
+                return self._dispatch(ctype, epoch, payload, now, wall, out)
             return self._dispatch(rec.content_type, epoch, payload, now, wall, out)
         if epoch == self._read_epoch + 1 and not self._established:
             # security.md S9: keep a Finished that overtook its CCS.
@@ -385,20 +451,40 @@ class Association:
         stats.unknown_epoch += 1  # security.md S7/S8: silently, no alert
         return False
 
-    def _open(self, rec: Record) -> bytes | None:
-        if not self._window.check(rec.seq):
-            self.stats.replay += 1
+    def _open(self, rec: Record) -> tuple[int, bytes] | None:
+        """Authenticate a protected record: (content type, plaintext), or None (counted)."""
+        stats = self.stats
+        if (rec.content_type == _CT_CID) != bool(self._recv_cid):
+            # RFC 9146 §4: with a negotiated CID, protected records are tls12_cid;
+            # without one, a tls12_cid record cannot be ours.
+            stats.unexpected += 1
             return None
-        assert self._read_protection is not None
-        plain = self._read_protection.open(rec.epoch << 48 | rec.seq, rec.content_type,
-                                           rec.fragment)
-        if plain is None:
-            self.stats.bad_mac += 1
+        if rec.cid != self._recv_cid:
+            stats.bad_cid += 1
+            return None
+        if not self._window.check(rec.seq):
+            stats.replay += 1
+            return None
+        prot = self._read_protection
+        assert prot is not None
+        epoch_seq = rec.epoch << 48 | rec.seq
+        result: tuple[int, bytes] | None
+        if self._recv_cid:
+            inner = prot.open_cid(epoch_seq, rec.cid, rec.fragment)
+            result = None if inner is None else _split_inner(inner)
+            if inner is not None and result is None:
+                stats.malformed += 1
+                return None
+        else:
+            plain = prot.open(epoch_seq, rec.content_type, rec.fragment)
+            result = None if plain is None else (rec.content_type, plain)
+        if result is None:
+            stats.bad_mac += 1
             if not self._established:
                 self._bad_mac_in_handshake += 1
             return None
         self._window.commit(rec.seq)
-        return plain
+        return result
 
     def _dispatch(
         self, ctype: int, epoch: int, payload: bytes, now: float, wall: float, out: list[bytes]
@@ -622,7 +708,10 @@ class Association:
 
     def _record_overhead(self, epoch: int) -> int:
         prot = self._write[epoch].protection
-        return 0 if prot is None else prot.overhead
+        if prot is None:
+            return 0
+        # RFC 9146 §4: the CID in the header and the real type inside.
+        return prot.overhead + (len(self._send_cid) + 1 if self._send_cid else 0)
 
     def _seal_record(self, ctype: int, epoch: int, payload: bytes) -> bytes:
         ws = self._write[epoch]
@@ -630,9 +719,16 @@ class Association:
         ws.next_seq = seq + 1
         if ctype == _CT_CCS:
             self._write_epoch = max(self._write_epoch, epoch + 1)  # RFC 5246 §7.1
-        frag = payload if ws.protection is None else ws.protection.seal(
-            epoch << 48 | seq, ctype, payload)
         self.stats.tx_records += 1
+        prot = ws.protection
+        if prot is None:
+            return RECORD_HEADER.pack(ctype, DTLS_1_2, epoch << 48 | seq, len(payload)) + payload
+        cid = self._send_cid
+        if cid:
+            frag = prot.seal_cid(epoch << 48 | seq, cid, payload + bytes((ctype,)))
+            return (_CID_PREFIX.pack(_CT_CID, DTLS_1_2, epoch << 48 | seq) + cid
+                    + len(frag).to_bytes(2, "big") + frag)
+        frag = prot.seal(epoch << 48 | seq, ctype, payload)
         return RECORD_HEADER.pack(ctype, DTLS_1_2, epoch << 48 | seq, len(frag)) + frag
 
     def _on_flight_timer_expired(self, now: float) -> None:

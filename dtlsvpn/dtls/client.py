@@ -92,6 +92,7 @@ class ClientMachine(Machine):
         self.resuming = False
         self.ticket_expected = False
         self.new_ticket: hs.NewSessionTicket | None = None
+        self.offered_cid: bytes | None = None
         S = ClientState
         self._table = {
             (S.WAIT_SERVER_HELLO, HandshakeType.hello_verify_request): self._handle_hello_verify,
@@ -113,6 +114,8 @@ class ClientMachine(Machine):
     def start(self, now: float, wall: float) -> None:
         self.client_random = self.config.random_bytes(32)
         c = self.config
+        cid_len = c.own_cid_length
+        self.offered_cid = None if cid_len is None else c.random_bytes(cid_len)
         if c.session_tickets and c.resume_session is not None and c.resume_session.usable(wall):
             self.session = c.resume_session
             # RFC 5077 §3.4: a fresh session_id lets us tell resumption (echoed) apart.
@@ -133,6 +136,11 @@ class ClientMachine(Machine):
             # RFC 5746 §3.4: an empty renegotiation_info on the initial handshake.
             hs.Extension(ExtensionType.renegotiation_info, ext.encode_renegotiation_info(b"")),
         ]
+        if self.offered_cid is not None:
+            # RFC 9146 §3: the CID we want on records sent to us (empty: none, but we
+            # will send with the server's).
+            exts.append(hs.Extension(ExtensionType.connection_id,
+                                     ext.encode_connection_id(self.offered_cid)))
         if c.session_tickets:
             ticket = self.session.ticket if self.session is not None else b""
             exts.append(hs.Extension(ExtensionType.session_ticket,
@@ -190,6 +198,10 @@ class ClientMachine(Machine):
         if not self.ems and self.config.require_extended_master_secret:
             raise HandshakeFailure("server does not support extended_master_secret (RFC 7627)")
         self.note_heartbeat_mode(sh.ext(ExtensionType.heartbeat))
+        cid = sh.ext(ExtensionType.connection_id)
+        if cid is not None and self.offered_cid is not None:
+            self.peer_cid = ext.decode_connection_id(cid)
+            self.own_cid = self.offered_cid
         self.add_transcript(HandshakeType.server_hello, seq, body)
         self.server_random = sh.random
         self.suite = SUITES[sh.cipher_suite]

@@ -81,6 +81,8 @@ class DtlsConfig:
     heartbeat: bool = True  # offer/accept RFC 6520 with mode peer_allowed_to_send
     heartbeat_settings: HeartbeatSettings = field(default_factory=HeartbeatSettings)
     pmtu: PmtuSettings | None = field(default_factory=PmtuSettings)  # None: no PMTU discovery
+    connection_id: bool = True  # negotiate RFC 9146 connection IDs when the peer does
+    cid_length: int | None = None  # CID we ask the peer to send; None: client 0, server 8
     session_tickets: bool = True  # client: offer RFC 5077 (with resume_session's ticket)
     resume_session: ClientSession | None = None  # client: the session to resume
     ticket_keys: TicketKeyRing | None = field(default=None, repr=False)  # server: issue/accept
@@ -102,6 +104,15 @@ class DtlsConfig:
         elif self.private_key is not None:
             out += DEFAULT_CERT_SUITES
         return tuple(out)
+
+    @property
+    def own_cid_length(self) -> int | None:
+        """Length of the CID we ask for (RFC 9146 §3), or None when CIDs are off."""
+        if not self.connection_id:
+            return None
+        if self.cid_length is not None:
+            return self.cid_length
+        return 0 if self.is_client else 8
 
     @property
     def has_psk(self) -> bool:
@@ -139,6 +150,8 @@ class DtlsConfig:
             raise UsageError("bad timer constants")
         if not self.groups:
             raise UsageError("no groups configured")
+        if self.cid_length is not None and not 0 <= self.cid_length <= 32:
+            raise UsageError("cid_length must be 0..32")
 
     def lookup_psk(self, identity: bytes) -> bytes | None:
         """The server's PSK for ``identity`` (RFC 4279 §5.1), or None."""

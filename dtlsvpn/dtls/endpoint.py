@@ -15,6 +15,11 @@ here; anything else from an unknown address is dropped and counted.
 RFC 6347 §4.2.8: a new ClientHello (another random) from the address of a live
 association starts a new association only once it has a valid cookie; until
 then the live one is untouched.
+
+RFC 9146 connection IDs: a tls12_cid record is routed by its CID, whatever its
+source address.  The association moves to the new address only when that
+datagram authenticated a record newer than any seen before (RFC 9146 §6), so
+a replayed, older or forged record from elsewhere moves nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ class EndpointStats:
     not_client_hello: int = 0  # unknown address, and not a ClientHello we can read
     table_full: int = 0
     replaced: int = 0  # RFC 6347 §4.2.8 new association on a live address
+    unknown_cid: int = 0  # a tls12_cid record whose CID is no association's
+    address_changes: int = 0  # RFC 9146 §6 moves
 
 
 def _peer_bytes(addr: Address) -> bytes:
@@ -97,16 +104,28 @@ class ServerEndpoint:
         self.associations: dict[Address, Association] = {}
         self.stats = EndpointStats()
         self._cookies = CookieSecrets(config.random_bytes)
+        self._cid_len = config.own_cid_length or 0
+        self._by_cid: dict[bytes, Association] = {}
+        self._address: dict[Association, Address] = {}
+
+    def address_of(self, assoc: Association) -> Address | None:
+        """Where the association's peer is now (it moves with RFC 9146 CIDs)."""
+        return self._address.get(assoc)
 
     def receive(
         self, data: bytes, addr: Address, now: float, wall: float
     ) -> tuple[Association | None, list[bytes]]:
+        n = self._cid_len
+        if n and len(data) >= 13 + n and data[0] == ContentType.tls12_cid:
+            return self._receive_by_cid(bytes(data[11:11 + n]), data, addr, now, wall)
         assoc = self.associations.get(addr)
         hello = None
         if assoc is not None and not assoc.is_closed:
             hello = _initial_client_hello(data)
             if hello is None or hello[2].random == assoc.client_random:
-                return assoc, assoc.receive_datagram(data, now, wall)
+                out = assoc.receive_datagram(data, now, wall)
+                self._register_cid(assoc)
+                return assoc, out
         if hello is None:
             hello = _initial_client_hello(data)
         if hello is None:
@@ -124,10 +143,49 @@ class ServerEndpoint:
             return None, []
         if assoc is not None:
             self.stats.replaced += 1
+            self._forget(assoc)
         assoc = Association(self.config, _peer_bytes(addr), first_message_seq=message_seq,
                             first_record_seq=rec.seq, ip_header=40 if ":" in addr[0] else 20)
         self.associations[addr] = assoc
-        return assoc, assoc.receive_datagram(data, now, wall)
+        self._address[assoc] = addr
+        out = assoc.receive_datagram(data, now, wall)
+        self._register_cid(assoc)
+        return assoc, out
+
+    def _receive_by_cid(self, cid: bytes, data: bytes, addr: Address, now: float,
+                        wall: float) -> tuple[Association | None, list[bytes]]:
+        assoc = self._by_cid.get(cid)
+        if assoc is None or assoc.is_closed:
+            self.stats.unknown_cid += 1
+            return None, []
+        out = assoc.receive_datagram(data, now, wall)
+        old = self._address.get(assoc)
+        if old is not None and old != addr and assoc.advanced:
+            # RFC 9146 §6: only an authenticated record newer than any before moves
+            # the peer; whoever held the new address before loses it.
+            self.stats.address_changes += 1
+            if self.associations.get(old) is assoc:
+                del self.associations[old]
+            displaced = self.associations.get(addr)
+            if displaced is not None and displaced is not assoc:
+                self._forget(displaced)
+            self.associations[addr] = assoc
+            self._address[assoc] = addr
+            assoc.note_address_change(old, addr)
+        return assoc, out
+
+    def _register_cid(self, assoc: Association) -> None:
+        ids = assoc.connection_ids
+        if ids is not None and ids[0] and ids[0] not in self._by_cid:
+            self._by_cid[ids[0]] = assoc
+
+    def _forget(self, assoc: Association) -> None:
+        addr = self._address.pop(assoc, None)
+        if addr is not None and self.associations.get(addr) is assoc:
+            del self.associations[addr]
+        ids = assoc.connection_ids
+        if ids is not None and self._by_cid.get(ids[0]) is assoc:
+            del self._by_cid[ids[0]]
 
     def _hello_verify(self, now: float, peer: bytes, params: bytes, rec: Record,
                       message_seq: int) -> bytes:
@@ -150,7 +208,7 @@ class ServerEndpoint:
                 a.handle_timer(now)
 
     def remove_closed(self) -> list[Address]:
-        gone = [addr for addr, a in self.associations.items() if a.is_closed]
-        for addr in gone:
-            del self.associations[addr]
-        return gone
+        gone = [(addr, a) for addr, a in self.associations.items() if a.is_closed]
+        for _addr, a in gone:
+            self._forget(a)
+        return [addr for addr, _a in gone]

@@ -69,6 +69,14 @@ class HeartbeatAnswered:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PeerAddressChanged:
+    """RFC 9146 §6: an authenticated, newer record came from a new address."""
+
+    old: object
+    new: object
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AlertReceived:
     """An authenticated (or, during the handshake, plaintext) alert from the peer."""
 
@@ -91,5 +99,5 @@ class AssociationClosed:
 
 Event = (
     HandshakeCompleted | SessionTicketReceived | PathMtuChanged | PeerUnresponsive | PeerAlive
-    | HeartbeatAnswered | AlertReceived | AssociationClosed
+    | PeerAddressChanged | HeartbeatAnswered | AlertReceived | AssociationClosed
 )

@@ -81,6 +81,10 @@ class Machine:
         self.next_send_seq = 0
         self.peer_allows_heartbeat = False  # RFC 6520 §2: may we send requests?
         self.heartbeat_negotiated = False  # the peer sent the extension: we answer requests
+        # RFC 9146: the CID the peer puts on records to us, and the one we put on
+        # records to it; None until (unless) both sides negotiated the extension.
+        self.own_cid: bytes | None = None
+        self.peer_cid: bytes | None = None
         self._table: dict[tuple[object, int], Handler] = {}
 
     # --- dispatch ---------------------------------------------------------

@@ -132,6 +132,12 @@ class ServerMachine(Machine):
             raise HandshakeFailure("client does not offer extended_master_secret (RFC 7627)")
         heartbeat = ch.ext(ExtensionType.heartbeat)
         self.note_heartbeat_mode(heartbeat)
+        cid = ch.ext(ExtensionType.connection_id)
+        cid_len = self.config.own_cid_length
+        if cid is not None and cid_len is not None:
+            # RFC 9146 §3: answer with the CID we want on the client's records.
+            self.peer_cid = ext.decode_connection_id(cid)
+            self.own_cid = self.config.random_bytes(cid_len)
         self.client_random = ch.random
         self.add_transcript(HandshakeType.client_hello, seq, body)
         self.next_send_seq = seq  # RFC 6347 §4.2.2: our message_seq follows the ClientHello's
@@ -371,4 +377,7 @@ class ServerMachine(Machine):
         if heartbeat and self.config.heartbeat:
             exts.append(hs.Extension(ExtensionType.heartbeat,
                                      ext.encode_heartbeat(HeartbeatMode.peer_allowed_to_send)))
+        if self.own_cid is not None:
+            exts.append(hs.Extension(ExtensionType.connection_id,
+                                     ext.encode_connection_id(self.own_cid)))
         return exts

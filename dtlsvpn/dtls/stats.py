@@ -19,6 +19,7 @@ class Stats:
     # drop reasons (RFC 6347 §4.1.2.7: invalid records are discarded silently)
     malformed: int = 0  # record or handshake bytes that do not parse
     bad_mac: int = 0  # AEAD authentication failed
+    bad_cid: int = 0  # RFC 9146: a record whose CID is not the one we asked for
     replay: int = 0  # duplicate or left of the window (RFC 6347 §4.1.2.6)
     unknown_epoch: int = 0  # no keys for that epoch (yet, or any more)
     early_data: int = 0  # application data before the handshake completed
