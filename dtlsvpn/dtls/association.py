@@ -40,6 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dtlsvpn.crypto.aead import RecordProtection
+from dtlsvpn.crypto.suites import AeadKind
 from dtlsvpn.dtls.client import ClientMachine
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import (
@@ -89,6 +90,10 @@ from dtlsvpn.wire.heartbeat import decode_heartbeat, encode_heartbeat
 from dtlsvpn.wire.record import RECORD_HEADER, Record, parse_datagram
 
 MAX_FUTURE_RECORDS = 16  # next-epoch records kept until the CCS arrives
+# Records per key before a rekey is due.  AES-GCM: far below the 2^24.5 full-size
+# records TLS 1.3 (RFC 8446 §5.5) allows per key; ChaCha20-Poly1305 has more room;
+# both stay far from the 2^48 sequence numbers of RFC 6347 §4.1.
+REKEY_RECORDS = {AeadKind.AES_GCM: 2**23, AeadKind.CHACHA20_POLY1305: 2**36}
 REPEAT_RESEND_GAP = 0.125  # seconds between two re-sends triggered by the peer's repeats
 
 _CT_APP = int(ContentType.application_data)
@@ -165,6 +170,7 @@ class Association:
         self._send_cid = b""  # on records we send (epoch > 0)
         self._fast_type = _CT_APP  # the outer type of protected data records
         self.advanced = False  # the last datagram authenticated a newer record (RFC 9146 §6)
+        self.established_at: float | None = None
 
     # --- public state -------------------------------------------------------
 
@@ -283,6 +289,23 @@ class Association:
         if self._liveness is not None and not self._closed:
             self._service_heartbeats(now)
 
+    def rekey_due(self, now: float) -> bool:
+        """Time for fresh keys: the interval passed or a record limit is near.
+
+        Renewal is a new full handshake on a new association (renegotiation
+        stays refused); see ``dtls/rekey.py`` and the endpoint's overlap.
+        """
+        if not self.is_established or self.established_at is None:
+            return False
+        c = self.config
+        if c.rekey_interval is not None and now - self.established_at >= c.rekey_interval:
+            return True
+        prot = self._read_protection
+        assert prot is not None
+        limit = c.rekey_records or REKEY_RECORDS[prot.suite.aead]
+        return (self._write[self._write_epoch].next_seq >= limit
+                or self._window.top >= limit)
+
     def path_hint(self, mtu: int, now: float) -> None:
         """A kernel hint: IP_MTU, an ICMP Packet Too Big, or EMSGSIZE at ``mtu``.
 
@@ -399,6 +422,7 @@ class Association:
         self._future.clear()
         self._events.append(event)
         self._last_rx = now
+        self.established_at = now
         if event.heartbeat:
             c = self.config
             self._liveness = Liveness(c.heartbeat_settings, now, random_bytes=c.random_bytes)

@@ -83,6 +83,8 @@ class DtlsConfig:
     pmtu: PmtuSettings | None = field(default_factory=PmtuSettings)  # None: no PMTU discovery
     connection_id: bool = True  # negotiate RFC 9146 connection IDs when the peer does
     cid_length: int | None = None  # CID we ask the peer to send; None: client 0, server 8
+    rekey_interval: float | None = 3600.0  # seconds between key renewals (OpenVPN reneg-sec)
+    rekey_records: int | None = None  # records per direction before renewal; None: per AEAD
     session_tickets: bool = True  # client: offer RFC 5077 (with resume_session's ticket)
     resume_session: ClientSession | None = None  # client: the session to resume
     ticket_keys: TicketKeyRing | None = field(default=None, repr=False)  # server: issue/accept
@@ -150,6 +152,10 @@ class DtlsConfig:
             raise UsageError("bad timer constants")
         if not self.groups:
             raise UsageError("no groups configured")
+        if self.rekey_interval is not None and self.rekey_interval <= 0:
+            raise UsageError("rekey_interval must be positive (or None)")
+        if self.rekey_records is not None and not 0 < self.rekey_records < 2**48:
+            raise UsageError("rekey_records must be in 1..2^48-1")
         if self.cid_length is not None and not 0 <= self.cid_length <= 32:
             raise UsageError("cid_length must be 0..32")
 

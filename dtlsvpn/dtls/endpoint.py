@@ -16,6 +16,13 @@ RFC 6347 §4.2.8: a new ClientHello (another random) from the address of a live
 association starts a new association only once it has a valid cookie; until
 then the live one is untouched.
 
+Rekeying, make-before-break: DTLS 1.2 renegotiation stays refused, so a
+client renews its keys with a new full handshake from the same address.  While
+that runs, and for ``rekey_grace`` seconds after it completes, the previous
+association still opens the records sent under the old keys: a protected
+record is tried with the newest established association first and with the
+other one if it does not authenticate there.  Then the old keys are dropped.
+
 RFC 9146 connection IDs: a tls12_cid record is routed by its CID, whatever its
 source address.  The association moves to the new address only when that
 datagram authenticated a record newer than any seen before (RFC 9146 §6), so
@@ -54,6 +61,7 @@ class EndpointStats:
     replaced: int = 0  # RFC 6347 §4.2.8 new association on a live address
     unknown_cid: int = 0  # a tls12_cid record whose CID is no association's
     address_changes: int = 0  # RFC 9146 §6 moves
+    rekeys: int = 0  # new associations that replaced an established one
 
 
 def _peer_bytes(addr: Address) -> bytes:
@@ -96,7 +104,8 @@ def _initial_client_hello(data: bytes) -> tuple[Record, int, ClientHello] | None
 class ServerEndpoint:
     """Demultiplexes datagrams by source address and gates new associations."""
 
-    def __init__(self, config: DtlsConfig, *, max_associations: int = 1024) -> None:
+    def __init__(self, config: DtlsConfig, *, max_associations: int = 1024,
+                 rekey_grace: float = 10.0) -> None:
         if config.is_client:
             raise UsageError("ServerEndpoint needs a server config")
         self.config = config
@@ -107,6 +116,9 @@ class ServerEndpoint:
         self._cid_len = config.own_cid_length or 0
         self._by_cid: dict[bytes, Association] = {}
         self._address: dict[Association, Address] = {}
+        self.rekey_grace = rekey_grace
+        self._previous: dict[Address, Association] = {}  # being replaced by a rekey
+        self._retire_at: dict[Address, float] = {}
 
     def address_of(self, assoc: Association) -> Address | None:
         """Where the association's peer is now (it moves with RFC 9146 CIDs)."""
@@ -123,6 +135,9 @@ class ServerEndpoint:
         if assoc is not None and not assoc.is_closed:
             hello = _initial_client_hello(data)
             if hello is None or hello[2].random == assoc.client_random:
+                old = self._previous.get(addr)
+                if old is not None and data[3:5] != b"\x00\x00":
+                    return self._receive_overlap(assoc, old, data, addr, now, wall)
                 out = assoc.receive_datagram(data, now, wall)
                 self._register_cid(assoc)
                 return assoc, out
@@ -143,7 +158,18 @@ class ServerEndpoint:
             return None, []
         if assoc is not None:
             self.stats.replaced += 1
-            self._forget(assoc)
+            if assoc.is_established and not assoc.is_closed:
+                # Make-before-break: the old keys keep working until the new
+                # association is up, and for rekey_grace seconds after.
+                self.stats.rekeys += 1
+                stale = self._previous.pop(addr, None)
+                if stale is not None:
+                    self._forget(stale)
+                self._previous[addr] = assoc
+                self._retire_at.pop(addr, None)
+                del self.associations[addr]
+            else:
+                self._forget(assoc)
         assoc = Association(self.config, _peer_bytes(addr), first_message_seq=message_seq,
                             first_record_seq=rec.seq, ip_header=40 if ":" in addr[0] else 20)
         self.associations[addr] = assoc
@@ -151,6 +177,27 @@ class ServerEndpoint:
         out = assoc.receive_datagram(data, now, wall)
         self._register_cid(assoc)
         return assoc, out
+
+    def _receive_overlap(self, new: Association, old: Association, data: bytes,
+                         addr: Address, now: float, wall: float
+                         ) -> tuple[Association | None, list[bytes]]:
+        """A protected datagram while a rekey overlaps two associations."""
+        first, second = (new, old) if new.is_established else (old, new)
+        bad_mac = first.stats.bad_mac
+        out = first.receive_datagram(data, now, wall)
+        if out or first.advanced:
+            self._note_rekey_progress(addr, now)
+            return first, out
+        first.stats.bad_mac = bad_mac  # a trial, not a forgery against this one
+        out = second.receive_datagram(data, now, wall)
+        self._register_cid(new)
+        self._note_rekey_progress(addr, now)
+        return second, out
+
+    def _note_rekey_progress(self, addr: Address, now: float) -> None:
+        new = self.associations.get(addr)
+        if new is not None and new.is_established and addr not in self._retire_at:
+            self._retire_at[addr] = now + self.rekey_grace
 
     def _receive_by_cid(self, cid: bytes, data: bytes, addr: Address, now: float,
                         wall: float) -> tuple[Association | None, list[bytes]]:
@@ -199,6 +246,7 @@ class ServerEndpoint:
 
     def get_timer(self) -> float | None:
         deadlines = [t for a in self.associations.values() if (t := a.get_timer()) is not None]
+        deadlines += self._retire_at.values()
         return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> None:
@@ -206,6 +254,15 @@ class ServerEndpoint:
             t = a.get_timer()
             if t is not None and now >= t:
                 a.handle_timer(now)
+        for addr, when in list(self._retire_at.items()):
+            if now >= when:
+                # The grace period is over: the old keys are no longer accepted.
+                del self._retire_at[addr]
+                old = self._previous.pop(addr, None)
+                if old is not None:
+                    old.close(now)
+                    old.datagrams_to_send(now)  # its peer switched already: no close_notify
+                    self._forget(old)
 
     def remove_closed(self) -> list[Address]:
         gone = [(addr, a) for addr, a in self.associations.items() if a.is_closed]
