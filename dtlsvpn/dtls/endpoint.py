@@ -68,6 +68,13 @@ def _peer_bytes(addr: Address) -> bytes:
     return f"{addr[0]}|{addr[1]}".encode()
 
 
+def _ip_header(addr: Address) -> int:
+    """Outer IP header size for PMTU arithmetic: 40 for IPv6, 20 for IPv4 (and the
+    IPv4-mapped addresses of a dual-stack socket, whose packets are IPv4)."""
+    host = addr[0]
+    return 40 if ":" in host and not host.lower().startswith("::ffff:") else 20
+
+
 def _hello_params(ch: ClientHello) -> bytes:
     """The ClientHello fields the cookie binds (RFC 6347 §4.2.1)."""
     w = Writer()
@@ -171,7 +178,7 @@ class ServerEndpoint:
             else:
                 self._forget(assoc)
         assoc = Association(self.config, _peer_bytes(addr), first_message_seq=message_seq,
-                            first_record_seq=rec.seq, ip_header=40 if ":" in addr[0] else 20)
+                            first_record_seq=rec.seq, ip_header=_ip_header(addr))
         self.associations[addr] = assoc
         self._address[assoc] = addr
         out = assoc.receive_datagram(data, now, wall)
