@@ -1,0 +1,1 @@
+"""VPN semantics over the DTLS core, still sans-I/O: prefixes, routing, inner IP packets."""

@@ -1,0 +1,142 @@
+"""Router: which peer an inner packet goes to, and whether a peer may send it to us.
+
+Two directions, both in batches so the shell makes one call per drained batch
+(architecture.md rules 3 and 8):
+
+- ``route(packets)`` (TUN → peers): the destination address picks the peer by longest
+  prefix over every peer's allowed prefixes (the cryptokey-routing rule of WireGuard's
+  AllowedIPs).  A router built with ``single=peer`` (a client: one peer) skips the
+  lookup and sends everything to that peer.
+- ``admit(peer, packets)`` (peer → TUN): anti-spoofing.  A decrypted packet is written
+  to the TUN only when its *source* address routes back to the very peer it came from;
+  anything else is dropped and counted as ``spoofed_source``.  This also holds for a
+  client, so a server cannot inject packets with arbitrary sources.
+
+Both drop what is not IPv4 or IPv6 (``not_ip``); ``route`` also drops multicast
+destinations (``multicast``): the tunnel is point-to-point and unicast only, and the
+kernel's own link-local chatter on the TUN (IPv6 router solicitations, MLD reports)
+must not cross it.  The recursive-routing guard (as in
+OpenVPN's ``drop_if_recursive_routing``) drops an outbound inner packet addressed to the
+peer's own underlay address: sending it would loop the tunnel's own datagrams back into
+the tunnel.  Counters are per peer for inbound drops and router-wide for outbound ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, fields
+from typing import Generic, TypeVar
+
+from dtlsvpn.vpn.prefixes import Network, PrefixTable
+
+P = TypeVar("P", bound=Hashable)
+
+
+@dataclass(slots=True)
+class RouterStats:
+    not_ip: int = 0  # too short, or a version nibble other than 4 and 6
+    no_route: int = 0  # outbound destination in no peer's allowed prefixes
+    spoofed_source: int = 0  # inbound source not in the sending peer's allowed prefixes
+    recursive: int = 0  # outbound destination is the peer's underlay address
+    multicast: int = 0  # outbound multicast (link-local chatter of the TUN device itself)
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class Router(Generic[P]):
+    """Destination routing and source anti-spoofing over per-peer allowed prefixes."""
+
+    def __init__(self, *, single: P | None = None) -> None:
+        self.table: PrefixTable[P] = PrefixTable()
+        self.single = single
+        self.stats = RouterStats()
+        self.peer_stats: dict[P, RouterStats] = {}
+        self._underlay: dict[P, bytes] = {}
+        self._prefixes: dict[P, tuple[Network, ...]] = {}
+
+    # --- configuration ------------------------------------------------------
+
+    def add_peer(self, peer: P, prefixes: Iterable[Network]) -> None:
+        """Give ``peer`` its allowed prefixes (replacing any it had)."""
+        self.remove_peer(peer)
+        nets = tuple(prefixes)
+        for net in nets:
+            self.table.insert(net, peer)
+        self._prefixes[peer] = nets
+        self.peer_stats.setdefault(peer, RouterStats())
+
+    def remove_peer(self, peer: P) -> None:
+        if peer in self._prefixes:
+            self.table.remove_value(peer)
+            del self._prefixes[peer]
+        self._underlay.pop(peer, None)
+
+    def prefixes(self, peer: P) -> tuple[Network, ...]:
+        return self._prefixes.get(peer, ())
+
+    def set_underlay(self, peer: P, packed: bytes | None) -> None:
+        """The peer's outer (UDP) address, packed; None forgets it."""
+        if packed is None:
+            self._underlay.pop(peer, None)
+        else:
+            self._underlay[peer] = packed
+
+    # --- data path ----------------------------------------------------------
+
+    def route(self, packets: Iterable[bytes]) -> dict[P, list[bytes]]:
+        """Group outbound packets by peer; drop and count the rest."""
+        stats = self.stats
+        underlay = self._underlay
+        out: dict[P, list[bytes]] = {}
+        single = self.single
+        lookup = self.table.lookup
+        for pkt in packets:
+            v = pkt[0] >> 4 if pkt else 0
+            if v == 4 and len(pkt) >= 20:
+                dst = pkt[16:20]
+                mcast = 224 <= dst[0] < 240
+            elif v == 6 and len(pkt) >= 40:
+                dst = pkt[24:40]
+                mcast = dst[0] == 0xFF
+            else:
+                stats.not_ip += 1
+                continue
+            if mcast:
+                stats.multicast += 1
+                continue
+            peer = single if single is not None else lookup(dst)
+            if peer is None:
+                stats.no_route += 1
+                continue
+            if underlay.get(peer) == dst:
+                stats.recursive += 1
+                continue
+            bucket = out.get(peer)
+            if bucket is None:
+                out[peer] = [pkt]
+            else:
+                bucket.append(pkt)
+        return out
+
+    def admit(self, peer: P, packets: list[bytes]) -> list[bytes]:
+        """The packets whose source address routes back to ``peer``; count the rest."""
+        lookup = self.table.lookup
+        out: list[bytes] = []
+        stats: RouterStats | None = None
+        for pkt in packets:
+            v = pkt[0] >> 4 if pkt else 0
+            if v == 4 and len(pkt) >= 20:
+                src = pkt[12:16]
+            elif v == 6 and len(pkt) >= 40:
+                src = pkt[8:24]
+            else:
+                stats = stats or self.peer_stats.setdefault(peer, RouterStats())
+                stats.not_ip += 1
+                continue
+            if lookup(src) != peer:
+                stats = stats or self.peer_stats.setdefault(peer, RouterStats())
+                stats.spoofed_source += 1
+                continue
+            out.append(pkt)
+        return out
