@@ -77,8 +77,8 @@ lint: venv
 	@rc=0
 	echo "lint: ruff check dtlsvpn tests"
 	$(VENV)/bin/ruff check dtlsvpn tests || rc=1
-	echo "lint: mypy dtlsvpn/wire dtlsvpn/crypto dtlsvpn/dtls"
-	$(VENV)/bin/mypy dtlsvpn/wire dtlsvpn/crypto dtlsvpn/dtls || rc=1
+	echo "lint: mypy dtlsvpn/wire dtlsvpn/crypto dtlsvpn/dtls dtlsvpn/vpn dtlsvpn/config dtlsvpn/daemon"
+	$(VENV)/bin/mypy dtlsvpn/wire dtlsvpn/crypto dtlsvpn/dtls dtlsvpn/vpn dtlsvpn/config dtlsvpn/daemon || rc=1
 	exit $$rc
 
 test: deps venv lint

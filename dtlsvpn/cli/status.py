@@ -1,0 +1,119 @@
+"""``dtlsvpn status [NAME]``: ask running daemons for their state over the status socket.
+
+Without NAME, every ``*.sock`` in the run directory (``/run/dtlsvpn``) is asked.  The
+default output is a ``wg show``-like summary; ``--json`` prints the daemon's JSON and
+``--raw`` its ``key=value`` lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dtlsvpn.daemon.status import query
+
+DEFAULT_RUNDIR = Path("/run/dtlsvpn")
+
+
+def add_parsers(commands: Any) -> None:
+    status = commands.add_parser(
+        "status", help="show running tunnels and their peers",
+        description="Query the status socket of one daemon (NAME) or of every daemon.",
+    )
+    status.add_argument("name", metavar="NAME", nargs="?",
+                        help="instance name (RUNDIR/NAME.sock)")
+    status.add_argument("--socket", metavar="PATH", type=Path,
+                        help="status socket path (overrides NAME)")
+    status.add_argument("--rundir", metavar="DIR", type=Path, default=DEFAULT_RUNDIR,
+                        help=f"directory of status sockets (default {DEFAULT_RUNDIR})")
+    fmt = status.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print JSON")
+    fmt.add_argument("--raw", action="store_true", help="print the key=value lines")
+    status.set_defaults(func=status_command, parser_of_command=status)
+
+
+def _sockets(args: argparse.Namespace) -> list[Path]:
+    if args.socket is not None:
+        return [args.socket]
+    if args.name is not None:
+        return [args.rundir / f"{args.name}.sock"]
+    return sorted(args.rundir.glob("*.sock"))
+
+
+def _bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.2f} {unit}" if unit != "B" else f"{n} B"
+        value /= 1024
+    return f"{n} B"
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    return f"{datetime.timedelta(seconds=round(seconds))} ago"
+
+
+def summary(snap: dict[str, Any]) -> str:
+    i = snap["interface"]
+    out = [f"interface: {i['name']} ({i['device']})",
+           f"  role: {i['role']}" + (f", listening on {i['listen']}" if i.get("listen") else ""),
+           f"  addresses: {', '.join(i['addresses']) or '-'}",
+           f"  mtu: {i['mtu']} ({i['mtu_policy']})"]
+    drops = {k: v for k, v in i.get("drops", {}).items() if v}
+    if drops:
+        out.append("  drops: " + ", ".join(f"{k}={v}" for k, v in drops.items()))
+    for p in snap["peers"]:
+        out += ["", f"peer: {p['name']}",
+                f"  state: {p['state']}",
+                f"  endpoint: {p['endpoint'] or '-'} ({p['transport']})",
+                f"  allowed ips: {', '.join(p['allowed_ips'])}"]
+        if p.get("suite"):
+            out.append(f"  suite: {p['suite']}")
+        out.append(f"  latest handshake: {_ago(p.get('last_handshake_ago'))}"
+                   + (f" ({'resumed' if p['resumed'] else 'full'})"
+                      if p.get("last_handshake") else ""))
+        if p.get("heartbeat_rtt_ms") is not None:
+            out.append(f"  heartbeat rtt: {p['heartbeat_rtt_ms']} ms")
+        if p.get("plpmtu"):
+            out.append(f"  path mtu: {p['plpmtu']}, inner mtu: {p['inner_mtu']}")
+        out.append(f"  transfer: {_bytes(p['rx_bytes'])} received ({p['rx_packets']} packets), "
+                   f"{_bytes(p['tx_bytes'])} sent ({p['tx_packets']} packets)")
+        pdrops = {k: v for k, v in p.get("drops", {}).items() if v}
+        if pdrops:
+            out.append("  drops: " + ", ".join(f"{k}={v}" for k, v in pdrops.items()))
+        if p.get("last_error") and p["state"] != "established":
+            out.append(f"  last error: {p['last_error']}")
+    return "\n".join(out) + "\n"
+
+
+def status_command(args: argparse.Namespace) -> int:
+    paths = _sockets(args)
+    if not paths:
+        print(f"dtlsvpn: no running tunnels (no sockets in {args.rundir})", file=sys.stderr)
+        return 1
+    rc = 0
+    docs: list[Any] = []
+    for path in paths:
+        try:
+            text = query(path, as_json=not args.raw)
+        except OSError as exc:
+            print(f"dtlsvpn: {path}: {exc.strerror or exc}", file=sys.stderr)
+            rc = 1
+            continue
+        if args.raw:
+            sys.stdout.write(text)
+            continue
+        snap = json.loads(text)
+        if args.json:
+            docs.append(snap)
+        else:
+            sys.stdout.write(summary(snap))
+    if args.json:
+        print(json.dumps(docs[0] if len(docs) == 1 and args.name else docs, indent=2))
+    return rc

@@ -1,0 +1,1 @@
+"""The imperative shell: file descriptors, clocks, signals and kernel configuration."""

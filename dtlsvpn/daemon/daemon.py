@@ -1,0 +1,827 @@
+"""The daemon: configuration → objects → file descriptors, then the loop, then teardown.
+
+Start-up order: TUN device, its MTU, addresses and routes (pyroute2, before the loop),
+the router with every peer's allowed prefixes, the UDP socket (server: bound to
+ListenAddress; client: dialled, see below), the status socket, then the loop.
+READY=1 goes out when a server listens and when a client's first handshake completes
+(the tunnel can pass traffic).  SIGTERM/SIGINT stop the loop; teardown sends
+close_notify to every peer, removes routes and addresses, closes the TUN descriptor
+(the interface disappears with it) and removes the status socket.  SIGHUP reloads.
+
+Client: dial = resolve the Endpoint host again (every attempt), open a connected UDP
+socket, start a handshake (resuming with a stored ticket when there is one).  A dial
+that does not complete within DIAL_TIMEOUT, an association that closes, or
+``PeerUnresponsive`` from the core lead to a redial after a capped, jittered exponential
+back-off: ``min(30 s, 2^n s) × uniform(0.5, 1)``; n resets after a handshake.
+
+Server: one ServerEndpoint; each association is bound to its [Peer] by ``match_peer``
+when its handshake completes (closed when no peer matches); a peer that reconnects from
+a new address replaces its old association.
+
+TUN MTU policy (``MTU =`` in [Interface]):
+- a number: fixed; never changed.
+- ``auto`` (default): start from ``min(1400, MTU of the route to the peer) − overhead``
+  with overhead = IP header (20 or 40 for the underlay family) + UDP 8 + DTLS record
+  header 13 + the largest AEAD expansion of any suite (24): 1335 on an IPv4 path of
+  1400 or more.  When the core reports ``PathMtuChanged`` (DPLPMTUD), the TUN MTU
+  follows its inner MTU (the smallest over connected peers on a server), and inner
+  packets above the current path limit get an ICMP "too big" through the TUN.
+  Never below 1280 when the interface has IPv6 addresses (the kernel would drop IPv6
+  from it); never below 576.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import inspect
+import logging
+import os
+import random
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from dtlsvpn.config.schema import Config, PeerConfig, dtls_config, load_config, match_peer
+from dtlsvpn.crypto.suites import SUITES
+from dtlsvpn.daemon.datapath import Addr, Datapath, PeerState
+from dtlsvpn.daemon.loop import Loop
+from dtlsvpn.daemon.netlink import Netlink, route_mtu
+from dtlsvpn.daemon.status import StatusServer
+from dtlsvpn.daemon.systemd import Notifier
+from dtlsvpn.daemon.ticketstore import TicketStore
+from dtlsvpn.daemon.tun import Tun
+from dtlsvpn.daemon.udp import (
+    ErrorHint,
+    family_of,
+    normalise,
+    open_udp,
+    packed,
+    read_errors,
+    socket_mtu,
+)
+from dtlsvpn.dtls.association import Association
+from dtlsvpn.dtls.config import DtlsConfig
+from dtlsvpn.dtls.endpoint import ServerEndpoint
+from dtlsvpn.errors import ConfigError
+from dtlsvpn.vpn.ip import TooBigResponder
+from dtlsvpn.vpn.router import Router
+
+log = logging.getLogger("dtlsvpn")
+
+DEFAULT_PATH_MTU = 1400
+UDP_HEADER = 8
+RECORD_HEADER = 13
+MAX_AEAD_OVERHEAD = max(s.overhead for s in SUITES.values())
+MIN_TUN_MTU = 576
+MIN_TUN_MTU_IPV6 = 1280
+DIAL_TIMEOUT = 10.0
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 30.0
+
+_DTLS_FIELDS = {f.name for f in dataclasses.fields(DtlsConfig)}
+_ASSOC_TAKES_IP_HEADER = "ip_header" in inspect.signature(Association).parameters
+
+
+def tunnel_overhead(family: socket.AddressFamily) -> int:
+    ip_header = 40 if family == socket.AF_INET6 else 20
+    return ip_header + UDP_HEADER + RECORD_HEADER + MAX_AEAD_OVERHEAD
+
+
+def default_tun_mtu(family: socket.AddressFamily, path_mtu: int | None) -> int:
+    """The ``auto`` MTU before any discovery: a safe guess from the route's MTU."""
+    path = min(DEFAULT_PATH_MTU, path_mtu or DEFAULT_PATH_MTU)
+    return path - tunnel_overhead(family)
+
+
+def backoff_delay(attempt: int, rng: random.Random) -> float:
+    return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 16)) * rng.uniform(0.5, 1.0)
+
+
+def _event_name(ev: object) -> str:
+    # Events are matched by name so that this shell runs against cores with or
+    # without heartbeats, PMTU discovery and tickets (PeerUnresponsive, PathMtuChanged,
+    # SessionTicketReceived).
+    return type(ev).__name__
+
+
+def _display(addr: Addr | None) -> str | None:
+    if addr is None:
+        return None
+    host, port = normalise(addr)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Daemon:
+    """One tunnel interface and its peers."""
+
+    def __init__(self, cfg: Config, *, notifier: Notifier | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.cfg = cfg
+        self.notifier = notifier or Notifier()
+        self.rng = rng or random.Random()
+        self.is_client = cfg.interface.role == "client"
+        self.loop = Loop()
+        self.peers: dict[str, PeerState] = {p.name: PeerState(p) for p in cfg.peers}
+        self.tun: Tun | None = None
+        self.netlink: Netlink | None = None
+        self.status: StatusServer | None = None
+        self.datapath: Datapath | None = None
+        self.endpoint: ServerEndpoint | None = None
+        self.server_sock: socket.socket | None = None
+        self.tickets = TicketStore(cfg.interface.ticket_store) if self.is_client else None
+        self.tun_mtu = 0
+        self.mtu_policy = "fixed"
+        self.ready_sent = False
+        self.started_wall = 0.0
+        # client dialling state
+        self.attempt = 0
+        self.redial_at: float | None = None
+        self.dial_deadline: float | None = None
+        self.offered_ticket = False
+        self.watchdog_at: float | None = None
+        self.ticket_ring: Any = None  # server: crypto.tickets.TicketKeyRing
+        self.ticket_keys_saved: Any = ()
+
+    # --- set-up and teardown -----------------------------------------------------
+
+    def _underlay_family(self) -> socket.AddressFamily:
+        if self.is_client:
+            endpoint = self.cfg.peers[0].endpoint
+            return family_of(endpoint[0]) if endpoint else socket.AF_INET
+        listen = self.cfg.interface.listen
+        return family_of(listen[0]) if listen else socket.AF_INET
+
+    def _initial_mtu(self) -> int:
+        iface = self.cfg.interface
+        if iface.mtu is not None:
+            self.mtu_policy = "fixed"
+            return iface.mtu
+        self.mtu_policy = "auto"
+        path: int | None = None
+        if self.is_client and self.cfg.peers[0].endpoint is not None:
+            host = self.cfg.peers[0].endpoint[0]
+            if packed(host) is not None:
+                path = route_mtu(host)
+        return self._clamp_mtu(default_tun_mtu(self._underlay_family(), path))
+
+    def _clamp_mtu(self, mtu: int) -> int:
+        has_v6 = any(a.version == 6 for a in self.cfg.interface.addresses)
+        return max(mtu, MIN_TUN_MTU_IPV6 if has_v6 else MIN_TUN_MTU)
+
+    def setup(self) -> None:
+        iface = self.cfg.interface
+        self.tun = Tun(iface.device)
+        self.netlink = Netlink(self.tun.name)
+        self.tun_mtu = self._initial_mtu()
+        routes: list[Any] = []
+        for p in self.cfg.peers:
+            routes += p.routes
+        self.netlink.configure(self.tun_mtu, iface.addresses, routes)
+        local4 = next((a.ip.packed for a in iface.addresses if a.version == 4), None)
+        local6 = next((a.ip.packed for a in iface.addresses if a.version == 6), None)
+        router: Router[PeerState] = Router(
+            single=next(iter(self.peers.values())) if self.is_client else None)
+        for state in self.peers.values():
+            router.add_peer(state, state.config.allowed_prefixes)
+        dp = Datapath(self.tun, router, TooBigResponder(local4, local6))
+        dp.on_hints = self._on_hints
+        self.datapath = dp
+        if self.is_client:
+            dp.client_peer = next(iter(self.peers.values()))
+            self.loop.add(self.tun.fd, dp.client_tun)
+        else:
+            assert iface.listen is not None
+            self.server_sock = open_udp(family_of(iface.listen[0]), bind=iface.listen)
+            self.endpoint = ServerEndpoint(self._server_dtls_config())
+            dp.sock = self.server_sock
+            dp.endpoint = self.endpoint
+            dp.bind = self._bind
+            self.loop.add(self.server_sock.fileno(), dp.server_udp)
+            self.loop.add(self.tun.fd, dp.server_tun)
+        self.status = StatusServer(iface.status_socket, self.snapshot, self.loop)
+        log.info("%s: interface %s up, mtu %d (%s), %s", self.cfg.name, self.tun.name,
+                 self.tun_mtu, self.mtu_policy,
+                 f"listening on {_display(iface.listen)}" if iface.listen else "client")
+
+    def teardown(self) -> None:
+        self.notifier.stopping()
+        now = self.loop.now
+        for state in self.peers.values():
+            assoc = state.assoc
+            if assoc is not None and not assoc.is_closed:
+                assoc.close(now)
+                self._flush(state.addr, assoc, now, state)
+        if self.status is not None:
+            self.status.close()
+        if self.netlink is not None:
+            self.netlink.teardown()
+        if self.tun is not None:
+            self.tun.close()
+            if self.netlink is not None and not self.netlink.wait_gone():
+                log.warning("interface %s still present after close", self.tun.name)
+        for state in self.peers.values():
+            if state.sock is not None:
+                state.sock.close()
+                state.sock = None
+        if self.server_sock is not None:
+            self.server_sock.close()
+        self.loop.close()
+
+    def run(self) -> int:
+        self.loop.install_signals()
+        try:
+            self.setup()
+        except (OSError, ConfigError, ValueError) as exc:
+            log.error("%s: start-up failed: %s", self.cfg.name, exc)
+            with contextlib.suppress(Exception):
+                self.teardown()
+            return 1
+        now = self.loop.now = time.monotonic()
+        self.started_wall = self.loop.wall
+        if self.notifier.watchdog_interval:
+            self.watchdog_at = now
+        if self.is_client:
+            self.redial_at = now
+        else:
+            self._ready(f"listening on {_display(self.cfg.interface.listen)}")
+        try:
+            self.loop.run(self)
+        finally:
+            log.info("%s: stopping", self.cfg.name)
+            self.teardown()
+        return 0
+
+    def _ready(self, status: str) -> None:
+        if not self.ready_sent:
+            self.ready_sent = True
+            self.notifier.ready(status)
+        else:
+            self.notifier.status(status)
+
+    # --- loop owner ------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        deadlines: list[float] = []
+        if self.is_client:
+            state = next(iter(self.peers.values()))
+            if state.assoc is not None:
+                t = state.assoc.get_timer()
+                if t is not None:
+                    deadlines.append(t)
+            if self.redial_at is not None:
+                deadlines.append(self.redial_at)
+            if self.dial_deadline is not None:
+                deadlines.append(self.dial_deadline)
+        elif self.endpoint is not None:
+            t = self.endpoint.get_timer()
+            if t is not None:
+                deadlines.append(t)
+        if self.watchdog_at is not None:
+            deadlines.append(self.watchdog_at)
+        return min(deadlines) if deadlines else None
+
+    def on_timer(self, now: float, wall: float) -> None:
+        if self.watchdog_at is not None and now >= self.watchdog_at:
+            self.notifier.watchdog()
+            assert self.notifier.watchdog_interval is not None
+            self.watchdog_at = now + self.notifier.watchdog_interval / 2
+        if self.is_client:
+            self._client_timers(now, wall)
+        elif self.endpoint is not None:
+            self.endpoint.handle_timer(now)
+            for addr, assoc in list(self.endpoint.associations.items()):
+                self._service(addr, assoc, now)
+            self.endpoint.remove_closed()
+
+    def after_iteration(self, now: float) -> None:
+        if self.is_client:
+            state = next(iter(self.peers.values()))
+            if state.assoc is not None:
+                self._service(state.addr, state.assoc, now, state)
+            return
+        dp = self.datapath
+        if dp is None or not dp.touched:
+            return
+        touched, dp.touched = dp.touched, {}
+        closed = False
+        for addr, assoc in touched.items():
+            self._service(addr, assoc, now)
+            closed |= assoc.is_closed
+        if closed and self.endpoint is not None:
+            self.endpoint.remove_closed()
+
+    # --- slow path: events and output --------------------------------------------
+
+    def _flush(self, addr: Addr | None, assoc: Association, now: float,
+               state: PeerState | None) -> None:
+        out = assoc.datagrams_to_send(now)
+        if not out:
+            return
+        sock = (state.sock if state is not None else None) if self.is_client else self.server_sock
+        if sock is None or (addr is None and not self.is_client):
+            return
+        for d in out:
+            try:
+                if self.is_client:
+                    sock.send(d)
+                else:
+                    sock.sendto(d, addr)  # type: ignore[arg-type]
+            except BlockingIOError:
+                if state is not None:
+                    state.drop("send_buffer_full")
+            except OSError as exc:
+                # EMSGSIZE: a PMTU probe above the local interface MTU (the kernel's
+                # answer is read from the error queue as a hint).
+                if state is not None:
+                    state.drop("emsgsize" if exc.errno == errno.EMSGSIZE else "send_error")
+                    if exc.errno != errno.EMSGSIZE:
+                        state.last_error = exc.strerror
+                if exc.errno == errno.EMSGSIZE:
+                    self._on_hints(state, read_errors(sock), now)
+
+    def _service(self, addr: Addr | None, assoc: Association, now: float,
+                 state: PeerState | None = None) -> None:
+        events = assoc.pop_events()
+        if state is None and self.datapath is not None:
+            state = self.datapath.by_assoc.get(assoc)
+        for ev in events:
+            state = self._on_event(addr, assoc, ev, now, state)
+        self._flush(addr, assoc, now, state)
+
+    def _on_event(self, addr: Addr | None, assoc: Association, ev: Any, now: float,
+                  state: PeerState | None) -> PeerState | None:
+        name = _event_name(ev)
+        wall = self.loop.wall
+        if name == "HandshakeCompleted":
+            if self.is_client:
+                state = self._client_established(assoc, ev, now, wall)
+            else:
+                state = self._server_established(addr, assoc, ev, now, wall)
+        elif name == "AssociationClosed":
+            self._on_closed(addr, assoc, ev, now, state)
+        elif name == "PeerUnresponsive":
+            log.warning("peer %s unresponsive", state.name if state else _display(addr))
+            if not assoc.is_closed:
+                assoc.close(now)
+                self._flush(addr, assoc, now, state)
+            self._on_closed(addr, assoc, ev, now, state)
+        elif name == "PeerAddressChanged" and state is not None and not self.is_client:
+            self._on_address_changed(state, assoc, ev)
+        elif name == "PathMtuChanged" and state is not None:
+            self._on_path_mtu(state, ev)
+        elif name == "SessionTicketReceived" and self.is_client and state is not None:
+            if self.tickets is not None:
+                try:
+                    self.tickets.save(self._ticket_key(state), ev.session)
+                except OSError as exc:
+                    log.warning("cannot store ticket: %s", exc)
+        elif name == "AlertReceived":
+            log.debug("alert %s/%s from %s", ev.level, ev.description, _display(addr))
+        elif name == "HeartbeatAnswered" and state is not None:
+            state.rtt = ev.rtt
+        elif name == "PeerAlive" and state is not None:
+            log.info("peer %s: heard again", state.name)
+        return state
+
+    def _note_handshake(self, state: PeerState, assoc: Association, ev: Any,
+                        addr: Addr | None, wall: float) -> None:
+        state.assoc = assoc
+        state.addr = addr
+        state.established = True
+        state.handshake_wall = wall
+        state.handshakes += 1
+        state.resumed = bool(ev.resumed)
+        state.suite = ev.suite_name
+        state.last_error = None
+        for attr in ("plpmtu", "inner_mtu"):
+            value = getattr(assoc, attr, None)
+            if isinstance(value, int):
+                setattr(state, attr, value)
+        assert self.datapath is not None
+        self.datapath.router.set_underlay(state, packed(normalise(addr)[0]) if addr else None)
+        log.info("peer %s: handshake with %s done (%s, %s)", state.name, _display(addr),
+                 ev.suite_name, "resumed" if ev.resumed else "full")
+
+    def _client_established(self, assoc: Association, ev: Any, now: float,
+                            wall: float) -> PeerState | None:
+        state = next(iter(self.peers.values()))
+        # A resumed session was authenticated by the full handshake that made the ticket.
+        if not ev.resumed and match_peer(self.cfg, ev) is None and not ev.psk_identity:
+            log.error("server credential does not match [Peer] %s", state.name)
+            assoc.close(now)
+            return state
+        self._note_handshake(state, assoc, ev, state.addr, wall)
+        self.attempt = 0
+        self.dial_deadline = None
+        self._ready(self._status_line())
+        return state
+
+    def _server_established(self, addr: Addr | None, assoc: Association, ev: Any,
+                            now: float, wall: float) -> PeerState | None:
+        peer_cfg = match_peer(self.cfg, ev)
+        state = self.peers.get(peer_cfg.name) if peer_cfg is not None else None
+        if state is None or addr is None:
+            log.warning("association from %s matches no [Peer]: closed", _display(addr))
+            assert self.datapath is not None
+            self.datapath.drop("unknown_peer")
+            assoc.close(now)
+            return None
+        old = state.assoc
+        if old is not None and old is not assoc and not old.is_closed:
+            old.close(now)  # the peer came back (new address or a new association)
+            self._flush(state.addr, old, now, state)
+        assert self.datapath is not None
+        if state.addr is not None and self.datapath.bound.get(state.addr) is state:
+            del self.datapath.bound[state.addr]
+        self.datapath.bound[addr] = state
+        if old is not None:
+            self.datapath.by_assoc.pop(old, None)
+        self.datapath.by_assoc[assoc] = state
+        self._note_handshake(state, assoc, ev, addr, wall)
+        self._save_ticket_keys(wall)
+        self.notifier.status(self._status_line())
+        return state
+
+    def _on_address_changed(self, state: PeerState, assoc: Association, ev: Any) -> None:
+        """RFC 9146 §6: the peer moved (the core follows it by connection ID)."""
+        assert self.datapath is not None
+        new = getattr(ev, "new", None)
+        if not isinstance(new, tuple) or state.assoc is not assoc:
+            return
+        new_addr: Addr = (str(new[0]), int(new[1]))
+        bound = self.datapath.bound
+        if state.addr is not None and bound.get(state.addr) is state:
+            del bound[state.addr]
+        bound[new_addr] = state
+        log.info("peer %s: moved from %s to %s", state.name, _display(state.addr),
+                 _display(new_addr))
+        state.addr = new_addr
+        self.datapath.router.set_underlay(state, packed(normalise(new_addr)[0]))
+
+    def _bind(self, addr: Addr, assoc: Association, now: float) -> PeerState | None:
+        """Datapath hook: service a just-completed association so it gets its peer."""
+        self._service(addr, assoc, now)
+        assert self.datapath is not None
+        state = self.datapath.by_assoc.get(assoc)
+        return state if state is not None and state.assoc is assoc else None
+
+    def _on_closed(self, addr: Addr | None, assoc: Association, ev: Any, now: float,
+                   state: PeerState | None) -> None:
+        reason = getattr(ev, "reason", type(ev).__name__)
+        if state is not None and state.assoc is assoc:
+            log.info("peer %s: association closed (%s)", state.name, reason)
+            state.established = False
+            state.last_error = reason
+            if not self.is_client:
+                state.assoc = None
+                assert self.datapath is not None
+                self.datapath.by_assoc.pop(assoc, None)
+                if state.addr is not None and self.datapath.bound.get(state.addr) is state:
+                    del self.datapath.bound[state.addr]
+                self.notifier.status(self._status_line())
+        if self.is_client and state is not None and state.assoc is assoc:
+            if (state.resumed and state.handshake_wall is not None and self.tickets
+                    and self.loop.wall - state.handshake_wall < 5.0
+                    and not getattr(ev, "local", True)):
+                # The server ended a just-resumed session: don't offer that ticket again.
+                self.tickets.forget(self._ticket_key(state))
+            self._lost(now, reason)
+
+    def _on_path_mtu(self, state: PeerState, ev: Any) -> None:
+        inner = getattr(ev, "inner_mtu", None)
+        state.plpmtu = getattr(ev, "plpmtu", state.plpmtu)
+        if not isinstance(inner, int):
+            return
+        state.inner_mtu = inner
+        if self.mtu_policy == "fixed":
+            return
+        self.mtu_policy = "pmtu"
+        mtus = [p.inner_mtu for p in self.peers.values() if p.established and p.inner_mtu]
+        self._set_tun_mtu(min(mtus) if mtus else inner)
+
+    def _set_tun_mtu(self, inner: int) -> None:
+        assert self.datapath is not None
+        self.datapath.inner_limit = inner
+        mtu = self._clamp_mtu(inner)
+        if mtu != self.tun_mtu and self.netlink is not None:
+            try:
+                self.netlink.set_mtu(mtu)
+            except OSError as exc:
+                log.warning("cannot set MTU %d: %s", mtu, exc)
+                return
+            log.info("%s: tunnel MTU %d → %d (path)", self.cfg.name, self.tun_mtu, mtu)
+            self.tun_mtu = mtu
+
+    def _on_hints(self, state: PeerState | None, hints: list[ErrorHint], now: float) -> None:
+        for hint in hints:
+            if state is None and hint.destination is not None and self.datapath is not None:
+                state = self.datapath.bound.get(hint.destination)
+            if state is None:
+                continue
+            if hint.mtu is not None and state.assoc is not None:
+                path_hint = getattr(state.assoc, "path_hint", None)
+                if path_hint is not None:
+                    path_hint(hint.mtu, now)
+            elif hint.errno:
+                state.last_error = os.strerror(hint.errno)
+
+    # --- client dialling ---------------------------------------------------------
+
+    def _ticket_key(self, state: PeerState) -> str:
+        endpoint = state.config.endpoint
+        return f"{state.name}-{endpoint[0]}-{endpoint[1]}" if endpoint else state.name
+
+    def _client_dtls_config(self, state: PeerState, wall: float) -> DtlsConfig:
+        conf = self._apply_knobs(dtls_config(self.cfg, state.config))
+        self.offered_ticket = False
+        if self.tickets is not None and "resume_session" in _DTLS_FIELDS:
+            session = self.tickets.load(self._ticket_key(state), wall)
+            if session is not None:
+                conf = dataclasses.replace(conf, resume_session=session)
+                self.offered_ticket = True
+        return conf
+
+    def _server_dtls_config(self) -> DtlsConfig:
+        return self._apply_knobs(dtls_config(self.cfg))
+
+    def _apply_knobs(self, conf: DtlsConfig) -> DtlsConfig:
+        """Heartbeat settings from [Interface] and the server's ticket keys, when the core
+        has them."""
+        iface = self.cfg.interface
+        knobs: dict[str, Any] = {}
+        if "heartbeat_settings" in _DTLS_FIELDS:
+            from dtlsvpn.dtls.heartbeat import HeartbeatSettings
+
+            knobs["heartbeat_settings"] = HeartbeatSettings(
+                interval=iface.heartbeat_interval,
+                retransmit=min(1.0, iface.heartbeat_interval),
+                timeout=iface.dead_peer_timeout)
+        if not self.is_client and "ticket_keys" in _DTLS_FIELDS:
+            knobs["ticket_keys"] = self._ticket_ring()
+        return dataclasses.replace(conf, **knobs) if knobs else conf
+
+    def _ticket_ring(self) -> Any:
+        """The server's ticket keys, kept in TicketStore/ticket.keys across restarts."""
+        from dtlsvpn.crypto.tickets import TicketKeyRing
+
+        if self.ticket_ring is not None:
+            return self.ticket_ring
+        path = self.cfg.interface.ticket_store / "ticket.keys"
+        try:
+            ring = TicketKeyRing.load(path, os.urandom)
+        except ConfigError as exc:
+            if path.exists():
+                log.warning("%s; starting with new ticket keys", exc)
+            ring = TicketKeyRing(os.urandom)
+        self.ticket_ring = ring
+        self.ticket_keys_saved = ring.keys
+        return ring
+
+    def _save_ticket_keys(self, wall: float) -> None:
+        ring = self.ticket_ring
+        if ring is None:
+            return
+        ring.maintain(wall)
+        if ring.keys == self.ticket_keys_saved or not ring.keys:
+            return
+        path = self.cfg.interface.ticket_store / "ticket.keys"
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            ring.save(path)
+            self.ticket_keys_saved = ring.keys
+        except OSError as exc:
+            log.warning("cannot save ticket keys to %s: %s", path, exc)
+
+    def _client_timers(self, now: float, wall: float) -> None:
+        state = next(iter(self.peers.values()))
+        assoc = state.assoc
+        if assoc is not None:
+            t = assoc.get_timer()
+            if t is not None and now >= t:
+                assoc.handle_timer(now)
+        if self.dial_deadline is not None and now >= self.dial_deadline:
+            self.dial_deadline = None
+            if assoc is not None and not assoc.is_established:
+                log.warning("peer %s: no handshake within %gs", state.name, DIAL_TIMEOUT)
+                assoc.close(now)
+                self._flush(state.addr, assoc, now, state)
+                assoc.pop_events()
+                if self.offered_ticket and self.tickets is not None:
+                    self.tickets.forget(self._ticket_key(state))
+                self._lost(now, "handshake timed out")
+        if self.redial_at is not None and now >= self.redial_at:
+            self.redial_at = None
+            self._dial(state, now, wall)
+
+    def _lost(self, now: float, reason: str) -> None:
+        state = next(iter(self.peers.values()))
+        state.established = False
+        self.dial_deadline = None
+        delay = backoff_delay(self.attempt, self.rng)
+        self.attempt += 1
+        self.redial_at = now + delay
+        log.info("peer %s: %s; redialling in %.1fs", state.name, reason, delay)
+        self.notifier.status(self._status_line())
+
+    def _dial(self, state: PeerState, now: float, wall: float) -> None:
+        assert state.config.endpoint is not None and self.datapath is not None
+        host, port = state.config.endpoint
+        if state.sock is not None:
+            self.loop.remove(state.sock.fileno())
+            state.sock.close()
+            state.sock = None
+        state.assoc = None
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            family, _, _, _, sockaddr = infos[0]
+            addr: Addr = (str(sockaddr[0]), int(sockaddr[1]))
+            sock = open_udp(family, connect=addr)
+        except OSError as exc:  # gaierror included
+            state.last_error = str(exc)
+            self._lost(now, f"cannot reach {host}: {exc}")
+            return
+        state.sock = sock
+        state.addr = addr
+        self.loop.add(sock.fileno(), self.datapath.client_udp)
+        if self.mtu_policy == "auto" and state.inner_mtu is None:
+            self._adjust_default_mtu(sock, family)
+        extra: dict[str, Any] = {}
+        if _ASSOC_TAKES_IP_HEADER:  # PLPMTU counts the outer IP header
+            extra["ip_header"] = 40 if family == socket.AF_INET6 else 20
+        assoc = Association(self._client_dtls_config(state, wall),
+                            peer=f"{host}:{port}".encode(), **extra)
+        state.assoc = assoc
+        self.dial_deadline = now + DIAL_TIMEOUT
+        assoc.connect(now, wall)
+        self._flush(addr, assoc, now, state)
+
+    def _adjust_default_mtu(self, sock: socket.socket, family: socket.AddressFamily) -> None:
+        path = socket_mtu(sock)
+        if path is None:
+            return
+        mtu = self._clamp_mtu(default_tun_mtu(family, path))
+        if mtu != self.tun_mtu and self.netlink is not None:
+            with contextlib.suppress(OSError):
+                self.netlink.set_mtu(mtu)
+                self.tun_mtu = mtu
+
+    # --- reload ------------------------------------------------------------------
+
+    def on_reload(self, now: float) -> None:
+        self.notifier.reloading()
+        try:
+            new = load_config(self.cfg.path, name=self.cfg.name)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            self.notifier.ready(self._status_line())
+            return
+        if new.interface != self.cfg.interface:
+            log.warning("reload: [Interface] changes need a restart; applying [Peer] changes")
+        old_peers = {p.name: p for p in self.cfg.peers}
+        new_peers = {p.name: p for p in new.peers}
+        self.cfg = dataclasses.replace(new, interface=self.cfg.interface)
+        for name, old in old_peers.items():
+            if new_peers.get(name) != old:
+                self._remove_peer(name, now)
+        for name, peer_cfg in new_peers.items():
+            if old_peers.get(name) != peer_cfg:
+                self._add_peer(peer_cfg, now)
+            else:
+                self.peers[name].config = peer_cfg
+        if self.endpoint is not None:
+            self.endpoint.config = self._server_dtls_config()
+        log.info("reloaded %s: %d peers", self.cfg.path, len(self.peers))
+        self.notifier.ready(self._status_line())
+
+    def _remove_peer(self, name: str, now: float) -> None:
+        state = self.peers.pop(name, None)
+        if state is None or self.datapath is None:
+            return
+        if state.assoc is not None and not state.assoc.is_closed:
+            state.assoc.close(now)
+            self._flush(state.addr, state.assoc, now, state)
+        if state.addr is not None and self.datapath.bound.get(state.addr) is state:
+            del self.datapath.bound[state.addr]
+        if state.assoc is not None:
+            self.datapath.by_assoc.pop(state.assoc, None)
+        self.datapath.router.remove_peer(state)
+        if self.netlink is not None:
+            self.netlink.remove_routes(state.config.routes)
+        if state.sock is not None:
+            self.loop.remove(state.sock.fileno())
+            state.sock.close()
+
+    def _add_peer(self, peer_cfg: PeerConfig, now: float) -> None:
+        state = PeerState(peer_cfg)
+        self.peers[peer_cfg.name] = state
+        assert self.datapath is not None
+        self.datapath.router.add_peer(state, peer_cfg.allowed_prefixes)
+        if self.netlink is not None:
+            try:
+                self.netlink.add_routes(peer_cfg.routes)
+            except OSError as exc:
+                log.warning("peer %s: cannot add routes: %s", peer_cfg.name, exc)
+        if self.is_client:
+            self.datapath.router.single = state
+            self.datapath.client_peer = state
+            self.attempt = 0
+            self.redial_at = now
+
+    # --- status --------------------------------------------------------------------
+
+    def _status_line(self) -> str:
+        up = sum(1 for p in self.peers.values() if p.established)
+        return f"{up}/{len(self.peers)} peers up, mtu {self.tun_mtu}"
+
+    def snapshot(self) -> dict[str, Any]:
+        iface = self.cfg.interface
+        wall = self.loop.wall
+        dp = self.datapath
+        peers = []
+        for state in self.peers.values():
+            assoc = state.assoc
+            drops: dict[str, int] = dict(state.drops)
+            if dp is not None:
+                rs = dp.router.peer_stats.get(state)
+                if rs is not None:
+                    drops.update({k: v for k, v in rs.as_dict().items() if v})
+            endpoint = _display(state.addr)
+            if endpoint is None and state.config.endpoint is not None:
+                endpoint = _display(state.config.endpoint)
+            peers.append({
+                "name": state.name,
+                "endpoint": endpoint,
+                "state": ("established" if state.established
+                          else "connecting" if assoc is not None and not assoc.is_closed
+                          else "down"),
+                "transport": "udp",
+                "suite": state.suite,
+                "last_handshake": state.handshake_wall,
+                "last_handshake_ago": (round(wall - state.handshake_wall, 1)
+                                       if state.handshake_wall else None),
+                "resumed": state.resumed,
+                "handshakes": state.handshakes,
+                "heartbeat_rtt_ms": (round(state.rtt * 1000, 2) if state.rtt is not None
+                                     else None),
+                "plpmtu": state.plpmtu,
+                "record_overhead": getattr(assoc, "record_overhead", None),
+                "inner_mtu": state.inner_mtu,
+                "allowed_ips": [str(n) for n in state.config.allowed_prefixes],
+                "rx_bytes": state.rx_bytes,
+                "rx_packets": state.rx_packets,
+                "tx_bytes": state.tx_bytes,
+                "tx_packets": state.tx_packets,
+                "retransmissions": assoc.stats.retransmissions if assoc else 0,
+                "last_error": state.last_error,
+                "drops": drops,
+                "dtls": ({k: v for k, v in assoc.stats.as_dict().items() if v}
+                         if assoc is not None else {}),
+            })
+        iface_drops = dict(dp.drops) if dp is not None else {}
+        if dp is not None:
+            iface_drops.update({k: v for k, v in dp.router.stats.as_dict().items() if v})
+            if dp.too_big is not None:
+                iface_drops["icmp_too_big_sent"] = dp.too_big.sent
+        return {
+            "interface": {
+                "name": self.cfg.name,
+                "device": self.tun.name if self.tun else iface.device,
+                "role": iface.role,
+                "listen": _display(iface.listen),
+                "addresses": [str(a) for a in iface.addresses],
+                "mtu": self.tun_mtu,
+                "mtu_policy": self.mtu_policy,
+                "pid": os.getpid(),
+                "uptime": round(wall - self.started_wall, 1) if self.started_wall else 0,
+                "config": self.cfg.path,
+                "drops": iface_drops,
+            },
+            "peers": peers,
+        }
+
+
+def run_daemon(path: Path, name: str | None = None) -> int:
+    """Load the configuration and run until SIGTERM; the exit status of ``dtlsvpn run``."""
+    from dtlsvpn.daemon.systemd import setup_logging
+
+    notifier = Notifier()
+    try:
+        cfg = load_config(path, name=name)
+    except ConfigError as exc:
+        setup_logging("info")
+        log.error("%s", exc)
+        return 1
+    setup_logging(cfg.interface.log_level)
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
+    if not any(p for p in cfg.peers):
+        log.error("%s: no [Peer] configured", cfg.path)
+        return 1
+    if cfg.interface.role == "client" and cfg.peers[0].endpoint is None:
+        log.error("%s: the client's [Peer] needs an Endpoint", cfg.path)
+        return 1
+    return Daemon(cfg, notifier=notifier).run()
+

@@ -1,0 +1,274 @@
+"""The hot loops between the TUN device and the UDP socket.
+
+Outbound pipeline (TUN → peer), one call per readable TUN wake-up:
+
+    tun.read_batch(BUDGET)                 up to 64 packets, until EAGAIN
+    router.route(packets)                  client: all to the one peer; server: LPM by dst
+    oversize check                         max(len) > inner_limit → drop, count, ICMP too big
+    assoc.protect(batch)                   fast path: one record (datagram) per packet
+    sock.send / sock.sendto                EAGAIN → counted drop (never blocks)
+
+Inbound pipeline (peer → TUN), one call per readable UDP wake-up:
+
+    sock.recv / recvfrom × BUDGET          EPOLLERR first: drain the ICMP error queue
+    assoc.receive_datagram / endpoint.receive
+    router.admit(peer, inner)              anti-spoofing by source address
+    tun.write_batch(admitted)
+
+Rules (architecture.md, "The hot loop"): no per-packet objects beyond the bytes, no
+logging, counters only, bound methods in locals, no timer work: slow-path output
+(handshake flights, alerts, events) is collected by the daemon once per loop
+iteration from the associations this module marks as touched.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from dtlsvpn.daemon.loop import EPOLLERR
+from dtlsvpn.daemon.tun import Tun
+from dtlsvpn.daemon.udp import ErrorHint, read_errors
+from dtlsvpn.dtls.association import Association
+from dtlsvpn.dtls.endpoint import ServerEndpoint
+from dtlsvpn.vpn.ip import TooBigResponder
+from dtlsvpn.vpn.router import Router
+
+BUDGET = 64  # packets or datagrams per fd per wake-up
+MAX_DATAGRAM = 65535
+
+Addr = tuple[str, int]
+
+
+class PeerState:
+    """A configured peer and its runtime: association, address, counters."""
+
+    __slots__ = ("addr", "assoc", "config", "drops", "established", "handshake_wall",
+                 "handshakes", "inner_mtu", "last_error", "name", "plpmtu", "resumed",
+                 "rtt", "rx_bytes", "rx_packets", "sock", "suite", "tx_bytes", "tx_packets")
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.name: str = config.name
+        self.assoc: Association | None = None
+        self.addr: Addr | None = None
+        self.sock: socket.socket | None = None  # client: the connected socket
+        self.established = False
+        self.handshake_wall: float | None = None
+        self.handshakes = 0
+        self.resumed = False
+        self.suite: str | None = None
+        self.plpmtu: int | None = None
+        self.inner_mtu: int | None = None
+        self.rtt: float | None = None
+        self.last_error: str | None = None
+        self.rx_packets = 0
+        self.rx_bytes = 0
+        self.tx_packets = 0
+        self.tx_bytes = 0
+        self.drops: dict[str, int] = {}
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + n
+
+
+class Datapath:
+    """TUN ↔ UDP forwarding for one interface (client or server role)."""
+
+    def __init__(self, tun: Tun, router: Router[PeerState],
+                 too_big: TooBigResponder | None) -> None:
+        self.tun = tun
+        self.router = router
+        self.too_big = too_big
+        self.inner_limit = 0  # largest inner packet the path carries; 0 = unknown
+        self.drops: dict[str, int] = {}  # interface-wide (no peer to charge)
+        self.touched: dict[Addr, Association] = {}  # server: associations to service
+        self.client_peer: PeerState | None = None
+        self.sock: socket.socket | None = None  # server: the listening socket
+        self.endpoint: ServerEndpoint | None = None
+        self.bound: dict[Addr, PeerState] = {}  # server: address → peer (hot path)
+        self.by_assoc: dict[Association, PeerState] = {}  # server: slow-path lookup
+        self.bind: Callable[[Addr, Association, float], PeerState | None] | None = None
+        self.on_hints: Callable[[PeerState | None, list[ErrorHint], float], None] | None = None
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + n
+
+    # --- shared pieces ----------------------------------------------------------
+
+    def _split_too_big(self, batch: list[bytes], limit: int, now: float,
+                       peer: PeerState) -> list[bytes]:
+        keep: list[bytes] = []
+        replies: list[bytes] = []
+        responder = self.too_big
+        for pkt in batch:
+            if len(pkt) <= limit:
+                keep.append(pkt)
+                continue
+            peer.drop("too_big")
+            if responder is not None:
+                reply = responder.reply(pkt, limit, now)
+                if reply is not None:
+                    replies.append(reply)
+        if replies:
+            self.tun.write_batch(replies)
+        return keep
+
+    def _deliver(self, peer: PeerState, inner: list[bytes]) -> None:
+        admitted = self.router.admit(peer, inner)
+        if admitted:
+            peer.rx_packets += len(admitted)
+            peer.rx_bytes += sum(map(len, admitted))
+            refused = self.tun.write_batch(admitted)
+            if refused:
+                peer.drop("tun_write", refused)
+
+    def _errors(self, sock: socket.socket, peer: PeerState | None, now: float) -> None:
+        hints = read_errors(sock)
+        if hints and self.on_hints is not None:
+            self.on_hints(peer, hints, now)
+
+    # --- client -------------------------------------------------------------------
+
+    def client_tun(self, _mask: int, now: float, _wall: float) -> None:
+        packets = self.tun.read_batch(BUDGET)
+        if not packets:
+            return
+        peer = self.client_peer
+        assert peer is not None
+        assoc = peer.assoc
+        sock = peer.sock
+        if assoc is None or sock is None or not assoc.is_established:
+            peer.drop("no_session", len(packets))
+            return
+        batch = self.router.route(packets).get(peer)
+        if not batch:
+            return
+        limit = self.inner_limit
+        if limit and max(map(len, batch)) > limit:
+            batch = self._split_too_big(batch, limit, now, peer)
+        send = sock.send
+        sent = 0
+        for datagram in assoc.protect(batch):
+            try:
+                send(datagram)
+                sent += 1
+            except BlockingIOError:
+                peer.drop("send_buffer_full")
+            except OSError as exc:
+                self._send_failed(peer, sock, exc, now)
+        peer.tx_packets += sent
+        peer.tx_bytes += sum(map(len, batch))
+
+    def client_udp(self, mask: int, now: float, wall: float) -> None:
+        peer = self.client_peer
+        assert peer is not None
+        sock = peer.sock
+        assoc = peer.assoc
+        if sock is None or assoc is None:
+            return
+        if mask & EPOLLERR:
+            self._errors(sock, peer, now)
+        recv = sock.recv
+        receive = assoc.receive_datagram
+        inner: list[bytes] = []
+        for _ in range(BUDGET):
+            try:
+                data = recv(MAX_DATAGRAM)
+            except BlockingIOError:
+                break
+            except OSError as exc:  # a queued ICMP error (refused, unreachable)
+                peer.last_error = exc.strerror
+                self._errors(sock, peer, now)
+                continue
+            inner += receive(data, now, wall)
+        if inner:
+            self._deliver(peer, inner)
+
+    # --- server -------------------------------------------------------------------
+
+    def server_tun(self, _mask: int, now: float, _wall: float) -> None:
+        packets = self.tun.read_batch(BUDGET)
+        if not packets:
+            return
+        sock = self.sock
+        assert sock is not None
+        sendto = sock.sendto
+        limit = self.inner_limit
+        for peer, batch in self.router.route(packets).items():
+            assoc = peer.assoc
+            addr = peer.addr
+            if assoc is None or addr is None or not assoc.is_established:
+                peer.drop("no_session", len(batch))
+                continue
+            peer_limit = peer.inner_mtu or limit
+            if peer_limit and max(map(len, batch)) > peer_limit:
+                batch = self._split_too_big(batch, peer_limit, now, peer)
+            sent = 0
+            for datagram in assoc.protect(batch):
+                try:
+                    sendto(datagram, addr)
+                    sent += 1
+                except BlockingIOError:
+                    peer.drop("send_buffer_full")
+                except OSError as exc:
+                    self._send_failed(peer, sock, exc, now)
+            peer.tx_packets += sent
+            peer.tx_bytes += sum(map(len, batch))
+
+    def server_udp(self, mask: int, now: float, wall: float) -> None:
+        sock = self.sock
+        endpoint = self.endpoint
+        assert sock is not None and endpoint is not None
+        if mask & EPOLLERR:
+            self._errors(sock, None, now)
+        recvfrom = sock.recvfrom
+        receive = endpoint.receive
+        bound = self.bound
+        touched = self.touched
+        per_peer: dict[PeerState, list[bytes]] = {}
+        for _ in range(BUDGET):
+            try:
+                data, raw = recvfrom(MAX_DATAGRAM)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._errors(sock, None, now)
+                continue
+            addr: Addr = (raw[0], raw[1])
+            assoc, out = receive(data, addr, now, wall)
+            if assoc is None:
+                for reply in out:  # stateless HelloVerifyRequest
+                    try:
+                        sock.sendto(reply, addr)
+                    except OSError:
+                        self.drop("send_error")
+                continue
+            touched[addr] = assoc
+            if not out:
+                continue
+            peer = bound.get(addr)
+            if peer is None or peer.assoc is not assoc:
+                # Application data right behind the Finished: bind the peer now.
+                peer = self.bind(addr, assoc, now) if self.bind is not None else None
+                if peer is None:
+                    self.drop("unbound", len(out))
+                    continue
+            pending = per_peer.get(peer)
+            if pending is None:
+                per_peer[peer] = out
+            else:
+                pending += out
+        for peer, inner in per_peer.items():
+            self._deliver(peer, inner)
+
+    def _send_failed(self, peer: PeerState, sock: socket.socket, exc: OSError,
+                     now: float) -> None:
+        if exc.errno == errno.EMSGSIZE:
+            peer.drop("emsgsize")
+            self._errors(sock, peer, now)
+        else:
+            peer.drop("send_error")
+            peer.last_error = exc.strerror

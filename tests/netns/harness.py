@@ -1,0 +1,244 @@
+"""Namespace harness: topologies from testing.md and the real daemon in them.
+
+- ``topo``: a ``Topology`` whose namespaces carry a random per-test suffix
+  (``dvs-1a2b3c``), joined by veth pairs; every namespace is deleted in the finaliser
+  (which also removes every interface in it), after the processes are stopped.
+- ``run_daemon(ns, conf)``: ``python -m dtlsvpn run FILE`` under ``ip netns exec``, with
+  ``NOTIFY_SOCKET`` pointing at a UNIX datagram socket this test owns; ``wait_ready``
+  blocks on that socket until READY=1 (no sleeps).  Processes are stopped by PID.
+- ``write_conf`` helpers write configurations in the project's format; PSK files and
+  keys are mode 0600 as the loader demands.
+
+Addresses come from the plan only: underlay 198.18.0.0/15 and 2001:db8::/32, tunnel
+100.64.0.0/10 and fd00::/8.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dtlsvpn.daemon.status import query
+from tests.util import Proc, ProcessGroup, run_bounded
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = run_bounded(["ip", *args], timeout=15)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {res.stderr.strip()}")
+    return res
+
+
+class Topology:
+    """Namespaces and veth pairs with a per-test random suffix."""
+
+    def __init__(self) -> None:
+        self.suffix = secrets.token_hex(3)
+        self.namespaces: list[str] = []
+        self._veths = 0
+
+    def netns(self, role: str) -> str:
+        name = f"dv{role}-{self.suffix}"
+        ip("netns", "add", name)
+        self.namespaces.append(name)
+        ip("-n", name, "link", "set", "lo", "up")
+        return name
+
+    def veth(self, ns_a: str, addrs_a: list[str], ns_b: str, addrs_b: list[str],
+             mtu: int | None = None) -> tuple[str, str]:
+        self._veths += 1
+        a, b = f"dva{self._veths}{self.suffix}", f"dvb{self._veths}{self.suffix}"
+        ip("link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b)
+        for ns, dev, addrs in ((ns_a, a, addrs_a), (ns_b, b, addrs_b)):
+            if mtu is not None:
+                ip("-n", ns, "link", "set", dev, "mtu", str(mtu))
+            for addr in addrs:
+                extra = ["nodad"] if ":" in addr else []
+                ip("-n", ns, "addr", "add", addr, "dev", dev, *extra)
+            ip("-n", ns, "link", "set", dev, "up")
+        return a, b
+
+    def exec(self, ns: str, argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return run_bounded(["ip", "netns", "exec", ns, *argv], timeout=timeout)
+
+    def cleanup(self) -> None:
+        for name in reversed(self.namespaces):
+            ip("netns", "del", name, check=False)
+        self.namespaces.clear()
+
+
+class Daemon:
+    """One ``dtlsvpn run`` process and the notify socket it reports to."""
+
+    def __init__(self, procs: ProcessGroup, ns: str, conf: Path, name: str,
+                 status_socket: Path, workdir: Path) -> None:
+        self.ns = ns
+        self.conf = conf
+        self.status_socket = status_socket
+        self.notify_path = workdir / f"notify-{name}.sock"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        # As systemd does: the sender's PID comes with each message (SCM_CREDENTIALS).
+        self.notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.pid: int | None = None
+        self.messages: list[str] = []
+        env = {"NOTIFY_SOCKET": str(self.notify_path), "PYTHONPATH": str(REPO)}
+        self.proc: Proc = procs.start(
+            ["ip", "netns", "exec", ns, PYTHON, "-m", "dtlsvpn", "run", str(conf)],
+            name=f"dtlsvpn-{name}", timeout=110, env=env, stdin_pipe=False,
+        )
+        self.procs = procs
+
+    def _receive(self, timeout: float) -> str | None:
+        self.notify.settimeout(max(timeout, 0.001))
+        try:
+            raw, ancdata, _, _ = self.notify.recvmsg(4096, socket.CMSG_SPACE(12))
+        except TimeoutError:
+            return None
+        for level, kind, cdata in ancdata:
+            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS):
+                self.pid = struct.unpack("=iII", cdata[:12])[0]
+        data = raw.decode()
+        self.messages.extend(data.splitlines())
+        return data
+
+    def wait_message(self, wanted: str, timeout: float = 20.0, count: int = 1) -> bool:
+        """Block on the notify socket until ``count`` lines equal to ``wanted`` arrived."""
+        deadline = time.monotonic() + timeout
+        while self.messages.count(wanted) < count:
+            left = deadline - time.monotonic()
+            if left <= 0 or (self.proc.returncode is not None and not self._receive(0.01)):
+                return self.messages.count(wanted) >= count
+            self._receive(min(left, 0.5))
+        return True
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        assert self.wait_message("READY=1", timeout), (
+            f"no READY=1 from {self.conf.name}\n{self.proc.describe()}")
+
+    def status(self) -> dict:
+        return json.loads(query(self.status_socket, as_json=True))
+
+    def kill9(self) -> None:
+        """SIGKILL the daemon itself (the PID that sent READY=1), as a crash would."""
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        return self.procs.stop(self.proc, grace=8.0)
+
+    def close(self) -> None:
+        self.notify.close()
+
+
+# --- configurations ---------------------------------------------------------------
+
+
+def secret_file(path: Path, content: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(content)
+    return path
+
+
+def psk_pair(workdir: Path, *, server_ip: str = "198.18.0.1", port: int = 4433,
+             mtu: str = "auto", tag: str = "", extra: str = "") -> tuple[Path, Path]:
+    """Server and client configs authenticated by a PSK; returns (server, client) paths."""
+    psk = secret_file(workdir / f"psk{tag}.hex", secrets.token_hex(32) + "\n")
+    host = f"[{server_ip}]" if ":" in server_ip else server_ip
+    server = workdir / f"server{tag}.conf"
+    server.write_text(f"""# PSK test server
+[Interface]
+Role = server
+ListenAddress = {host}:{port}
+Device = dvs0
+Address = 100.64.0.1/24, fd00::1/64
+MTU = {mtu}
+StatusSocket = {workdir}/server{tag}.sock
+TicketStore = {workdir}/server-state{tag}
+LogLevel = debug
+{extra}
+[Peer]
+Name = branch
+PSKIdentity = branch
+PSKFile = {psk}
+AllowedIPs = 100.64.0.2/32, fd00::2/128
+""")
+    client = workdir / f"client{tag}.conf"
+    client.write_text(f"""# PSK test client
+[Interface]
+Role = client
+Device = dvc0
+Address = 100.64.0.2/24, fd00::2/64
+MTU = {mtu}
+StatusSocket = {workdir}/client{tag}.sock
+TicketStore = {workdir}/tickets{tag}
+LogLevel = debug
+{extra}
+[Peer]
+Name = office
+Endpoint = {host}:{port}
+PSKIdentity = branch
+PSKFile = {psk}
+AllowedIPs = 100.64.0.0/24, fd00::/64
+""")
+    return server, client
+
+
+def cert_pair(workdir: Path, pki, *, server_ip: str = "198.18.0.1",
+              port: int = 4433) -> tuple[Path, Path]:
+    """Server and client configs with certificates from tests/pki.py (CN checks)."""
+    server = workdir / "server.conf"
+    server.write_text(f"""# certificate test server
+[Interface]
+Role = server
+ListenAddress = {server_ip}:{port}
+Device = dvs0
+Address = 100.64.0.1/24, fd00::1/64
+Certificate = {pki.server.cert_path}
+PrivateKey = {pki.server.key_path}
+CA = {pki.ca.cert_path}
+StatusSocket = {workdir}/server.sock
+TicketStore = {workdir}/server-state
+
+[Peer]
+Name = laptop
+CommonName = client.test
+AllowedIPs = 100.64.0.2/32, fd00::2/128
+""")
+    client = workdir / "client.conf"
+    client.write_text(f"""# certificate test client
+[Interface]
+Role = client
+Device = dvc0
+Address = 100.64.0.2/24, fd00::2/64
+Certificate = {pki.client.cert_path}
+PrivateKey = {pki.client.key_path}
+CA = {pki.ca.cert_path}
+StatusSocket = {workdir}/client.sock
+TicketStore = {workdir}/tickets
+
+[Peer]
+Name = hq
+Endpoint = {server_ip}:{port}
+ServerName = server.test
+AllowedIPs = 100.64.0.0/24, fd00::/64
+""")
+    return server, client
+
+
+def link_mtu(topo: Topology, ns: str, dev: str) -> int | None:
+    res = topo.exec(ns, ["cat", f"/sys/class/net/{dev}/mtu"])
+    return int(res.stdout) if res.returncode == 0 else None
