@@ -225,18 +225,30 @@ class ProcessGroup:
     def stop(self, proc: Proc, grace: float = 3.0) -> int:
         """SIGTERM the process (by PID), then SIGKILL its group after `grace` seconds."""
         proc.close_stdin()
+        leader = False
+        with contextlib.suppress(ProcessLookupError):
+            leader = os.getpgid(proc.pid) == proc.pid
         if proc.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
+                # The group we created for it: its children go too (a shell's
+                # background jobs would otherwise outlive it).
+                if leader:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                else:
+                    os.kill(proc.pid, signal.SIGTERM)
             try:
                 proc.popen.wait(grace)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
-                    if os.getpgid(proc.pid) == proc.pid:
+                    if leader:
                         os.killpg(proc.pid, signal.SIGKILL)
                     else:
                         os.kill(proc.pid, signal.SIGKILL)
                 proc.popen.wait(grace)
+        if leader:
+            # Leftover members of its group (children that ignored SIGTERM).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
         return proc.popen.returncode
 
     def stop_all(self) -> None:
