@@ -13,7 +13,7 @@ import pytest
 
 from tests.pki import Pki, make_pki
 from tests.sim.clock import DEFAULT_EPOCH
-from tests.sim.harness import LOSSY_FIGURES, lossy_summary
+from tests.sim.harness import FIGURES, LOSSY_FIGURES, lossy_summary
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +23,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print the handshake figures measured under loss, if the lossy tests ran."""
+    """Print the figures the simulation tests measured (handshakes under loss, PMTU,
+    liveness, resumption), for whichever of them ran."""
     if LOSSY_FIGURES:
         terminalreporter.write_sep("-", "simulated handshakes at 30 % loss, 576-byte path")
         terminalreporter.write_line(lossy_summary())
+    for section, lines in FIGURES.items():
+        terminalreporter.write_sep("-", section)
+        for line in lines:
+            terminalreporter.write_line(line)

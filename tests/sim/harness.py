@@ -16,6 +16,13 @@ one fixed client address (``CLIENT_ADDR``): stateless replies it returns go
 back over the server-to-client link; the Association it returns (or holds in
 ``associations``) is drained with ``datagrams_to_send``.
 
+Several simulators may share one ``ServerEndpoint`` (``endpoint=``) and one
+``FakeClock`` (``clock=``): a client that reconnects from a new address
+(``client_addr=``) to the same server, as a resuming client does.
+
+``path_hint(side, mtu)`` feeds a kernel/ICMP hint to one side's Association
+(``Association.path_hint``) and sends whatever it causes, e.g. a probe.
+
 ``run_until(predicate, limit_seconds)`` steps until the predicate holds or the
 simulated time budget is spent and returns a :class:`Trace`: simulated time
 taken, datagrams per direction, the largest datagram offered to either link,
@@ -32,18 +39,27 @@ import statistics
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.endpoint import ServerEndpoint
 from dtlsvpn.dtls.events import Event, HandshakeCompleted
-from dtlsvpn.wire.constants import CipherSuite
+from dtlsvpn.errors import DecodeError
+from dtlsvpn.wire.constants import CipherSuite, ContentType
+from dtlsvpn.wire.handshake import (
+    HandshakeFragment,
+    encode_handshake_fragment,
+    parse_handshake_fragments,
+)
+from dtlsvpn.wire.record import encode_record, parse_datagram
 from tests.pki import SERVER_NAME, Credential, Pki
 from tests.sim.clock import FakeClock
 from tests.sim.link import SimLink
 
 CLIENT_ADDR: tuple[str, int] = ("198.18.0.2", 40001)
+
+E = TypeVar("E")
 
 _HDR = struct.Struct("!BHQH")
 _TYPE_TAG = {20: "CCS", 21: "ALERT", 22: "HS", 23: "APP", 24: "HB", 25: "CID"}
@@ -77,6 +93,36 @@ def describe_datagram(data: bytes) -> str:
         if pos > len(data):
             parts[-1] += " (past end)"
     return "[" + ", ".join(parts) + "]"
+
+
+def rewrite_handshake(data: bytes, msg_type: int, edit: Callable[[bytes], bytes]) -> bytes:
+    """``data`` with every whole epoch-0 handshake message of ``msg_type`` replaced by
+    ``edit(body)`` (lengths fixed up, record sequence numbers kept).
+
+    An on-path attacker's rewrite of a plaintext hello, for a ``SimLink.tamper``.
+    Anything else, including a datagram that does not parse, passes unchanged.
+    """
+    records, garbage = parse_datagram(data)
+    if garbage:
+        return data
+    out = bytearray()
+    for rec in records:
+        fragment = rec.fragment
+        if rec.content_type == ContentType.handshake and rec.epoch == 0:
+            try:
+                frags = parse_handshake_fragments(fragment)
+            except DecodeError:
+                frags = []
+            if any(f.msg_type == msg_type and f.is_whole for f in frags):
+                parts = []
+                for f in frags:
+                    if f.msg_type == msg_type and f.is_whole:
+                        body = edit(f.body)
+                        f = HandshakeFragment(f.msg_type, len(body), f.message_seq, 0, body)
+                    parts.append(encode_handshake_fragment(f))
+                fragment = b"".join(parts)
+        out += encode_record(rec.content_type, rec.epoch, rec.seq, fragment, version=rec.version)
+    return bytes(out)
 
 
 @dataclass
@@ -133,13 +179,14 @@ class Simulator:
         clock: FakeClock | None = None,
         client_addr: tuple[str, int] = CLIENT_ADDR,
         seed: int = 0,
+        endpoint: ServerEndpoint | None = None,
     ) -> None:
         self.clock = clock if clock is not None else FakeClock()
         self.c2s = c2s if c2s is not None else SimLink(random.Random(f"{seed}/c2s"), name="c->s")
         self.s2c = s2c if s2c is not None else SimLink(random.Random(f"{seed}/s2c"), name="s->c")
         self.client_addr = client_addr
         self.client = Association(client_config)
-        self.endpoint = ServerEndpoint(server_config)
+        self.endpoint = endpoint if endpoint is not None else ServerEndpoint(server_config)
         self.client_rx: list[bytes] = []
         self.server_rx: list[bytes] = []
         self.client_events: list[tuple[float, Event]] = []
@@ -176,6 +223,19 @@ class Simulator:
                 return ev
         return None
 
+    def events_of(self, side: str, kind: type[E]) -> list[tuple[float, E]]:
+        """``(time, event)`` of one side's events of one type, in order."""
+        events = self.client_events if side == "client" else self.server_events
+        return [(t, e) for t, e in events if isinstance(e, kind)]
+
+    def side(self, side: str) -> Association:
+        """The client Association, or the server's for the client address."""
+        if side == "client":
+            return self.client
+        srv = self.server
+        assert srv is not None, "the server has no association for the client"
+        return srv
+
     # --- inputs --------------------------------------------------------------
 
     def connect(self) -> None:
@@ -192,6 +252,12 @@ class Simulator:
     def send_from_server(self, datagrams: Iterable[bytes]) -> None:
         for d in datagrams:
             self._offer(self.s2c, "s2c", d)
+
+    def path_hint(self, side: str, mtu: int) -> None:
+        """A kernel or ICMP Packet Too Big hint of ``mtu`` to one side, now."""
+        self.log.append(f"{self.now:9.4f} {side} path_hint {mtu}")
+        self.side(side).path_hint(mtu, self.now)
+        self._flush()
 
     def deliver_to_server(self, data: bytes) -> list[bytes]:
         """Hand ``data`` to the endpoint now, bypassing the link; return app data."""
@@ -354,6 +420,15 @@ class Simulator:
 
 LOSSY_FIGURES: dict[str, list[tuple[int, float, int]]] = {}
 """mode -> [(seed, simulated seconds, retransmissions)] from ``test_lossy_handshake``."""
+
+
+FIGURES: dict[str, list[str]] = {}
+"""section title -> lines: measured figures other sim tests print in the terminal summary."""
+
+
+def report(section: str, line: str) -> None:
+    """Add one line to a section of the terminal summary (see conftest.py)."""
+    FIGURES.setdefault(section, []).append(line)
 
 
 def lossy_summary() -> str:

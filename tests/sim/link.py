@@ -22,6 +22,14 @@ Knobs (all off by default):
                 handshake bytes have no integrity check in DTLS, UDP's
                 checksum is what protects them on a real path).  A datagram
                 with no eligible byte is left intact.
+``tamper``      optional: an on-path actor, called with every datagram offered
+                (before any other knob, and before the ``mtu`` check); it
+                returns the bytes to carry on, or None to swallow the datagram
+                (counted as ``tampered``, fate "tampered").  Tests use it to
+                rewrite a ServerHello or ClientHello, or just to record traffic.
+
+Every knob may be changed mid-run (e.g. ``link.mtu = 1252`` for a black hole,
+``link.drop = 1.0`` to silence one direction); the next datagram sees it.
 
 Every datagram offered to the link is recorded (time, size, fate), so tests
 can assert the largest datagram ever sent against the path MTU.
@@ -40,7 +48,7 @@ class SentDatagram:
 
     time: float
     size: int
-    fate: str  # "delivered", "dropped", "oversize"
+    fate: str  # "delivered", "dropped", "oversize", "tampered"
 
 
 @dataclass(slots=True)
@@ -54,6 +62,7 @@ class LinkCounters:
     truncated: int = 0
     corrupted: int = 0
     damaged: int = 0  # delivered datagrams that were truncated or corrupted (or both)
+    tampered: int = 0  # datagrams swallowed by ``tamper``
 
 
 @dataclass
@@ -72,6 +81,7 @@ class SimLink:
     corrupt: float = 0.0
     mtu: int | None = None
     corrupt_where: Callable[[bytes], list[tuple[int, int]]] | None = None
+    tamper: Callable[[bytes], bytes | None] | None = None
     counters: LinkCounters = field(default_factory=LinkCounters)
     history: list[SentDatagram] = field(default_factory=list)
 
@@ -88,6 +98,13 @@ class SimLink:
         """Offer ``data`` at ``now``; return the deliveries it causes."""
         c = self.counters
         c.sent += 1
+        if self.tamper is not None:
+            changed = self.tamper(data)
+            if changed is None:
+                c.tampered += 1
+                self.history.append(SentDatagram(now, len(data), "tampered"))
+                return []
+            data = changed
         if self.mtu is not None and len(data) > self.mtu:
             c.oversize += 1
             self.history.append(SentDatagram(now, len(data), "oversize"))
