@@ -78,14 +78,43 @@ class RecordProtection:
             self._iv_high = bytes(iv[:4])
             self._iv_low = int.from_bytes(iv[4:], "big")
 
-    def seal(self, epoch_seq: int, content_type: int, plaintext: bytes) -> bytes:
-        """Encrypt one record; returns the fragment (GCM: explicit nonce first)."""
-        aad = _AAD.pack(epoch_seq, content_type, DTLS_1_2, len(plaintext))
+    def seal(self, epoch_seq: int, content_type: int, plaintext: bytes,
+             aad: bytes | None = None) -> bytes:
+        """Encrypt one record; returns the fragment (GCM: explicit nonce first).
+
+        ``aad`` replaces the RFC 5246 additional data (RFC 9146 CID records).
+        """
+        if aad is None:
+            aad = _AAD.pack(epoch_seq, content_type, DTLS_1_2, len(plaintext))
         if self._gcm:
             explicit = _U64.pack(epoch_seq)
             return explicit + self.aead.encrypt(self._salt + explicit, plaintext, aad)
         nonce = self._iv_high + _U64.pack(self._iv_low ^ epoch_seq)
         return self.aead.encrypt(nonce, plaintext, aad)
+
+    def open(self, epoch_seq: int, content_type: int, fragment: bytes,
+             cid: bytes | None = None) -> bytes | None:
+        """Decrypt one record fragment; None when it is too short or does not authenticate.
+
+        With ``cid`` (RFC 9146) the result is the DTLSInnerPlaintext and the
+        additional data is the CID record's; ``content_type`` is then unused.
+        """
+        n = len(fragment) - self._min_len
+        if not (0 <= n <= 0xFFFF and 0 <= epoch_seq <= _MASK64):
+            return None
+        if cid is None:
+            aad = _AAD.pack(epoch_seq, content_type & 0xFF, DTLS_1_2, n)
+        elif len(cid) <= 0xFF:
+            aad = self.cid_aad(epoch_seq, cid, n)
+        else:
+            return None
+        try:
+            if self._gcm:
+                return self.aead.decrypt(self._salt + fragment[:8], fragment[8:], aad)
+            nonce = self._iv_high + _U64.pack(self._iv_low ^ epoch_seq)
+            return self.aead.decrypt(nonce, fragment, aad)
+        except InvalidTag:
+            return None
 
     @staticmethod
     def cid_aad(epoch_seq: int, cid: bytes, inner_len: int) -> bytes:
@@ -96,37 +125,9 @@ class RecordProtection:
 
     def seal_cid(self, epoch_seq: int, cid: bytes, inner: bytes) -> bytes:
         """Encrypt a DTLSInnerPlaintext (content || real_type || zeros) for a CID record."""
-        aad = self.cid_aad(epoch_seq, cid, len(inner))
-        if self._gcm:
-            explicit = _U64.pack(epoch_seq)
-            return explicit + self.aead.encrypt(self._salt + explicit, inner, aad)
-        nonce = self._iv_high + _U64.pack(self._iv_low ^ epoch_seq)
-        return self.aead.encrypt(nonce, inner, aad)
+        return self.seal(epoch_seq, ContentType.tls12_cid, inner,
+                         self.cid_aad(epoch_seq, cid, len(inner)))
 
     def open_cid(self, epoch_seq: int, cid: bytes, fragment: bytes) -> bytes | None:
         """Decrypt a tls12_cid fragment to its DTLSInnerPlaintext; None when it fails."""
-        n = len(fragment) - self._min_len
-        if not (0 <= n <= 0xFFFF and 0 <= epoch_seq <= _MASK64 and len(cid) <= 0xFF):
-            return None
-        aad = self.cid_aad(epoch_seq, cid, n)
-        try:
-            if self._gcm:
-                return self.aead.decrypt(self._salt + fragment[:8], fragment[8:], aad)
-            nonce = self._iv_high + _U64.pack(self._iv_low ^ epoch_seq)
-            return self.aead.decrypt(nonce, fragment, aad)
-        except InvalidTag:
-            return None
-
-    def open(self, epoch_seq: int, content_type: int, fragment: bytes) -> bytes | None:
-        """Decrypt one record fragment; None when it is too short or does not authenticate."""
-        n = len(fragment) - self._min_len
-        if not (0 <= n <= 0xFFFF and 0 <= epoch_seq <= _MASK64):
-            return None
-        aad = _AAD.pack(epoch_seq, content_type & 0xFF, DTLS_1_2, n)
-        try:
-            if self._gcm:
-                return self.aead.decrypt(self._salt + fragment[:8], fragment[8:], aad)
-            nonce = self._iv_high + _U64.pack(self._iv_low ^ epoch_seq)
-            return self.aead.decrypt(nonce, fragment, aad)
-        except InvalidTag:
-            return None
+        return self.open(epoch_seq, ContentType.tls12_cid, fragment, cid)
