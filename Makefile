@@ -90,3 +90,69 @@ demo: venv
 clean:
 	rm -rf $(VENV) build dist ./*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
+
+# --- install / uninstall (systemd/dtlsvpn@.service; README "Running under systemd") -------
+#   make install    (root) virtualenv /opt/dtlsvpn with the package, /usr/local/bin/dtlsvpn,
+#                   the unit in /etc/systemd/system, examples in /usr/share/doc/dtlsvpn
+#   make uninstall  remove what install put there (keeps /etc/dtlsvpn and /var/lib/dtlsvpn)
+#
+# Debian's own interpreter (not a pyenv one under /root or /home: the unit's ProtectHome=
+# would hide it), in a virtualenv so pip never touches the system's site-packages.  The
+# unit runs /usr/local/bin/dtlsvpn, which is also where `pip install .` as root puts the
+# script; another BINDIR is written into the installed unit's ExecStart.
+INSTALL_PYTHON ?= /usr/bin/python3
+INSTALL_VENV ?= /opt/dtlsvpn
+BINDIR ?= /usr/local/bin
+UNITDIR ?= /etc/systemd/system
+DOCDIR ?= /usr/share/doc/dtlsvpn
+CONFDIR ?= /etc/dtlsvpn
+INSTALL_APT := python3 python3-venv python3-dev libsystemd-dev pkg-config gcc
+
+.PHONY: install uninstall
+
+install:
+	@missing=()
+	[[ -x $(INSTALL_PYTHON) ]] && $(INSTALL_PYTHON) -c 'import ensurepip, venv' 2>/dev/null \
+		|| missing+=(python3-venv)
+	[[ -x $(INSTALL_PYTHON) ]] && $(INSTALL_PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null \
+		|| missing+=(python3-dev)
+	pkg-config --exists libsystemd 2>/dev/null || missing+=(libsystemd-dev)
+	command -v gcc >/dev/null || missing+=(gcc)
+	if [[ $${#missing[@]} -gt 0 ]]; then
+		echo "install: installing Debian packages to build the virtualenv (missing: $${missing[*]})"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update
+		apt-get install -y --no-install-recommends $(INSTALL_APT)
+	fi
+	$(INSTALL_PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "install: $(INSTALL_PYTHON) is older than 3.11" >&2; exit 1; }
+	[[ -x $(INSTALL_VENV)/bin/python ]] || $(INSTALL_PYTHON) -m venv $(INSTALL_VENV)
+	echo "install: pip install . into $(INSTALL_VENV)"
+	$(INSTALL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade .
+	install -d -m 0755 $(BINDIR) $(UNITDIR) $(DOCDIR)/examples
+	ln -sfn $(INSTALL_VENV)/bin/dtlsvpn $(BINDIR)/dtlsvpn
+	sed 's|^ExecStart=/usr/local/bin/dtlsvpn |ExecStart=$(BINDIR)/dtlsvpn |' systemd/dtlsvpn@.service \
+		> $(UNITDIR)/dtlsvpn@.service.tmp
+	chmod 0644 $(UNITDIR)/dtlsvpn@.service.tmp
+	mv -f $(UNITDIR)/dtlsvpn@.service.tmp $(UNITDIR)/dtlsvpn@.service
+	install -m 0644 etc/dtlsvpn/*.conf $(DOCDIR)/examples/
+	install -m 0644 README.md $(DOCDIR)/README.md
+	install -d -m 0755 $(CONFDIR)
+	if [[ -d /run/systemd/system ]]; then systemctl daemon-reload; fi
+	echo "install: done. Next: copy an example from $(DOCDIR)/examples to $(CONFDIR)/NAME.conf,"
+	echo "         dtlsvpn check-config NAME && systemctl enable --now dtlsvpn@NAME"
+
+uninstall:
+	@if [[ -d /run/systemd/system ]]; then
+		running=$$(systemctl list-units --plain --no-legend --state=active 'dtlsvpn@*' | awk '{print $$1}')
+		if [[ -n $$running ]]; then
+			echo "uninstall: stop these first: $$running" >&2; exit 1
+		fi
+	fi
+	rm -f $(UNITDIR)/dtlsvpn@.service
+	if [[ -L $(BINDIR)/dtlsvpn && $$(readlink $(BINDIR)/dtlsvpn) == $(INSTALL_VENV)/bin/dtlsvpn ]]; then
+		rm -f $(BINDIR)/dtlsvpn
+	fi
+	rm -rf $(INSTALL_VENV) $(DOCDIR)
+	if [[ -d /run/systemd/system ]]; then systemctl daemon-reload; fi
+	echo "uninstall: done; $(CONFDIR) (configurations, keys) and /var/lib/dtlsvpn (tickets) are kept"

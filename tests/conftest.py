@@ -1,8 +1,8 @@
 """Suite-wide pytest configuration: markers, the CI no-skip rule and shared fixtures.
 
 - Markers `interop`, `netns` and `sim` are registered here (and in pyproject.toml) and are
-  added automatically to every test under tests/interop, tests/netns and tests/sim, so
-  `pytest -m "not netns"` runs the fast layers alone.
+  added automatically to every test under tests/interop, tests/netns, tests/sim and
+  tests/systemd, so `pytest -m "not netns and not systemd"` runs the fast layers alone.
 - When the environment variable `CI` is set (to anything but "", "0", "false" or "no"), a
   skipped test or a skipped module is reported as a failure: `make test` installs every
   peer tool, so in CI a skip can only mean a broken set-up (testing.md: zero skips in CI).
@@ -35,6 +35,7 @@ MARKERS = {
     "interop": "talks to real OpenSSL / GnuTLS processes (seconds)",
     "netns": "builds network namespaces and runs the real daemon (root, seconds to a minute)",
     "sim": "drives the sans-I/O core over the simulated link (deterministic)",
+    "systemd": "boots a real systemd in private namespaces and tests the unit (root, ~15 s)",
 }
 
 _TESTS_DIR = Path(__file__).resolve().parent
