@@ -171,6 +171,7 @@ class Association:
         self._fast_type = _CT_APP  # the outer type of protected data records
         self.advanced = False  # the last datagram authenticated a newer record (RFC 9146 §6)
         self.established_at: float | None = None
+        self._peer_used_keys = False  # data or a heartbeat arrived after completion
 
     # --- public state -------------------------------------------------------
 
@@ -274,6 +275,8 @@ class Association:
             if self._closed:
                 break
         self.advanced = (self._read_epoch, self._window.top) > before
+        if out and self._established:
+            self._peer_used_keys = True
         if repeat and not self._closed:
             self._on_peer_repeat(now)
         if self._hb_pending and not self._closed:
@@ -289,6 +292,17 @@ class Association:
         if self._liveness is not None and not self._closed:
             self._service_heartbeats(now)
 
+    @property
+    def peer_switched(self) -> bool:
+        """The peer sent data or a heartbeat under these keys after the handshake.
+
+        (A repeated Finished does not count: it only says our last flight was lost.)
+
+        During a make-before-break rekey this says the peer has the new keys in
+        use, so it is safe to send with them and to retire the old ones.
+        """
+        return self.is_established and self._peer_used_keys
+
     def rekey_due(self, now: float) -> bool:
         """Time for fresh keys: the interval passed or a record limit is near.
 
@@ -298,8 +312,22 @@ class Association:
         if not self.is_established or self.established_at is None:
             return False
         c = self.config
-        if c.rekey_interval is not None and now - self.established_at >= c.rekey_interval:
+        if c.rekey_interval is not None and now >= self.rekey_deadline():
             return True
+        return self.records_exhausted()
+
+    def rekey_deadline(self) -> float:
+        """When the rekey interval runs out (``inf`` without one or before completion)."""
+        interval = self.config.rekey_interval
+        if interval is None or self.established_at is None:
+            return float("inf")
+        return self.established_at + interval
+
+    def records_exhausted(self) -> bool:
+        """A direction used up its record budget for these keys (see REKEY_RECORDS)."""
+        if not self.is_established:
+            return False
+        c = self.config
         prot = self._read_protection
         assert prot is not None
         limit = c.rekey_records or REKEY_RECORDS[prot.suite.aead]
@@ -532,6 +560,8 @@ class Association:
             return False
         if ctype == _CT_HEARTBEAT:
             self._handle_heartbeat(epoch, payload, now)
+            if self._established and epoch > 0:
+                self._peer_used_keys = True
             return False
         stats.unexpected += 1  # RFC 5246 §6: unknown content types are dropped here
         return False

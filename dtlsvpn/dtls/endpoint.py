@@ -202,9 +202,24 @@ class ServerEndpoint:
         return second, out
 
     def _note_rekey_progress(self, addr: Address, now: float) -> None:
+        """Start the old keys' grace period once the client uses the new ones."""
         new = self.associations.get(addr)
-        if new is not None and new.is_established and addr not in self._retire_at:
+        if (addr in self._previous and new is not None and new.peer_switched
+                and addr not in self._retire_at):
             self._retire_at[addr] = now + self.rekey_grace
+
+    def sending_association(self, addr: Address) -> Association | None:
+        """The association to send the peer's traffic on.
+
+        During a rekey this stays the old one until the client has sent
+        something under the new keys: it may not have the server's Finished
+        yet, and it drops records it cannot open.
+        """
+        new = self.associations.get(addr)
+        old = self._previous.get(addr)
+        if old is not None and not old.is_closed and (new is None or not new.peer_switched):
+            return old
+        return new
 
     def _receive_by_cid(self, cid: bytes, data: bytes, addr: Address, now: float,
                         wall: float) -> tuple[Association | None, list[bytes]]:
@@ -214,6 +229,8 @@ class ServerEndpoint:
             return None, []
         out = assoc.receive_datagram(data, now, wall)
         old = self._address.get(assoc)
+        if old is not None and old in self._previous:
+            self._note_rekey_progress(old, now)
         if old is not None and old != addr and assoc.advanced:
             # RFC 9146 §6: only an authenticated record newer than any before moves
             # the peer; whoever held the new address before loses it.

@@ -109,10 +109,12 @@ class RekeyingClient:
 
     def get_timer(self) -> float | None:
         deadlines = [t for a in self._live() if (t := a.get_timer()) is not None]
-        c = self.config
         cur = self.current
-        if self.pending is None and cur.established_at is not None and c.rekey_interval:
-            deadlines.append(cur.established_at + c.rekey_interval)
+        if self.pending is None and cur.is_established:
+            # The interval's end, or at once (after a failed attempt's back-off) when a
+            # record budget ran out: protect() and receive cannot start a handshake.
+            due = self._next_attempt if cur.records_exhausted() else cur.rekey_deadline()
+            deadlines.append(max(due, self._next_attempt))
         if self.previous is not None:
             deadlines.append(self._previous_until)
         return min(deadlines, default=None)

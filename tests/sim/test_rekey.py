@@ -1,0 +1,315 @@
+"""Make-before-break rekeying (RekeyingClient + ServerEndpoint) in the simulator.
+
+Driver: ``test_cid.Net`` with a :class:`RekeyingClient`.  The server answers on its
+newest *established* association for the client (during a renewal handshake: the
+old one), the client on ``RekeyingClient.current``.  Path: 20 ms one way; one
+numbered inner packet each way every 50 ms; ``rekey_interval`` 5 s (or a record
+limit of 200 and no interval); grace 2 s on both sides, shorter than the interval
+so that each old association is retired before the next renewal.
+
+Each inner packet carries its direction, its sequence number and the generation
+of the association that sealed it (0 = the first handshake, n = after n
+rekeys); "lost" means sent and never returned by any ``receive_datagram``.
+
+What is asserted:
+
+* no loss: over 30 s of simulated time (5 renewals), without CID, with the
+  default CID (client to server only) and with 4-byte CIDs both ways, every
+  packet sent either way is delivered exactly once; ``Rekeyed`` events number
+  the generations 1..n, the endpoint's ``rekeys`` stat is n, every generation
+  carried traffic both ways;
+* record limit: with ``rekey_records=200`` and no interval, renewals happen by
+  record count, and no association writes or reads more than 200 records plus
+  what one renewal handshake takes;
+* grace: a record sealed under the old keys and delayed in the network is still
+  delivered within the grace period (both directions) and no longer after it;
+  the old association is then closed on both sides;
+* a renewal never resumes (``resumed=False`` on both sides, even when the first
+  association was resumed from a ticket) and draws a fresh ECDHE key share on
+  each side (counted through ``key_share_factory``; all public values distinct);
+  its ClientHello offers an empty session ticket;
+* loss: with 20 % loss each way (6 seeds, without CID and with the default CID),
+  no inner packet whose datagram the link delivered is lost: "delivered by the
+  link" is the link's fate of the datagram that carried the packet
+  (``SimLink.history``), and such a packet must be returned by one of the
+  receiver's associations (old, new or pending).  Packets whose datagram the
+  link dropped are excluded.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from dtlsvpn.crypto.keyexchange import KeyShare, generate_key_share
+from dtlsvpn.dtls.events import HandshakeCompleted, SessionTicketReceived
+from dtlsvpn.dtls.rekey import Rekeyed, RekeyingClient
+from dtlsvpn.wire.constants import ExtensionType, HandshakeType, NamedGroup
+from dtlsvpn.wire.extensions import decode_session_ticket
+from dtlsvpn.wire.handshake import decode_client_hello, parse_handshake_fragments
+from dtlsvpn.wire.record import parse_datagram
+from tests.pki import Pki
+from tests.sim.harness import report, with_changes
+from tests.sim.test_cid import (
+    CLIENT_ADDR,
+    DELAY,
+    PERIOD,
+    Net,
+    make_configs,
+    make_ring,
+)
+
+pytestmark = pytest.mark.sim
+
+INTERVAL = 5.0
+GRACE = 2.0
+RUN = 30.0
+SECTION = "rekeying (simulated, 20 ms one way, a packet each way every 50 ms)"
+CID_MODES: dict[str, dict[str, Any]] = {
+    "no-cid": {"connection_id": False},
+    "cid-default": {},
+    "cid-both-4": {"cid_length": 4},
+}
+
+
+def rekeying_net(pki: Pki, seed: int, *, drop: float = 0.0, **both: Any) -> Net:
+    both.setdefault("rekey_interval", INTERVAL)
+    net = Net(*make_configs(pki, seed, **both), rekeying=True, grace=GRACE, seed=seed,
+              drop=drop)
+    return net
+
+
+def rekeying(net: Net) -> RekeyingClient:
+    assert isinstance(net.client, RekeyingClient)
+    return net.client
+
+
+def generations(net: Net) -> list[int]:
+    return [e.generation for _t, e in net.client_events_of(Rekeyed)]
+
+
+def stream(net: Net, seconds: float = RUN, *, handshake_limit: float = 10.0) -> None:
+    """Handshake, then the packet stream for ``seconds``, then let the last ones land."""
+    net.handshake(handshake_limit)
+    net.start_traffic(seconds)
+    net.run_for(seconds + 10 * DELAY)
+
+
+def check_generations(net: Net) -> int:
+    """Rekeyed numbers the generations; the endpoint and both sides agree. Returns n.
+
+    The endpoint counts a renewal when it creates the new association (cookie
+    accepted), the client when the handshake completes: a renewal still running when
+    the run ends is on the endpoint's count only.
+    """
+    client = rekeying(net)
+    gens = generations(net)
+    n = len(gens)
+    assert gens == list(range(1, n + 1)), gens
+    assert client.generation == n
+    running = len(net.server_assocs) - (n + 1)
+    assert running in (0, 1), net.format()
+    if running:
+        assert client.pending is not None
+    assert net.endpoint.stats.rekeys == n + running
+    # Every renewal was a full handshake the server completed (the running one may have
+    # completed on the server's side only: its last flight is still on the way).
+    done = [net.server_assocs.index(a) for _t, a, _e in net.server_events_of(HandshakeCompleted)]
+    assert done in (list(range(n + 1)), list(range(n + 1 + running)))
+    return n
+
+
+# --- no loss across interval-triggered renewals ------------------------------------------------
+
+
+@pytest.mark.parametrize("cid", list(CID_MODES))
+def test_stream_across_rekeys_loses_nothing(pki: Pki, cid: str) -> None:
+    net = rekeying_net(pki, 11, **CID_MODES[cid])
+    stream(net)
+    n = check_generations(net)
+    assert n == 5, (n, net.format())
+    for d in ("c2s", "s2c"):
+        sent = net.sent(d)
+        got = net.received(d)
+        assert len(sent) >= RUN / PERIOD - 1
+        assert not net.lost(d), ([p.seq for p in net.lost(d)], net.format())
+        assert set(got.values()) == {1}, "a packet was delivered twice"
+        assert {p.generation for p in sent} == set(range(n + 1)), "a generation carried nothing"
+    times = [f"{t:.2f}" for t, _e in net.client_events_of(Rekeyed)]
+    report(SECTION, f"{cid}: {n} rekeys at {', '.join(times)} s; "
+                    f"endpoint rekeys={net.endpoint.stats.rekeys}")
+    for line in net.per_generation():
+        report(SECTION, f"  {cid} {line}")
+
+
+# --- the record-count (AEAD limit) trigger --------------------------------------------------
+
+
+def test_record_limit_triggers_rekey_without_interval(pki: Pki) -> None:
+    limit = 200
+    net = rekeying_net(pki, 12, rekey_interval=None, rekey_records=limit)
+    stream(net)
+    n = check_generations(net)
+    # 601 packets each way at 200 records per association: at least two renewals.
+    cur = rekeying(net).current
+    assert n >= 2, (f"{n} renewals: the current association wrote {cur.stats.tx_records} and "
+                    f"read {cur.stats.rx_records} records (limit {limit}), rekey_due="
+                    f"{cur.rekey_due(net.now)}, client timer {rekeying(net).get_timer()}\n"
+                    + net.format(20))
+    assert not net.lost("c2s") and not net.lost("s2c")
+    assert all(v == 1 for d in ("c2s", "s2c") for v in net.received(d).values())
+    # Each replaced association got to the limit, and not far past it: the renewal runs
+    # while it keeps carrying data, one handshake (< 0.2 s here) at 20 records/s.  The
+    # server's association of each generation sees what the client's wrote and read.
+    rows = []
+    for g, srv in enumerate(net.server_assocs):
+        written = srv.stats.tx_records
+        read = srv.stats.rx_records
+        rows.append(f"gen {g}: server wrote {written} read {read} records")
+        if g < n:
+            assert max(written, read) >= limit, rows
+        assert max(written, read) <= limit + 40, rows
+    assert rekeying(net).current.stats.tx_records <= limit + 40
+    times = [f"{t:.2f}" for t, _e in net.client_events_of(Rekeyed)]
+    report(SECTION, f"rekey_records={limit}, no interval: {n} rekeys at {', '.join(times)} s")
+    for line in rows + net.per_generation():
+        report(SECTION, f"  records {line}")
+
+
+# --- the grace period -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cid", list(CID_MODES))
+def test_old_keys_accepted_during_grace_then_refused(pki: Pki, cid: str) -> None:
+    net = rekeying_net(pki, 13, **CID_MODES[cid])
+    client = rekeying(net)
+    net.handshake()
+    net.start_traffic(3 * INTERVAL)
+    assert net.run_until(lambda: client.pending is not None, INTERVAL + 1.0)
+    old_client = client.current
+    old_server = net.server_sender()
+    assert old_server is net.server_assocs[0]
+    # Records sealed under the old keys that the network holds back (never seen yet).
+    held_c = [old_client.protect([f"old-c{i}".encode()])[0] for i in range(3)]
+    held_s = [old_server.protect([f"old-s{i}".encode()])[0] for i in range(3)]
+    assert net.run_until(lambda: client.generation == 1, 2.0), net.format()
+    switched = net.now
+    assert client.previous is old_client
+    new_server = net.server_assocs[1]
+    assert new_server.is_established and net.endpoint._previous == {CLIENT_ADDR: old_server}
+
+    # Within the grace period: a delayed old record is delivered, both ways.
+    net.run_for(GRACE / 4)
+    assert net.inject_c2s(held_c[0], CLIENT_ADDR) == [b"old-c0"], net.format()
+    assert net.inject_s2c(held_s[0]) == [b"old-s0"], net.format()
+    # A replay of it is not (the old association's replay window still works).
+    assert net.inject_c2s(held_c[0], CLIENT_ADDR) == []
+    assert net.inject_s2c(held_s[0]) == []
+
+    # After it: the old keys are gone on both sides.
+    net.run_for(GRACE + 0.5)
+    assert net.now < switched + INTERVAL - 1.0 and client.generation == 1  # no next rekey yet
+    retired_c, retired_s = net.inject_c2s(held_c[1], CLIENT_ADDR), net.inject_s2c(held_s[1])
+    replay_c, replay_s = net.inject_c2s(held_c[0], CLIENT_ADDR), net.inject_s2c(held_s[0])
+    state = (f"{cid}: server previous={net.endpoint._previous} old closed="
+             f"{old_server.is_closed} retire_at={net.endpoint._retire_at}; "
+             f"client previous={client.previous}")
+    assert (retired_c, replay_c) == ([], []), state + "\n" + net.format()
+    assert (retired_s, replay_s) == ([], []), state
+    assert client.previous is None
+    assert old_server.is_closed and not net.endpoint._previous, state
+    # From another address too (with a CID the endpoint would route it by CID).
+    assert net.inject_c2s(held_c[2], ("192.0.2.1", 1234)) == []
+    # Meanwhile the stream went on without a loss.
+    net.run_for(3 * INTERVAL)
+    assert not net.lost("c2s") and not net.lost("s2c")
+    report(SECTION, f"grace {GRACE:g} s, {cid}: old record at +{GRACE / 4:g} s delivered both "
+                    f"ways, at +{GRACE * 1.25 + 0.5:g} s refused both ways")
+
+
+# --- a renewal is a full handshake with fresh ECDHE keys -----------------------------------
+
+
+def test_renewal_never_resumes_and_draws_fresh_key_shares(pki: Pki) -> None:
+    ring = make_ring(14)
+    shares: list[tuple[str, bytes]] = []
+
+    def counter(side: str) -> Callable[[NamedGroup], KeyShare]:
+        def factory(group: NamedGroup) -> KeyShare:
+            share = generate_key_share(group)
+            shares.append((side, share.public_bytes()))
+            return share
+        return factory
+
+    # A first connection, only to get a ticket.
+    first = Net(*make_configs(pki, 14, ticket_keys=ring))
+    first.handshake()
+    ((_t, got),) = first.client_events_of(SessionTicketReceived)
+    assert isinstance(got, SessionTicketReceived)
+
+    c, s = make_configs(pki, 15, ticket_keys=ring, rekey_interval=INTERVAL)
+    c = with_changes(c, resume_session=got.session, key_share_factory=counter("client"))
+    s = with_changes(s, key_share_factory=counter("server"))
+    net = Net(c, s, rekeying=True, grace=GRACE)
+    client = rekeying(net)
+    net.handshake()
+    first_result = client.current.handshake_result
+    assert first_result is not None and first_result.resumed  # the ticket worked
+    assert shares == []  # no ECDHE in this resumption
+    net.start_traffic(2 * INTERVAL + 1.0)
+    net.run_for(2 * INTERVAL + 1.5)
+    n = check_generations(net)
+    assert n == 2
+    assert not net.lost("c2s") and not net.lost("s2c")
+    # Both renewals: full handshakes on both sides...
+    result = client.current.handshake_result
+    assert result is not None and not result.resumed
+    server_done = [e.resumed for _t, _a, e in net.server_events_of(HandshakeCompleted)]
+    assert server_done == [True, False, False]
+    # ... each with one fresh key share per side, all distinct.
+    assert Counter(side for side, _pub in shares) == {"client": n, "server": n}
+    assert len({pub for _side, pub in shares}) == 2 * n
+    # The renewal's ClientHellos offered no ticket (an empty session_ticket extension).
+    offered = []
+    for w, _rec in net.records("c2s"):
+        for rec in parse_datagram(w.data)[0]:
+            if rec.content_type != 22 or rec.epoch != 0:
+                continue
+            for f in parse_handshake_fragments(rec.fragment):
+                if f.msg_type == HandshakeType.client_hello and f.is_whole:
+                    ext = decode_client_hello(f.body).ext(ExtensionType.session_ticket)
+                    offered.append(None if ext is None else decode_session_ticket(ext))
+    # The first handshake: CH, CH+cookie with the ticket; each renewal: two without.
+    assert offered[:2] == [got.session.ticket] * 2
+    assert offered[2:] == [b""] * (2 * n), offered
+    report(SECTION, f"renewals after a resumed start: resumed {server_done}, key shares "
+                    f"{len(shares)} ({len({p for _s, p in shares})} distinct) for {n} renewals")
+
+
+# --- under loss ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cid", ["no-cid", "cid-default"])
+@pytest.mark.parametrize("seed", range(6))
+def test_rekey_under_loss_loses_nothing_the_link_delivered(pki: Pki, seed: int,
+                                                           cid: str) -> None:
+    net = rekeying_net(pki, 100 + seed, drop=0.2, **CID_MODES[cid])
+    stream(net, handshake_limit=60.0)
+    lines = []
+    for d in ("c2s", "s2c"):
+        sent = net.sent(d)
+        linked = [p for p in sent if p.fate == "delivered"]
+        lost = net.lost(d, linked)
+        lines.append(f"{d} sent {len(sent)} link-delivered {len(linked)} "
+                     f"decrypted {sum(1 for p in sent if net.received(d)[p.seq])}")
+        assert not lost, (f"seed {seed} {cid} {d}: {len(lost)} link-delivered packets lost, first "
+                          f"{[(p.seq, p.generation, round(p.sent_at, 3)) for p in lost[:8]]}\n"
+                          + "\n".join(net.per_generation()) + "\n" + net.format(400))
+    n = check_generations(net)
+    assert n >= 2, net.format()
+    retx = sum(a.stats.retransmissions for a in net.server_assocs)
+    report(SECTION, f"20 % loss seed {seed} {cid}: {n} rekeys, {'; '.join(lines)}, "
+                    f"server retransmissions {retx}")
