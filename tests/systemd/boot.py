@@ -41,6 +41,7 @@ from tests.util import KILL_AFTER, bounded, wait_until
 SYSTEMD = "/lib/systemd/systemd"
 TARGET = "dtlsvpn-test.target"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SRC_DIR = Path(__file__).resolve().parents[2]  # the repository, bound into the instance
 
 TARGET_UNIT = """[Unit]
 Description=dtlsvpn test target (basic system, nothing else)
@@ -85,6 +86,9 @@ mount --bind "$work/console.log" "$r/dev/console"
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$r/run"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$r/tmp"
 cp -a "$work/stage/." "$r/"
+# The source tree (for `make install`) wherever it is: under the fresh /tmp, or on a
+# file system the overlay of / does not show.
+if [ -n "${SRC_DIR:-}" ]; then mkdir -p "$r$SRC_DIR" && mount --bind "$SRC_DIR" "$r$SRC_DIR"; fi
 mkdir -p "$r/run/systemd/system"
 while read -r unit; do ln -s /dev/null "$r/run/systemd/system/$unit"; done < "$work/masked"
 mkdir -p "$r/.oldroot"
@@ -182,7 +186,8 @@ class Instance:
             "unshare --pid --fork --kill-child --mount --cgroup --uts --ipc --net "
             '--propagation private sh "$3/inner.sh" "$3"'
         )
-        env = {"PATH": PATH, "PATH_INSIDE": PATH, "SYSTEMD": SYSTEMD, "TARGET": TARGET}
+        env = {"PATH": PATH, "PATH_INSIDE": PATH, "SYSTEMD": SYSTEMD, "TARGET": TARGET,
+               "SRC_DIR": str(SRC_DIR)}
         with (self.workdir / "boot.log").open("wb") as log:
             self.popen = subprocess.Popen(
                 ["sh", "-c", script, "sh", str(self.cgroup), f"{self.lifetime:g}",
