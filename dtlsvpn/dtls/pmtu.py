@@ -135,6 +135,7 @@ MIN_PROBE_TIMER = 1.0  # RFC 8899 §5.1.1: PROBE_TIMER MUST NOT be smaller than 
 LOSS_MEMORY = 120.0  # seconds a refuted loss keeps raising the loss limit
 
 # Common IP MTUs: IPv6 minimum, usual tunnel/PPPoE/DSL sizes, Ethernet, jumbo.
+MAX_COST_RATIO = 32  # cap on probe_timer / srtt in the search (see _cost_ratio)
 COMMON_PLPMTUS: tuple[int, ...] = (1280, 1400, 1420, 1440, 1450, 1480, 1492, 1500, 9000)
 
 
@@ -646,4 +647,7 @@ class Dplpmtud:
     def _cost_ratio(self) -> int:
         if self._srtt is None or self._srtt <= 0:
             return 1
-        return max(1, int(self.probe_timer / self._srtt))
+        # Capped: on a very fast path (loopback, a LAN) the time-optimal search would
+        # walk in granularity steps, hundreds of probes and PathMtuChanged events for
+        # a gain of milliseconds.
+        return max(1, min(MAX_COST_RATIO, int(self.probe_timer / self._srtt)))
