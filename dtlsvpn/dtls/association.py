@@ -94,6 +94,7 @@ MAX_FUTURE_RECORDS = 16  # next-epoch records kept until the CCS arrives
 # records TLS 1.3 (RFC 8446 §5.5) allows per key; ChaCha20-Poly1305 has more room;
 # both stay far from the 2^48 sequence numbers of RFC 6347 §4.1.
 REKEY_RECORDS = {AeadKind.AES_GCM: 2**23, AeadKind.CHACHA20_POLY1305: 2**36}
+HEARTBEAT_REPLY_RATE = 64  # heartbeat requests answered per second, at most
 REPEAT_RESEND_GAP = 0.125  # seconds between two re-sends triggered by the peer's repeats
 
 _CT_APP = int(ContentType.application_data)
@@ -165,6 +166,8 @@ class Association:
         self._hb_sent: tuple[bytes, float] | None = None  # keepalive payload, sent at
         self._probe_sent_at = 0.0
         self._hb_pending = False  # a heartbeat record arrived: service the machines
+        self._hb_window_start = float("-inf")  # rate limit of our heartbeat answers
+        self._hb_window_count = 0
         # RFC 9146 connection IDs, set when the keys are installed.
         self._recv_cid = b""  # on records the peer sends us (epoch > 0)
         self._send_cid = b""  # on records we send (epoch > 0)
@@ -691,6 +694,14 @@ class Association:
             stats.heartbeat_malformed += 1
             return
         if msg.type == HeartbeatMessageType.heartbeat_request:
+            # A peer may probe, not flood: at most HEARTBEAT_REPLY_RATE answers a second.
+            if now - self._hb_window_start >= 1.0:
+                self._hb_window_start = now
+                self._hb_window_count = 0
+            if self._hb_window_count >= HEARTBEAT_REPLY_RATE:
+                stats.heartbeat_dropped += 1
+                return
+            self._hb_window_count += 1
             # RFC 6520 §4: an exact copy of the payload, fresh padding of 16 bytes.
             reply = encode_heartbeat(HeartbeatMessageType.heartbeat_response, msg.payload,
                                      self.config.random_bytes(16))

@@ -381,3 +381,15 @@ def test_server_with_heartbeats_off_answers_nothing(pki: Pki) -> None:
     out = srv.advance(60.0)
     assert [r for d in out for r in parse_datagram(d)[0] if r.content_type == HB] == []
     assert srv.assoc.stats.heartbeats_sent == 0 and srv.assoc.stats.probes_sent == 0
+
+
+def test_requests_beyond_the_reply_rate_are_dropped(pki: Pki) -> None:
+    """A peer may probe, not flood: 64 answers a second, the rest dropped and counted."""
+    c, srv = established(pki)
+    answered = srv.assoc.stats.heartbeat_answered
+    replies = srv.send(*(c.heartbeat(hb_body(b"flood-%d" % i)) for i in range(100)))
+    assert len(c.heartbeats_in(replies)) == 64
+    assert srv.assoc.stats.heartbeat_answered - answered == 64
+    assert srv.assoc.stats.heartbeat_dropped == 36
+    srv.clock.advance(1.0)
+    assert_still_alive(c, srv)
