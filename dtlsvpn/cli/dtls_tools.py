@@ -10,9 +10,20 @@ passed, then drains events and outgoing datagrams.
 Output contract (the interop tests parse it):
 - stdout: each received application record, one line per record, flushed.
 - stderr: ``listening on HOST:PORT`` (server, once bound),
-  ``handshake: DTLSv1.2 <IANA suite> ems=yes|no resumed=yes|no[ peer=ADDR]``,
+  ``handshake: DTLSv1.2 <IANA suite> ems=yes|no resumed=yes|no heartbeat=yes|no[ peer=ADDR]``
+  (``heartbeat=yes``: the peer accepts our HeartbeatRequests, RFC 6520 §2),
   ``error: <reason>`` on failure, and a ``stats: ...`` line per association with
-  the number and the largest size of the datagrams we sent (MTU checks).
+  the number and the largest size of the datagrams we sent (MTU checks) and the
+  heartbeat counters (``heartbeats_sent``, ``probes_sent``, ``heartbeats_answered``).
+- stderr, on request: ``heartbeat: rtt=<ms>ms[ probe=<size>]`` per answered
+  HeartbeatRequest of ours and ``heartbeat: answered a request from the peer``
+  per request of the peer's we answered, logged once the response is sent
+  (``--heartbeat``; ``probe=`` for a PMTU probe of that IP packet size);
+  ``pmtu: plpmtu=N inner_mtu=M`` per PLPMTU change and
+  ``pmtu: final plpmtu=N inner_mtu=M`` (or ``pmtu: final none (...)``) at the
+  end (``--pmtu``); always ``liveness: peer unresponsive ...`` / ``liveness:
+  peer alive again``; ``session: ...`` lines about tickets (``--sess-in``,
+  ``--sess-out``, ``--ticket-keys``).
 
 Exit status: 2 for bad arguments or unreadable files; the client exits 0 only
 if its handshake completed; ``server --once`` exits 0 only if the association
@@ -22,12 +33,15 @@ it served completed its handshake.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import ipaddress
 import os
 import selectors
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,11 +49,24 @@ from typing import Any
 
 from dtlsvpn.crypto.certs import load_certificates, load_private_key
 from dtlsvpn.crypto.suites import suite_by_name
+from dtlsvpn.crypto.tickets import TicketKeyRing
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.endpoint import ServerEndpoint
-from dtlsvpn.dtls.events import AlertReceived, AssociationClosed, HandshakeCompleted
-from dtlsvpn.errors import UsageError
+from dtlsvpn.dtls.events import (
+    AlertReceived,
+    AssociationClosed,
+    HandshakeCompleted,
+    HeartbeatAnswered,
+    PathMtuChanged,
+    PeerAddressChanged,
+    PeerAlive,
+    PeerUnresponsive,
+    SessionTicketReceived,
+)
+from dtlsvpn.dtls.heartbeat import HeartbeatSettings
+from dtlsvpn.dtls.session import ClientSession
+from dtlsvpn.errors import ConfigError, DecodeError, UsageError
 from dtlsvpn.wire.constants import AlertDescription, AlertLevel, CipherSuite
 
 Addr = tuple[str, int]
@@ -49,6 +76,12 @@ RECV_BUDGET = 64  # datagrams drained from the socket per wake-up
 DEFAULT_LINGER = 0.75  # seconds of quiet after stdin EOF before the client closes
 MIN_MTU = 128
 MAX_MTU = 65507
+DEFAULT_HEARTBEAT_INTERVAL = 0.5  # seconds of idleness before a keepalive, with --heartbeat
+TICKET_RELOAD_GAP = 1.0  # seconds between two checks of the --ticket-keys file
+
+# Linux <linux/in.h>, <linux/in6.h>: the socket module does not export these.
+IP_MTU_DISCOVER, IP_MTU, IP_PMTUDISC_PROBE = 10, 14, 3
+IPV6_MTU_DISCOVER, IPV6_MTU, IPV6_PMTUDISC_PROBE = 23, 24, 3
 
 
 class ArgumentProblem(Exception):
@@ -125,6 +158,21 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mtu", metavar="N", type=_mtu, default=None,
                    help="largest UDP payload: a fixed path MTU (turns PMTU discovery off)")
     p.add_argument("--keylog", metavar="FILE", help="append NSS key log lines (debug only!)")
+    p.add_argument("--heartbeat", action="store_true",
+                   help="print the RTT of every answered heartbeat (RFC 6520) and send "
+                        "keepalives after --heartbeat-interval seconds of quiet")
+    p.add_argument("--heartbeat-interval", metavar="S", type=_seconds, default=None,
+                   help=f"idle seconds before a keepalive (default {DEFAULT_HEARTBEAT_INTERVAL:g} "
+                        "with --heartbeat, else the core's default)")
+    p.add_argument("--no-heartbeat", action="store_true",
+                   help="neither offer nor accept the heartbeat extension (no liveness, no "
+                        "PMTU discovery)")
+    p.add_argument("--pmtu", action="store_true",
+                   help="print each PLPMTU found by path MTU discovery (RFC 8899) and the "
+                        "inner MTU it allows, and a final summary")
+    p.add_argument("--no-tickets", action="store_true",
+                   help="no session tickets (RFC 5077): client does not offer the extension, "
+                        "server issues none")
 
 
 def add_parsers(commands: Any) -> None:
@@ -142,6 +190,10 @@ def add_parsers(commands: Any) -> None:
     server.add_argument("--echo", action="store_true", help="send every record back")
     server.add_argument("--once", action="store_true",
                         help="exit after the first association closes")
+    server.add_argument("--ticket-keys", metavar="FILE",
+                        help="session ticket key file (mode 0600), created if missing and "
+                             "rewritten atomically on rotation; without it tickets use keys "
+                             "that live as long as the process")
     server.set_defaults(func=run_server, parser_of_command=server)
 
     client = commands.add_parser(
@@ -160,6 +212,11 @@ def add_parsers(commands: Any) -> None:
                         help="seconds of quiet after stdin EOF before close_notify")
     client.add_argument("--insecure", action="store_true",
                         help="do not verify the server (debugging only)")
+    client.add_argument("--sess-out", metavar="FILE",
+                        help="write the session ticket the server issues to FILE (mode 0600, "
+                             "atomic replace); it holds the master secret")
+    client.add_argument("--sess-in", metavar="FILE",
+                        help="offer the ticket in FILE (from --sess-out) to resume that session")
     client.set_defaults(func=run_client, parser_of_command=client)
 
 
@@ -228,8 +285,24 @@ def _credentials(args: argparse.Namespace) -> dict[str, Any]:
         kw["cipher_suites"] = args.ciphers
     if args.mtu is not None:
         # A fixed MTU: handshake datagrams fit it and no PMTU probe exceeds it.
+        if args.pmtu:
+            raise ArgumentProblem("--pmtu discovers the path MTU; --mtu fixes it: pick one")
         kw["mtu"] = args.mtu
         kw["pmtu"] = None
+    if args.no_heartbeat:
+        if args.heartbeat or args.pmtu or args.heartbeat_interval is not None:
+            raise ArgumentProblem("--no-heartbeat excludes --heartbeat, --heartbeat-interval "
+                                  "and --pmtu (PMTU probes are heartbeats)")
+        kw["heartbeat"] = False
+        kw["pmtu"] = None
+    interval = args.heartbeat_interval
+    if interval is None and args.heartbeat:
+        interval = DEFAULT_HEARTBEAT_INTERVAL
+    if interval is not None:
+        default = HeartbeatSettings()
+        kw["heartbeat_settings"] = HeartbeatSettings(
+            interval=interval, retransmit=min(default.retransmit, interval),
+            timeout=max(default.timeout, 4 * interval))
     keylog = _open_keylog(args.keylog)
     if keylog is not None:
         kw["keylog"] = keylog
@@ -253,7 +326,32 @@ def server_config(args: argparse.Namespace) -> DtlsConfig:
         expected, key = kw["psk_identity"], kw["psk"]
         kw["psk_lookup"] = lambda identity: key if identity == expected else None
     kw["require_client_cert"] = args.require_client_cert
+    kw["ticket_keys"] = ticket_key_ring(args, time.time())
     return _make_config(is_client=False, **kw)
+
+
+def ticket_key_ring(args: argparse.Namespace, wall: float) -> TicketKeyRing | None:
+    """The server's ring: none (--no-tickets), from/into --ticket-keys, or in memory."""
+    if args.no_tickets:
+        if args.ticket_keys is not None:
+            raise ArgumentProblem("--no-tickets and --ticket-keys exclude each other")
+        return None
+    path = args.ticket_keys
+    if path is None:
+        return TicketKeyRing(os.urandom)  # resumption works within this run
+    if os.path.lexists(path):
+        try:
+            return TicketKeyRing.load(path, os.urandom)
+        except ConfigError as exc:
+            raise ArgumentProblem(str(exc)) from None
+    ring = TicketKeyRing(os.urandom)
+    ring.maintain(wall)
+    try:
+        ring.save(path)
+    except OSError as exc:
+        raise ArgumentProblem(f"cannot write {path}: {exc.strerror}") from None
+    log(f"session: created ticket key file {path}")
+    return ring
 
 
 def client_config(args: argparse.Namespace) -> DtlsConfig:
@@ -266,7 +364,60 @@ def client_config(args: argparse.Namespace) -> DtlsConfig:
         name = host
     kw["server_name"] = name
     kw["verify_peer"] = not args.insecure
+    if args.no_tickets:
+        if args.sess_in is not None or args.sess_out is not None:
+            raise ArgumentProblem("--no-tickets excludes --sess-in and --sess-out")
+        kw["session_tickets"] = False
+    if args.sess_out is not None:
+        _check_writable(args.sess_out)
+    if args.sess_in is not None:
+        kw["resume_session"] = read_session(args.sess_in, time.time())
     return _make_config(is_client=True, **kw)
+
+
+def _check_writable(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ArgumentProblem(f"cannot write {path}: directory {directory} is not writable")
+    if os.path.isdir(path):
+        raise ArgumentProblem(f"cannot write {path}: it is a directory")
+
+
+def read_session(path: str, wall: float) -> ClientSession | None:
+    """The session saved in ``path``; None (full handshake) when unusable.
+
+    An unreadable file is an argument error; a file that does not decode, or
+    a session that expired or lacks EMS, only means a full handshake.
+    """
+    text = _read(path).decode("ascii", errors="replace")
+    try:
+        session = ClientSession.decode(text)
+    except DecodeError as exc:
+        log(f"session: {path} is not a usable session ({exc}): full handshake")
+        return None
+    if not session.usable(wall):
+        log(f"session: the session in {path} has expired or lacks EMS: full handshake")
+        return None
+    return session
+
+
+def write_private(path: str, text: str) -> None:
+    """Replace ``path`` atomically with ``text``: a 0600 temporary file, fsync, rename."""
+    target = os.path.abspath(path)
+    directory = os.path.dirname(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
+                               dir=directory)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _is_ip_literal(host: str) -> bool:
@@ -305,10 +456,60 @@ def _level_name(level: int) -> str:
         return str(level)
 
 
+_YES_NO = {True: "yes", False: "no"}
+
+
 def handshake_line(ev: HandshakeCompleted) -> str:
-    yes_no = {True: "yes", False: "no"}
-    return (f"handshake: DTLSv1.2 {ev.suite_name} ems={yes_no[ev.ems]} "
-            f"resumed={yes_no[ev.resumed]}")
+    return (f"handshake: DTLSv1.2 {ev.suite_name} ems={_YES_NO[ev.ems]} "
+            f"resumed={_YES_NO[ev.resumed]} heartbeat={_YES_NO[ev.heartbeat]}")
+
+
+def heartbeat_line(ev: HeartbeatAnswered) -> str:
+    probe = "" if ev.probe_size is None else f" probe={ev.probe_size}"
+    return f"heartbeat: rtt={ev.rtt * 1000:.1f}ms{probe}"
+
+
+def pmtu_line(plpmtu: int, inner_mtu: int, prefix: str = "") -> str:
+    return f"pmtu: {prefix}plpmtu={plpmtu} inner_mtu={inner_mtu}"
+
+
+def pmtu_summary(assoc: Association) -> str:
+    if assoc.plpmtu is None or assoc.inner_mtu is None:
+        why = ("no handshake" if assoc.handshake_result is None
+               else "peer does not accept heartbeats" if not assoc.handshake_result.heartbeat
+               else "discovery off")
+        return f"pmtu: final none ({why})"
+    return pmtu_line(assoc.plpmtu, assoc.inner_mtu, "final ")
+
+
+def enable_pmtu_probing(sock: socket.socket) -> None:
+    """Set DF and ignore the kernel's PMTU cache (IP_PMTUDISC_PROBE), Linux only.
+
+    Without it the kernel fragments a datagram above a path MTU it learnt from
+    ICMP, so a PMTU probe would get through whatever its size.  With it a
+    probe larger than the path is lost, and one larger than the interface
+    fails with EMSGSIZE (a hint for the core).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    if sock.family == socket.AF_INET6:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE)
+    with contextlib.suppress(OSError):  # also for IPv4-mapped peers of an IPv6 socket
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+
+
+def kernel_path_mtu(sock: socket.socket) -> int | None:
+    """The connected socket's IP_MTU / IPV6_MTU (an IP packet size), if the kernel says."""
+    if not sys.platform.startswith("linux"):
+        return None
+    level, name = ((socket.IPPROTO_IPV6, IPV6_MTU) if sock.family == socket.AF_INET6
+                   else (socket.IPPROTO_IP, IP_MTU))
+    try:
+        value = sock.getsockopt(level, name)
+    except OSError:
+        return None
+    return value if value > 0 else None
 
 
 def closed_reason(ev: AssociationClosed) -> str:
@@ -326,10 +527,16 @@ class SendStats:
     datagrams: int = 0
     largest: int = 0
     received: int = 0
+    answered: int = 0  # the peer's HeartbeatRequests already logged (--heartbeat)
 
-    def line(self, suffix: str = "") -> str:
+    def line(self, assoc: Association | None = None, suffix: str = "") -> str:
+        hb = ""
+        if assoc is not None:
+            st = assoc.stats
+            hb = (f" heartbeats_sent={st.heartbeats_sent} probes_sent={st.probes_sent}"
+                  f" heartbeats_answered={st.heartbeat_answered}")
         return (f"stats: datagrams_sent={self.datagrams} max_datagram={self.largest} "
-                f"datagrams_received={self.received}{suffix}")
+                f"datagrams_received={self.received}{hb}{suffix}")
 
 
 class StdinLines:
@@ -412,7 +619,12 @@ class Reactor:
         if self._old_wakeup is not None:
             signal.set_wakeup_fd(self._old_wakeup)
         for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)
+            # Shutting down already: where the signal would kill us (the default, which
+            # is also what CPython's finalization puts back for Python handlers), it is
+            # ignored instead, so that a second SIGTERM (coreutils `timeout` signals its
+            # child, then the child's process group) cannot turn exit status 0 into
+            # death by signal.
+            signal.signal(sig, signal.SIG_IGN if handler is signal.SIG_DFL else handler)
         self.selector.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -442,6 +654,8 @@ def run_server(args: argparse.Namespace) -> int:
         log(f"error: cannot listen on {format_addr((host, port))}: {exc.strerror}")
         return 1
     sock.setblocking(False)
+    if config.pmtu is not None:
+        enable_pmtu_probing(sock)
     log(f"listening on {format_addr(sock.getsockname())}")
     server = DtlsServer(args, config, Reactor(sock, StdinLines()))
     try:
@@ -456,6 +670,8 @@ class DtlsServer:
     def __init__(self, args: argparse.Namespace, config: DtlsConfig, reactor: Reactor) -> None:
         self.echo: bool = args.echo
         self.once: bool = args.once
+        self.show_heartbeat: bool = args.heartbeat
+        self.show_pmtu: bool = args.pmtu
         self.endpoint = ServerEndpoint(config)
         self.reactor = reactor
         self.sock = reactor.sock
@@ -464,6 +680,12 @@ class DtlsServer:
         self.completed: set[Addr] = set()
         self.stats: dict[Addr, SendStats] = {}
         self.exit_status: int | None = None
+        # --ticket-keys: the file is re-read when it changes (another server rotated)
+        # and rewritten when our ring rotated.
+        self.ticket_path: str | None = args.ticket_keys
+        self.ticket_keys = config.ticket_keys
+        self.saved_keys = () if self.ticket_keys is None else self.ticket_keys.keys
+        self.next_reload = 0.0
 
     def run(self) -> int:
         now = time.monotonic()
@@ -491,7 +713,10 @@ class DtlsServer:
             try:
                 self.sock.sendto(d, addr)
             except OSError as exc:
-                log(f"warning: sendto {format_addr(addr)}: {exc.strerror}")
+                # EMSGSIZE: a PMTU probe above the interface MTU (IP_PMTUDISC_PROBE);
+                # it counts as lost, which is what the search needs to learn.
+                if exc.errno != errno.EMSGSIZE:
+                    log(f"warning: sendto {format_addr(addr)}: {exc.strerror}")
                 continue
             st.datagrams += 1
             st.largest = max(st.largest, len(d))
@@ -505,6 +730,8 @@ class DtlsServer:
             except OSError:
                 continue
             addr: Addr = (raw_addr[0], raw_addr[1])
+            if addr not in self.endpoint.associations:
+                self._reload_ticket_keys(now)
             assoc, out = self.endpoint.receive(data, addr, now, wall)
             if assoc is None:
                 self._send(out, addr)
@@ -514,6 +741,31 @@ class DtlsServer:
                 write_record(record)
                 if self.echo:
                     self._send(assoc.protect([record]), addr)
+
+    def _reload_ticket_keys(self, now: float) -> None:
+        """Before a new association: pick up keys another server wrote (rate-limited)."""
+        if self.ticket_path is None or self.ticket_keys is None or now < self.next_reload:
+            return
+        self.next_reload = now + TICKET_RELOAD_GAP
+        try:
+            if self.ticket_keys.reload_if_changed(self.ticket_path):
+                self.saved_keys = self.ticket_keys.keys
+                log(f"session: reloaded ticket keys from {self.ticket_path}")
+        except ConfigError as exc:
+            log(f"warning: keeping the current ticket keys: {exc}")
+
+    def _save_ticket_keys(self) -> None:
+        """After a handshake: write the ring back if sealing rotated it."""
+        ring = self.ticket_keys
+        if self.ticket_path is None or ring is None or ring.keys == self.saved_keys:
+            return
+        try:
+            ring.save(self.ticket_path)
+        except OSError as exc:
+            log(f"warning: cannot write {self.ticket_path}: {exc.strerror}")
+            return
+        self.saved_keys = ring.keys
+        log(f"session: ticket keys rotated, saved to {self.ticket_path}")
 
     def _send_line(self, line: bytes) -> None:
         assoc = self.endpoint.associations.get(self.current) if self.current else None
@@ -529,6 +781,11 @@ class DtlsServer:
                 self._on_event(addr, assoc, ev)
         for addr, assoc in list(self.endpoint.associations.items()):
             self._send(assoc.datagrams_to_send(now), addr)
+            if self.show_heartbeat:
+                st = self.stats.setdefault(addr, SendStats())
+                for _ in range(assoc.stats.heartbeat_answered - st.answered):
+                    log(f"heartbeat: answered a request from the peer peer={format_addr(addr)}")
+                st.answered = assoc.stats.heartbeat_answered
         self.endpoint.remove_closed()
 
     def _on_event(self, addr: Addr, assoc: Association, ev: object) -> None:
@@ -541,9 +798,32 @@ class DtlsServer:
                 log(f"peer certificate: {ev.peer_certificate.subject.rfc4514_string()}")
             self.completed.add(addr)
             self.current = addr
+            self._save_ticket_keys()
             lines, self.pending = self.pending, []
             if lines:
                 self._send(assoc.protect(lines), addr)
+        elif isinstance(ev, HeartbeatAnswered):
+            if self.show_heartbeat:
+                log(f"{heartbeat_line(ev)} peer={peer}")
+        elif isinstance(ev, PathMtuChanged):
+            if self.show_pmtu:
+                log(f"{pmtu_line(ev.plpmtu, ev.inner_mtu)} peer={peer}")
+        elif isinstance(ev, PeerAddressChanged):
+            # RFC 9146 §6: the endpoint moved the association; follow it.
+            old = ev.old if isinstance(ev.old, tuple) else None
+            log(f"roaming: peer moved from {format_addr(old) if old else ev.old} to {peer}")
+            if old is not None and old != addr:
+                if old in self.stats:
+                    self.stats[addr] = self.stats.pop(old)
+                if old in self.completed:
+                    self.completed.discard(old)
+                    self.completed.add(addr)
+                if self.current == old:
+                    self.current = addr
+        elif isinstance(ev, PeerUnresponsive):
+            log(f"liveness: peer unresponsive (silent for {ev.silent_for:.1f} s) peer={peer}")
+        elif isinstance(ev, PeerAlive):
+            log(f"liveness: peer alive again peer={peer}")
         elif isinstance(ev, AlertReceived):
             log(f"alert: received {_level_name(ev.level)} {_alert_name(ev.description)} "
                 f"peer={peer}")
@@ -553,7 +833,9 @@ class DtlsServer:
                 log(f"closed: {closed_reason(ev)} peer={peer}")
             else:
                 log(f"error: handshake with {peer} failed: {closed_reason(ev)}")
-            log(self.stats.get(addr, SendStats()).line(f" peer={peer}"))
+            if ok and self.show_pmtu:
+                log(f"{pmtu_summary(assoc)} peer={peer}")
+            log(self.stats.get(addr, SendStats()).line(assoc, f" peer={peer}"))
             self.completed.discard(addr)
             if self.current == addr:
                 self.current = None
@@ -588,6 +870,8 @@ def run_client(args: argparse.Namespace) -> int:
         log(f"error: cannot reach {format_addr(sockaddr)}: {exc.strerror}")
         return 1
     sock.setblocking(False)
+    if config.pmtu is not None:
+        enable_pmtu_probing(sock)
     client = DtlsClient(args, config, Reactor(sock, StdinLines()), format_addr(sockaddr))
     try:
         return client.run()
@@ -602,9 +886,19 @@ class DtlsClient:
                  peer: str) -> None:
         self.timeout: float = args.timeout
         self.linger: float = args.linger
+        self.show_heartbeat: bool = args.heartbeat
+        self.show_pmtu: bool = args.pmtu
+        self.sess_in: str | None = args.sess_in
+        self.sess_out: str | None = args.sess_out
+        self.offered_ticket = config.session_tickets and config.resume_session is not None
+        self.ticket_rejected = False
+        self.ticket_saved = False
+        self.resumed = False
+        self.answered = 0  # the peer's HeartbeatRequests answered so far (--heartbeat)
         self.reactor = reactor
         self.sock = reactor.sock
-        self.assoc = Association(config, peer=peer.encode())
+        ip_header = 40 if self.sock.family == socket.AF_INET6 else 20
+        self.assoc = Association(config, peer=peer.encode(), ip_header=ip_header)
         self.pending: list[bytes] = []
         self.stats = SendStats()
         self.established = False
@@ -637,7 +931,7 @@ class DtlsClient:
                 break
             if self.established and self.pending:
                 lines, self.pending = self.pending, []
-                self._send(self.assoc.protect(lines))
+                self._send(self.assoc.protect(lines), now)
                 self.last_activity = now
             if not self.established and now >= hs_deadline:
                 why = f" ({self.net_error})" if self.net_error else ""
@@ -649,20 +943,44 @@ class DtlsClient:
                 self.assoc.close(now)
                 self._service(now)
                 self.exit_status = 0 if self.established else 1
-        log(self.stats.line())
+        self._finish()
         return self.exit_status
+
+    def _finish(self) -> None:
+        if self.show_pmtu and self.established:
+            log(pmtu_summary(self.assoc))
+        if self.sess_out is not None and not self.ticket_saved:
+            stale = (self.ticket_rejected and self.sess_in is not None
+                     and _same_file(self.sess_in, self.sess_out))
+            if stale:
+                # The ticket in it was refused: offering it again is pointless.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.sess_out)
+                log(f"session: no new ticket; removed the refused one from {self.sess_out}")
+            elif self.resumed:
+                log(f"session: resumed without a new ticket; {self.sess_out} not written")
+            else:
+                log(f"session: no ticket received; {self.sess_out} not written")
+        log(self.stats.line(self.assoc))
 
     def _close_deadline(self) -> float | None:
         if self.established and self.reactor.stdin.eof and not self.pending:
             return self.last_activity + self.linger
         return None
 
-    def _send(self, datagrams: Iterable[bytes]) -> None:
+    def _send(self, datagrams: Iterable[bytes], now: float) -> None:
         for d in datagrams:
             try:
                 self.sock.send(d)
-            except OSError as exc:  # e.g. ECONNREFUSED from an earlier ICMP
-                self.net_error = exc.strerror
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:
+                    # A PMTU probe above the interface MTU: a hint, never trusted
+                    # above what a probe confirmed (Association.path_hint).
+                    mtu = kernel_path_mtu(self.sock)
+                    if mtu is not None:
+                        self.assoc.path_hint(mtu, now)
+                    continue
+                self.net_error = exc.strerror  # e.g. ECONNREFUSED from an earlier ICMP
                 continue
             self.stats.datagrams += 1
             self.stats.largest = max(self.stats.largest, len(d))
@@ -684,7 +1002,18 @@ class DtlsClient:
     def _service(self, now: float) -> None:
         for ev in self.assoc.pop_events():
             self._on_event(ev)
-        self._send(self.assoc.datagrams_to_send(now))
+        # A path hint (EMSGSIZE) while sending may queue a new probe at once.
+        for _ in range(3):
+            out = self.assoc.datagrams_to_send(now)
+            if not out:
+                break
+            self._send(out, now)
+        if self.show_heartbeat:
+            # Logged once the responses are on the wire: a test may act on this line.
+            answered = self.assoc.stats.heartbeat_answered
+            for _ in range(answered - self.answered):
+                log("heartbeat: answered a request from the peer")
+            self.answered = answered
 
     def _on_event(self, ev: object) -> None:
         if isinstance(ev, HandshakeCompleted):
@@ -692,6 +1021,23 @@ class DtlsClient:
             log(handshake_line(ev))
             if ev.peer_certificate is not None:
                 log(f"peer certificate: {ev.peer_certificate.subject.rfc4514_string()}")
+            self.resumed = ev.resumed
+            if self.offered_ticket and not ev.resumed:
+                self.ticket_rejected = True
+                log(f"session: the ticket from {self.sess_in} was not accepted: "
+                    "full handshake")
+        elif isinstance(ev, SessionTicketReceived):
+            self._save_session(ev.session)
+        elif isinstance(ev, HeartbeatAnswered):
+            if self.show_heartbeat:
+                log(heartbeat_line(ev))
+        elif isinstance(ev, PathMtuChanged):
+            if self.show_pmtu:
+                log(pmtu_line(ev.plpmtu, ev.inner_mtu))
+        elif isinstance(ev, PeerUnresponsive):
+            log(f"liveness: peer unresponsive (silent for {ev.silent_for:.1f} s)")
+        elif isinstance(ev, PeerAlive):
+            log("liveness: peer alive again")
         elif isinstance(ev, AlertReceived):
             log(f"alert: received {_level_name(ev.level)} {_alert_name(ev.description)}")
         elif isinstance(ev, AssociationClosed):
@@ -701,3 +1047,23 @@ class DtlsClient:
             else:
                 log(f"error: {closed_reason(ev)}")
                 self.exit_status = 1
+
+    def _save_session(self, session: ClientSession) -> None:
+        if self.sess_out is None:
+            log("session: ticket received (use --sess-out to keep it)")
+            return
+        try:
+            write_private(self.sess_out, session.encode())
+        except OSError as exc:
+            log(f"warning: cannot write {self.sess_out}: {exc.strerror}")
+            return
+        self.ticket_saved = True
+        log(f"session: ticket saved to {self.sess_out} "
+            f"(lifetime hint {session.lifetime_hint} s)")
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)

@@ -60,6 +60,29 @@ def assert_fits_mtu(mtu: int | None, largest: int) -> None:
         assert largest <= mtu, f"we sent a {largest}-byte datagram with --mtu {mtu}"
 
 
+def count(proc: Proc, needle: str, stream: str = "stdout") -> int:
+    """How many times `needle` occurs in a log so far."""
+    text = {"stdout": proc.stdout, "stderr": proc.stderr}[stream]() if stream != "any" else (
+        proc.stdout() + proc.stderr())
+    return text.count(needle)
+
+
+def expect_count(proc: Proc, needle: str, n: int, stream: str = "stdout",
+                 timeout: float = STEP_TIMEOUT) -> None:
+    """Assert that `needle` occurs at least `n` times on `stream` within `timeout`."""
+    ok = wait_until(lambda: count(proc, needle, stream) >= n or proc.returncode is not None,
+                    timeout) and count(proc, needle, stream) >= n
+    assert ok, (f"{proc.name} printed {needle!r} {count(proc, needle, stream)} times on {stream}, "
+                f"not {n}, within {timeout:g} s\n{proc.describe()}")
+
+
+def all_matches(proc: Proc, pattern: re.Pattern[str], stream: str = "stderr"
+                ) -> list[re.Match[str]]:
+    """Every match of `pattern` in a log (e.g. one handshake line per association)."""
+    text = proc.stdout() if stream == "stdout" else proc.stderr()
+    return list(pattern.finditer(text))
+
+
 def wait_exit(proc: Proc, timeout: float) -> int | None:
     try:
         return proc.wait(timeout)
@@ -77,17 +100,18 @@ class Outcome:
     max_datagram: int
     datagrams_sent: int
     stderr: str
+    heartbeat: str | None = None  # "yes" | "no": the peer accepts our HeartbeatRequests
 
 
 def _our_outcome(proc: Proc) -> Outcome:
     hs = expect_re(proc, HANDSHAKE_RE, "stderr")
     stats = expect_re(proc, STATS_RE, "stderr")
     return Outcome(hs["suite"], hs["ems"], hs["resumed"], int(stats.group(2)),
-                   int(stats.group(1)), proc.stderr())
+                   int(stats.group(1)), proc.stderr(), hs["heartbeat"])
 
 
 def our_client_session(start: Starter, client_argv: Sequence[str], server: Proc, *,
-                       server_echoes: bool) -> Outcome:
+                       server_echoes: bool, name: str = "ours-client") -> Outcome:
     """Our client against a running peer server; data both ways; clean close; exit 0.
 
     `server_echoes` (gnutls-serv --echo): the server's line is the echo of ours, and the
@@ -95,7 +119,7 @@ def our_client_session(start: Starter, client_argv: Sequence[str], server: Proc,
     our line and we feed it its own unique line on stdin.
     """
     to_peer, from_peer = unique("ours-to-peer"), unique("peer-to-ours")
-    client = start(list(client_argv), name="ours-client", env=OUR_ENV, timeout=PROC_TIMEOUT)
+    client = start(list(client_argv), name=name, env=OUR_ENV, timeout=PROC_TIMEOUT)
     client.send(to_peer + "\n")
     expect(client, "handshake: ", "stderr")
     expect(server, to_peer, "any" if server_echoes else "stdout")

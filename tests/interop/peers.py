@@ -36,10 +36,20 @@ GNUTLS_PORT = 5684  # fixed: gnutls-serv cannot report a port 0 choice; it runs 
 GNUTLS_BASE_PRIORITY = "NORMAL:-VERS-ALL:+VERS-DTLS1.2"
 
 HANDSHAKE_RE = re.compile(
-    r"^handshake: DTLSv1\.2 (?P<suite>TLS_\w+) ems=(?P<ems>yes|no) resumed=(?P<resumed>yes|no)",
+    r"^handshake: DTLSv1\.2 (?P<suite>TLS_\w+) ems=(?P<ems>yes|no) resumed=(?P<resumed>yes|no)"
+    r"(?: heartbeat=(?P<heartbeat>yes|no))?",
     re.M,
 )
 STATS_RE = re.compile(r"^stats: datagrams_sent=(\d+) max_datagram=(\d+)", re.M)
+# The heartbeat counters of our stats line: requests we sent (keepalives, PMTU probes)
+# and the peer's requests we answered.
+HB_STATS_RE = re.compile(
+    r"^stats: .*heartbeats_sent=(?P<sent>\d+) probes_sent=(?P<probes>\d+)"
+    r" heartbeats_answered=(?P<answered>\d+)", re.M,
+)
+RTT_RE = re.compile(r"^heartbeat: rtt=(?P<ms>[\d.]+)ms(?: probe=(?P<probe>\d+))?", re.M)
+PMTU_RE = re.compile(r"^pmtu: (?P<final>final )?plpmtu=(?P<plpmtu>\d+) inner_mtu=(?P<inner>\d+)",
+                     re.M)
 
 
 @dataclass(frozen=True)
@@ -223,3 +233,12 @@ def gnutls_client(cell: Cell, pki: Pki, port: int, mtu: int | None, *,
     if mtu is not None:
         argv += ["--mtu", str(mtu)]
     return line_buffered([*argv, "127.0.0.1"])
+
+
+# --- libgnutls through ctypes (tests/interop/gnutls_ctypes.py) ------------------
+
+
+def gnutls_ctypes_client(pki: Pki, port: int, *args: str, host: str = "127.0.0.1") -> list[str]:
+    """A libgnutls DTLS client that can ping on demand; run it with env=OUR_ENV."""
+    return [sys.executable, "-m", "tests.interop.gnutls_ctypes", host, str(port),
+            "--ca", str(pki.ca.cert_path), "--server-name", "server.test", *args]
