@@ -10,8 +10,10 @@ passed, then drains events and outgoing datagrams.
 Output contract (the interop tests parse it):
 - stdout: each received application record, one line per record, flushed.
 - stderr: ``listening on HOST:PORT`` (server, once bound),
-  ``handshake: DTLSv1.2 <IANA suite> ems=yes|no resumed=yes|no heartbeat=yes|no[ peer=ADDR]``
-  (``heartbeat=yes``: the peer accepts our HeartbeatRequests, RFC 6520 §2),
+  ``handshake: DTLSv1.2 <IANA suite> ems=yes|no resumed=yes|no heartbeat=yes|no
+  cid=no|RX/TX[ peer=ADDR]`` on one line (``heartbeat=yes``: the peer accepts our
+  HeartbeatRequests, RFC 6520 §2; ``cid``: the RFC 9146 connection IDs on records to us
+  and from us, hex, ``-`` for an empty one),
   ``error: <reason>`` on failure, and a ``stats: ...`` line per association with
   the number and the largest size of the datagrams we sent (MTU checks) and the
   heartbeat counters (``heartbeats_sent``, ``probes_sent``, ``heartbeats_answered``).
@@ -131,6 +133,16 @@ def _cipher_list(text: str) -> tuple[CipherSuite, ...]:
     return tuple(suites)
 
 
+def _cid_length(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a CID length: {text!r}") from None
+    if not 0 <= n <= 32:
+        raise argparse.ArgumentTypeError(f"CID length {n} is outside 0..32")
+    return n
+
+
 def _mtu(text: str) -> int:
     if not text.isdigit() or not MIN_MTU <= int(text) <= MAX_MTU:
         raise argparse.ArgumentTypeError(f"MTU must be an integer from {MIN_MTU} to {MAX_MTU}")
@@ -170,6 +182,11 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pmtu", action="store_true",
                    help="print each PLPMTU found by path MTU discovery (RFC 8899) and the "
                         "inner MTU it allows, and a final summary")
+    p.add_argument("--cid", metavar="N", type=_cid_length, default=None,
+                   help="RFC 9146 connection ID: the length (0-32) of the CID we ask the peer "
+                        "to put on its records (default: client 0, server 8)")
+    p.add_argument("--no-cid", action="store_true",
+                   help="neither offer nor accept connection IDs (RFC 9146)")
     p.add_argument("--no-tickets", action="store_true",
                    help="no session tickets (RFC 5077): client does not offer the extension, "
                         "server issues none")
@@ -289,6 +306,12 @@ def _credentials(args: argparse.Namespace) -> dict[str, Any]:
             raise ArgumentProblem("--pmtu discovers the path MTU; --mtu fixes it: pick one")
         kw["mtu"] = args.mtu
         kw["pmtu"] = None
+    if args.no_cid:
+        if args.cid is not None:
+            raise ArgumentProblem("--no-cid excludes --cid")
+        kw["connection_id"] = False
+    elif args.cid is not None:
+        kw["cid_length"] = args.cid
     if args.no_heartbeat:
         if args.heartbeat or args.pmtu or args.heartbeat_interval is not None:
             raise ArgumentProblem("--no-heartbeat excludes --heartbeat, --heartbeat-interval "
@@ -459,9 +482,17 @@ def _level_name(level: int) -> str:
 _YES_NO = {True: "yes", False: "no"}
 
 
+def _cid_text(ev: HandshakeCompleted) -> str:
+    """``no``, or ``RX/TX`` in hex (``-`` for an empty CID) as negotiated (RFC 9146)."""
+    if ev.rx_cid is None or ev.tx_cid is None:
+        return "no"
+    return f"{ev.rx_cid.hex() or '-'}/{ev.tx_cid.hex() or '-'}"
+
+
 def handshake_line(ev: HandshakeCompleted) -> str:
     return (f"handshake: DTLSv1.2 {ev.suite_name} ems={_YES_NO[ev.ems]} "
-            f"resumed={_YES_NO[ev.resumed]} heartbeat={_YES_NO[ev.heartbeat]}")
+            f"resumed={_YES_NO[ev.resumed]} heartbeat={_YES_NO[ev.heartbeat]} "
+            f"cid={_cid_text(ev)}")
 
 
 def heartbeat_line(ev: HeartbeatAnswered) -> str:

@@ -26,6 +26,9 @@ class HandshakeCompleted:
     peer_certificate: x509.Certificate | None
     psk_identity: bytes | None
     heartbeat: bool = False  # the peer accepts our HeartbeatRequests (RFC 6520 §2)
+    # RFC 9146 connection IDs when negotiated: on records to us, on records we send.
+    rx_cid: bytes | None = None
+    tx_cid: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -191,4 +191,6 @@ class Machine:
             peer_certificate=self.peer_certificate,
             psk_identity=self.psk_identity,
             heartbeat=self.peer_allows_heartbeat,
+            rx_cid=self.own_cid if self.peer_cid is not None else None,
+            tx_cid=self.peer_cid if self.own_cid is not None else None,
         )

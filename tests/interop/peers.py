@@ -37,7 +37,7 @@ GNUTLS_BASE_PRIORITY = "NORMAL:-VERS-ALL:+VERS-DTLS1.2"
 
 HANDSHAKE_RE = re.compile(
     r"^handshake: DTLSv1\.2 (?P<suite>TLS_\w+) ems=(?P<ems>yes|no) resumed=(?P<resumed>yes|no)"
-    r"(?: heartbeat=(?P<heartbeat>yes|no))?",
+    r"(?: heartbeat=(?P<heartbeat>yes|no))?(?: cid=(?P<cid>no|[0-9a-f-]+/[0-9a-f-]+))?",
     re.M,
 )
 STATS_RE = re.compile(r"^stats: datagrams_sent=(\d+) max_datagram=(\d+)", re.M)
