@@ -19,7 +19,7 @@ from dtlsvpn.cli import dtls_tools
 
 # Top-level command modules: each has ``add_parsers(commands)`` that adds its
 # subcommands to the tree.  Add a module here when it lands.
-COMMAND_MODULES: tuple[str, ...] = ("check", "keys", "run", "status")
+COMMAND_MODULES: tuple[str, ...] = ("check", "keys", "probe", "run", "status")
 
 Handler = Callable[[argparse.Namespace], int]
 

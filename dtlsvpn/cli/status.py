@@ -1,20 +1,23 @@
 """``dtlsvpn status [NAME]``: ask running daemons for their state over the status socket.
 
 Without NAME, every ``*.sock`` in the run directory (``/run/dtlsvpn``) is asked.  The
-default output is a ``wg show``-like summary; ``--json`` prints the daemon's JSON and
-``--raw`` its ``key=value`` lines.
+default output is a ``wg show``-like summary; ``--json`` prints the daemon's JSON,
+``--raw`` its ``key=value`` lines and ``--prometheus`` Prometheus text-format metrics
+(format 0.0.4, one family per metric across every daemon asked: the output of one run can
+go to node_exporter's textfile collector, written to a temporary file and renamed).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from dtlsvpn.daemon.status import query
+from dtlsvpn.daemon.status import format_prometheus, query
 
 DEFAULT_RUNDIR = Path("/run/dtlsvpn")
 
@@ -33,6 +36,8 @@ def add_parsers(commands: Any) -> None:
     fmt = status.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON")
     fmt.add_argument("--raw", action="store_true", help="print the key=value lines")
+    fmt.add_argument("--prometheus", action="store_true",
+                     help="print Prometheus text-format metrics (format 0.0.4)")
     status.set_defaults(func=status_command, parser_of_command=status)
 
 
@@ -59,34 +64,45 @@ def _ago(seconds: float | None) -> str:
     return f"{datetime.timedelta(seconds=round(seconds))} ago"
 
 
+def _drops(drops: dict[str, int]) -> str:
+    nonzero = {k: v for k, v in sorted(drops.items()) if v}
+    return ", ".join(f"{k}={v}" for k, v in nonzero.items()) if nonzero else "none"
+
+
 def summary(snap: dict[str, Any]) -> str:
     i = snap["interface"]
     out = [f"interface: {i['name']} ({i['device']})",
            f"  role: {i['role']}" + (f", listening on {i['listen']}" if i.get("listen") else ""),
            f"  addresses: {', '.join(i['addresses']) or '-'}",
            f"  mtu: {i['mtu']} ({i['mtu_policy']})"]
-    drops = {k: v for k, v in i.get("drops", {}).items() if v}
-    if drops:
-        out.append("  drops: " + ", ".join(f"{k}={v}" for k, v in drops.items()))
+    clamp = i.get("mss_clamp")
+    if "mss_clamp" in i:
+        out.append("  tcp mss clamp: " + (f"{clamp['ipv4']} (IPv4), {clamp['ipv6']} (IPv6), "
+                                          f"{i.get('mss_clamped', 0)} SYNs clamped"
+                                          if clamp else "off"))
+    if i.get("icmp_too_big_sent") or i.get("fragmented"):
+        out.append(f"  too big: {i.get('icmp_too_big_sent', 0)} ICMP errors sent, "
+                   f"{i.get('fragmented', 0)} IPv4 packets fragmented")
+    out.append(f"  drops: {_drops(i.get('drops', {}))}")
     for p in snap["peers"]:
         out += ["", f"peer: {p['name']}",
                 f"  state: {p['state']}",
                 f"  endpoint: {p['endpoint'] or '-'} ({p['transport']})",
-                f"  allowed ips: {', '.join(p['allowed_ips'])}"]
-        if p.get("suite"):
-            out.append(f"  suite: {p['suite']}")
+                f"  allowed ips: {', '.join(p['allowed_ips'])}",
+                f"  suite: {p.get('suite') or '-'}"]
         out.append(f"  latest handshake: {_ago(p.get('last_handshake_ago'))}"
                    + (f" ({'resumed' if p['resumed'] else 'full'})"
                       if p.get("last_handshake") else ""))
-        if p.get("heartbeat_rtt_ms") is not None:
-            out.append(f"  heartbeat rtt: {p['heartbeat_rtt_ms']} ms")
+        rtt = p.get("heartbeat_rtt_ms")
+        out.append(f"  heartbeat rtt: {rtt} ms" if rtt is not None
+                   else "  heartbeat rtt: not measured yet")
         if p.get("plpmtu"):
             out.append(f"  path mtu: {p['plpmtu']}, inner mtu: {p['inner_mtu']}")
+        else:
+            out.append("  path mtu: unknown (no discovery yet)")
         out.append(f"  transfer: {_bytes(p['rx_bytes'])} received ({p['rx_packets']} packets), "
                    f"{_bytes(p['tx_bytes'])} sent ({p['tx_packets']} packets)")
-        pdrops = {k: v for k, v in p.get("drops", {}).items() if v}
-        if pdrops:
-            out.append("  drops: " + ", ".join(f"{k}={v}" for k, v in pdrops.items()))
+        out.append(f"  drops: {_drops(p.get('drops', {}))}")
         if p.get("last_error") and p["state"] != "established":
             out.append(f"  last error: {p['last_error']}")
     return "\n".join(out) + "\n"
@@ -94,6 +110,7 @@ def summary(snap: dict[str, Any]) -> str:
 
 def status_command(args: argparse.Namespace) -> int:
     paths = _sockets(args)
+    scanned = args.socket is None and args.name is None
     if not paths:
         print(f"dtlsvpn: no running tunnels (no sockets in {args.rundir})", file=sys.stderr)
         return 1
@@ -103,6 +120,8 @@ def status_command(args: argparse.Namespace) -> int:
         try:
             text = query(path, as_json=not args.raw)
         except OSError as exc:
+            if exc.errno == errno.EPROTOTYPE and scanned:
+                continue  # a datagram socket in the directory: not a status socket
             print(f"dtlsvpn: {path}: {exc.strerror or exc}", file=sys.stderr)
             rc = 1
             continue
@@ -110,10 +129,12 @@ def status_command(args: argparse.Namespace) -> int:
             sys.stdout.write(text)
             continue
         snap = json.loads(text)
-        if args.json:
+        if args.json or args.prometheus:
             docs.append(snap)
         else:
             sys.stdout.write(summary(snap))
     if args.json:
         print(json.dumps(docs[0] if len(docs) == 1 and args.name else docs, indent=2))
+    elif args.prometheus:
+        sys.stdout.write(format_prometheus(docs))
     return rc

@@ -24,10 +24,16 @@ TUN MTU policy (``MTU =`` in [Interface]):
   with overhead = IP header (20 or 40 for the underlay family) + UDP 8 + DTLS record
   header 13 + the largest AEAD expansion of any suite (24): 1335 on an IPv4 path of
   1400 or more.  When the core reports ``PathMtuChanged`` (DPLPMTUD), the TUN MTU
-  follows its inner MTU (the smallest over connected peers on a server), and inner
-  packets above the current path limit get an ICMP "too big" through the TUN.
-  Never below 1280 when the interface has IPv6 addresses (the kernel would drop IPv6
-  from it); never below 576.
+  follows its inner MTU (the smallest over connected peers on a server), debounced by
+  ``daemon/mtu.py``: lowering at once, raising when the search settles (at most every
+  few seconds).  Never below 1280 when the interface has IPv6 addresses (the kernel
+  would drop IPv6 from it); never below 576.
+- Either way, inner packets above a peer's applied inner MTU get an ICMP "too big"
+  through the TUN, or are fragmented (IPv4 without DF): see ``datapath.py``.
+
+TCP MSS clamping (``MSSClamp = yes``, the default): the MSS option of TCP SYNs crossing
+the tunnel in either direction is lowered to ``M − 40`` (IPv4) / ``M − 60`` (IPv6) with
+M = min(TUN MTU, the smallest applied inner MTU); see ``vpn/mss.py``.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.endpoint import ServerEndpoint
 from dtlsvpn.errors import ConfigError
 from dtlsvpn.vpn.ip import TooBigResponder
+from dtlsvpn.vpn.mss import mss_for_mtu
 from dtlsvpn.vpn.router import Router
 
 log = logging.getLogger("dtlsvpn")
@@ -80,6 +87,12 @@ MIN_TUN_MTU_IPV6 = 1280
 DIAL_TIMEOUT = 10.0
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 30.0
+
+# Stats counters of the DTLS core that count dropped records (the rest count traffic).
+DTLS_DROP_REASONS = frozenset({
+    "malformed", "bad_mac", "bad_cid", "replay", "unknown_epoch", "early_data", "unexpected",
+    "buffer_full", "stale_handshake", "after_close", "heartbeat_dropped",
+    "heartbeat_malformed", "heartbeat_unexpected"})
 
 _DTLS_FIELDS = {f.name for f in dataclasses.fields(DtlsConfig)}
 _ASSOC_TAKES_IP_HEADER = "ip_header" in inspect.signature(Association).parameters
@@ -180,15 +193,16 @@ class Daemon:
         for p in self.cfg.peers:
             routes += p.routes
         self.netlink.configure(self.tun_mtu, iface.addresses, routes)
-        local4 = next((a.ip.packed for a in iface.addresses if a.version == 4), None)
-        local6 = next((a.ip.packed for a in iface.addresses if a.version == 6), None)
         router: Router[PeerState] = Router(
             single=next(iter(self.peers.values())) if self.is_client else None)
         for state in self.peers.values():
             router.add_peer(state, state.config.allowed_prefixes)
-        dp = Datapath(self.tun, router, TooBigResponder(local4, local6))
+        # ICMP errors come "from" the unreachable destination: a source address local to
+        # this host would be dropped as martian by the kernel (vpn/ip.py).
+        dp = Datapath(self.tun, router, TooBigResponder(None, None, reply_from_destination=True))
         dp.on_hints = self._on_hints
         self.datapath = dp
+        self._update_mss()
         if self.is_client:
             dp.client_peer = next(iter(self.peers.values()))
             self.loop.add(self.tun.fd, dp.client_tun)
@@ -281,6 +295,9 @@ class Daemon:
                 deadlines.append(t)
         if self.watchdog_at is not None:
             deadlines.append(self.watchdog_at)
+        for state in self.peers.values():
+            if state.mtu.due is not None:
+                deadlines.append(state.mtu.due)
         return min(deadlines) if deadlines else None
 
     def on_timer(self, now: float, wall: float) -> None:
@@ -288,6 +305,8 @@ class Daemon:
             self.notifier.watchdog()
             assert self.notifier.watchdog_interval is not None
             self.watchdog_at = now + self.notifier.watchdog_interval / 2
+        if any([state.mtu.poll(now) for state in self.peers.values()]):
+            self._apply_mtus()
         if self.is_client:
             self._client_timers(now, wall)
         elif self.endpoint is not None:
@@ -371,7 +390,7 @@ class Daemon:
         elif name == "PeerAddressChanged" and state is not None and not self.is_client:
             self._on_address_changed(state, assoc, ev)
         elif name == "PathMtuChanged" and state is not None:
-            self._on_path_mtu(state, ev)
+            self._on_path_mtu(state, assoc, ev, now)
         elif name == "SessionTicketReceived" and self.is_client and state is not None:
             if self.tickets is not None:
                 try:
@@ -474,6 +493,7 @@ class Daemon:
         if state is not None and state.assoc is assoc:
             log.info("peer %s: association closed (%s)", state.name, reason)
             state.established = False
+            state.mtu.forget()
             state.last_error = reason
             if not self.is_client:
                 state.assoc = None
@@ -490,21 +510,32 @@ class Daemon:
                 self.tickets.forget(self._ticket_key(state))
             self._lost(now, reason)
 
-    def _on_path_mtu(self, state: PeerState, ev: Any) -> None:
+    def _on_path_mtu(self, state: PeerState, assoc: Association, ev: Any, now: float) -> None:
         inner = getattr(ev, "inner_mtu", None)
         state.plpmtu = getattr(ev, "plpmtu", state.plpmtu)
         if not isinstance(inner, int):
             return
         state.inner_mtu = inner
-        if self.mtu_policy == "fixed":
+        if state.mtu.report(assoc, inner, now):
+            self._apply_mtus()
+
+    def _apply_mtus(self) -> None:
+        """Applied inner MTUs → per-peer limits, the TUN MTU (``auto``) and the MSS clamp."""
+        applied: list[int] = []
+        for p in self.peers.values():
+            value = p.mtu.applied
+            p.limit = value or 0
+            if p.established and value:
+                applied.append(value)
+        if not applied:
             return
-        self.mtu_policy = "pmtu"
-        mtus = [p.inner_mtu for p in self.peers.values() if p.established and p.inner_mtu]
-        self._set_tun_mtu(min(mtus) if mtus else inner)
+        inner = min(applied)
+        if self.mtu_policy != "fixed":
+            self.mtu_policy = "pmtu"
+            self._set_tun_mtu(inner)
+        self._update_mss(inner)
 
     def _set_tun_mtu(self, inner: int) -> None:
-        assert self.datapath is not None
-        self.datapath.inner_limit = inner
         mtu = self._clamp_mtu(inner)
         if mtu != self.tun_mtu and self.netlink is not None:
             try:
@@ -514,6 +545,16 @@ class Daemon:
                 return
             log.info("%s: tunnel MTU %d → %d (path)", self.cfg.name, self.tun_mtu, mtu)
             self.tun_mtu = mtu
+
+    def _update_mss(self, inner: int | None = None) -> None:
+        dp = self.datapath
+        if dp is None:
+            return
+        if not self.cfg.interface.mss_clamp:
+            dp.mss4 = dp.mss6 = 0
+            return
+        mtu = self.tun_mtu if inner is None else min(inner, self.tun_mtu)
+        dp.mss4, dp.mss6 = mss_for_mtu(mtu)
 
     def _on_hints(self, state: PeerState | None, hints: list[ErrorHint], now: float) -> None:
         for hint in hints:
@@ -667,6 +708,7 @@ class Daemon:
             with contextlib.suppress(OSError):
                 self.netlink.set_mtu(mtu)
                 self.tun_mtu = mtu
+                self._update_mss()
 
     # --- reload ------------------------------------------------------------------
 
@@ -748,6 +790,9 @@ class Daemon:
                 rs = dp.router.peer_stats.get(state)
                 if rs is not None:
                     drops.update({k: v for k, v in rs.as_dict().items() if v})
+            if assoc is not None:  # record-layer drops of the current association
+                drops.update({k: v for k, v in assoc.stats.as_dict().items()
+                              if v and k in DTLS_DROP_REASONS})
             endpoint = _display(state.addr)
             if endpoint is None and state.config.endpoint is not None:
                 endpoint = _display(state.config.endpoint)
@@ -769,6 +814,7 @@ class Daemon:
                 "plpmtu": state.plpmtu,
                 "record_overhead": getattr(assoc, "record_overhead", None),
                 "inner_mtu": state.inner_mtu,
+                "mtu_limit": state.limit or None,
                 "allowed_ips": [str(n) for n in state.config.allowed_prefixes],
                 "rx_bytes": state.rx_bytes,
                 "rx_packets": state.rx_packets,
@@ -781,10 +827,15 @@ class Daemon:
                          if assoc is not None else {}),
             })
         iface_drops = dict(dp.drops) if dp is not None else {}
+        counters: dict[str, Any] = {}
         if dp is not None:
             iface_drops.update({k: v for k, v in dp.router.stats.as_dict().items() if v})
+            counters["mss_clamp"] = ({"ipv4": dp.mss4, "ipv6": dp.mss6} if dp.mss4 else None)
+            counters["mss_clamped"] = dp.mss_clamped
+            counters["fragmented"] = dp.fragmented
             if dp.too_big is not None:
-                iface_drops["icmp_too_big_sent"] = dp.too_big.sent
+                counters["icmp_too_big_sent"] = dp.too_big.sent
+                counters["icmp_too_big_rate_limited"] = dp.too_big.rate_limited
         return {
             "interface": {
                 "name": self.cfg.name,
@@ -797,6 +848,7 @@ class Daemon:
                 "pid": os.getpid(),
                 "uptime": round(wall - self.started_wall, 1) if self.started_wall else 0,
                 "config": self.cfg.path,
+                **counters,
                 "drops": iface_drops,
             },
             "peers": peers,

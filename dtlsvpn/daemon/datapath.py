@@ -4,7 +4,8 @@ Outbound pipeline (TUN → peer), one call per readable TUN wake-up:
 
     tun.read_batch(BUDGET)                 up to 64 packets, until EAGAIN
     router.route(packets)                  client: all to the one peer; server: LPM by dst
-    oversize check                         max(len) > inner_limit → drop, count, ICMP too big
+    clamp_batch(batch, mss4, mss6)         TCP SYNs: MSS option lowered (vpn/mss.py)
+    oversize check                         max(len) > peer.limit → see "Packets that don't fit"
     assoc.protect(batch)                   fast path: one record (datagram) per packet
     sock.send / sock.sendto                EAGAIN → counted drop (never blocks)
 
@@ -13,7 +14,19 @@ Inbound pipeline (peer → TUN), one call per readable UDP wake-up:
     sock.recv / recvfrom × BUDGET          EPOLLERR first: drain the ICMP error queue
     assoc.receive_datagram / endpoint.receive
     router.admit(peer, inner)              anti-spoofing by source address
+    clamp_batch(admitted, mss4, mss6)      TCP SYN-ACKs (and SYNs) from the far side
     tun.write_batch(admitted)
+
+Packets that don't fit (``peer.limit``: the peer's applied inner MTU, 0 until the first
+PMTU search settled, see daemon/mtu.py).  Only possible when the TUN MTU is above it: a
+fixed ``MTU =``, the IPv6 floor of 1280, or a path that shrank within this batch.
+
+    DF IPv4, IPv6 > 1280   drop, count ``too_big``, ICMP frag-needed / Packet Too Big with
+                           ``peer.limit`` written back into the TUN (rate-limited, vpn/ip.py)
+    IPv6 <= 1280           sent anyway: IPv6 cannot go below 1280 (RFC 8200 §5); the
+                           datagram is over the PLPMTU and may still get through
+    IPv4 without DF        fragmented to ``peer.limit`` (RFC 791; only the IP header is
+                           rebuilt), counted as ``fragmented``; a malformed one is dropped
 
 Rules (architecture.md, "The hot loop"): no per-packet objects beyond the bytes, no
 logging, counters only, bound methods in locals, no timer work: slow-path output
@@ -29,11 +42,13 @@ from collections.abc import Callable
 from typing import Any
 
 from dtlsvpn.daemon.loop import EPOLLERR
+from dtlsvpn.daemon.mtu import MtuFollower
 from dtlsvpn.daemon.tun import Tun
 from dtlsvpn.daemon.udp import ErrorHint, read_errors
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.endpoint import ServerEndpoint
-from dtlsvpn.vpn.ip import TooBigResponder
+from dtlsvpn.vpn.ip import IPV6_MIN_MTU, TooBigResponder, fragment_v4
+from dtlsvpn.vpn.mss import clamp_batch
 from dtlsvpn.vpn.router import Router
 
 BUDGET = 64  # packets or datagrams per fd per wake-up
@@ -46,8 +61,9 @@ class PeerState:
     """A configured peer and its runtime: association, address, counters."""
 
     __slots__ = ("addr", "assoc", "config", "drops", "established", "handshake_wall",
-                 "handshakes", "inner_mtu", "last_error", "name", "plpmtu", "resumed",
-                 "rtt", "rx_bytes", "rx_packets", "sock", "suite", "tx_bytes", "tx_packets")
+                 "handshakes", "inner_mtu", "last_error", "limit", "mtu", "name", "plpmtu",
+                 "resumed", "rtt", "rx_bytes", "rx_packets", "sock", "suite", "tx_bytes",
+                 "tx_packets")
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -61,7 +77,9 @@ class PeerState:
         self.resumed = False
         self.suite: str | None = None
         self.plpmtu: int | None = None
-        self.inner_mtu: int | None = None
+        self.inner_mtu: int | None = None  # the latest PMTU report
+        self.mtu = MtuFollower()  # reports → applied inner MTU (debounced)
+        self.limit = 0  # largest inner packet sent as is; 0: not known yet
         self.rtt: float | None = None
         self.last_error: str | None = None
         self.rx_packets = 0
@@ -82,7 +100,10 @@ class Datapath:
         self.tun = tun
         self.router = router
         self.too_big = too_big
-        self.inner_limit = 0  # largest inner packet the path carries; 0 = unknown
+        self.mss4 = 0  # MSS clamps for TCP SYNs (IPv4, IPv6); 0: clamping off
+        self.mss6 = 0
+        self.mss_clamped = 0
+        self.fragmented = 0
         self.drops: dict[str, int] = {}  # interface-wide (no peer to charge)
         self.touched: dict[Addr, Association] = {}  # server: associations to service
         self.client_peer: PeerState | None = None
@@ -104,9 +125,20 @@ class Datapath:
         replies: list[bytes] = []
         responder = self.too_big
         for pkt in batch:
-            if len(pkt) <= limit:
+            size = len(pkt)
+            if size <= limit:
                 keep.append(pkt)
                 continue
+            v = pkt[0] >> 4
+            if v == 6 and size <= IPV6_MIN_MTU:
+                keep.append(pkt)
+                continue
+            if v == 4 and not pkt[6] & 0x40:  # DF clear: fragment it ourselves
+                fragments = fragment_v4(pkt, limit)
+                if fragments is not None:
+                    keep += fragments
+                    self.fragmented += 1
+                    continue
             peer.drop("too_big")
             if responder is not None:
                 reply = responder.reply(pkt, limit, now)
@@ -119,6 +151,8 @@ class Datapath:
     def _deliver(self, peer: PeerState, inner: list[bytes]) -> None:
         admitted = self.router.admit(peer, inner)
         if admitted:
+            if self.mss4:
+                self.mss_clamped += clamp_batch(admitted, self.mss4, self.mss6)
             peer.rx_packets += len(admitted)
             peer.rx_bytes += sum(map(len, admitted))
             refused = self.tun.write_batch(admitted)
@@ -146,7 +180,9 @@ class Datapath:
         batch = self.router.route(packets).get(peer)
         if not batch:
             return
-        limit = self.inner_limit
+        if self.mss4:
+            self.mss_clamped += clamp_batch(batch, self.mss4, self.mss6)
+        limit = peer.limit
         if limit and max(map(len, batch)) > limit:
             batch = self._split_too_big(batch, limit, now, peer)
         send = sock.send
@@ -196,16 +232,18 @@ class Datapath:
         sock = self.sock
         assert sock is not None
         sendto = sock.sendto
-        limit = self.inner_limit
+        mss4, mss6 = self.mss4, self.mss6
         for peer, batch in self.router.route(packets).items():
             assoc = peer.assoc
             addr = peer.addr
             if assoc is None or addr is None or not assoc.is_established:
                 peer.drop("no_session", len(batch))
                 continue
-            peer_limit = peer.inner_mtu or limit
-            if peer_limit and max(map(len, batch)) > peer_limit:
-                batch = self._split_too_big(batch, peer_limit, now, peer)
+            if mss4:
+                self.mss_clamped += clamp_batch(batch, mss4, mss6)
+            limit = peer.limit
+            if limit and max(map(len, batch)) > limit:
+                batch = self._split_too_big(batch, limit, now, peer)
             sent = 0
             for datagram in assoc.protect(batch):
                 try:

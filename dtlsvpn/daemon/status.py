@@ -52,6 +52,116 @@ def format_text(snap: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- Prometheus text format 0.0.4 --------------------------------------------------------
+#
+# One family per metric name, each introduced by ``# HELP`` and ``# TYPE`` once, its samples
+# from every instance right after (the format forbids a family appearing twice).  Label
+# values escape backslash, double quote and newline; HELP text backslash and newline.
+
+_PEER_METRICS: tuple[tuple[str, str, str, str], ...] = (
+    # (name, type, help, snapshot key)
+    ("dtlsvpn_peer_up", "gauge", "1 when the peer's association is established.", ""),
+    ("dtlsvpn_peer_rx_bytes_total", "counter",
+     "Inner bytes received from the peer and written to the TUN device.", "rx_bytes"),
+    ("dtlsvpn_peer_tx_bytes_total", "counter", "Inner bytes sent to the peer.", "tx_bytes"),
+    ("dtlsvpn_peer_rx_packets_total", "counter",
+     "Inner packets received from the peer and written to the TUN device.", "rx_packets"),
+    ("dtlsvpn_peer_tx_packets_total", "counter", "Inner packets sent to the peer.",
+     "tx_packets"),
+    ("dtlsvpn_peer_handshakes_total", "counter", "Completed handshakes with the peer.",
+     "handshakes"),
+    ("dtlsvpn_peer_retransmissions_total", "counter",
+     "Handshake flight retransmissions of the current association.", "retransmissions"),
+    ("dtlsvpn_peer_last_handshake_seconds", "gauge",
+     "Unix time of the last completed handshake (absent before the first).",
+     "last_handshake"),
+    ("dtlsvpn_peer_resumed", "gauge",
+     "1 when the last handshake resumed a session (ticket), 0 for a full handshake.",
+     "resumed"),
+    ("dtlsvpn_peer_heartbeat_rtt_seconds", "gauge",
+     "Round-trip time of the last answered heartbeat.", "heartbeat_rtt_ms"),
+    ("dtlsvpn_peer_pmtu_bytes", "gauge",
+     "Path MTU found by DPLPMTUD (outer IP packet size).", "plpmtu"),
+    ("dtlsvpn_peer_inner_mtu_bytes", "gauge",
+     "Largest inner packet one record carries at that path MTU.", "inner_mtu"),
+)
+_IFACE_METRICS: tuple[tuple[str, str, str, str], ...] = (
+    ("dtlsvpn_interface_mtu_bytes", "gauge", "MTU of the tunnel interface.", "mtu"),
+    ("dtlsvpn_mss_clamped_total", "counter",
+     "TCP SYNs whose MSS option was lowered to fit the tunnel.", "mss_clamped"),
+    ("dtlsvpn_fragmented_total", "counter",
+     "Inner IPv4 packets without DF fragmented to fit the path.", "fragmented"),
+    ("dtlsvpn_icmp_too_big_sent_total", "counter",
+     "ICMP fragmentation-needed / Packet Too Big errors written to the TUN device.",
+     "icmp_too_big_sent"),
+)
+
+
+def _label(value: object) -> str:
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{text}"'
+
+
+def _labels(**labels: object) -> str:
+    return "{" + ",".join(f"{k}={_label(v)}" for k, v in labels.items()) + "}"
+
+
+def _number(value: float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+def format_prometheus(snaps: list[dict[str, Any]]) -> str:
+    """Prometheus text exposition (format 0.0.4) of one or more daemons' snapshots."""
+    families: dict[str, tuple[str, str, list[str]]] = {}
+
+    def sample(name: str, kind: str, help_text: str, labels: str, value: float) -> None:
+        family = families.setdefault(name, (kind, help_text, []))
+        family[2].append(f"{name}{labels} {_number(value)}")
+
+    for snap in snaps:
+        iface = snap.get("interface", {})
+        instance = iface.get("name", "")
+        for name, kind, help_text, key in _IFACE_METRICS:
+            if isinstance(iface.get(key), int):
+                sample(name, kind, help_text, _labels(instance=instance), iface[key])
+        for reason, n in sorted(iface.get("drops", {}).items()):
+            sample("dtlsvpn_interface_drops_total", "counter",
+                   "Packets dropped by the interface with no peer to charge, by reason.",
+                   _labels(instance=instance, reason=reason), n)
+        for peer in snap.get("peers", []):
+            labels = _labels(instance=instance, peer=peer.get("name", ""))
+            sample("dtlsvpn_peer_info", "gauge",
+                   "Peer endpoint, transport and cipher suite (always 1).",
+                   _labels(instance=instance, peer=peer.get("name", ""),
+                           endpoint=peer.get("endpoint") or "",
+                           transport=peer.get("transport") or "",
+                           suite=peer.get("suite") or ""), 1)
+            for name, kind, help_text, key in _PEER_METRICS:
+                if not key:
+                    value: Any = peer.get("state") == "established"
+                else:
+                    value = peer.get(key)
+                if value is None or (key == "resumed" and not peer.get("last_handshake")):
+                    continue
+                if key == "heartbeat_rtt_ms":
+                    value = round(value / 1000.0, 7)
+                sample(name, kind, help_text, labels, value)
+            for reason, n in sorted(peer.get("drops", {}).items()):
+                sample("dtlsvpn_peer_drops_total", "counter",
+                       "Packets or records dropped on the peer's path, by reason.",
+                       _labels(instance=instance, peer=peer.get("name", ""), reason=reason), n)
+    out: list[str] = []
+    for name, (kind, help_text, lines) in families.items():
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+        out += lines
+    return "\n".join(out) + "\n" if out else ""
+
+
 class StatusServer:
     """Serves snapshots on ``path`` from inside the daemon loop."""
 

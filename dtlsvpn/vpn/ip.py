@@ -22,6 +22,16 @@ Checksums are the Internet checksum (RFC 1071) computed on one big integer: sinc
 2^16 ≡ 1 (mod 0xFFFF), the one's complement sum of the 16-bit words is the value of the
 whole byte string modulo 0xFFFF (with 0xFFFF standing for a non-zero multiple).
 
+The ICMP error's source address: by default (``reply_from_destination``) the *destination*
+of the packet that did not fit, i.e. the reply looks as if it came from the far side of the
+tunnel.  The tunnel's own address would be the textbook choice, but a packet written into
+the TUN device with a source address that is local to this host is a "martian" to the
+kernel (``accept_local=0``) and dropped before it is forwarded to a host behind a gateway;
+hosts accept a "too big" from any source as long as it quotes their packet.
+
+IPv4 packets without DF may instead be fragmented (``fragment_v4``, RFC 791 §3.2): only
+the IP header is rebuilt per fragment, so this costs one 20-byte checksum per fragment.
+
 Replies are rate-limited by a token bucket (RFC 4443 §2.4(f) MUST limit ICMPv6 errors;
 RFC 1812 §4.3.2.8 SHOULD for IPv4).  Nothing here reads a clock: ``now`` comes in.
 """
@@ -40,6 +50,7 @@ IPV4_ERROR_QUOTE_LIMIT = 576  # RFC 1812 §4.3.2.3: total size of the ICMP error
 
 _ICMPV4_ERROR_TYPES = frozenset({3, 4, 5, 11, 12})  # RFC 792 error messages
 _DF = 0x4000
+_MF = 0x2000
 _FRAG_OFFSET = 0x1FFF
 _TTL = 64
 
@@ -128,6 +139,71 @@ def too_big_v6(packet: bytes, mtu: int, local: bytes) -> bytes | None:
     return header + icmp
 
 
+def fragment_v4(packet: bytes, mtu: int) -> list[bytes] | None:
+    """IPv4 fragments of ``packet`` that are each at most ``mtu`` bytes (RFC 791 §3.2).
+
+    None when the packet may not or cannot be fragmented here: DF set, not IPv4, a
+    malformed header, or an MTU too small for 8 bytes of data.  Options whose "copied"
+    flag is clear stay in the first fragment only.  The data of each fragment but the
+    last is a multiple of 8 bytes; MF is set on all but the last (which keeps the
+    original MF: a fragment may be fragmented again).
+    """
+    if len(packet) < IPV4_HEADER or packet[0] >> 4 != 4:
+        return None
+    ihl = (packet[0] & 0x0F) * 4
+    total = (packet[2] << 8) | packet[3]
+    frag = (packet[6] << 8) | packet[7]
+    if frag & _DF or ihl < IPV4_HEADER or total < ihl or total > len(packet):
+        return None
+    if total <= mtu:
+        return [packet]
+    header, data = packet[:ihl], packet[ihl:total]
+    later = header[:IPV4_HEADER] + _copied_options(header[IPV4_HEADER:])
+    first_room = (mtu - ihl) & ~7
+    later_room = (mtu - len(later)) & ~7
+    if first_room <= 0 or later_room <= 0:
+        return None
+    offset = frag & _FRAG_OFFSET
+    more = frag & _MF
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(data):
+        hdr = header if pos == 0 else later
+        chunk = data[pos:pos + (first_room if pos == 0 else later_room)]
+        last = pos + len(chunk) >= len(data)
+        flags = (offset + (pos >> 3)) | (more if last else _MF)
+        h = bytearray(hdr)
+        h[0] = 0x40 | (len(hdr) >> 2)
+        h[2:4] = (len(hdr) + len(chunk)).to_bytes(2, "big")
+        h[6:8] = flags.to_bytes(2, "big")
+        h[10:12] = b"\x00\x00"
+        h[10:12] = checksum(bytes(h)).to_bytes(2, "big")
+        out.append(bytes(h) + chunk)
+        pos += len(chunk)
+    return out
+
+
+def _copied_options(options: bytes) -> bytes:
+    """The options of a non-first fragment: those with the copied flag (RFC 791 §3.1)."""
+    out = bytearray()
+    pos = 0
+    while pos < len(options):
+        kind = options[pos]
+        if kind == 0:  # end of option list
+            break
+        if kind == 1:  # no-operation
+            pos += 1
+            continue
+        if pos + 1 >= len(options) or options[pos + 1] < 2:
+            break
+        length = options[pos + 1]
+        if kind & 0x80:
+            out += options[pos:pos + length]
+        pos += length
+    out += b"\x00" * (-len(out) % 4)
+    return bytes(out)
+
+
 class RateLimiter:
     """Token bucket: ``rate`` tokens per second, at most ``burst`` saved up."""
 
@@ -153,16 +229,22 @@ class TooBigResponder:
     """Builds rate-limited "too big" replies for inner packets that exceed the path.
 
     ``local_v4`` / ``local_v6`` are the tunnel's own addresses (packed), used as the
-    ICMP source; a family without one gets no replies.  ``reply`` returns the ICMP
-    packet to write back into the TUN device, or None (not allowed, or rate-limited).
+    ICMP source; a family without one gets no replies.  With
+    ``reply_from_destination`` the source is the offending packet's destination instead
+    (see the module docstring: what the daemon uses) and every family is answered.
+    ``reply`` returns the ICMP packet to write back into the TUN device, or None (not
+    allowed, or rate-limited).
     """
 
-    __slots__ = ("limiter", "local_v4", "local_v6", "rate_limited", "sent")
+    __slots__ = ("from_destination", "limiter", "local_v4", "local_v6", "rate_limited",
+                 "sent")
 
     def __init__(self, local_v4: bytes | None, local_v6: bytes | None, *,
-                 rate: float = 20.0, burst: float = 10.0) -> None:
+                 rate: float = 20.0, burst: float = 10.0,
+                 reply_from_destination: bool = False) -> None:
         self.local_v4 = local_v4
         self.local_v6 = local_v6
+        self.from_destination = reply_from_destination
         self.limiter = RateLimiter(rate, burst)
         self.sent = 0
         self.rate_limited = 0
@@ -170,10 +252,14 @@ class TooBigResponder:
     def reply(self, packet: bytes, mtu: int, now: float) -> bytes | None:
         v = version(packet)
         out: bytes | None = None
-        if v == 4 and self.local_v4 is not None:
-            out = too_big_v4(packet, mtu, self.local_v4)
-        elif v == 6 and self.local_v6 is not None:
-            out = too_big_v6(packet, mtu, self.local_v6)
+        if v == 4:
+            src4 = packet[16:20] if self.from_destination else self.local_v4
+            if src4 is not None:
+                out = too_big_v4(packet, mtu, src4)
+        elif v == 6:
+            src6 = packet[24:40] if self.from_destination else self.local_v6
+            if src6 is not None:
+                out = too_big_v6(packet, mtu, src6)
         if out is None:
             return None
         if not self.limiter.allow(now):
