@@ -36,7 +36,7 @@ nothing more is processed (security.md S14).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from dtlsvpn.crypto.aead import RecordProtection
@@ -71,7 +71,7 @@ from dtlsvpn.dtls.replay import ReplayWindow
 from dtlsvpn.dtls.server import ServerMachine
 from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.dtls.stats import Stats
-from dtlsvpn.errors import Alert, DecodeError, UnexpectedMessage, UsageError
+from dtlsvpn.errors import Alert, DecodeError, DecodeErrorAlert, UnexpectedMessage, UsageError
 from dtlsvpn.wire.alert import decode_alert, encode_alert
 from dtlsvpn.wire.constants import (
     DTLS_1_0,
@@ -546,7 +546,7 @@ class Association:
     ) -> bool:
         stats = self.stats
         if ctype == _CT_HANDSHAKE:
-            return self._guard_bool(lambda: self._handle_handshake(payload, now, wall), now)
+            return self._guard(lambda: self._handle_handshake(payload, now, wall), now)
         if ctype == _CT_CCS:
             self._guard(lambda: self._handle_ccs(payload, now, wall), now)
             return False
@@ -823,18 +823,15 @@ class Association:
 
     # --- alerts and closing ---------------------------------------------------------
 
-    def _guard(self, fn: object, now: float) -> None:
-        self._guard_bool(fn, now)
-
-    def _guard_bool(self, fn: object, now: float) -> bool:
+    def _guard(self, fn: Callable[[], object], now: float) -> bool:
         """Run a handshake step; turn an Alert into a fatal alert and closure (one place)."""
         try:
-            return bool(fn())  # type: ignore[operator]
+            return bool(fn())
         except Alert as exc:
             self._fail(exc)
-        except (ValueError, TypeError) as exc:
-            # cryptography rejects malformed keys and signatures with ValueError.
-            from dtlsvpn.errors import DecodeErrorAlert
+        except ValueError as exc:
+            # cryptography rejects malformed keys, points and signatures with ValueError;
+            # anything else is a programming error and propagates.
             self._fail(DecodeErrorAlert(str(exc) or type(exc).__name__))
         return False
 

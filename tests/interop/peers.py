@@ -11,7 +11,7 @@ both sides. The builders return argv lists (without the `timeout` wrapper, which
 - GnuTLS: `gnutls-serv|gnutls-cli -u` (`--mtu` is the UDP payload). `gnutls-serv` runs
   with `-d 4` because that is the only way it reports the suite it selected.
 
-Facts about the peers come from /work/shared/docs/peers.md.
+Facts about the peers come from the shared docs (peers.md, beside the repository).
 """
 
 from __future__ import annotations
