@@ -114,7 +114,9 @@ class RekeyingClient:
             # The interval's end, or at once (after a failed attempt's back-off) when a
             # record budget ran out: protect() and receive cannot start a handshake.
             due = self._next_attempt if cur.records_exhausted() else cur.rekey_deadline()
-            deadlines.append(max(due, self._next_attempt))
+            due = max(due, self._next_attempt)
+            if due != float("inf"):  # no interval: only the record budget, checked on use
+                deadlines.append(due)
         if self.previous is not None:
             deadlines.append(self._previous_until)
         return min(deadlines, default=None)

@@ -313,3 +313,12 @@ def test_rekey_under_loss_loses_nothing_the_link_delivered(pki: Pki, seed: int,
     retx = sum(a.stats.retransmissions for a in net.server_assocs)
     report(SECTION, f"20 % loss seed {seed} {cid}: {n} rekeys, {'; '.join(lines)}, "
                     f"server retransmissions {retx}")
+
+
+def test_no_rekey_interval_arms_no_timer() -> None:
+    """Without an interval (and no other timer) there is no deadline at all: an
+    infinite one would make an event loop's poll() overflow."""
+    from dtlsvpn.dtls.config import DtlsConfig
+    cfg = DtlsConfig(is_client=True, psk=b"k" * 16, psk_identity=b"id", rekey_interval=None,
+                     heartbeat=False)
+    assert RekeyingClient(cfg).get_timer() is None
