@@ -93,6 +93,9 @@ def summary(snap: dict[str, Any]) -> str:
         out.append(f"  latest handshake: {_ago(p.get('last_handshake_ago'))}"
                    + (f" ({'resumed' if p['resumed'] else 'full'})"
                       if p.get("last_handshake") else ""))
+        if p.get("rekeys"):
+            out.append(f"  key renewals: {p['rekeys']}, last {_ago(p.get('last_rekey_ago'))}"
+                       + (" (renewing now)" if p.get("rekeying") else ""))
         rtt = p.get("heartbeat_rtt_ms")
         out.append(f"  heartbeat rtt: {rtt} ms" if rtt is not None
                    else "  heartbeat rtt: not measured yet")

@@ -17,6 +17,12 @@ Invariants:
   and others cannot access at all (mode ``& 0o077 == 0``, as ssh requires);
   they are read and parsed at load time, like the certificate and CA files,
   so a config that loads has usable credentials.
+- Durations: ``HeartbeatInterval``/``DeadPeerTimeout`` take seconds or ``ms``;
+  ``RekeyInterval`` (default 3600) takes seconds, ``s``, ``m``, ``h`` or ``d`` from 1 s to
+  7 days, and ``0``/``off`` for no renewal by time (the core still renews before the
+  AEAD record limit).  It becomes ``DtlsConfig.rekey_interval``: a client starts a
+  make-before-break renewal (``dtls/rekey.py``) when it runs out; a server accepts
+  renewals whatever its own value, which only sizes how long it keeps old keys.
 - Equality of :class:`PeerConfig` / :class:`InterfaceConfig` ignores
   ``source`` (line numbers), so a reload can tell which peers really changed.
   The loaded key and certificates live in :attr:`Config.credentials`, which is
@@ -73,6 +79,8 @@ T = TypeVar("T")
 DEFAULT_CONFDIR = Path("/etc/dtlsvpn")
 DEFAULT_HEARTBEAT_INTERVAL = 2.0
 DEFAULT_DEAD_PEER_TIMEOUT = 8.0
+DEFAULT_REKEY_INTERVAL = 3600.0  # like OpenVPN's reneg-sec
+MIN_REKEY_INTERVAL, MAX_REKEY_INTERVAL = 1.0, 7 * 86400.0
 MIN_MTU, MAX_MTU, MIN_MTU_IPV6 = 576, 9000, 1280  # RFC 791 §3.1 / RFC 8200 §5
 IFNAMSIZ = 16  # Linux: interface names hold at most 15 bytes plus NUL
 MAX_PSK_IDENTITY = 128  # RFC 4279 §5.3: identities up to 128 bytes MUST be supported
@@ -83,7 +91,7 @@ EXPIRY_WARNING = datetime.timedelta(days=30)
 INTERFACE_KEYS = (
     "Role", "ListenAddress", "Device", "Address", "MTU", "Certificate", "PrivateKey", "CA",
     "Ciphers", "HeartbeatInterval", "DeadPeerTimeout", "TicketStore", "StatusSocket",
-    "MSSClamp", "LogLevel",
+    "MSSClamp", "LogLevel", "RekeyInterval",
 )
 PEER_KEYS = (
     "Name", "Endpoint", "AllowedIPs", "Route", "PeerKeyPin", "CommonName", "PSKIdentity",
@@ -155,6 +163,7 @@ class InterfaceConfig:
     status_socket: Path
     mss_clamp: bool = True
     log_level: str = "info"
+    rekey_interval: float | None = DEFAULT_REKEY_INTERVAL  # None: no time-based renewal
     source: Source = field(compare=False)
 
 
@@ -228,12 +237,14 @@ def dtls_config(cfg: Config, peer: PeerConfig | None = None) -> DtlsConfig:
     """The DTLS core's settings for this configuration.
 
     Client: the single ``[Peer]`` (or ``peer``) is the server: CA + ServerName,
-    pins and PSK as configured; our certificate when we have one.
+    pins and PSK as configured; our certificate when we have one; ``RekeyInterval``
+    as ``rekey_interval`` (the client renews, the server accepts renewals).
     Server: ``peer=None`` accepts every configured peer (a PSK lookup over all
     PSK peers; the CA, or the union of pins when every certificate peer is
     pinned; a client certificate required when certificate peers exist);
     ``peer`` restricts all of that to one peer. Timers, MTU and the rest keep
-    the DtlsConfig defaults: use ``dataclasses.replace`` to change them.
+    the DtlsConfig defaults (``RekeyInterval`` aside): use ``dataclasses.replace`` to
+    change them.
     Raises UsageError when the credentials allow no cipher suite.
     """
     iface, creds = cfg.interface, cfg.credentials
@@ -249,6 +260,7 @@ def dtls_config(cfg: Config, peer: PeerConfig | None = None) -> DtlsConfig:
             server_name=server.server_name,
             psk=server.psk,
             psk_identity=server.psk_identity if server.psk is not None else None,
+            rekey_interval=iface.rekey_interval,
         )
     peers = cfg.peers if peer is None else (peer,)
     table = {p.psk_identity: p.psk for p in peers
@@ -270,6 +282,7 @@ def dtls_config(cfg: Config, peer: PeerConfig | None = None) -> DtlsConfig:
         pinned_spki_sha256=pins,
         require_client_cert=bool(cert_peers),
         psk_lookup=lookup if table else None,
+        rekey_interval=iface.rekey_interval,
     )
 
 
@@ -321,6 +334,8 @@ _HOSTNAME_RE = re.compile(
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$")
 _DEVICE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SECONDS_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?$")
+_INTERVAL_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(s|m|h|d)?$")
+_INTERVAL_UNITS = {None: 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _TRUE = ("yes", "true", "on", "1")
 _FALSE = ("no", "false", "off", "0")
 
@@ -430,6 +445,24 @@ def _seconds(value: str) -> float:
         raise ValueError(f"expected a duration from 0.05 to 86400 seconds (e.g. 2, 2.5s, "
                          f"500ms), got {value!r}")
     return seconds
+
+
+def _rekey_interval(value: str) -> float | None:
+    """Seconds between key renewals (``3600``, ``90s``, ``60m``, ``1h``, ``1d``); ``0`` or
+    ``off``: no renewal by time (the record limits of the AEAD still force one)."""
+    v = value.strip().lower()
+    if v == "off":
+        return None
+    m = _INTERVAL_RE.match(v)
+    if m is not None:
+        seconds = float(m.group(1)) * _INTERVAL_UNITS[m.group(2)]
+        if seconds == 0:
+            return None
+        if MIN_REKEY_INTERVAL <= seconds <= MAX_REKEY_INTERVAL:
+            return seconds
+    raise ValueError(f"expected a duration from {MIN_REKEY_INTERVAL:g} second to "
+                     f"{MAX_REKEY_INTERVAL / 86400:g} days (e.g. 3600, 90s, 60m, 1h), or 0 / "
+                     f"off to renew keys only at the record limit, got {value!r}")
 
 
 def _boolean(value: str) -> bool:
@@ -745,6 +778,8 @@ class _Loader:
             key = "DeadPeerTimeout" if f.has("DeadPeerTimeout") else "HeartbeatInterval"
             raise f.error(key, f"expected DeadPeerTimeout ({dead:g}s) longer than "
                                f"HeartbeatInterval ({heartbeat:g}s)")
+        default_rekey: float | None = DEFAULT_REKEY_INTERVAL
+        rekey = f.get("RekeyInterval", _rekey_interval, default_rekey)
         return InterfaceConfig(
             role=role,
             listen=listen,
@@ -762,6 +797,7 @@ class _Loader:
                                 Path(f"/run/dtlsvpn/{self.name}.sock")),
             mss_clamp=f.get("MSSClamp", _boolean, True),
             log_level=f.get("LogLevel", _log_level, "info"),
+            rekey_interval=rekey,
             source=Source(self.path, f.section.line),
         )
 

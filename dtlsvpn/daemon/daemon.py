@@ -18,6 +18,21 @@ Server: one ServerEndpoint; each association is bound to its [Peer] by ``match_p
 when its handshake completes (closed when no peer matches); a peer that reconnects from
 a new address replaces its old association.
 
+Key renewal (``RekeyInterval``, make-before-break): the client's connection is a
+``RekeyingClient`` (``dtls/rekey.py``) that starts a new full handshake (never a ticket
+resumption) when the interval runs out or a record budget nears its end, while the
+current association keeps carrying traffic; ``Rekeyed`` then updates the peer's status
+(generation, last handshake) and nothing else: the TUN device, routes, counters and the
+applied MTU stay (the new association's ``PathMtuChanged`` reports feed ``mtu.py`` as a
+new source).  The first dial and every redial still resume with a stored ticket.  On the
+server a renewal is a new association from the address of an established one: the
+endpoint keeps the old one for records in flight and retires it ``rekey_grace`` after
+the client switched; the daemon keeps both bound to the [Peer] (``PeerState.previous``)
+and sends on ``endpoint.sending_association(addr)``.  Only an association from another
+address (or one that replaced a half-open one) closes the old association as before.
+Both sides keep old keys ``rekey_grace(RekeyInterval)`` seconds: 10 s, or half the
+interval (at least 2 s) when that is shorter.
+
 TUN MTU policy (``MTU =`` in [Interface]):
 - a number: fixed; never changed.
 - ``auto`` (default): start from ``min(1400, MTU of the route to the peer) − overhead``
@@ -41,8 +56,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import inspect
 import logging
+import math
 import os
 import random
 import socket
@@ -71,6 +86,7 @@ from dtlsvpn.daemon.udp import (
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.endpoint import ServerEndpoint
+from dtlsvpn.dtls.rekey import Rekeyed, RekeyingClient
 from dtlsvpn.errors import ConfigError
 from dtlsvpn.vpn.ip import TooBigResponder
 from dtlsvpn.vpn.mss import mss_for_mtu
@@ -87,6 +103,8 @@ MIN_TUN_MTU_IPV6 = 1280
 DIAL_TIMEOUT = 10.0
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 30.0
+REKEY_GRACE = 10.0  # seconds old keys stay usable after a renewal (RFC-less policy)
+REKEY_GRACE_MIN = 2.0
 
 # Stats counters of the DTLS core that count dropped records (the rest count traffic).
 DTLS_DROP_REASONS = frozenset({
@@ -95,7 +113,6 @@ DTLS_DROP_REASONS = frozenset({
     "heartbeat_malformed", "heartbeat_unexpected"})
 
 _DTLS_FIELDS = {f.name for f in dataclasses.fields(DtlsConfig)}
-_ASSOC_TAKES_IP_HEADER = "ip_header" in inspect.signature(Association).parameters
 
 
 def tunnel_overhead(family: socket.AddressFamily) -> int:
@@ -107,6 +124,14 @@ def default_tun_mtu(family: socket.AddressFamily, path_mtu: int | None) -> int:
     """The ``auto`` MTU before any discovery: a safe guess from the route's MTU."""
     path = min(DEFAULT_PATH_MTU, path_mtu or DEFAULT_PATH_MTU)
     return path - tunnel_overhead(family)
+
+
+def rekey_grace(interval: float | None) -> float:
+    """How long the old association of a renewal still opens records: 10 s, or half the
+    interval (at least 2 s) when renewals come more often than every 20 s."""
+    if interval is None:
+        return REKEY_GRACE
+    return max(REKEY_GRACE_MIN, min(REKEY_GRACE, interval / 2))
 
 
 def backoff_delay(attempt: int, rng: random.Random) -> float:
@@ -157,6 +182,7 @@ class Daemon:
         self.watchdog_at: float | None = None
         self.ticket_ring: Any = None  # server: crypto.tickets.TicketKeyRing
         self.ticket_keys_saved: Any = ()
+        self.renewing: set[PeerState] = set()  # server: peers with a previous association
 
     # --- set-up and teardown -----------------------------------------------------
 
@@ -209,7 +235,8 @@ class Daemon:
         else:
             assert iface.listen is not None
             self.server_sock = open_udp(family_of(iface.listen[0]), bind=iface.listen)
-            self.endpoint = ServerEndpoint(self._server_dtls_config())
+            self.endpoint = ServerEndpoint(self._server_dtls_config(),
+                                           rekey_grace=rekey_grace(iface.rekey_interval))
             dp.sock = self.server_sock
             dp.endpoint = self.endpoint
             dp.bind = self._bind
@@ -224,6 +251,11 @@ class Daemon:
         self.notifier.stopping()
         now = self.loop.now
         for state in self.peers.values():
+            conn = state.conn
+            if conn is not None:
+                conn.close(now)  # the current association and any renewal's
+                self._flush(state.addr, conn, now, state)
+                continue
             assoc = state.assoc
             if assoc is not None and not assoc.is_closed:
                 assoc.close(now)
@@ -281,8 +313,8 @@ class Daemon:
         deadlines: list[float] = []
         if self.is_client:
             state = next(iter(self.peers.values()))
-            if state.assoc is not None:
-                t = state.assoc.get_timer()
+            if state.conn is not None:
+                t = state.conn.get_timer()
                 if t is not None:
                     deadlines.append(t)
             if self.redial_at is not None:
@@ -298,7 +330,10 @@ class Daemon:
         for state in self.peers.values():
             if state.mtu.due is not None:
                 deadlines.append(state.mtu.due)
-        return min(deadlines) if deadlines else None
+        # RekeyingClient.get_timer() is inf with RekeyInterval = off and no other timer;
+        # epoll cannot wait that long (OverflowError): treat it as "no deadline".
+        finite = [d for d in deadlines if math.isfinite(d)]
+        return min(finite) if finite else None
 
     def on_timer(self, now: float, wall: float) -> None:
         if self.watchdog_at is not None and now >= self.watchdog_at:
@@ -314,19 +349,21 @@ class Daemon:
             for addr, assoc in list(self.endpoint.associations.items()):
                 self._service(addr, assoc, now)
             self.endpoint.remove_closed()
+            if self.renewing:
+                self._retire_previous(now)
 
     def after_iteration(self, now: float) -> None:
         if self.is_client:
             state = next(iter(self.peers.values()))
-            if state.assoc is not None:
-                self._service(state.addr, state.assoc, now, state)
+            if state.conn is not None:
+                self._service_client(state, now)
             return
         dp = self.datapath
         if dp is None or not dp.touched:
             return
         touched, dp.touched = dp.touched, {}
         closed = False
-        for addr, assoc in touched.items():
+        for assoc, addr in touched.items():
             self._service(addr, assoc, now)
             closed |= assoc.is_closed
         if closed and self.endpoint is not None:
@@ -334,7 +371,7 @@ class Daemon:
 
     # --- slow path: events and output --------------------------------------------
 
-    def _flush(self, addr: Addr | None, assoc: Association, now: float,
+    def _flush(self, addr: Addr | None, assoc: Association | RekeyingClient, now: float,
                state: PeerState | None) -> None:
         out = assoc.datagrams_to_send(now)
         if not out:
@@ -370,6 +407,15 @@ class Daemon:
             state = self._on_event(addr, assoc, ev, now, state)
         self._flush(addr, assoc, now, state)
 
+    def _service_client(self, state: PeerState, now: float) -> None:
+        """The client's events (those of the current association, and ``Rekeyed``) and
+        everything its associations have to send."""
+        conn = state.conn
+        assert conn is not None
+        for ev in conn.pop_events():
+            self._on_event(state.addr, conn.current, ev, now, state)
+        self._flush(state.addr, conn, now, state)
+
     def _on_event(self, addr: Addr | None, assoc: Association, ev: Any, now: float,
                   state: PeerState | None) -> PeerState | None:
         name = _event_name(ev)
@@ -381,15 +427,21 @@ class Daemon:
                 state = self._server_established(addr, assoc, ev, now, wall)
         elif name == "AssociationClosed":
             self._on_closed(addr, assoc, ev, now, state)
+        elif isinstance(ev, Rekeyed):
+            if self.is_client and state is not None and state.conn is not None:
+                self._client_rekeyed(state, state.conn, ev, wall)
         elif name == "PeerUnresponsive":
             log.warning("peer %s unresponsive", state.name if state else _display(addr))
+            conn = state.conn if state is not None and self.is_client else None
+            target: Association | RekeyingClient = assoc if conn is None else conn
             if not assoc.is_closed:
-                assoc.close(now)
-                self._flush(addr, assoc, now, state)
+                target.close(now)
+                self._flush(addr, target, now, state)
             self._on_closed(addr, assoc, ev, now, state)
         elif name == "PeerAddressChanged" and state is not None and not self.is_client:
             self._on_address_changed(state, assoc, ev)
-        elif name == "PathMtuChanged" and state is not None:
+        elif name == "PathMtuChanged" and state is not None and state.assoc is assoc:
+            # (not the reports of a renewal's old association: the new one's count)
             self._on_path_mtu(state, assoc, ev, now)
         elif name == "SessionTicketReceived" and self.is_client and state is not None:
             if self.tickets is not None:
@@ -406,7 +458,7 @@ class Daemon:
         return state
 
     def _note_handshake(self, state: PeerState, assoc: Association, ev: Any,
-                        addr: Addr | None, wall: float) -> None:
+                        addr: Addr | None, wall: float, *, renewal: bool = False) -> None:
         state.assoc = assoc
         state.addr = addr
         state.established = True
@@ -415,6 +467,16 @@ class Daemon:
         state.resumed = bool(ev.resumed)
         state.suite = ev.suite_name
         state.last_error = None
+        if renewal:
+            # Same peer, same path: the status keeps the PMTU found so far until the new
+            # association's own search reports.
+            state.generation += 1
+            state.rekeys += 1
+            state.rekey_wall = wall
+            log.info("peer %s: keys renewed with %s (generation %d, %s)", state.name,
+                     _display(addr), state.generation, ev.suite_name)
+            return
+        state.generation = 0
         for attr in ("plpmtu", "inner_mtu"):
             value = getattr(assoc, attr, None)
             if isinstance(value, int):
@@ -438,6 +500,23 @@ class Daemon:
         self._ready(self._status_line())
         return state
 
+    def _client_rekeyed(self, state: PeerState, conn: RekeyingClient, ev: Rekeyed,
+                        wall: float) -> None:
+        """A renewal completed and carries the traffic now; the old association still opens
+        records for the grace period (inside ``conn``).  Only the status changes."""
+        assoc = conn.current
+        result = assoc.handshake_result
+        state.assoc = assoc
+        if result is None or (match_peer(self.cfg, result) is None
+                              and not result.psk_identity):
+            # The core checked the chain; the [Peer]'s pins must hold for every handshake.
+            log.error("peer %s: server credential on key renewal does not match [Peer]",
+                      state.name)
+            conn.close(self.loop.now)  # AssociationClosed follows: redial
+            return
+        self._note_handshake(state, assoc, result, state.addr, wall, renewal=True)
+        state.generation = ev.generation  # (the same count, as RekeyingClient keeps it)
+
     def _server_established(self, addr: Addr | None, assoc: Association, ev: Any,
                             now: float, wall: float) -> PeerState | None:
         peer_cfg = match_peer(self.cfg, ev)
@@ -449,17 +528,34 @@ class Daemon:
             assoc.close(now)
             return None
         old = state.assoc
-        if old is not None and old is not assoc and not old.is_closed:
-            old.close(now)  # the peer came back (new address or a new association)
-            self._flush(state.addr, old, now, state)
+        endpoint = self.endpoint
+        # A renewal (make-before-break): a new full handshake from the address of the
+        # established association, which the endpoint keeps for records in flight and
+        # retires itself (rekey_grace after the client switched).  A resumed one is a
+        # restarted client (renewals never resume): it replaces the old one at once.
+        renewal = (not ev.resumed and old is not None and old is not assoc
+                   and old.is_established
+                   and not old.is_closed and endpoint is not None
+                   and endpoint.address_of(old) == addr
+                   and endpoint.associations.get(addr) is assoc)
         assert self.datapath is not None
+        if renewal:
+            self._drop_previous(state)  # an older one still in its grace period
+            state.previous = old  # stays in by_assoc: its records are still the peer's
+            self.renewing.add(state)
+        else:
+            for stale in (old, state.previous):
+                if stale is not None and stale is not assoc and not stale.is_closed:
+                    stale.close(now)  # the peer came back (new address or association)
+                    self._flush(state.addr, stale, now, state)
+            self._drop_previous(state)
+            if old is not None:
+                self.datapath.by_assoc.pop(old, None)
         if state.addr is not None and self.datapath.bound.get(state.addr) is state:
             del self.datapath.bound[state.addr]
         self.datapath.bound[addr] = state
-        if old is not None:
-            self.datapath.by_assoc.pop(old, None)
         self.datapath.by_assoc[assoc] = state
-        self._note_handshake(state, assoc, ev, addr, wall)
+        self._note_handshake(state, assoc, ev, addr, wall, renewal=renewal)
         self._save_ticket_keys(wall)
         self.notifier.status(self._status_line())
         return state
@@ -485,11 +581,39 @@ class Daemon:
         self._service(addr, assoc, now)
         assert self.datapath is not None
         state = self.datapath.by_assoc.get(assoc)
-        return state if state is not None and state.assoc is assoc else None
+        if state is not None and (state.assoc is assoc or state.previous is assoc):
+            return state
+        return None
+
+    def _drop_previous(self, state: PeerState) -> None:
+        """Forget the association a renewal replaced (the endpoint retires it)."""
+        prev = state.previous
+        self.renewing.discard(state)
+        if prev is None:
+            return
+        state.previous = None
+        if (prev is not state.assoc and self.datapath is not None
+                and self.datapath.by_assoc.get(prev) is state):
+            del self.datapath.by_assoc[prev]
+
+    def _retire_previous(self, now: float) -> None:
+        """Server timers: drop renewals' old associations the endpoint has retired."""
+        assert self.endpoint is not None
+        for state in list(self.renewing):
+            prev = state.previous
+            if prev is None:
+                self.renewing.discard(state)
+            elif prev.is_closed or self.endpoint.address_of(prev) is None:
+                prev.pop_events()  # its AssociationClosed: the peer is still up
+                log.debug("peer %s: old keys retired", state.name)
+                self._drop_previous(state)
 
     def _on_closed(self, addr: Addr | None, assoc: Association, ev: Any, now: float,
                    state: PeerState | None) -> None:
         reason = getattr(ev, "reason", type(ev).__name__)
+        if state is not None and not self.is_client and state.previous is assoc:
+            self._drop_previous(state)  # a renewal's old association: the peer is still up
+            return
         if state is not None and state.assoc is assoc:
             log.info("peer %s: association closed (%s)", state.name, reason)
             state.established = False
@@ -497,12 +621,14 @@ class Daemon:
             state.last_error = reason
             if not self.is_client:
                 state.assoc = None
+                self._drop_previous(state)
                 assert self.datapath is not None
                 self.datapath.by_assoc.pop(assoc, None)
                 if state.addr is not None and self.datapath.bound.get(state.addr) is state:
                     del self.datapath.bound[state.addr]
                 self.notifier.status(self._status_line())
-        if self.is_client and state is not None and state.assoc is assoc:
+        if (self.is_client and state is not None and state.assoc is assoc
+                and self.redial_at is None):  # (PeerUnresponsive, then its AssociationClosed)
             if (state.resumed and state.handshake_wall is not None and self.tickets
                     and self.loop.wall - state.handshake_wall < 5.0
                     and not getattr(ev, "local", True)):
@@ -638,18 +764,18 @@ class Daemon:
 
     def _client_timers(self, now: float, wall: float) -> None:
         state = next(iter(self.peers.values()))
-        assoc = state.assoc
-        if assoc is not None:
-            t = assoc.get_timer()
+        conn = state.conn
+        if conn is not None:
+            t = conn.get_timer()
             if t is not None and now >= t:
-                assoc.handle_timer(now)
+                conn.handle_timer(now, wall)  # retransmissions, heartbeats, renewals
         if self.dial_deadline is not None and now >= self.dial_deadline:
             self.dial_deadline = None
-            if assoc is not None and not assoc.is_established:
+            if conn is not None and not conn.is_established:
                 log.warning("peer %s: no handshake within %gs", state.name, DIAL_TIMEOUT)
-                assoc.close(now)
-                self._flush(state.addr, assoc, now, state)
-                assoc.pop_events()
+                conn.close(now)
+                self._flush(state.addr, conn, now, state)
+                conn.pop_events()
                 if self.offered_ticket and self.tickets is not None:
                     self.tickets.forget(self._ticket_key(state))
                 self._lost(now, "handshake timed out")
@@ -675,6 +801,7 @@ class Daemon:
             state.sock.close()
             state.sock = None
         state.assoc = None
+        state.conn = None
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
             family, _, _, _, sockaddr = infos[0]
@@ -689,15 +816,17 @@ class Daemon:
         self.loop.add(sock.fileno(), self.datapath.client_udp)
         if self.mtu_policy == "auto" and state.inner_mtu is None:
             self._adjust_default_mtu(sock, family)
-        extra: dict[str, Any] = {}
-        if _ASSOC_TAKES_IP_HEADER:  # PLPMTU counts the outer IP header
-            extra["ip_header"] = 40 if family == socket.AF_INET6 else 20
-        assoc = Association(self._client_dtls_config(state, wall),
-                            peer=f"{host}:{port}".encode(), **extra)
-        state.assoc = assoc
+        # A dial resumes with the stored ticket when there is one; the renewals that
+        # RekeyingClient starts later never do (fresh ECDHE keys are their point).
+        conn = RekeyingClient(self._client_dtls_config(state, wall),
+                              grace=rekey_grace(self.cfg.interface.rekey_interval),
+                              ip_header=40 if family == socket.AF_INET6 else 20,  # PLPMTU
+                              peer=f"{host}:{port}".encode())
+        state.conn = conn
+        state.assoc = conn.current
         self.dial_deadline = now + DIAL_TIMEOUT
-        assoc.connect(now, wall)
-        self._flush(addr, assoc, now, state)
+        conn.connect(now, wall)
+        self._flush(addr, conn, now, state)
 
     def _adjust_default_mtu(self, sock: socket.socket, family: socket.AddressFamily) -> None:
         path = socket_mtu(sock)
@@ -742,9 +871,14 @@ class Daemon:
         state = self.peers.pop(name, None)
         if state is None or self.datapath is None:
             return
-        if state.assoc is not None and not state.assoc.is_closed:
-            state.assoc.close(now)
-            self._flush(state.addr, state.assoc, now, state)
+        if state.conn is not None:
+            state.conn.close(now)
+            self._flush(state.addr, state.conn, now, state)
+        for assoc in (state.assoc, state.previous):
+            if assoc is not None and not assoc.is_closed:
+                assoc.close(now)
+                self._flush(state.addr, assoc, now, state)
+        self._drop_previous(state)
         if state.addr is not None and self.datapath.bound.get(state.addr) is state:
             del self.datapath.bound[state.addr]
         if state.assoc is not None:
@@ -778,6 +912,13 @@ class Daemon:
         up = sum(1 for p in self.peers.values() if p.established)
         return f"{up}/{len(self.peers)} peers up, mtu {self.tun_mtu}"
 
+    def _rekeying(self, state: PeerState) -> bool:
+        """A renewal is under way: its handshake runs, or old keys are still accepted."""
+        conn = state.conn
+        if conn is not None:
+            return conn.pending is not None or conn.previous is not None
+        return state.previous is not None
+
     def snapshot(self) -> dict[str, Any]:
         iface = self.cfg.interface
         wall = self.loop.wall
@@ -809,6 +950,12 @@ class Daemon:
                                        if state.handshake_wall else None),
                 "resumed": state.resumed,
                 "handshakes": state.handshakes,
+                "rekey_generation": state.generation,
+                "rekeys": state.rekeys,
+                "last_rekey": state.rekey_wall,
+                "last_rekey_ago": (round(wall - state.rekey_wall, 1)
+                                   if state.rekey_wall else None),
+                "rekeying": self._rekeying(state),
                 "heartbeat_rtt_ms": (round(state.rtt * 1000, 2) if state.rtt is not None
                                      else None),
                 "plpmtu": state.plpmtu,
@@ -845,6 +992,7 @@ class Daemon:
                 "addresses": [str(a) for a in iface.addresses],
                 "mtu": self.tun_mtu,
                 "mtu_policy": self.mtu_policy,
+                "rekey_interval": iface.rekey_interval,
                 "pid": os.getpid(),
                 "uptime": round(wall - self.started_wall, 1) if self.started_wall else 0,
                 "config": self.cfg.path,

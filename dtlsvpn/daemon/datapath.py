@@ -6,13 +6,13 @@ Outbound pipeline (TUN → peer), one call per readable TUN wake-up:
     router.route(packets)                  client: all to the one peer; server: LPM by dst
     clamp_batch(batch, mss4, mss6)         TCP SYNs: MSS option lowered (vpn/mss.py)
     oversize check                         max(len) > peer.limit → see "Packets that don't fit"
-    assoc.protect(batch)                   fast path: one record (datagram) per packet
+    protect(batch)                         fast path: one record (datagram) per packet
     sock.send / sock.sendto                EAGAIN → counted drop (never blocks)
 
 Inbound pipeline (peer → TUN), one call per readable UDP wake-up:
 
     sock.recv / recvfrom × BUDGET          EPOLLERR first: drain the ICMP error queue
-    assoc.receive_datagram / endpoint.receive
+    conn.receive_datagram / endpoint.receive
     router.admit(peer, inner)              anti-spoofing by source address
     clamp_batch(admitted, mss4, mss6)      TCP SYN-ACKs (and SYNs) from the far side
     tun.write_batch(admitted)
@@ -27,6 +27,14 @@ fixed ``MTU =``, the IPv6 floor of 1280, or a path that shrank within this batch
                            datagram is over the PLPMTU and may still get through
     IPv4 without DF        fragmented to ``peer.limit`` (RFC 791; only the IP header is
                            rebuilt), counted as ``fragmented``; a malformed one is dropped
+
+Rekeying, make-before-break (``dtls/rekey.py``, ``dtls/endpoint.py``): the client's
+``PeerState.conn`` is a ``RekeyingClient``: it seals with its current association (the
+new one as soon as a renewal completed) and opens records of the current, pending and
+previous ones.  On a server, during a renewal the peer has two associations:
+``PeerState.assoc`` (the newest) and ``PeerState.previous``; data opened by either is
+the peer's (and still passes ``router.admit``), and TUN → peer uses
+``endpoint.sending_association(addr)`` (the old one until the client used the new keys).
 
 Rules (architecture.md, "The hot loop"): no per-packet objects beyond the bytes, no
 logging, counters only, bound methods in locals, no timer work: slow-path output
@@ -47,6 +55,7 @@ from dtlsvpn.daemon.tun import Tun
 from dtlsvpn.daemon.udp import ErrorHint, read_errors
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.endpoint import ServerEndpoint
+from dtlsvpn.dtls.rekey import RekeyingClient
 from dtlsvpn.vpn.ip import IPV6_MIN_MTU, TooBigResponder, fragment_v4
 from dtlsvpn.vpn.mss import clamp_batch
 from dtlsvpn.vpn.router import Router
@@ -60,20 +69,25 @@ Addr = tuple[str, int]
 class PeerState:
     """A configured peer and its runtime: association, address, counters."""
 
-    __slots__ = ("addr", "assoc", "config", "drops", "established", "handshake_wall",
-                 "handshakes", "inner_mtu", "last_error", "limit", "mtu", "name", "plpmtu",
-                 "resumed", "rtt", "rx_bytes", "rx_packets", "sock", "suite", "tx_bytes",
-                 "tx_packets")
+    __slots__ = ("addr", "assoc", "config", "conn", "drops", "established", "generation",
+                 "handshake_wall", "handshakes", "inner_mtu", "last_error", "limit", "mtu",
+                 "name", "plpmtu", "previous", "rekey_wall", "rekeys", "resumed", "rtt",
+                 "rx_bytes", "rx_packets", "sock", "suite", "tx_bytes", "tx_packets")
 
     def __init__(self, config: Any) -> None:
         self.config = config
         self.name: str = config.name
-        self.assoc: Association | None = None
+        self.assoc: Association | None = None  # client: conn.current
+        self.conn: RekeyingClient | None = None  # client: the association and its renewals
+        self.previous: Association | None = None  # server: the one a renewal replaces
         self.addr: Addr | None = None
         self.sock: socket.socket | None = None  # client: the connected socket
         self.established = False
         self.handshake_wall: float | None = None
-        self.handshakes = 0
+        self.handshakes = 0  # completed handshakes, key renewals included
+        self.generation = 0  # renewals since the last new (non-renewal) association
+        self.rekeys = 0  # renewals since the daemon started
+        self.rekey_wall: float | None = None  # wall time of the last renewal
         self.resumed = False
         self.suite: str | None = None
         self.plpmtu: int | None = None
@@ -105,7 +119,7 @@ class Datapath:
         self.mss_clamped = 0
         self.fragmented = 0
         self.drops: dict[str, int] = {}  # interface-wide (no peer to charge)
-        self.touched: dict[Addr, Association] = {}  # server: associations to service
+        self.touched: dict[Association, Addr] = {}  # server: associations to service
         self.client_peer: PeerState | None = None
         self.sock: socket.socket | None = None  # server: the listening socket
         self.endpoint: ServerEndpoint | None = None
@@ -172,9 +186,9 @@ class Datapath:
             return
         peer = self.client_peer
         assert peer is not None
-        assoc = peer.assoc
+        conn = peer.conn
         sock = peer.sock
-        if assoc is None or sock is None or not assoc.is_established:
+        if conn is None or sock is None or not conn.is_established:
             peer.drop("no_session", len(packets))
             return
         batch = self.router.route(packets).get(peer)
@@ -187,7 +201,7 @@ class Datapath:
             batch = self._split_too_big(batch, limit, now, peer)
         send = sock.send
         sent = 0
-        for datagram in assoc.protect(batch):
+        for datagram in conn.protect(batch):
             try:
                 send(datagram)
                 sent += 1
@@ -202,13 +216,13 @@ class Datapath:
         peer = self.client_peer
         assert peer is not None
         sock = peer.sock
-        assoc = peer.assoc
-        if sock is None or assoc is None:
+        conn = peer.conn
+        if sock is None or conn is None:
             return
         if mask & EPOLLERR:
             self._errors(sock, peer, now)
         recv = sock.recv
-        receive = assoc.receive_datagram
+        receive = conn.receive_datagram
         inner: list[bytes] = []
         for _ in range(BUDGET):
             try:
@@ -232,10 +246,15 @@ class Datapath:
         sock = self.sock
         assert sock is not None
         sendto = sock.sendto
+        endpoint = self.endpoint
         mss4, mss6 = self.mss4, self.mss6
         for peer, batch in self.router.route(packets).items():
             assoc = peer.assoc
             addr = peer.addr
+            previous = peer.previous
+            if (previous is not None and addr is not None and endpoint is not None
+                    and endpoint.sending_association(addr) is previous):
+                assoc = previous  # renewal: the client does not use the new keys yet
             if assoc is None or addr is None or not assoc.is_established:
                 peer.drop("no_session", len(batch))
                 continue
@@ -284,11 +303,11 @@ class Datapath:
                     except OSError:
                         self.drop("send_error")
                 continue
-            touched[addr] = assoc
+            touched[assoc] = addr
             if not out:
                 continue
             peer = bound.get(addr)
-            if peer is None or peer.assoc is not assoc:
+            if peer is None or (peer.assoc is not assoc and peer.previous is not assoc):
                 # Application data right behind the Finished: bind the peer now.
                 peer = self.bind(addr, assoc, now) if self.bind is not None else None
                 if peer is None:

@@ -266,6 +266,13 @@ BROKEN: list[Case] = [
      "HeartbeatInterval", "expected a duration"),
     ("mssclamp-bool", _srv("Role = server\n", "Role = server\nMSSClamp = maybe #<\n"),
      "MSSClamp", "expected yes or no"),
+    ("rekey-garbage", _srv("Role = server\n", "Role = server\nRekeyInterval = hourly #<\n"),
+     "RekeyInterval", "expected a duration from 1 second to 7 days"),
+    ("rekey-too-short", _srv("Role = server\n", "Role = server\nRekeyInterval = 0.5s #<\n"),
+     "RekeyInterval", "or 0 / off to renew keys only at the record limit, got '0.5s'"),
+    ("rekey-twice", _srv("Role = server\n",
+                         "Role = server\nRekeyInterval = 1h\nrekeyinterval = off #<\n"),
+     "RekeyInterval", "set twice"),
     ("loglevel", _srv("Role = server\n", "Role = server\nLogLevel = loud #<\n"),
      "LogLevel", "expected one of debug"),
     ("device-too-long", _srv("Role = server\n", "Role = server\nDevice = dtv-much-too-long #<\n"),
@@ -476,6 +483,7 @@ def test_values_and_defaults(creds: Creds, tmp_path: Path) -> None:
     assert [str(a) for a in iface.addresses] == ["100.64.100.1/24", "fd00:100::1/64"]
     assert iface.mtu is None and iface.mss_clamp is True and iface.log_level == "info"
     assert (iface.heartbeat_interval, iface.dead_peer_timeout) == (2.0, 8.0)
+    assert iface.rekey_interval == 3600.0 and dtls_config(cfg).rekey_interval == 3600.0
     assert iface.ticket_store == Path("/var/lib/dtlsvpn/central")
     assert iface.status_socket == Path("/run/dtlsvpn/central.sock")
     alice, bob, sensor = cfg.peers
@@ -507,6 +515,7 @@ ciphers = ECDHE-ECDSA-CHACHA20-POLY1305, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
 ticketstore = state/tickets
 mssclamp = off
 loglevel = WARN
+rekeyinterval = 90m
 
 [ PEER ]
 endpoint = [2001:DB8::1]:4433
@@ -533,6 +542,18 @@ route = 100.64.10.0/24
     assert len(peer.pinned_spki_sha256) == 1
     config = dtls_config(cfg)
     assert config.is_client and config.pinned_spki_sha256 == peer.pinned_spki_sha256
+    assert iface.rekey_interval == config.rekey_interval == 5400.0
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("3", 3.0), ("90s", 90.0), ("1.5 m", 90.0), ("2h", 7200.0), ("1d", 86400.0),
+    ("0", None), ("0s", None), ("OFF", None)])
+def test_rekey_interval_values(value: str, seconds: float | None, creds: Creds,
+                               tmp_path: Path) -> None:
+    text = server_text(creds).replace("Role = server\n", f"Role = server\nRekeyInterval = {value}\n")
+    cfg = load_config(write(tmp_path, text, "central.conf"))
+    assert cfg.interface.rekey_interval == seconds
+    assert dtls_config(cfg).rekey_interval == seconds
 
 
 def test_default_routes_skip_on_link_prefixes(creds: Creds, tmp_path: Path) -> None:
