@@ -43,7 +43,6 @@ import selectors
 import signal
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -69,6 +68,7 @@ from dtlsvpn.dtls.events import (
 from dtlsvpn.dtls.heartbeat import HeartbeatSettings
 from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.errors import ConfigError, DecodeError, UsageError
+from dtlsvpn.fileutil import replace_private
 from dtlsvpn.wire.constants import AlertDescription, AlertLevel, CipherSuite
 
 Addr = tuple[str, int]
@@ -425,22 +425,8 @@ def read_session(path: str, wall: float) -> ClientSession | None:
 
 
 def write_private(path: str, text: str) -> None:
-    """Replace ``path`` atomically with ``text``: a 0600 temporary file, fsync, rename."""
-    target = os.path.abspath(path)
-    directory = os.path.dirname(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
-                               dir=directory)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Replace ``path`` atomically with ``text``, mode 0600."""
+    replace_private(path, text.encode("ascii"))
 
 
 def _is_ip_literal(host: str) -> bool:

@@ -50,13 +50,11 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -64,6 +62,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from dtlsvpn.errors import ConfigError, DecodeError, UsageError
+from dtlsvpn.fileutil import replace_private
 from dtlsvpn.wire.buffer import Reader, Writer
 
 KEY_NAME_LEN = 16  # RFC 5077 §4: opaque key_name[16]
@@ -352,26 +351,7 @@ class TicketKeyRing:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the key file atomically: a 0600 temporary file, fsync, rename."""
         target = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(target))
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=directory
-        )
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(self.dumps())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+        replace_private(target, self.dumps().encode("ascii"))
         self._file_sig = _file_signature(os.stat(target))
 
     @staticmethod

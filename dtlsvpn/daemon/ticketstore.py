@@ -9,12 +9,12 @@ that does not decode, or a session the server refused, is deleted.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from pathlib import Path
 
 from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.errors import DecodeError
+from dtlsvpn.fileutil import replace_private
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -42,15 +42,7 @@ class TicketStore:
 
     def save(self, server: str, session: ClientSession) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = self._path(server)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, session.encode().encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        replace_private(self._path(server), session.encode().encode())
 
     def forget(self, server: str) -> None:
         with contextlib.suppress(FileNotFoundError):
