@@ -93,7 +93,9 @@ class Daemon:
         self.notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.pid: int | None = None
         self.messages: list[str] = []
-        env = {"NOTIFY_SOCKET": str(self.notify_path), "PYTHONPATH": str(REPO)}
+        # WATCHDOG_USEC as systemd sets it for WatchdogSec=2: the loop pings every second.
+        env = {"NOTIFY_SOCKET": str(self.notify_path), "PYTHONPATH": str(REPO),
+               "WATCHDOG_USEC": "2000000"}
         self.proc: Proc = procs.start(
             ["ip", "netns", "exec", ns, PYTHON, "-m", "dtlsvpn", "run", str(conf)],
             name=f"dtlsvpn-{name}", timeout=110, env=env, stdin_pipe=False,

@@ -72,6 +72,11 @@ def test_ping_v4_v6_and_status(topo: Topology, run_daemon: RunDaemon, tmp_path: 
     res = topo.exec(server_ns, [PYTHON, "-m", "dtlsvpn", "status", "--raw",
                                 "--socket", str(server.status_socket)])
     assert "peer=branch" in res.stdout and "state=established" in res.stdout
+    # What systemd would see: READY=1 (start_pair waited for it), STATUS= lines naming
+    # the peers, and WATCHDOG=1 pings from the loop.
+    for daemon in (server, client):
+        assert daemon.wait_message("WATCHDOG=1", timeout=5, count=2), daemon.messages
+        assert any(m.startswith("STATUS=") for m in daemon.messages), daemon.messages
 
 
 def test_file_copy_both_ways_with_certificates(
@@ -81,7 +86,7 @@ def test_file_copy_both_ways_with_certificates(
     server_conf, client_conf = cert_pair(tmp_path, pki)
     start_pair(run_daemon, server_ns, client_ns, server_conf, client_conf)
     blob = tmp_path / "blob"
-    blob.write_bytes(os.urandom(10 * 1024 * 1024))
+    blob.write_bytes(os.urandom(20 * 1024 * 1024))
     want = hashlib.sha256(blob.read_bytes()).hexdigest()
     env = {"PYTHONPATH": str(REPO)}
     for receiver_ns, sender_ns, addr in ((server_ns, client_ns, "100.64.0.1"),
