@@ -23,11 +23,11 @@ import socket
 import struct
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 from dtlsvpn.daemon.status import query
-from tests.util import Proc, ProcessGroup, run_bounded
+from tests.util import Proc, ProcessGroup, run_bounded, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -101,6 +101,19 @@ class Daemon:
             name=f"dtlsvpn-{name}", timeout=110, env=env, stdin_pipe=False,
         )
         self.procs = procs
+        # Read the notify socket all the time, as systemd does: a daemon that sends
+        # WATCHDOG=1 every second would otherwise fill the socket's queue and block.
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._drain, name=f"notify-{name}",
+                                        daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self._receive(0.2)
+            except OSError:
+                return  # the socket was closed
 
     def _receive(self, timeout: float) -> str | None:
         self.notify.settimeout(max(timeout, 0.001))
@@ -117,13 +130,14 @@ class Daemon:
 
     def wait_message(self, wanted: str, timeout: float = 20.0, count: int = 1) -> bool:
         """Block on the notify socket until ``count`` lines equal to ``wanted`` arrived."""
-        deadline = time.monotonic() + timeout
-        while self.messages.count(wanted) < count:
-            left = deadline - time.monotonic()
-            if left <= 0 or (self.proc.returncode is not None and not self._receive(0.01)):
-                return self.messages.count(wanted) >= count
-            self._receive(min(left, 0.5))
-        return True
+        def arrived() -> bool:
+            return self.messages.count(wanted) >= count or self.proc.returncode is not None
+
+        wait_until(arrived, timeout, interval=0.02)
+        if self.proc.returncode is not None:
+            # What a daemon sent just before it exited may still be in the reader's hands.
+            wait_until(lambda: self.messages.count(wanted) >= count, 0.5, interval=0.02)
+        return self.messages.count(wanted) >= count
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         assert self.wait_message("READY=1", timeout), (
@@ -142,6 +156,8 @@ class Daemon:
         return self.procs.stop(self.proc, grace=8.0)
 
     def close(self) -> None:
+        self._closed.set()
+        self._reader.join(timeout=2)
         self.notify.close()
 
 
