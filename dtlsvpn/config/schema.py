@@ -23,6 +23,9 @@ Invariants:
   AEAD record limit).  It becomes ``DtlsConfig.rekey_interval``: a client starts a
   make-before-break renewal (``dtls/rekey.py``) when it runs out; a server accepts
   renewals whatever its own value, which only sizes how long it keeps old keys.
+- ``ConnectionID`` (yes/no, default yes) negotiates RFC 9146 connection IDs, which let
+  a roaming client change address without a handshake; ``no`` leaves them out of the
+  hellos (a new client address then means a new, ticket-resumed association).
 - Equality of :class:`PeerConfig` / :class:`InterfaceConfig` ignores
   ``source`` (line numbers), so a reload can tell which peers really changed.
   The loaded key and certificates live in :attr:`Config.credentials`, which is
@@ -91,7 +94,7 @@ EXPIRY_WARNING = datetime.timedelta(days=30)
 INTERFACE_KEYS = (
     "Role", "ListenAddress", "Device", "Address", "MTU", "Certificate", "PrivateKey", "CA",
     "Ciphers", "HeartbeatInterval", "DeadPeerTimeout", "TicketStore", "StatusSocket",
-    "MSSClamp", "LogLevel", "RekeyInterval",
+    "MSSClamp", "LogLevel", "RekeyInterval", "ConnectionID",
 )
 PEER_KEYS = (
     "Name", "Endpoint", "AllowedIPs", "Route", "PeerKeyPin", "CommonName", "PSKIdentity",
@@ -164,6 +167,7 @@ class InterfaceConfig:
     mss_clamp: bool = True
     log_level: str = "info"
     rekey_interval: float | None = DEFAULT_REKEY_INTERVAL  # None: no time-based renewal
+    connection_id: bool = True  # RFC 9146 connection IDs (roaming without a handshake)
     source: Source = field(compare=False)
 
 
@@ -261,6 +265,7 @@ def dtls_config(cfg: Config, peer: PeerConfig | None = None) -> DtlsConfig:
             psk=server.psk,
             psk_identity=server.psk_identity if server.psk is not None else None,
             rekey_interval=iface.rekey_interval,
+            connection_id=iface.connection_id,
         )
     peers = cfg.peers if peer is None else (peer,)
     table = {p.psk_identity: p.psk for p in peers
@@ -283,6 +288,7 @@ def dtls_config(cfg: Config, peer: PeerConfig | None = None) -> DtlsConfig:
         require_client_cert=bool(cert_peers),
         psk_lookup=lookup if table else None,
         rekey_interval=iface.rekey_interval,
+        connection_id=iface.connection_id,
     )
 
 
@@ -798,6 +804,7 @@ class _Loader:
             mss_clamp=f.get("MSSClamp", _boolean, True),
             log_level=f.get("LogLevel", _log_level, "info"),
             rekey_interval=rekey,
+            connection_id=f.get("ConnectionID", _boolean, True),
             source=Source(self.path, f.section.line),
         )
 

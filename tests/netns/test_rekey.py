@@ -16,9 +16,9 @@ client, the server counted the same renewals for its [Peer], no renewal resumed,
 TUN device is the one created at start-up, and nothing was dropped for want of an
 association.
 
-Connection IDs: the configuration has no key to turn them off, so this runs the
-default (the server asks for an 8-byte CID; the client sends tls12_cid records).  The
-CID-less path is covered by the simulator (tests/sim/test_rekey.py).
+Connection IDs: by default the server asks for an 8-byte CID and the client sends
+tls12_cid records, so old and new keys are told apart by CID; with ``ConnectionID = no``
+(the ``psk-nocid`` case) the endpoint tells them apart by trial decryption.
 
 The stream and the echo server are this module's own ``__main__`` (run inside the
 namespaces with ``python -m tests.netns.test_rekey``), bounded by their arguments.
@@ -159,6 +159,9 @@ def _ifindex(topo: Topology, ns: str, dev: str) -> str:
 
 def _configs(auth: str, tmp_path: Path, pki: object) -> tuple[Path, Path]:
     setting = f"RekeyInterval = {INTERVAL}\n"
+    if auth == "psk-nocid":
+        # Without connection IDs the endpoint tells old from new keys by trial decryption.
+        return psk_pair(tmp_path, extra=setting + "ConnectionID = no\n")
     if auth == "psk":
         return psk_pair(tmp_path, extra=setting)
     server_conf, client_conf = cert_pair(tmp_path, pki)
@@ -167,7 +170,7 @@ def _configs(auth: str, tmp_path: Path, pki: object) -> tuple[Path, Path]:
     return server_conf, client_conf
 
 
-@pytest.mark.parametrize("auth", ["psk", "cert"])
+@pytest.mark.parametrize("auth", ["psk", "cert", "psk-nocid"])
 def test_stream_loses_nothing_across_renewals(
     auth: str, topo: Topology, run_daemon: RunDaemon, tmp_path: Path, procs: ProcessGroup,
     pki: object,
@@ -190,6 +193,9 @@ def test_stream_loses_nothing_across_renewals(
     result = json.loads(res.stdout.strip().splitlines()[-1])
     print(f"{auth}: stream across renewals every {INTERVAL}s: {result}")
     cpeer, speer = _peer(client), _peer(server)
+    # With a CID the client's records carry the server's 8 bytes (+1 for the real type).
+    cid_bytes = 0 if auth == "psk-nocid" else 9
+    assert cpeer["record_overhead"] - speer["record_overhead"] == cid_bytes, (cpeer, speer)
     print(f"client: generation {cpeer['rekey_generation']}, rekeys {cpeer['rekeys']}, "
           f"handshakes {cpeer['handshakes']}; server: generation {speer['rekey_generation']}"
           f", rekeys {speer['rekeys']}, handshakes {speer['handshakes']}")

@@ -266,6 +266,8 @@ BROKEN: list[Case] = [
      "HeartbeatInterval", "expected a duration"),
     ("mssclamp-bool", _srv("Role = server\n", "Role = server\nMSSClamp = maybe #<\n"),
      "MSSClamp", "expected yes or no"),
+    ("connectionid-bool", _srv("Role = server\n", "Role = server\nConnectionID = 8 #<\n"),
+     "ConnectionID", "expected yes or no"),
     ("rekey-garbage", _srv("Role = server\n", "Role = server\nRekeyInterval = hourly #<\n"),
      "RekeyInterval", "expected a duration from 1 second to 7 days"),
     ("rekey-too-short", _srv("Role = server\n", "Role = server\nRekeyInterval = 0.5s #<\n"),
@@ -484,6 +486,7 @@ def test_values_and_defaults(creds: Creds, tmp_path: Path) -> None:
     assert iface.mtu is None and iface.mss_clamp is True and iface.log_level == "info"
     assert (iface.heartbeat_interval, iface.dead_peer_timeout) == (2.0, 8.0)
     assert iface.rekey_interval == 3600.0 and dtls_config(cfg).rekey_interval == 3600.0
+    assert iface.connection_id is True and dtls_config(cfg).connection_id is True
     assert iface.ticket_store == Path("/var/lib/dtlsvpn/central")
     assert iface.status_socket == Path("/run/dtlsvpn/central.sock")
     alice, bob, sensor = cfg.peers
@@ -543,6 +546,15 @@ route = 100.64.10.0/24
     config = dtls_config(cfg)
     assert config.is_client and config.pinned_spki_sha256 == peer.pinned_spki_sha256
     assert iface.rekey_interval == config.rekey_interval == 5400.0
+
+
+@pytest.mark.parametrize(("value", "on"), [("yes", True), ("no", False), ("No", False)])
+def test_connection_id_switch(value: str, on: bool, creds: Creds, tmp_path: Path) -> None:
+    text = server_text(creds).replace("Role = server\n", f"Role = server\nConnectionID = {value}\n")
+    cfg = load_config(write(tmp_path, text, "central.conf"))
+    assert cfg.interface.connection_id is on
+    assert dtls_config(cfg).connection_id is on
+    assert dtls_config(cfg).own_cid_length == (8 if on else None)
 
 
 @pytest.mark.parametrize(("value", "seconds"), [
