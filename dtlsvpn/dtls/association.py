@@ -232,7 +232,7 @@ class Association:
         stats.rx_bytes += len(data)
         out: list[bytes] = []
         repeat = False
-        before = (self._read_epoch, self._window.top)
+        epoch_before, top_before = self._read_epoch, self._window.top
         for rec in records:
             stats.rx_records += 1
             if (
@@ -277,7 +277,8 @@ class Association:
             repeat |= self._slow_record(rec, now, wall, out)
             if self._closed:
                 break
-        self.advanced = (self._read_epoch, self._window.top) > before
+        self.advanced = (self._read_epoch > epoch_before
+                         or (self._read_epoch == epoch_before and self._window.top > top_before))
         if out and self._established:
             self._peer_used_keys = True
         if repeat and not self._closed:
