@@ -192,18 +192,26 @@ class Datapath:
             peer.drop("no_session", len(packets))
             return
         batch = self.router.route(packets).get(peer)
-        if not batch:
-            return
+        if batch:
+            self._transmit(peer, conn.protect, batch, sock, None, now)
+
+    def _transmit(self, peer: Any, protect: Callable[[list[bytes]], list[bytes]],
+                  batch: list[bytes], sock: socket.socket, addr: Any, now: float) -> None:
+        """One peer's batch out: MSS clamp, the too-big rule, seal, send (``addr``:
+        None on the client's connected socket), count."""
         if self.mss4:
             self.mss_clamped += clamp_batch(batch, self.mss4, self.mss6)
         limit = peer.limit
         if limit and max(map(len, batch)) > limit:
             batch = self._split_too_big(batch, limit, now, peer)
-        send = sock.send
+        send, sendto = sock.send, sock.sendto
         sent = 0
-        for datagram in conn.protect(batch):
+        for datagram in protect(batch):
             try:
-                send(datagram)
+                if addr is None:
+                    send(datagram)
+                else:
+                    sendto(datagram, addr)
                 sent += 1
             except BlockingIOError:
                 peer.drop("send_buffer_full")
@@ -245,9 +253,7 @@ class Datapath:
             return
         sock = self.sock
         assert sock is not None
-        sendto = sock.sendto
         endpoint = self.endpoint
-        mss4, mss6 = self.mss4, self.mss6
         for peer, batch in self.router.route(packets).items():
             assoc = peer.assoc
             addr = peer.addr
@@ -258,22 +264,7 @@ class Datapath:
             if assoc is None or addr is None or not assoc.is_established:
                 peer.drop("no_session", len(batch))
                 continue
-            if mss4:
-                self.mss_clamped += clamp_batch(batch, mss4, mss6)
-            limit = peer.limit
-            if limit and max(map(len, batch)) > limit:
-                batch = self._split_too_big(batch, limit, now, peer)
-            sent = 0
-            for datagram in assoc.protect(batch):
-                try:
-                    sendto(datagram, addr)
-                    sent += 1
-                except BlockingIOError:
-                    peer.drop("send_buffer_full")
-                except OSError as exc:
-                    self._send_failed(peer, sock, exc, now)
-            peer.tx_packets += sent
-            peer.tx_bytes += sum(map(len, batch))
+            self._transmit(peer, assoc.protect, batch, sock, addr, now)
 
     def server_udp(self, mask: int, now: float, wall: float) -> None:
         sock = self.sock
