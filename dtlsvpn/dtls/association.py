@@ -85,7 +85,7 @@ from dtlsvpn.wire.constants import (
     HandshakeType,
     HeartbeatMessageType,
 )
-from dtlsvpn.wire.handshake import parse_handshake_fragments
+from dtlsvpn.wire.handshake import HandshakeFragment, parse_handshake_fragments
 from dtlsvpn.wire.heartbeat import decode_heartbeat, encode_heartbeat
 from dtlsvpn.wire.record import RECORD_HEADER, Record, parse_datagram
 
@@ -580,8 +580,7 @@ class Association:
         reasm = self._reasm
         for frag in frags:
             if frag.message_seq < reasm.next_receive_seq:
-                if self._is_exact_repeat(frag.message_seq, frag.msg_type, frag.length,
-                                         frag.fragment_offset, frag.body):
+                if self._is_exact_repeat(frag):
                     repeat = True
                 else:
                     self.stats.stale_handshake += 1
@@ -617,24 +616,24 @@ class Association:
             return False
         repeat = False
         for frag in frags:
-            if frag.message_seq < self._reasm.next_receive_seq and self._is_exact_repeat(
-                frag.message_seq, frag.msg_type, frag.length, frag.fragment_offset, frag.body
-            ):
+            if frag.message_seq < self._reasm.next_receive_seq and self._is_exact_repeat(frag):
                 repeat = True
             else:
                 self.stats.unknown_epoch += 1
         return repeat
 
-    def _is_exact_repeat(self, seq: int, msg_type: int, length: int, offset: int,
-                         body: bytes) -> bool:
-        got = self._received.get(seq)
+    def _is_exact_repeat(self, frag: HandshakeFragment) -> bool:
+        """The fragment repeats, byte for byte, a message we already processed."""
+        got = self._received.get(frag.message_seq)
         if got is None:
             # Our own first ClientHello's answer (HVR) is never stored: a
             # repeated HVR simply means our ClientHello got lost again.
-            return self.config.is_client and msg_type == HandshakeType.hello_verify_request
+            return (self.config.is_client
+                    and frag.msg_type == HandshakeType.hello_verify_request)
         got_type, got_body = got
-        return (got_type == msg_type and len(got_body) == length
-                and got_body[offset:offset + len(body)] == body)
+        start = frag.fragment_offset
+        return (got_type == frag.msg_type and len(got_body) == frag.length
+                and got_body[start:start + len(frag.body)] == frag.body)
 
     def _handle_ccs(self, payload: bytes, now: float, wall: float) -> None:
         if payload != b"\x01":
