@@ -7,7 +7,37 @@ one boundary in ``dtls.association``.  Local misuse raises :class:`UsageError`.
 
 from __future__ import annotations
 
-from dtlsvpn.wire.constants import AlertDescription
+import enum
+
+
+class AlertDescription(enum.IntEnum):
+    """RFC 5246 §7.2, RFC 4279 §6, RFC 5746 §3.5 et al."""
+
+    close_notify = 0
+    unexpected_message = 10
+    bad_record_mac = 20
+    record_overflow = 22
+    decompression_failure = 30
+    handshake_failure = 40
+    bad_certificate = 42
+    unsupported_certificate = 43
+    certificate_revoked = 44
+    certificate_expired = 45
+    certificate_unknown = 46
+    illegal_parameter = 47
+    unknown_ca = 48
+    access_denied = 49
+    decode_error = 50
+    decrypt_error = 51
+    protocol_version = 70
+    insufficient_security = 71
+    internal_error = 80
+    inappropriate_fallback = 86
+    user_canceled = 90
+    no_renegotiation = 100
+    unsupported_extension = 110
+    unknown_psk_identity = 115
+    certificate_required = 116
 
 
 class DtlsvpnError(Exception):

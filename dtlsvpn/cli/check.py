@@ -22,9 +22,9 @@ from dtlsvpn.config.schema import (
     Config,
     PeerConfig,
     config_path,
-    load_config,
     spki_pin_text,
 )
+from dtlsvpn.daemon.settings import load_config
 from dtlsvpn.errors import ConfigError
 
 

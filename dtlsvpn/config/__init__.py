@@ -1,8 +1,9 @@
 """Configuration of the dtlsvpn daemon: ``/etc/dtlsvpn/NAME.conf``.
 
 :mod:`~dtlsvpn.config.parser` reads the INI-like syntax with line numbers;
-:mod:`~dtlsvpn.config.schema` validates it into frozen dataclasses and builds
-the DTLS core's settings. This package re-exports the public API.
+:mod:`~dtlsvpn.config.schema` validates it into frozen dataclasses
+(:mod:`dtlsvpn.daemon.settings` builds the DTLS core's settings from them). This
+package re-exports the public API.
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ from dtlsvpn.config.schema import (
     PeerConfig,
     Source,
     config_path,
-    dtls_config,
     load_config,
-    match_peer,
     spki_pin_text,
 )
 
@@ -29,8 +28,6 @@ __all__ = [
     "PeerConfig",
     "Source",
     "config_path",
-    "dtls_config",
     "load_config",
-    "match_peer",
     "spki_pin_text",
 ]

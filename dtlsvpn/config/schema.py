@@ -2,8 +2,9 @@
 
 Purpose: read ``/etc/dtlsvpn/NAME.conf`` (see :mod:`dtlsvpn.config.parser`
 for the syntax) into frozen dataclasses, check everything that can be checked
-without touching the system, and translate the result into the DTLS core's
-:class:`~dtlsvpn.dtls.config.DtlsConfig`.
+without touching the system.  Turning the result into the DTLS core's settings is
+the shell's work (:mod:`dtlsvpn.daemon.settings`): this package imports nothing of
+``dtls/``.
 
 Invariants:
 - Every error is a :class:`~dtlsvpn.errors.ConfigError` naming the file, the
@@ -36,7 +37,7 @@ its client certificate (``CommonName`` checked after a chain to ``CA``, or
 ``PeerKeyPin`` = SHA-256 of the SubjectPublicKeyInfo, or both) or by its PSK
 identity.  The DTLS core accepts any client that passes the server-wide
 check (the CA, or the union of pins when every certificate peer is pinned, or
-a known PSK identity); :func:`match_peer` then names the ``[Peer]``, and the
+a known PSK identity); ``daemon.settings.match_peer`` then names the ``[Peer]``, and the
 daemon MUST close an association for which it returns None.  A client checks
 its single ``[Peer]`` (the server) with ``CA`` (+ ``ServerName``), pins, or
 its PSK; the core enforces all of that during the handshake.
@@ -58,7 +59,6 @@ from typing import Literal, TypeAlias, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
 
 from dtlsvpn.config.parser import Entry, Section, parse, split_list, suggest
 from dtlsvpn.crypto.certs import (
@@ -66,11 +66,8 @@ from dtlsvpn.crypto.certs import (
     PrivateKey,
     load_certificates,
     load_private_key,
-    spki_sha256,
 )
 from dtlsvpn.crypto.suites import SUITES, suite_by_name
-from dtlsvpn.dtls.config import DtlsConfig
-from dtlsvpn.dtls.events import HandshakeCompleted
 from dtlsvpn.errors import ConfigError, UsageError
 from dtlsvpn.wire.constants import CipherSuite
 
@@ -211,13 +208,17 @@ def config_path(name_or_file: str, confdir: Path = DEFAULT_CONFDIR) -> Path:
 
 
 def load_config(
-    path: str | Path, *, name: str | None = None, now: datetime.datetime | None = None
+    path: str | Path, *, name: str | None = None, now: datetime.datetime | None = None,
+    check: Callable[[Config], object] | None = None,
 ) -> Config:
     """Read, parse and validate a config file, loading its credentials; ConfigError if bad.
 
     ``name`` (default: the file name without ``.conf``) is the instance name used
     for the defaults of Device, TicketStore and StatusSocket. ``now`` (default:
-    the current time) is when certificate validity is checked.
+    the current time) is when certificate validity is checked.  ``check`` is the
+    caller's last word on the loaded configuration (the daemon passes the DTLS core's
+    own validation, :func:`dtlsvpn.daemon.settings.load_config`): a ``UsageError`` it
+    raises becomes a ConfigError at ``Ciphers`` (or ``[Interface]``).
     """
     p = Path(path)
     spath = str(p)
@@ -234,97 +235,7 @@ def load_config(
     base = Path(os.path.abspath(p)).parent
     instance = name if name is not None else (p.name[:-5] if p.name.endswith(".conf") else p.name)
     when = now if now is not None else datetime.datetime.now(datetime.UTC)
-    return _Loader(spath, base, instance, when).load(sections)
-
-
-def dtls_config(cfg: Config, peer: PeerConfig | None = None) -> DtlsConfig:
-    """The DTLS core's settings for this configuration.
-
-    Client: the single ``[Peer]`` (or ``peer``) is the server: CA + ServerName,
-    pins and PSK as configured; our certificate when we have one; ``RekeyInterval``
-    as ``rekey_interval`` (the client renews, the server accepts renewals).
-    Server: ``peer=None`` accepts every configured peer (a PSK lookup over all
-    PSK peers; the CA, or the union of pins when every certificate peer is
-    pinned; a client certificate required when certificate peers exist);
-    ``peer`` restricts all of that to one peer. Timers, MTU and the rest keep
-    the DtlsConfig defaults (``RekeyInterval`` aside): use ``dataclasses.replace`` to
-    change them.
-    Raises UsageError when the credentials allow no cipher suite.
-    """
-    iface, creds = cfg.interface, cfg.credentials
-    if iface.role == "client":
-        server = peer if peer is not None else cfg.peers[0]
-        return DtlsConfig(
-            is_client=True,
-            cipher_suites=iface.cipher_suites,
-            certificate_chain=creds.certificate_chain,
-            private_key=creds.private_key,
-            ca_certs=creds.ca_certs,
-            pinned_spki_sha256=server.pinned_spki_sha256,
-            server_name=server.server_name,
-            psk=server.psk,
-            psk_identity=server.psk_identity if server.psk is not None else None,
-            rekey_interval=iface.rekey_interval,
-            connection_id=iface.connection_id,
-        )
-    peers = cfg.peers if peer is None else (peer,)
-    table = {p.psk_identity: p.psk for p in peers
-             if p.psk_identity is not None and p.psk is not None}
-    cert_peers = [p for p in peers if p.uses_certificate]
-    pins: frozenset[bytes] = frozenset()
-    if cert_peers and all(p.pinned_spki_sha256 for p in cert_peers):
-        pins = frozenset().union(*(p.pinned_spki_sha256 for p in cert_peers))
-
-    def lookup(identity: bytes) -> bytes | None:
-        return table.get(identity)
-
-    return DtlsConfig(
-        is_client=False,
-        cipher_suites=iface.cipher_suites,
-        certificate_chain=creds.certificate_chain if cert_peers else (),
-        private_key=creds.private_key if cert_peers else None,
-        ca_certs=creds.ca_certs if cert_peers else (),
-        pinned_spki_sha256=pins,
-        require_client_cert=bool(cert_peers),
-        psk_lookup=lookup if table else None,
-        rekey_interval=iface.rekey_interval,
-        connection_id=iface.connection_id,
-    )
-
-
-def match_peer(cfg: Config, event: HandshakeCompleted) -> PeerConfig | None:
-    """The ``[Peer]`` that authenticated in ``event``, or None (then close the association).
-
-    A PSK handshake matches the peer with that PSKIdentity. A certificate
-    matches the first peer whose pins (if any) contain its SPKI SHA-256 and
-    whose CommonName (if any) is a CN of its subject; the chain itself was
-    already checked by the core. On a client the single peer is returned when
-    the event's credential is one configured for it.
-    """
-    if event.psk_identity is not None:
-        return next((p for p in cfg.peers
-                     if p.psk is not None and p.psk_identity == event.psk_identity), None)
-    cert = event.peer_certificate
-    if cert is None:
-        return None
-    pin = spki_sha256(cert)
-    if cfg.interface.role == "client":
-        server = cfg.peers[0]
-        if server.pinned_spki_sha256 and pin not in server.pinned_spki_sha256:
-            return None
-        if not (server.pinned_spki_sha256 or cfg.credentials.ca_certs):
-            return None
-        return server
-    names = {str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
-    for p in cfg.peers:
-        if not p.uses_certificate:
-            continue
-        if p.pinned_spki_sha256 and pin not in p.pinned_spki_sha256:
-            continue
-        if p.certificate_name is not None and p.certificate_name not in names:
-            continue
-        return p
-    return None
+    return _Loader(spath, base, instance, when).load(sections, check)
 
 
 def spki_pin_text(digest: bytes) -> str:
@@ -722,7 +633,8 @@ class _Loader:
         p = Path(value)
         return p if p.is_absolute() else self.base / p
 
-    def load(self, sections: list[Section]) -> Config:
+    def load(self, sections: list[Section],
+             check: Callable[[Config], object] | None = None) -> Config:
         interfaces = [s for s in sections if s.name == "Interface"]
         if not interfaces:
             raise ConfigError(self.path, None, "[Interface]",
@@ -741,8 +653,10 @@ class _Loader:
         self._check_credentials_needed(f, iface.role, creds, drafts)
         cfg = Config(self.path, self.name, iface, tuple(d.config for d in drafts), creds,
                      tuple(self.warnings))
+        if check is None:
+            return cfg
         try:
-            dtls_config(cfg)
+            check(cfg)
         except UsageError as exc:
             key = "Ciphers" if f.has("Ciphers") else "[Interface]"
             raise f.error(key, f"unusable with these credentials: {exc}") from None

@@ -20,16 +20,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from dtlsvpn.wire.constants import CipherSuite
-
-
-class KeyExchangeKind(enum.Enum):
-    """How the premaster secret is agreed and who authenticates."""
-
-    ECDHE_ECDSA = "ECDHE_ECDSA"  # RFC 8422 §2.1
-    ECDHE_RSA = "ECDHE_RSA"  # RFC 8422 §2.2
-    PSK = "PSK"  # RFC 4279 §2
-    ECDHE_PSK = "ECDHE_PSK"  # RFC 5489 §2
+from dtlsvpn.wire.constants import CipherSuite, KeyExchangeKind
 
 
 class AeadKind(enum.Enum):

@@ -65,11 +65,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dtlsvpn.config.schema import Config, PeerConfig, dtls_config, load_config, match_peer
+from dtlsvpn.config.schema import Config, PeerConfig
 from dtlsvpn.crypto.suites import SUITES
 from dtlsvpn.daemon.datapath import Addr, Datapath, PeerState
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.netlink import Netlink, route_mtu
+from dtlsvpn.daemon.settings import dtls_config, load_config, match_peer
 from dtlsvpn.daemon.status import StatusServer
 from dtlsvpn.daemon.systemd import Notifier
 from dtlsvpn.daemon.ticketstore import TicketStore

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from dtlsvpn.crypto import certs
 from dtlsvpn.crypto.keyexchange import psk_premaster
-from dtlsvpn.crypto.suites import SUITES, KeyExchangeKind
+from dtlsvpn.crypto.suites import SUITES
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.flight import CCS, OutMessage
 from dtlsvpn.dtls.machine import CCS_TYPE, Link, Machine
@@ -52,6 +52,7 @@ from dtlsvpn.wire.constants import (
     ExtensionType,
     HandshakeType,
     HeartbeatMode,
+    KeyExchangeKind,
     NamedGroup,
     SignatureScheme,
 )

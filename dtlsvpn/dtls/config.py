@@ -18,12 +18,12 @@ from cryptography import x509
 
 from dtlsvpn.crypto.certs import PrivateKey
 from dtlsvpn.crypto.keyexchange import KeyShareFactory
-from dtlsvpn.crypto.suites import SUITES, KeyExchangeKind
+from dtlsvpn.crypto.suites import SUITES
 from dtlsvpn.dtls.heartbeat import HeartbeatSettings
 from dtlsvpn.dtls.pmtu import PmtuSettings
 from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.errors import UsageError
-from dtlsvpn.wire.constants import CipherSuite, NamedGroup, SignatureScheme
+from dtlsvpn.wire.constants import CipherSuite, KeyExchangeKind, NamedGroup, SignatureScheme
 
 if TYPE_CHECKING:
     from dtlsvpn.crypto.tickets import TicketKeyRing

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from dtlsvpn.crypto import certs
 from dtlsvpn.crypto.keyexchange import psk_premaster
-from dtlsvpn.crypto.suites import SUITES, KeyExchangeKind, SuiteInfo
+from dtlsvpn.crypto.suites import SUITES, SuiteInfo
 from dtlsvpn.crypto.tickets import TicketState
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.flight import CCS, OutMessage
@@ -58,6 +58,7 @@ from dtlsvpn.wire.constants import (
     ExtensionType,
     HandshakeType,
     HeartbeatMode,
+    KeyExchangeKind,
     NamedGroup,
     SignatureScheme,
 )

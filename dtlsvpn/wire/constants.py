@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 
+from dtlsvpn.errors import AlertDescription as AlertDescription
+
 # --- spec constants -------------------------------------------------------
 
 DTLS_1_2 = 0xFEFD  # RFC 6347 §4.1: {254, 253}
@@ -53,36 +55,6 @@ class AlertLevel(enum.IntEnum):
 
     warning = 1
     fatal = 2
-
-
-class AlertDescription(enum.IntEnum):
-    """RFC 5246 §7.2, RFC 4279 §6, RFC 5746 §3.5 et al."""
-
-    close_notify = 0
-    unexpected_message = 10
-    bad_record_mac = 20
-    record_overflow = 22
-    decompression_failure = 30
-    handshake_failure = 40
-    bad_certificate = 42
-    unsupported_certificate = 43
-    certificate_revoked = 44
-    certificate_expired = 45
-    certificate_unknown = 46
-    illegal_parameter = 47
-    unknown_ca = 48
-    access_denied = 49
-    decode_error = 50
-    decrypt_error = 51
-    protocol_version = 70
-    insufficient_security = 71
-    internal_error = 80
-    inappropriate_fallback = 86
-    user_canceled = 90
-    no_renegotiation = 100
-    unsupported_extension = 110
-    unknown_psk_identity = 115
-    certificate_required = 116
 
 
 class ExtensionType(enum.IntEnum):
@@ -160,6 +132,15 @@ class ECCurveType(enum.IntEnum):
     """RFC 8422 §5.4."""
 
     named_curve = 3
+
+
+class KeyExchangeKind(enum.Enum):
+    """How the premaster secret is agreed and who authenticates."""
+
+    ECDHE_ECDSA = "ECDHE_ECDSA"  # RFC 8422 §2.1
+    ECDHE_RSA = "ECDHE_RSA"  # RFC 8422 §2.2
+    PSK = "PSK"  # RFC 4279 §2
+    ECDHE_PSK = "ECDHE_PSK"  # RFC 5489 §2
 
 
 # --- implementation constants (our limits, not the RFCs') ---------------------

@@ -40,10 +40,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dtlsvpn.crypto.suites import KeyExchangeKind
 from dtlsvpn.errors import DecodeError, UsageError
 from dtlsvpn.wire.buffer import Reader, Writer
-from dtlsvpn.wire.constants import HANDSHAKE_HEADER_LEN, ECCurveType
+from dtlsvpn.wire.constants import HANDSHAKE_HEADER_LEN, ECCurveType, KeyExchangeKind
 from dtlsvpn.wire.extensions import Extension, find_extension, pull_extensions, push_extensions
 
 __all__ = [

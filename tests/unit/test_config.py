@@ -25,16 +25,10 @@ from cryptography import x509
 
 from dtlsvpn.cli import keys
 from dtlsvpn.cli.main import main
-from dtlsvpn.config import (
-    Config,
-    config_path,
-    dtls_config,
-    load_config,
-    match_peer,
-    spki_pin_text,
-)
+from dtlsvpn.config import Config, config_path, spki_pin_text
 from dtlsvpn.config.parser import split_list
 from dtlsvpn.crypto.certs import PrivateKey, load_certificates
+from dtlsvpn.daemon.settings import dtls_config, load_config, match_peer
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import AssociationClosed, Event, HandshakeCompleted
 from dtlsvpn.errors import ConfigError
