@@ -1,26 +1,37 @@
-"""The daemon's event loop: epoll on raw non-blocking descriptors, one timer, signals.
+"""The one event loop: epoll on raw non-blocking descriptors, a deadline heap, signals.
 
-Not asyncio (architecture.md rule 5): ``DatagramProtocol`` makes one ``recvfrom`` and
-one callback per datagram and hides control messages.  Here each ready descriptor gets
-one call per wake-up and drains itself in batches.
+Used by the daemon, ``dtlsvpn dtls client|server`` and ``dtlsvpn probe``.  Not asyncio
+(architecture.md rule 5): ``DatagramProtocol`` makes one ``recvfrom`` and one callback
+per datagram and hides control messages.  Here each ready descriptor gets one call per
+wake-up and drains itself in batches.
 
-One iteration::
+One iteration (:meth:`Loop.run_once`)::
 
-    deadline = owner.next_deadline()          # min over every timer, computed once
-    events   = epoll.poll(deadline - now)
-    now, wall = monotonic(), time()           # read once per iteration
-    handlers for each ready fd (now, wall)
-    owner.on_timer(now, wall) if the deadline passed
-    owner.after_iteration(now)                # flush events and slow-path output
-    signals: SIGTERM/SIGINT → stop, SIGHUP → owner.on_reload()
+    timeout  = earliest live Timer (heap top) − now        never a scan over timers
+    events   = epoll.poll(timeout)
+    now, wall = clock(), wall_clock()                       read once per iteration
+    handlers for each ready fd (mask, now, wall)
+    due Timers fire in deadline order (callback(now, wall))
+    deferred callbacks run once each (``defer``: slow-path flushes after a batch)
+    signals: SIGTERM/SIGINT → stop, SIGHUP → the reload callback
+
+Timers (:class:`Timer`) are handles in a heap with lazy invalidation: ``schedule``
+pushes a new entry and bumps the handle's generation, so a stale entry is skipped when
+it reaches the top; rescheduling to the same deadline pushes nothing.  Work per
+wake-up is therefore O(log n) in the number of timers that moved, never O(peers).
 
 Signals arrive through ``signal.set_wakeup_fd`` on a self-pipe, so a signal wakes the
 poll immediately and is handled between iterations, never inside a handler.
+
+The clocks are injectable (``clock``, ``wall_clock``) so tests can drive a loop on
+fake time with :meth:`run_once` and a zero timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import math
 import os
 import select
 import signal
@@ -29,6 +40,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 Handler = Callable[[int, float, float], None]  # (epoll events, now, wall)
+TimerCallback = Callable[[float, float], None]  # (now, wall)
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -36,26 +48,71 @@ EPOLLERR = select.EPOLLERR
 
 
 class LoopOwner(Protocol):
+    """The older owner protocol: one deadline and three hooks per iteration."""
+
     def next_deadline(self) -> float | None: ...
     def on_timer(self, now: float, wall: float) -> None: ...
     def after_iteration(self, now: float) -> None: ...
     def on_reload(self, now: float) -> None: ...
 
 
-class Loop:
-    """epoll over registered fds, with a stop flag and signal dispatch."""
+class Timer:
+    """A one-shot deadline owned by a :class:`Loop`; reschedule or cancel at will."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_callback", "_gen", "_loop", "when")
+
+    def __init__(self, loop: Loop, callback: TimerCallback) -> None:
+        self._loop = loop
+        self._callback = callback
+        self._gen = 0
+        self.when: float | None = None
+
+    def schedule(self, when: float | None) -> None:
+        """Fire at ``when`` (monotonic seconds); None (or infinity) cancels."""
+        if when is not None and not math.isfinite(when):
+            when = None
+        if when == self.when:
+            return
+        self._gen += 1
+        self.when = when
+        if when is not None:
+            self._loop._push(when, self, self._gen)
+
+    def cancel(self) -> None:
+        self.schedule(None)
+
+    def _fire(self, gen: int, now: float, wall: float) -> bool:
+        if gen != self._gen or self.when is None:
+            return False
+        self.when = None
+        self._callback(now, wall)
+        return True
+
+
+class Loop:
+    """epoll over registered fds, a heap of timers, deferred callbacks, signals."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self._ep = select.epoll()
         self._handlers: dict[int, Handler] = {}
+        self._heap: list[tuple[float, int, Timer, int]] = []
+        self._seq = 0
+        self._deferred: dict[Callable[[float, float], None], None] = {}
         self._pending_signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._ep.register(self._wake_r, EPOLLIN)
         self._old_wakeup: int | None = None
         self._old_handlers: dict[int, object] = {}
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._owner: LoopOwner | None = None
+        self.on_reload: Callable[[float], None] | None = None
         self.running = False
-        self.now = time.monotonic()
-        self.wall = time.time()
+        self.now = clock()
+        self.wall = wall_clock()
+
+    # --- descriptors ---------------------------------------------------------------
 
     def add(self, fd: int, handler: Handler, mask: int = EPOLLIN) -> None:
         self._handlers[fd] = handler
@@ -69,6 +126,37 @@ class Loop:
             with contextlib.suppress(OSError, ValueError):
                 self._ep.unregister(fd)
 
+    # --- time ----------------------------------------------------------------------
+
+    def timer(self, callback: TimerCallback) -> Timer:
+        """A new, unscheduled timer that calls ``callback(now, wall)`` when due."""
+        return Timer(self, callback)
+
+    def _push(self, when: float, timer: Timer, gen: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, timer, gen))
+
+    def next_deadline(self) -> float | None:
+        """The earliest live timer (stale heap entries are dropped on the way)."""
+        heap = self._heap
+        while heap:
+            when, _, timer, gen = heap[0]
+            if gen == timer._gen and timer.when is not None:
+                return when
+            heapq.heappop(heap)
+        return None
+
+    def defer(self, callback: Callable[[float, float], None]) -> None:
+        """Run ``callback(now, wall)`` once at the end of this iteration (deduplicated)."""
+        self._deferred[callback] = None
+
+    def refresh_clock(self) -> float:
+        self.now = self._clock()
+        self.wall = self._wall_clock()
+        return self.now
+
+    # --- signals -------------------------------------------------------------------
+
     def install_signals(self) -> None:
         """SIGTERM, SIGINT and SIGHUP are queued and handled between iterations."""
         self._old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
@@ -78,53 +166,78 @@ class Loop:
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._pending_signals.append(signum)
 
+    # --- running -------------------------------------------------------------------
+
     def stop(self) -> None:
         self.running = False
 
-    def run(self, owner: LoopOwner) -> None:
+    def run(self, owner: LoopOwner | None = None) -> None:
+        """Iterate until :meth:`stop` (or SIGTERM/SIGINT)."""
+        self._owner = owner
         self.running = True
-        poll = self._ep.poll
+        try:
+            while self.running:
+                self.run_once()
+        finally:
+            self._owner = None
+
+    def run_once(self, max_wait: float | None = None) -> None:
+        """One iteration; ``max_wait`` caps the poll (0: don't block, for fake clocks)."""
+        owner = self._owner
+        deadline = self.next_deadline()
+        owner_deadline = owner.next_deadline() if owner is not None else None
+        if owner_deadline is not None and math.isfinite(owner_deadline):
+            deadline = owner_deadline if deadline is None else min(deadline, owner_deadline)
+        timeout = -1.0 if deadline is None else max(0.0, deadline - self.now)
+        if max_wait is not None:
+            timeout = max_wait if timeout < 0 else min(timeout, max_wait)
+        try:
+            events = self._ep.poll(timeout)
+        except InterruptedError:
+            events = []
+        now = self.now = self._clock()
+        wall = self.wall = self._wall_clock()
         handlers = self._handlers
-        wake = self._wake_r
-        monotonic = time.monotonic
-        walltime = time.time
-        while self.running:
-            deadline = owner.next_deadline()
-            if deadline is None:
-                timeout = -1.0
-            else:
-                timeout = max(0.0, deadline - self.now)
-            try:
-                events = poll(timeout)
-            except InterruptedError:
-                events = []
-            now = self.now = monotonic()
-            wall = self.wall = walltime()
-            for fd, mask in events:
-                if fd == wake:
-                    self._drain_wakeup()
-                    continue
-                handler = handlers.get(fd)
-                if handler is not None:
-                    handler(mask, now, wall)
-            if deadline is not None and now >= deadline:
+        for fd, mask in events:
+            if fd == self._wake_r:
+                self._drain_wakeup()
+                continue
+            handler = handlers.get(fd)
+            if handler is not None:
+                handler(mask, now, wall)
+        self._fire_timers(now, wall)
+        if owner is not None:
+            if owner_deadline is not None and now >= owner_deadline:
                 owner.on_timer(now, wall)
             owner.after_iteration(now)
-            if self._pending_signals:
-                self._dispatch_signals(owner, now)
+        while self._deferred:
+            deferred, self._deferred = self._deferred, {}
+            for callback in deferred:
+                callback(now, wall)
+        if self._pending_signals:
+            self._dispatch_signals(now)
+
+    def _fire_timers(self, now: float, wall: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, timer, gen = heapq.heappop(heap)
+            timer._fire(gen, now, wall)
 
     def _drain_wakeup(self) -> None:
         with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_r, 512):
                 pass
 
-    def _dispatch_signals(self, owner: LoopOwner, now: float) -> None:
+    def _dispatch_signals(self, now: float) -> None:
         pending, self._pending_signals = self._pending_signals, []
         for signum in pending:
             if signum in (signal.SIGTERM, signal.SIGINT):
                 self.running = False
             elif signum == signal.SIGHUP:
-                owner.on_reload(now)
+                if self._owner is not None:
+                    self._owner.on_reload(now)
+                elif self.on_reload is not None:
+                    self.on_reload(now)
 
     def close(self) -> None:
         if self._old_wakeup is not None:

@@ -1,0 +1,109 @@
+"""The event loop's deadline heap, deferred callbacks and fake-clock stepping."""
+
+from __future__ import annotations
+
+import os
+
+from dtlsvpn.daemon.loop import Loop
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_loop() -> tuple[Loop, FakeClock]:
+    clock = FakeClock()
+    return Loop(clock=clock, wall_clock=lambda: 1_700_000_000.0 + clock.t), clock
+
+
+def test_timers_fire_in_deadline_order_once() -> None:
+    loop, clock = make_loop()
+    fired: list[str] = []
+    a = loop.timer(lambda now, wall: fired.append("a"))
+    b = loop.timer(lambda now, wall: fired.append("b"))
+    a.schedule(102.0)
+    b.schedule(101.0)
+    assert loop.next_deadline() == 101.0
+    clock.t = 103.0
+    loop.run_once(max_wait=0)
+    assert fired == ["b", "a"]
+    assert a.when is None and b.when is None
+    loop.run_once(max_wait=0)
+    assert fired == ["b", "a"]
+    loop.close()
+
+
+def test_reschedule_and_cancel_invalidate_old_entries() -> None:
+    loop, clock = make_loop()
+    fired: list[float] = []
+    t = loop.timer(lambda now, wall: fired.append(now))
+    t.schedule(101.0)
+    t.schedule(105.0)  # the 101 entry is now stale
+    clock.t = 102.0
+    loop.run_once(max_wait=0)
+    assert fired == []
+    assert loop.next_deadline() == 105.0
+    t.cancel()
+    assert loop.next_deadline() is None
+    clock.t = 106.0
+    loop.run_once(max_wait=0)
+    assert fired == []
+    t.schedule(float("inf"))  # infinity means "no deadline"
+    assert loop.next_deadline() is None
+    loop.close()
+
+
+def test_same_deadline_pushes_nothing() -> None:
+    loop, _ = make_loop()
+    t = loop.timer(lambda now, wall: None)
+    for _ in range(1000):
+        t.schedule(200.0)
+    assert len(loop._heap) == 1
+    loop.close()
+
+
+def test_a_timer_may_reschedule_itself_from_its_callback() -> None:
+    loop, clock = make_loop()
+    fired: list[float] = []
+
+    def tick(now: float, wall: float) -> None:
+        fired.append(now)
+        t.schedule(now + 1.0)
+
+    t = loop.timer(tick)
+    t.schedule(100.5)
+    for step in (101.0, 101.2, 102.0, 103.0):
+        clock.t = step
+        loop.run_once(max_wait=0)
+    assert fired == [101.0, 102.0, 103.0]
+    loop.close()
+
+
+def test_deferred_callbacks_run_once_after_the_handlers() -> None:
+    loop, _ = make_loop()
+    order: list[str] = []
+    r, w = os.pipe2(os.O_NONBLOCK)
+
+    def flush(now: float, wall: float) -> None:
+        order.append("flush")
+
+    def on_readable(mask: int, now: float, wall: float) -> None:
+        os.read(r, 100)
+        order.append("read")
+        loop.defer(flush)
+        loop.defer(flush)
+
+    loop.add(r, on_readable)
+    os.write(w, b"x")
+    loop.run_once(max_wait=0)
+    assert order == ["read", "flush"]
+    loop.run_once(max_wait=0)
+    assert order == ["read", "flush"]
+    loop.remove(r)
+    os.close(r)
+    os.close(w)
+    loop.close()
