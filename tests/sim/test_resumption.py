@@ -83,16 +83,11 @@ from dtlsvpn.wire.handshake import (
 from dtlsvpn.wire.record import parse_datagram
 from tests.pki import Pki
 from tests.sim.clock import FakeClock
-from tests.sim.harness import (
-    MODES,
-    PSK_IDENTITY,
-    Simulator,
-    configs_for,
-    report,
-    rewrite_handshake,
-    with_changes,
-)
+from tests.sim.configs import MODES, PSK_IDENTITY, configs_for, with_changes
+from tests.sim.harness import Simulator
 from tests.sim.link import SimLink
+from tests.sim.records import rewrite_handshake
+from tests.sim.trace import report
 
 pytestmark = pytest.mark.sim
 
