@@ -66,7 +66,7 @@ from dtlsvpn.wire.handshake import (
     parse_handshake_fragments,
     transcript_bytes,
 )
-from dtlsvpn.wire.record import encode_record, parse_datagram
+from dtlsvpn.wire.record import Record, encode_record, parse_datagram
 from tests.pki import Credential
 from tests.sim.clock import FakeClock
 from tests.sim.harness import CLIENT_ADDR
@@ -274,35 +274,40 @@ class ScriptedClient:
             records, _garbage = parse_datagram(d)
             for rec in records:
                 self.received.append((rec.content_type, rec.epoch, rec.seq))
-                data: bytes | None = rec.fragment
-                if rec.epoch == 1:
-                    data = None if self.read is None else self.read.open(
-                        1 << 48 | rec.seq, rec.content_type, rec.fragment)
-                elif rec.epoch != 0:
-                    data = None
-                if data is None:
-                    continue
-                if rec.content_type == CCS:
-                    self.server_ccs = True
-                elif rec.content_type == ALERT:
-                    level, desc = decode_alert(data)
-                    self.alerts.append((rec.epoch, level, desc))
-                elif rec.content_type == APP and rec.epoch == 1:
-                    self.app.append(data)
-                elif rec.content_type == HS:
-                    for frag in parse_handshake_fragments(data):
-                        p = self._partial.setdefault(frag.message_seq, _Partial(
-                            frag.msg_type, frag.length, bytearray(frag.length),
-                            [False] * frag.length))
-                        end = frag.fragment_offset + len(frag.body)
-                        p.body[frag.fragment_offset:end] = frag.body
-                        p.have[frag.fragment_offset:end] = [True] * len(frag.body)
+                data = self._open(rec)
+                if data is not None:
+                    self._take(rec.content_type, rec.epoch, data)
         for seq in sorted(self._partial):
             p = self._partial[seq]
             if seq in self._done or not all(p.have):
                 continue
             self._done.add(seq)
             self._handle(p.msg_type, seq, bytes(p.body))
+
+    def _open(self, rec: Record) -> bytes | None:
+        """The record's plaintext: epoch 0 as is, epoch 1 if it opens, else None."""
+        if rec.epoch == 0:
+            return rec.fragment
+        if rec.epoch == 1 and self.read is not None:
+            return self.read.open(1 << 48 | rec.seq, rec.content_type, rec.fragment)
+        return None
+
+    def _take(self, content_type: int, epoch: int, data: bytes) -> None:
+        if content_type == CCS:
+            self.server_ccs = True
+        elif content_type == ALERT:
+            level, desc = decode_alert(data)
+            self.alerts.append((epoch, level, desc))
+        elif content_type == APP and epoch == 1:
+            self.app.append(data)
+        elif content_type == HS:
+            for frag in parse_handshake_fragments(data):
+                p = self._partial.setdefault(frag.message_seq, _Partial(
+                    frag.msg_type, frag.length, bytearray(frag.length),
+                    [False] * frag.length))
+                end = frag.fragment_offset + len(frag.body)
+                p.body[frag.fragment_offset:end] = frag.body
+                p.have[frag.fragment_offset:end] = [True] * len(frag.body)
 
     def _handle(self, msg_type: int, seq: int, body: bytes) -> None:
         if msg_type == HandshakeType.hello_verify_request:
