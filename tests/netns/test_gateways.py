@@ -49,7 +49,7 @@ from tests.netns.harness import (
     secret_file,
 )
 from tests.support.conf import TunnelConf
-from tests.util import ProcessGroup, require_tools, wait_until
+from tests.util import ProcessGroup, holds_for, require_tools, wait_until
 
 SELF = [PYTHON, "-m", "tests.netns.test_gateways"]
 ENV = {"PYTHONPATH": str(REPO)}
@@ -256,9 +256,9 @@ def test_pmtu_black_hole_converges(
     dropped = int(res.stdout.split("counter packets", 1)[1].split()[0])
     assert dropped >= 1, res.stdout
     assert sites.server.status()["peers"][0]["plpmtu"] == NARROW
-    # Still converged a little later (the search ended, no dip).
-    time.sleep(1.5)
-    assert sites.tun_mtus(topo) == (tun_a, tun_b)
+    # Still converged a little later (the search ended, no dip), watched all along.
+    assert holds_for(lambda: sites.tun_mtus(topo) == (tun_a, tun_b), 1.5, interval=0.25), (
+        sites.tun_mtus(topo), (tun_a, tun_b))
     # A full-size packet crosses host to host with DF set.
     got = probe_df(topo, sites, HOST_B4, tun_a)
     assert got == {"result": "reply", "bytes": str(tun_a)}, got

@@ -24,6 +24,7 @@ from tests.pki import CLIENT_NAME, SERVER_IP, SERVER_NAME, Credential, Pki
 from tests.util import (
     ProcessGroup,
     free_udp_port,
+    holds_for,
     require_tools,
     run_bounded,
     run_in_private_netns,
@@ -42,6 +43,24 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+# --- polling -------------------------------------------------------------------------
+
+
+def test_wait_until_and_holds_for_poll_a_condition() -> None:
+    calls: list[int] = []
+
+    def third_call() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    assert wait_until(third_call, 5, interval=0.001) and len(calls) == 3
+    assert not wait_until(lambda: False, 0.01, interval=0.001)
+    assert holds_for(lambda: True, 0.02, interval=0.001)
+    calls.clear()
+    assert not holds_for(third_call, 5, interval=0.001)  # false on the first poll
+    assert len(calls) == 1
 
 
 # --- ports ---------------------------------------------------------------------------
