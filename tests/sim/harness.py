@@ -27,8 +27,9 @@ a rekey overlap the old one too).  Several simulators may share one
 that reconnects from a new address (``client_addr=``) does: another simulator's
 associations are drained and their output dropped ("not simulated").
 
-``rekeying=True`` makes the client a :class:`RekeyingClient` (``grace=`` for it and
-for a new endpoint); ``redial(config)`` replaces the client with a new Association.
+``rekeying=True`` drives a :class:`RekeyingClient` (``rekeying_client``; ``grace=``
+for it and for a new endpoint), and ``client`` is then its current Association;
+``redial(config)`` replaces the client with a new plain Association.
 ``start_traffic`` runs a :class:`PacketStream` of numbered inner packets both ways
 (``stream`` holds what was sent and what arrived).  ``wire`` holds every datagram
 offered to a link with its address and fate; ``records``/``handshake_records``
@@ -101,10 +102,13 @@ class Simulator:
         self.s2c = s2c if s2c is not None else default_s2c
         self.client_addr = client_addr
         self.client_config = client_config
-        self.client: Association | RekeyingClient = (
-            (RekeyingClient(client_config) if grace is None
-             else RekeyingClient(client_config, grace=grace)) if rekeying
-            else Association(client_config))
+        self.rekeying_client: RekeyingClient | None = None
+        if rekeying:
+            self.rekeying_client = (RekeyingClient(client_config) if grace is None
+                                    else RekeyingClient(client_config, grace=grace))
+        self._client: Association | RekeyingClient = (
+            Association(client_config) if self.rekeying_client is None
+            else self.rekeying_client)
         if endpoint is None:
             endpoint = (ServerEndpoint(server_config) if grace is None
                         else ServerEndpoint(server_config, rekey_grace=grace))
@@ -141,14 +145,14 @@ class Simulator:
         return assoc if assoc is not None else self._last_server
 
     @property
-    def client_assoc(self) -> Association:
+    def client(self) -> Association:
         """The client's Association (a rekeying client's current one)."""
-        c = self.client
+        c = self._client
         return c.current if isinstance(c, RekeyingClient) else c
 
     @property
     def client_generation(self) -> int:
-        c = self.client
+        c = self._client
         return c.generation if isinstance(c, RekeyingClient) else 0
 
     def server_sender(self) -> Association | None:
@@ -162,7 +166,7 @@ class Simulator:
 
     def both_established(self) -> bool:
         srv = self.server
-        return self.client.is_established and srv is not None and srv.is_established
+        return self._client.is_established and srv is not None and srv.is_established
 
     def completed(self, side: str = "client") -> HandshakeCompleted | None:
         events = self.client_events if side == "client" else self.server_events
@@ -183,7 +187,7 @@ class Simulator:
     def side(self, side: str) -> Association:
         """The client Association, or the server's for the client address."""
         if side == "client":
-            return self.client_assoc
+            return self.client
         srv = self.server
         assert srv is not None, "the server has no association for the client"
         return srv
@@ -203,13 +207,14 @@ class Simulator:
     def connect(self) -> None:
         self._connected_at = self.now
         self.log.append(f"{self.now:9.4f} client connect from {self.client_addr}")
-        self.client.connect(self.now, self.clock.wall)
+        self._client.connect(self.now, self.clock.wall)
         self._flush()
 
     def redial(self, config: DtlsConfig) -> None:
         """A new client Association (from the current address) replaces the old one."""
         self.client_config = config
-        self.client = Association(config)
+        self.rekeying_client = None
+        self._client = Association(config)
         self.connect()
 
     def send_from_client(self, datagrams: Iterable[bytes]) -> None:
@@ -242,10 +247,10 @@ class Simulator:
     def send_packet(self, direction: str) -> Packet | None:
         """Seal and send the next numbered packet of one direction (if established)."""
         if direction == "c2s":
-            if not self.client.is_established:
+            if not self._client.is_established:
                 return None
             gen = self.client_generation
-            data = self.client.protect([self.stream.next_payload(direction, gen)])
+            data = self._client.protect([self.stream.next_payload(direction, gen)])
             fates = [self._offer("c2s", d, self.client_addr) for d in data]
         else:
             sender = self.server_sender()
@@ -260,7 +265,7 @@ class Simulator:
     # --- the loop ------------------------------------------------------------
 
     def next_time(self) -> float | None:
-        times = [t for t in (self.client.get_timer(), self.endpoint.get_timer(),
+        times = [t for t in (self._client.get_timer(), self.endpoint.get_timer(),
                              self.stream.next_time()) if t is not None]
         if self._heap:
             times.append(self._heap[0][0])
@@ -337,15 +342,15 @@ class Simulator:
         while self._heap and self._heap[0][0] <= now:
             _t, _o, direction, data, addr = heapq.heappop(self._heap)
             self._deliver(direction, data, addr)
-        timer = self.client.get_timer()
+        timer = self._client.get_timer()
         if timer is not None and timer <= now:
             self.log.append(f"{now:9.4f} client timer")
-            if isinstance(self.client, RekeyingClient):
-                self.client.handle_timer(now, self.clock.wall)
+            if isinstance(self._client, RekeyingClient):
+                self._client.handle_timer(now, self.clock.wall)
             else:
-                self.client.handle_timer(now)
+                self._client.handle_timer(now)
             self._flush()
-            self._check_rearmed("client", self.client.get_timer())
+            self._check_rearmed("client", self._client.get_timer())
         timer = self.endpoint.get_timer()
         if timer is not None and timer <= now:
             self.log.append(f"{now:9.4f} server timer")
@@ -384,7 +389,7 @@ class Simulator:
             self.misaddressed += 1
             self.log.append(f"{now:9.4f} s2c to {addr}: the client left that address")
         else:
-            app = self.client.receive_datagram(data, now, wall)
+            app = self._client.receive_datagram(data, now, wall)
             self.client_rx.extend(app)
         self.stream.note_received(direction, app)
         self._flush()
@@ -396,9 +401,9 @@ class Simulator:
 
     def _flush(self) -> None:
         now = self.now
-        for d in self.client.datagrams_to_send(now):
+        for d in self._client.datagrams_to_send(now):
             self._offer("c2s", d, self.client_addr)
-        for ev in self.client.pop_events():
+        for ev in self._client.pop_events():
             self.client_events.append((now, ev))
             self.log.append(f"{now:9.4f} client event {ev!r}")
         for addr, assoc in list(self.endpoint.associations.items()):
@@ -452,7 +457,7 @@ class Simulator:
             s2c_datagrams=self.s2c.counters.sent,
             max_datagram=max(self.c2s.max_size, self.s2c.max_size),
             oversize=self.c2s.counters.oversize + self.s2c.counters.oversize,
-            client_retransmissions=self.client_assoc.stats.retransmissions,
+            client_retransmissions=self.client.stats.retransmissions,
             server_retransmissions=srv.stats.retransmissions if srv is not None else 0,
             stateless_replies=self.stateless_replies,
             client_events=list(self.client_events),

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from dtlsvpn.crypto.aead import RecordProtection
 from dtlsvpn.crypto.prf import extended_master_secret, key_block, transcript_hash, verify_data
-from dtlsvpn.crypto.suites import SUITES, KeyExchangeKind
+from dtlsvpn.crypto.suites import SUITES
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.endpoint import ServerEndpoint
@@ -36,6 +36,7 @@ from dtlsvpn.wire.constants import (
     ContentType,
     ExtensionType,
     HandshakeType,
+    KeyExchangeKind,
     NamedGroup,
     SignatureScheme,
 )

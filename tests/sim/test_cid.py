@@ -104,7 +104,7 @@ def test_cid_negotiation_and_outer_record_types(
     sim = cid_sim(*make_configs(pki, 1, client=client, server=server))
     sim.establish()
     _exchange(sim)
-    c_ids, s_ids = sim.client_assoc.connection_ids, sim.side("server").connection_ids
+    c_ids, s_ids = sim.client.connection_ids, sim.side("server").connection_ids
     c2s, s2c = _protected_types(sim, "c2s"), _protected_types(sim, "s2c")
     if expect is None:
         assert c_ids is None and s_ids is None
@@ -139,13 +139,13 @@ def test_inner_mtu_accounts_for_the_cid(pki: Pki, cid_length: int | None, to_ser
     for on in (False, True):
         sim = cid_sim(*make_configs(pki, 2, pmtu=pmtu, connection_id=on, cid_length=cid_length))
         sim.establish()
-        results[on] = (sim.client_assoc, sim.side("server"))
-        for side in (sim.client_assoc, sim.side("server")):
+        results[on] = (sim.client, sim.side("server"))
+        for side in (sim.client, sim.side("server")):
             # A real record is exactly record_overhead longer than its payload.
             (rec,) = side.protect([b"x" * 100])
             assert len(rec) == 100 + side.record_overhead
         events = [e for _t, e in sim.events_of("client", PathMtuChanged)]
-        assert events and events[-1].inner_mtu == sim.client_assoc.inner_mtu
+        assert events and events[-1].inner_mtu == sim.client.inner_mtu
     (c_off, s_off), (c_on, s_on) = results[False], results[True]
     assert c_on.record_overhead - c_off.record_overhead == to_server + 1
     assert s_on.record_overhead - s_off.record_overhead == (to_client + 1 if to_client else 0)
@@ -240,7 +240,7 @@ def test_replayed_record_from_new_address_moves_nothing(pki: Pki) -> None:
 def test_older_record_from_new_address_is_delivered_but_moves_nothing(pki: Pki) -> None:
     sim = _established_with_traffic(pki, 5)
     server = sim.side("server")
-    client = sim.client_assoc
+    client = sim.client
     # Two records the network holds: the newer reaches the server first, from the client's
     # address; the older one, never seen before, then comes from elsewhere.
     older, newer = client.protect([b"older"]), client.protect([b"newer"])
@@ -255,7 +255,7 @@ def test_older_record_from_new_address_is_delivered_but_moves_nothing(pki: Pki) 
 def test_forged_record_with_known_cid_from_spoofed_address(pki: Pki, where: str) -> None:
     sim = _established_with_traffic(pki, 6)
     server = sim.side("server")
-    (genuine,) = sim.client_assoc.protect([b"genuine"])
+    (genuine,) = sim.client.protect([b"genuine"])
     assert genuine[0] == CT_CID
     # Header: type(1) version(2) epoch+seq(8) cid(8) length(2); then the GCM fragment
     # (explicit nonce, ciphertext, tag).  "header-seq" adds 256 to the sequence number: a
@@ -277,7 +277,7 @@ def test_unknown_cid_is_counted(pki: Pki) -> None:
     ids = server.connection_ids
     assert ids is not None
     unknown = bytes(b ^ 0x5A for b in ids[0])
-    (genuine,) = sim.client_assoc.protect([b"x"])
+    (genuine,) = sim.client.protect([b"x"])
     forged = genuine[:11] + unknown + genuine[19:]
     before = dataclasses.replace(sim.endpoint.stats)
     assoc, out = sim.endpoint.receive(forged, ("192.0.2.5", 1000), sim.now, sim.clock.wall)

@@ -88,8 +88,8 @@ def plain_net(pki: Pki, seed: int, **both: Any) -> Simulator:
 
 
 def rekeying(sim: Simulator) -> RekeyingClient:
-    assert isinstance(sim.client, RekeyingClient)
-    return sim.client
+    assert sim.rekeying_client is not None
+    return sim.rekeying_client
 
 
 def generations(sim: Simulator) -> list[int]:
