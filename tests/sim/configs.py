@@ -111,6 +111,6 @@ def split_configs(mode: Mode | str, pki: Pki, seed: int, *,
     return with_changes(c, **(client or {})), with_changes(s, **(server or {}))
 
 
-def ticket_ring(label: str, seed: int = 0) -> TicketKeyRing:
-    """A ticket key ring whose keys are drawn from a seeded stream."""
-    return TicketKeyRing(random.Random(f"{label}/{seed}").randbytes)
+def ticket_ring(label: str, seed: int = 0, **kw: Any) -> TicketKeyRing:
+    """A ticket key ring whose keys are drawn from a seeded stream (``kw``: its settings)."""
+    return TicketKeyRing(random.Random(f"{label}/{seed}").randbytes, **kw)
