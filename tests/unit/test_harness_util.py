@@ -20,7 +20,10 @@ import pytest
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from dtlsvpn.daemon.settings import load_config
+from tests.netns.harness import cert_pair, psk_pair
 from tests.pki import CLIENT_NAME, SERVER_IP, SERVER_NAME, Credential, Pki
+from tests.support.conf import TunnelConf
 from tests.util import (
     ProcessGroup,
     free_udp_port,
@@ -43,6 +46,30 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+# --- configuration text --------------------------------------------------------------
+
+
+def test_conf_builder_renders_the_readme_syntax() -> None:
+    text = TunnelConf(comment="a test", role="client", mtu=1300, address=("100.64.0.2/24",
+                      "fd00::2/64"), connection_id=False, ticket_store=None,
+                      ).peer(name="hq", psk_identity="x", allowed_ips="100.64.0.0/24").render()
+    assert text == ("# a test\n[Interface]\nRole = client\nMTU = 1300\n"
+                    "Address = 100.64.0.2/24, fd00::2/64\nConnectionID = no\n\n"
+                    "[Peer]\nName = hq\nPSKIdentity = x\nAllowedIPs = 100.64.0.0/24\n")
+
+
+def test_netns_pairs_load_with_the_daemons_loader(tmp_path: Path, pki: Pki) -> None:
+    psk = tmp_path / "psk"
+    psk.mkdir()
+    for conf in psk_pair(psk, heartbeat_interval=0.3, rekey_interval=3, connection_id=False):
+        cfg = load_config(conf)
+        assert (cfg.interface.heartbeat_interval, cfg.interface.rekey_interval) == (0.3, 3.0)
+        assert cfg.interface.connection_id is False and len(cfg.peers) == 1
+    server, client = cert_pair(tmp_path, pki)
+    assert load_config(server).peers[0].certificate_name == CLIENT_NAME
+    assert load_config(client).peers[0].server_name == SERVER_NAME
 
 
 # --- polling -------------------------------------------------------------------------
