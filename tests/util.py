@@ -5,7 +5,8 @@ Rules these helpers enforce, so individual tests cannot forget them:
 - processes are stopped by their recorded PID, never by name (no pkill/killall);
 - stdout and stderr go to files, so a chatty peer can never block on a full pipe and
   the logs survive for the failure message (`ProcessGroup.describe()`);
-- waiting polls a condition with a deadline; nothing sleeps for a fixed time.
+- waiting polls a condition with a deadline (`wait_until`), and so does checking that
+  one stays true (`holds_for`); nothing sleeps for a fixed time.
 
 `timeout` (without --foreground) makes itself the leader of a new process group, so the
 recorded PID is also the group id: SIGTERM to it is forwarded to the whole group, and the
@@ -70,6 +71,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+def holds_for(predicate: Callable[[], bool], duration: float, interval: float = 0.05) -> bool:
+    """Poll `predicate` for `duration` seconds: True if it held at every poll (and once
+    more at the end), False as soon as it does not.  For "still true a while later"."""
+    deadline = time.monotonic() + duration
+    while time.monotonic() < deadline:
+        if not predicate():
+            return False
+        time.sleep(interval)
+    return predicate()
 
 
 def require_tools(*names: str) -> None:

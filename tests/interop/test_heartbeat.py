@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from dtlsvpn.cli.main import main
+from tests.interop.capture import Capture, start_capture, stop_capture
 from tests.interop.harness import (
     PROC_TIMEOUT,
     STEP_TIMEOUT,
@@ -54,7 +55,6 @@ from tests.interop.peers import (
     ours,
     unique,
 )
-from tests.interop.test_tshark import Capture, start_capture, stop_capture
 from tests.pki import Pki
 from tests.util import PrivateNetns, Proc, ProcessGroup, require_tools, wait_until
 

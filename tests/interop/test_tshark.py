@@ -17,11 +17,8 @@ codes are written out from the IANA registry rather than taken from dtlsvpn.
 
 The server always starts first on an OS-assigned port, which it announces; tshark is then
 started with a capture filter for that port, and the client only once tshark is capturing.
-Before tshark is stopped, the test sends one sentinel datagram to SENTINEL_ADDR:port and
-waits until tshark's live summary shows it: packets reach dumpcap in order, so everything
-before the sentinel is in the file (stopping tshark right after the peers exit loses the
-last datagrams, the close_notify alerts, to the capture ring's block timeout). The
-analysis leaves the sentinel out.
+Before tshark is stopped, a sentinel datagram drains the capture (tests/interop/capture.py
+says how); the analysis leaves the sentinel out.
 
 tshark 4.0 (Debian 12) cannot decrypt DTLS 1.2 ChaCha20-Poly1305 at all, not even
 between two OpenSSL peers: its debug log (`-o tls.debug_file:F`) shows the nonce of the
@@ -35,17 +32,22 @@ nothing was decrypted: a tshark that can decrypt them fails it and asks for the 
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import pytest
 
+from tests.interop.capture import (
+    READ_TIMEOUT,
+    TLS12_CID,
+    Capture,
+    Frame,
+    start_capture,
+    stop_capture,
+)
 from tests.interop.harness import (
     PROC_TIMEOUT,
-    READY_TIMEOUT,
     STEP_TIMEOUT,
     announced_port,
     expect,
@@ -61,7 +63,7 @@ from tests.interop.peers import (
     unique,
 )
 from tests.pki import Pki
-from tests.util import Proc, ProcessGroup, require_tools, run_bounded, wait_until
+from tests.util import Proc, ProcessGroup, require_tools, run_bounded
 
 pytestmark = pytest.mark.usefixtures("root", "tshark")
 
@@ -87,24 +89,6 @@ SERVER_SENDS_PSK = SERVER_SENDS_ECDSA - {CERTIFICATE}
 MTU = 300
 UDP_HEADER = 8  # udp.length counts the 8-byte UDP header
 
-# The "no malformed DTLS" display filter of peers.md ("tshark as an oracle").
-MALFORMED = (
-    "dtls && (_ws.malformed || _ws.expert.severity >= warning || !dtls.record"
-    " || dtls.record.content_type < 20 || dtls.record.content_type > 25)"
-)
-SENTINEL_ADDR = "127.0.0.2"  # nobody listens there; its datagram marks the end of a capture
-NOT_SENTINEL = f"!(ip.dst == {SENTINEL_ADDR})"
-CAPTURE_LIMIT = 25  # seconds: tshark's own -a duration, below its `timeout`
-READ_TIMEOUT = 20.0  # one `tshark -r` pass
-
-# Fields of the per-frame table, in this order (see Frame).
-FIELDS = (
-    "frame.number", "udp.srcport", "udp.length", "dtls.record.content_type",
-    "dtls.record.epoch", "dtls.handshake.type", "dtls.handshake.ciphersuite",
-    "dtls.handshake.fragment_offset", "data.data", "dtls.alert_message.desc",
-)
-
-
 @pytest.fixture
 def tshark() -> None:
     require_tools("tshark")
@@ -121,99 +105,6 @@ def tshark_version() -> tuple[int, int]:
 def tshark_decrypts(suite: int) -> bool:
     """False where tshark is known not to decrypt `suite` in DTLS 1.2 (module docstring)."""
     return suite not in CHACHA20_SUITES or tshark_version() > (4, 0)
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One captured datagram as tshark dissected (and decrypted) it."""
-
-    number: int
-    src_port: int
-    udp_length: int
-    records: tuple[tuple[int, int], ...]  # (content type, epoch) of each DTLS record
-    handshake_types: tuple[int, ...]
-    suites: tuple[int, ...]
-    fragment_offsets: tuple[int, ...]
-    app_data: tuple[bytes, ...]
-    alerts: tuple[int, ...]
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v, 0) for v in text.split(",") if v)
-
-
-@dataclass(frozen=True)
-class Capture:
-    """A finished capture file of one association, and the key log that decrypts it."""
-
-    path: Path
-    port: int
-    keylog: Path
-
-    def tshark(self, *args: str) -> str:
-        argv = ["tshark", "-n", "-r", str(self.path), "-d", f"udp.port=={self.port},dtls",
-                "-o", f"tls.keylog_file:{self.keylog}", *args]
-        result = run_bounded(argv, READ_TIMEOUT)
-        assert result.returncode == 0, f"{' '.join(argv)}: rc {result.returncode}\n{result.stderr}"
-        return result.stdout
-
-    def malformed(self) -> str:
-        """Frame numbers (one a line) that the malformed filter flags; "" for a clean capture."""
-        where = f"{NOT_SENTINEL} && ({MALFORMED})"
-        return self.tshark("-T", "fields", "-e", "frame.number", "-Y", where).strip()
-
-    def expert_info(self) -> str:
-        """tshark's expert-info summary, for assertion messages."""
-        return self.tshark("-q", "-z", "expert")
-
-    def frames(self) -> list[Frame]:
-        fields = [arg for name in FIELDS for arg in ("-e", name)]
-        out = self.tshark("-T", "fields", "-E", "occurrence=a", "-E", "aggregator=,",
-                          "-Y", NOT_SENTINEL, *fields)
-        frames = []
-        for line in out.splitlines():
-            num, src, length, ctypes, epochs, types, suites, offsets, data, alerts = (
-                line.split("\t"))
-            cts, eps = _ints(ctypes), _ints(epochs)
-            # tshark 4.0 gives tls12_cid records (RFC 9146, type 25) an epoch but no
-            # content_type field; they follow the plaintext records of a datagram.
-            cts = cts + (TLS12_CID,) * (len(eps) - len(cts))
-            frames.append(Frame(
-                int(num), int(src), int(length), tuple(zip(cts, eps, strict=True)),
-                _ints(types), _ints(suites), _ints(offsets),
-                tuple(bytes.fromhex(h) for h in data.split(",") if h), _ints(alerts),
-            ))
-        return frames
-
-
-TLS12_CID = 25
-
-
-def start_capture(procs: ProcessGroup, port: int, path: Path) -> Proc:
-    """tshark capturing `udp port <port>` on lo into `path`, once it is capturing."""
-    # -P -l: a flushed summary line per packet on stdout, for stop_capture's sentinel.
-    proc = procs.start(
-        ["tshark", "-n", "-l", "-P", "-i", "lo", "-f", f"udp port {port}", "-w", str(path),
-         "-a", f"duration:{CAPTURE_LIMIT}"],
-        name="tshark", timeout=CAPTURE_LIMIT + 5, stdin_pipe=False,
-    )
-    ready = wait_until(
-        lambda: "Capturing on" in proc.stderr() or path.exists() or proc.returncode is not None,
-        READY_TIMEOUT,
-    )
-    assert ready and proc.returncode is None, f"tshark is not capturing\n{proc.describe()}"
-    return proc
-
-
-def stop_capture(procs: ProcessGroup, proc: Proc, path: Path, port: int) -> None:
-    """Drain (sentinel, see the module docstring), then SIGTERM tshark by PID and wait."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.sendto(b"end-of-capture", (SENTINEL_ADDR, port))
-    assert proc.wait_for(f" {SENTINEL_ADDR} ", READY_TIMEOUT), (
-        f"tshark did not see the sentinel datagram\n{proc.describe()}")
-    rc = procs.stop(proc, grace=5.0)
-    assert rc == 0, f"tshark exited with {rc}\n{proc.describe()}"
-    assert path.exists() and path.stat().st_size > 0, proc.describe()
 
 
 def converse(server: Proc, client: Proc, *, server_echoes: bool) -> tuple[str, list[str]]:

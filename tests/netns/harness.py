@@ -6,8 +6,11 @@
 - ``run_daemon(ns, conf)``: ``python -m dtlsvpn run FILE`` under ``ip netns exec``, with
   ``NOTIFY_SOCKET`` pointing at a UNIX datagram socket this test owns; ``wait_ready``
   blocks on that socket until READY=1 (no sleeps).  Processes are stopped by PID.
-- ``write_conf`` helpers write configurations in the project's format; PSK files and
-  keys are mode 0600 as the loader demands.
+- ``two_hosts``/``start_pair``/``ping``: the two-namespace topology most tests use, both
+  daemons started in order, and a bounded ping that must succeed.
+- ``psk_pair``/``cert_pair`` write a server and a client configuration with the one
+  builder of configuration text (``tests.support.conf``); PSK files are mode 0600 as the
+  loader demands.
 
 Addresses come from the plan only: underlay 198.18.0.0/15 and 2001:db8::/32, tunnel
 100.64.0.0/10 and fd00::/8.
@@ -24,13 +27,22 @@ import struct
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from dtlsvpn.daemon.status import query
+from tests.pki import Pki
+from tests.support.conf import TunnelConf, Value
 from tests.util import Proc, ProcessGroup, run_bounded, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
+TOOLS = [PYTHON, "-m", "tests.netns.tools"]
+
+SERVER_TUNNEL = ("100.64.0.1/24", "fd00::1/64")
+CLIENT_TUNNEL = ("100.64.0.2/24", "fd00::2/64")
+SERVER_ALLOWS = ("100.64.0.2/32", "fd00::2/128")  # the one client
+CLIENT_ALLOWS = ("100.64.0.0/24", "fd00::/64")  # the server's side of the tunnel
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -161,6 +173,37 @@ class Daemon:
         self.notify.close()
 
 
+# --- two hosts and a daemon pair -----------------------------------------------------
+
+
+RunDaemon = Callable[[str, Path, Path], Daemon]
+
+
+def two_hosts(topo: Topology, mtu: int | None = None) -> tuple[str, str]:
+    """A server and a client namespace joined by one veth pair (198.18.0.1/.2, 2001:db8::1/::2)."""
+    server_ns, client_ns = topo.netns("s"), topo.netns("c")
+    topo.veth(server_ns, ["198.18.0.1/24", "2001:db8::1/64"],
+              client_ns, ["198.18.0.2/24", "2001:db8::2/64"], mtu=mtu)
+    return server_ns, client_ns
+
+
+def start_pair(run_daemon: RunDaemon, server_ns: str, client_ns: str, server_conf: Path,
+               client_conf: Path) -> tuple[Daemon, Daemon]:
+    """Start the server, wait for its READY=1, then the client and its READY=1."""
+    server = run_daemon(server_ns, server_conf, server_conf.with_suffix(".sock"))
+    server.wait_ready()
+    client = run_daemon(client_ns, client_conf, client_conf.with_suffix(".sock"))
+    client.wait_ready()
+    return server, client
+
+
+def ping(topo: Topology, ns: str, addr: str, *extra: str) -> str:
+    """``tests.netns.tools ping`` inside ``ns``; fails the test unless it exits 0."""
+    res = topo.exec(ns, [*TOOLS, "ping", addr, *extra], timeout=30)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
 # --- configurations ---------------------------------------------------------------
 
 
@@ -172,89 +215,47 @@ def secret_file(path: Path, content: str) -> Path:
 
 
 def psk_pair(workdir: Path, *, server_ip: str = "198.18.0.1", port: int = 4433,
-             mtu: str = "auto", tag: str = "", extra: str = "") -> tuple[Path, Path]:
-    """Server and client configs authenticated by a PSK; returns (server, client) paths."""
+             mtu: str = "auto", tag: str = "", **interface: Value) -> tuple[Path, Path]:
+    """Server and client configs authenticated by a PSK; returns (server, client) paths.
+
+    ``interface``: more ``[Interface]`` keys for both sides (``tests.support.conf``).
+    """
     psk = secret_file(workdir / f"psk{tag}.hex", secrets.token_hex(32) + "\n")
     host = f"[{server_ip}]" if ":" in server_ip else server_ip
-    server = workdir / f"server{tag}.conf"
-    server.write_text(f"""# PSK test server
-[Interface]
-Role = server
-ListenAddress = {host}:{port}
-Device = dvs0
-Address = 100.64.0.1/24, fd00::1/64
-MTU = {mtu}
-StatusSocket = {workdir}/server{tag}.sock
-TicketStore = {workdir}/server-state{tag}
-LogLevel = debug
-{extra}
-[Peer]
-Name = branch
-PSKIdentity = branch
-PSKFile = {psk}
-AllowedIPs = 100.64.0.2/32, fd00::2/128
-""")
-    client = workdir / f"client{tag}.conf"
-    client.write_text(f"""# PSK test client
-[Interface]
-Role = client
-Device = dvc0
-Address = 100.64.0.2/24, fd00::2/64
-MTU = {mtu}
-StatusSocket = {workdir}/client{tag}.sock
-TicketStore = {workdir}/tickets{tag}
-LogLevel = debug
-{extra}
-[Peer]
-Name = office
-Endpoint = {host}:{port}
-PSKIdentity = branch
-PSKFile = {psk}
-AllowedIPs = 100.64.0.0/24, fd00::/64
-""")
-    return server, client
+    server = TunnelConf(
+        comment="PSK test server", role="server", listen_address=f"{host}:{port}",
+        device="dvs0", address=SERVER_TUNNEL, mtu=mtu,
+        status_socket=workdir / f"server{tag}.sock", ticket_store=workdir / f"server-state{tag}",
+        log_level="debug", **interface,
+    ).peer(name="branch", psk_identity="branch", psk_file=psk, allowed_ips=SERVER_ALLOWS)
+    client = TunnelConf(
+        comment="PSK test client", role="client", device="dvc0", address=CLIENT_TUNNEL,
+        mtu=mtu, status_socket=workdir / f"client{tag}.sock",
+        ticket_store=workdir / f"tickets{tag}", log_level="debug", **interface,
+    ).peer(name="office", endpoint=f"{host}:{port}", psk_identity="branch", psk_file=psk,
+           allowed_ips=CLIENT_ALLOWS)
+    return (server.write(workdir / f"server{tag}.conf"),
+            client.write(workdir / f"client{tag}.conf"))
 
 
-def cert_pair(workdir: Path, pki, *, server_ip: str = "198.18.0.1",
-              port: int = 4433) -> tuple[Path, Path]:
+def cert_pair(workdir: Path, pki: Pki, *, server_ip: str = "198.18.0.1",
+              port: int = 4433, **interface: Value) -> tuple[Path, Path]:
     """Server and client configs with certificates from tests/pki.py (CN checks)."""
-    server = workdir / "server.conf"
-    server.write_text(f"""# certificate test server
-[Interface]
-Role = server
-ListenAddress = {server_ip}:{port}
-Device = dvs0
-Address = 100.64.0.1/24, fd00::1/64
-Certificate = {pki.server.cert_path}
-PrivateKey = {pki.server.key_path}
-CA = {pki.ca.cert_path}
-StatusSocket = {workdir}/server.sock
-TicketStore = {workdir}/server-state
-
-[Peer]
-Name = laptop
-CommonName = client.test
-AllowedIPs = 100.64.0.2/32, fd00::2/128
-""")
-    client = workdir / "client.conf"
-    client.write_text(f"""# certificate test client
-[Interface]
-Role = client
-Device = dvc0
-Address = 100.64.0.2/24, fd00::2/64
-Certificate = {pki.client.cert_path}
-PrivateKey = {pki.client.key_path}
-CA = {pki.ca.cert_path}
-StatusSocket = {workdir}/client.sock
-TicketStore = {workdir}/tickets
-
-[Peer]
-Name = hq
-Endpoint = {server_ip}:{port}
-ServerName = server.test
-AllowedIPs = 100.64.0.0/24, fd00::/64
-""")
-    return server, client
+    server = TunnelConf(
+        comment="certificate test server", role="server", listen_address=f"{server_ip}:{port}",
+        device="dvs0", address=SERVER_TUNNEL, certificate=pki.server.cert_path,
+        private_key=pki.server.key_path, ca=pki.ca.cert_path,
+        status_socket=workdir / "server.sock", ticket_store=workdir / "server-state",
+        **interface,
+    ).peer(name="laptop", common_name="client.test", allowed_ips=SERVER_ALLOWS)
+    client = TunnelConf(
+        comment="certificate test client", role="client", device="dvc0",
+        address=CLIENT_TUNNEL, certificate=pki.client.cert_path,
+        private_key=pki.client.key_path, ca=pki.ca.cert_path,
+        status_socket=workdir / "client.sock", ticket_store=workdir / "tickets", **interface,
+    ).peer(name="hq", endpoint=f"{server_ip}:{port}", server_name="server.test",
+           allowed_ips=CLIENT_ALLOWS)
+    return server.write(workdir / "server.conf"), client.write(workdir / "client.conf")
 
 
 def link_mtu(topo: Topology, ns: str, dev: str) -> int | None:

@@ -30,18 +30,28 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.netns.harness import PYTHON, REPO, Daemon, Topology, link_mtu, secret_file
-from tests.util import ProcessGroup, require_tools, wait_until
+from tests.netns.harness import (
+    CLIENT_TUNNEL,
+    PYTHON,
+    REPO,
+    SERVER_ALLOWS,
+    SERVER_TUNNEL,
+    TOOLS,
+    Daemon,
+    RunDaemon,
+    Topology,
+    link_mtu,
+    secret_file,
+)
+from tests.support.conf import TunnelConf
+from tests.util import ProcessGroup, holds_for, require_tools, wait_until
 
-RunDaemon = Callable[[str, Path, Path], Daemon]
 SELF = [PYTHON, "-m", "tests.netns.test_gateways"]
-TOOLS = [PYTHON, "-m", "tests.netns.tools"]
 ENV = {"PYTHONPATH": str(REPO)}
 NARROW = 1400  # the router's link to gateway B
 HOST_A4, HOST_B4 = "100.64.1.10", "100.64.2.10"
@@ -71,41 +81,19 @@ def _sysctl(topo: Topology, ns: str, *settings: str) -> None:
 
 def gateway_configs(workdir: Path, mtu: str) -> tuple[Path, Path]:
     psk = secret_file(workdir / "psk.hex", os.urandom(32).hex() + "\n")
-    server = workdir / "gw-a.conf"
-    server.write_text(f"""[Interface]
-Role = server
-ListenAddress = 198.18.1.1:4433
-Device = dvs0
-Address = 100.64.0.1/24, fd00::1/64
-MTU = {mtu}
-StatusSocket = {workdir}/gw-a.sock
-TicketStore = {workdir}/gw-a-state
-LogLevel = debug
-
-[Peer]
-Name = site-b
-PSKIdentity = site-b
-PSKFile = {psk}
-AllowedIPs = 100.64.0.2/32, fd00::2/128, 100.64.2.0/24, fd00:2::/64
-""")
-    client = workdir / "gw-b.conf"
-    client.write_text(f"""[Interface]
-Role = client
-Device = dvc0
-Address = 100.64.0.2/24, fd00::2/64
-MTU = {mtu}
-StatusSocket = {workdir}/gw-b.sock
-TicketStore = {workdir}/gw-b-tickets
-LogLevel = debug
-
-[Peer]
-Name = site-a
-Endpoint = 198.18.1.1:4433
-PSKIdentity = site-b
-PSKFile = {psk}
-AllowedIPs = 100.64.0.1/32, fd00::1/128, 100.64.1.0/24, fd00:1::/64
-""")
-    return server, client
+    server = TunnelConf(
+        role="server", listen_address="198.18.1.1:4433", device="dvs0", address=SERVER_TUNNEL,
+        mtu=mtu, status_socket=workdir / "gw-a.sock", ticket_store=workdir / "gw-a-state",
+        log_level="debug",
+    ).peer(name="site-b", psk_identity="site-b", psk_file=psk,
+           allowed_ips=(*SERVER_ALLOWS, "100.64.2.0/24", "fd00:2::/64"))
+    client = TunnelConf(
+        role="client", device="dvc0", address=CLIENT_TUNNEL, mtu=mtu,
+        status_socket=workdir / "gw-b.sock", ticket_store=workdir / "gw-b-tickets",
+        log_level="debug",
+    ).peer(name="site-a", endpoint="198.18.1.1:4433", psk_identity="site-b", psk_file=psk,
+           allowed_ips=("100.64.0.1/32", "fd00::1/128", "100.64.1.0/24", "fd00:1::/64"))
+    return server.write(workdir / "gw-a.conf"), client.write(workdir / "gw-b.conf")
 
 
 def build_sites(topo: Topology, run_daemon: RunDaemon, workdir: Path, *, mtu: str = "auto",
@@ -268,9 +256,9 @@ def test_pmtu_black_hole_converges(
     dropped = int(res.stdout.split("counter packets", 1)[1].split()[0])
     assert dropped >= 1, res.stdout
     assert sites.server.status()["peers"][0]["plpmtu"] == NARROW
-    # Still converged a little later (the search ended, no dip).
-    time.sleep(1.5)
-    assert sites.tun_mtus(topo) == (tun_a, tun_b)
+    # Still converged a little later (the search ended, no dip), watched all along.
+    assert holds_for(lambda: sites.tun_mtus(topo) == (tun_a, tun_b), 1.5, interval=0.25), (
+        sites.tun_mtus(topo), (tun_a, tun_b))
     # A full-size packet crosses host to host with DF set.
     got = probe_df(topo, sites, HOST_B4, tun_a)
     assert got == {"result": "reply", "bytes": str(tun_a)}, got

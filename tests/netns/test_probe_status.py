@@ -12,14 +12,20 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from tests.netns.harness import PYTHON, Daemon, Topology, cert_pair, psk_pair
-from tests.netns.test_tunnel import ping, start_pair, two_hosts
+from tests.netns.harness import (
+    PYTHON,
+    RunDaemon,
+    Topology,
+    cert_pair,
+    ping,
+    psk_pair,
+    start_pair,
+    two_hosts,
+)
 from tests.util import wait_until
 
-RunDaemon = Callable[[str, Path, Path], Daemon]
 DTLSVPN = [PYTHON, "-m", "dtlsvpn"]
 PATH_MTU = 1400
 
@@ -143,7 +149,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def test_status_human_and_prometheus(topo: Topology, run_daemon: RunDaemon,
                                      tmp_path: Path) -> None:
     server_ns, client_ns = two_hosts(topo, mtu=PATH_MTU)
-    server_conf, client_conf = psk_pair(tmp_path, extra="HeartbeatInterval = 0.3\n")
+    server_conf, client_conf = psk_pair(tmp_path, heartbeat_interval=0.3)
     started = time.time()
     server, _client = start_pair(run_daemon, server_ns, client_ns, server_conf, client_conf)
     assert "5 received" in ping(topo, client_ns, "100.64.0.1", "--count", "5", "--size", "1000")

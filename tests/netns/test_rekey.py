@@ -34,17 +34,25 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from dtlsvpn.daemon.status import format_prometheus
-from tests.netns.harness import PYTHON, REPO, Daemon, Topology, cert_pair, psk_pair
-from tests.netns.test_tunnel import start_pair, two_hosts
+from tests.netns.harness import (
+    PYTHON,
+    REPO,
+    Daemon,
+    RunDaemon,
+    Topology,
+    cert_pair,
+    psk_pair,
+    start_pair,
+    two_hosts,
+)
+from tests.pki import Pki
 from tests.util import ProcessGroup, wait_until
 
-RunDaemon = Callable[[str, Path, Path], Daemon]
 STREAM = [PYTHON, "-m", "tests.netns.test_rekey"]
 INTERVAL = 3  # RekeyInterval, seconds
 SECONDS = 12.0  # how long the stream runs
@@ -157,23 +165,19 @@ def _ifindex(topo: Topology, ns: str, dev: str) -> str:
     return res.stdout.strip()
 
 
-def _configs(auth: str, tmp_path: Path, pki: object) -> tuple[Path, Path]:
-    setting = f"RekeyInterval = {INTERVAL}\n"
+def _configs(auth: str, tmp_path: Path, pki: Pki) -> tuple[Path, Path]:
     if auth == "psk-nocid":
         # Without connection IDs the endpoint tells old from new keys by trial decryption.
-        return psk_pair(tmp_path, extra=setting + "ConnectionID = no\n")
+        return psk_pair(tmp_path, rekey_interval=INTERVAL, connection_id=False)
     if auth == "psk":
-        return psk_pair(tmp_path, extra=setting)
-    server_conf, client_conf = cert_pair(tmp_path, pki)
-    for conf in (server_conf, client_conf):
-        conf.write_text(conf.read_text().replace("[Interface]\n", f"[Interface]\n{setting}"))
-    return server_conf, client_conf
+        return psk_pair(tmp_path, rekey_interval=INTERVAL)
+    return cert_pair(tmp_path, pki, rekey_interval=INTERVAL)
 
 
 @pytest.mark.parametrize("auth", ["psk", "cert", "psk-nocid"])
 def test_stream_loses_nothing_across_renewals(
     auth: str, topo: Topology, run_daemon: RunDaemon, tmp_path: Path, procs: ProcessGroup,
-    pki: object,
+    pki: Pki,
 ) -> None:
     server_ns, client_ns = two_hosts(topo)
     server_conf, client_conf = _configs(auth, tmp_path, pki)

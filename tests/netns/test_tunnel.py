@@ -14,39 +14,26 @@ import hashlib
 import os
 import re
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from dtlsvpn.crypto.suites import suite_by_name
-from tests.netns.harness import PYTHON, REPO, Daemon, Topology, cert_pair, link_mtu, psk_pair
+from tests.netns.harness import (
+    PYTHON,
+    REPO,
+    TOOLS,
+    RunDaemon,
+    Topology,
+    cert_pair,
+    link_mtu,
+    ping,
+    psk_pair,
+    start_pair,
+    two_hosts,
+)
+from tests.support.conf import peer_section
 from tests.util import ProcessGroup, wait_until
-
-RunDaemon = Callable[[str, Path, Path], Daemon]
-TOOLS = [PYTHON, "-m", "tests.netns.tools"]
-
-
-def two_hosts(topo: Topology, mtu: int | None = None) -> tuple[str, str]:
-    server_ns, client_ns = topo.netns("s"), topo.netns("c")
-    topo.veth(server_ns, ["198.18.0.1/24", "2001:db8::1/64"],
-              client_ns, ["198.18.0.2/24", "2001:db8::2/64"], mtu=mtu)
-    return server_ns, client_ns
-
-
-def start_pair(run_daemon: RunDaemon, server_ns: str, client_ns: str, server_conf: Path,
-               client_conf: Path) -> tuple[Daemon, Daemon]:
-    server = run_daemon(server_ns, server_conf, server_conf.with_suffix(".sock"))
-    server.wait_ready()
-    client = run_daemon(client_ns, client_conf, client_conf.with_suffix(".sock"))
-    client.wait_ready()
-    return server, client
-
-
-def ping(topo: Topology, ns: str, addr: str, *extra: str) -> str:
-    res = topo.exec(ns, [*TOOLS, "ping", addr, *extra], timeout=30)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return res.stdout
 
 
 def test_ping_v4_v6_and_status(topo: Topology, run_daemon: RunDaemon, tmp_path: Path) -> None:
@@ -172,7 +159,7 @@ def test_server_crash_client_redials_and_resumes(
 ) -> None:
     server_ns, client_ns = two_hosts(topo)
     server_conf, client_conf = psk_pair(
-        tmp_path, extra="HeartbeatInterval = 1\nDeadPeerTimeout = 3\n")
+        tmp_path, heartbeat_interval=1, dead_peer_timeout=3)
     server, client = start_pair(run_daemon, server_ns, client_ns, server_conf, client_conf)
     assert "1 received" in ping(topo, client_ns, "100.64.0.1", "--count", "1")
     assert wait_until(lambda: any((tmp_path / "tickets").glob("*.ticket")), timeout=10)
@@ -199,13 +186,9 @@ def test_sighup_reload_keeps_unchanged_peers(
     server, client = start_pair(run_daemon, server_ns, client_ns, server_conf, client_conf)
     assert "1 received" in ping(topo, client_ns, "100.64.0.1", "--count", "1")
     # Add a route for a second peer; [Peer] branch itself is unchanged.
-    server_conf.write_text(server_conf.read_text() + """
-[Peer]
-Name = other
-PSKIdentity = other
-PSKFile = {psk}
-AllowedIPs = 100.64.0.3/32, 100.64.9.0/24
-""".format(psk=tmp_path / "psk.hex"))
+    server_conf.write_text(server_conf.read_text() + "\n" + peer_section(
+        name="other", psk_identity="other", psk_file=tmp_path / "psk.hex",
+        allowed_ips=("100.64.0.3/32", "100.64.9.0/24")))
     assert server.pid is not None
     os.kill(server.pid, signal.SIGHUP)
     assert server.wait_message("RELOADING=1", timeout=10)

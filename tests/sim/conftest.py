@@ -13,7 +13,7 @@ import pytest
 
 from tests.pki import Pki, make_pki
 from tests.sim.clock import DEFAULT_EPOCH
-from tests.sim.harness import FIGURES, LOSSY_FIGURES, lossy_summary
+from tests.sim.trace import FIGURES, LOSSY_FIGURES, lossy_summary
 
 
 @pytest.fixture(scope="session")

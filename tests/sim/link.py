@@ -94,6 +94,30 @@ class SimLink:
         # Always draw, so that turning one knob on does not shift the others' streams.
         return self.rng.random() < probability
 
+    def _damage(self, data: bytes, cut: bool, flip: bool) -> bytes:
+        """Truncate and/or corrupt a delivered datagram, as drawn."""
+        c = self.counters
+        cut = cut and len(data) > 1
+        # Eligible bytes are chosen on the datagram as sent, before any cut.
+        spots = [(0, len(data))] if self.corrupt_where is None else self.corrupt_where(data)
+        if cut:
+            c.truncated += 1
+            data = data[: self.rng.randrange(1, len(data))]
+        spots = [(a, min(b, len(data))) for a, b in spots if a < min(b, len(data))]
+        flip = flip and bool(spots)
+        if flip:
+            c.corrupted += 1
+            offset = self.rng.randrange(sum(b - a for a, b in spots))
+            for a, b in spots:
+                if offset < b - a:
+                    pos = a + offset
+                    break
+                offset -= b - a
+            data = data[:pos] + bytes([data[pos] ^ 0xFF]) + data[pos + 1:]
+        if cut or flip:
+            c.damaged += 1
+        return data
+
     def transmit(self, data: bytes, now: float) -> list[tuple[float, bytes]]:
         """Offer ``data`` at ``now``; return the deliveries it causes."""
         c = self.counters
@@ -119,25 +143,7 @@ class SimLink:
             self.history.append(SentDatagram(now, len(data), "dropped"))
             return []
         self.history.append(SentDatagram(now, len(data), "delivered"))
-        cut = cut and len(data) > 1
-        # Eligible bytes are chosen on the datagram as sent, before any cut.
-        spots = [(0, len(data))] if self.corrupt_where is None else self.corrupt_where(data)
-        if cut:
-            c.truncated += 1
-            data = data[: self.rng.randrange(1, len(data))]
-        spots = [(a, min(b, len(data))) for a, b in spots if a < min(b, len(data))]
-        flip = flip and bool(spots)
-        if flip:
-            c.corrupted += 1
-            offset = self.rng.randrange(sum(b - a for a, b in spots))
-            for a, b in spots:
-                if offset < b - a:
-                    pos = a + offset
-                    break
-                offset -= b - a
-            data = data[:pos] + bytes([data[pos] ^ 0xFF]) + data[pos + 1:]
-        if cut or flip:
-            c.damaged += 1
+        data = self._damage(data, cut, flip)
         copies = 2 if dup else 1
         c.duplicated += copies - 1
         out: list[tuple[float, bytes]] = []

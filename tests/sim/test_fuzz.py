@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from dtlsvpn.dtls import Association, ServerEndpoint
 from tests.pki import Pki
-from tests.sim.harness import configs_for
+from tests.sim.configs import configs_for
 
 ADDR = ("198.18.0.2", 40001)
 MODES = ["ecdhe-ecdsa-aes128", "ecdhe-psk-chacha", "mutual-ecdsa"]

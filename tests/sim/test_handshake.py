@@ -49,16 +49,10 @@ import pytest
 from dtlsvpn.dtls.events import AssociationClosed, HandshakeCompleted
 from dtlsvpn.errors import UsageError
 from tests.pki import Pki
-from tests.sim.harness import (
-    LOSSY_FIGURES,
-    MODES,
-    PSK_IDENTITY,
-    Simulator,
-    Trace,
-    configs_for,
-    server_credential,
-)
+from tests.sim.configs import MODES, PSK_IDENTITY, configs_for, server_credential
+from tests.sim.harness import Simulator
 from tests.sim.link import SimLink
+from tests.sim.trace import LOSSY_FIGURES, Trace
 
 pytestmark = pytest.mark.sim
 

@@ -55,16 +55,11 @@ from dtlsvpn.wire.handshake import (
 )
 from dtlsvpn.wire.record import parse_datagram
 from tests.pki import Pki
-from tests.sim.harness import (
-    MODES,
-    PSK,
-    PSK_IDENTITY,
-    Simulator,
-    configs_for,
-    rewrite_handshake,
-)
+from tests.sim.configs import MODES, PSK, PSK_IDENTITY, configs_for
+from tests.sim.harness import Simulator
 from tests.sim.link import SimLink
-from tests.sim.test_security_handshake import (
+from tests.sim.records import rewrite_handshake
+from tests.sim.scripted import (
     ScriptedClient,
     ServerUnderTest,
     assert_only,

@@ -44,8 +44,10 @@ from dtlsvpn.dtls.events import (
 from dtlsvpn.dtls.heartbeat import HeartbeatSettings
 from dtlsvpn.dtls.pmtu import PmtuSettings
 from tests.pki import Pki
-from tests.sim.harness import Simulator, configs_for, report, with_changes
+from tests.sim.configs import configs_for, with_changes
+from tests.sim.harness import Simulator
 from tests.sim.link import SimLink
+from tests.sim.trace import report
 
 pytestmark = pytest.mark.sim
 

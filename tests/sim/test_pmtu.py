@@ -56,8 +56,10 @@ from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.events import HandshakeCompleted, PathMtuChanged, PeerUnresponsive
 from dtlsvpn.dtls.pmtu import PmtuSettings
 from tests.pki import Pki
-from tests.sim.harness import Simulator, configs_for, report
+from tests.sim.configs import configs_for
+from tests.sim.harness import Simulator
 from tests.sim.link import SimLink
+from tests.sim.trace import report
 
 pytestmark = pytest.mark.sim
 

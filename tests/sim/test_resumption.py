@@ -47,22 +47,17 @@ from __future__ import annotations
 import dataclasses
 import random
 import statistics
-import time
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dtlsvpn.crypto import certs
-from dtlsvpn.crypto.keyexchange import KeyShare, generate_key_share
 from dtlsvpn.crypto.tickets import TicketKeyRing
 from dtlsvpn.dtls.events import (
     AlertReceived,
     AssociationClosed,
-    HandshakeCompleted,
-    SessionTicketReceived,
 )
 from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.wire.constants import (
@@ -70,34 +65,33 @@ from dtlsvpn.wire.constants import (
     AlertLevel,
     ExtensionType,
     HandshakeType,
-    NamedGroup,
 )
-from dtlsvpn.wire.extensions import decode_session_ticket
 from dtlsvpn.wire.handshake import (
     decode_client_hello,
     decode_server_hello,
     encode_client_hello,
     encode_server_hello,
-    parse_handshake_fragments,
 )
-from dtlsvpn.wire.record import parse_datagram
 from tests.pki import Pki
 from tests.sim.clock import FakeClock
-from tests.sim.harness import (
-    MODES,
-    PSK_IDENTITY,
-    Simulator,
-    configs_for,
-    report,
-    rewrite_handshake,
-    with_changes,
-)
+from tests.sim.configs import MODES, PSK_IDENTITY, ticket_ring
+from tests.sim.harness import Simulator
 from tests.sim.link import SimLink
+from tests.sim.records import rewrite_handshake
+from tests.sim.sessions import (
+    RTT,
+    Conn,
+    Work,
+    check_full_fallback,
+    check_resumed,
+    connect,
+    first_server_datagram_is_hvr,
+    full,
+)
+from tests.sim.trace import report
 
 pytestmark = pytest.mark.sim
 
-DELAY = 0.025
-RTT = 2 * DELAY
 SECTION = "session resumption (simulated, 50 ms RTT)"
 HANDSHAKE_FAILURE = int(AlertDescription.handshake_failure)
 # Asymmetric work of a full handshake, both sides: (key shares, signatures made,
@@ -114,28 +108,7 @@ FULL_WORK = {
 RESUME_MODES = list(FULL_WORK)
 
 
-# --- CPU work counters ---------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Work:
-    """Asymmetric operations, both sides together."""
-
-    key_shares: int = 0
-    signs: int = 0
-    signature_checks: int = 0
-    chain_checks: int = 0
-
-    def snapshot(self) -> Work:
-        return dataclasses.replace(self)
-
-    def since(self, before: Work) -> Work:
-        return Work(*(a - b for a, b in zip(dataclasses.astuple(self),
-                                             dataclasses.astuple(before), strict=True)))
-
-    @property
-    def total(self) -> int:
-        return sum(dataclasses.astuple(self))
+# --- CPU work counters (the Work of tests/sim/sessions.py) ---------------------------------
 
 
 @pytest.fixture
@@ -161,200 +134,13 @@ def work(monkeypatch: pytest.MonkeyPatch) -> Work:
     return w
 
 
-def key_share_counter(w: Work) -> Callable[[NamedGroup], KeyShare]:
-    def factory(group: NamedGroup) -> KeyShare:
-        w.key_shares += 1
-        return generate_key_share(group)
-    return factory
-
-
-# --- connections -------------------------------------------------------------------------------
-
-
-def make_ring(seed: int = 0, **kw: Any) -> TicketKeyRing:
-    return TicketKeyRing(random.Random(f"ring/{seed}").randbytes, **kw)
-
-
-@dataclasses.dataclass
-class Conn:
-    sim: Simulator
-    satisfied: bool
-    c2s_seen: list[bytes]
-    s2c_seen: list[bytes]
-    server_seconds: float  # wall-clock time spent in the server endpoint
-    started: float  # simulated time of connect()
-
-    @property
-    def client_done(self) -> HandshakeCompleted | None:
-        return self.sim.completed("client")
-
-    @property
-    def server_done(self) -> HandshakeCompleted | None:
-        return self.sim.completed("server")
-
-    def completion_time(self, side: str) -> float:
-        (t, _), = self.sim.events_of(side, HandshakeCompleted)
-        return t - self.started
-
-    @property
-    def ticket(self) -> ClientSession:
-        (_, ev), = self.sim.events_of("client", SessionTicketReceived)
-        return ev.session
-
-    def offered_ticket(self) -> bytes | None:
-        """The session_ticket extension of the last ClientHello the client sent."""
-        found: bytes | None = None
-        for d in self.c2s_seen:
-            for rec in parse_datagram(d)[0]:
-                if rec.content_type != 22 or rec.epoch != 0:
-                    continue
-                for f in parse_handshake_fragments(rec.fragment):
-                    if f.msg_type == HandshakeType.client_hello and f.is_whole:
-                        data = decode_client_hello(f.body).ext(ExtensionType.session_ticket)
-                        found = None if data is None else decode_session_ticket(data)
-        return found
-
-
-def connect(
-    pki: Pki,
-    mode: str,
-    ring: TicketKeyRing,
-    *,
-    session: ClientSession | None = None,
-    at: float = 0.0,
-    seed: int = 0,
-    links: tuple[SimLink, SimLink] | None = None,
-    c2s_tamper: Callable[[bytes], bytes | None] | None = None,
-    s2c_tamper: Callable[[bytes], bytes | None] | None = None,
-    client: dict[str, Any] | None = None,
-    server: dict[str, Any] | None = None,
-    work: Work | None = None,
-    watch_s2c: Callable[[Simulator, bytes], None] | None = None,
-    mtu: int = 1400,
-    limit: float = 5.0,
-    until: str = "established",
-) -> Conn:
-    """One connection from a fresh client port to a fresh endpoint at simulated time ``at``.
-
-    Randomness (both sides' ``random_bytes``, the client port) is seeded from the
-    connection's own parameters, so a test's result does not depend on which tests ran.
-    """
-    key = f"{mode}/{seed}/{at}/{b'' if session is None else session.ticket[:8]!r}"
-    extra: dict[str, Any] = {}
-    if work is not None:
-        extra["key_share_factory"] = key_share_counter(work)
-    c, s = configs_for(mode, pki, ticket_keys=ring, mtu=mtu, **extra)
-    c = with_changes(c, resume_session=session, random_bytes=random.Random(f"{key}/c").randbytes,
-                     **(client or {}))
-    s = with_changes(s, random_bytes=random.Random(f"{key}/s").randbytes, **(server or {}))
-    c2s_seen: list[bytes] = []
-    s2c_seen: list[bytes] = []
-
-    def tap(seen: list[bytes], tamper: Callable[[bytes], bytes | None] | None,
-            ) -> Callable[[bytes], bytes | None]:
-        def f(data: bytes) -> bytes | None:
-            out = data if tamper is None else tamper(data)
-            if out is not None:
-                seen.append(out)
-            return out
-        return f
-
-    if links is None:
-        links = (SimLink(random.Random(f"{seed}/c2s"), name="c2s", delay=DELAY),
-                 SimLink(random.Random(f"{seed}/s2c"), name="s2c", delay=DELAY))
-    holder: list[Simulator] = []
-
-    def s2c_hook(data: bytes) -> bytes | None:
-        if watch_s2c is not None:
-            watch_s2c(holder[0], data)
-        return data if s2c_tamper is None else s2c_tamper(data)
-
-    links[0].tamper = tap(c2s_seen, c2s_tamper)
-    links[1].tamper = tap(s2c_seen, s2c_hook)
-    sim = Simulator(c, s, c2s=links[0], s2c=links[1], clock=FakeClock(start=at),
-                    client_addr=("198.18.0.2", 40000 + zlib.crc32(key.encode()) % 20000))
-    holder.append(sim)
-    spent = [0.0]
-    receive, handle_timer = sim.endpoint.receive, sim.endpoint.handle_timer
-
-    def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapper(*a: Any, **k: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                spent[0] += time.perf_counter() - t0
-        return wrapper
-
-    sim.endpoint.receive = timed(receive)  # type: ignore[method-assign]
-    sim.endpoint.handle_timer = timed(handle_timer)  # type: ignore[method-assign]
-    sim.connect()
-    started = sim.now
-    if until == "established":
-        trace = sim.run_until(sim.both_established, limit)
-    else:
-        trace = sim.run_until(lambda: sim.client.is_closed, limit)
-        sim.run_for(1.0)  # let the alert reach the other side
-    conn = Conn(sim, trace.satisfied, c2s_seen, s2c_seen, spent[0], started)
-    if until == "established":
-        assert trace.satisfied, trace.format()
-    return conn
-
-
-def full(pki: Pki, mode: str, ring: TicketKeyRing, **kw: Any) -> Conn:
-    conn = connect(pki, mode, ring, **kw)
-    for side in ("client", "server"):
-        ev = conn.sim.completed(side)
-        assert ev is not None and ev.resumed is False and ev.ems is True
-    return conn
-
-
-def check_full_fallback(conn: Conn, offered: bytes | None) -> None:
-    """Completed as a full handshake (3 RTT, a new ticket), after offering ``offered``."""
-    assert conn.offered_ticket() == offered
-    for side in ("client", "server"):
-        ev = conn.sim.completed(side)
-        assert ev is not None and ev.resumed is False, side
-    assert conn.completion_time("client") == pytest.approx(3 * RTT)
-    assert conn.ticket.ticket != offered  # a fresh ticket replaces the failed one
-    exchange(conn.sim)
-
-
-def check_resumed(conn: Conn, session: ClientSession) -> None:
-    assert conn.offered_ticket() == session.ticket
-    for side in ("client", "server"):
-        ev = conn.sim.completed(side)
-        assert ev is not None and ev.resumed is True and ev.ems is True, side
-        assert int(ev.suite) == session.suite
-    exchange(conn.sim)
-
-
-def exchange(sim: Simulator) -> None:
-    srv = sim.side("server")
-    sim.send_from_client(sim.client.protect([b"ping"]))
-    sim.send_from_server(srv.protect([b"pong"]))
-    sim.run_until(lambda: sim.server_rx[-1:] == [b"ping"] and sim.client_rx[-1:] == [b"pong"], 1.0)
-    assert sim.server_rx[-1:] == [b"ping"] and sim.client_rx[-1:] == [b"pong"]
-
-
-def first_server_datagram_is_hvr(conn: Conn) -> None:
-    """CVE-2022-2576: the first answer is a stateless HelloVerifyRequest, no larger than
-    the ClientHello that caused it; one per connection."""
-    first = parse_datagram(conn.s2c_seen[0])[0]
-    assert [(r.content_type, r.epoch) for r in first] == [(22, 0)]
-    (frag,) = parse_handshake_fragments(first[0].fragment)
-    assert frag.msg_type == HandshakeType.hello_verify_request
-    assert len(conn.s2c_seen[0]) <= len(conn.c2s_seen[0])
-    assert conn.sim.endpoint.stats.hello_verify_sent == 1
-    assert conn.sim.endpoint.stats.cookie_accepted == 1
-
 
 # --- full -> ticket -> abbreviated ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", RESUME_MODES)
 def test_resumed_handshake_round_trips_and_cpu_work(pki: Pki, mode: str, work: Work) -> None:
-    ring = make_ring()
+    ring = ticket_ring("ring")
     w0 = work.snapshot()
     first = full(pki, mode, ring, work=work)
     w_full = work.since(w0)
@@ -397,7 +183,7 @@ def test_resumed_handshake_round_trips_and_cpu_work(pki: Pki, mode: str, work: W
 
 def test_resumption_without_cookie_takes_one_rtt(pki: Pki) -> None:
     """Only when the server is configured without the cookie exchange."""
-    ring = make_ring()
+    ring = ticket_ring("ring")
     session = full(pki, "ecdhe-ecdsa-aes128", ring).ticket
     conn = connect(pki, "ecdhe-ecdsa-aes128", ring, session=session, at=10.0,
                    server={"cookie_exchange": False})
@@ -411,7 +197,7 @@ def test_resumption_without_cookie_takes_one_rtt(pki: Pki) -> None:
 def test_resumption_goes_through_the_cookie_exchange(pki: Pki, work: Work) -> None:
     """CVE-2022-2576: a ticket (valid or not) never skips the HelloVerifyRequest, and the
     server does no asymmetric work and keeps no state before the cookie."""
-    ring = make_ring()
+    ring = ticket_ring("ring")
     session = full(pki, "ecdhe-ecdsa-aes128", ring).ticket
     bad = dataclasses.replace(session, ticket=_flip(session.ticket, "tag"))
     for offered in (session, bad):
@@ -447,7 +233,7 @@ def _flip(ticket: bytes, where: str) -> bytes:
 @pytest.mark.parametrize("where", ["key_name", "nonce", "ciphertext", "tag", "truncated",
                                    "extended"])
 def test_tampered_ticket_falls_back_to_full_handshake(pki: Pki, where: str) -> None:
-    ring = make_ring()
+    ring = ticket_ring("ring")
     session = full(pki, "ecdhe-ecdsa-aes128", ring).ticket
     bad = dataclasses.replace(session, ticket=_flip(session.ticket, where))
     conn = connect(pki, "ecdhe-ecdsa-aes128", ring, session=bad, at=10.0)
@@ -456,7 +242,7 @@ def test_tampered_ticket_falls_back_to_full_handshake(pki: Pki, where: str) -> N
 
 
 def test_expired_ticket_falls_back_to_full_handshake(pki: Pki) -> None:
-    ring = make_ring(ticket_lifetime=600)
+    ring = ticket_ring("ring", ticket_lifetime=600)
     session = full(pki, "psk-aes128", ring).ticket
     assert session.lifetime_hint == 600
     # Just inside the lifetime: resumed.
@@ -470,14 +256,14 @@ def test_expired_ticket_falls_back_to_full_handshake(pki: Pki) -> None:
 
 
 def test_foreign_key_ticket_falls_back_to_full_handshake(pki: Pki) -> None:
-    session = full(pki, "ecdhe-ecdsa-aes128", make_ring(1)).ticket
-    conn = connect(pki, "ecdhe-ecdsa-aes128", make_ring(2), session=session, at=10.0)
+    session = full(pki, "ecdhe-ecdsa-aes128", ticket_ring("ring", 1)).ticket
+    conn = connect(pki, "ecdhe-ecdsa-aes128", ticket_ring("ring", 2), session=session, at=10.0)
     check_full_fallback(conn, session.ticket)
 
 
 def test_key_rotation_keeps_old_tickets_valid_for_their_lifetime(pki: Pki) -> None:
     mode = "ecdhe-psk-chacha"
-    ring = make_ring(rotate_every=300, ticket_lifetime=600)
+    ring = ticket_ring("ring", rotate_every=300, ticket_lifetime=600)
     t1 = full(pki, mode, ring).ticket
     t2 = full(pki, mode, ring, at=400.0).ticket  # sealing at 400 s rotates to a new key
     assert len(ring.keys) == 2 and t1.ticket[:16] != t2.ticket[:16]
@@ -498,7 +284,7 @@ def test_rotated_out_key_falls_back_to_full_handshake(pki: Pki) -> None:
     """A ring whose older key was dropped (a key file rewritten with only the newer key)
     refuses that key's tickets within their lifetime and accepts the newer ones."""
     mode = "ecdhe-ecdsa-aes128"
-    ring = make_ring(rotate_every=300, ticket_lifetime=3600)
+    ring = ticket_ring("ring", rotate_every=300, ticket_lifetime=3600)
     t1 = full(pki, mode, ring).ticket
     t2 = full(pki, mode, ring, at=400.0).ticket
     newer_only = TicketKeyRing(random.Random(9).randbytes, rotate_every=300,
@@ -512,7 +298,7 @@ def test_two_endpoints_sharing_a_key_file_accept_each_others_tickets(
 ) -> None:
     mode = "mutual-ecdsa"
     path = tmp_path / "ticket.keys"
-    writer = make_ring(7)
+    writer = ticket_ring("ring", 7)
     writer.maintain(FakeClock().wall)
     writer.save(path)
     assert path.stat().st_mode & 0o777 == 0o600
@@ -524,7 +310,7 @@ def test_two_endpoints_sharing_a_key_file_accept_each_others_tickets(
     check_resumed(connect(pki, mode, ring_a, session=from_b, at=15.0), from_b)
     # A server of another deployment (another key file) does not.
     other = tmp_path / "other.keys"
-    foreign = make_ring(8)
+    foreign = ticket_ring("ring", 8)
     foreign.maintain(FakeClock().wall)
     foreign.save(other)
     ring_c = TicketKeyRing.load(other, random.Random("c").randbytes, rotate_every=0)
@@ -533,7 +319,7 @@ def test_two_endpoints_sharing_a_key_file_accept_each_others_tickets(
 
 def test_ticket_for_psk_identity_no_longer_known(pki: Pki) -> None:
     """The ticket binds psk:client-1; the server now knows only client-2."""
-    ring = make_ring()
+    ring = ticket_ring("ring")
     session = full(pki, "ecdhe-psk-chacha", ring).ticket
     psk2 = bytes(range(100, 132))
     only_2 = {"psk_lookup": {b"client-2": psk2}.get}
@@ -589,7 +375,7 @@ def test_resuming_ems_session_without_ems_aborts(pki: Pki, server_requires_ems: 
     """The ClientHello carrying an EMS session's ticket lacks EMS (rewritten on the path).
     With the server's require_extended_master_secret off, the RFC 7627 §5.3 rule itself
     aborts (not the blanket EMS requirement)."""
-    ring = make_ring()
+    ring = ticket_ring("ring")
     session = full(pki, "ecdhe-ecdsa-aes128", ring,
                    server={"require_extended_master_secret": server_requires_ems}).ticket
     conn = connect(pki, "ecdhe-ecdsa-aes128", ring, session=session, at=10.0,
@@ -601,7 +387,7 @@ def test_resuming_ems_session_without_ems_aborts(pki: Pki, server_requires_ems: 
 
 @pytest.mark.parametrize("client_requires_ems", [True, False])
 def test_server_dropping_ems_on_resumption_is_rejected(pki: Pki, client_requires_ems: bool) -> None:
-    ring = make_ring()
+    ring = ticket_ring("ring")
     session = full(pki, "psk-aes128", ring).ticket
     conn = connect(pki, "psk-aes128", ring, session=session, at=10.0,
                    s2c_tamper=_without_ems_server_hello, until="closed",
@@ -626,7 +412,7 @@ def backoff_budget(k: int, initial: float = 1.0, cap: float = 60.0) -> float:
 def lossy_tickets(pki: Pki) -> Iterator[dict[str, tuple[TicketKeyRing, ClientSession]]]:
     out = {}
     for mode in ("ecdhe-ecdsa-aes128", "ecdhe-psk-chacha"):
-        ring = make_ring()
+        ring = ticket_ring("ring")
         out[mode] = (ring, full(pki, mode, ring, mtu=UDP_PAYLOAD_CAP).ticket)
     yield out
     for mode, rows in _lossy.items():

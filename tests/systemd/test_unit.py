@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.conf import TunnelConf, peer_section
 from tests.systemd.boot import SYSTEMD, BootError, Instance
 from tests.util import udp_port_bound
 
@@ -42,46 +43,23 @@ PORT = 4433
 PING = [sys.executable, "-m", "tests.netns.tools", "ping"]
 TOOLS_ENV = {"PYTHONPATH": str(REPO)}
 
-SERVER_CONF = f"""# dtlsvpn@server under the test systemd
-[Interface]
-Role = server
-ListenAddress = 198.18.0.1:{PORT}
-Device = dvs0
-Address = 100.64.0.1/24, fd00::1/64
-HeartbeatInterval = 1
-DeadPeerTimeout = 4
+SERVER_CONF = TunnelConf(
+    comment="dtlsvpn@server under the test systemd", role="server",
+    listen_address=f"198.18.0.1:{PORT}", device="dvs0", address=("100.64.0.1/24", "fd00::1/64"),
+    heartbeat_interval=1, dead_peer_timeout=4,
+).peer(name="branch", psk_identity="branch", psk_file="branch.psk",
+       allowed_ips=("100.64.0.2/32", "fd00::2/128")).render()
 
-[Peer]
-Name = branch
-PSKIdentity = branch
-PSKFile = branch.psk
-AllowedIPs = 100.64.0.2/32, fd00::2/128
-"""
-
-CLIENT_CONF = f"""# dtlsvpn@client under the test systemd (in netns {CLIENT_NS})
-[Interface]
-Role = client
-Device = dvc0
-Address = 100.64.0.2/24, fd00::2/64
-HeartbeatInterval = 1
-DeadPeerTimeout = 4
-
-[Peer]
-Name = office
-Endpoint = 198.18.0.1:{PORT}
-PSKIdentity = branch
-PSKFile = branch.psk
-AllowedIPs = 100.64.0.0/24, fd00::/64
-"""
+CLIENT_CONF = TunnelConf(
+    comment=f"dtlsvpn@client under the test systemd (in netns {CLIENT_NS})", role="client",
+    device="dvc0", address=("100.64.0.2/24", "fd00::2/64"), heartbeat_interval=1,
+    dead_peer_timeout=4,
+).peer(name="office", endpoint=f"198.18.0.1:{PORT}", psk_identity="branch",
+       psk_file="branch.psk", allowed_ips=("100.64.0.0/24", "fd00::/64")).render()
 
 # Added to server.conf by the reload test: a peer that changes nothing for "branch".
-EXTRA_PEER = """
-[Peer]
-Name = roamer
-PSKIdentity = roamer
-PSKFile = roamer.psk
-AllowedIPs = 100.64.0.3/32
-"""
+EXTRA_PEER = "\n" + peer_section(name="roamer", psk_identity="roamer", psk_file="roamer.psk",
+                                 allowed_ips="100.64.0.3/32")
 
 NETNS_DROPIN = f"""[Service]
 NetworkNamespacePath=/run/netns/{CLIENT_NS}

@@ -20,10 +20,14 @@ import pytest
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from dtlsvpn.daemon.settings import load_config
+from tests.netns.harness import cert_pair, psk_pair
 from tests.pki import CLIENT_NAME, SERVER_IP, SERVER_NAME, Credential, Pki
+from tests.support.conf import TunnelConf
 from tests.util import (
     ProcessGroup,
     free_udp_port,
+    holds_for,
     require_tools,
     run_bounded,
     run_in_private_netns,
@@ -42,6 +46,48 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+# --- configuration text --------------------------------------------------------------
+
+
+def test_conf_builder_renders_the_readme_syntax() -> None:
+    text = TunnelConf(comment="a test", role="client", mtu=1300, address=("100.64.0.2/24",
+                      "fd00::2/64"), connection_id=False, ticket_store=None,
+                      ).peer(name="hq", psk_identity="x", allowed_ips="100.64.0.0/24").render()
+    assert text == ("# a test\n[Interface]\nRole = client\nMTU = 1300\n"
+                    "Address = 100.64.0.2/24, fd00::2/64\nConnectionID = no\n\n"
+                    "[Peer]\nName = hq\nPSKIdentity = x\nAllowedIPs = 100.64.0.0/24\n")
+
+
+def test_netns_pairs_load_with_the_daemons_loader(tmp_path: Path, pki: Pki) -> None:
+    psk = tmp_path / "psk"
+    psk.mkdir()
+    for conf in psk_pair(psk, heartbeat_interval=0.3, rekey_interval=3, connection_id=False):
+        cfg = load_config(conf)
+        assert (cfg.interface.heartbeat_interval, cfg.interface.rekey_interval) == (0.3, 3.0)
+        assert cfg.interface.connection_id is False and len(cfg.peers) == 1
+    server, client = cert_pair(tmp_path, pki)
+    assert load_config(server).peers[0].certificate_name == CLIENT_NAME
+    assert load_config(client).peers[0].server_name == SERVER_NAME
+
+
+# --- polling -------------------------------------------------------------------------
+
+
+def test_wait_until_and_holds_for_poll_a_condition() -> None:
+    calls: list[int] = []
+
+    def third_call() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    assert wait_until(third_call, 5, interval=0.001) and len(calls) == 3
+    assert not wait_until(lambda: False, 0.01, interval=0.001)
+    assert holds_for(lambda: True, 0.02, interval=0.001)
+    calls.clear()
+    assert not holds_for(third_call, 5, interval=0.001)  # false on the first poll
+    assert len(calls) == 1
 
 
 # --- ports ---------------------------------------------------------------------------
