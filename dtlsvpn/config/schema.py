@@ -45,47 +45,38 @@ its PSK; the core enforces all of that during the handshake.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
 import ipaddress
 import os
-import re
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeAlias, TypeVar
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from dtlsvpn.config.parser import Entry, Section, parse, split_list, suggest
+from dtlsvpn.config import values
+from dtlsvpn.config.parser import Entry, Section, parse, split_list
+from dtlsvpn.config.values import IFNAMSIZ, MIN_MTU_IPV6, Interface, Network, Role
+from dtlsvpn.config.values import spki_pin_text as spki_pin_text
 from dtlsvpn.crypto.certs import (
     ChainVerifier,
     PrivateKey,
     load_certificates,
     load_private_key,
 )
-from dtlsvpn.crypto.suites import SUITES, suite_by_name
 from dtlsvpn.errors import ConfigError, UsageError
 from dtlsvpn.wire.constants import CipherSuite
 
-Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
-Interface: TypeAlias = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-Role: TypeAlias = Literal["server", "client"]
 T = TypeVar("T")
 
 DEFAULT_CONFDIR = Path("/etc/dtlsvpn")
 DEFAULT_HEARTBEAT_INTERVAL = 2.0
 DEFAULT_DEAD_PEER_TIMEOUT = 8.0
 DEFAULT_REKEY_INTERVAL = 3600.0  # like OpenVPN's reneg-sec
-MIN_REKEY_INTERVAL, MAX_REKEY_INTERVAL = 1.0, 7 * 86400.0
-MIN_MTU, MAX_MTU, MIN_MTU_IPV6 = 576, 9000, 1280  # RFC 791 §3.1 / RFC 8200 §5
-IFNAMSIZ = 16  # Linux: interface names hold at most 15 bytes plus NUL
-MAX_PSK_IDENTITY = 128  # RFC 4279 §5.3: identities up to 128 bytes MUST be supported
 MIN_PSK_BYTES, MAX_PSK_BYTES = 16, 256
-LOG_LEVELS = ("debug", "info", "warning", "error")
 EXPIRY_WARNING = datetime.timedelta(days=30)
 
 INTERFACE_KEYS = (
@@ -236,240 +227,6 @@ def load_config(
     instance = name if name is not None else (p.name[:-5] if p.name.endswith(".conf") else p.name)
     when = now if now is not None else datetime.datetime.now(datetime.UTC)
     return _Loader(spath, base, instance, when).load(sections, check)
-
-
-def spki_pin_text(digest: bytes) -> str:
-    """``sha256/BASE64``: how PeerKeyPin values and the key tools spell a pin."""
-    return "sha256/" + base64.b64encode(digest).decode("ascii")
-
-
-# --- value converters: text → value, or ValueError("expected …, got '…'") -------------------
-
-_HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$"
-)
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$")
-_DEVICE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-_SECONDS_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?$")
-_INTERVAL_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(s|m|h|d)?$")
-_INTERVAL_UNITS = {None: 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_TRUE = ("yes", "true", "on", "1")
-_FALSE = ("no", "false", "off", "0")
-
-
-def _role(value: str) -> Role:
-    v = value.lower()
-    if v == "server":
-        return "server"
-    if v == "client":
-        return "client"
-    raise ValueError(f"expected 'server' or 'client', got {value!r}")
-
-
-def _is_hostname(text: str) -> bool:
-    return bool(_HOSTNAME_RE.match(text)) and not text.replace(".", "").isdigit()
-
-
-def _hostport(value: str, *, ip_only: bool) -> tuple[str, int]:
-    what = "HOST:PORT"
-    if value.startswith("["):
-        host, sep, rest = value[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-        if not sep or not port_text:
-            raise ValueError(f"expected [IPV6]:PORT, got {value!r}")
-        try:
-            addr = ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"expected an IPv6 address inside [...], got {value!r}") from None
-        host = str(addr)
-    else:
-        host, sep, port_text = value.rpartition(":")
-        if not sep:
-            raise ValueError(f"expected {what}, got {value!r}")
-        if ":" in host:
-            raise ValueError(f"expected [IPV6]:PORT (brackets around IPv6), got {value!r}")
-        try:
-            host = str(ipaddress.IPv4Address(host))
-        except ValueError:
-            if ip_only:
-                raise ValueError(f"expected {what} with HOST an IP address, "
-                                 f"got {value!r}") from None
-            if not _is_hostname(host):
-                raise ValueError(f"expected {what} with a host name or address, "
-                                 f"got {value!r}") from None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"expected a port from 1 to 65535 in {what}, got {value!r}")
-    return host, int(port_text)
-
-
-def _listen(value: str) -> tuple[str, int]:
-    return _hostport(value, ip_only=True)
-
-
-def _endpoint(value: str) -> tuple[str, int]:
-    return _hostport(value, ip_only=False)
-
-
-def _interface_address(value: str) -> Interface:
-    example = "ADDRESS/PREFIX such as 100.64.0.1/24 or fd00::1/64"
-    if "/" not in value:
-        raise ValueError(f"expected {example}, got {value!r}")
-    try:
-        iface = ipaddress.ip_interface(value)
-    except ValueError:
-        raise ValueError(f"expected {example}, got {value!r}") from None
-    ip = iface.ip
-    for bad, kind in ((ip.is_unspecified, "unspecified"), (ip.is_loopback, "loopback"),
-                      (ip.is_multicast, "multicast"), (ip.is_link_local, "link-local")):
-        if bad:
-            raise ValueError(f"expected a unicast tunnel address, got {value!r} ({kind})")
-    net = iface.network
-    if (isinstance(iface, ipaddress.IPv4Interface) and net.prefixlen < 31
-            and ip in (net.network_address, net.broadcast_address)):
-        raise ValueError(f"expected a host address, got {value!r} "
-                         f"(the network or broadcast address of {net})")
-    return iface
-
-
-def _network(value: str) -> Network:
-    try:
-        return ipaddress.ip_network(value, strict=True)
-    except ValueError:
-        pass
-    try:
-        loose = ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise ValueError(f"expected a prefix such as 100.64.0.2/32 or fd00::/64, "
-                         f"got {value!r}") from None
-    raise ValueError(f"expected a prefix without host bits, got {value!r} (did you mean {loose}?)")
-
-
-def _mtu(value: str) -> int | None:
-    if value.lower() == "auto":
-        return None
-    if not value.isdigit() or not MIN_MTU <= int(value) <= MAX_MTU:
-        raise ValueError(f"expected 'auto' or an integer from {MIN_MTU} to {MAX_MTU}, "
-                         f"got {value!r}")
-    return int(value)
-
-
-def _seconds(value: str) -> float:
-    m = _SECONDS_RE.match(value.lower())
-    seconds = -1.0
-    if m is not None:
-        seconds = float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0)
-    if not 0.05 <= seconds <= 86400:
-        raise ValueError(f"expected a duration from 0.05 to 86400 seconds (e.g. 2, 2.5s, "
-                         f"500ms), got {value!r}")
-    return seconds
-
-
-def _rekey_interval(value: str) -> float | None:
-    """Seconds between key renewals (``3600``, ``90s``, ``60m``, ``1h``, ``1d``); ``0`` or
-    ``off``: no renewal by time (the record limits of the AEAD still force one)."""
-    v = value.strip().lower()
-    if v == "off":
-        return None
-    m = _INTERVAL_RE.match(v)
-    if m is not None:
-        seconds = float(m.group(1)) * _INTERVAL_UNITS[m.group(2)]
-        if seconds == 0:
-            return None
-        if MIN_REKEY_INTERVAL <= seconds <= MAX_REKEY_INTERVAL:
-            return seconds
-    raise ValueError(f"expected a duration from {MIN_REKEY_INTERVAL:g} second to "
-                     f"{MAX_REKEY_INTERVAL / 86400:g} days (e.g. 3600, 90s, 60m, 1h), or 0 / "
-                     f"off to renew keys only at the record limit, got {value!r}")
-
-
-def _boolean(value: str) -> bool:
-    v = value.lower()
-    if v in _TRUE:
-        return True
-    if v in _FALSE:
-        return False
-    raise ValueError(f"expected yes or no, got {value!r}")
-
-
-def _log_level(value: str) -> str:
-    v = value.lower()
-    if v == "warn":
-        v = "warning"
-    if v not in LOG_LEVELS:
-        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
-    return v
-
-
-def _device(value: str) -> str:
-    if len(value.encode()) >= IFNAMSIZ or not _DEVICE_RE.match(value) or value in (".", ".."):
-        raise ValueError(f"expected an interface name of 1 to {IFNAMSIZ - 1} letters, digits, "
-                         f"'-', '_' or '.', got {value!r}")
-    return value
-
-
-def _ciphers(value: str) -> tuple[CipherSuite, ...]:
-    out: list[CipherSuite] = []
-    names = [s.name for s in SUITES.values()] + [s.openssl_name for s in SUITES.values()]
-    for item in split_list(value):
-        try:
-            code = CipherSuite(suite_by_name(item).code)
-        except KeyError:
-            close = suggest(item, names)
-            hint = f" (did you mean {close}?)" if close else ""
-            raise ValueError(f"expected cipher suite names (IANA or OpenSSL spelling), "
-                             f"got {item!r}{hint}") from None
-        if code in out:
-            raise ValueError(f"expected each cipher suite once, got {item!r} twice")
-        out.append(code)
-    return tuple(out)
-
-
-def _pin(value: str) -> bytes:
-    expected = "expected sha256/BASE64 (as printed by `dtlsvpn genkey`) or 64 hex digits"
-    if value.lower().startswith("sha256/"):
-        try:
-            digest = base64.b64decode(value[7:], validate=True)
-        except (binascii.Error, ValueError):
-            digest = b""
-    else:
-        try:
-            digest = bytes.fromhex(value.replace(":", ""))
-        except ValueError:
-            digest = b""
-    if len(digest) != 32:
-        raise ValueError(f"{expected}, got {value!r}")
-    return digest
-
-
-def _common_name(value: str) -> str:
-    if len(value) > 64:  # RFC 5280 Appendix A: ub-common-name 64
-        raise ValueError(f"expected a common name of at most 64 characters, got {value!r}")
-    return value
-
-
-def _psk_identity(value: str) -> bytes:
-    data = value.encode("utf-8")
-    if len(data) > MAX_PSK_IDENTITY:
-        raise ValueError(f"expected at most {MAX_PSK_IDENTITY} bytes, got {len(data)}")
-    return data
-
-
-def _server_name(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        pass
-    if not _is_hostname(value):
-        raise ValueError(f"expected a DNS name or IP address as in the server certificate's "
-                         f"subjectAltName, got {value!r}")
-    return value.rstrip(".").lower()
-
-
-def _peer_name(value: str) -> str:
-    if not _NAME_RE.match(value):
-        raise ValueError(f"expected a name of letters, digits and '_.@+-' (at most 64), "
-                         f"got {value!r}")
-    return value
 
 
 # --- files: certificates, keys and secrets ---------------------------------------------------
@@ -665,20 +422,19 @@ class _Loader:
     # -- [Interface] --
 
     def _interface(self, f: _Fields) -> InterfaceConfig:
-        role = f.get("Role", _role, None)
+        role = f.get("Role", values.role, None)
         if role is None:
             raise f.missing("Role", "'server' or 'client'")
-        listen = f.get("ListenAddress", _listen, None)
+        listen = f.get("ListenAddress", values.listen, None)
         if role == "server" and listen is None:
             raise f.missing("ListenAddress", "ADDRESS:PORT to listen on, e.g. 198.18.0.1:4433 "
                                              "or [::]:4433")
         default_device = f"dtv-{self.name}"
-        if not f.has("Device") and (len(default_device.encode()) >= IFNAMSIZ
-                                    or not _DEVICE_RE.match(default_device)):
+        if not f.has("Device") and not values.is_device_name(default_device):
             raise f.missing("Device", f"an interface name: the default {default_device!r} is "
                                       f"not a valid name of at most {IFNAMSIZ - 1} characters")
-        device = f.get("Device", _device, default_device)
-        addresses = f.many("Address", _interface_address)
+        device = f.get("Device", values.device, default_device)
+        addresses = f.many("Address", values.interface_address)
         if not addresses:
             raise f.missing("Address", "the tunnel address(es) of this host, e.g. "
                                        "100.64.0.1/24, fd00::1/64")
@@ -688,18 +444,18 @@ class _Loader:
                 raise f.error("Address", f"{addr.ip} listed twice (first at line "
                                          f"{seen[addr.ip]}); expected distinct addresses", line)
             seen[addr.ip] = line
-        mtu = f.get("MTU", _mtu, None)
+        mtu = f.get("MTU", values.mtu, None)
         if mtu is not None and mtu < MIN_MTU_IPV6 and any(a.version == 6 for a, _ in addresses):
             raise f.error("MTU", f"expected at least {MIN_MTU_IPV6} with an IPv6 Address "
                                  f"(RFC 8200 §5), got {mtu}")
-        heartbeat = f.get("HeartbeatInterval", _seconds, DEFAULT_HEARTBEAT_INTERVAL)
-        dead = f.get("DeadPeerTimeout", _seconds, DEFAULT_DEAD_PEER_TIMEOUT)
+        heartbeat = f.get("HeartbeatInterval", values.seconds, DEFAULT_HEARTBEAT_INTERVAL)
+        dead = f.get("DeadPeerTimeout", values.seconds, DEFAULT_DEAD_PEER_TIMEOUT)
         if dead <= heartbeat:
             key = "DeadPeerTimeout" if f.has("DeadPeerTimeout") else "HeartbeatInterval"
             raise f.error(key, f"expected DeadPeerTimeout ({dead:g}s) longer than "
                                f"HeartbeatInterval ({heartbeat:g}s)")
         default_rekey: float | None = DEFAULT_REKEY_INTERVAL
-        rekey = f.get("RekeyInterval", _rekey_interval, default_rekey)
+        rekey = f.get("RekeyInterval", values.interval, default_rekey)
         return InterfaceConfig(
             role=role,
             listen=listen,
@@ -709,16 +465,16 @@ class _Loader:
             certificate=f.get("Certificate", self._path, None),
             private_key=f.get("PrivateKey", self._path, None),
             ca=f.get("CA", self._path, None),
-            cipher_suites=f.get("Ciphers", _ciphers, None),
+            cipher_suites=f.get("Ciphers", values.ciphers, None),
             heartbeat_interval=heartbeat,
             dead_peer_timeout=dead,
             ticket_store=f.get("TicketStore", self._path, Path(f"/var/lib/dtlsvpn/{self.name}")),
             status_socket=f.get("StatusSocket", self._path,
                                 Path(f"/run/dtlsvpn/{self.name}.sock")),
-            mss_clamp=f.get("MSSClamp", _boolean, True),
-            log_level=f.get("LogLevel", _log_level, "info"),
+            mss_clamp=f.get("MSSClamp", values.boolean, True),
+            log_level=f.get("LogLevel", values.log_level, "info"),
             rekey_interval=rekey,
-            connection_id=f.get("ConnectionID", _boolean, True),
+            connection_id=f.get("ConnectionID", values.boolean, True),
             source=Source(self.path, f.section.line),
         )
 
@@ -763,15 +519,15 @@ class _Loader:
         self, f: _Fields, index: int, iface: InterfaceConfig, creds: Credentials
     ) -> _PeerDraft:
         role = iface.role
-        name = f.get("Name", _peer_name, f"peer{index}")
-        endpoint = f.get("Endpoint", _endpoint, None)
-        allowed = f.many("AllowedIPs", _network)
-        routes = f.many("Route", _network)
-        pins = f.many("PeerKeyPin", _pin)
-        common_name = f.get("CommonName", _common_name, None)
-        psk_identity = f.get("PSKIdentity", _psk_identity, None)
+        name = f.get("Name", values.peer_name, f"peer{index}")
+        endpoint = f.get("Endpoint", values.endpoint, None)
+        allowed = f.many("AllowedIPs", values.network)
+        routes = f.many("Route", values.network)
+        pins = f.many("PeerKeyPin", values.pin)
+        common_name = f.get("CommonName", values.common_name, None)
+        psk_identity = f.get("PSKIdentity", values.psk_identity, None)
         psk_path = f.get("PSKFile", self._path, None)
-        server_name = f.get("ServerName", _server_name, None)
+        server_name = f.get("ServerName", values.server_name, None)
 
         if role == "server":
             if endpoint is not None:
