@@ -51,6 +51,7 @@ from typing import Any
 from dtlsvpn.crypto.certs import load_certificates, load_private_key
 from dtlsvpn.crypto.suites import suite_by_name
 from dtlsvpn.crypto.tickets import TicketKeyRing
+from dtlsvpn.daemon.ticketkeys import TicketKeyFile
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.endpoint import ServerEndpoint
@@ -364,13 +365,13 @@ def ticket_key_ring(args: argparse.Namespace, wall: float) -> TicketKeyRing | No
         return TicketKeyRing(os.urandom)  # resumption works within this run
     if os.path.lexists(path):
         try:
-            return TicketKeyRing.load(path, os.urandom)
+            return TicketKeyFile(path).load(os.urandom)
         except ConfigError as exc:
             raise ArgumentProblem(str(exc)) from None
     ring = TicketKeyRing(os.urandom)
     ring.maintain(wall)
     try:
-        ring.save(path)
+        TicketKeyFile(path).save(ring)
     except OSError as exc:
         raise ArgumentProblem(f"cannot write {path}: {exc.strerror}") from None
     log(f"session: created ticket key file {path}")
@@ -700,6 +701,7 @@ class DtlsServer:
         # --ticket-keys: the file is re-read when it changes (another server rotated)
         # and rewritten when our ring rotated.
         self.ticket_path: str | None = args.ticket_keys
+        self.ticket_file = None if args.ticket_keys is None else TicketKeyFile(args.ticket_keys)
         self.ticket_keys = config.ticket_keys
         self.saved_keys = () if self.ticket_keys is None else self.ticket_keys.keys
         self.next_reload = 0.0
@@ -761,11 +763,11 @@ class DtlsServer:
 
     def _reload_ticket_keys(self, now: float) -> None:
         """Before a new association: pick up keys another server wrote (rate-limited)."""
-        if self.ticket_path is None or self.ticket_keys is None or now < self.next_reload:
+        if self.ticket_file is None or self.ticket_keys is None or now < self.next_reload:
             return
         self.next_reload = now + TICKET_RELOAD_GAP
         try:
-            if self.ticket_keys.reload_if_changed(self.ticket_path):
+            if self.ticket_file.reload_if_changed(self.ticket_keys):
                 self.saved_keys = self.ticket_keys.keys
                 log(f"session: reloaded ticket keys from {self.ticket_path}")
         except ConfigError as exc:
@@ -774,10 +776,10 @@ class DtlsServer:
     def _save_ticket_keys(self) -> None:
         """After a handshake: write the ring back if sealing rotated it."""
         ring = self.ticket_keys
-        if self.ticket_path is None or ring is None or ring.keys == self.saved_keys:
+        if self.ticket_file is None or ring is None or ring.keys == self.saved_keys:
             return
         try:
-            ring.save(self.ticket_path)
+            self.ticket_file.save(ring)
         except OSError as exc:
             log(f"warning: cannot write {self.ticket_path}: {exc.strerror}")
             return
