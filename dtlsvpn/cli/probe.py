@@ -22,7 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dtlsvpn.cli.argtypes import (
     ArgumentProblem,
@@ -39,6 +39,7 @@ from dtlsvpn.daemon.udp import resolve
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import (
     AssociationClosed,
+    Event,
     HandshakeCompleted,
     HeartbeatAnswered,
     PathMtuChanged,
@@ -46,6 +47,8 @@ from dtlsvpn.dtls.events import (
 )
 from dtlsvpn.dtls.heartbeat import HeartbeatSettings
 from dtlsvpn.errors import UsageError
+
+E = TypeVar("E")
 
 DEFAULT_TIMEOUT = 10.0
 PMTU_QUIET = 1.5  # seconds without a PLPMTU change that count as "search settled"
@@ -128,7 +131,7 @@ def build_config(args: argparse.Namespace) -> DtlsConfig:
         raise ArgumentProblem(f"invalid configuration: {exc}") from None
 
 
-def _first(events: list[Any], kind: type) -> Any:
+def _first(events: list[Event], kind: type[E]) -> E | None:
     return next((ev for ev in events if isinstance(ev, kind)), None)
 
 
