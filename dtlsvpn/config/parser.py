@@ -3,7 +3,7 @@
 Purpose: turn the text of a configuration file into sections of
 ``Key = value`` entries, each carrying the line it came from, so that every
 later error can name the file, the line and the key.  This module knows the
-*shape* of the format; :mod:`dtlsvpn.config.schema` gives it the vocabulary
+*shape* of the format; :mod:`dtlsvpn.config.loader` gives it the vocabulary
 (which sections and keys exist) and gives the values their meaning.
 
 The format (WireGuard-like, see ``etc/dtlsvpn/*.conf``):
@@ -90,47 +90,66 @@ def parse(
             out.append(Section(current[0], current[1], tuple(entries)))
 
     for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
+        line = _strip_comment(raw)
+        if not line:
             continue
-        m = _INLINE_COMMENT_RE.search(line)
-        if m is not None:
-            line = line[: m.start()].rstrip()
         header = _SECTION_RE.match(line)
         if header is not None:
-            name = header.group(1)
-            canonical = sections_by_lower.get(name.lower())
-            if canonical is None:
-                expected = " or ".join(f"[{s}]" for s in vocabulary)
-                close = suggest(name, list(vocabulary))
-                hint = f" (did you mean [{close}]?)" if close else ""
-                raise ConfigError(path, number, f"[{name}]",
-                                  f"unknown section; expected {expected}{hint}")
             flush()
-            current, entries = (canonical, number), []
+            current = (_section_name(header.group(1), path, number, sections_by_lower), number)
+            entries = []
             continue
         if line.startswith("["):
             raise ConfigError(path, number, None,
                               f"expected a section header like [Peer], got {line!r}")
-        key, sep, value = line.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key:
-            raise ConfigError(path, number, None, f"expected 'Key = value', got {line!r}")
-        if not _KEY_RE.match(key):
-            raise ConfigError(path, number, key, "expected a key name made of letters")
-        if current is None:
-            first = " or ".join(f"[{s}]" for s in vocabulary)
-            raise ConfigError(path, number, key, f"key outside any section; start with {first}")
-        section = current[0]
-        canonical = keys_by_section[section].get(key.lower())
-        if canonical is None:
-            raise ConfigError(path, number, key,
-                              _unknown_key(key, section, keys_by_section, hints))
-        if not value:
-            raise ConfigError(path, number, canonical, "expected a value after '='")
-        entries.append(Entry(canonical, value, number))
+        section = current[0] if current is not None else None
+        entries.append(_entry(line, path, number, section, keys_by_section, hints))
     flush()
     return out
+
+
+def _strip_comment(raw: str) -> str:
+    line = raw.strip()
+    if line.startswith("#"):
+        return ""
+    m = _INLINE_COMMENT_RE.search(line)
+    return line if m is None else line[: m.start()].rstrip()
+
+
+def _section_name(name: str, path: str, number: int, sections_by_lower: Mapping[str, str]) -> str:
+    canonical = sections_by_lower.get(name.lower())
+    if canonical is None:
+        sections = list(sections_by_lower.values())
+        expected = " or ".join(f"[{s}]" for s in sections)
+        close = suggest(name, sections)
+        hint = f" (did you mean [{close}]?)" if close else ""
+        raise ConfigError(path, number, f"[{name}]", f"unknown section; expected {expected}{hint}")
+    return canonical
+
+
+def _entry(
+    line: str,
+    path: str,
+    number: int,
+    section: str | None,
+    keys_by_section: Mapping[str, Mapping[str, str]],
+    hints: Mapping[str, str],
+) -> Entry:
+    key, sep, value = line.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not key:
+        raise ConfigError(path, number, None, f"expected 'Key = value', got {line!r}")
+    if not _KEY_RE.match(key):
+        raise ConfigError(path, number, key, "expected a key name made of letters")
+    if section is None:
+        first = " or ".join(f"[{s}]" for s in keys_by_section)
+        raise ConfigError(path, number, key, f"key outside any section; start with {first}")
+    canonical = keys_by_section[section].get(key.lower())
+    if canonical is None:
+        raise ConfigError(path, number, key, _unknown_key(key, section, keys_by_section, hints))
+    if not value:
+        raise ConfigError(path, number, canonical, "expected a value after '='")
+    return Entry(canonical, value, number)
 
 
 def _unknown_key(

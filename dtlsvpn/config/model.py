@@ -1,0 +1,161 @@
+"""The configuration's model: frozen dataclasses, the key vocabulary and the defaults.
+
+Purpose: what a loaded ``/etc/dtlsvpn/NAME.conf`` *is* once :mod:`dtlsvpn.config.loader`
+has validated it: one :class:`Config` holding an :class:`InterfaceConfig`, its
+:class:`PeerConfig` list and the loaded :class:`Credentials`.  Turning it into the DTLS
+core's settings is the shell's work (:mod:`dtlsvpn.daemon.settings`): this package
+imports nothing of ``dtls/``.
+
+Invariants:
+- Every instance here passed the loader's checks; the classes do not check again.
+- Equality of :class:`PeerConfig` / :class:`InterfaceConfig` ignores
+  ``source`` (line numbers), so a reload can tell which peers really changed.
+  The loaded key and certificates live in :attr:`Config.credentials`, which is
+  not compared either.
+- ``RekeyInterval`` (default 3600 s) becomes ``DtlsConfig.rekey_interval``: a client
+  starts a make-before-break renewal (``dtls/rekey.py``) when it runs out; a server
+  accepts renewals whatever its own value, which only sizes how long it keeps old keys.
+  None means no renewal by time (the core still renews before the AEAD record limit).
+- ``ConnectionID`` (yes/no, default yes) negotiates RFC 9146 connection IDs, which let
+  a roaming client change address without a handshake; ``no`` leaves them out of the
+  hellos (a new client address then means a new, ticket-resumed association).
+
+Authentication model (security.md): a server identifies each ``[Peer]`` by
+its client certificate (``CommonName`` checked after a chain to ``CA``, or
+``PeerKeyPin`` = SHA-256 of the SubjectPublicKeyInfo, or both) or by its PSK
+identity.  The DTLS core accepts any client that passes the server-wide
+check (the CA, or the union of pins when every certificate peer is pinned, or
+a known PSK identity); ``daemon.settings.match_peer`` then names the ``[Peer]``, and the
+daemon MUST close an association for which it returns None.  A client checks
+its single ``[Peer]`` (the server) with ``CA`` (+ ``ServerName``), pins, or
+its PSK; the core enforces all of that during the handshake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+
+from dtlsvpn.config.values import Interface, Network, Role
+from dtlsvpn.crypto.certs import PrivateKey
+from dtlsvpn.wire.constants import CipherSuite
+
+DEFAULT_CONFDIR = Path("/etc/dtlsvpn")
+DEFAULT_HEARTBEAT_INTERVAL = 2.0
+DEFAULT_DEAD_PEER_TIMEOUT = 8.0
+DEFAULT_REKEY_INTERVAL = 3600.0  # like OpenVPN's reneg-sec
+
+INTERFACE_KEYS = (
+    "Role", "ListenAddress", "Device", "Address", "MTU", "Certificate", "PrivateKey", "CA",
+    "Ciphers", "HeartbeatInterval", "DeadPeerTimeout", "TicketStore", "StatusSocket",
+    "MSSClamp", "LogLevel", "RekeyInterval", "ConnectionID",
+)
+PEER_KEYS = (
+    "Name", "Endpoint", "AllowedIPs", "Route", "PeerKeyPin", "CommonName", "PSKIdentity",
+    "PSKFile", "ServerName",
+)
+MULTI_VALUED = frozenset({"Address", "AllowedIPs", "Route", "PeerKeyPin"})
+VOCABULARY = {"Interface": INTERFACE_KEYS, "Peer": PEER_KEYS}
+# Keys people bring from WireGuard and OpenVPN, with what to write instead.
+HINTS = {
+    "listenport": "use ListenAddress = HOST:PORT",
+    "publickey": "peers authenticate by certificate (CommonName, PeerKeyPin) or by PSK "
+                 "(PSKIdentity, PSKFile)",
+    "presharedkey": "use PSKIdentity and PSKFile (a file holding the key in hex)",
+    "persistentkeepalive": "use HeartbeatInterval in [Interface]",
+    "dns": "dtlsvpn does not configure DNS",
+    "key": "use PrivateKey",
+    "cert": "use Certificate",
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a section starts: the file and the line of its ``[Header]``."""
+
+    path: str
+    line: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeerConfig:
+    """One ``[Peer]``: for a server a client it accepts, for a client its server."""
+
+    name: str
+    endpoint: tuple[str, int] | None
+    allowed_prefixes: tuple[Network, ...]
+    routes: tuple[Network, ...]
+    pinned_spki_sha256: frozenset[bytes]
+    certificate_name: str | None
+    psk_identity: bytes | None
+    psk: bytes | None = field(repr=False)
+    server_name: str | None
+    source: Source = field(compare=False)
+
+    @property
+    def uses_certificate(self) -> bool:
+        """True when this peer may authenticate by certificate (name or pin)."""
+        return bool(self.pinned_spki_sha256) or self.certificate_name is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class InterfaceConfig:
+    """The ``[Interface]`` section: this host's side of the tunnel."""
+
+    role: Role
+    listen: tuple[str, int] | None
+    device: str
+    addresses: tuple[Interface, ...]
+    mtu: int | None
+    certificate: Path | None
+    private_key: Path | None
+    ca: Path | None
+    cipher_suites: tuple[CipherSuite, ...] | None
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    dead_peer_timeout: float = DEFAULT_DEAD_PEER_TIMEOUT
+    ticket_store: Path
+    status_socket: Path
+    mss_clamp: bool = True
+    log_level: str = "info"
+    rekey_interval: float | None = DEFAULT_REKEY_INTERVAL  # None: no time-based renewal
+    connection_id: bool = True  # RFC 9146 connection IDs (roaming without a handshake)
+    source: Source = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The loaded contents of Certificate, PrivateKey and CA (not compared)."""
+
+    certificate_chain: tuple[x509.Certificate, ...] = ()
+    private_key: PrivateKey | None = field(default=None, repr=False)
+    ca_certs: tuple[x509.Certificate, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole validated configuration file.
+
+    ``warnings`` lists things that work but look wrong (an unused credential,
+    a certificate close to expiry); ``check-config`` prints them.
+    """
+
+    path: str
+    name: str
+    interface: InterfaceConfig
+    peers: tuple[PeerConfig, ...]
+    credentials: Credentials = field(default_factory=Credentials, compare=False, repr=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def peer(self, name: str) -> PeerConfig | None:
+        """The ``[Peer]`` called ``name``, if any."""
+        return next((p for p in self.peers if p.name == name), None)
+
+
+
+def config_path(name_or_file: str, confdir: Path = DEFAULT_CONFDIR) -> Path:
+    """``office`` → ``confdir/office.conf``; a name with ``/`` or ending in ``.conf`` is a file."""
+    if "/" in name_or_file or name_or_file.endswith(".conf"):
+        return Path(name_or_file)
+    return confdir / f"{name_or_file}.conf"
