@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dtlsvpn.cli.argtypes import format_hostport
-from dtlsvpn.config.schema import (
+from dtlsvpn.config import (
     DEFAULT_CONFDIR,
     Config,
     PeerConfig,

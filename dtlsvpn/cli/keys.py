@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from dtlsvpn.config.schema import spki_pin_text
+from dtlsvpn.config.values import is_hostname, spki_pin_text
 from dtlsvpn.crypto.certs import PrivateKey, load_certificates, load_private_key
 
 KEY_TYPES = ("ecdsa-p256", "ecdsa-p384", "ed25519", "rsa2048")
@@ -283,7 +283,7 @@ def run_gencert(args: argparse.Namespace) -> int:
         ca_cert, ca_key = _read_ca(Path(args.ca_dir))
         dns = tuple(args.dns or ())
         ips = tuple(args.ip or ())
-        if args.kind == "server" and not dns and _is_dns_name(args.name):
+        if args.kind == "server" and not dns and is_hostname(args.name):
             dns = (args.name,)
         cert = make_leaf(args.kind, args.name, key, ca_cert, ca_key, args.days or LEAF_DAYS,
                          dns=dns, ips=ips)
@@ -311,16 +311,6 @@ def run_pin(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_dns_name(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-        return False
-    except ValueError:
-        pass
-    labels = text.rstrip(".").split(".")
-    return all(re.fullmatch(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", label) for label in labels)
-
-
 # --- argparse -------------------------------------------------------------------------------
 
 
@@ -332,7 +322,7 @@ def _days(text: str) -> int:
 
 
 def _dns(text: str) -> str:
-    if not _is_dns_name(text):
+    if not is_hostname(text):
         raise argparse.ArgumentTypeError(f"expected a DNS name, got {text!r}")
     return text
 

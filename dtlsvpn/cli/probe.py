@@ -24,15 +24,10 @@ import time
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dtlsvpn.cli.argtypes import (
-    ArgumentProblem,
-    format_hostport,
-    hostport,
-    is_ip_literal,
-    read_file,
-)
+from dtlsvpn.cli.argtypes import ArgumentProblem, format_hostport, hostport, read_file, seconds
 from dtlsvpn.cli.probe_connection import ClientConnection
-from dtlsvpn.config.schema import read_secret_file
+from dtlsvpn.config.credentials import read_secret_file
+from dtlsvpn.config.values import is_ip_literal
 from dtlsvpn.crypto.certs import load_certificates, load_private_key
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.udp import resolve
@@ -76,20 +71,10 @@ def add_parsers(commands: Any) -> None:
     probe.add_argument("--server-name", metavar="NAME",
                        help="name to check in the server certificate (default: HOST when "
                             "it is not an address)")
-    probe.add_argument("--timeout", metavar="S", type=_seconds, default=DEFAULT_TIMEOUT,
+    probe.add_argument("--timeout", metavar="S", type=seconds, default=DEFAULT_TIMEOUT,
                        help=f"seconds for the whole probe (default {DEFAULT_TIMEOUT:g})")
     probe.add_argument("--json", action="store_true", help="print the result as JSON")
     probe.set_defaults(func=probe_command, parser_of_command=probe)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds between 0 and 3600")
-    return value
 
 
 def build_config(args: argparse.Namespace) -> DtlsConfig:

@@ -21,8 +21,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dtlsvpn.cli.argtypes import ArgumentProblem, hostport, is_ip_literal, read_file, seconds
+from dtlsvpn.cli.argtypes import ArgumentProblem, hostport, read_file, seconds
 from dtlsvpn.cli.dtls.output import log
+from dtlsvpn.config.values import is_ip_literal
 from dtlsvpn.crypto.certs import load_certificates, load_private_key
 from dtlsvpn.crypto.suites import suite_by_name
 from dtlsvpn.crypto.tickets import TicketKeyRing
