@@ -33,6 +33,7 @@ import os
 import re
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -334,10 +335,10 @@ def _ip(text: str) -> str:
         raise argparse.ArgumentTypeError(f"expected an IP address, got {text!r}") from None
 
 
-def _guarded(func: Any) -> Any:
+def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
-            result: int = func(args)
+            result = func(args)
         except ToolError as exc:
             print(f"dtlsvpn: error: {exc}", file=sys.stderr)
             return 1

@@ -22,6 +22,7 @@ import errno
 import socket
 from collections.abc import Callable
 
+from dtlsvpn.cli.tool_loop import CoreTimer
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.udp import (
     MAX_DATAGRAM,
@@ -50,14 +51,14 @@ class ClientConnection:
         self.send_errors: list[str] = []
         self.started_at: float | None = None
         self._closed = False
-        self._timer = loop.timer(self._on_timer)
+        self._timer = CoreTimer(loop, self.assoc, self._after_timer)
         loop.add(self.sock.fileno(), self._on_socket)
 
     def connect(self) -> None:
         self.started_at = self.loop.refresh_clock()
         self.assoc.connect(self.started_at, self.loop.wall)
         self._flush(self.started_at)
-        self._timer.schedule(self.assoc.get_timer())
+        self._timer.rearm()
 
     def path_mtu_hint(self) -> None:
         """Give the core the kernel's MTU towards the peer (caps the PMTU search)."""
@@ -94,13 +95,10 @@ class ClientConnection:
 
     def _on_socket(self, _mask: int, now: float, wall: float) -> None:
         self._receive(now, wall)
-        self._timer.schedule(self.assoc.get_timer())
+        self._timer.rearm()
         self.loop.defer(self._service)
 
-    def _on_timer(self, now: float, _wall: float) -> None:
-        timer = self.assoc.get_timer()
-        if timer is not None and now >= timer:
-            self.assoc.handle_timer(now)
+    def _after_timer(self, _now: float, _wall: float) -> None:
         self.loop.defer(self._service)
 
     def _service(self, now: float, _wall: float) -> None:
@@ -108,7 +106,7 @@ class ClientConnection:
             return
         self.events += self.assoc.pop_events()
         self._flush(now)
-        self._timer.schedule(self.assoc.get_timer())
+        self._timer.rearm()
 
     # --- socket -----------------------------------------------------------------------
 

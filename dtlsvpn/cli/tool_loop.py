@@ -4,6 +4,10 @@
 :class:`dtlsvpn.daemon.loop.Loop`, like the daemon.  This module holds what an
 interactive tool adds to it:
 
+- :class:`CoreTimer`: one loop Timer that follows a sans-I/O object's ``get_timer()``
+  (an Association or a ServerEndpoint) and calls its ``handle_timer(now)`` when due.
+  The deadline is read again when the Timer fires: input handled earlier in the same
+  iteration may have moved it.
 - :class:`StdinLines`: fd 0 as a reader on the loop, cut into lines (each keeps its
   ``\\n``); a partial last line is delivered at EOF, and then the fd leaves the loop.
   epoll refuses regular files and /dev/null (EPERM); such a stdin is always readable,
@@ -26,11 +30,39 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
-from dtlsvpn.daemon.loop import Loop, Timer
+from dtlsvpn.daemon.loop import Loop, Timer, TimerCallback
 
 CHUNK = 65536
 _TERMINATION = (signal.SIGINT, signal.SIGTERM)
+
+
+class TimedCore(Protocol):
+    def get_timer(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
+
+
+class CoreTimer:
+    """``core.handle_timer(now)`` at ``core.get_timer()``, then ``after(now, wall)``."""
+
+    def __init__(self, loop: Loop, core: TimedCore, after: TimerCallback) -> None:
+        self.core = core
+        self.after = after
+        self._timer = loop.timer(self._on_due)
+
+    def rearm(self) -> None:
+        """Follow the core's deadline (call after every input to the core)."""
+        self._timer.schedule(self.core.get_timer())
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def _on_due(self, now: float, wall: float) -> None:
+        deadline = self.core.get_timer()
+        if deadline is not None and deadline <= now:
+            self.core.handle_timer(now)
+        self.after(now, wall)
 
 
 class StdinLines:

@@ -38,7 +38,7 @@ from dtlsvpn.cli.dtls.output import (
     pmtu_summary,
     write_record,
 )
-from dtlsvpn.cli.tool_loop import StdinLines, tool_loop
+from dtlsvpn.cli.tool_loop import CoreTimer, StdinLines, tool_loop
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.udp import MAX_DATAGRAM, RECV_BUDGET, open_udp, resolve, socket_mtu
 from dtlsvpn.dtls.association import Association
@@ -102,8 +102,8 @@ class DtlsClient:
         self.net_error: str | None = None
         self.exit_status: int | None = None
         self.handshake_deadline = 0.0
-        self.assoc_timer = loop.timer(self._on_assoc_timer)
-        self.deadline_timer = loop.timer(self._on_deadline)
+        self.assoc_timer = CoreTimer(loop, self.assoc, self._after_timer)
+        self.deadline_timer = loop.timer(self._after_timer)
         loop.add(sock.fileno(), self._on_socket)
         self.stdin = StdinLines(loop, self._on_stdin)
 
@@ -125,7 +125,7 @@ class DtlsClient:
 
     def _on_socket(self, _mask: int, now: float, wall: float) -> None:
         self._drain_socket(now, wall)
-        self.assoc_timer.schedule(self.assoc.get_timer())
+        self.assoc_timer.rearm()
         self.loop.defer(self._tick)
 
     def _on_stdin(self, lines: list[bytes], now: float) -> None:
@@ -134,13 +134,7 @@ class DtlsClient:
             self.last_activity = max(self.last_activity, now)
         self.loop.defer(self._tick)
 
-    def _on_assoc_timer(self, now: float, _wall: float) -> None:
-        timer = self.assoc.get_timer()
-        if timer is not None and timer <= now:
-            self.assoc.handle_timer(now)
-        self.loop.defer(self._tick)
-
-    def _on_deadline(self, _now: float, _wall: float) -> None:
+    def _after_timer(self, _now: float, _wall: float) -> None:
         self.loop.defer(self._tick)
 
     def _tick(self, now: float, _wall: float) -> None:
@@ -154,7 +148,7 @@ class DtlsClient:
         self._rearm()
 
     def _rearm(self) -> None:
-        self.assoc_timer.schedule(self.assoc.get_timer())
+        self.assoc_timer.rearm()
         close_at = self._close_deadline()
         self.deadline_timer.schedule(close_at if self.established else
                                      self.handshake_deadline)

@@ -21,10 +21,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cryptography import x509
+
 from dtlsvpn.cli.argtypes import ArgumentProblem, hostport, read_file, seconds
 from dtlsvpn.cli.dtls.output import log
 from dtlsvpn.config.values import is_ip_literal
-from dtlsvpn.crypto.certs import load_certificates, load_private_key
+from dtlsvpn.crypto.certs import PrivateKey, load_certificates, load_private_key
 from dtlsvpn.crypto.suites import suite_by_name
 from dtlsvpn.crypto.tickets import TicketKeyRing
 from dtlsvpn.dtls.config import DtlsConfig
@@ -164,7 +166,7 @@ def add_client_parser(commands: Any, run: Handler) -> None:
 # --- files ----------------------------------------------------------------------------
 
 
-def _load_certs(path: str) -> tuple[Any, ...]:
+def _load_certs(path: str) -> tuple[x509.Certificate, ...]:
     try:
         certs = load_certificates(read_file(path))
     except ValueError as exc:
@@ -174,7 +176,7 @@ def _load_certs(path: str) -> tuple[Any, ...]:
     return tuple(certs)
 
 
-def _load_key(path: str) -> Any:
+def _load_key(path: str) -> PrivateKey:
     try:
         return load_private_key(read_file(path))
     except (ValueError, TypeError) as exc:

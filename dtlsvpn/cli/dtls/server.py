@@ -39,7 +39,7 @@ from dtlsvpn.cli.dtls.output import (
     pmtu_summary,
     write_record,
 )
-from dtlsvpn.cli.tool_loop import StdinLines, tool_loop
+from dtlsvpn.cli.tool_loop import CoreTimer, StdinLines, tool_loop
 from dtlsvpn.crypto.tickets import TicketKeyRing
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.udp import MAX_DATAGRAM, RECV_BUDGET, Addr, family_of, open_udp
@@ -128,7 +128,7 @@ class DtlsServer:
         self.tickets = (TicketKeySync(args.ticket_keys, config.ticket_keys)
                         if args.ticket_keys is not None and config.ticket_keys is not None
                         else None)
-        self.timer = loop.timer(self._on_timer)
+        self.timer = CoreTimer(loop, self.endpoint, self._after_timer)
         loop.add(sock.fileno(), self._on_socket)
         self.stdin = StdinLines(loop, self._on_stdin)
 
@@ -146,7 +146,7 @@ class DtlsServer:
 
     def _on_socket(self, _mask: int, now: float, wall: float) -> None:
         self._drain_socket(now, wall)
-        self.timer.schedule(self.endpoint.get_timer())
+        self.timer.rearm()
         self.loop.defer(self._tick)
 
     def _on_stdin(self, lines: list[bytes], _now: float) -> None:
@@ -154,10 +154,7 @@ class DtlsServer:
             self._send_line(line)
         self.loop.defer(self._tick)
 
-    def _on_timer(self, now: float, _wall: float) -> None:
-        deadline = self.endpoint.get_timer()
-        if deadline is not None and deadline <= now:
-            self.endpoint.handle_timer(now)
+    def _after_timer(self, _now: float, _wall: float) -> None:
         self.loop.defer(self._tick)
 
     def _tick(self, now: float, _wall: float) -> None:
@@ -165,7 +162,7 @@ class DtlsServer:
         if self.exit_status is not None:
             self.loop.stop()
         else:
-            self.timer.schedule(self.endpoint.get_timer())
+            self.timer.rearm()
 
     # --- socket -----------------------------------------------------------------------
 
