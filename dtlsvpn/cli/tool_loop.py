@@ -8,10 +8,10 @@ interactive tool adds to it:
   (an Association or a ServerEndpoint) and calls its ``handle_timer(now)`` when due.
   The deadline is read again when the Timer fires: input handled earlier in the same
   iteration may have moved it.
-- :class:`StdinLines`: fd 0 as a reader on the loop, cut into lines (each keeps its
-  ``\\n``); a partial last line is delivered at EOF, and then the fd leaves the loop.
-  epoll refuses regular files and /dev/null (EPERM); such a stdin is always readable,
-  so it is read one chunk per iteration from a timer instead, as poll would have.
+- :class:`LineReader`: fd 0 (:func:`stdin_fd`) as a reader on the loop, cut into
+  lines (each keeps its ``\\n``); a partial last line is delivered at EOF, and then the
+  fd leaves the loop.  epoll refuses regular files and /dev/null (EPERM); such a stdin
+  is always readable, so it is read one chunk per iteration from a timer instead.
 - :func:`tool_loop`: a loop on which SIGINT and SIGTERM stop ``run()`` (the tool sees
   that it returned with no exit status set); SIGHUP keeps the disposition it had.  On
   the way out a termination signal whose default would kill the process is ignored, so
@@ -65,13 +65,17 @@ class CoreTimer:
         self.after(now, wall)
 
 
-class StdinLines:
-    """fd 0 on ``loop``: ``on_lines(lines, now)`` per read, with ``eof`` set at the end."""
+class LineReader:
+    """``fd`` on ``loop``: ``on_lines(lines, now)`` per read, with ``eof`` set at the end.
 
-    def __init__(self, loop: Loop, on_lines: Callable[[list[bytes], float], None]) -> None:
+    ``fd`` None is a reader already at its end (no stdin).
+    """
+
+    def __init__(self, loop: Loop, fd: int | None,
+                 on_lines: Callable[[list[bytes], float], None]) -> None:
         self.loop = loop
         self.on_lines = on_lines
-        self.fd = _stdin_fd()
+        self.fd = fd
         self.eof = self.fd is None
         self._buf = b""
         self._file_timer: Timer | None = None
@@ -118,7 +122,8 @@ class StdinLines:
         return [line + b"\n" for line in lines]
 
 
-def _stdin_fd() -> int | None:
+def stdin_fd() -> int | None:
+    """fd 0 as ``sys.stdin`` has it, or None when there is no usable stdin."""
     try:
         return sys.stdin.fileno() if sys.stdin is not None else None
     except (OSError, ValueError):

@@ -38,7 +38,7 @@ from dtlsvpn.cli.dtls.output import (
     pmtu_summary,
     write_record,
 )
-from dtlsvpn.cli.tool_loop import CoreTimer, StdinLines, tool_loop
+from dtlsvpn.cli.tool_loop import CoreTimer, LineReader, stdin_fd, tool_loop
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.udp import MAX_DATAGRAM, RECV_BUDGET, open_udp, resolve, socket_mtu
 from dtlsvpn.dtls.association import Association
@@ -105,7 +105,7 @@ class DtlsClient:
         self.assoc_timer = CoreTimer(loop, self.assoc, self._after_timer)
         self.deadline_timer = loop.timer(self._after_timer)
         loop.add(sock.fileno(), self._on_socket)
-        self.stdin = StdinLines(loop, self._on_stdin)
+        self.stdin = LineReader(loop, stdin_fd(), self._on_stdin)
 
     def run(self) -> int:
         now = self.loop.refresh_clock()

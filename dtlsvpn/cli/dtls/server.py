@@ -39,7 +39,7 @@ from dtlsvpn.cli.dtls.output import (
     pmtu_summary,
     write_record,
 )
-from dtlsvpn.cli.tool_loop import CoreTimer, StdinLines, tool_loop
+from dtlsvpn.cli.tool_loop import CoreTimer, LineReader, stdin_fd, tool_loop
 from dtlsvpn.crypto.tickets import TicketKeyRing
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.udp import MAX_DATAGRAM, RECV_BUDGET, Addr, family_of, open_udp
@@ -130,7 +130,7 @@ class DtlsServer:
                         else None)
         self.timer = CoreTimer(loop, self.endpoint, self._after_timer)
         loop.add(sock.fileno(), self._on_socket)
-        self.stdin = StdinLines(loop, self._on_stdin)
+        self.stdin = LineReader(loop, stdin_fd(), self._on_stdin)
 
     def run(self) -> int:
         self.loop.refresh_clock()
