@@ -36,33 +36,30 @@ Invariants:
   writes).
 - Times are wall-clock seconds (tickets outlive processes and cross machines),
   passed in by the caller; nothing here reads a clock.
-- Key file (:meth:`~TicketKeyRing.save`, :meth:`~TicketKeyRing.load`): text,
-  one key per line, oldest first, the last line being the current key::
+- Key file text (:meth:`~TicketKeyRing.dumps`, :func:`parse_keys`): one key per
+  line, oldest first, the last line being the current key::
 
       # comment
       <key_name: 32 hex digits> <created: decimal wall seconds> <secret: 64 hex digits>
 
-  Blank lines and lines starting with ``#`` are ignored. The file must not be
-  readable or writable by group or others (it holds every live ticket key);
-  it is replaced atomically (temporary file in the same directory, mode 0600,
-  fsync, rename), so readers never see half a file.
+  Blank lines and lines starting with ``#`` are ignored.  This module only turns keys
+  into that text and back; reading and writing the file (mode 0600, atomic replace,
+  reload on change) is the shell's, :mod:`dtlsvpn.daemon.ticketkeys`.  Nothing here
+  does I/O.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
-import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from dtlsvpn.errors import ConfigError, DecodeError, UsageError
-from dtlsvpn.fileutil import replace_private
+from dtlsvpn.errors import DecodeError, UsageError
 from dtlsvpn.wire.buffer import Reader, Writer
 
 KEY_NAME_LEN = 16  # RFC 5077 §4: opaque key_name[16]
@@ -188,11 +185,6 @@ class TicketKey:
         return hmac.digest(self.secret, _KDF_LABEL + self.key_name + b"\x01", hashlib.sha256)
 
 
-def _file_signature(st: os.stat_result) -> tuple[int, int, int, int]:
-    # An atomic replace makes a new inode, so a change shows even within one mtime tick.
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-
-
 class TicketKeyRing:
     """The server's ticket keys: the newest seals, every live one opens.
 
@@ -204,8 +196,7 @@ class TicketKeyRing:
     without keys, the first :meth:`seal` makes one.
     """
 
-    __slots__ = ("_aeads", "_file_sig", "_keys", "_random_bytes", "_rotate_every",
-                 "_ticket_lifetime")
+    __slots__ = ("_aeads", "_keys", "_random_bytes", "_rotate_every", "_ticket_lifetime")
 
     def __init__(
         self,
@@ -224,12 +215,16 @@ class TicketKeyRing:
         self._ticket_lifetime = int(ticket_lifetime)
         self._keys: list[TicketKey] = []
         self._aeads: dict[bytes, AESGCM] = {}
-        self._file_sig: tuple[int, int, int, int] | None = None
-        self._set_keys(keys or ())
+        self.replace_keys(keys or ())
 
     # --- key set -----------------------------------------------------------
 
-    def _set_keys(self, keys: Sequence[TicketKey]) -> None:
+    def replace_keys(self, keys: Sequence[TicketKey]) -> None:
+        """Make ``keys`` (oldest first, the last current) the whole key set.
+
+        For a ring that follows a key file another server writes; :class:`UsageError`
+        on a repeated key name, and then the keys stay as they were.
+        """
         names = [k.key_name for k in keys]
         if len(set(names)) != len(names):
             raise UsageError("duplicate ticket key name")
@@ -338,7 +333,7 @@ class TicketKeyRing:
             return None
         return state
 
-    # --- key file ----------------------------------------------------------
+    # --- key file text ------------------------------------------------------
 
     def dumps(self) -> str:
         """The key file text (see the module docstring)."""
@@ -348,92 +343,42 @@ class TicketKeyRing:
         lines += [f"{k.key_name.hex()} {k.created} {k.secret.hex()}" for k in self._keys]
         return "\n".join(lines) + "\n"
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the key file atomically: a 0600 temporary file, fsync, rename."""
-        target = os.fspath(path)
-        replace_private(target, self.dumps().encode("ascii"))
-        self._file_sig = _file_signature(os.stat(target))
 
-    @staticmethod
-    def _read_file(
-        path: str | os.PathLike[str],
-    ) -> tuple[list[TicketKey], tuple[int, int, int, int]]:
-        name = os.fspath(path)
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as e:
-            raise ConfigError(name, None, None, f"cannot open ticket key file: {e.strerror}") from e
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise ConfigError(name, None, None, "ticket key file is not a regular file")
-            if st.st_mode & 0o077:
-                raise ConfigError(
-                    name, None, None,
-                    f"ticket key file has mode {stat.S_IMODE(st.st_mode):04o}: it must not be "
-                    "readable or writable by group or others (chmod 600)",
-                )
-            raw = f.read()
-        try:
-            text = raw.decode("ascii")
-        except UnicodeDecodeError as e:
-            raise ConfigError(name, None, None, "ticket key file is not ASCII text") from e
-        keys: list[TicketKey] = []
-        seen: set[bytes] = set()
-        for lineno, line in enumerate(text.splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            m = _KEY_LINE.fullmatch(line)
-            if m is None:
-                raise ConfigError(name, lineno, None,
-                                  "expected '<32 hex key name> <created> <64 hex secret>'")
-            created = int(m.group(2))
-            if created > _MAX_U64:
-                raise ConfigError(name, lineno, None, "creation time out of range")
-            key = TicketKey(bytes.fromhex(m.group(1)), bytes.fromhex(m.group(3)), created)
-            if key.key_name in seen:
-                raise ConfigError(name, lineno, None, "duplicate key name")
-            seen.add(key.key_name)
-            keys.append(key)
-        if not keys:
-            raise ConfigError(name, None, None, "ticket key file holds no keys")
-        return keys, _file_signature(st)
+class KeyFileError(DecodeError):
+    """Key file text that does not parse; ``line`` is 1-based, None for the whole text."""
 
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        random_bytes: Callable[[int], bytes],
-        *,
-        rotate_every: int = DEFAULT_ROTATE_EVERY,
-        ticket_lifetime: int = DEFAULT_TICKET_LIFETIME,
-    ) -> TicketKeyRing:
-        """A ring holding the keys of a key file; :class:`ConfigError` if it is unusable.
+    def __init__(self, line: int | None, reason: str) -> None:
+        super().__init__(reason if line is None else f"line {line}: {reason}")
+        self.line = line
+        self.reason = reason
 
-        A ring that only reads a file another server writes should pass
-        ``rotate_every=0``.
-        """
-        keys, sig = cls._read_file(path)
-        ring = cls(random_bytes, rotate_every=rotate_every, ticket_lifetime=ticket_lifetime,
-                   keys=keys)
-        ring._file_sig = sig
-        return ring
 
-    def reload_if_changed(self, path: str | os.PathLike[str]) -> bool:
-        """Replace the keys with the file's if it changed since the last load or save.
+def parse_keys(data: bytes) -> tuple[TicketKey, ...]:
+    """The keys of key file text (oldest first); :class:`KeyFileError` if it is unusable.
 
-        True when the keys were reloaded. The check is one ``stat`` (device,
-        inode, mtime, size). On :class:`ConfigError` the current keys stay.
-        """
-        name = os.fspath(path)
-        try:
-            sig = _file_signature(os.stat(name))
-        except OSError as e:
-            raise ConfigError(name, None, None, f"cannot stat ticket key file: {e.strerror}") from e
-        if sig == self._file_sig:
-            return False
-        keys, sig = self._read_file(name)
-        self._set_keys(keys)
-        self._file_sig = sig
-        return True
+    The inverse of :meth:`TicketKeyRing.dumps`: at least one key, no name twice.
+    """
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError as e:
+        raise KeyFileError(None, "ticket key file is not ASCII text") from e
+    keys: list[TicketKey] = []
+    seen: set[bytes] = set()
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _KEY_LINE.fullmatch(line)
+        if m is None:
+            raise KeyFileError(lineno, "expected '<32 hex key name> <created> <64 hex secret>'")
+        created = int(m.group(2))
+        if created > _MAX_U64:
+            raise KeyFileError(lineno, "creation time out of range")
+        key = TicketKey(bytes.fromhex(m.group(1)), bytes.fromhex(m.group(3)), created)
+        if key.key_name in seen:
+            raise KeyFileError(lineno, "duplicate key name")
+        seen.add(key.key_name)
+        keys.append(key)
+    if not keys:
+        raise KeyFileError(None, "ticket key file holds no keys")
+    return tuple(keys)

@@ -73,6 +73,7 @@ from dtlsvpn.daemon.netlink import Netlink, route_mtu
 from dtlsvpn.daemon.settings import dtls_config, load_config, match_peer
 from dtlsvpn.daemon.status import StatusServer
 from dtlsvpn.daemon.systemd import Notifier
+from dtlsvpn.daemon.ticketkeys import TicketKeyFile
 from dtlsvpn.daemon.ticketstore import TicketStore
 from dtlsvpn.daemon.tun import Tun
 from dtlsvpn.daemon.udp import (
@@ -739,7 +740,7 @@ class Daemon:
             return self.ticket_ring
         path = self.cfg.interface.ticket_store / "ticket.keys"
         try:
-            ring = TicketKeyRing.load(path, os.urandom)
+            ring = TicketKeyFile(path).load(os.urandom)
         except ConfigError as exc:
             if path.exists():
                 log.warning("%s; starting with new ticket keys", exc)
@@ -758,7 +759,7 @@ class Daemon:
         path = self.cfg.interface.ticket_store / "ticket.keys"
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            ring.save(path)
+            TicketKeyFile(path).save(ring)
             self.ticket_keys_saved = ring.keys
         except OSError as exc:
             log.warning("cannot save ticket keys to %s: %s", path, exc)

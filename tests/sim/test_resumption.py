@@ -58,6 +58,7 @@ import pytest
 from dtlsvpn.crypto import certs
 from dtlsvpn.crypto.keyexchange import KeyShare, generate_key_share
 from dtlsvpn.crypto.tickets import TicketKeyRing
+from dtlsvpn.daemon.ticketkeys import TicketKeyFile
 from dtlsvpn.dtls.events import (
     AlertReceived,
     AssociationClosed,
@@ -514,10 +515,10 @@ def test_two_endpoints_sharing_a_key_file_accept_each_others_tickets(
     path = tmp_path / "ticket.keys"
     writer = make_ring(7)
     writer.maintain(FakeClock().wall)
-    writer.save(path)
+    TicketKeyFile(path).save(writer)
     assert path.stat().st_mode & 0o777 == 0o600
-    ring_a = TicketKeyRing.load(path, random.Random("a").randbytes, rotate_every=0)
-    ring_b = TicketKeyRing.load(path, random.Random("b").randbytes, rotate_every=0)
+    ring_a = TicketKeyFile(path).load(random.Random("a").randbytes, rotate_every=0)
+    ring_b = TicketKeyFile(path).load(random.Random("b").randbytes, rotate_every=0)
     from_a = full(pki, mode, ring_a).ticket
     from_b = full(pki, mode, ring_b, at=5.0).ticket
     check_resumed(connect(pki, mode, ring_b, session=from_a, at=10.0), from_a)
@@ -526,8 +527,8 @@ def test_two_endpoints_sharing_a_key_file_accept_each_others_tickets(
     other = tmp_path / "other.keys"
     foreign = make_ring(8)
     foreign.maintain(FakeClock().wall)
-    foreign.save(other)
-    ring_c = TicketKeyRing.load(other, random.Random("c").randbytes, rotate_every=0)
+    TicketKeyFile(other).save(foreign)
+    ring_c = TicketKeyFile(other).load(random.Random("c").randbytes, rotate_every=0)
     check_full_fallback(connect(pki, mode, ring_c, session=from_a, at=20.0), from_a.ticket)
 
 

@@ -1,13 +1,10 @@
-"""dtlsvpn.crypto.tickets: ticket state codec, sealing, rotation and the key file."""
+"""dtlsvpn.crypto.tickets: ticket state codec, sealing, rotation and the key file text."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import random
-import stat
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -20,11 +17,13 @@ from dtlsvpn.crypto.tickets import (
     MAX_PEER_IDENTITY_LEN,
     MAX_TICKET_LEN,
     TICKET_OVERHEAD,
+    KeyFileError,
     TicketKey,
     TicketKeyRing,
     TicketState,
+    parse_keys,
 )
-from dtlsvpn.errors import ConfigError, DecodeError, UsageError
+from dtlsvpn.errors import DecodeError, UsageError
 
 T0 = 1_700_000_000  # a wall-clock second
 SUITE = 0xC02B  # TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
@@ -279,139 +278,45 @@ def test_ring_validation() -> None:
     assert "secret" not in repr(k)
 
 
-# --- key file ---------------------------------------------------------------
+# --- key file text ----------------------------------------------------------
 
 
-def test_two_rings_from_one_file_open_each_others_tickets(tmp_path: Path) -> None:
-    path = tmp_path / "ticket.keys"
-    writer = TicketKeyRing(seeded(1))
-    writer.maintain(T0)
-    writer.save(path)
-    a = TicketKeyRing.load(path, seeded(2), rotate_every=0)
-    b = TicketKeyRing.load(path, seeded(3), rotate_every=0)
-    assert a.keys == b.keys == writer.keys
-    s = state(identity=b"psk:laptop")
-    assert b.open(a.seal(s, T0), T0) == s
-    assert a.open(b.seal(s, T0), T0) == s
-    assert a.open(writer.seal(s, T0), T0) == s
-    assert writer.open(b.seal(s, T0), T0) == s
-
-
-def test_reload_if_changed_follows_the_writer(tmp_path: Path) -> None:
-    path = tmp_path / "ticket.keys"
-    writer = TicketKeyRing(seeded(1), rotate_every=100)
-    writer.maintain(T0)
-    writer.save(path)
-    reader = TicketKeyRing.load(path, seeded(2), rotate_every=0)
-    assert reader.reload_if_changed(path) is False
-    assert writer.maintain(T0 + 101) is True
-    writer.save(path)
-    assert writer.reload_if_changed(path) is False  # its own save is no change
-    assert reader.reload_if_changed(path) is True
-    assert reader.keys == writer.keys
-    s = state(issued_at=T0 + 101)
-    assert reader.open(writer.seal(s, T0 + 101), T0 + 101) == s
-    assert reader.reload_if_changed(path) is False
-
-
-def test_file_format(tmp_path: Path) -> None:
-    path = tmp_path / "keys"
-    name, secret = bytes(range(16)), bytes(range(32, 64))
-    path.write_text(
-        "# a comment\n\n"
-        f"{name.hex()} 1700000000 {secret.hex()}\n"
-        f"  {'ab' * 16}\t1700003600 {'CD' * 32}  \n"
-    )
-    path.chmod(0o600)
-    ring = TicketKeyRing.load(path, seeded())
-    assert ring.keys == (
-        TicketKey(name, secret, 1_700_000_000),
-        TicketKey(b"\xab" * 16, b"\xcd" * 32, 1_700_003_600),
-    )
-    ring.save(path)
-    lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("#")]
-    assert lines == [f"{name.hex()} 1700000000 {secret.hex()}",
-                     f"{'ab' * 16} 1700003600 {'cd' * 32}"]
+def test_dumps_and_parse_keys_round_trip() -> None:
+    ring = TicketKeyRing(seeded(), rotate_every=10)
+    ring.maintain(T0)
+    ring.maintain(T0 + 11)
+    text = ring.dumps()
+    assert text.startswith("# ") and text.endswith("\n")
+    assert parse_keys(text.encode("ascii")) == ring.keys
+    reader = TicketKeyRing(seeded(2), rotate_every=0)
+    reader.replace_keys(parse_keys(text.encode("ascii")))
+    s = state()
+    assert reader.open(ring.seal(s, T0 + 11), T0 + 11) == s
 
 
 @pytest.mark.parametrize(
-    ("text", "line"),
+    ("data", "line"),
     [
-        ("00" * 16 + " 1 " + "00" * 31 + "\n", 1),  # short secret
-        ("# c\n" + "00" * 15 + " 1 " + "00" * 32 + "\n", 2),  # short name
-        ("00" * 16 + " x " + "00" * 32 + "\n", 1),  # bad time
-        ("00" * 16 + " 1 " + "00" * 32 + " extra\n", 1),
-        (("00" * 16 + " 1 " + "11" * 32 + "\n") * 2, 2),  # duplicate name
-        ("# only a comment\n", None),
-        ("", None),
-        ("\xe9\n", None),
+        (b"00" * 16 + b" 1 " + b"00" * 31, 1),
+        (b"# c\n\n" + b"00" * 16 + b" x " + b"00" * 32, 3),
+        ((b"00" * 16 + b" 1 " + b"11" * 32 + b"\n") * 2, 2),
+        (b"# nothing\n", None),
+        (b"\xe9", None),
     ],
 )
-def test_bad_key_files(tmp_path: Path, text: str, line: int | None) -> None:
-    path = tmp_path / "keys"
-    path.write_text(text, encoding="latin-1")
-    path.chmod(0o600)
-    with pytest.raises(ConfigError) as exc:
-        TicketKeyRing.load(path, seeded())
-    assert exc.value.path == str(path)
+def test_parse_keys_names_the_line(data: bytes, line: int | None) -> None:
+    with pytest.raises(KeyFileError) as exc:
+        parse_keys(data)
+    assert isinstance(exc.value, DecodeError)
     assert exc.value.line == line
+    assert str(exc.value) == (exc.value.reason if line is None
+                              else f"line {line}: {exc.value.reason}")
 
 
-@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o602, 0o644, 0o660, 0o666])
-def test_load_refuses_group_or_world_access(tmp_path: Path, mode: int) -> None:
-    path = tmp_path / "keys"
+def test_replace_keys_refuses_repeated_names_and_keeps_the_old_ones() -> None:
     ring = TicketKeyRing(seeded())
     ring.maintain(T0)
-    ring.save(path)
-    path.chmod(mode)
-    with pytest.raises(ConfigError, match="group or others") as exc:
-        TicketKeyRing.load(path, seeded())
-    assert exc.value.path == str(path) and exc.value.line is None
-    # reload_if_changed checks the mode too, and keeps the keys it had.
-    reader = TicketKeyRing(seeded(), keys=ring.keys)
-    with pytest.raises(ConfigError):
-        reader.reload_if_changed(path)
-    assert reader.keys == ring.keys
-    path.chmod(0o400)  # read-only for the owner is fine
-    assert TicketKeyRing.load(path, seeded()).keys == ring.keys
-
-
-def test_load_missing_file_and_symlink(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError):
-        TicketKeyRing.load(tmp_path / "absent", seeded())
-    with pytest.raises(ConfigError):
-        TicketKeyRing(seeded()).reload_if_changed(tmp_path / "absent")
-    ring = TicketKeyRing(seeded())
-    ring.maintain(T0)
-    ring.save(tmp_path / "real")
-    (tmp_path / "link").symlink_to(tmp_path / "real")
-    with pytest.raises(ConfigError):
-        TicketKeyRing.load(tmp_path / "link", seeded())
-
-
-def test_save_is_atomic_and_private(tmp_path: Path) -> None:
-    path = tmp_path / "ticket.keys"
-    old_umask = os.umask(0)  # even a permissive umask must not widen the mode
-    try:
-        ring = TicketKeyRing(seeded(), rotate_every=10)
-        ring.maintain(T0)
-        ring.save(path)
-        first_inode = path.stat().st_ino
-        ring.maintain(T0 + 11)
-        ring.save(str(path))
-    finally:
-        os.umask(old_umask)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert path.stat().st_ino != first_inode  # replaced by rename, not rewritten
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ticket.keys"]
-    assert TicketKeyRing.load(path, seeded()).keys == ring.keys
-
-
-def test_failed_save_leaves_no_temp_file(tmp_path: Path) -> None:
-    ring = TicketKeyRing(seeded())
-    ring.maintain(T0)
-    target = tmp_path / "dir-in-the-way"
-    target.mkdir()
-    with pytest.raises(OSError):
-        ring.save(target)  # rename onto a directory fails
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir-in-the-way"]
+    old = ring.keys
+    with pytest.raises(UsageError):
+        ring.replace_keys([old[0], dataclasses.replace(old[0], created=1)])
+    assert ring.keys == old

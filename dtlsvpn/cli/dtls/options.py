@@ -29,6 +29,7 @@ from dtlsvpn.config.values import is_ip_literal
 from dtlsvpn.crypto.certs import PrivateKey, load_certificates, load_private_key
 from dtlsvpn.crypto.suites import suite_by_name
 from dtlsvpn.crypto.tickets import TicketKeyRing
+from dtlsvpn.daemon.ticketkeys import TicketKeyFile
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.heartbeat import HeartbeatSettings
 from dtlsvpn.dtls.session import ClientSession
@@ -236,13 +237,13 @@ def ticket_key_ring(args: argparse.Namespace, wall: float) -> TicketKeyRing | No
         return TicketKeyRing(os.urandom)  # resumption works within this run
     if os.path.lexists(path):
         try:
-            return TicketKeyRing.load(path, os.urandom)
+            return TicketKeyFile(path).load(os.urandom)
         except ConfigError as exc:
             raise ArgumentProblem(str(exc)) from None
     ring = TicketKeyRing(os.urandom)
     ring.maintain(wall)
     try:
-        ring.save(path)
+        TicketKeyFile(path).save(ring)
     except OSError as exc:
         raise ArgumentProblem(f"cannot write {path}: {exc.strerror}") from None
     log(f"session: created ticket key file {path}")

@@ -42,6 +42,7 @@ from dtlsvpn.cli.dtls.output import (
 from dtlsvpn.cli.tool_loop import CoreTimer, LineReader, stdin_fd, tool_loop
 from dtlsvpn.crypto.tickets import TicketKeyRing
 from dtlsvpn.daemon.loop import Loop
+from dtlsvpn.daemon.ticketkeys import TicketKeyFile
 from dtlsvpn.daemon.udp import MAX_DATAGRAM, RECV_BUDGET, Addr, family_of, open_udp
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
@@ -79,6 +80,7 @@ class TicketKeySync:
 
     def __init__(self, path: str, ring: TicketKeyRing) -> None:
         self.path = path
+        self.file = TicketKeyFile(path)
         self.ring = ring
         self.saved_keys = ring.keys
         self.next_reload = 0.0
@@ -89,7 +91,7 @@ class TicketKeySync:
             return
         self.next_reload = now + TICKET_RELOAD_GAP
         try:
-            if self.ring.reload_if_changed(self.path):
+            if self.file.reload_if_changed(self.ring):
                 self.saved_keys = self.ring.keys
                 log(f"session: reloaded ticket keys from {self.path}")
         except ConfigError as exc:
@@ -100,7 +102,7 @@ class TicketKeySync:
         if self.ring.keys == self.saved_keys:
             return
         try:
-            self.ring.save(self.path)
+            self.file.save(self.ring)
         except OSError as exc:
             log(f"warning: cannot write {self.path}: {exc.strerror}")
             return
