@@ -16,17 +16,10 @@ from dtlsvpn.cli.tool_loop import CoreTimer, LineReader
 from dtlsvpn.daemon.loop import Loop
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 50.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def _loop() -> tuple[Loop, Clock]:
-    clock = Clock()
-    return Loop(clock=clock, wall_clock=lambda: 1_700_000_000.0 + clock.t), clock
+def _loop() -> tuple[Loop, list[float]]:
+    """A loop on a fake clock: ``clock[0]`` is the monotonic time."""
+    clock = [50.0]
+    return Loop(clock=lambda: clock[0], wall_clock=lambda: 1_700_000_000.0 + clock[0]), clock
 
 
 def _collect(loop: Loop, fd: int) -> tuple[LineReader, list[bytes]]:
@@ -58,7 +51,7 @@ def test_regular_file_is_read_without_epoll(tmp_path: Path) -> None:
     with open(path, "rb") as f:
         reader, got = _collect(loop, f.fileno())  # epoll refuses a regular file
         for _ in range(4):
-            clock.t += 0.001
+            clock[0] += 0.001
             loop.run_once(max_wait=0)
     assert got == [b"a\n", b"b\n", b"c"] and reader.eof
     loop.close()
@@ -92,14 +85,14 @@ def test_core_timer_fires_when_due_and_rereads_the_deadline() -> None:
     after: list[float] = []
     timer = CoreTimer(loop, core, lambda now, _wall: after.append(now))
     timer.rearm()
-    clock.t = 51.5
+    clock[0] = 51.5
     loop.run_once(max_wait=0)
     assert core.fired == [51.5] and after == [51.5]
     # The core's deadline moves later after the Timer was armed: no early handle_timer.
     core.deadline = 52.0
     timer.rearm()
     core.deadline = 60.0
-    clock.t = 52.0
+    clock[0] = 52.0
     loop.run_once(max_wait=0)
     assert core.fired == [51.5] and after == [51.5, 52.0]
     loop.close()
