@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dtlsvpn.config.schema import (
+from dtlsvpn.cli.argtypes import format_hostport
+from dtlsvpn.config import (
     DEFAULT_CONFDIR,
     Config,
     PeerConfig,
@@ -32,15 +33,10 @@ def _join(items: tuple[object, ...]) -> str:
     return ", ".join(str(i) for i in items) if items else "-"
 
 
-def _hostport(addr: tuple[str, int]) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def describe_interface(cfg: Config) -> str:
     """One line: role, device, listen address, tunnel addresses, MTU policy."""
     iface = cfg.interface
-    where = f" on {_hostport(iface.listen)}" if iface.listen is not None else ""
+    where = f" on {format_hostport(iface.listen)}" if iface.listen is not None else ""
     mtu = "auto" if iface.mtu is None else str(iface.mtu)
     return (f"{cfg.name}: {iface.role}{where}, device {iface.device}, "
             f"address {_join(iface.addresses)}, mtu {mtu}, {len(cfg.peers)} peer(s)")
@@ -59,7 +55,7 @@ def describe_peer(cfg: Config, peer: PeerConfig) -> str:
         auth.append(f"name {peer.server_name}")
     if peer.psk_identity is not None:
         auth.append(f"PSK {peer.psk_identity.decode(errors='replace')!r}")
-    endpoint = f" endpoint {_hostport(peer.endpoint)}," if peer.endpoint is not None else ""
+    endpoint = f" endpoint {format_hostport(peer.endpoint)}," if peer.endpoint is not None else ""
     return (f"peer {peer.name}:{endpoint} auth {' + '.join(auth)}, "
             f"allowed {_join(peer.allowed_prefixes)}, routes {_join(peer.routes)}")
 

@@ -33,6 +33,7 @@ import os
 import re
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from dtlsvpn.config.schema import spki_pin_text
+from dtlsvpn.config.values import is_hostname, spki_pin_text
 from dtlsvpn.crypto.certs import PrivateKey, load_certificates, load_private_key
 
 KEY_TYPES = ("ecdsa-p256", "ecdsa-p384", "ed25519", "rsa2048")
@@ -283,7 +284,7 @@ def run_gencert(args: argparse.Namespace) -> int:
         ca_cert, ca_key = _read_ca(Path(args.ca_dir))
         dns = tuple(args.dns or ())
         ips = tuple(args.ip or ())
-        if args.kind == "server" and not dns and _is_dns_name(args.name):
+        if args.kind == "server" and not dns and is_hostname(args.name):
             dns = (args.name,)
         cert = make_leaf(args.kind, args.name, key, ca_cert, ca_key, args.days or LEAF_DAYS,
                          dns=dns, ips=ips)
@@ -311,16 +312,6 @@ def run_pin(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_dns_name(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-        return False
-    except ValueError:
-        pass
-    labels = text.rstrip(".").split(".")
-    return all(re.fullmatch(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", label) for label in labels)
-
-
 # --- argparse -------------------------------------------------------------------------------
 
 
@@ -332,7 +323,7 @@ def _days(text: str) -> int:
 
 
 def _dns(text: str) -> str:
-    if not _is_dns_name(text):
+    if not is_hostname(text):
         raise argparse.ArgumentTypeError(f"expected a DNS name, got {text!r}")
     return text
 
@@ -344,10 +335,10 @@ def _ip(text: str) -> str:
         raise argparse.ArgumentTypeError(f"expected an IP address, got {text!r}") from None
 
 
-def _guarded(func: Any) -> Any:
+def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
-            result: int = func(args)
+            result = func(args)
         except ToolError as exc:
             print(f"dtlsvpn: error: {exc}", file=sys.stderr)
             return 1

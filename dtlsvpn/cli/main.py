@@ -15,7 +15,8 @@ import sys
 from collections.abc import Callable
 
 from dtlsvpn import __version__
-from dtlsvpn.cli import dtls_tools
+from dtlsvpn.cli import dtls as dtls_tools
+from dtlsvpn.cli.argtypes import ArgumentProblem
 
 # Top-level command modules: each has ``add_parsers(commands)`` that adds its
 # subcommands to the tree.  Add a module here when it lands.
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     handler: Handler = args.func
     try:
         return handler(args)
-    except dtls_tools.ArgumentProblem as exc:
+    except ArgumentProblem as exc:
         args.parser_of_command.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """``dtlsvpn probe HOST:PORT``: is a dtlsvpn (or any DTLS 1.2) server there, and how is the path?
 
-Two connections, through the daemon's socket code and the DTLS core
-(``daemon/client_io.py``):
+Two connections, on the daemon's event loop and socket code with the DTLS core
+(``cli/probe_connection.py``):
 
 1. a full handshake (or whatever the server grants), then heartbeats: the RTT of the
    first answered HeartbeatRequest, and path MTU discovery (RFC 8899) until the PLPMTU
@@ -16,21 +16,25 @@ arguments or unreadable files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import ipaddress
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from dtlsvpn.cli.dtls_tools import ArgumentProblem, parse_hostport
-from dtlsvpn.config.schema import read_secret_file
+from dtlsvpn.cli.argtypes import ArgumentProblem, format_hostport, hostport, read_file, seconds
+from dtlsvpn.cli.probe_connection import ClientConnection
+from dtlsvpn.config.credentials import read_secret_file
+from dtlsvpn.config.values import is_ip_literal
 from dtlsvpn.crypto.certs import load_certificates, load_private_key
-from dtlsvpn.daemon.client_io import ClientConnection, resolve
+from dtlsvpn.daemon.loop import Loop
+from dtlsvpn.daemon.udp import resolve
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import (
     AssociationClosed,
+    Event,
     HandshakeCompleted,
     HeartbeatAnswered,
     PathMtuChanged,
@@ -38,6 +42,8 @@ from dtlsvpn.dtls.events import (
 )
 from dtlsvpn.dtls.heartbeat import HeartbeatSettings
 from dtlsvpn.errors import UsageError
+
+E = TypeVar("E")
 
 DEFAULT_TIMEOUT = 10.0
 PMTU_QUIET = 1.5  # seconds without a PLPMTU change that count as "search settled"
@@ -51,7 +57,7 @@ def add_parsers(commands: Any) -> None:
                     "MTU, then reconnect with the session ticket it issued. Exit status 0 "
                     "only when the handshake worked.",
     )
-    probe.add_argument("server", metavar="HOST:PORT", type=parse_hostport,
+    probe.add_argument("server", metavar="HOST:PORT", type=hostport,
                        help="server address ([IPV6]:PORT for IPv6); names are resolved")
     trust = probe.add_mutually_exclusive_group()
     trust.add_argument("--ca", metavar="FILE", help="PEM CA certificates that verify the server")
@@ -65,27 +71,10 @@ def add_parsers(commands: Any) -> None:
     probe.add_argument("--server-name", metavar="NAME",
                        help="name to check in the server certificate (default: HOST when "
                             "it is not an address)")
-    probe.add_argument("--timeout", metavar="S", type=_seconds, default=DEFAULT_TIMEOUT,
+    probe.add_argument("--timeout", metavar="S", type=seconds, default=DEFAULT_TIMEOUT,
                        help=f"seconds for the whole probe (default {DEFAULT_TIMEOUT:g})")
     probe.add_argument("--json", action="store_true", help="print the result as JSON")
     probe.set_defaults(func=probe_command, parser_of_command=probe)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds between 0 and 3600")
-    return value
-
-
-def _read_pem(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ArgumentProblem(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
 def build_config(args: argparse.Namespace) -> DtlsConfig:
@@ -99,11 +88,11 @@ def build_config(args: argparse.Namespace) -> DtlsConfig:
     kw: dict[str, Any] = {}
     try:
         if args.ca is not None:
-            kw["ca_certs"] = tuple(load_certificates(_read_pem(args.ca, "CA file")))
+            kw["ca_certs"] = tuple(load_certificates(read_file(args.ca, "CA file")))
             if not kw["ca_certs"]:
                 raise ArgumentProblem(f"{args.ca}: no certificate found")
         if args.cert is not None:
-            kw["certificate_chain"] = tuple(load_certificates(_read_pem(args.cert,
+            kw["certificate_chain"] = tuple(load_certificates(read_file(args.cert,
                                                                         "certificate")))
             kw["private_key"] = load_private_key(read_secret_file(Path(args.key)))
         if args.psk_file is not None:
@@ -114,7 +103,7 @@ def build_config(args: argparse.Namespace) -> DtlsConfig:
         raise ArgumentProblem(str(exc)) from None
     host = args.server[0]
     name = args.server_name
-    if name is None and not _is_address(host):
+    if name is None and not is_ip_literal(host):
         name = host
     timeout = float(args.timeout)
     kw["heartbeat_settings"] = HeartbeatSettings(
@@ -127,15 +116,7 @@ def build_config(args: argparse.Namespace) -> DtlsConfig:
         raise ArgumentProblem(f"invalid configuration: {exc}") from None
 
 
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _first(events: list[Any], kind: type) -> Any:
+def _first(events: list[Event], kind: type[E]) -> E | None:
     return next((ev for ev in events if isinstance(ev, kind)), None)
 
 
@@ -144,7 +125,7 @@ def run_probe(config: DtlsConfig, host: str, port: int, timeout: float) -> dict[
     start = time.monotonic()
     deadline = start + timeout
     result: dict[str, Any] = {
-        "server": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "server": format_hostport((host, port)),
         "address": None, "handshake": False, "handshake_ms": None, "suite": None,
         "full_handshake": None, "heartbeat": False, "heartbeat_rtt_ms": None,
         "plpmtu": None, "inner_mtu": None, "record_overhead": None, "ticket": False,
@@ -155,51 +136,65 @@ def run_probe(config: DtlsConfig, host: str, port: int, timeout: float) -> dict[
     except OSError as exc:
         result["error"] = f"cannot resolve {host}: {exc.strerror or exc}"
         return result
-    result["address"] = f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
-
-    first = ClientConnection(config, family, addr)
-    try:
-        first.connect()
-        done = first.run(lambda: first.assoc.is_established, deadline)
-        hs: HandshakeCompleted | None = _first(first.events, HandshakeCompleted)
-        if not done or hs is None:
-            closed: AssociationClosed | None = _first(first.events, AssociationClosed)
-            result["error"] = (closed.reason if closed is not None
-                               else "; ".join(dict.fromkeys(first.send_errors))
-                               or f"no handshake within {timeout:g} s")
+    result["address"] = format_hostport(addr)
+    with contextlib.closing(Loop()) as loop:
+        first = ClientConnection(loop, config, family, addr)
+        try:
+            completed = _full_handshake(first, result, start, timeout)
+        finally:
+            first.close()
+        if not completed:
             return result
-        result.update(handshake=True, suite=hs.suite_name, full_handshake=not hs.resumed,
-                      heartbeat=hs.heartbeat,
-                      handshake_ms=round((time.monotonic() - start) * 1000, 2),
-                      record_overhead=first.assoc.record_overhead)
-        if hs.heartbeat:
-            first.path_mtu_hint()
-            _measure(first, result, start + timeout / 2)
-        if _first(first.events, SessionTicketReceived) is None:
-            # The ticket follows the server's Finished in the same flight; give a
-            # straggler a moment.
-            first.run(lambda: _first(first.events, SessionTicketReceived) is not None,
-                      min(deadline, time.monotonic() + 0.2))
-    finally:
-        first.close()
-
-    ticket: SessionTicketReceived | None = _first(first.events, SessionTicketReceived)
-    if ticket is None:
-        return result
-    result["ticket"] = True
-    second = ClientConnection(_with_session(config, ticket), family, addr)
-    try:
-        t0 = time.monotonic()
-        second.connect()
-        if second.run(lambda: second.assoc.is_established, deadline):
-            hs2: HandshakeCompleted | None = _first(second.events, HandshakeCompleted)
-            result["resumed"] = bool(hs2 is not None and hs2.resumed)
-            result["resumption_ms"] = round((time.monotonic() - t0) * 1000, 2)
-        else:
-            result["resumed"] = False
-    finally:
-        second.close()
+        ticket: SessionTicketReceived | None = _first(first.events, SessionTicketReceived)
+        if ticket is None:
+            return result
+        result["ticket"] = True
+        second = ClientConnection(loop, _with_session(config, ticket), family, addr)
+        try:
+            _resumption(second, result, deadline)
+        finally:
+            second.close()
     return result
+
+
+def _full_handshake(conn: ClientConnection, result: dict[str, Any], start: float,
+                    timeout: float) -> bool:
+    """The first connection: handshake, then RTT and path MTU, and wait for a ticket."""
+    deadline = start + timeout
+    conn.connect()
+    done = conn.run(lambda: conn.assoc.is_established, deadline)
+    hs: HandshakeCompleted | None = _first(conn.events, HandshakeCompleted)
+    if not done or hs is None:
+        closed: AssociationClosed | None = _first(conn.events, AssociationClosed)
+        result["error"] = (closed.reason if closed is not None
+                           else "; ".join(dict.fromkeys(conn.send_errors))
+                           or f"no handshake within {timeout:g} s")
+        return False
+    result.update(handshake=True, suite=hs.suite_name, full_handshake=not hs.resumed,
+                  heartbeat=hs.heartbeat,
+                  handshake_ms=round((time.monotonic() - start) * 1000, 2),
+                  record_overhead=conn.assoc.record_overhead)
+    if hs.heartbeat:
+        conn.path_mtu_hint()
+        _measure(conn, result, start + timeout / 2)
+    if _first(conn.events, SessionTicketReceived) is None:
+        # The ticket follows the server's Finished in the same flight; give a
+        # straggler a moment.
+        conn.run(lambda: _first(conn.events, SessionTicketReceived) is not None,
+                 min(deadline, time.monotonic() + 0.2))
+    return True
+
+
+def _resumption(conn: ClientConnection, result: dict[str, Any], deadline: float) -> None:
+    """The second connection, offering the ticket: did the server accept it?"""
+    t0 = time.monotonic()
+    conn.connect()
+    if conn.run(lambda: conn.assoc.is_established, deadline):
+        hs: HandshakeCompleted | None = _first(conn.events, HandshakeCompleted)
+        result["resumed"] = bool(hs is not None and hs.resumed)
+        result["resumption_ms"] = round((time.monotonic() - t0) * 1000, 2)
+    else:
+        result["resumed"] = False
 
 
 def _with_session(config: DtlsConfig, ticket: SessionTicketReceived) -> DtlsConfig:

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dtlsvpn.config.schema import DEFAULT_CONFDIR, config_path
+from dtlsvpn.config import DEFAULT_CONFDIR, config_path
 
 
 def add_parsers(commands: Any) -> None:

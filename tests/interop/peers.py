@@ -6,7 +6,7 @@ both sides. The builders return argv lists (without the `timeout` wrapper, which
 `tests.util.ProcessGroup` adds) for:
 
 - our tools: `python -m dtlsvpn dtls server|client` (their output contract is in
-  `dtlsvpn/cli/dtls_tools.py`);
+  `dtlsvpn/cli/dtls/output.py`);
 - OpenSSL 3: `openssl s_server|s_client -dtls1_2` (`-mtu` is the IP MTU: UDP payload + 28);
 - GnuTLS: `gnutls-serv|gnutls-cli -u` (`--mtu` is the UDP payload). `gnutls-serv` runs
   with `-d 4` because that is the only way it reports the suite it selected.

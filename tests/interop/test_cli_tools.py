@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dtlsvpn.cli.dtls_tools import parse_hostport
+from dtlsvpn.cli.argtypes import hostport as parse_hostport
 from dtlsvpn.cli.main import main
 from tests.interop.harness import (
     STEP_TIMEOUT,

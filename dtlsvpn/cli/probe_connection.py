@@ -1,16 +1,16 @@
-"""One client association over a real UDP socket, driven synchronously (``dtlsvpn probe``).
+"""One client association over a real UDP socket, pumped until a condition (``dtlsvpn probe``).
 
-The daemon's loop serves many fds and never blocks; a one-shot tool only needs "run this
-association until something happened or the deadline passed".  ``ClientConnection``
-does that with the daemon's own socket code (``udp.py``: PMTU probing mode, the ICMP
-error queue, large buffers) and the sans-I/O core, in the order of the daemon's loop::
+The probe asks "run this association until something happened or the deadline passed".
+:class:`ClientConnection` does that on the daemon's event loop and socket code
+(``daemon/udp.py``: PMTU probing mode, the ICMP error queue, large buffers) with the
+sans-I/O core.  :meth:`ClientConnection.run` turns the loop one iteration at a time::
 
-    wait for the socket until min(core timer, deadline)       select on one fd
-    now, wall = monotonic(), time()                           once per iteration
-    error queue → assoc.path_hint(mtu)                        EMSGSIZE / ICMP too big
-    recv × budget → assoc.receive_datagram                    application data is ignored
-    assoc.handle_timer(now) when its deadline passed
-    events → self.events;  assoc.datagrams_to_send → send
+    wait for the socket until min(core timer, deadline)       loop.run_once(deadline − now)
+    socket readable or in error:
+        recv × RECV_BUDGET → assoc.receive_datagram           application data is ignored
+        error queue → assoc.path_hint(mtu)                    EMSGSIZE / ICMP too big
+    core timer due → assoc.handle_timer(now)
+    events → self.events;  assoc.datagrams_to_send → send     once, at the end
 
 Nothing here prints or decides what a result means: callers read ``events``.
 """
@@ -19,33 +19,30 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import select
 import socket
-import time
 from collections.abc import Callable
 
-from dtlsvpn.daemon.udp import Addr, open_udp, read_errors, socket_mtu
+from dtlsvpn.cli.tool_loop import CoreTimer
+from dtlsvpn.daemon.loop import Loop
+from dtlsvpn.daemon.udp import (
+    MAX_DATAGRAM,
+    RECV_BUDGET,
+    SockAddr,
+    open_udp,
+    read_errors,
+    socket_mtu,
+)
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import Event
 
-BUDGET = 64
-MAX_DATAGRAM = 65535
-
-
-def resolve(host: str, port: int) -> tuple[socket.AddressFamily, Addr]:
-    """The first UDP address of ``host`` (a name is resolved now); raises OSError."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    if not infos:
-        raise OSError(errno.EHOSTUNREACH, f"no address for {host}")
-    family, _, _, _, sockaddr = infos[0]
-    return family, (str(sockaddr[0]), int(sockaddr[1]))
-
 
 class ClientConnection:
-    """A client ``Association`` on a connected, non-blocking UDP socket."""
+    """A client ``Association`` on a connected, non-blocking UDP socket on ``loop``."""
 
-    def __init__(self, config: DtlsConfig, family: socket.AddressFamily, addr: Addr) -> None:
+    def __init__(self, loop: Loop, config: DtlsConfig, family: socket.AddressFamily,
+                 addr: SockAddr) -> None:
+        self.loop = loop
         self.addr = addr
         self.sock = open_udp(family, connect=addr)
         self.assoc = Association(config, peer=f"{addr[0]}:{addr[1]}".encode(),
@@ -53,50 +50,65 @@ class ClientConnection:
         self.events: list[Event] = []
         self.send_errors: list[str] = []
         self.started_at: float | None = None
+        self._closed = False
+        self._timer = CoreTimer(loop, self.assoc, self._after_timer)
+        loop.add(self.sock.fileno(), self._on_socket)
 
     def connect(self) -> None:
-        self.started_at = time.monotonic()
-        self.assoc.connect(self.started_at, time.time())
+        self.started_at = self.loop.refresh_clock()
+        self.assoc.connect(self.started_at, self.loop.wall)
         self._flush(self.started_at)
+        self._timer.rearm()
 
     def path_mtu_hint(self) -> None:
         """Give the core the kernel's MTU towards the peer (caps the PMTU search)."""
         mtu = socket_mtu(self.sock)
         if mtu is not None:
-            self.assoc.path_hint(mtu, time.monotonic())
-            self._flush(time.monotonic())
+            now = self.loop.refresh_clock()
+            self.assoc.path_hint(mtu, now)
+            self._flush(now)
+            self.loop.defer(self._service)
 
     def run(self, done: Callable[[], bool], deadline: float) -> bool:
         """Pump until ``done()`` (True) or ``deadline`` (monotonic) or closure (False)."""
-        assoc = self.assoc
         while not done():
-            if assoc.is_closed:
+            if self.assoc.is_closed:
                 return False
-            now = time.monotonic()
+            now = self.loop.refresh_clock()
             if now >= deadline:
                 return False
-            timer = assoc.get_timer()
-            wake = deadline if timer is None else min(deadline, timer)
-            readable, _, errors = select.select([self.sock], [], [self.sock],
-                                                max(0.0, wake - now))
-            now = time.monotonic()
-            wall = time.time()
-            if readable or errors:
-                self._receive(now, wall)
-            timer = assoc.get_timer()
-            if timer is not None and now >= timer:
-                assoc.handle_timer(now)
-            self.events += assoc.pop_events()
-            self._flush(now)
+            self.loop.run_once(deadline - now)
         return True
 
     def close(self) -> None:
-        now = time.monotonic()
+        now = self.loop.refresh_clock()
         if not self.assoc.is_closed:
             self.assoc.close(now)
             self._flush(now)
         self.events += self.assoc.pop_events()
+        self._closed = True
+        self._timer.cancel()
+        self.loop.remove(self.sock.fileno())
         self.sock.close()
+
+    # --- loop callbacks ---------------------------------------------------------------
+
+    def _on_socket(self, _mask: int, now: float, wall: float) -> None:
+        self._receive(now, wall)
+        self._timer.rearm()
+        self.loop.defer(self._service)
+
+    def _after_timer(self, _now: float, _wall: float) -> None:
+        self.loop.defer(self._service)
+
+    def _service(self, now: float, _wall: float) -> None:
+        if self._closed:
+            return
+        self.events += self.assoc.pop_events()
+        self._flush(now)
+        self._timer.rearm()
+
+    # --- socket -----------------------------------------------------------------------
 
     def _hints(self, now: float) -> None:
         for hint in read_errors(self.sock):
@@ -105,7 +117,7 @@ class ClientConnection:
 
     def _receive(self, now: float, wall: float) -> None:
         recv = self.sock.recv
-        for _ in range(BUDGET):
+        for _ in range(RECV_BUDGET):
             try:
                 data = recv(MAX_DATAGRAM)
             except BlockingIOError:
