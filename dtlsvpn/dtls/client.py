@@ -35,7 +35,7 @@ from dtlsvpn.crypto import certs
 from dtlsvpn.crypto.keyexchange import psk_premaster
 from dtlsvpn.crypto.suites import SUITES
 from dtlsvpn.dtls.config import DtlsConfig
-from dtlsvpn.dtls.flight import CCS, OutMessage
+from dtlsvpn.dtls.flight import OutMessage
 from dtlsvpn.dtls.machine import CCS_TYPE, Link, Machine
 from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.errors import (
@@ -322,10 +322,8 @@ class ClientMachine(Machine):
                              bytes(self.transcript))
             body = hs.encode_certificate_verify(hs.CertificateVerify(scheme, sig))
             msgs.append(self.outgoing(0, HandshakeType.certificate_verify, body))
-        msgs.append(OutMessage(0, CCS, 0, b""))
         self.install_keys()
-        fin = self.finished_data(from_client=True)
-        msgs.append(self.outgoing(1, HandshakeType.finished, hs.encode_finished(hs.Finished(fin))))
+        msgs += self.ccs_and_finished(from_client=True)
         self.link.send_flight(msgs, now, expect_reply=True)
 
     # --- abbreviated handshake (RFC 5077 §3.1, RFC 5246 §7.3 Figure 2) -------
@@ -361,11 +359,8 @@ class ClientMachine(Machine):
         if self.resuming:
             # Abbreviated: our CCS and Finished close the handshake; the flight is
             # not timed, it is re-sent when the server's flight repeats (RFC 6347 §4.2.4).
-            ours = self.finished_data(from_client=True)
-            msgs = [OutMessage(0, CCS, 0, b""),
-                    self.outgoing(1, HandshakeType.finished,
-                                  hs.encode_finished(hs.Finished(ours)))]
-            self.link.send_flight(msgs, now, expect_reply=False)
+            self.link.send_flight(self.ccs_and_finished(from_client=True), now,
+                                  expect_reply=False)
         self.state = ClientState.ESTABLISHED
         self.link.complete(self.completed_event(resumed=self.resuming), now)
         ticket = self.new_ticket

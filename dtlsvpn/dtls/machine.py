@@ -38,8 +38,8 @@ from dtlsvpn.errors import (
     UnexpectedMessage,
 )
 from dtlsvpn.wire import extensions as ext
-from dtlsvpn.wire.constants import HeartbeatMode, NamedGroup
-from dtlsvpn.wire.handshake import transcript_bytes
+from dtlsvpn.wire.constants import HandshakeType, HeartbeatMode, NamedGroup
+from dtlsvpn.wire.handshake import Finished, encode_finished, transcript_bytes
 
 # Pseudo message type under which a ChangeCipherSpec enters the state tables.
 CCS_TYPE = CCS
@@ -153,6 +153,16 @@ class Machine:
         h = self.suite.prf_hash
         digest = prf.transcript_hash(h, bytes(self.transcript))
         return prf.verify_data(h, self.master_secret, label, digest)
+
+    def ccs_and_finished(self, *, from_client: bool) -> list[OutMessage]:
+        """Our ChangeCipherSpec and Finished, the end of every flight that switches keys.
+
+        The Finished (epoch 1) carries verify_data over the transcript so far
+        and is hashed in turn; the keys must be installed first.
+        """
+        verify_data = self.finished_data(from_client=from_client)
+        return [OutMessage(0, CCS, 0, b""),
+                self.outgoing(1, HandshakeType.finished, encode_finished(Finished(verify_data)))]
 
     def check_finished(self, body: bytes, *, from_client: bool) -> None:
         import hmac

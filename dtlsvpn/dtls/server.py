@@ -40,7 +40,7 @@ from dtlsvpn.crypto.keyexchange import psk_premaster
 from dtlsvpn.crypto.suites import SUITES, SuiteInfo
 from dtlsvpn.crypto.tickets import TicketState
 from dtlsvpn.dtls.config import DtlsConfig
-from dtlsvpn.dtls.flight import CCS, OutMessage
+from dtlsvpn.dtls.flight import OutMessage
 from dtlsvpn.dtls.machine import CCS_TYPE, Link, Machine
 from dtlsvpn.errors import (
     HandshakeFailure,
@@ -284,10 +284,7 @@ class ServerMachine(Machine):
             self.link.complete(self.completed_event(resumed=True), now)
             return
         msgs = self._ticket_messages(wall)  # hashed before our Finished (RFC 5077 §3.3)
-        ours = self.finished_data(from_client=False)
-        msgs.append(OutMessage(0, CCS, 0, b""))
-        msgs.append(self.outgoing(1, HandshakeType.finished,
-                                  hs.encode_finished(hs.Finished(ours))))
+        msgs += self.ccs_and_finished(from_client=False)
         # RFC 6347 §4.2.4: the server's last flight is not timed; it is re-sent
         # when the client's final flight repeats.
         self.link.send_flight(msgs, now, expect_reply=False)
@@ -360,10 +357,7 @@ class ServerMachine(Machine):
         msgs = [self.outgoing(0, HandshakeType.server_hello, hs.encode_server_hello(sh))]
         msgs += self._ticket_messages(wall)
         self.install_keys()
-        msgs.append(OutMessage(0, CCS, 0, b""))
-        ours = self.finished_data(from_client=False)
-        msgs.append(self.outgoing(1, HandshakeType.finished,
-                                  hs.encode_finished(hs.Finished(ours))))
+        msgs += self.ccs_and_finished(from_client=False)
         self.link.send_flight(msgs, now, expect_reply=True)
         self.state = ServerState.WAIT_CCS
 
