@@ -52,7 +52,6 @@ from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.epoch import (
     CID_PREFIX,
     CT_CID,
-    MAX_FUTURE_RECORDS,
     ReadState,
     WriteState,
     split_inner,
@@ -66,9 +65,9 @@ from dtlsvpn.dtls.events import (
     SessionTicketReceived,
 )
 from dtlsvpn.dtls.flight import OutMessage, Retransmitter, pack_flight
-from dtlsvpn.dtls.keepalive import HEARTBEAT_REPLY_RATE, Keepalive
+from dtlsvpn.dtls.handshake_input import HandshakeInput
+from dtlsvpn.dtls.keepalive import Keepalive
 from dtlsvpn.dtls.machine import CCS_TYPE, Machine
-from dtlsvpn.dtls.reassembly import Reassembler
 from dtlsvpn.dtls.server import ServerMachine
 from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.dtls.stats import Stats
@@ -82,12 +81,8 @@ from dtlsvpn.wire.constants import (
     AlertDescription,
     AlertLevel,
     ContentType,
-    HandshakeType,
 )
-from dtlsvpn.wire.handshake import HandshakeFragment, parse_handshake_fragments
 from dtlsvpn.wire.record import RECORD_HEADER, Record, parse_datagram
-
-__all__ = ["HEARTBEAT_REPLY_RATE", "MAX_FUTURE_RECORDS", "REKEY_RECORDS", "Association"]
 
 # Records per key before a rekey is due.  AES-GCM: far below the 2^24.5 full-size
 # records TLS 1.3 (RFC 8446 §5.5) allows per key; ChaCha20-Poly1305 has more room;
@@ -125,7 +120,9 @@ class Association:
         self._machine: Machine = (
             ClientMachine(config, self) if config.is_client else ServerMachine(config, self)
         )
-        self._reasm = Reassembler(first_message_seq)
+        self._handshake = HandshakeInput(self._machine, self.stats,
+                                         first_message_seq=first_message_seq,
+                                         send_alert=self._send_alert)
         self._writer = WriteState.initial(first_record_seq)
         self._read = ReadState()
         self._flights = Retransmitter(
@@ -160,14 +157,12 @@ class Association:
     @property
     def plpmtu(self) -> int | None:
         """The confirmed PLPMTU (outer IP packet size), when PMTU discovery runs."""
-        pm = None if self._keepalive is None else self._keepalive.pmtu
-        return None if pm is None else pm.plpmtu
+        return None if self._keepalive is None else self._keepalive.plpmtu
 
     @property
     def inner_mtu(self) -> int | None:
         """The largest inner packet one record carries at the current PLPMTU."""
-        pm = None if self._keepalive is None else self._keepalive.pmtu
-        return None if pm is None else pm.inner_mtu
+        return None if self._keepalive is None else self._keepalive.inner_mtu
 
     @property
     def record_overhead(self) -> int:
@@ -237,7 +232,6 @@ class Association:
                 repeat |= self._inner_record(split, seq, now, wall, out)
                 continue
             repeat |= self._slow_record(rec, now, wall, out)
-            rd = self._read
             if self._closed:
                 break
         self.advanced = (rd.epoch > epoch_before
@@ -418,7 +412,7 @@ class Association:
         self._established = True
         self.handshake_result = event
         self._flights.finish()
-        self._reasm.clear()
+        self._handshake.reasm.clear()
         self._read.future.clear()
         self._events.append(event)
         self._last_rx = now
@@ -458,7 +452,7 @@ class Association:
             return False
         if epoch == 0 and rec.content_type == _CT_HANDSHAKE and rd.epoch == 1:
             # The peer's previous flight again: only good for recognising repeats.
-            return self._handle_old_handshake(rec.fragment)
+            return self._handshake.receive_old(rec.fragment)
         self.stats.unknown_epoch += 1  # security.md S7/S8: silently, no alert
         return False
 
@@ -483,7 +477,9 @@ class Association:
 
     def _on_handshake(self, epoch: int, payload: bytes, now: float, wall: float,
                       out: list[bytes]) -> bool:
-        return self._guard(lambda: self._handle_handshake(payload, now, wall), now)
+        established = self._established
+        return self._guard(
+            lambda: self._handshake.receive(payload, now, wall, established=established), now)
 
     def _on_ccs(self, epoch: int, payload: bytes, now: float, wall: float,
                 out: list[bytes]) -> bool:
@@ -523,55 +519,6 @@ class Association:
         self._peer_used_keys = True
         self._fast_type = self._data_type
 
-    def _handle_handshake(self, payload: bytes, now: float, wall: float) -> bool:
-        sorted_ = self._sort_fragments(payload)
-        if sorted_ is None:
-            return False
-        repeat, fresh, stale = sorted_
-        self.stats.stale_handshake += stale
-        reasm = self._reasm
-        for frag in fresh:
-            if self._established:
-                # RFC 5746 / security.md S17: no renegotiation.  A HelloRequest or a
-                # new ClientHello gets a warning no_renegotiation and changes nothing.
-                if frag.msg_type in (HandshakeType.hello_request, HandshakeType.client_hello):
-                    self._send_alert(AlertLevel.warning, AlertDescription.no_renegotiation)
-                else:
-                    self.stats.unexpected += 1
-                continue
-            reason = reasm.add(frag)
-            if reason is not None:
-                setattr(self.stats, reason, getattr(self.stats, reason) + 1)
-        while not self._closed:
-            ready = reasm.pop_ready()
-            if ready is None:
-                break
-            # The flight timer keeps running until our next flight (or completion):
-            # if the rest of the peer's flight is lost, our re-send makes it repeat
-            # its flight, and a handshake that stalls half-way still times out.
-            self._machine.handle(*ready, now, wall)
-        return repeat
-
-    def _handle_old_handshake(self, payload: bytes) -> bool:
-        """Epoch-0 handshake records after our read epoch moved: repeats only."""
-        sorted_ = self._sort_fragments(payload)
-        if sorted_ is None:
-            return False
-        repeat, fresh, stale = sorted_
-        self.stats.unknown_epoch += stale + len(fresh)
-        return repeat
-
-    def _sort_fragments(
-        self, payload: bytes
-    ) -> tuple[bool, list[HandshakeFragment], int] | None:
-        """``Reassembler.sort`` of the payload's fragments; None (counted) if it does not parse."""
-        try:
-            frags = parse_handshake_fragments(payload)
-        except DecodeError:
-            self.stats.malformed += 1
-            return None
-        return self._reasm.sort(frags, client=self.config.is_client)
-
     def _handle_ccs(self, payload: bytes, now: float, wall: float) -> None:
         if payload != b"\x01":
             self.stats.malformed += 1  # RFC 5246 §7.1: the single byte 1
@@ -582,7 +529,8 @@ class Association:
             m.handle(CCS_TYPE, 0, b"", now, wall)
             # RFC 6347 §4.1: the read epoch moves exactly here (CVE-2014-0224).
             future = rd.advance()
-            self._reasm.clear()  # nothing buffered from the old epoch may complete a message
+            # Nothing buffered from the old epoch may complete a message.
+            self._handshake.reasm.clear()
             out: list[bytes] = []
             for rec in future:
                 if self._closed:
@@ -671,7 +619,7 @@ class Association:
         self._closed = True
         self._fast_type = _NO_FAST_PATH
         self._flights.timer.stop()
-        self._reasm.clear()
+        self._handshake.reasm.clear()
         self._read.future.clear()
         self._events.append(AssociationClosed(local=local, reason=reason, alert=alert))
 

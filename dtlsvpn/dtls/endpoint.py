@@ -190,12 +190,10 @@ class ServerEndpoint:
                          ) -> tuple[Association | None, list[bytes]]:
         """A protected datagram while a rekey overlaps two associations."""
         first, second = (new, old) if new.is_established else (old, new)
-        bad_mac = first.stats.bad_mac
-        out = first.receive_datagram(data, now, wall)
-        if out or first.advanced:
+        out = first.try_receive(data, now, wall)
+        if out is not None:
             self._note_rekey_progress(addr, now)
             return first, out
-        first.stats.bad_mac = bad_mac  # a trial, not a forgery against this one
         out = second.receive_datagram(data, now, wall)
         self._register_cid(new)
         self._note_rekey_progress(addr, now)

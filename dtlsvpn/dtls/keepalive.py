@@ -105,8 +105,12 @@ class Keepalive:
                 emit(PathMtuChanged(plpmtu=pm.plpmtu, inner_mtu=pm.inner_mtu))
 
     @property
-    def pmtu(self) -> Dplpmtud | None:
-        return self._pmtu
+    def plpmtu(self) -> int | None:
+        return None if self._pmtu is None else self._pmtu.plpmtu
+
+    @property
+    def inner_mtu(self) -> int | None:
+        return None if self._pmtu is None else self._pmtu.inner_mtu
 
     # --- inputs ---------------------------------------------------------------
 

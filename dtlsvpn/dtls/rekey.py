@@ -147,11 +147,9 @@ class RekeyingClient:
             order.remove(self.pending)
             order.append(self.pending)  # its Finished: only after the working keys failed
         for a in order[:-1]:
-            bad_mac = a.stats.bad_mac
-            out = a.receive_datagram(data, now, wall)
-            if out or a.advanced:
+            out = a.try_receive(data, now, wall)
+            if out is not None:
                 return out
-            a.stats.bad_mac = bad_mac  # a trial, not a forgery against this one
         return order[-1].receive_datagram(data, now, wall)
 
     def _after_input(self, now: float, wall: float) -> None:
