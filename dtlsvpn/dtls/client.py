@@ -189,16 +189,8 @@ class ClientMachine(Machine):
         for e in sh.extensions:
             if e.type not in offered:
                 raise UnsupportedExtension(f"unsolicited extension {e.type}")
-        reneg = sh.ext(ExtensionType.renegotiation_info)
-        if reneg is not None and ext.decode_renegotiation_info(reneg) != b"":
-            raise HandshakeFailure("non-empty renegotiation_info on an initial handshake")
-        ems = sh.ext(ExtensionType.extended_master_secret)
-        if ems is not None:
-            ext.decode_extended_master_secret(ems)
-        self.ems = ems is not None
-        if not self.ems and self.config.require_extended_master_secret:
-            raise HandshakeFailure("server does not support extended_master_secret (RFC 7627)")
-        self.note_heartbeat_mode(sh.ext(ExtensionType.heartbeat))
+        self.take_hello_extensions(
+            sh, no_ems="server does not support extended_master_secret (RFC 7627)")
         cid = sh.ext(ExtensionType.connection_id)
         if cid is not None and self.offered_cid is not None:
             self.peer_cid = ext.decode_connection_id(cid)
@@ -353,9 +345,7 @@ class ClientMachine(Machine):
         self.state = ClientState.WAIT_FINISHED
 
     def _handle_finished(self, seq: int, body: bytes, now: float, wall: float) -> None:
-        fin = hs.decode_finished(body)
-        self.check_finished(fin.verify_data, from_client=False)
-        self.add_transcript(HandshakeType.finished, seq, body)
+        self.take_peer_finished(seq, body)
         if self.resuming:
             # Abbreviated: our CCS and Finished close the handshake; the flight is
             # not timed, it is re-sent when the server's flight repeats (RFC 6347 §4.2.4).
