@@ -20,7 +20,7 @@ from dtlsvpn.crypto.certs import PrivateKey
 from dtlsvpn.crypto.keyexchange import KeyShareFactory
 from dtlsvpn.crypto.suites import SUITES
 from dtlsvpn.dtls.heartbeat import HeartbeatSettings
-from dtlsvpn.dtls.pmtu import PmtuSettings
+from dtlsvpn.dtls.pmtu_settings import PmtuSettings
 from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.errors import UsageError
 from dtlsvpn.wire.constants import CipherSuite, KeyExchangeKind, NamedGroup, SignatureScheme
