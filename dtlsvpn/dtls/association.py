@@ -46,7 +46,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 from dtlsvpn.crypto.aead import RecordProtection
-from dtlsvpn.crypto.suites import AeadKind
 from dtlsvpn.dtls.client import ClientMachine
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.epoch import (
@@ -54,6 +53,7 @@ from dtlsvpn.dtls.epoch import (
     CT_CID,
     ReadState,
     WriteState,
+    records_exhausted,
     split_inner,
 )
 from dtlsvpn.dtls.events import (
@@ -67,11 +67,11 @@ from dtlsvpn.dtls.events import (
 from dtlsvpn.dtls.flight import OutMessage, Retransmitter, pack_flight
 from dtlsvpn.dtls.handshake_input import HandshakeInput
 from dtlsvpn.dtls.keepalive import Keepalive
-from dtlsvpn.dtls.machine import CCS_TYPE, Machine
+from dtlsvpn.dtls.machine import Machine
 from dtlsvpn.dtls.server import ServerMachine
 from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.dtls.stats import Stats
-from dtlsvpn.errors import Alert, DecodeError, DecodeErrorAlert, UnexpectedMessage, UsageError
+from dtlsvpn.errors import Alert, DecodeError, DecodeErrorAlert, UsageError
 from dtlsvpn.wire.alert import decode_alert, encode_alert
 from dtlsvpn.wire.constants import (
     DTLS_1_0,
@@ -83,11 +83,6 @@ from dtlsvpn.wire.constants import (
     ContentType,
 )
 from dtlsvpn.wire.record import RECORD_HEADER, Record, parse_datagram
-
-# Records per key before a rekey is due.  AES-GCM: far below the 2^24.5 full-size
-# records TLS 1.3 (RFC 8446 §5.5) allows per key; ChaCha20-Poly1305 has more room;
-# both stay far from the 2^48 sequence numbers of RFC 6347 §4.1.
-REKEY_RECORDS = {AeadKind.AES_GCM: 2**23, AeadKind.CHACHA20_POLY1305: 2**36}
 
 _CT_APP = int(ContentType.application_data)
 _CT_HANDSHAKE = int(ContentType.handshake)
@@ -267,15 +262,10 @@ class Association:
         return self.is_established and self._peer_used_keys
 
     def try_receive(self, data: bytes, now: float, wall: float) -> list[bytes] | None:
-        """``receive_datagram`` as a trial, for a datagram that may belong to another
-        association of the same peer (a make-before-break rekey).
-
-        Returns what ``receive_datagram`` returns when the datagram authenticated
-        a record here (data, or a newer record of any type); otherwise None, and
-        the failed authentication is not counted as ``bad_mac``: it was a trial,
-        not a forgery against these keys.
-        """
-        bad_mac = self.stats.bad_mac
+        """``receive_datagram`` for a datagram that may be another association's
+        (a make-before-break rekey): None when it authenticated nothing newer here,
+        and then its failed authentication is a trial, not counted as ``bad_mac``."""
+        bad_mac = self.stats.bad_mac  # restored below when nothing authenticated
         out = self.receive_datagram(data, now, wall)
         if out or self.advanced:
             return out
@@ -304,14 +294,8 @@ class Association:
 
     def records_exhausted(self) -> bool:
         """A direction used up its record budget for these keys (see REKEY_RECORDS)."""
-        if not self.is_established:
-            return False
-        c = self.config
-        prot = self._read.protection
-        assert prot is not None
-        limit = c.rekey_records or REKEY_RECORDS[prot.suite.aead]
-        return (self._writer.current.next_seq >= limit
-                or self._read.window.top >= limit)
+        return self.is_established and records_exhausted(self._writer, self._read,
+                                                          self.config.rekey_records)
 
     def path_hint(self, mtu: int, now: float) -> None:
         """A kernel hint: IP_MTU, an ICMP Packet Too Big, or EMSGSIZE at ``mtu``.
@@ -483,12 +467,38 @@ class Association:
 
     def _on_ccs(self, epoch: int, payload: bytes, now: float, wall: float,
                 out: list[bytes]) -> bool:
-        self._guard(lambda: self._handle_ccs(payload, now, wall), now)
+        held: list[Record] = []
+        established = self._established
+
+        def step() -> None:
+            held.extend(self._handshake.receive_ccs(payload, now, wall, self._read,
+                                                    established=established))
+
+        self._guard(step, now)
+        for rec in held:  # security.md S9: what overtook the CCS, now in its epoch
+            if self._closed:
+                break
+            self._slow_record(rec, now, wall, [])
         return False
 
     def _on_alert(self, epoch: int, payload: bytes, now: float, wall: float,
                   out: list[bytes]) -> bool:
-        self._handle_alert(payload)
+        try:
+            level, desc = decode_alert(payload)
+        except DecodeError:
+            self.stats.malformed += 1
+            return False
+        self._events.append(AlertReceived(level=level, description=desc))
+        if desc == AlertDescription.close_notify:
+            # RFC 5246 §7.2.1: answer with a close_notify of our own, then stop.
+            self._send_alert(AlertLevel.warning, AlertDescription.close_notify)
+            self._close(local=False, reason="peer sent close_notify", alert=desc)
+        elif level == AlertLevel.fatal:
+            try:
+                name = AlertDescription(desc).name
+            except ValueError:
+                name = str(desc)
+            self._close(local=False, reason=f"peer sent fatal alert {name}", alert=desc)
         return False
 
     def _on_application_data(self, epoch: int, payload: bytes, now: float, wall: float,
@@ -519,49 +529,7 @@ class Association:
         self._peer_used_keys = True
         self._fast_type = self._data_type
 
-    def _handle_ccs(self, payload: bytes, now: float, wall: float) -> None:
-        if payload != b"\x01":
-            self.stats.malformed += 1  # RFC 5246 §7.1: the single byte 1
-            return
-        m = self._machine
-        rd = self._read
-        if m.expects_ccs() and rd.pending is not None:
-            m.handle(CCS_TYPE, 0, b"", now, wall)
-            # RFC 6347 §4.1: the read epoch moves exactly here (CVE-2014-0224).
-            future = rd.advance()
-            # Nothing buffered from the old epoch may complete a message.
-            self._handshake.reasm.clear()
-            out: list[bytes] = []
-            for rec in future:
-                if self._closed:
-                    break
-                self._slow_record(rec, now, wall, out)
-            return
-        if not self._established and rd.pending is not None:
-            # security.md S5: keys negotiated but the CCS came too early.
-            raise UnexpectedMessage("ChangeCipherSpec before the handshake allows it")
-        # A CCS before any key exchange (S15, CVE-2017-7243) or a repeated one.
-        self.stats.unexpected += 1
-
-    def _handle_alert(self, payload: bytes) -> None:
-        try:
-            level, desc = decode_alert(payload)
-        except DecodeError:
-            self.stats.malformed += 1
-            return
-        self._events.append(AlertReceived(level=level, description=desc))
-        if desc == AlertDescription.close_notify:
-            # RFC 5246 §7.2.1: answer with a close_notify of our own, then stop.
-            self._send_alert(AlertLevel.warning, AlertDescription.close_notify)
-            self._close(local=False, reason="peer sent close_notify", alert=desc)
-        elif level == AlertLevel.fatal:
-            try:
-                name = AlertDescription(desc).name
-            except ValueError:
-                name = str(desc)
-            self._close(local=False, reason=f"peer sent fatal alert {name}", alert=desc)
-
-    # --- keepalive (keepalive.py) -----------------------------------------------------
+    # --- glue: keepalive.py, flight.py ------------------------------------------------
 
     def _service_keepalive(self, now: float) -> None:
         if self._keepalive is not None:
@@ -572,8 +540,6 @@ class Association:
 
     def _emit(self, event: Event) -> None:
         self._events.append(event)
-
-    # --- flights and timers ---------------------------------------------------------
 
     def _transmit_flight(self, messages: Sequence[OutMessage], mtu: int) -> None:
         self._out.extend(pack_flight(messages, mtu, self._writer.overhead, self._seal_record))
@@ -610,8 +576,8 @@ class Association:
         self._close(local=True, reason=str(exc), alert=int(exc.description))
 
     def _send_alert(self, level: int, desc: int) -> None:
-        self._out.append(
-            self._seal_record(_CT_ALERT, self._writer.epoch, encode_alert(level, desc)))
+        alert = encode_alert(level, desc)
+        self._out.append(self._seal_record(_CT_ALERT, self._writer.epoch, alert))
 
     def _close(self, *, local: bool, reason: str, alert: int | None) -> None:
         if self._closed:

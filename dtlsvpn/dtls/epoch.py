@@ -31,12 +31,17 @@ import struct
 from dataclasses import dataclass, field
 
 from dtlsvpn.crypto.aead import RecordProtection
+from dtlsvpn.crypto.suites import AeadKind
 from dtlsvpn.dtls.replay import ReplayWindow
 from dtlsvpn.dtls.stats import Stats
 from dtlsvpn.wire.constants import DTLS_1_2, RECORD_HEADER_LEN, ContentType
 from dtlsvpn.wire.record import RECORD_HEADER, Record
 
 MAX_FUTURE_RECORDS = 16  # next-epoch records kept until the CCS arrives
+# Records per key before a rekey is due.  AES-GCM: far below the 2^24.5 full-size
+# records TLS 1.3 (RFC 8446 §5.5) allows per key; ChaCha20-Poly1305 has more room;
+# both stay far from the 2^48 sequence numbers of RFC 6347 §4.1.
+REKEY_RECORDS = {AeadKind.AES_GCM: 2**23, AeadKind.CHACHA20_POLY1305: 2**36}
 
 CT_CID = int(ContentType.tls12_cid)
 CID_PREFIX = struct.Struct("!BHQ")  # RFC 9146 §4: type, version, epoch||seq, then the CID
@@ -175,3 +180,12 @@ class ReadState:
         self.window = ReplayWindow()
         future, self.future = self.future, []
         return future
+
+
+def records_exhausted(writer: WriteState, read: ReadState, limit: int | None) -> bool:
+    """A direction used up its record budget for the current keys (``limit``, or
+    ``REKEY_RECORDS`` of the suite's AEAD when None)."""
+    prot = read.protection
+    assert prot is not None
+    budget = limit or REKEY_RECORDS[prot.suite.aead]
+    return writer.current.next_seq >= budget or read.window.top >= budget

@@ -13,7 +13,9 @@ apart:
 
 Once established, no new handshake is accepted (RFC 5746, security.md S17): a
 HelloRequest or ClientHello gets a warning no_renegotiation and changes
-nothing; any other new message is counted as unexpected.  Epoch-0 records
+nothing; any other new message is counted as unexpected.  A ChangeCipherSpec
+goes to the machine only where its table expects one and the next keys are
+installed (:meth:`receive_ccs`); that is where the read epoch moves.  Epoch-0 records
 after the read epoch moved are only good for recognising repeats
 (:meth:`receive_old`, security.md S8).
 """
@@ -22,12 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dtlsvpn.dtls.machine import Machine
+from dtlsvpn.dtls.epoch import ReadState
+from dtlsvpn.dtls.machine import CCS_TYPE, Machine
 from dtlsvpn.dtls.reassembly import Reassembler
 from dtlsvpn.dtls.stats import Stats
-from dtlsvpn.errors import DecodeError
+from dtlsvpn.errors import DecodeError, UnexpectedMessage
 from dtlsvpn.wire.constants import AlertDescription, AlertLevel, HandshakeType
 from dtlsvpn.wire.handshake import HandshakeFragment, parse_handshake_fragments
+from dtlsvpn.wire.record import Record
 
 _RENEGOTIATION = (HandshakeType.hello_request, HandshakeType.client_hello)
 
@@ -70,6 +74,26 @@ class HandshakeInput:
         while (ready := reasm.pop_ready()) is not None:
             self._machine.handle(*ready, now, wall)
         return repeat
+
+    def receive_ccs(self, payload: bytes, now: float, wall: float, read: ReadState, *,
+                    established: bool) -> list[Record]:
+        """A ChangeCipherSpec: the one place the read epoch moves (RFC 6347 §4.1,
+        CVE-2014-0224).  Returns the next-epoch records held for it, to process now."""
+        if payload != b"\x01":
+            self._stats.malformed += 1  # RFC 5246 §7.1: the single byte 1
+            return []
+        m = self._machine
+        if m.expects_ccs() and read.pending is not None:
+            m.handle(CCS_TYPE, 0, b"", now, wall)
+            held = read.advance()
+            self.reasm.clear()  # nothing buffered from the old epoch may complete a message
+            return held
+        if not established and read.pending is not None:
+            # security.md S5: keys negotiated but the CCS came too early.
+            raise UnexpectedMessage("ChangeCipherSpec before the handshake allows it")
+        # A CCS before any key exchange (S15, CVE-2017-7243) or a repeated one.
+        self._stats.unexpected += 1
+        return []
 
     def receive_old(self, payload: bytes) -> bool:
         """An epoch-0 handshake record after the read epoch moved: True for a repeat."""
