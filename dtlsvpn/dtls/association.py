@@ -115,9 +115,8 @@ class Association:
         self._machine: Machine = (
             ClientMachine(config, self) if config.is_client else ServerMachine(config, self)
         )
-        self._handshake = HandshakeInput(self._machine, self.stats,
-                                         first_message_seq=first_message_seq,
-                                         send_alert=self._send_alert)
+        self._handshake = HandshakeInput(self._machine, self.stats, send_alert=self._send_alert,
+                                         first_message_seq=first_message_seq)
         self._writer = WriteState.initial(first_record_seq)
         self._read = ReadState()
         self._flights = Retransmitter(
@@ -461,18 +460,16 @@ class Association:
 
     def _on_handshake(self, epoch: int, payload: bytes, now: float, wall: float,
                       out: list[bytes]) -> bool:
-        established = self._established
-        return self._guard(
-            lambda: self._handshake.receive(payload, now, wall, established=established), now)
+        return self._guard(lambda: self._handshake.receive(
+            payload, now, wall, established=self._established), now)
 
     def _on_ccs(self, epoch: int, payload: bytes, now: float, wall: float,
                 out: list[bytes]) -> bool:
         held: list[Record] = []
-        established = self._established
 
         def step() -> None:
             held.extend(self._handshake.receive_ccs(payload, now, wall, self._read,
-                                                    established=established))
+                                                    established=self._established))
 
         self._guard(step, now)
         for rec in held:  # security.md S9: what overtook the CCS, now in its epoch
