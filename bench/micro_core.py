@@ -8,7 +8,10 @@ nanoseconds per packet.  The pair is built in memory: a client Association and a
 ServerEndpoint exchange their handshake datagrams directly, with a fixed clock
 and seeded randomness.
 
-    python bench/micro_core.py [--iterations N] [--runs R] [--size BYTES]
+    python -m bench.micro_core [--iterations N] [--runs R] [--size BYTES]
+
+Run it from the repository root with ``-m`` (or with ``PYTHONPATH=.``) so that
+the tree being measured is the one imported; the first line names it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import dtlsvpn
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.endpoint import ServerEndpoint
@@ -119,6 +123,7 @@ def main() -> None:
     args = ap.parse_args()
     packet = bytes(random.Random("packet").randbytes(args.size))
     n, r = args.iterations, args.runs
+    print(f"dtlsvpn from {dtlsvpn.__path__[0]}")
     print(f"AES-128-GCM, {args.size}-byte packets, median of {r} runs of {n} (ns/packet)")
     for cid in (False, True):
         label = "cid   " if cid else "no cid"
