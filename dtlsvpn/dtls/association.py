@@ -5,11 +5,10 @@ Inputs: ``connect``, ``receive_datagram``, ``handle_timer``, ``protect``,
 the application data returned by ``receive_datagram``.  Time comes in as
 arguments; nothing here touches a socket, a clock or a thread.
 
-Who owns what: the epoch keys, replay window and held next-epoch records are
-in ``epoch.py``; heartbeats, liveness and PMTU probing in ``keepalive.py``;
-the handshake rules in the role's machine (``client.py`` / ``server.py``);
-reassembly in ``reassembly.py``; flights and their timer in ``flight.py``.
-This class routes records between them.
+Who owns what: epoch keys, replay window, held next-epoch records: ``epoch.py``;
+handshake records in (fragments, repeats, the CCS): ``handshake_input.py``; the
+handshake rules: the role's machine; our flights and their timer: ``flight.py``;
+heartbeats, liveness and PMTU probing: ``keepalive.py``.  This class routes.
 
 Record layer rules (RFC 6347 §4.1):
 
