@@ -35,7 +35,7 @@ from dtlsvpn.crypto import certs
 from dtlsvpn.crypto.keyexchange import psk_premaster
 from dtlsvpn.crypto.suites import SUITES
 from dtlsvpn.dtls.config import DtlsConfig
-from dtlsvpn.dtls.flight import CCS, OutMessage
+from dtlsvpn.dtls.flight import OutMessage
 from dtlsvpn.dtls.machine import CCS_TYPE, Link, Machine
 from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.errors import (
@@ -189,16 +189,8 @@ class ClientMachine(Machine):
         for e in sh.extensions:
             if e.type not in offered:
                 raise UnsupportedExtension(f"unsolicited extension {e.type}")
-        reneg = sh.ext(ExtensionType.renegotiation_info)
-        if reneg is not None and ext.decode_renegotiation_info(reneg) != b"":
-            raise HandshakeFailure("non-empty renegotiation_info on an initial handshake")
-        ems = sh.ext(ExtensionType.extended_master_secret)
-        if ems is not None:
-            ext.decode_extended_master_secret(ems)
-        self.ems = ems is not None
-        if not self.ems and self.config.require_extended_master_secret:
-            raise HandshakeFailure("server does not support extended_master_secret (RFC 7627)")
-        self.note_heartbeat_mode(sh.ext(ExtensionType.heartbeat))
+        self.take_hello_extensions(
+            sh, no_ems="server does not support extended_master_secret (RFC 7627)")
         cid = sh.ext(ExtensionType.connection_id)
         if cid is not None and self.offered_cid is not None:
             self.peer_cid = ext.decode_connection_id(cid)
@@ -322,10 +314,8 @@ class ClientMachine(Machine):
                              bytes(self.transcript))
             body = hs.encode_certificate_verify(hs.CertificateVerify(scheme, sig))
             msgs.append(self.outgoing(0, HandshakeType.certificate_verify, body))
-        msgs.append(OutMessage(0, CCS, 0, b""))
         self.install_keys()
-        fin = self.finished_data(from_client=True)
-        msgs.append(self.outgoing(1, HandshakeType.finished, hs.encode_finished(hs.Finished(fin))))
+        msgs += self.ccs_and_finished(from_client=True)
         self.link.send_flight(msgs, now, expect_reply=True)
 
     # --- abbreviated handshake (RFC 5077 §3.1, RFC 5246 §7.3 Figure 2) -------
@@ -355,17 +345,12 @@ class ClientMachine(Machine):
         self.state = ClientState.WAIT_FINISHED
 
     def _handle_finished(self, seq: int, body: bytes, now: float, wall: float) -> None:
-        fin = hs.decode_finished(body)
-        self.check_finished(fin.verify_data, from_client=False)
-        self.add_transcript(HandshakeType.finished, seq, body)
+        self.take_peer_finished(seq, body)
         if self.resuming:
             # Abbreviated: our CCS and Finished close the handshake; the flight is
             # not timed, it is re-sent when the server's flight repeats (RFC 6347 §4.2.4).
-            ours = self.finished_data(from_client=True)
-            msgs = [OutMessage(0, CCS, 0, b""),
-                    self.outgoing(1, HandshakeType.finished,
-                                  hs.encode_finished(hs.Finished(ours)))]
-            self.link.send_flight(msgs, now, expect_reply=False)
+            self.link.send_flight(self.ccs_and_finished(from_client=True), now,
+                                  expect_reply=False)
         self.state = ClientState.ESTABLISHED
         self.link.complete(self.completed_event(resumed=self.resuming), now)
         ticket = self.new_ticket

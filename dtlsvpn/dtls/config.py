@@ -20,7 +20,7 @@ from dtlsvpn.crypto.certs import PrivateKey
 from dtlsvpn.crypto.keyexchange import KeyShareFactory
 from dtlsvpn.crypto.suites import SUITES
 from dtlsvpn.dtls.heartbeat import HeartbeatSettings
-from dtlsvpn.dtls.pmtu import PmtuSettings
+from dtlsvpn.dtls.pmtu_settings import PmtuSettings
 from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.errors import UsageError
 from dtlsvpn.wire.constants import CipherSuite, KeyExchangeKind, NamedGroup, SignatureScheme
@@ -121,33 +121,43 @@ class DtlsConfig:
         return self.psk is not None or self.psk_lookup is not None
 
     def validate(self) -> None:
+        """Raise UsageError for the first inconsistent setting (checked in this order)."""
         if not self.mtu >= MIN_MTU:
             raise UsageError(f"mtu {self.mtu} is below the minimum of {MIN_MTU}")
         if self.mtu > 65507:
             raise UsageError(f"mtu {self.mtu} exceeds the largest UDP payload")
+        self._validate_suites()
+        self._validate_credentials()
+        self._validate_limits()
+
+    def _validate_suites(self) -> None:
         if self.cipher_suites is not None:
             for s in self.cipher_suites:
                 if int(s) not in SUITES:
                     raise UsageError(f"unsupported cipher suite {s!r}")
         if not self.suites:
             raise UsageError("no cipher suite usable with the configured credentials")
+
+    def _validate_credentials(self) -> None:
         kinds = {SUITES[int(s)].kx for s in self.suites}
         psk_kinds = {KeyExchangeKind.PSK, KeyExchangeKind.ECDHE_PSK}
         if kinds & psk_kinds and not self.has_psk:
             raise UsageError("PSK suites configured without a PSK")
+        cert_kinds = kinds - psk_kinds
         if self.is_client:
             if self.psk is not None and self.psk_identity is None:
                 raise UsageError("a client PSK needs a psk_identity")
-            cert_kinds = kinds - psk_kinds
             if cert_kinds and self.verify_peer and not (self.ca_certs or self.pinned_spki_sha256):
                 raise UsageError("certificate suites need ca_certs or pins (or verify_peer=False)")
         else:
-            if kinds - psk_kinds and self.private_key is None:
+            if cert_kinds and self.private_key is None:
                 raise UsageError("certificate suites need a certificate and private key")
             if self.require_client_cert and not (self.ca_certs or self.pinned_spki_sha256):
                 raise UsageError("require_client_cert needs ca_certs or pins")
         if (self.private_key is None) != (not self.certificate_chain):
             raise UsageError("certificate_chain and private_key go together")
+
+    def _validate_limits(self) -> None:
         if self.initial_timeout <= 0 or self.max_timeout < self.initial_timeout:
             raise UsageError("bad timer constants")
         if not self.groups:

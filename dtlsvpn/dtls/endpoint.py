@@ -51,6 +51,8 @@ from dtlsvpn.wire.record import Record, encode_record, parse_datagram
 
 Address = tuple[str, int]
 
+_HANDSHAKE_TYPE = bytes((ContentType.handshake,))
+
 
 @dataclass(slots=True)
 class EndpointStats:
@@ -90,6 +92,8 @@ def _hello_params(ch: ClientHello) -> bytes:
 
 def _initial_client_hello(data: bytes) -> tuple[Record, int, ClientHello] | None:
     """(record, message_seq, hello) when the datagram starts with a whole ClientHello."""
+    if data[:1] != _HANDSHAKE_TYPE or data[3:5] != b"\x00\x00":
+        return None  # not an epoch-0 handshake record: no need to parse the datagram
     records, _ = parse_datagram(data)
     if not records:
         return None
@@ -164,19 +168,7 @@ class ServerEndpoint:
             self.stats.table_full += 1
             return None, []
         if assoc is not None:
-            self.stats.replaced += 1
-            if assoc.is_established and not assoc.is_closed:
-                # Make-before-break: the old keys keep working until the new
-                # association is up, and for rekey_grace seconds after.
-                self.stats.rekeys += 1
-                stale = self._previous.pop(addr, None)
-                if stale is not None:
-                    self._forget(stale)
-                self._previous[addr] = assoc
-                self._retire_at.pop(addr, None)
-                del self.associations[addr]
-            else:
-                self._forget(assoc)
+            self._replace(addr, assoc)
         assoc = Association(self.config, _peer_bytes(addr), first_message_seq=message_seq,
                             first_record_seq=rec.seq, ip_header=_ip_header(addr))
         self.associations[addr] = assoc
@@ -185,17 +177,31 @@ class ServerEndpoint:
         self._register_cid(assoc)
         return assoc, out
 
+    def _replace(self, addr: Address, assoc: Association) -> None:
+        """A new association takes the address of ``assoc`` (RFC 6347 §4.2.8)."""
+        self.stats.replaced += 1
+        if assoc.is_established and not assoc.is_closed:
+            # Make-before-break: the old keys keep working until the new
+            # association is up, and for rekey_grace seconds after.
+            self.stats.rekeys += 1
+            stale = self._previous.pop(addr, None)
+            if stale is not None:
+                self._forget(stale)
+            self._previous[addr] = assoc
+            self._retire_at.pop(addr, None)
+            del self.associations[addr]
+        else:
+            self._forget(assoc)
+
     def _receive_overlap(self, new: Association, old: Association, data: bytes,
                          addr: Address, now: float, wall: float
                          ) -> tuple[Association | None, list[bytes]]:
         """A protected datagram while a rekey overlaps two associations."""
         first, second = (new, old) if new.is_established else (old, new)
-        bad_mac = first.stats.bad_mac
-        out = first.receive_datagram(data, now, wall)
-        if out or first.advanced:
+        out = first.try_receive(data, now, wall)
+        if out is not None:
             self._note_rekey_progress(addr, now)
             return first, out
-        first.stats.bad_mac = bad_mac  # a trial, not a forgery against this one
         out = second.receive_datagram(data, now, wall)
         self._register_cid(new)
         self._note_rekey_progress(addr, now)

@@ -1,13 +1,19 @@
 """Events the core reports to its shell.
 
-Events are frozen, slotted, keyword-only dataclasses named in the past tense.
-Decrypted application data is *not* an event: ``receive_datagram`` returns it
-directly, so the data path allocates no object per packet.
+Events are frozen, slotted, keyword-only dataclasses named in the past tense,
+all subclasses of :class:`CoreEvent`.  ``Event`` is the union of every event
+the core emits (an Association's, and ``Rekeyed`` from ``RekeyingClient``), so
+a shell can ``match`` on it and have mypy check that no case is missing
+(``typing.assert_never`` in the default case); ``EVENT_TYPES`` lists the same
+classes for a table keyed by type.  Decrypted application data is *not* an
+event: ``receive_datagram`` returns it directly, so the data path allocates no
+object per packet.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from cryptography import x509
 
@@ -15,8 +21,14 @@ from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.wire.constants import CipherSuite
 
 
+class CoreEvent:
+    """The base of every event the core emits."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class HandshakeCompleted:
+class HandshakeCompleted(CoreEvent):
     """Both Finished messages verified; application data may flow."""
 
     suite: CipherSuite
@@ -32,14 +44,14 @@ class HandshakeCompleted:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SessionTicketReceived:
+class SessionTicketReceived(CoreEvent):
     """Client: the server issued a ticket (RFC 5077 §3.3); keep it to resume later."""
 
     session: ClientSession
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PathMtuChanged:
+class PathMtuChanged(CoreEvent):
     """DPLPMTUD (RFC 8899) settled on a new PLPMTU.
 
     ``plpmtu`` is the outer IP packet size that gets through; ``inner_mtu`` is
@@ -52,19 +64,19 @@ class PathMtuChanged:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PeerUnresponsive:
+class PeerUnresponsive(CoreEvent):
     """Nothing authenticated arrived for the heartbeat timeout (RFC 6520 §3)."""
 
     silent_for: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PeerAlive:
+class PeerAlive(CoreEvent):
     """An unresponsive peer was heard again."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class HeartbeatAnswered:
+class HeartbeatAnswered(CoreEvent):
     """One of our HeartbeatRequests was answered; ``probe_size`` for PMTU probes."""
 
     rtt: float
@@ -72,7 +84,7 @@ class HeartbeatAnswered:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PeerAddressChanged:
+class PeerAddressChanged(CoreEvent):
     """RFC 9146 §6: an authenticated, newer record came from a new address."""
 
     old: object
@@ -80,7 +92,7 @@ class PeerAddressChanged:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AlertReceived:
+class AlertReceived(CoreEvent):
     """An authenticated (or, during the handshake, plaintext) alert from the peer."""
 
     level: int
@@ -88,7 +100,7 @@ class AlertReceived:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AssociationClosed:
+class AssociationClosed(CoreEvent):
     """The association ended; nothing more is processed on it.
 
     ``local`` is True when we ended it (our alert, timeout, close()), False
@@ -100,7 +112,20 @@ class AssociationClosed:
     alert: int | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rekeyed(CoreEvent):
+    """``RekeyingClient``: the association was replaced by a freshly keyed one
+    (make-before-break); ``generation`` counts the renewals."""
+
+    generation: int
+
+
 Event = (
     HandshakeCompleted | SessionTicketReceived | PathMtuChanged | PeerUnresponsive | PeerAlive
-    | PeerAddressChanged | HeartbeatAnswered | AlertReceived | AssociationClosed
+    | PeerAddressChanged | HeartbeatAnswered | AlertReceived | AssociationClosed | Rekeyed
+)
+
+EVENT_TYPES: Final[tuple[type[CoreEvent], ...]] = (
+    HandshakeCompleted, SessionTicketReceived, PathMtuChanged, PeerUnresponsive, PeerAlive,
+    PeerAddressChanged, HeartbeatAnswered, AlertReceived, AssociationClosed, Rekeyed,
 )

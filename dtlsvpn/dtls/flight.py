@@ -11,6 +11,13 @@ Fragmentation (§4.2.3): each handshake message is cut into fragments that fit
 the datagram budget; several records share a datagram when they fit; a record
 never spans datagrams.  After ``SHRINK_AFTER`` silent retransmissions the
 budget shrinks to ``SMALL_MTU`` in case the path MTU is smaller than assumed.
+
+:class:`Retransmitter` holds our side of §4.2.4 Figure 3: the last flight,
+its state and timer.  A flight that expects an answer is WAITING with the
+timer running; the final flight of a handshake is FINISHED and untimed.
+Either is re-sent when the peer repeats its own last flight (our flight was
+lost), at most once per ``REPEAT_RESEND_GAP``.  After
+``max_retransmissions`` silent expiries the handshake has timed out.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from dtlsvpn.dtls.stats import Stats
 from dtlsvpn.wire.constants import HANDSHAKE_HEADER_LEN, RECORD_HEADER_LEN, ContentType
 from dtlsvpn.wire.handshake import HandshakeFragment, encode_handshake_fragment
 
@@ -26,6 +34,7 @@ CCS = -1  # pseudo msg_type of a ChangeCipherSpec inside a flight
 SHRINK_AFTER = 2  # silent retransmissions before fragments get smaller
 SMALL_MTU = 548  # 576-byte IPv4 minimum reassembly size minus IP and UDP headers
 MIN_FRAGMENT = 64  # start a new datagram rather than send a fragment smaller than this
+REPEAT_RESEND_GAP = 0.125  # seconds between two re-sends triggered by the peer's repeats
 
 
 class FlightState(enum.Enum):
@@ -120,3 +129,61 @@ class FlightTimer:
         self.tries += 1
         self.timeout = min(self.timeout * 2, self.maximum)
         self.deadline = now + self.timeout
+
+
+class Retransmitter:
+    """Our last flight, its RFC 6347 §4.2.4 state and its retransmission timer."""
+
+    __slots__ = ("_flight", "_last_repeat_resend", "_max_tries", "_mtu", "_stats",
+                 "_transmit", "state", "timer")
+
+    def __init__(self, *, initial: float, maximum: float, max_retransmissions: int, mtu: int,
+                 stats: Stats, transmit: Callable[[Sequence[OutMessage], int], None]) -> None:
+        self.timer = FlightTimer(initial, maximum)
+        self.state = FlightState.PREPARING
+        self._flight: list[OutMessage] = []
+        self._last_repeat_resend = float("-inf")
+        self._max_tries = max_retransmissions
+        self._mtu = mtu
+        self._stats = stats
+        self._transmit = transmit  # (messages, datagram budget): seal and queue them
+
+    def send(self, messages: list[OutMessage], now: float, *, expect_reply: bool) -> None:
+        """A new flight goes out: timed when it expects an answer, else final."""
+        self._flight = messages
+        self._transmit(messages, self._mtu)
+        if expect_reply:
+            self.state = FlightState.WAITING
+            self.timer.start(now)
+        else:
+            self.state = FlightState.FINISHED
+            self.timer.stop()
+
+    def finish(self) -> None:
+        """The handshake completed: nothing more is timed."""
+        if self.state is FlightState.WAITING:
+            self.state = FlightState.FINISHED
+        self.timer.stop()
+
+    def on_timer(self, now: float) -> bool:
+        """The timer expired: re-send the flight; False when no retry is left."""
+        timer = self.timer
+        if timer.tries >= self._max_tries:
+            return False
+        timer.backoff(now)
+        self._stats.retransmissions += 1
+        mtu = self._mtu
+        if timer.tries >= SHRINK_AFTER:
+            mtu = min(mtu, SMALL_MTU)
+        self._transmit(self._flight, mtu)
+        return True
+
+    def on_peer_repeat(self, now: float) -> None:
+        """The peer re-sent its last flight, so ours was lost: re-send it (rate-limited)."""
+        if not self._flight or now - self._last_repeat_resend < REPEAT_RESEND_GAP:
+            return
+        if self.state not in (FlightState.WAITING, FlightState.FINISHED):
+            return
+        self._last_repeat_resend = now
+        self._stats.retransmissions += 1
+        self._transmit(self._flight, self._mtu)

@@ -34,12 +34,20 @@ from dtlsvpn.errors import (
     DecodeError,
     DecodeErrorAlert,
     DecryptError,
+    HandshakeFailure,
     IllegalParameter,
     UnexpectedMessage,
 )
 from dtlsvpn.wire import extensions as ext
-from dtlsvpn.wire.constants import HeartbeatMode, NamedGroup
-from dtlsvpn.wire.handshake import transcript_bytes
+from dtlsvpn.wire.constants import ExtensionType, HandshakeType, HeartbeatMode, NamedGroup
+from dtlsvpn.wire.handshake import (
+    ClientHello,
+    Finished,
+    ServerHello,
+    decode_finished,
+    encode_finished,
+    transcript_bytes,
+)
 
 # Pseudo message type under which a ChangeCipherSpec enters the state tables.
 CCS_TYPE = CCS
@@ -153,6 +161,41 @@ class Machine:
         h = self.suite.prf_hash
         digest = prf.transcript_hash(h, bytes(self.transcript))
         return prf.verify_data(h, self.master_secret, label, digest)
+
+    def take_hello_extensions(self, hello: ClientHello | ServerHello, *, no_ems: str) -> None:
+        """The extensions both hellos check alike, in this order.
+
+        RFC 5746 §3.4/§3.6: renegotiation_info, if present, is empty on an initial
+        handshake.  RFC 7627 §5.3: extended_master_secret, required unless the
+        config allows without (``no_ems`` is the reason then).  RFC 6520 §2: the
+        peer's heartbeat mode.
+        """
+        reneg = hello.ext(ExtensionType.renegotiation_info)
+        if reneg is not None and ext.decode_renegotiation_info(reneg) != b"":
+            raise HandshakeFailure("non-empty renegotiation_info on an initial handshake")
+        ems = hello.ext(ExtensionType.extended_master_secret)
+        if ems is not None:
+            ext.decode_extended_master_secret(ems)
+        self.ems = ems is not None
+        if not self.ems and self.config.require_extended_master_secret:
+            raise HandshakeFailure(no_ems)
+        self.note_heartbeat_mode(hello.ext(ExtensionType.heartbeat))
+
+    def take_peer_finished(self, seq: int, body: bytes) -> None:
+        """Check the peer's Finished (RFC 5246 §7.4.9) and hash it."""
+        fin = decode_finished(body)
+        self.check_finished(fin.verify_data, from_client=not self.config.is_client)
+        self.add_transcript(HandshakeType.finished, seq, body)
+
+    def ccs_and_finished(self, *, from_client: bool) -> list[OutMessage]:
+        """Our ChangeCipherSpec and Finished, the end of every flight that switches keys.
+
+        The Finished (epoch 1) carries verify_data over the transcript so far
+        and is hashed in turn; the keys must be installed first.
+        """
+        verify_data = self.finished_data(from_client=from_client)
+        return [OutMessage(0, CCS, 0, b""),
+                self.outgoing(1, HandshakeType.finished, encode_finished(Finished(verify_data)))]
 
     def check_finished(self, body: bytes, *, from_client: bool) -> None:
         import hmac

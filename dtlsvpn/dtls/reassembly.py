@@ -9,6 +9,11 @@ buffered, every message is capped at ``MAX_HANDSHAKE_MESSAGE`` bytes and the
 whole buffer at ``MAX_BUFFERED_HANDSHAKE_BYTES`` (CVE-2014-3506/3507,
 CVE-2016-2179).  Zero-length fragments of non-empty messages are dropped
 (CVE-2022-29190).  The loops are bounded and nothing recurses.
+
+Every message handed out is remembered (``received``) so that an old
+fragment can be told apart: one that repeats a received message byte for
+byte means the peer re-sent its last flight (RFC 6347 §4.2.4), anything else
+is stale (security.md S10).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dtlsvpn.wire.constants import (
     MAX_BUFFERED_HANDSHAKE_BYTES,
     MAX_FUTURE_MESSAGES,
     MAX_HANDSHAKE_MESSAGE,
+    HandshakeType,
 )
 from dtlsvpn.wire.handshake import HandshakeFragment
 
@@ -50,12 +56,46 @@ class _Partial:
 class Reassembler:
     """Collects fragments and yields whole messages in message_seq order."""
 
-    __slots__ = ("_buffered", "_partials", "next_receive_seq")
+    __slots__ = ("_buffered", "_partials", "next_receive_seq", "received")
 
     def __init__(self, next_receive_seq: int = 0) -> None:
         self.next_receive_seq = next_receive_seq
         self._partials: dict[int, _Partial] = {}
         self._buffered = 0
+        self.received: dict[int, tuple[int, bytes]] = {}  # message_seq -> (type, body)
+
+    def sort(
+        self, frags: list[HandshakeFragment], *, client: bool
+    ) -> tuple[bool, list[HandshakeFragment], int]:
+        """Set apart the fragments of messages already handed out.
+
+        Returns (one of them repeats a received message byte for byte, the
+        fragments of current or future messages, how many old ones are stale).
+        ``client``: a repeated HelloVerifyRequest counts as a repeat too.
+        """
+        repeat = False
+        fresh: list[HandshakeFragment] = []
+        stale = 0
+        for frag in frags:
+            if frag.message_seq >= self.next_receive_seq:
+                fresh.append(frag)
+            elif self.is_exact_repeat(frag, client=client):
+                repeat = True
+            else:
+                stale += 1
+        return repeat, fresh, stale
+
+    def is_exact_repeat(self, frag: HandshakeFragment, *, client: bool) -> bool:
+        """The fragment repeats, byte for byte, a message already handed out."""
+        got = self.received.get(frag.message_seq)
+        if got is None:
+            # The client's first ClientHello's answer (HVR) is never stored: a
+            # repeated HVR simply means the ClientHello got lost again.
+            return client and frag.msg_type == HandshakeType.hello_verify_request
+        got_type, got_body = got
+        start = frag.fragment_offset
+        return (got_type == frag.msg_type and len(got_body) == frag.length
+                and got_body[start:start + len(frag.body)] == frag.body)
 
     def add(self, frag: HandshakeFragment) -> str | None:
         """Store a fragment of a current or future message.
@@ -92,7 +132,9 @@ class Reassembler:
         del self._partials[seq]
         self._buffered -= len(part.body)
         self.next_receive_seq = seq + 1
-        return part.msg_type, seq, bytes(part.body)
+        body = bytes(part.body)
+        self.received[seq] = (part.msg_type, body)
+        return part.msg_type, seq, body
 
     def clear(self) -> None:
         """Free every buffer (at handshake completion: CVE-2016-2179)."""

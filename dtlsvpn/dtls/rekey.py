@@ -28,16 +28,10 @@ from collections.abc import Iterable
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import AssociationClosed, Event, HandshakeCompleted
+from dtlsvpn.dtls.events import Rekeyed as Rekeyed
 from dtlsvpn.errors import UsageError
 
 RETRY_AFTER = 30.0  # seconds before a failed renewal is tried again
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Rekeyed:
-    """The association was replaced by a freshly keyed one (make-before-break)."""
-
-    generation: int
 
 
 class RekeyingClient:
@@ -57,7 +51,7 @@ class RekeyingClient:
         self._previous_until = 0.0
         self.generation = 0
         self._next_attempt = 0.0
-        self._events: list[Event | Rekeyed] = []
+        self._events: list[Event] = []
 
     # --- inputs ------------------------------------------------------------
 
@@ -121,7 +115,7 @@ class RekeyingClient:
             deadlines.append(self._previous_until)
         return min(deadlines, default=None)
 
-    def pop_events(self) -> list[Event | Rekeyed]:
+    def pop_events(self) -> list[Event]:
         """Events of the current association (and the switch itself).
 
         The pending association's completion shows up as ``Rekeyed``; its
@@ -153,11 +147,9 @@ class RekeyingClient:
             order.remove(self.pending)
             order.append(self.pending)  # its Finished: only after the working keys failed
         for a in order[:-1]:
-            bad_mac = a.stats.bad_mac
-            out = a.receive_datagram(data, now, wall)
-            if out or a.advanced:
+            out = a.try_receive(data, now, wall)
+            if out is not None:
                 return out
-            a.stats.bad_mac = bad_mac  # a trial, not a forgery against this one
         return order[-1].receive_datagram(data, now, wall)
 
     def _after_input(self, now: float, wall: float) -> None:

@@ -40,7 +40,7 @@ from dtlsvpn.crypto.keyexchange import psk_premaster
 from dtlsvpn.crypto.suites import SUITES, SuiteInfo
 from dtlsvpn.crypto.tickets import TicketState
 from dtlsvpn.dtls.config import DtlsConfig
-from dtlsvpn.dtls.flight import CCS, OutMessage
+from dtlsvpn.dtls.flight import OutMessage
 from dtlsvpn.dtls.machine import CCS_TYPE, Link, Machine
 from dtlsvpn.errors import (
     HandshakeFailure,
@@ -64,6 +64,20 @@ from dtlsvpn.wire.constants import (
 )
 
 _ECDSA_KEYS = (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
+
+
+def _groups_and_schemes(ch: hs.ClientHello) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The client's supported_groups and signature_algorithms (decoded whatever the suite)."""
+    groups_data = ch.ext(ExtensionType.supported_groups)
+    client_groups = (
+        ext.decode_supported_groups(groups_data) if groups_data is not None
+        else (NamedGroup.secp256r1,)  # RFC 8422 §4: absent means any; P-256 is universal
+    )
+    schemes_data = ch.ext(ExtensionType.signature_algorithms)
+    client_schemes = (
+        ext.decode_signature_algorithms(schemes_data) if schemes_data is not None else ()
+    )
+    return client_groups, client_schemes
 
 
 class ServerState(enum.Enum):
@@ -119,20 +133,11 @@ class ServerMachine(Machine):
             raise ProtocolVersion(f"client offers {ch.version:#06x} only")
         if 0 not in ch.compression_methods:
             raise IllegalParameter("client does not offer null compression")
-        reneg = ch.ext(ExtensionType.renegotiation_info)
-        if reneg is not None and ext.decode_renegotiation_info(reneg) != b"":
-            raise HandshakeFailure("non-empty renegotiation_info on an initial handshake")
-        secure_reneg = reneg is not None or CipherSuite.TLS_EMPTY_RENEGOTIATION_INFO_SCSV in (
-            ch.cipher_suites
-        )
-        ems = ch.ext(ExtensionType.extended_master_secret)
-        if ems is not None:
-            ext.decode_extended_master_secret(ems)
-        self.ems = ems is not None
-        if not self.ems and self.config.require_extended_master_secret:
-            raise HandshakeFailure("client does not offer extended_master_secret (RFC 7627)")
-        heartbeat = ch.ext(ExtensionType.heartbeat)
-        self.note_heartbeat_mode(heartbeat)
+        self.take_hello_extensions(
+            ch, no_ems="client does not offer extended_master_secret (RFC 7627)")
+        secure_reneg = (ch.ext(ExtensionType.renegotiation_info) is not None
+                        or CipherSuite.TLS_EMPTY_RENEGOTIATION_INFO_SCSV in ch.cipher_suites)
+        heartbeat = ch.ext(ExtensionType.heartbeat) is not None
         cid = ch.ext(ExtensionType.connection_id)
         cid_len = self.config.own_cid_length
         if cid is not None and cid_len is not None:
@@ -142,33 +147,36 @@ class ServerMachine(Machine):
         self.client_random = ch.random
         self.add_transcript(HandshakeType.client_hello, seq, body)
         self.next_send_seq = seq  # RFC 6347 §4.2.2: our message_seq follows the ClientHello's
+        if not self._try_resume(ch, heartbeat, secure_reneg, now, wall):
+            self._full_handshake(ch, heartbeat, secure_reneg, now)
+
+    def _try_resume(self, ch: hs.ClientHello, heartbeat: bool, secure_reneg: bool, now: float,
+                    wall: float) -> bool:
+        """Resume with the ClientHello's ticket when it may (RFC 5077 §3.1)."""
         ticket_data = ch.ext(ExtensionType.session_ticket)
         keys = self.config.ticket_keys
         # RFC 5077 §3.2: we issue tickets only for EMS sessions (protocol.md).
         self.issue_ticket = keys is not None and ticket_data is not None and self.ems
-        if keys is not None and ticket_data:
-            state = keys.open(ext.decode_session_ticket(ticket_data), wall)
-            if state is not None and self._resumable(state, ch, wall):
-                self._resume(ch, state, heartbeat is not None, secure_reneg, now, wall)
-                return
-        self.suite = suite = self._choose_suite(ch.cipher_suites)
+        if keys is None or not ticket_data:
+            return False
+        state = keys.open(ext.decode_session_ticket(ticket_data), wall)
+        if state is None or not self._resumable(state, ch, wall):
+            return False
+        self._resume(ch, state, heartbeat, secure_reneg, now, wall)
+        return True
 
-        groups_data = ch.ext(ExtensionType.supported_groups)
-        client_groups = (
-            ext.decode_supported_groups(groups_data) if groups_data is not None
-            else (NamedGroup.secp256r1,)  # RFC 8422 §4: absent means any; P-256 is universal
-        )
-        schemes_data = ch.ext(ExtensionType.signature_algorithms)
-        client_schemes = (
-            ext.decode_signature_algorithms(schemes_data) if schemes_data is not None else ()
-        )
+    def _full_handshake(self, ch: hs.ClientHello, heartbeat: bool, secure_reneg: bool,
+                        now: float) -> None:
+        """Flight 4: ServerHello [Certificate] [ServerKeyExchange] [CertificateRequest]
+        ServerHelloDone."""
+        self.suite = suite = self._choose_suite(ch.cipher_suites)
+        client_groups, client_schemes = _groups_and_schemes(ch)
         if suite.uses_ecdhe:
             self.group = next((g for g in self.config.groups if g in client_groups), None)
             if self.group is None:
                 raise HandshakeFailure("no common group")
-
         self.server_random = self.config.random_bytes(32)
-        exts = self._common_extensions(heartbeat is not None, secure_reneg)
+        exts = self._common_extensions(heartbeat, secure_reneg)
         if ch.ext(ExtensionType.ec_point_formats) is not None and suite.uses_ecdhe:
             exts.append(hs.Extension(ExtensionType.ec_point_formats,
                                      ext.encode_ec_point_formats(b"\x00")))
@@ -176,26 +184,12 @@ class ServerMachine(Machine):
             exts.append(hs.Extension(ExtensionType.session_ticket, b""))
         sh = hs.ServerHello(DTLS_1_2, self.server_random, b"", suite.code, 0, tuple(exts))
         msgs = [self.outgoing(0, HandshakeType.server_hello, hs.encode_server_hello(sh))]
-
         if suite.uses_certificate:
             chain = tuple(c.public_bytes(Encoding.DER) for c in self.config.certificate_chain)
             msgs.append(self.outgoing(0, HandshakeType.certificate,
                                       hs.encode_certificate(hs.Certificate(chain))))
-        kx = suite.kx
-        if kx is not KeyExchangeKind.PSK:
-            assert self.group is not None
-            self.key_share = self.new_key_share(self.group)
-            hint = b"" if kx is KeyExchangeKind.ECDHE_PSK else None
-            ske = hs.ServerKeyExchange(hint, self.group, self.key_share.public_bytes(), None, None)
-            if suite.uses_certificate:
-                key = self.config.private_key
-                assert key is not None
-                scheme = self._choose_scheme(key, client_schemes)
-                signed = self.client_random + self.server_random + ske.params_bytes()
-                ske = hs.ServerKeyExchange(None, ske.group, ske.public, scheme,
-                                           certs.sign(key, SignatureScheme(scheme), signed))
-            msgs.append(self.outgoing(0, HandshakeType.server_key_exchange,
-                                      hs.encode_server_key_exchange(ske, kx)))
+        if suite.kx is not KeyExchangeKind.PSK:
+            msgs.append(self._server_key_exchange(suite, client_schemes))
         if suite.uses_certificate and (self.config.require_client_cert or self.config.ca_certs
                                        or self.config.pinned_spki_sha256):
             self.cert_requested = True
@@ -210,6 +204,24 @@ class ServerMachine(Machine):
         self.link.send_flight(msgs, now, expect_reply=True)
         self.state = (ServerState.WAIT_CERTIFICATE if self.cert_requested
                       else ServerState.WAIT_CLIENT_KEY_EXCHANGE)
+
+    def _server_key_exchange(self, suite: SuiteInfo, client_schemes: tuple[int, ...]
+                             ) -> OutMessage:
+        """Our ECDHE share, signed for the certificate suites (RFC 8422 §5.4)."""
+        kx = suite.kx
+        assert self.group is not None
+        self.key_share = self.new_key_share(self.group)
+        hint = b"" if kx is KeyExchangeKind.ECDHE_PSK else None
+        ske = hs.ServerKeyExchange(hint, self.group, self.key_share.public_bytes(), None, None)
+        if suite.uses_certificate:
+            key = self.config.private_key
+            assert key is not None
+            scheme = self._choose_scheme(key, client_schemes)
+            signed = self.client_random + self.server_random + ske.params_bytes()
+            ske = hs.ServerKeyExchange(None, ske.group, ske.public, scheme,
+                                       certs.sign(key, SignatureScheme(scheme), signed))
+        return self.outgoing(0, HandshakeType.server_key_exchange,
+                             hs.encode_server_key_exchange(ske, kx))
 
     def _choose_scheme(self, key: certs.PrivateKey, client_schemes: tuple[int, ...]) -> int:
         ours = certs.schemes_for_key(key)
@@ -275,19 +287,14 @@ class ServerMachine(Machine):
         self.state = ServerState.WAIT_FINISHED
 
     def _handle_finished(self, seq: int, body: bytes, now: float, wall: float) -> None:
-        fin = hs.decode_finished(body)
-        self.check_finished(fin.verify_data, from_client=True)
-        self.add_transcript(HandshakeType.finished, seq, body)
+        self.take_peer_finished(seq, body)
         if self.resuming:
             # Abbreviated handshake: the client's Finished ends it (RFC 5246 §7.3).
             self.state = ServerState.ESTABLISHED
             self.link.complete(self.completed_event(resumed=True), now)
             return
         msgs = self._ticket_messages(wall)  # hashed before our Finished (RFC 5077 §3.3)
-        ours = self.finished_data(from_client=False)
-        msgs.append(OutMessage(0, CCS, 0, b""))
-        msgs.append(self.outgoing(1, HandshakeType.finished,
-                                  hs.encode_finished(hs.Finished(ours))))
+        msgs += self.ccs_and_finished(from_client=False)
         # RFC 6347 §4.2.4: the server's last flight is not timed; it is re-sent
         # when the client's final flight repeats.
         self.link.send_flight(msgs, now, expect_reply=False)
@@ -360,10 +367,7 @@ class ServerMachine(Machine):
         msgs = [self.outgoing(0, HandshakeType.server_hello, hs.encode_server_hello(sh))]
         msgs += self._ticket_messages(wall)
         self.install_keys()
-        msgs.append(OutMessage(0, CCS, 0, b""))
-        ours = self.finished_data(from_client=False)
-        msgs.append(self.outgoing(1, HandshakeType.finished,
-                                  hs.encode_finished(hs.Finished(ours))))
+        msgs += self.ccs_and_finished(from_client=False)
         self.link.send_flight(msgs, now, expect_reply=True)
         self.state = ServerState.WAIT_CCS
 

@@ -1,0 +1,234 @@
+"""Keepalive: the heartbeat traffic of one established association (RFC 6520, RFC 8899).
+
+One :class:`Keepalive` per association, created when the handshake
+completes.  It answers the peer's HeartbeatRequests and arbitrates our own
+requests between the two machines that want to send them: liveness
+(:mod:`dtlsvpn.dtls.heartbeat`) and DPLPMTUD probes (:mod:`dtlsvpn.dtls.pmtu`).
+
+Invariants:
+
+* RFC 6520 §3: at most one HeartbeatRequest of ours is in flight.  Liveness
+  goes first; each machine is told ``blocked`` while the other one's request
+  is in flight, for sending and for its timer alike.
+* RFC 6520 §2: requests go only to a peer that allowed them (the liveness
+  machine exists only then, and the PMTU machine only beside it); requests
+  of the peer are answered only when it negotiated the extension.
+* RFC 6520 §4: a response carries an exact copy of the request's payload
+  with 16 fresh bytes of padding; the peer gets at most
+  ``HEARTBEAT_REPLY_RATE`` answers a second.  A response that matches
+  neither machine's outstanding payload is dropped and counted.
+* A lost PMTU probe never counts against liveness (RFC 8899 §3): only
+  authenticated records the association saw (``last_rx``) prove life.
+* Changes come out as events through ``emit``: ``HeartbeatAnswered`` per
+  answered request, ``PeerUnresponsive``/``PeerAlive`` (which disable and
+  re-enable probing, RFC 8899 §5.2), ``PathMtuChanged``.
+
+The association calls :meth:`receive` for an authenticated heartbeat record of
+an epoch above 0, and :meth:`service` after such a record, on its timer and
+after a path hint; records go out through ``seal`` (one heartbeat record in
+the current write epoch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dtlsvpn.dtls.config import DtlsConfig
+from dtlsvpn.dtls.events import (
+    Event,
+    HeartbeatAnswered,
+    PathMtuChanged,
+    PeerAlive,
+    PeerUnresponsive,
+)
+from dtlsvpn.dtls.heartbeat import Liveness
+from dtlsvpn.dtls.pmtu import Dplpmtud
+from dtlsvpn.dtls.stats import Stats
+from dtlsvpn.errors import DecodeError
+from dtlsvpn.wire.constants import HeartbeatMessageType
+from dtlsvpn.wire.heartbeat import HeartbeatMessage, decode_heartbeat, encode_heartbeat
+
+HEARTBEAT_REPLY_RATE = 64  # heartbeat requests answered per second, at most
+
+_REQUEST = HeartbeatMessageType.heartbeat_request
+_RESPONSE = HeartbeatMessageType.heartbeat_response
+
+
+class Keepalive:
+    """Answers heartbeats and runs liveness and PMTU discovery for one association."""
+
+    __slots__ = (
+        "_answer",
+        "_config",
+        "_emit",
+        "_liveness",
+        "_pmtu",
+        "_probe_sent_at",
+        "_seal",
+        "_sent",
+        "_stats",
+        "_window_count",
+        "_window_start",
+    )
+
+    def __init__(
+        self,
+        config: DtlsConfig,
+        stats: Stats,
+        *,
+        now: float,
+        answer: bool,
+        send_requests: bool,
+        ip_header: int,
+        record_overhead: int,
+        seal: Callable[[bytes], None],
+        emit: Callable[[Event], None],
+    ) -> None:
+        self._config = config
+        self._stats = stats
+        self._answer = answer  # the peer negotiated the extension: we answer its requests
+        self._seal = seal
+        self._emit = emit
+        self._sent: tuple[bytes, float] | None = None  # keepalive payload, first sent at
+        self._probe_sent_at = 0.0
+        self._window_start = float("-inf")  # rate limit of our answers
+        self._window_count = 0
+        self._liveness: Liveness | None = None
+        self._pmtu: Dplpmtud | None = None
+        if send_requests:
+            self._liveness = Liveness(config.heartbeat_settings, now,
+                                      random_bytes=config.random_bytes)
+            if config.pmtu is not None:
+                self._pmtu = pm = Dplpmtud(
+                    config.pmtu, ip_header=ip_header, record_overhead=record_overhead,
+                    now=now, random_bytes=config.random_bytes)
+                emit(PathMtuChanged(plpmtu=pm.plpmtu, inner_mtu=pm.inner_mtu))
+
+    @property
+    def plpmtu(self) -> int | None:
+        return None if self._pmtu is None else self._pmtu.plpmtu
+
+    @property
+    def inner_mtu(self) -> int | None:
+        return None if self._pmtu is None else self._pmtu.inner_mtu
+
+    # --- inputs ---------------------------------------------------------------
+
+    def receive(self, payload: bytes, now: float) -> bool:
+        """An authenticated heartbeat record; True when it answered one of our requests."""
+        stats = self._stats
+        if not self._answer:
+            stats.heartbeat_dropped += 1  # RFC 6520 §2: not negotiated
+            return False
+        try:
+            # RFC 6520 §4: payload_length + 3 + 16 must fit the record (Heartbleed).
+            msg = decode_heartbeat(payload)
+        except DecodeError:
+            stats.heartbeat_malformed += 1
+            return False
+        if msg.type == _REQUEST:
+            self._answer_request(msg, now)
+            return False
+        if msg.type != _RESPONSE:
+            stats.heartbeat_dropped += 1  # RFC 6520 §4: unknown types are discarded
+            return False
+        return self._match_response(msg.payload, now)
+
+    def _answer_request(self, msg: HeartbeatMessage, now: float) -> None:
+        # A peer may probe, not flood: at most HEARTBEAT_REPLY_RATE answers a second.
+        if now - self._window_start >= 1.0:
+            self._window_start = now
+            self._window_count = 0
+        if self._window_count >= HEARTBEAT_REPLY_RATE:
+            self._stats.heartbeat_dropped += 1
+            return
+        self._window_count += 1
+        # RFC 6520 §4: an exact copy of the payload, fresh padding of 16 bytes.
+        self._seal(encode_heartbeat(_RESPONSE, msg.payload, self._config.random_bytes(16)))
+        self._stats.heartbeat_answered += 1
+
+    def _match_response(self, payload: bytes, now: float) -> bool:
+        lv, pm = self._liveness, self._pmtu
+        sent = self._sent
+        if lv is not None and lv.on_response(payload, now):
+            rtt = now - sent[1] if sent is not None and sent[0] == payload else 0.0
+            self._sent = None
+            self._emit(HeartbeatAnswered(rtt=rtt, probe_size=None))
+            return True
+        if pm is not None and (probe := pm.in_flight_probe) is not None and pm.on_response(
+                payload, now):
+            self._emit(HeartbeatAnswered(rtt=now - self._probe_sent_at, probe_size=probe.size))
+            return True
+        self._stats.heartbeat_unexpected += 1  # RFC 6520 §4: discard silently
+        return False
+
+    def path_hint(self, mtu: int, now: float, last_rx: float) -> None:
+        """A kernel hint for the PMTU machine (see ``Association.path_hint``)."""
+        if self._pmtu is None:
+            return
+        self._pmtu.path_hint(mtu, now)
+        self.service(now, last_rx)
+
+    # --- the machines ---------------------------------------------------------
+
+    def service(self, now: float, last_rx: float) -> None:
+        """Run the liveness and PMTU machines: expiries, requests to send, changes.
+
+        ``last_rx``: when the association last authenticated a record.
+        """
+        lv, pm = self._liveness, self._pmtu
+        if lv is None:
+            return
+        if last_rx > lv.last_rx:
+            lv.note_rx(last_rx)
+        lv.handle_timer(now)
+        if pm is not None:
+            pm.handle_timer(now)
+        self._report_liveness(lv, pm, now)
+        self._send_request(lv, pm, now)
+        if pm is not None:
+            for plpmtu, inner in pm.pop_changes():
+                self._emit(PathMtuChanged(plpmtu=plpmtu, inner_mtu=inner))
+
+    def _report_liveness(self, lv: Liveness, pm: Dplpmtud | None, now: float) -> None:
+        for alive in lv.pop_changes():
+            if alive:
+                self._emit(PeerAlive())
+                if pm is not None:
+                    pm.enable(now)
+            else:
+                self._emit(PeerUnresponsive(silent_for=now - lv.last_rx))
+                if pm is not None:
+                    pm.disable()  # RFC 8899 §5.2: no probing an unreachable peer
+
+    def _send_request(self, lv: Liveness, pm: Dplpmtud | None, now: float) -> None:
+        """At most one request: a keepalive first, else a probe (RFC 6520 §3)."""
+        rand = self._config.random_bytes
+        payload = lv.poll(now, blocked=pm is not None and pm.in_flight)
+        if payload is not None:
+            if self._sent is None or self._sent[0] != payload:
+                self._sent = (payload, now)
+            self._seal(encode_heartbeat(_REQUEST, payload, rand(16)))
+            self._stats.heartbeats_sent += 1
+            return
+        if pm is None:
+            return
+        probe = pm.poll(now, blocked=lv.in_flight)
+        if probe is not None:
+            self._probe_sent_at = now
+            self._seal(encode_heartbeat(_REQUEST, probe.payload, rand(probe.padding)))
+            self._stats.probes_sent += 1
+
+    def get_timer(self, last_rx: float) -> float | None:
+        """The earliest deadline of the two machines, each blocked by the other's request."""
+        lv, pm = self._liveness, self._pmtu
+        if lv is None:
+            return None
+        if last_rx > lv.last_rx:
+            lv.note_rx(last_rx)
+        deadline = lv.get_timer(blocked=pm is not None and pm.in_flight)
+        if pm is not None:
+            t = pm.get_timer(blocked=lv.in_flight)
+            if t is not None and (deadline is None or t < deadline):
+                deadline = t
+        return deadline
