@@ -61,29 +61,19 @@ import math
 import os
 import random
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
 from dtlsvpn.config.schema import Config, PeerConfig
 from dtlsvpn.crypto.suites import SUITES
 from dtlsvpn.daemon.datapath import Addr, Datapath, PeerState
+from dtlsvpn.daemon.devices import Devices, LinkConfig, TunDevice, UdpPort
 from dtlsvpn.daemon.loop import Loop
-from dtlsvpn.daemon.netlink import Netlink, route_mtu
 from dtlsvpn.daemon.settings import dtls_config, load_config, match_peer
 from dtlsvpn.daemon.status import StatusServer
 from dtlsvpn.daemon.systemd import Notifier
 from dtlsvpn.daemon.ticketstore import TicketStore
-from dtlsvpn.daemon.tun import Tun
-from dtlsvpn.daemon.udp import (
-    ErrorHint,
-    family_of,
-    normalise,
-    open_udp,
-    packed,
-    read_errors,
-    socket_mtu,
-)
+from dtlsvpn.daemon.udp import ErrorHint, family_of, normalise, packed
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.endpoint import ServerEndpoint
@@ -156,20 +146,21 @@ def _display(addr: Addr | None) -> str | None:
 class Daemon:
     """One tunnel interface and its peers."""
 
-    def __init__(self, cfg: Config, *, notifier: Notifier | None = None,
-                 rng: random.Random | None = None) -> None:
+    def __init__(self, cfg: Config, *, devices: Devices | None = None,
+                 loop: Loop | None = None, rng: random.Random | None = None) -> None:
         self.cfg = cfg
-        self.notifier = notifier or Notifier()
+        self.devices = devices if devices is not None else Devices()
+        self.notifier = self.devices.notifier
         self.rng = rng or random.Random()
         self.is_client = cfg.interface.role == "client"
-        self.loop = Loop()
+        self.loop = loop if loop is not None else Loop()
         self.peers: dict[str, PeerState] = {p.name: PeerState(p) for p in cfg.peers}
-        self.tun: Tun | None = None
-        self.netlink: Netlink | None = None
+        self.tun: TunDevice | None = None
+        self.netlink: LinkConfig | None = None
         self.status: StatusServer | None = None
         self.datapath: Datapath | None = None
         self.endpoint: ServerEndpoint | None = None
-        self.server_sock: socket.socket | None = None
+        self.server_sock: UdpPort | None = None
         self.tickets = TicketStore(cfg.interface.ticket_store) if self.is_client else None
         self.tun_mtu = 0
         self.mtu_policy = "fixed"
@@ -204,7 +195,7 @@ class Daemon:
         if self.is_client and self.cfg.peers[0].endpoint is not None:
             host = self.cfg.peers[0].endpoint[0]
             if packed(host) is not None:
-                path = route_mtu(host)
+                path = self.devices.route_mtu(host)
         return self._clamp_mtu(default_tun_mtu(self._underlay_family(), path))
 
     def _clamp_mtu(self, mtu: int) -> int:
@@ -213,8 +204,8 @@ class Daemon:
 
     def setup(self) -> None:
         iface = self.cfg.interface
-        self.tun = Tun(iface.device)
-        self.netlink = Netlink(self.tun.name)
+        self.tun = self.devices.open_tun(iface.device)
+        self.netlink = self.devices.link(self.tun.name)
         self.tun_mtu = self._initial_mtu()
         routes: list[Any] = []
         for p in self.cfg.peers:
@@ -235,7 +226,8 @@ class Daemon:
             self.loop.add(self.tun.fd, dp.client_tun)
         else:
             assert iface.listen is not None
-            self.server_sock = open_udp(family_of(iface.listen[0]), bind=iface.listen)
+            self.server_sock = self.devices.open_udp(family_of(iface.listen[0]),
+                                                     bind=iface.listen)
             self.endpoint = ServerEndpoint(self._server_dtls_config(),
                                            rekey_grace=rekey_grace(iface.rekey_interval))
             dp.sock = self.server_sock
@@ -277,16 +269,16 @@ class Daemon:
             self.server_sock.close()
         self.loop.close()
 
-    def run(self) -> int:
-        self.loop.install_signals()
+    def start(self) -> bool:
+        """Set up the devices and the first deadlines; False (logged) when that failed."""
         try:
             self.setup()
         except (OSError, ConfigError, ValueError) as exc:
             log.error("%s: start-up failed: %s", self.cfg.name, exc)
             with contextlib.suppress(Exception):
                 self.teardown()
-            return 1
-        now = self.loop.now = time.monotonic()
+            return False
+        now = self.loop.refresh_clock()
         self.started_wall = self.loop.wall
         if self.notifier.watchdog_interval:
             self.watchdog_at = now
@@ -294,11 +286,22 @@ class Daemon:
             self.redial_at = now
         else:
             self._ready(f"listening on {_display(self.cfg.interface.listen)}")
+        self.loop.attach(self)
+        return True
+
+    def stop(self) -> None:
+        """Close every association and undo the set-up (after the loop ended)."""
+        log.info("%s: stopping", self.cfg.name)
+        self.teardown()
+
+    def run(self) -> int:
+        self.loop.install_signals()
+        if not self.start():
+            return 1
         try:
             self.loop.run(self)
         finally:
-            log.info("%s: stopping", self.cfg.name)
-            self.teardown()
+            self.stop()
         return 0
 
     def _ready(self, status: str) -> None:
@@ -397,7 +400,7 @@ class Daemon:
                     if exc.errno != errno.EMSGSIZE:
                         state.last_error = exc.strerror
                 if exc.errno == errno.EMSGSIZE:
-                    self._on_hints(state, read_errors(sock), now)
+                    self._on_hints(state, sock.read_errors(), now)
 
     def _service(self, addr: Addr | None, assoc: Association, now: float,
                  state: PeerState | None = None) -> None:
@@ -804,10 +807,8 @@ class Daemon:
         state.assoc = None
         state.conn = None
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-            family, _, _, _, sockaddr = infos[0]
-            addr: Addr = (str(sockaddr[0]), int(sockaddr[1]))
-            sock = open_udp(family, connect=addr)
+            family, addr = self.devices.resolve(host, port)
+            sock = self.devices.open_udp(family, connect=addr)
         except OSError as exc:  # gaierror included
             state.last_error = str(exc)
             self._lost(now, f"cannot reach {host}: {exc}")
@@ -829,8 +830,8 @@ class Daemon:
         conn.connect(now, wall)
         self._flush(addr, conn, now, state)
 
-    def _adjust_default_mtu(self, sock: socket.socket, family: socket.AddressFamily) -> None:
-        path = socket_mtu(sock)
+    def _adjust_default_mtu(self, sock: UdpPort, family: socket.AddressFamily) -> None:
+        path = sock.path_mtu()
         if path is None:
             return
         mtu = self._clamp_mtu(default_tun_mtu(family, path))
@@ -1024,5 +1025,5 @@ def run_daemon(path: Path, name: str | None = None) -> int:
     if cfg.interface.role == "client" and cfg.peers[0].endpoint is None:
         log.error("%s: the client's [Peer] needs an Endpoint", cfg.path)
         return 1
-    return Daemon(cfg, notifier=notifier).run()
+    return Daemon(cfg, devices=Devices(notifier)).run()
 

@@ -45,14 +45,13 @@ iteration from the associations this module marks as touched.
 from __future__ import annotations
 
 import errno
-import socket
 from collections.abc import Callable
 from typing import Any
 
+from dtlsvpn.daemon.devices import TunDevice, UdpPort
 from dtlsvpn.daemon.loop import EPOLLERR
 from dtlsvpn.daemon.mtu import MtuFollower
-from dtlsvpn.daemon.tun import Tun
-from dtlsvpn.daemon.udp import ErrorHint, read_errors
+from dtlsvpn.daemon.udp import ErrorHint
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.endpoint import ServerEndpoint
 from dtlsvpn.dtls.rekey import RekeyingClient
@@ -81,7 +80,7 @@ class PeerState:
         self.conn: RekeyingClient | None = None  # client: the association and its renewals
         self.previous: Association | None = None  # server: the one a renewal replaces
         self.addr: Addr | None = None
-        self.sock: socket.socket | None = None  # client: the connected socket
+        self.sock: UdpPort | None = None  # client: the connected socket
         self.established = False
         self.handshake_wall: float | None = None
         self.handshakes = 0  # completed handshakes, key renewals included
@@ -109,7 +108,7 @@ class PeerState:
 class Datapath:
     """TUN ↔ UDP forwarding for one interface (client or server role)."""
 
-    def __init__(self, tun: Tun, router: Router[PeerState],
+    def __init__(self, tun: TunDevice, router: Router[PeerState],
                  too_big: TooBigResponder | None) -> None:
         self.tun = tun
         self.router = router
@@ -121,7 +120,7 @@ class Datapath:
         self.drops: dict[str, int] = {}  # interface-wide (no peer to charge)
         self.touched: dict[Association, Addr] = {}  # server: associations to service
         self.client_peer: PeerState | None = None
-        self.sock: socket.socket | None = None  # server: the listening socket
+        self.sock: UdpPort | None = None  # server: the listening socket
         self.endpoint: ServerEndpoint | None = None
         self.bound: dict[Addr, PeerState] = {}  # server: address → peer (hot path)
         self.by_assoc: dict[Association, PeerState] = {}  # server: slow-path lookup
@@ -173,8 +172,8 @@ class Datapath:
             if refused:
                 peer.drop("tun_write", refused)
 
-    def _errors(self, sock: socket.socket, peer: PeerState | None, now: float) -> None:
-        hints = read_errors(sock)
+    def _errors(self, sock: UdpPort, peer: PeerState | None, now: float) -> None:
+        hints = sock.read_errors()
         if hints and self.on_hints is not None:
             self.on_hints(peer, hints, now)
 
@@ -196,7 +195,7 @@ class Datapath:
             self._transmit(peer, conn.protect, batch, sock, None, now)
 
     def _transmit(self, peer: Any, protect: Callable[[list[bytes]], list[bytes]],
-                  batch: list[bytes], sock: socket.socket, addr: Any, now: float) -> None:
+                  batch: list[bytes], sock: UdpPort, addr: Any, now: float) -> None:
         """One peer's batch out: MSS clamp, the too-big rule, seal, send (``addr``:
         None on the client's connected socket), count."""
         if self.mss4:
@@ -312,7 +311,7 @@ class Datapath:
         for peer, inner in per_peer.items():
             self._deliver(peer, inner)
 
-    def _send_failed(self, peer: PeerState, sock: socket.socket, exc: OSError,
+    def _send_failed(self, peer: PeerState, sock: UdpPort, exc: OSError,
                      now: float) -> None:
         if exc.errno == errno.EMSGSIZE:
             peer.drop("emsgsize")

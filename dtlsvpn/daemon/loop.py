@@ -171,9 +171,14 @@ class Loop:
     def stop(self) -> None:
         self.running = False
 
+    def attach(self, owner: LoopOwner | None) -> None:
+        """Give ``owner`` its hooks in every :meth:`run_once` (None detaches it)."""
+        self._owner = owner
+
     def run(self, owner: LoopOwner | None = None) -> None:
         """Iterate until :meth:`stop` (or SIGTERM/SIGINT)."""
-        self._owner = owner
+        if owner is not None:
+            self._owner = owner
         self.running = True
         try:
             while self.running:
@@ -181,8 +186,11 @@ class Loop:
         finally:
             self._owner = None
 
-    def run_once(self, max_wait: float | None = None) -> None:
-        """One iteration; ``max_wait`` caps the poll (0: don't block, for fake clocks)."""
+    def run_once(self, max_wait: float | None = None) -> int:
+        """One iteration; ``max_wait`` caps the poll (0: don't block, for fake clocks).
+
+        Returns how many handlers, timers and deferred callbacks ran (0: nothing was
+        ready, so a fake clock may jump to :meth:`next_deadline`)."""
         owner = self._owner
         deadline = self.next_deadline()
         owner_deadline = owner.next_deadline() if owner is not None else None
@@ -198,6 +206,7 @@ class Loop:
         now = self.now = self._clock()
         wall = self.wall = self._wall_clock()
         handlers = self._handlers
+        ran = 0
         for fd, mask in events:
             if fd == self._wake_r:
                 self._drain_wakeup()
@@ -205,23 +214,29 @@ class Loop:
             handler = handlers.get(fd)
             if handler is not None:
                 handler(mask, now, wall)
-        self._fire_timers(now, wall)
+                ran += 1
+        ran += self._fire_timers(now, wall)
         if owner is not None:
             if owner_deadline is not None and now >= owner_deadline:
                 owner.on_timer(now, wall)
+                ran += 1
             owner.after_iteration(now)
         while self._deferred:
             deferred, self._deferred = self._deferred, {}
             for callback in deferred:
                 callback(now, wall)
+                ran += 1
         if self._pending_signals:
             self._dispatch_signals(now)
+        return ran
 
-    def _fire_timers(self, now: float, wall: float) -> None:
+    def _fire_timers(self, now: float, wall: float) -> int:
         heap = self._heap
+        fired = 0
         while heap and heap[0][0] <= now:
             _, _, timer, gen = heapq.heappop(heap)
-            timer._fire(gen, now, wall)
+            fired += timer._fire(gen, now, wall)
+        return fired
 
     def _drain_wakeup(self) -> None:
         with contextlib.suppress(BlockingIOError):

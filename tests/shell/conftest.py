@@ -1,0 +1,49 @@
+"""Fixtures for the in-process daemon tests: a ``World`` and PSK configurations.
+
+The configurations are the namespace tests' (``tests/netns/harness.py``), so both
+layers run the same files; here they are loaded and run on fake devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.world import Host, World
+from tests.netns.harness import psk_pair
+
+SERVER = "198.18.0.1"
+CLIENT = "198.18.0.2"
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    w = World()
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+Pair = Callable[..., tuple[Host, Host]]
+
+
+@pytest.fixture
+def pair(world: World, tmp_path: Path) -> Pair:
+    """``pair(extra=..., mtu=...)``: a server and a client daemon, handshake done."""
+
+    def start(extra: str = "", mtu: str = "auto") -> tuple[Host, Host]:
+        server_conf, client_conf = psk_pair(tmp_path, extra=extra, mtu=mtu)
+        server = world.start(server_conf, SERVER)
+        client = world.start(client_conf, CLIENT)
+        assert world.run_until(lambda: established(client) and established(server)), (
+            client.snapshot(), server.snapshot())
+        return server, client
+
+    return start
+
+
+def established(host: Host) -> bool:
+    return all(p["state"] == "established" for p in host.snapshot()["peers"])
