@@ -66,6 +66,7 @@ from typing import Any
 
 from dtlsvpn.config.schema import Config, PeerConfig
 from dtlsvpn.crypto.suites import SUITES
+from dtlsvpn.crypto.tickets import TicketKey, TicketKeyRing
 from dtlsvpn.daemon.datapath import Addr, Datapath, PeerState
 from dtlsvpn.daemon.devices import Devices, LinkConfig, TunDevice, UdpPort
 from dtlsvpn.daemon.loop import Loop
@@ -77,6 +78,19 @@ from dtlsvpn.daemon.udp import ErrorHint, family_of, normalise, packed
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.endpoint import ServerEndpoint
+from dtlsvpn.dtls.events import (
+    AlertReceived,
+    AssociationClosed,
+    Event,
+    HandshakeCompleted,
+    HeartbeatAnswered,
+    PathMtuChanged,
+    PeerAddressChanged,
+    PeerAlive,
+    PeerUnresponsive,
+    SessionTicketReceived,
+)
+from dtlsvpn.dtls.heartbeat import HeartbeatSettings
 from dtlsvpn.dtls.rekey import Rekeyed, RekeyingClient
 from dtlsvpn.errors import ConfigError
 from dtlsvpn.vpn.ip import TooBigResponder
@@ -103,9 +117,6 @@ DTLS_DROP_REASONS = frozenset({
     "buffer_full", "stale_handshake", "after_close", "heartbeat_dropped",
     "heartbeat_malformed", "heartbeat_unexpected"})
 
-_DTLS_FIELDS = {f.name for f in dataclasses.fields(DtlsConfig)}
-
-
 def tunnel_overhead(family: socket.AddressFamily) -> int:
     ip_header = 40 if family == socket.AF_INET6 else 20
     return ip_header + UDP_HEADER + RECORD_HEADER + MAX_AEAD_OVERHEAD
@@ -127,13 +138,6 @@ def rekey_grace(interval: float | None) -> float:
 
 def backoff_delay(attempt: int, rng: random.Random) -> float:
     return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 16)) * rng.uniform(0.5, 1.0)
-
-
-def _event_name(ev: object) -> str:
-    # Events are matched by name so that this shell runs against cores with or
-    # without heartbeats, PMTU discovery and tickets (PeerUnresponsive, PathMtuChanged,
-    # SessionTicketReceived).
-    return type(ev).__name__
 
 
 def _display(addr: Addr | None) -> str | None:
@@ -172,8 +176,8 @@ class Daemon:
         self.dial_deadline: float | None = None
         self.offered_ticket = False
         self.watchdog_at: float | None = None
-        self.ticket_ring: Any = None  # server: crypto.tickets.TicketKeyRing
-        self.ticket_keys_saved: Any = ()
+        self.ticket_ring: TicketKeyRing | None = None  # server
+        self.ticket_keys_saved: tuple[TicketKey, ...] = ()
         self.renewing: set[PeerState] = set()  # server: peers with a previous association
 
     # --- set-up and teardown -----------------------------------------------------
@@ -420,48 +424,55 @@ class Daemon:
             self._on_event(state.addr, conn.current, ev, now, state)
         self._flush(state.addr, conn, now, state)
 
-    def _on_event(self, addr: Addr | None, assoc: Association, ev: Any, now: float,
-                  state: PeerState | None) -> PeerState | None:
-        name = _event_name(ev)
+    def _on_event(self, addr: Addr | None, assoc: Association, ev: Event | Rekeyed,
+                  now: float, state: PeerState | None) -> PeerState | None:
         wall = self.loop.wall
-        if name == "HandshakeCompleted":
-            if self.is_client:
-                state = self._client_established(assoc, ev, now, wall)
-            else:
-                state = self._server_established(addr, assoc, ev, now, wall)
-        elif name == "AssociationClosed":
-            self._on_closed(addr, assoc, ev, now, state)
-        elif isinstance(ev, Rekeyed):
-            if self.is_client and state is not None and state.conn is not None:
-                self._client_rekeyed(state, state.conn, ev, wall)
-        elif name == "PeerUnresponsive":
-            log.warning("peer %s unresponsive", state.name if state else _display(addr))
-            conn = state.conn if state is not None and self.is_client else None
-            target: Association | RekeyingClient = assoc if conn is None else conn
-            if not assoc.is_closed:
-                target.close(now)
-                self._flush(addr, target, now, state)
-            self._on_closed(addr, assoc, ev, now, state)
-        elif name == "PeerAddressChanged" and state is not None and not self.is_client:
-            self._on_address_changed(state, assoc, ev)
-        elif name == "PathMtuChanged" and state is not None and state.assoc is assoc:
-            # (not the reports of a renewal's old association: the new one's count)
-            self._on_path_mtu(state, assoc, ev, now)
-        elif name == "SessionTicketReceived" and self.is_client and state is not None:
-            if self.tickets is not None:
-                try:
-                    self.tickets.save(self._ticket_key(state), ev.session)
-                except OSError as exc:
-                    log.warning("cannot store ticket: %s", exc)
-        elif name == "AlertReceived":
-            log.debug("alert %s/%s from %s", ev.level, ev.description, _display(addr))
-        elif name == "HeartbeatAnswered" and state is not None:
-            state.rtt = ev.rtt
-        elif name == "PeerAlive" and state is not None:
-            log.info("peer %s: heard again", state.name)
+        match ev:
+            case HandshakeCompleted():
+                if self.is_client:
+                    state = self._client_established(assoc, ev, now, wall)
+                else:
+                    state = self._server_established(addr, assoc, ev, now, wall)
+            case AssociationClosed(reason=reason, local=local):
+                self._on_closed(addr, assoc, reason, local, now, state)
+            case Rekeyed():
+                if self.is_client and state is not None and state.conn is not None:
+                    self._client_rekeyed(state, state.conn, ev, wall)
+            case PeerUnresponsive():
+                self._on_unresponsive(addr, assoc, now, state)
+            case PeerAddressChanged() if state is not None and not self.is_client:
+                self._on_address_changed(state, assoc, ev)
+            case PathMtuChanged() if state is not None and state.assoc is assoc:
+                # (not the reports of a renewal's old association: the new one's count)
+                self._on_path_mtu(state, assoc, ev, now)
+            case SessionTicketReceived() if self.is_client and state is not None:
+                self._store_ticket(state, ev)
+            case AlertReceived():
+                log.debug("alert %s/%s from %s", ev.level, ev.description, _display(addr))
+            case HeartbeatAnswered() if state is not None:
+                state.rtt = ev.rtt
+            case PeerAlive() if state is not None:
+                log.info("peer %s: heard again", state.name)
         return state
 
-    def _note_handshake(self, state: PeerState, assoc: Association, ev: Any,
+    def _on_unresponsive(self, addr: Addr | None, assoc: Association, now: float,
+                         state: PeerState | None) -> None:
+        log.warning("peer %s unresponsive", state.name if state else _display(addr))
+        conn = state.conn if state is not None and self.is_client else None
+        target: Association | RekeyingClient = assoc if conn is None else conn
+        if not assoc.is_closed:
+            target.close(now)
+            self._flush(addr, target, now, state)
+        self._on_closed(addr, assoc, "PeerUnresponsive", True, now, state)
+
+    def _store_ticket(self, state: PeerState, ev: SessionTicketReceived) -> None:
+        if self.tickets is not None:
+            try:
+                self.tickets.save(self._ticket_key(state), ev.session)
+            except OSError as exc:
+                log.warning("cannot store ticket: %s", exc)
+
+    def _note_handshake(self, state: PeerState, assoc: Association, ev: HandshakeCompleted,
                         addr: Addr | None, wall: float, *, renewal: bool = False) -> None:
         state.assoc = assoc
         state.addr = addr
@@ -481,16 +492,16 @@ class Daemon:
                      _display(addr), state.generation, ev.suite_name)
             return
         state.generation = 0
-        for attr in ("plpmtu", "inner_mtu"):
-            value = getattr(assoc, attr, None)
-            if isinstance(value, int):
-                setattr(state, attr, value)
+        if assoc.plpmtu is not None:
+            state.plpmtu = assoc.plpmtu
+        if assoc.inner_mtu is not None:
+            state.inner_mtu = assoc.inner_mtu
         assert self.datapath is not None
         self.datapath.router.set_underlay(state, packed(normalise(addr)[0]) if addr else None)
         log.info("peer %s: handshake with %s done (%s, %s)", state.name, _display(addr),
                  ev.suite_name, "resumed" if ev.resumed else "full")
 
-    def _client_established(self, assoc: Association, ev: Any, now: float,
+    def _client_established(self, assoc: Association, ev: HandshakeCompleted, now: float,
                             wall: float) -> PeerState | None:
         state = next(iter(self.peers.values()))
         # A resumed session was authenticated by the full handshake that made the ticket.
@@ -521,7 +532,8 @@ class Daemon:
         self._note_handshake(state, assoc, result, state.addr, wall, renewal=True)
         state.generation = ev.generation  # (the same count, as RekeyingClient keeps it)
 
-    def _server_established(self, addr: Addr | None, assoc: Association, ev: Any,
+    def _server_established(self, addr: Addr | None, assoc: Association,
+                            ev: HandshakeCompleted,
                             now: float, wall: float) -> PeerState | None:
         peer_cfg = match_peer(self.cfg, ev)
         state = self.peers.get(peer_cfg.name) if peer_cfg is not None else None
@@ -564,10 +576,11 @@ class Daemon:
         self.notifier.status(self._status_line())
         return state
 
-    def _on_address_changed(self, state: PeerState, assoc: Association, ev: Any) -> None:
+    def _on_address_changed(self, state: PeerState, assoc: Association,
+                            ev: PeerAddressChanged) -> None:
         """RFC 9146 §6: the peer moved (the core follows it by connection ID)."""
         assert self.datapath is not None
-        new = getattr(ev, "new", None)
+        new = ev.new
         if not isinstance(new, tuple) or state.assoc is not assoc:
             return
         new_addr: Addr = (str(new[0]), int(new[1]))
@@ -612,9 +625,8 @@ class Daemon:
                 log.debug("peer %s: old keys retired", state.name)
                 self._drop_previous(state)
 
-    def _on_closed(self, addr: Addr | None, assoc: Association, ev: Any, now: float,
-                   state: PeerState | None) -> None:
-        reason = getattr(ev, "reason", type(ev).__name__)
+    def _on_closed(self, addr: Addr | None, assoc: Association, reason: str, local: bool,
+                   now: float, state: PeerState | None) -> None:
         if state is not None and not self.is_client and state.previous is assoc:
             self._drop_previous(state)  # a renewal's old association: the peer is still up
             return
@@ -635,18 +647,16 @@ class Daemon:
                 and self.redial_at is None):  # (PeerUnresponsive, then its AssociationClosed)
             if (state.resumed and state.handshake_wall is not None and self.tickets
                     and self.loop.wall - state.handshake_wall < 5.0
-                    and not getattr(ev, "local", True)):
+                    and not local):
                 # The server ended a just-resumed session: don't offer that ticket again.
                 self.tickets.forget(self._ticket_key(state))
             self._lost(now, reason)
 
-    def _on_path_mtu(self, state: PeerState, assoc: Association, ev: Any, now: float) -> None:
-        inner = getattr(ev, "inner_mtu", None)
-        state.plpmtu = getattr(ev, "plpmtu", state.plpmtu)
-        if not isinstance(inner, int):
-            return
-        state.inner_mtu = inner
-        if state.mtu.report(assoc, inner, now):
+    def _on_path_mtu(self, state: PeerState, assoc: Association, ev: PathMtuChanged,
+                     now: float) -> None:
+        state.plpmtu = ev.plpmtu
+        state.inner_mtu = ev.inner_mtu
+        if state.mtu.report(assoc, ev.inner_mtu, now):
             self._apply_mtus()
 
     def _apply_mtus(self) -> None:
@@ -693,9 +703,7 @@ class Daemon:
             if state is None:
                 continue
             if hint.mtu is not None and state.assoc is not None:
-                path_hint = getattr(state.assoc, "path_hint", None)
-                if path_hint is not None:
-                    path_hint(hint.mtu, now)
+                state.assoc.path_hint(hint.mtu, now)
             elif hint.errno:
                 state.last_error = os.strerror(hint.errno)
 
@@ -708,7 +716,7 @@ class Daemon:
     def _client_dtls_config(self, state: PeerState, wall: float) -> DtlsConfig:
         conf = self._apply_knobs(dtls_config(self.cfg, state.config))
         self.offered_ticket = False
-        if self.tickets is not None and "resume_session" in _DTLS_FIELDS:
+        if self.tickets is not None:
             session = self.tickets.load(self._ticket_key(state), wall)
             if session is not None:
                 conf = dataclasses.replace(conf, resume_session=session)
@@ -719,25 +727,18 @@ class Daemon:
         return self._apply_knobs(dtls_config(self.cfg))
 
     def _apply_knobs(self, conf: DtlsConfig) -> DtlsConfig:
-        """Heartbeat settings from [Interface] and the server's ticket keys, when the core
-        has them."""
+        """Heartbeat settings from [Interface] and the server's ticket keys."""
         iface = self.cfg.interface
-        knobs: dict[str, Any] = {}
-        if "heartbeat_settings" in _DTLS_FIELDS:
-            from dtlsvpn.dtls.heartbeat import HeartbeatSettings
+        heartbeats = HeartbeatSettings(interval=iface.heartbeat_interval,
+                                       retransmit=min(1.0, iface.heartbeat_interval),
+                                       timeout=iface.dead_peer_timeout)
+        if self.is_client:
+            return dataclasses.replace(conf, heartbeat_settings=heartbeats)
+        return dataclasses.replace(conf, heartbeat_settings=heartbeats,
+                                   ticket_keys=self._ticket_ring())
 
-            knobs["heartbeat_settings"] = HeartbeatSettings(
-                interval=iface.heartbeat_interval,
-                retransmit=min(1.0, iface.heartbeat_interval),
-                timeout=iface.dead_peer_timeout)
-        if not self.is_client and "ticket_keys" in _DTLS_FIELDS:
-            knobs["ticket_keys"] = self._ticket_ring()
-        return dataclasses.replace(conf, **knobs) if knobs else conf
-
-    def _ticket_ring(self) -> Any:
+    def _ticket_ring(self) -> TicketKeyRing:
         """The server's ticket keys, kept in TicketStore/ticket.keys across restarts."""
-        from dtlsvpn.crypto.tickets import TicketKeyRing
-
         if self.ticket_ring is not None:
             return self.ticket_ring
         path = self.cfg.interface.ticket_store / "ticket.keys"
@@ -961,7 +962,7 @@ class Daemon:
                 "heartbeat_rtt_ms": (round(state.rtt * 1000, 2) if state.rtt is not None
                                      else None),
                 "plpmtu": state.plpmtu,
-                "record_overhead": getattr(assoc, "record_overhead", None),
+                "record_overhead": assoc.record_overhead if assoc is not None else None,
                 "inner_mtu": state.inner_mtu,
                 "mtu_limit": state.limit or None,
                 "allowed_ips": [str(n) for n in state.config.allowed_prefixes],
