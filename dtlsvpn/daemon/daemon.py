@@ -27,7 +27,7 @@ applied MTU stay (the new association's ``PathMtuChanged`` reports feed ``mtu.py
 new source).  The first dial and every redial still resume with a stored ticket.  On the
 server a renewal is a new association from the address of an established one: the
 endpoint keeps the old one for records in flight and retires it ``rekey_grace`` after
-the client switched; the daemon keeps both bound to the [Peer] (``PeerState.previous``)
+the client switched; the daemon keeps both bound to the [Peer] (``Peer.previous``)
 and sends on ``endpoint.sending_association(addr)``.  Only an association from another
 address (or one that replaced a half-open one) closes the old association as before.
 Both sides keep old keys ``rekey_grace(RekeyInterval)`` seconds: 10 s, or half the
@@ -67,9 +67,12 @@ from typing import Any
 from dtlsvpn.config.schema import Config, PeerConfig
 from dtlsvpn.crypto.suites import SUITES
 from dtlsvpn.crypto.tickets import TicketKey, TicketKeyRing
-from dtlsvpn.daemon.datapath import Addr, Datapath, PeerState
+from dtlsvpn.daemon import binding
+from dtlsvpn.daemon.binding import Ending, Verdict
+from dtlsvpn.daemon.datapath import Addr, Datapath
 from dtlsvpn.daemon.devices import Devices, LinkConfig, TunDevice, UdpPort
 from dtlsvpn.daemon.loop import Loop
+from dtlsvpn.daemon.peers import Peer, PeerTable
 from dtlsvpn.daemon.settings import dtls_config, load_config, match_peer
 from dtlsvpn.daemon.status import StatusServer
 from dtlsvpn.daemon.systemd import Notifier
@@ -158,7 +161,9 @@ class Daemon:
         self.rng = rng or random.Random()
         self.is_client = cfg.interface.role == "client"
         self.loop = loop if loop is not None else Loop()
-        self.peers: dict[str, PeerState] = {p.name: PeerState(p) for p in cfg.peers}
+        self.peers = PeerTable()
+        for peer_cfg in cfg.peers:
+            self.peers.add(Peer(peer_cfg))
         self.tun: TunDevice | None = None
         self.netlink: LinkConfig | None = None
         self.status: StatusServer | None = None
@@ -178,7 +183,6 @@ class Daemon:
         self.watchdog_at: float | None = None
         self.ticket_ring: TicketKeyRing | None = None  # server
         self.ticket_keys_saved: tuple[TicketKey, ...] = ()
-        self.renewing: set[PeerState] = set()  # server: peers with a previous association
 
     # --- set-up and teardown -----------------------------------------------------
 
@@ -215,18 +219,19 @@ class Daemon:
         for p in self.cfg.peers:
             routes += p.routes
         self.netlink.configure(self.tun_mtu, iface.addresses, routes)
-        router: Router[PeerState] = Router(
-            single=next(iter(self.peers.values())) if self.is_client else None)
-        for state in self.peers.values():
+        router: Router[Peer] = Router(
+            single=self.peers.first() if self.is_client else None)
+        for state in self.peers:
             router.add_peer(state, state.config.allowed_prefixes)
         # ICMP errors come "from" the unreachable destination: a source address local to
         # this host would be dropped as martian by the kernel (vpn/ip.py).
-        dp = Datapath(self.tun, router, TooBigResponder(None, None, reply_from_destination=True))
+        dp = Datapath(self.tun, router, TooBigResponder(None, None, reply_from_destination=True),
+                      self.peers)
         dp.on_hints = self._on_hints
         self.datapath = dp
         self._update_mss()
         if self.is_client:
-            dp.client_peer = next(iter(self.peers.values()))
+            dp.client_peer = self.peers.first()
             self.loop.add(self.tun.fd, dp.client_tun)
         else:
             assert iface.listen is not None
@@ -247,7 +252,7 @@ class Daemon:
     def teardown(self) -> None:
         self.notifier.stopping()
         now = self.loop.now
-        for state in self.peers.values():
+        for state in self.peers:
             conn = state.conn
             if conn is not None:
                 conn.close(now)  # the current association and any renewal's
@@ -265,7 +270,7 @@ class Daemon:
             self.tun.close()
             if self.netlink is not None and not self.netlink.wait_gone():
                 log.warning("interface %s still present after close", self.tun.name)
-        for state in self.peers.values():
+        for state in self.peers:
             if state.sock is not None:
                 state.sock.close()
                 state.sock = None
@@ -320,7 +325,7 @@ class Daemon:
     def next_deadline(self) -> float | None:
         deadlines: list[float] = []
         if self.is_client:
-            state = next(iter(self.peers.values()))
+            state = self.peers.first()
             if state.conn is not None:
                 t = state.conn.get_timer()
                 if t is not None:
@@ -335,7 +340,7 @@ class Daemon:
                 deadlines.append(t)
         if self.watchdog_at is not None:
             deadlines.append(self.watchdog_at)
-        for state in self.peers.values():
+        for state in self.peers:
             if state.mtu.due is not None:
                 deadlines.append(state.mtu.due)
         # RekeyingClient.get_timer() is inf with RekeyInterval = off and no other timer;
@@ -348,7 +353,7 @@ class Daemon:
             self.notifier.watchdog()
             assert self.notifier.watchdog_interval is not None
             self.watchdog_at = now + self.notifier.watchdog_interval / 2
-        if any([state.mtu.poll(now) for state in self.peers.values()]):
+        if any([state.mtu.poll(now) for state in self.peers]):
             self._apply_mtus()
         if self.is_client:
             self._client_timers(now, wall)
@@ -357,12 +362,11 @@ class Daemon:
             for addr, assoc in list(self.endpoint.associations.items()):
                 self._service(addr, assoc, now)
             self.endpoint.remove_closed()
-            if self.renewing:
-                self._retire_previous(now)
+            self._retire_previous()
 
     def after_iteration(self, now: float) -> None:
         if self.is_client:
-            state = next(iter(self.peers.values()))
+            state = self.peers.first()
             if state.conn is not None:
                 self._service_client(state, now)
             return
@@ -380,7 +384,7 @@ class Daemon:
     # --- slow path: events and output --------------------------------------------
 
     def _flush(self, addr: Addr | None, assoc: Association | RekeyingClient, now: float,
-               state: PeerState | None) -> None:
+               state: Peer | None) -> None:
         out = assoc.datagrams_to_send(now)
         if not out:
             return
@@ -407,15 +411,15 @@ class Daemon:
                     self._on_hints(state, sock.read_errors(), now)
 
     def _service(self, addr: Addr | None, assoc: Association, now: float,
-                 state: PeerState | None = None) -> None:
+                 state: Peer | None = None) -> None:
         events = assoc.pop_events()
-        if state is None and self.datapath is not None:
-            state = self.datapath.by_assoc.get(assoc)
+        if state is None:
+            state = self.peers.owner(assoc)
         for ev in events:
             state = self._on_event(addr, assoc, ev, now, state)
         self._flush(addr, assoc, now, state)
 
-    def _service_client(self, state: PeerState, now: float) -> None:
+    def _service_client(self, state: Peer, now: float) -> None:
         """The client's events (those of the current association, and ``Rekeyed``) and
         everything its associations have to send."""
         conn = state.conn
@@ -425,7 +429,7 @@ class Daemon:
         self._flush(state.addr, conn, now, state)
 
     def _on_event(self, addr: Addr | None, assoc: Association, ev: Event | Rekeyed,
-                  now: float, state: PeerState | None) -> PeerState | None:
+                  now: float, state: Peer | None) -> Peer | None:
         wall = self.loop.wall
         match ev:
             case HandshakeCompleted():
@@ -456,7 +460,7 @@ class Daemon:
         return state
 
     def _on_unresponsive(self, addr: Addr | None, assoc: Association, now: float,
-                         state: PeerState | None) -> None:
+                         state: Peer | None) -> None:
         log.warning("peer %s unresponsive", state.name if state else _display(addr))
         conn = state.conn if state is not None and self.is_client else None
         target: Association | RekeyingClient = assoc if conn is None else conn
@@ -465,14 +469,14 @@ class Daemon:
             self._flush(addr, target, now, state)
         self._on_closed(addr, assoc, "PeerUnresponsive", True, now, state)
 
-    def _store_ticket(self, state: PeerState, ev: SessionTicketReceived) -> None:
+    def _store_ticket(self, state: Peer, ev: SessionTicketReceived) -> None:
         if self.tickets is not None:
             try:
                 self.tickets.save(self._ticket_key(state), ev.session)
             except OSError as exc:
                 log.warning("cannot store ticket: %s", exc)
 
-    def _note_handshake(self, state: PeerState, assoc: Association, ev: HandshakeCompleted,
+    def _note_handshake(self, state: Peer, assoc: Association, ev: HandshakeCompleted,
                         addr: Addr | None, wall: float, *, renewal: bool = False) -> None:
         state.assoc = assoc
         state.addr = addr
@@ -502,8 +506,8 @@ class Daemon:
                  ev.suite_name, "resumed" if ev.resumed else "full")
 
     def _client_established(self, assoc: Association, ev: HandshakeCompleted, now: float,
-                            wall: float) -> PeerState | None:
-        state = next(iter(self.peers.values()))
+                            wall: float) -> Peer | None:
+        state = self.peers.first()
         # A resumed session was authenticated by the full handshake that made the ticket.
         if not ev.resumed and match_peer(self.cfg, ev) is None and not ev.psk_identity:
             log.error("server credential does not match [Peer] %s", state.name)
@@ -515,7 +519,7 @@ class Daemon:
         self._ready(self._status_line())
         return state
 
-    def _client_rekeyed(self, state: PeerState, conn: RekeyingClient, ev: Rekeyed,
+    def _client_rekeyed(self, state: Peer, conn: RekeyingClient, ev: Rekeyed,
                         wall: float) -> None:
         """A renewal completed and carries the traffic now; the old association still opens
         records for the grace period (inside ``conn``).  Only the status changes."""
@@ -534,117 +538,77 @@ class Daemon:
 
     def _server_established(self, addr: Addr | None, assoc: Association,
                             ev: HandshakeCompleted,
-                            now: float, wall: float) -> PeerState | None:
+                            now: float, wall: float) -> Peer | None:
         peer_cfg = match_peer(self.cfg, ev)
         state = self.peers.get(peer_cfg.name) if peer_cfg is not None else None
-        if state is None or addr is None:
+        endpoint = self.endpoint
+        assert endpoint is not None and self.datapath is not None
+        current = state.assoc if state is not None else None
+        decision = binding.authenticated(
+            assoc, addr, matched=state is not None, resumed=ev.resumed, current=current,
+            previous=state.previous if state is not None else None,
+            current_addr=endpoint.address_of(current) if current is not None else None,
+            newest_at_addr=endpoint.associations.get(addr) if addr is not None else None)
+        if decision.verdict is Verdict.REJECT or state is None or addr is None:
             log.warning("association from %s matches no [Peer]: closed", _display(addr))
-            assert self.datapath is not None
             self.datapath.drop("unknown_peer")
             assoc.close(now)
             return None
-        old = state.assoc
-        endpoint = self.endpoint
-        # A renewal (make-before-break): a new full handshake from the address of the
-        # established association, which the endpoint keeps for records in flight and
-        # retires itself (rekey_grace after the client switched).  A resumed one is a
-        # restarted client (renewals never resume): it replaces the old one at once.
-        renewal = (not ev.resumed and old is not None and old is not assoc
-                   and old.is_established
-                   and not old.is_closed and endpoint is not None
-                   and endpoint.address_of(old) == addr
-                   and endpoint.associations.get(addr) is assoc)
-        assert self.datapath is not None
-        if renewal:
-            self._drop_previous(state)  # an older one still in its grace period
-            state.previous = old  # stays in by_assoc: its records are still the peer's
-            self.renewing.add(state)
-        else:
-            for stale in (old, state.previous):
-                if stale is not None and stale is not assoc and not stale.is_closed:
-                    stale.close(now)  # the peer came back (new address or association)
-                    self._flush(state.addr, stale, now, state)
-            self._drop_previous(state)
-            if old is not None:
-                self.datapath.by_assoc.pop(old, None)
-        if state.addr is not None and self.datapath.bound.get(state.addr) is state:
-            del self.datapath.bound[state.addr]
-        self.datapath.bound[addr] = state
-        self.datapath.by_assoc[assoc] = state
+        for stale in decision.close:
+            stale.close(now)  # the peer came back (new address or association)
+            self._flush(state.addr, stale, now, state)
+        renewal = decision.verdict is Verdict.RENEWAL
+        self.peers.bind(state, assoc, addr, renewal=renewal)
         self._note_handshake(state, assoc, ev, addr, wall, renewal=renewal)
         self._save_ticket_keys(wall)
         self.notifier.status(self._status_line())
         return state
 
-    def _on_address_changed(self, state: PeerState, assoc: Association,
+    def _on_address_changed(self, state: Peer, assoc: Association,
                             ev: PeerAddressChanged) -> None:
         """RFC 9146 §6: the peer moved (the core follows it by connection ID)."""
         assert self.datapath is not None
-        new = ev.new
-        if not isinstance(new, tuple) or state.assoc is not assoc:
+        new_addr = binding.moved(assoc, ev.new, current=state.assoc)
+        if new_addr is None:
             return
-        new_addr: Addr = (str(new[0]), int(new[1]))
-        bound = self.datapath.bound
-        if state.addr is not None and bound.get(state.addr) is state:
-            del bound[state.addr]
-        bound[new_addr] = state
         log.info("peer %s: moved from %s to %s", state.name, _display(state.addr),
                  _display(new_addr))
-        state.addr = new_addr
+        self.peers.move(state, new_addr)
         self.datapath.router.set_underlay(state, packed(normalise(new_addr)[0]))
 
-    def _bind(self, addr: Addr, assoc: Association, now: float) -> PeerState | None:
+    def _bind(self, addr: Addr, assoc: Association, now: float) -> Peer | None:
         """Datapath hook: service a just-completed association so it gets its peer."""
         self._service(addr, assoc, now)
-        assert self.datapath is not None
-        state = self.datapath.by_assoc.get(assoc)
-        if state is not None and (state.assoc is assoc or state.previous is assoc):
-            return state
-        return None
+        return self.peers.owner(assoc)
 
-    def _drop_previous(self, state: PeerState) -> None:
-        """Forget the association a renewal replaced (the endpoint retires it)."""
-        prev = state.previous
-        self.renewing.discard(state)
-        if prev is None:
-            return
-        state.previous = None
-        if (prev is not state.assoc and self.datapath is not None
-                and self.datapath.by_assoc.get(prev) is state):
-            del self.datapath.by_assoc[prev]
-
-    def _retire_previous(self, now: float) -> None:
+    def _retire_previous(self) -> None:
         """Server timers: drop renewals' old associations the endpoint has retired."""
         assert self.endpoint is not None
-        for state in list(self.renewing):
+        for state in self.peers.renewing():
             prev = state.previous
-            if prev is None:
-                self.renewing.discard(state)
-            elif prev.is_closed or self.endpoint.address_of(prev) is None:
+            assert prev is not None
+            if binding.retired(prev, self.endpoint.address_of(prev)):
                 prev.pop_events()  # its AssociationClosed: the peer is still up
                 log.debug("peer %s: old keys retired", state.name)
-                self._drop_previous(state)
+                self.peers.retire(state)
 
     def _on_closed(self, addr: Addr | None, assoc: Association, reason: str, local: bool,
-                   now: float, state: PeerState | None) -> None:
-        if state is not None and not self.is_client and state.previous is assoc:
-            self._drop_previous(state)  # a renewal's old association: the peer is still up
+                   now: float, state: Peer | None) -> None:
+        if state is None:
             return
-        if state is not None and state.assoc is assoc:
-            log.info("peer %s: association closed (%s)", state.name, reason)
-            state.established = False
-            state.mtu.forget()
-            state.last_error = reason
-            if not self.is_client:
-                state.assoc = None
-                self._drop_previous(state)
-                assert self.datapath is not None
-                self.datapath.by_assoc.pop(assoc, None)
-                if state.addr is not None and self.datapath.bound.get(state.addr) is state:
-                    del self.datapath.bound[state.addr]
-                self.notifier.status(self._status_line())
-        if (self.is_client and state is not None and state.assoc is assoc
-                and self.redial_at is None):  # (PeerUnresponsive, then its AssociationClosed)
+        ending = binding.closed(assoc, current=state.assoc,
+                                previous=None if self.is_client else state.previous)
+        if ending is Ending.OLD_KEYS_RETIRED:
+            self.peers.retire(state)  # a renewal's old association: the peer is still up
+            return
+        if ending is Ending.UNRELATED:
+            return
+        log.info("peer %s: association closed (%s)", state.name, reason)
+        state.note_down(reason)
+        if not self.is_client:
+            self.peers.release(state)
+            self.notifier.status(self._status_line())
+        elif self.redial_at is None:  # (PeerUnresponsive, then its AssociationClosed)
             if (state.resumed and state.handshake_wall is not None and self.tickets
                     and self.loop.wall - state.handshake_wall < 5.0
                     and not local):
@@ -652,7 +616,7 @@ class Daemon:
                 self.tickets.forget(self._ticket_key(state))
             self._lost(now, reason)
 
-    def _on_path_mtu(self, state: PeerState, assoc: Association, ev: PathMtuChanged,
+    def _on_path_mtu(self, state: Peer, assoc: Association, ev: PathMtuChanged,
                      now: float) -> None:
         state.plpmtu = ev.plpmtu
         state.inner_mtu = ev.inner_mtu
@@ -662,7 +626,7 @@ class Daemon:
     def _apply_mtus(self) -> None:
         """Applied inner MTUs → per-peer limits, the TUN MTU (``auto``) and the MSS clamp."""
         applied: list[int] = []
-        for p in self.peers.values():
+        for p in self.peers:
             value = p.mtu.applied
             p.limit = value or 0
             if p.established and value:
@@ -696,10 +660,10 @@ class Daemon:
         mtu = self.tun_mtu if inner is None else min(inner, self.tun_mtu)
         dp.mss4, dp.mss6 = mss_for_mtu(mtu)
 
-    def _on_hints(self, state: PeerState | None, hints: list[ErrorHint], now: float) -> None:
+    def _on_hints(self, state: Peer | None, hints: list[ErrorHint], now: float) -> None:
         for hint in hints:
-            if state is None and hint.destination is not None and self.datapath is not None:
-                state = self.datapath.bound.get(hint.destination)
+            if state is None and hint.destination is not None:
+                state = self.peers.at(hint.destination)
             if state is None:
                 continue
             if hint.mtu is not None and state.assoc is not None:
@@ -709,11 +673,11 @@ class Daemon:
 
     # --- client dialling ---------------------------------------------------------
 
-    def _ticket_key(self, state: PeerState) -> str:
+    def _ticket_key(self, state: Peer) -> str:
         endpoint = state.config.endpoint
         return f"{state.name}-{endpoint[0]}-{endpoint[1]}" if endpoint else state.name
 
-    def _client_dtls_config(self, state: PeerState, wall: float) -> DtlsConfig:
+    def _client_dtls_config(self, state: Peer, wall: float) -> DtlsConfig:
         conf = self._apply_knobs(dtls_config(self.cfg, state.config))
         self.offered_ticket = False
         if self.tickets is not None:
@@ -768,7 +732,7 @@ class Daemon:
             log.warning("cannot save ticket keys to %s: %s", path, exc)
 
     def _client_timers(self, now: float, wall: float) -> None:
-        state = next(iter(self.peers.values()))
+        state = self.peers.first()
         conn = state.conn
         if conn is not None:
             t = conn.get_timer()
@@ -789,7 +753,7 @@ class Daemon:
             self._dial(state, now, wall)
 
     def _lost(self, now: float, reason: str) -> None:
-        state = next(iter(self.peers.values()))
+        state = self.peers.first()
         state.established = False
         self.dial_deadline = None
         delay = backoff_delay(self.attempt, self.rng)
@@ -798,7 +762,7 @@ class Daemon:
         log.info("peer %s: %s; redialling in %.1fs", state.name, reason, delay)
         self.notifier.status(self._status_line())
 
-    def _dial(self, state: PeerState, now: float, wall: float) -> None:
+    def _dial(self, state: Peer, now: float, wall: float) -> None:
         assert state.config.endpoint is not None and self.datapath is not None
         host, port = state.config.endpoint
         if state.sock is not None:
@@ -864,14 +828,16 @@ class Daemon:
             if old_peers.get(name) != peer_cfg:
                 self._add_peer(peer_cfg, now)
             else:
-                self.peers[name].config = peer_cfg
+                peer = self.peers.get(name)
+                assert peer is not None
+                peer.config = peer_cfg
         if self.endpoint is not None:
             self.endpoint.config = self._server_dtls_config()
         log.info("reloaded %s: %d peers", self.cfg.path, len(self.peers))
         self.notifier.ready(self._status_line())
 
     def _remove_peer(self, name: str, now: float) -> None:
-        state = self.peers.pop(name, None)
+        state = self.peers.get(name)
         if state is None or self.datapath is None:
             return
         if state.conn is not None:
@@ -881,11 +847,7 @@ class Daemon:
             if assoc is not None and not assoc.is_closed:
                 assoc.close(now)
                 self._flush(state.addr, assoc, now, state)
-        self._drop_previous(state)
-        if state.addr is not None and self.datapath.bound.get(state.addr) is state:
-            del self.datapath.bound[state.addr]
-        if state.assoc is not None:
-            self.datapath.by_assoc.pop(state.assoc, None)
+        self.peers.remove(name)
         self.datapath.router.remove_peer(state)
         if self.netlink is not None:
             self.netlink.remove_routes(state.config.routes)
@@ -894,8 +856,8 @@ class Daemon:
             state.sock.close()
 
     def _add_peer(self, peer_cfg: PeerConfig, now: float) -> None:
-        state = PeerState(peer_cfg)
-        self.peers[peer_cfg.name] = state
+        state = Peer(peer_cfg)
+        self.peers.add(state)
         assert self.datapath is not None
         self.datapath.router.add_peer(state, peer_cfg.allowed_prefixes)
         if self.netlink is not None:
@@ -912,10 +874,10 @@ class Daemon:
     # --- status --------------------------------------------------------------------
 
     def _status_line(self) -> str:
-        up = sum(1 for p in self.peers.values() if p.established)
+        up = sum(1 for p in self.peers if p.established)
         return f"{up}/{len(self.peers)} peers up, mtu {self.tun_mtu}"
 
-    def _rekeying(self, state: PeerState) -> bool:
+    def _rekeying(self, state: Peer) -> bool:
         """A renewal is under way: its handshake runs, or old keys are still accepted."""
         conn = state.conn
         if conn is not None:
@@ -927,7 +889,7 @@ class Daemon:
         wall = self.loop.wall
         dp = self.datapath
         peers = []
-        for state in self.peers.values():
+        for state in self.peers:
             assoc = state.assoc
             drops: dict[str, int] = dict(state.drops)
             if dp is not None:

@@ -29,10 +29,10 @@ fixed ``MTU =``, the IPv6 floor of 1280, or a path that shrank within this batch
                            rebuilt), counted as ``fragmented``; a malformed one is dropped
 
 Rekeying, make-before-break (``dtls/rekey.py``, ``dtls/endpoint.py``): the client's
-``PeerState.conn`` is a ``RekeyingClient``: it seals with its current association (the
+``Peer.conn`` is a ``RekeyingClient``: it seals with its current association (the
 new one as soon as a renewal completed) and opens records of the current, pending and
 previous ones.  On a server, during a renewal the peer has two associations:
-``PeerState.assoc`` (the newest) and ``PeerState.previous``; data opened by either is
+``Peer.assoc`` (the newest) and ``Peer.previous``; data opened by either is
 the peer's (and still passes ``router.admit``), and TUN → peer uses
 ``endpoint.sending_association(addr)`` (the old one until the client used the new keys).
 
@@ -50,11 +50,10 @@ from typing import Any
 
 from dtlsvpn.daemon.devices import TunDevice, UdpPort
 from dtlsvpn.daemon.loop import EPOLLERR
-from dtlsvpn.daemon.mtu import MtuFollower
+from dtlsvpn.daemon.peers import Peer, PeerTable
 from dtlsvpn.daemon.udp import ErrorHint
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.endpoint import ServerEndpoint
-from dtlsvpn.dtls.rekey import RekeyingClient
 from dtlsvpn.vpn.ip import IPV6_MIN_MTU, TooBigResponder, fragment_v4
 from dtlsvpn.vpn.mss import clamp_batch
 from dtlsvpn.vpn.router import Router
@@ -65,52 +64,13 @@ MAX_DATAGRAM = 65535
 Addr = tuple[str, int]
 
 
-class PeerState:
-    """A configured peer and its runtime: association, address, counters."""
-
-    __slots__ = ("addr", "assoc", "config", "conn", "drops", "established", "generation",
-                 "handshake_wall", "handshakes", "inner_mtu", "last_error", "limit", "mtu",
-                 "name", "plpmtu", "previous", "rekey_wall", "rekeys", "resumed", "rtt",
-                 "rx_bytes", "rx_packets", "sock", "suite", "tx_bytes", "tx_packets")
-
-    def __init__(self, config: Any) -> None:
-        self.config = config
-        self.name: str = config.name
-        self.assoc: Association | None = None  # client: conn.current
-        self.conn: RekeyingClient | None = None  # client: the association and its renewals
-        self.previous: Association | None = None  # server: the one a renewal replaces
-        self.addr: Addr | None = None
-        self.sock: UdpPort | None = None  # client: the connected socket
-        self.established = False
-        self.handshake_wall: float | None = None
-        self.handshakes = 0  # completed handshakes, key renewals included
-        self.generation = 0  # renewals since the last new (non-renewal) association
-        self.rekeys = 0  # renewals since the daemon started
-        self.rekey_wall: float | None = None  # wall time of the last renewal
-        self.resumed = False
-        self.suite: str | None = None
-        self.plpmtu: int | None = None
-        self.inner_mtu: int | None = None  # the latest PMTU report
-        self.mtu = MtuFollower()  # reports → applied inner MTU (debounced)
-        self.limit = 0  # largest inner packet sent as is; 0: not known yet
-        self.rtt: float | None = None
-        self.last_error: str | None = None
-        self.rx_packets = 0
-        self.rx_bytes = 0
-        self.tx_packets = 0
-        self.tx_bytes = 0
-        self.drops: dict[str, int] = {}
-
-    def drop(self, reason: str, n: int = 1) -> None:
-        self.drops[reason] = self.drops.get(reason, 0) + n
-
-
 class Datapath:
     """TUN ↔ UDP forwarding for one interface (client or server role)."""
 
-    def __init__(self, tun: TunDevice, router: Router[PeerState],
-                 too_big: TooBigResponder | None) -> None:
+    def __init__(self, tun: TunDevice, router: Router[Peer],
+                 too_big: TooBigResponder | None, peers: PeerTable) -> None:
         self.tun = tun
+        self.peers = peers
         self.router = router
         self.too_big = too_big
         self.mss4 = 0  # MSS clamps for TCP SYNs (IPv4, IPv6); 0: clamping off
@@ -119,13 +79,11 @@ class Datapath:
         self.fragmented = 0
         self.drops: dict[str, int] = {}  # interface-wide (no peer to charge)
         self.touched: dict[Association, Addr] = {}  # server: associations to service
-        self.client_peer: PeerState | None = None
+        self.client_peer: Peer | None = None
         self.sock: UdpPort | None = None  # server: the listening socket
         self.endpoint: ServerEndpoint | None = None
-        self.bound: dict[Addr, PeerState] = {}  # server: address → peer (hot path)
-        self.by_assoc: dict[Association, PeerState] = {}  # server: slow-path lookup
-        self.bind: Callable[[Addr, Association, float], PeerState | None] | None = None
-        self.on_hints: Callable[[PeerState | None, list[ErrorHint], float], None] | None = None
+        self.bind: Callable[[Addr, Association, float], Peer | None] | None = None
+        self.on_hints: Callable[[Peer | None, list[ErrorHint], float], None] | None = None
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
@@ -133,7 +91,7 @@ class Datapath:
     # --- shared pieces ----------------------------------------------------------
 
     def _split_too_big(self, batch: list[bytes], limit: int, now: float,
-                       peer: PeerState) -> list[bytes]:
+                       peer: Peer) -> list[bytes]:
         keep: list[bytes] = []
         replies: list[bytes] = []
         responder = self.too_big
@@ -161,7 +119,7 @@ class Datapath:
             self.tun.write_batch(replies)
         return keep
 
-    def _deliver(self, peer: PeerState, inner: list[bytes]) -> None:
+    def _deliver(self, peer: Peer, inner: list[bytes]) -> None:
         admitted = self.router.admit(peer, inner)
         if admitted:
             if self.mss4:
@@ -172,7 +130,7 @@ class Datapath:
             if refused:
                 peer.drop("tun_write", refused)
 
-    def _errors(self, sock: UdpPort, peer: PeerState | None, now: float) -> None:
+    def _errors(self, sock: UdpPort, peer: Peer | None, now: float) -> None:
         hints = sock.read_errors()
         if hints and self.on_hints is not None:
             self.on_hints(peer, hints, now)
@@ -273,9 +231,9 @@ class Datapath:
             self._errors(sock, None, now)
         recvfrom = sock.recvfrom
         receive = endpoint.receive
-        bound = self.bound
+        bound = self.peers.by_addr
         touched = self.touched
-        per_peer: dict[PeerState, list[bytes]] = {}
+        per_peer: dict[Peer, list[bytes]] = {}
         for _ in range(BUDGET):
             try:
                 data, raw = recvfrom(MAX_DATAGRAM)
@@ -311,7 +269,7 @@ class Datapath:
         for peer, inner in per_peer.items():
             self._deliver(peer, inner)
 
-    def _send_failed(self, peer: PeerState, sock: UdpPort, exc: OSError,
+    def _send_failed(self, peer: Peer, sock: UdpPort, exc: OSError,
                      now: float) -> None:
         if exc.errno == errno.EMSGSIZE:
             peer.drop("emsgsize")
