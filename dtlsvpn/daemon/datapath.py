@@ -13,6 +13,8 @@ Inbound pipeline (peer → TUN), one call per readable UDP wake-up:
 
     sock.recv / recvfrom × BUDGET          EPOLLERR first: drain the ICMP error queue
     conn.receive_datagram / endpoint.receive
+    peers.by_addr.get(addr)                server: whose it is (unbound: ``bind`` hook)
+    defer(service)                         once per wake-up: events, flights, timers
     router.admit(peer, inner)              anti-spoofing by source address
     clamp_batch(admitted, mss4, mss6)      TCP SYN-ACKs (and SYNs) from the far side
     tun.write_batch(admitted)
@@ -38,8 +40,10 @@ the peer's (and still passes ``router.admit``), and TUN → peer uses
 
 Rules (architecture.md, "The hot loop"): no per-packet objects beyond the bytes, no
 logging, counters only, bound methods in locals, no timer work: slow-path output
-(handshake flights, alerts, events) is collected by the daemon once per loop
-iteration from the associations this module marks as touched.
+(handshake flights, alerts, events) and the associations' timers are the role's
+``service``, which a UDP wake-up defers to the end of the loop iteration (once, however
+many datagrams it read); on a server it serves the associations marked ``touched``.
+Peers are looked up in ``PeerTable.by_addr`` (address → peer, one dict get).
 """
 
 from __future__ import annotations
@@ -84,6 +88,10 @@ class Datapath:
         self.endpoint: ServerEndpoint | None = None
         self.bind: Callable[[Addr, Association, float], Peer | None] | None = None
         self.on_hints: Callable[[Peer | None, list[ErrorHint], float], None] | None = None
+        # The slow path, run once at the end of a loop iteration that received anything:
+        # ``defer(service)`` (the role's: events, flights, timers of what was fed).
+        self.defer: Callable[[Callable[[float, float], None]], None] | None = None
+        self.service: Callable[[float, float], None] | None = None
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
@@ -199,6 +207,8 @@ class Datapath:
                 self._errors(sock, peer, now)
                 continue
             inner += receive(data, now, wall)
+        if self.defer is not None and self.service is not None:
+            self.defer(self.service)
         if inner:
             self._deliver(peer, inner)
 
@@ -245,29 +255,39 @@ class Datapath:
             addr: Addr = (raw[0], raw[1])
             assoc, out = receive(data, addr, now, wall)
             if assoc is None:
-                for reply in out:  # stateless HelloVerifyRequest
-                    try:
-                        sock.sendto(reply, addr)
-                    except OSError:
-                        self.drop("send_error")
+                self._stateless(sock, out, addr)
                 continue
             touched[assoc] = addr
             if not out:
                 continue
             peer = bound.get(addr)
             if peer is None or (peer.assoc is not assoc and peer.previous is not assoc):
-                # Application data right behind the Finished: bind the peer now.
-                peer = self.bind(addr, assoc, now) if self.bind is not None else None
+                peer = self._unbound(addr, assoc, len(out), now)
                 if peer is None:
-                    self.drop("unbound", len(out))
                     continue
             pending = per_peer.get(peer)
             if pending is None:
                 per_peer[peer] = out
             else:
                 pending += out
+        if touched and self.defer is not None and self.service is not None:
+            self.defer(self.service)
         for peer, inner in per_peer.items():
             self._deliver(peer, inner)
+
+    def _stateless(self, sock: UdpPort, replies: list[bytes], addr: Addr) -> None:
+        for reply in replies:  # HelloVerifyRequest
+            try:
+                sock.sendto(reply, addr)
+            except OSError:
+                self.drop("send_error")
+
+    def _unbound(self, addr: Addr, assoc: Association, n: int, now: float) -> Peer | None:
+        """Application data right behind the Finished: bind the peer now."""
+        peer = self.bind(addr, assoc, now) if self.bind is not None else None
+        if peer is None:
+            self.drop("unbound", n)
+        return peer
 
     def _send_failed(self, peer: Peer, sock: UdpPort, exc: OSError,
                      now: float) -> None:

@@ -37,7 +37,6 @@ import select
 import signal
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 Handler = Callable[[int, float, float], None]  # (epoll events, now, wall)
 TimerCallback = Callable[[float, float], None]  # (now, wall)
@@ -45,15 +44,6 @@ TimerCallback = Callable[[float, float], None]  # (now, wall)
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
 EPOLLERR = select.EPOLLERR
-
-
-class LoopOwner(Protocol):
-    """The older owner protocol: one deadline and three hooks per iteration."""
-
-    def next_deadline(self) -> float | None: ...
-    def on_timer(self, now: float, wall: float) -> None: ...
-    def after_iteration(self, now: float) -> None: ...
-    def on_reload(self, now: float) -> None: ...
 
 
 class Timer:
@@ -106,7 +96,6 @@ class Loop:
         self._old_handlers: dict[int, object] = {}
         self._clock = clock
         self._wall_clock = wall_clock
-        self._owner: LoopOwner | None = None
         self.on_reload: Callable[[float], None] | None = None
         self.running = False
         self.now = clock()
@@ -171,31 +160,18 @@ class Loop:
     def stop(self) -> None:
         self.running = False
 
-    def attach(self, owner: LoopOwner | None) -> None:
-        """Give ``owner`` its hooks in every :meth:`run_once` (None detaches it)."""
-        self._owner = owner
-
-    def run(self, owner: LoopOwner | None = None) -> None:
+    def run(self) -> None:
         """Iterate until :meth:`stop` (or SIGTERM/SIGINT)."""
-        if owner is not None:
-            self._owner = owner
         self.running = True
-        try:
-            while self.running:
-                self.run_once()
-        finally:
-            self._owner = None
+        while self.running:
+            self.run_once()
 
     def run_once(self, max_wait: float | None = None) -> int:
         """One iteration; ``max_wait`` caps the poll (0: don't block, for fake clocks).
 
         Returns how many handlers, timers and deferred callbacks ran (0: nothing was
         ready, so a fake clock may jump to :meth:`next_deadline`)."""
-        owner = self._owner
         deadline = self.next_deadline()
-        owner_deadline = owner.next_deadline() if owner is not None else None
-        if owner_deadline is not None and math.isfinite(owner_deadline):
-            deadline = owner_deadline if deadline is None else min(deadline, owner_deadline)
         timeout = -1.0 if deadline is None else max(0.0, deadline - self.now)
         if max_wait is not None:
             timeout = max_wait if timeout < 0 else min(timeout, max_wait)
@@ -216,11 +192,6 @@ class Loop:
                 handler(mask, now, wall)
                 ran += 1
         ran += self._fire_timers(now, wall)
-        if owner is not None:
-            if owner_deadline is not None and now >= owner_deadline:
-                owner.on_timer(now, wall)
-                ran += 1
-            owner.after_iteration(now)
         while self._deferred:
             deferred, self._deferred = self._deferred, {}
             for callback in deferred:
@@ -248,11 +219,8 @@ class Loop:
         for signum in pending:
             if signum in (signal.SIGTERM, signal.SIGINT):
                 self.running = False
-            elif signum == signal.SIGHUP:
-                if self._owner is not None:
-                    self._owner.on_reload(now)
-                elif self.on_reload is not None:
-                    self.on_reload(now)
+            elif signum == signal.SIGHUP and self.on_reload is not None:
+                self.on_reload(now)
 
     def close(self) -> None:
         if self._old_wakeup is not None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from dtlsvpn.config.schema import PeerConfig
+from dtlsvpn.config import PeerConfig
 from dtlsvpn.daemon.devices import Addr, UdpPort
 from dtlsvpn.daemon.mtu import MtuFollower
 from dtlsvpn.dtls.association import Association

@@ -61,11 +61,7 @@ class Host:
         return dict(next(p for p in peers if p["name"] == name))
 
     def next_deadline(self) -> float | None:
-        deadlines = [self.loop.next_deadline()]
-        owner_deadline = getattr(self.daemon, "next_deadline", None)
-        if owner_deadline is not None:
-            deadlines.append(owner_deadline())
-        return min((d for d in deadlines if d is not None), default=None)
+        return self.loop.next_deadline()
 
     def stop(self) -> None:
         """SIGTERM: close_notify to the peers, teardown."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from dtlsvpn.daemon.daemon import BACKOFF_CAP, DIAL_TIMEOUT
+from dtlsvpn.daemon.dialer import BACKOFF_CAP, DIAL_TIMEOUT
 from tests.fakes.world import World
 from tests.netns.harness import psk_pair
 from tests.shell.conftest import CLIENT, SERVER, established

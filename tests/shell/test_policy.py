@@ -155,3 +155,44 @@ def test_status_snapshot_fields(pair: Pair) -> None:
     assert client.snapshot()["interface"]["listen"] is None
     assert any(m.startswith("STATUS=1/1 peers up") for m in client.messages)
     assert "WATCHDOG=1" in client.messages and "WATCHDOG=1" in server.messages
+
+
+def test_old_keys_retired_after_the_grace_period(pair: Pair) -> None:
+    server, client = pair(extra="RekeyInterval = 10\n")  # grace: 5 s
+    world = server.world
+    seq = 0
+
+    def traffic(seconds: float) -> None:
+        nonlocal seq
+        end = world.clock.now + seconds
+        while world.clock.now < end:
+            client.tun.inject([udp("100.64.0.2", "100.64.0.1", seq=seq)])
+            seq += 1
+            world.run_for(0.25)
+            server.tun.drain()
+
+    while client.peer()["rekeys"] < 1:
+        traffic(0.25)
+    assert server.peer()["rekeys"] == 1
+    assert server.peer()["rekeying"] is True and client.peer()["rekeying"] is True
+    traffic(5.5)
+    assert server.peer()["rekeying"] is False and client.peer()["rekeying"] is False
+    assert server.daemon.peers["branch"].previous is None
+    assert server.peer()["state"] == "established" and server.peer()["handshakes"] == 2
+
+
+def test_client_reload_with_a_changed_peer_redials(pair: Pair) -> None:
+    server, client = pair()
+    world = client.world
+    assert world.run_until(lambda: any(client.daemon.cfg.interface.ticket_store.glob("*")))
+    conf = client.conf
+    conf.write_text(conf.read_text().replace("AllowedIPs = 100.64.0.0/24, fd00::/64",
+                                             "AllowedIPs = 100.64.0.0/24, fd00::/64, "
+                                             "100.64.7.0/24"))
+    client.daemon.on_reload(world.clock.now)
+    assert "100.64.7.0/24" in client.peer()["allowed_ips"]
+    assert world.run_until(lambda: established(client) and established(server), within=5)
+    assert client.peer()["handshakes"] == 1 and client.peer()["resumed"] is True
+    assert server.peer()["handshakes"] == 2
+    server.tun.inject([udp("100.64.0.1", "100.64.0.2", seq=1)])
+    assert world.run_until(lambda: bool(client.tun.drain()), within=1.0)
