@@ -28,13 +28,13 @@ SERVER, CLIENT = "198.18.0.1", "198.18.0.2"
 
 def _push(world: World, src: Host, dst: Host, packets: list[bytes]) -> tuple[int, float]:
     received = 0
-    start = time.perf_counter()
+    start = time.process_time()
     for i in range(0, len(packets), BUDGET):
         src.tun.inject(packets[i:i + BUDGET])
         while world.step():
             pass
         received += len(dst.tun.drain())
-    return received, time.perf_counter() - start
+    return received, time.process_time() - start
 
 
 def measure(workdir: Path, packets: int = 20_000, size: int = 1400) -> dict[str, float]:

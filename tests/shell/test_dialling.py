@@ -7,7 +7,7 @@ import itertools
 from pathlib import Path
 
 from dtlsvpn.daemon.dialer import BACKOFF_CAP, DIAL_TIMEOUT
-from tests.fakes.world import World
+from tests.fakes.world import Host, World
 from tests.netns.harness import psk_pair
 from tests.shell.conftest import CLIENT, SERVER, established
 
@@ -42,22 +42,28 @@ def test_backoff_is_capped_jittered_and_resolves_each_time(world: World,
     assert client.peer()["resumed"] is False
 
 
-def test_server_restart_redial_resumes_with_ticket(world: World, tmp_path: Path) -> None:
+def _up_with_ticket(world: World, tmp_path: Path) -> tuple[Host, Host, Path]:
+    """A server and a client with liveness checks, up, the client holding a ticket."""
     server_conf, client_conf = psk_pair(tmp_path, extra=LIVENESS)
     server = world.start(server_conf, SERVER)
     client = world.start(client_conf, CLIENT)
     assert world.run_until(lambda: established(client))
     assert world.run_until(lambda: any((tmp_path / "tickets").glob("*.ticket")))
     assert (tmp_path / "server-state" / "ticket.keys").exists()
+    return server, client, server_conf
+
+
+def _reconnected(client: Host) -> bool:
+    peer = client.peer()
+    return peer["state"] == "established" and peer["handshakes"] >= 2
+
+
+def test_server_restart_redial_resumes_with_ticket(world: World, tmp_path: Path) -> None:
+    server, client, server_conf = _up_with_ticket(world, tmp_path)
     server.crash()
     assert world.run_until(lambda: client.peer()["state"] != "established", within=10)
     server2 = world.start(server_conf, SERVER)
-
-    def resumed() -> bool:
-        peer = client.peer()
-        return peer["state"] == "established" and peer["handshakes"] >= 2
-
-    assert world.run_until(resumed, within=60)
+    assert world.run_until(lambda: _reconnected(client), within=60)
     assert client.peer()["resumed"] is True
     assert server2.peer()["resumed"] is True and server2.peer()["handshakes"] == 1
     client.tun.inject([b"\x45" + bytes(19)])  # not a valid packet: still no crash
@@ -65,22 +71,13 @@ def test_server_restart_redial_resumes_with_ticket(world: World, tmp_path: Path)
 
 
 def test_refused_ticket_falls_back_to_a_full_handshake(world: World, tmp_path: Path) -> None:
-    server_conf, client_conf = psk_pair(tmp_path, extra=LIVENESS)
-    server = world.start(server_conf, SERVER)
-    client = world.start(client_conf, CLIENT)
-    assert world.run_until(lambda: established(client))
-    assert world.run_until(lambda: any((tmp_path / "tickets").glob("*.ticket")))
+    server, client, server_conf = _up_with_ticket(world, tmp_path)
     (ticket,) = (tmp_path / "tickets").glob("*.ticket")
     old_ticket = ticket.read_text()
     server.crash()
     (tmp_path / "server-state" / "ticket.keys").unlink()  # new keys: the ticket is refused
     server2 = world.start(server_conf, SERVER)
-
-    def reconnected() -> bool:
-        peer = client.peer()
-        return peer["state"] == "established" and peer["handshakes"] >= 2
-
-    assert world.run_until(reconnected, within=60)
+    assert world.run_until(lambda: _reconnected(client), within=60)
     assert client.peer()["resumed"] is False
     assert server2.peer()["resumed"] is False
     assert world.run_until(lambda: ticket.exists() and ticket.read_text() != old_ticket)

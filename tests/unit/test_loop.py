@@ -107,3 +107,14 @@ def test_deferred_callbacks_run_once_after_the_handlers() -> None:
     os.close(r)
     os.close(w)
     loop.close()
+
+
+def test_run_once_says_how_much_ran() -> None:
+    loop, clock = make_loop()
+    assert loop.run_once(max_wait=0) == 0
+    t = loop.timer(lambda now, wall: loop.defer(lambda n, w: None))
+    t.schedule(100.5)
+    assert loop.run_once(max_wait=0) == 0  # not due yet
+    clock.t = 101.0
+    assert loop.run_once(max_wait=0) == 2  # the timer and what it deferred
+    loop.close()
