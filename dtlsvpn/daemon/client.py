@@ -163,7 +163,8 @@ class ClientRole:
 
     def _on_conn_timer(self, now: float, wall: float) -> None:
         conn = self.peer.conn
-        if conn is not None:
+        due = conn.get_timer() if conn is not None else None
+        if conn is not None and due is not None and now >= due:
             conn.handle_timer(now, wall)  # retransmissions, heartbeats, renewals
         self.service(now, wall)
 
@@ -179,7 +180,8 @@ class ClientRole:
                 self._on_event(peer, conn, ev, now, wall)
             events = conn.pop_events()
         self._flush(peer, conn, now)
-        self._conn_timer.schedule(peer.conn.get_timer() if peer.conn is not None else None)
+        if peer.conn is not None:
+            self._conn_timer.bring_forward(peer.conn.get_timer())
 
     def poke(self, peer: Peer, now: float) -> None:
         """The connection was fed outside the data path (a kernel hint)."""

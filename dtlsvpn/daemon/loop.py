@@ -17,7 +17,8 @@ One iteration (:meth:`Loop.run_once`)::
 
 Timers (:class:`Timer`) are handles in a heap with lazy invalidation: ``schedule``
 pushes a new entry and bumps the handle's generation, so a stale entry is skipped when
-it reaches the top; rescheduling to the same deadline pushes nothing.  Work per
+it reaches the top; rescheduling to the same deadline pushes nothing, and
+``bring_forward`` pushes only when the deadline comes sooner.  Work per
 wake-up is therefore O(log n) in the number of timers that moved, never O(peers).
 
 Signals arrive through ``signal.set_wakeup_fd`` on a self-pipe, so a signal wakes the
@@ -70,6 +71,15 @@ class Timer:
 
     def cancel(self) -> None:
         self.schedule(None)
+
+    def bring_forward(self, when: float | None) -> None:
+        """Fire no later than ``when``: schedule it when it is sooner than the current
+        deadline (or there is none); a later ``when`` leaves the sooner one, which then
+        fires early, finds nothing due, and is re-armed by its owner.  For deadlines that
+        mostly move later (an association's, after every datagram), so the heap does not
+        fill with entries that are stale at once."""
+        if when is not None and (self.when is None or when < self.when):
+            self.schedule(when)
 
     def _fire(self, gen: int, now: float, wall: float) -> bool:
         if gen != self._gen or self.when is None:

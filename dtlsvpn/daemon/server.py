@@ -130,12 +130,14 @@ class ServerRole:
             return
         if timer is None:
             timer = self._timers[assoc] = self.host.loop.timer(partial(self._on_timer, assoc))
-        timer.schedule(assoc.get_timer())
+        timer.bring_forward(assoc.get_timer())
 
     def _on_timer(self, assoc: Association, now: float, wall: float) -> None:
         assert self.endpoint is not None
         addr = self.endpoint.address_of(assoc)
-        assoc.handle_timer(now)
+        due = assoc.get_timer()
+        if due is not None and now >= due:  # (it may fire early: see Timer.bring_forward)
+            assoc.handle_timer(now)
         self._service(addr, assoc, now)
         if assoc.is_closed:
             self.endpoint.remove_closed()

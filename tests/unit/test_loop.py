@@ -118,3 +118,16 @@ def test_run_once_says_how_much_ran() -> None:
     clock.t = 101.0
     assert loop.run_once(max_wait=0) == 2  # the timer and what it deferred
     loop.close()
+
+
+def test_bring_forward_only_moves_a_deadline_sooner() -> None:
+    loop, _ = make_loop()
+    t = loop.timer(lambda now, wall: None)
+    t.bring_forward(None)
+    assert t.when is None
+    t.bring_forward(105.0)
+    t.bring_forward(107.0)  # later: the sooner deadline stays, nothing is pushed
+    assert t.when == 105.0 and len(loop._heap) == 1
+    t.bring_forward(102.0)
+    assert t.when == 102.0 and loop.next_deadline() == 102.0
+    loop.close()
