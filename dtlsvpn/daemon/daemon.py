@@ -35,7 +35,7 @@ from typing import Any
 from dtlsvpn.config import Config, PeerConfig
 from dtlsvpn.daemon.client import ClientRole
 from dtlsvpn.daemon.datapath import Datapath
-from dtlsvpn.daemon.devices import Addr, Devices, LinkConfig, TunDevice
+from dtlsvpn.daemon.devices import Addr, Devices, LinkConfig, Platform, TunDevice
 from dtlsvpn.daemon.dialer import Dialer
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.peers import Peer, PeerTable
@@ -59,10 +59,10 @@ log = logging.getLogger("dtlsvpn")
 class Daemon:
     """One tunnel interface and its peers."""
 
-    def __init__(self, cfg: Config, *, devices: Devices | None = None,
+    def __init__(self, cfg: Config, *, devices: Platform | None = None,
                  loop: Loop | None = None, rng: random.Random | None = None) -> None:
         self.cfg = cfg
-        self.devices = devices if devices is not None else Devices()
+        self.devices: Platform = devices if devices is not None else Devices()
         self.notifier: Notifier = self.devices.notifier
         self.rng = rng or random.Random()
         self.is_client = cfg.interface.role == "client"

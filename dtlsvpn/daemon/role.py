@@ -15,7 +15,7 @@ import logging
 from typing import Protocol
 
 from dtlsvpn.config import Config
-from dtlsvpn.daemon.devices import Addr, Devices, UdpPort
+from dtlsvpn.daemon.devices import Addr, Platform, UdpPort
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.peers import Peer, PeerTable
 from dtlsvpn.daemon.systemd import Notifier
@@ -56,7 +56,7 @@ class Host(Protocol):
 
     cfg: Config
     loop: Loop
-    devices: Devices
+    devices: Platform
     peers: PeerTable
     notifier: Notifier
 

@@ -55,7 +55,7 @@ def _up_with_ticket(world: World, tmp_path: Path) -> tuple[Host, Host, Path]:
 
 def _reconnected(client: Host) -> bool:
     peer = client.peer()
-    return peer["state"] == "established" and peer["handshakes"] >= 2
+    return bool(peer["state"] == "established" and peer["handshakes"] >= 2)
 
 
 def test_server_restart_redial_resumes_with_ticket(world: World, tmp_path: Path) -> None:
