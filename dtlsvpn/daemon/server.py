@@ -136,7 +136,10 @@ class ServerRole:
         assert self.endpoint is not None
         addr = self.endpoint.address_of(assoc)
         due = assoc.get_timer()
-        if due is not None and now >= due:  # (it may fire early: see Timer.bring_forward)
+        # (It may fire early, see Timer.bring_forward; one the endpoint forgot or that a
+        # renewal replaced is not run: _service then drops its timer.)
+        if (addr is not None and self.endpoint.associations.get(addr) is assoc
+                and due is not None and now >= due):
             assoc.handle_timer(now)
         self._service(addr, assoc, now)
         if assoc.is_closed:

@@ -196,3 +196,44 @@ def test_client_reload_with_a_changed_peer_redials(pair: Pair) -> None:
     assert server.peer()["handshakes"] == 2
     server.tun.inject([udp("100.64.0.1", "100.64.0.2", seq=1)])
     assert world.run_until(lambda: bool(client.tun.drain()), within=1.0)
+
+
+def test_two_clients_and_a_peer_removed_by_reload(pair: Pair, tmp_path: Path) -> None:
+    server, client = pair()
+    world = server.world
+    conf = server.conf
+    original = conf.read_text()
+    conf.write_text(original + f"""
+[Peer]
+Name = other
+PSKIdentity = other
+PSKFile = {tmp_path / "psk.hex"}
+AllowedIPs = 100.64.0.3/32
+""")
+    server.daemon.on_reload(world.clock.now)
+    other_conf = tmp_path / "other.conf"
+    other_conf.write_text(
+        client.conf.read_text().replace("PSKIdentity = branch", "PSKIdentity = other")
+        .replace("dvc0", "dvc1").replace("100.64.0.2/24", "100.64.0.3/24")
+        .replace("client.sock", "other.sock").replace("/tickets", "/other-tickets"))
+    other = world.start(other_conf, "198.18.0.3")
+    assert world.run_until(lambda: established(other) and established(server))
+    server.tun.inject([udp("100.64.0.1", "100.64.0.2", seq=1),
+                       udp("100.64.0.1", "100.64.0.3", seq=2)])
+    got: dict[str, list[int]] = {"client": [], "other": []}
+
+    def delivered() -> bool:
+        got["client"] += map(seq_of, client.tun.drain())
+        got["other"] += map(seq_of, other.tun.drain())
+        return bool(got["client"] and got["other"])
+
+    assert world.run_until(delivered, within=1.0)
+    assert got == {"client": [1], "other": [2]}  # each to its own peer, by destination
+
+    conf.write_text(original)
+    server.daemon.on_reload(world.clock.now)
+    world.settle()
+    assert other.peer()["state"] != "established"  # close_notify reached it
+    assert [p["name"] for p in server.snapshot()["peers"]] == ["branch"]
+    world.run_for(5.0)
+    assert established(client) and server.peer("branch")["handshakes"] == 1
