@@ -1,1 +1,37 @@
-"""The imperative shell: file descriptors, clocks, signals and kernel configuration."""
+"""The imperative shell: devices, the loop, the roles and the data path around the core.
+
+Who owns what
+-------------
+- ``daemon.py`` ``Daemon``: the wiring.  Builds everything from the configuration and
+  its ``Devices`` (``devices.py``: TUN, UDP ports, netlink, resolver, notifier; fakes
+  in ``tests/fakes``), runs the one ``Loop``, reloads, tears down; owns the watchdog
+  and the per-peer MTU debounce timers.
+- ``loop.py`` ``Loop``: epoll over descriptors, the Timer heap, deferred callbacks,
+  signals.  The only event loop: every deadline in the daemon is one of its Timers.
+- ``peers.py`` ``PeerTable``: the single owner of peer ↔ association(s) ↔ address
+  (``by_addr`` for the data path, ``owner(assoc)`` for events); ``Peer`` holds a peer's
+  runtime and counters, read by the data path and ``snapshot.py``.
+- ``client.py`` ``ClientRole`` + ``dialer.py`` ``Dialer`` (DOWN, DIALLING, HANDSHAKING,
+  UP, BACKING_OFF): the client's socket, ``RekeyingClient``, tickets and redials.
+- ``server.py`` ``ServerRole`` + ``binding.py`` (sans-I/O policy: renewal, replacement,
+  rejection, moves): the listening port, the ``ServerEndpoint``, one Timer per
+  association, ticket keys.
+- ``datapath.py`` ``Datapath``: the hot loops TUN ↔ UDP (see its pipeline header).
+- ``tunmtu.py`` the TUN MTU and MSS clamp policy; ``mtu.py`` per-peer PMTU debounce;
+  ``status.py`` the status socket and formats; ``snapshot.py`` what it shows;
+  ``settings.py`` the core's settings from the configuration; ``ticketstore.py``,
+  ``systemd.py``, ``netlink.py``, ``tun.py``, ``udp.py`` the devices themselves.
+
+How a packet travels
+--------------------
+Out: the TUN fd is readable → ``Datapath.client_tun``/``server_tun`` reads a batch →
+``Router.route`` picks the peer (server: longest prefix of the destination) → MSS
+clamp, the too-big rule → the peer's association ``protect``s each packet into one
+record → ``send``/``sendto`` on the peer's UDP port.  In: the UDP fd is readable →
+``client_udp``/``server_udp`` reads a batch → ``RekeyingClient.receive_datagram`` /
+``ServerEndpoint.receive`` returns the inner packets → ``PeerTable.by_addr`` names the
+peer → ``Router.admit`` drops spoofed sources → MSS clamp → ``Tun.write_batch``.  Anything
+that is not data (handshake flights, alerts, heartbeats, events) is the role's
+``service``, deferred to the end of the loop iteration, which also re-arms the
+association's Timer; timers that fire run ``handle_timer`` and the same service.
+"""

@@ -13,6 +13,8 @@ Inbound pipeline (peer → TUN), one call per readable UDP wake-up:
 
     sock.recv / recvfrom × BUDGET          EPOLLERR first: drain the ICMP error queue
     conn.receive_datagram / endpoint.receive
+    peers.by_addr.get(addr)                server: whose it is (unbound: ``bind`` hook)
+    defer(service)                         once per wake-up: events, flights, timers
     router.admit(peer, inner)              anti-spoofing by source address
     clamp_batch(admitted, mss4, mss6)      TCP SYN-ACKs (and SYNs) from the far side
     tun.write_batch(admitted)
@@ -29,33 +31,33 @@ fixed ``MTU =``, the IPv6 floor of 1280, or a path that shrank within this batch
                            rebuilt), counted as ``fragmented``; a malformed one is dropped
 
 Rekeying, make-before-break (``dtls/rekey.py``, ``dtls/endpoint.py``): the client's
-``PeerState.conn`` is a ``RekeyingClient``: it seals with its current association (the
+``Peer.conn`` is a ``RekeyingClient``: it seals with its current association (the
 new one as soon as a renewal completed) and opens records of the current, pending and
 previous ones.  On a server, during a renewal the peer has two associations:
-``PeerState.assoc`` (the newest) and ``PeerState.previous``; data opened by either is
+``Peer.assoc`` (the newest) and ``Peer.previous``; data opened by either is
 the peer's (and still passes ``router.admit``), and TUN → peer uses
 ``endpoint.sending_association(addr)`` (the old one until the client used the new keys).
 
 Rules (architecture.md, "The hot loop"): no per-packet objects beyond the bytes, no
 logging, counters only, bound methods in locals, no timer work: slow-path output
-(handshake flights, alerts, events) is collected by the daemon once per loop
-iteration from the associations this module marks as touched.
+(handshake flights, alerts, events) and the associations' timers are the role's
+``service``, which a UDP wake-up defers to the end of the loop iteration (once, however
+many datagrams it read); on a server it serves the associations marked ``touched``.
+Peers are looked up in ``PeerTable.by_addr`` (address → peer, one dict get).
 """
 
 from __future__ import annotations
 
 import errno
-import socket
 from collections.abc import Callable
 from typing import Any
 
+from dtlsvpn.daemon.devices import TunDevice, UdpPort
 from dtlsvpn.daemon.loop import EPOLLERR
-from dtlsvpn.daemon.mtu import MtuFollower
-from dtlsvpn.daemon.tun import Tun
-from dtlsvpn.daemon.udp import ErrorHint, read_errors
+from dtlsvpn.daemon.peers import Peer, PeerTable
+from dtlsvpn.daemon.udp import ErrorHint
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.endpoint import ServerEndpoint
-from dtlsvpn.dtls.rekey import RekeyingClient
 from dtlsvpn.vpn.ip import IPV6_MIN_MTU, TooBigResponder, fragment_v4
 from dtlsvpn.vpn.mss import clamp_batch
 from dtlsvpn.vpn.router import Router
@@ -66,52 +68,13 @@ MAX_DATAGRAM = 65535
 Addr = tuple[str, int]
 
 
-class PeerState:
-    """A configured peer and its runtime: association, address, counters."""
-
-    __slots__ = ("addr", "assoc", "config", "conn", "drops", "established", "generation",
-                 "handshake_wall", "handshakes", "inner_mtu", "last_error", "limit", "mtu",
-                 "name", "plpmtu", "previous", "rekey_wall", "rekeys", "resumed", "rtt",
-                 "rx_bytes", "rx_packets", "sock", "suite", "tx_bytes", "tx_packets")
-
-    def __init__(self, config: Any) -> None:
-        self.config = config
-        self.name: str = config.name
-        self.assoc: Association | None = None  # client: conn.current
-        self.conn: RekeyingClient | None = None  # client: the association and its renewals
-        self.previous: Association | None = None  # server: the one a renewal replaces
-        self.addr: Addr | None = None
-        self.sock: socket.socket | None = None  # client: the connected socket
-        self.established = False
-        self.handshake_wall: float | None = None
-        self.handshakes = 0  # completed handshakes, key renewals included
-        self.generation = 0  # renewals since the last new (non-renewal) association
-        self.rekeys = 0  # renewals since the daemon started
-        self.rekey_wall: float | None = None  # wall time of the last renewal
-        self.resumed = False
-        self.suite: str | None = None
-        self.plpmtu: int | None = None
-        self.inner_mtu: int | None = None  # the latest PMTU report
-        self.mtu = MtuFollower()  # reports → applied inner MTU (debounced)
-        self.limit = 0  # largest inner packet sent as is; 0: not known yet
-        self.rtt: float | None = None
-        self.last_error: str | None = None
-        self.rx_packets = 0
-        self.rx_bytes = 0
-        self.tx_packets = 0
-        self.tx_bytes = 0
-        self.drops: dict[str, int] = {}
-
-    def drop(self, reason: str, n: int = 1) -> None:
-        self.drops[reason] = self.drops.get(reason, 0) + n
-
-
 class Datapath:
     """TUN ↔ UDP forwarding for one interface (client or server role)."""
 
-    def __init__(self, tun: Tun, router: Router[PeerState],
-                 too_big: TooBigResponder | None) -> None:
+    def __init__(self, tun: TunDevice, router: Router[Peer],
+                 too_big: TooBigResponder | None, peers: PeerTable) -> None:
         self.tun = tun
+        self.peers = peers
         self.router = router
         self.too_big = too_big
         self.mss4 = 0  # MSS clamps for TCP SYNs (IPv4, IPv6); 0: clamping off
@@ -120,13 +83,15 @@ class Datapath:
         self.fragmented = 0
         self.drops: dict[str, int] = {}  # interface-wide (no peer to charge)
         self.touched: dict[Association, Addr] = {}  # server: associations to service
-        self.client_peer: PeerState | None = None
-        self.sock: socket.socket | None = None  # server: the listening socket
+        self.client_peer: Peer | None = None
+        self.sock: UdpPort | None = None  # server: the listening socket
         self.endpoint: ServerEndpoint | None = None
-        self.bound: dict[Addr, PeerState] = {}  # server: address → peer (hot path)
-        self.by_assoc: dict[Association, PeerState] = {}  # server: slow-path lookup
-        self.bind: Callable[[Addr, Association, float], PeerState | None] | None = None
-        self.on_hints: Callable[[PeerState | None, list[ErrorHint], float], None] | None = None
+        self.bind: Callable[[Addr, Association, float], Peer | None] | None = None
+        self.on_hints: Callable[[Peer | None, list[ErrorHint], float], None] | None = None
+        # The slow path, run once at the end of a loop iteration that received anything:
+        # ``defer(service)`` (the role's: events, flights, timers of what was fed).
+        self.defer: Callable[[Callable[[float, float], None]], None] | None = None
+        self.service: Callable[[float, float], None] | None = None
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
@@ -134,7 +99,7 @@ class Datapath:
     # --- shared pieces ----------------------------------------------------------
 
     def _split_too_big(self, batch: list[bytes], limit: int, now: float,
-                       peer: PeerState) -> list[bytes]:
+                       peer: Peer) -> list[bytes]:
         keep: list[bytes] = []
         replies: list[bytes] = []
         responder = self.too_big
@@ -162,7 +127,7 @@ class Datapath:
             self.tun.write_batch(replies)
         return keep
 
-    def _deliver(self, peer: PeerState, inner: list[bytes]) -> None:
+    def _deliver(self, peer: Peer, inner: list[bytes]) -> None:
         admitted = self.router.admit(peer, inner)
         if admitted:
             if self.mss4:
@@ -173,8 +138,8 @@ class Datapath:
             if refused:
                 peer.drop("tun_write", refused)
 
-    def _errors(self, sock: socket.socket, peer: PeerState | None, now: float) -> None:
-        hints = read_errors(sock)
+    def _errors(self, sock: UdpPort, peer: Peer | None, now: float) -> None:
+        hints = sock.read_errors()
         if hints and self.on_hints is not None:
             self.on_hints(peer, hints, now)
 
@@ -196,7 +161,7 @@ class Datapath:
             self._transmit(peer, conn.protect, batch, sock, None, now)
 
     def _transmit(self, peer: Any, protect: Callable[[list[bytes]], list[bytes]],
-                  batch: list[bytes], sock: socket.socket, addr: Any, now: float) -> None:
+                  batch: list[bytes], sock: UdpPort, addr: Any, now: float) -> None:
         """One peer's batch out: MSS clamp, the too-big rule, seal, send (``addr``:
         None on the client's connected socket), count."""
         if self.mss4:
@@ -242,6 +207,8 @@ class Datapath:
                 self._errors(sock, peer, now)
                 continue
             inner += receive(data, now, wall)
+        if self.defer is not None and self.service is not None:
+            self.defer(self.service)
         if inner:
             self._deliver(peer, inner)
 
@@ -274,9 +241,9 @@ class Datapath:
             self._errors(sock, None, now)
         recvfrom = sock.recvfrom
         receive = endpoint.receive
-        bound = self.bound
+        bound = self.peers.by_addr
         touched = self.touched
-        per_peer: dict[PeerState, list[bytes]] = {}
+        per_peer: dict[Peer, list[bytes]] = {}
         for _ in range(BUDGET):
             try:
                 data, raw = recvfrom(MAX_DATAGRAM)
@@ -288,31 +255,41 @@ class Datapath:
             addr: Addr = (raw[0], raw[1])
             assoc, out = receive(data, addr, now, wall)
             if assoc is None:
-                for reply in out:  # stateless HelloVerifyRequest
-                    try:
-                        sock.sendto(reply, addr)
-                    except OSError:
-                        self.drop("send_error")
+                self._stateless(sock, out, addr)
                 continue
             touched[assoc] = addr
             if not out:
                 continue
             peer = bound.get(addr)
             if peer is None or (peer.assoc is not assoc and peer.previous is not assoc):
-                # Application data right behind the Finished: bind the peer now.
-                peer = self.bind(addr, assoc, now) if self.bind is not None else None
+                peer = self._unbound(addr, assoc, len(out), now)
                 if peer is None:
-                    self.drop("unbound", len(out))
                     continue
             pending = per_peer.get(peer)
             if pending is None:
                 per_peer[peer] = out
             else:
                 pending += out
+        if touched and self.defer is not None and self.service is not None:
+            self.defer(self.service)
         for peer, inner in per_peer.items():
             self._deliver(peer, inner)
 
-    def _send_failed(self, peer: PeerState, sock: socket.socket, exc: OSError,
+    def _stateless(self, sock: UdpPort, replies: list[bytes], addr: Addr) -> None:
+        for reply in replies:  # HelloVerifyRequest
+            try:
+                sock.sendto(reply, addr)
+            except OSError:
+                self.drop("send_error")
+
+    def _unbound(self, addr: Addr, assoc: Association, n: int, now: float) -> Peer | None:
+        """Application data right behind the Finished: bind the peer now."""
+        peer = self.bind(addr, assoc, now) if self.bind is not None else None
+        if peer is None:
+            self.drop("unbound", n)
+        return peer
+
+    def _send_failed(self, peer: Peer, sock: UdpPort, exc: OSError,
                      now: float) -> None:
         if exc.errno == errno.EMSGSIZE:
             peer.drop("emsgsize")

@@ -17,7 +17,8 @@ One iteration (:meth:`Loop.run_once`)::
 
 Timers (:class:`Timer`) are handles in a heap with lazy invalidation: ``schedule``
 pushes a new entry and bumps the handle's generation, so a stale entry is skipped when
-it reaches the top; rescheduling to the same deadline pushes nothing.  Work per
+it reaches the top; rescheduling to the same deadline pushes nothing, and
+``bring_forward`` pushes only when the deadline comes sooner.  Work per
 wake-up is therefore O(log n) in the number of timers that moved, never O(peers).
 
 Signals arrive through ``signal.set_wakeup_fd`` on a self-pipe, so a signal wakes the
@@ -37,7 +38,6 @@ import select
 import signal
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 Handler = Callable[[int, float, float], None]  # (epoll events, now, wall)
 TimerCallback = Callable[[float, float], None]  # (now, wall)
@@ -45,15 +45,6 @@ TimerCallback = Callable[[float, float], None]  # (now, wall)
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
 EPOLLERR = select.EPOLLERR
-
-
-class LoopOwner(Protocol):
-    """The older owner protocol: one deadline and three hooks per iteration."""
-
-    def next_deadline(self) -> float | None: ...
-    def on_timer(self, now: float, wall: float) -> None: ...
-    def after_iteration(self, now: float) -> None: ...
-    def on_reload(self, now: float) -> None: ...
 
 
 class Timer:
@@ -81,6 +72,15 @@ class Timer:
     def cancel(self) -> None:
         self.schedule(None)
 
+    def bring_forward(self, when: float | None) -> None:
+        """Fire no later than ``when``: schedule it when it is sooner than the current
+        deadline (or there is none); a later ``when`` leaves the sooner one, which then
+        fires early, finds nothing due, and is re-armed by its owner.  For deadlines that
+        mostly move later (an association's, after every datagram), so the heap does not
+        fill with entries that are stale at once."""
+        if when is not None and (self.when is None or when < self.when):
+            self.schedule(when)
+
     def _fire(self, gen: int, now: float, wall: float) -> bool:
         if gen != self._gen or self.when is None:
             return False
@@ -106,7 +106,6 @@ class Loop:
         self._old_handlers: dict[int, object] = {}
         self._clock = clock
         self._wall_clock = wall_clock
-        self._owner: LoopOwner | None = None
         self.on_reload: Callable[[float], None] | None = None
         self.running = False
         self.now = clock()
@@ -171,23 +170,18 @@ class Loop:
     def stop(self) -> None:
         self.running = False
 
-    def run(self, owner: LoopOwner | None = None) -> None:
+    def run(self) -> None:
         """Iterate until :meth:`stop` (or SIGTERM/SIGINT)."""
-        self._owner = owner
         self.running = True
-        try:
-            while self.running:
-                self.run_once()
-        finally:
-            self._owner = None
+        while self.running:
+            self.run_once()
 
-    def run_once(self, max_wait: float | None = None) -> None:
-        """One iteration; ``max_wait`` caps the poll (0: don't block, for fake clocks)."""
-        owner = self._owner
+    def run_once(self, max_wait: float | None = None) -> int:
+        """One iteration; ``max_wait`` caps the poll (0: don't block, for fake clocks).
+
+        Returns how many handlers, timers and deferred callbacks ran (0: nothing was
+        ready, so a fake clock may jump to :meth:`next_deadline`)."""
         deadline = self.next_deadline()
-        owner_deadline = owner.next_deadline() if owner is not None else None
-        if owner_deadline is not None and math.isfinite(owner_deadline):
-            deadline = owner_deadline if deadline is None else min(deadline, owner_deadline)
         timeout = -1.0 if deadline is None else max(0.0, deadline - self.now)
         if max_wait is not None:
             timeout = max_wait if timeout < 0 else min(timeout, max_wait)
@@ -198,6 +192,7 @@ class Loop:
         now = self.now = self._clock()
         wall = self.wall = self._wall_clock()
         handlers = self._handlers
+        ran = 0
         for fd, mask in events:
             if fd == self._wake_r:
                 self._drain_wakeup()
@@ -205,23 +200,24 @@ class Loop:
             handler = handlers.get(fd)
             if handler is not None:
                 handler(mask, now, wall)
-        self._fire_timers(now, wall)
-        if owner is not None:
-            if owner_deadline is not None and now >= owner_deadline:
-                owner.on_timer(now, wall)
-            owner.after_iteration(now)
+                ran += 1
+        ran += self._fire_timers(now, wall)
         while self._deferred:
             deferred, self._deferred = self._deferred, {}
             for callback in deferred:
                 callback(now, wall)
+                ran += 1
         if self._pending_signals:
             self._dispatch_signals(now)
+        return ran
 
-    def _fire_timers(self, now: float, wall: float) -> None:
+    def _fire_timers(self, now: float, wall: float) -> int:
         heap = self._heap
+        fired = 0
         while heap and heap[0][0] <= now:
             _, _, timer, gen = heapq.heappop(heap)
-            timer._fire(gen, now, wall)
+            fired += timer._fire(gen, now, wall)
+        return fired
 
     def _drain_wakeup(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -233,11 +229,8 @@ class Loop:
         for signum in pending:
             if signum in (signal.SIGTERM, signal.SIGINT):
                 self.running = False
-            elif signum == signal.SIGHUP:
-                if self._owner is not None:
-                    self._owner.on_reload(now)
-                elif self.on_reload is not None:
-                    self.on_reload(now)
+            elif signum == signal.SIGHUP and self.on_reload is not None:
+                self.on_reload(now)
 
     def close(self) -> None:
         if self._old_wakeup is not None:

@@ -12,6 +12,7 @@ MUST close an association for which it returns None.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from pathlib import Path
 
@@ -20,8 +21,10 @@ from cryptography.x509.oid import NameOID
 from dtlsvpn.config.schema import Config, PeerConfig
 from dtlsvpn.config.schema import load_config as _load_config
 from dtlsvpn.crypto.certs import spki_sha256
+from dtlsvpn.crypto.tickets import TicketKeyRing
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import HandshakeCompleted
+from dtlsvpn.dtls.heartbeat import HeartbeatSettings
 
 
 def load_config(path: str | Path, *, name: str | None = None,
@@ -84,6 +87,20 @@ def dtls_config(cfg: Config, peer: PeerConfig | None = None) -> DtlsConfig:
         rekey_interval=iface.rekey_interval,
         connection_id=iface.connection_id,
     )
+
+
+def core_settings(cfg: Config, peer: PeerConfig | None = None, *,
+                  ticket_keys: TicketKeyRing | None = None) -> DtlsConfig:
+    """:func:`dtls_config` with what the daemon adds: the heartbeat settings of
+    [Interface] (``HeartbeatInterval``, ``DeadPeerTimeout``) and a server's ticket keys."""
+    iface = cfg.interface
+    heartbeats = HeartbeatSettings(interval=iface.heartbeat_interval,
+                                   retransmit=min(1.0, iface.heartbeat_interval),
+                                   timeout=iface.dead_peer_timeout)
+    conf = dtls_config(cfg, peer)
+    if ticket_keys is None:
+        return dataclasses.replace(conf, heartbeat_settings=heartbeats)
+    return dataclasses.replace(conf, heartbeat_settings=heartbeats, ticket_keys=ticket_keys)
 
 
 def match_peer(cfg: Config, event: HandshakeCompleted) -> PeerConfig | None:

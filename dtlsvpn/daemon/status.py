@@ -120,6 +120,38 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
+Sample = Callable[[str, str, str, str, float], None]
+
+
+def _peer_value(peer: dict[str, Any], key: str) -> Any:
+    if not key:
+        return peer.get("state") == "established"
+    value = peer.get(key)
+    if value is None or (key == "resumed" and not peer.get("last_handshake")):
+        return None
+    if key == "heartbeat_rtt_ms":
+        return round(value / 1000.0, 7)
+    return value
+
+
+def _peer_samples(sample: Sample, instance: str, peer: dict[str, Any]) -> None:
+    labels = _labels(instance=instance, peer=peer.get("name", ""))
+    sample("dtlsvpn_peer_info", "gauge",
+           "Peer endpoint, transport and cipher suite (always 1).",
+           _labels(instance=instance, peer=peer.get("name", ""),
+                   endpoint=peer.get("endpoint") or "",
+                   transport=peer.get("transport") or "",
+                   suite=peer.get("suite") or ""), 1)
+    for name, kind, help_text, key in _PEER_METRICS:
+        value = _peer_value(peer, key)
+        if value is not None:
+            sample(name, kind, help_text, labels, value)
+    for reason, n in sorted(peer.get("drops", {}).items()):
+        sample("dtlsvpn_peer_drops_total", "counter",
+               "Packets or records dropped on the peer's path, by reason.",
+               _labels(instance=instance, peer=peer.get("name", ""), reason=reason), n)
+
+
 def format_prometheus(snaps: list[dict[str, Any]]) -> str:
     """Prometheus text exposition (format 0.0.4) of one or more daemons' snapshots."""
     families: dict[str, tuple[str, str, list[str]]] = {}
@@ -139,27 +171,7 @@ def format_prometheus(snaps: list[dict[str, Any]]) -> str:
                    "Packets dropped by the interface with no peer to charge, by reason.",
                    _labels(instance=instance, reason=reason), n)
         for peer in snap.get("peers", []):
-            labels = _labels(instance=instance, peer=peer.get("name", ""))
-            sample("dtlsvpn_peer_info", "gauge",
-                   "Peer endpoint, transport and cipher suite (always 1).",
-                   _labels(instance=instance, peer=peer.get("name", ""),
-                           endpoint=peer.get("endpoint") or "",
-                           transport=peer.get("transport") or "",
-                           suite=peer.get("suite") or ""), 1)
-            for name, kind, help_text, key in _PEER_METRICS:
-                if not key:
-                    value: Any = peer.get("state") == "established"
-                else:
-                    value = peer.get(key)
-                if value is None or (key == "resumed" and not peer.get("last_handshake")):
-                    continue
-                if key == "heartbeat_rtt_ms":
-                    value = round(value / 1000.0, 7)
-                sample(name, kind, help_text, labels, value)
-            for reason, n in sorted(peer.get("drops", {}).items()):
-                sample("dtlsvpn_peer_drops_total", "counter",
-                       "Packets or records dropped on the peer's path, by reason.",
-                       _labels(instance=instance, peer=peer.get("name", ""), reason=reason), n)
+            _peer_samples(sample, instance, peer)
     out: list[str] = []
     for name, (kind, help_text, lines) in families.items():
         out.append(f"# HELP {name} {help_text}")

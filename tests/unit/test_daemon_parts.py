@@ -13,17 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from dtlsvpn.daemon.daemon import (
-    BACKOFF_CAP,
-    MAX_AEAD_OVERHEAD,
-    backoff_delay,
-    default_tun_mtu,
-    tunnel_overhead,
-)
+from dtlsvpn.daemon.dialer import BACKOFF_CAP, backoff_delay
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.status import StatusServer, format_text, query
 from dtlsvpn.daemon.systemd import Notifier
 from dtlsvpn.daemon.ticketstore import TicketStore
+from dtlsvpn.daemon.tunmtu import MAX_AEAD_OVERHEAD, default_tun_mtu, tunnel_overhead
 from dtlsvpn.daemon.udp import normalise, open_udp, read_errors
 from dtlsvpn.dtls.session import ClientSession
 
@@ -86,22 +81,19 @@ def test_format_text() -> None:
 
 
 class _StopWhenAsked:
+    """Checks every 50 ms (a loop Timer) whether the test asked the loop to stop."""
+
     def __init__(self, loop: Loop) -> None:
         self.loop = loop
         self.stop = threading.Event()
+        self.timer = loop.timer(self._check)
+        self.timer.schedule(loop.now)
 
-    def next_deadline(self) -> float | None:
-        return self.loop.now + 0.05
-
-    def on_timer(self, now: float, wall: float) -> None:
+    def _check(self, now: float, wall: float) -> None:
         if self.stop.is_set():
             self.loop.stop()
-
-    def after_iteration(self, now: float) -> None:
-        pass
-
-    def on_reload(self, now: float) -> None:
-        pass
+        else:
+            self.timer.schedule(now + 0.05)
 
 
 def test_status_socket_mode_and_protocol(tmp_path: Path) -> None:
@@ -109,7 +101,7 @@ def test_status_socket_mode_and_protocol(tmp_path: Path) -> None:
     path = tmp_path / "run" / "office.sock"
     server = StatusServer(path, lambda: SNAP, loop)
     owner = _StopWhenAsked(loop)
-    thread = threading.Thread(target=loop.run, args=(owner,), daemon=True)
+    thread = threading.Thread(target=loop.run, daemon=True)
     thread.start()
     try:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600

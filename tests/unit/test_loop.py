@@ -107,3 +107,27 @@ def test_deferred_callbacks_run_once_after_the_handlers() -> None:
     os.close(r)
     os.close(w)
     loop.close()
+
+
+def test_run_once_says_how_much_ran() -> None:
+    loop, clock = make_loop()
+    assert loop.run_once(max_wait=0) == 0
+    t = loop.timer(lambda now, wall: loop.defer(lambda n, w: None))
+    t.schedule(100.5)
+    assert loop.run_once(max_wait=0) == 0  # not due yet
+    clock.t = 101.0
+    assert loop.run_once(max_wait=0) == 2  # the timer and what it deferred
+    loop.close()
+
+
+def test_bring_forward_only_moves_a_deadline_sooner() -> None:
+    loop, _ = make_loop()
+    t = loop.timer(lambda now, wall: None)
+    t.bring_forward(None)
+    assert t.when is None
+    t.bring_forward(105.0)
+    t.bring_forward(107.0)  # later: the sooner deadline stays, nothing is pushed
+    assert t.when == 105.0 and len(loop._heap) == 1
+    t.bring_forward(102.0)
+    assert t.when == 102.0 and loop.next_deadline() == 102.0
+    loop.close()

@@ -1,0 +1,295 @@
+"""The client role: one [Peer] (the server), dialled by :class:`~.dialer.Dialer`, kept up.
+
+A dial resolves the Endpoint host again, opens a connected UDP port and starts a
+``RekeyingClient`` (``dtls/rekey.py``), resuming with the stored ticket when there is
+one; the renewals it starts later never resume (fresh ECDHE keys are their point).
+The tunnel is down again when the handshake does not complete within
+``DIAL_TIMEOUT``, when the association closes, or on ``PeerUnresponsive``; the dialer
+then waits its back-off and dials again.  READY=1 goes out with the first completed
+handshake (the tunnel can pass traffic).
+
+Tickets: ``SessionTicketReceived`` is stored (``ticketstore.py``) for the next dial; a
+ticket that was offered to a dial that timed out, or whose just-resumed session the
+server ended, is deleted.  ``Rekeyed`` changes only the status: the TUN device,
+routes, counters and applied MTU stay.
+
+Deadlines are two loop Timers: the dialer's (dial timeout or redial) and the
+connection's ``get_timer()``, re-armed only after the connection was serviced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+
+from dtlsvpn.daemon.datapath import Datapath
+from dtlsvpn.daemon.devices import TunDevice
+from dtlsvpn.daemon.dialer import DIAL_TIMEOUT, DialAction, Dialer, DialState
+from dtlsvpn.daemon.peers import Peer
+from dtlsvpn.daemon.role import Host, display, peer_event, rekey_grace, send_datagrams
+from dtlsvpn.daemon.settings import core_settings, match_peer
+from dtlsvpn.daemon.ticketstore import TicketStore
+from dtlsvpn.daemon.tunmtu import TunnelMtu
+from dtlsvpn.dtls.association import Association
+from dtlsvpn.dtls.config import DtlsConfig
+from dtlsvpn.dtls.events import (
+    AssociationClosed,
+    Event,
+    HandshakeCompleted,
+    PeerUnresponsive,
+    SessionTicketReceived,
+)
+from dtlsvpn.dtls.rekey import Rekeyed, RekeyingClient
+
+log = logging.getLogger("dtlsvpn")
+
+RESUMED_RECENTLY = 5.0  # seconds: a resumed session the server ends this soon: bad ticket
+
+
+class ClientRole:
+    """Dialling, the connection's events and its slow-path output."""
+
+    def __init__(self, host: Host, datapath: Datapath, tunmtu: TunnelMtu,
+                 dialer: Dialer) -> None:
+        self.host = host
+        self.datapath = datapath
+        self.tunmtu = tunmtu
+        self.dialer = dialer
+        self.tickets = TicketStore(host.cfg.interface.ticket_store)
+        self.offered_ticket = False
+        loop = host.loop
+        self._dial_timer = loop.timer(self._on_dial_deadline)
+        self._conn_timer = loop.timer(self._on_conn_timer)
+
+    @property
+    def peer(self) -> Peer:
+        return self.host.peers.first()
+
+    def setup(self, tun: TunDevice) -> None:
+        dp = self.datapath
+        dp.client_peer = self.peer
+        dp.service = self.service
+        self.host.loop.add(tun.fd, dp.client_tun)
+
+    def start(self, now: float) -> None:
+        self.dialer.start(now)
+        self._dial_timer.schedule(self.dialer.deadline)
+
+    def listening(self) -> str | None:
+        return None
+
+    # --- dialling ---------------------------------------------------------------------
+
+    def _on_dial_deadline(self, now: float, wall: float) -> None:
+        action = self.dialer.due(now)
+        if action is DialAction.DIAL:
+            self._dial(self.peer, now, wall)
+        elif action is DialAction.TIMED_OUT:
+            self._timed_out(self.peer, now)
+        self._dial_timer.schedule(self.dialer.deadline)
+
+    def _timed_out(self, peer: Peer, now: float) -> None:
+        conn = peer.conn
+        if conn is None or conn.is_established:
+            return
+        log.warning("peer %s: no handshake within %gs", peer.name, DIAL_TIMEOUT)
+        conn.close(now)
+        self._flush(peer, conn, now)
+        conn.pop_events()
+        if self.offered_ticket:
+            self.tickets.forget(self._ticket_key(peer))
+        self._lost(peer, now, "handshake timed out")
+
+    def _lost(self, peer: Peer, now: float, reason: str) -> None:
+        peer.established = False
+        delay = self.dialer.lost(now)
+        self._dial_timer.schedule(self.dialer.deadline)
+        if delay is not None:
+            log.info("peer %s: %s; redialling in %.1fs", peer.name, reason, delay)
+        self.host.notifier.status(self.host.status_line())
+
+    def _close_socket(self, peer: Peer) -> None:
+        if peer.sock is not None:
+            self.host.loop.remove(peer.sock.fileno())
+            peer.sock.close()
+            peer.sock = None
+
+    def _dial(self, peer: Peer, now: float, wall: float) -> None:
+        host = self.host
+        assert peer.config.endpoint is not None
+        name, port = peer.config.endpoint
+        self._close_socket(peer)
+        peer.assoc = None
+        peer.conn = None
+        self._conn_timer.cancel()
+        try:
+            family, addr = host.devices.resolve(name, port)
+            sock = host.devices.open_udp(family, connect=addr)
+        except OSError as exc:  # gaierror included
+            peer.last_error = str(exc)
+            self._lost(peer, now, f"cannot reach {name}: {exc}")
+            return
+        peer.sock = sock
+        peer.addr = addr
+        host.loop.add(sock.fileno(), self.datapath.client_udp)
+        if self.tunmtu.policy == "auto" and peer.inner_mtu is None:
+            self.tunmtu.refine(family, sock.path_mtu())
+        conn = RekeyingClient(self._dtls_config(peer, wall),
+                              grace=rekey_grace(host.cfg.interface.rekey_interval),
+                              ip_header=40 if family == socket.AF_INET6 else 20,  # PLPMTU
+                              peer=f"{name}:{port}".encode())
+        peer.conn = conn
+        peer.assoc = conn.current
+        self.dialer.dialled(now)
+        conn.connect(now, wall)
+        self._flush(peer, conn, now)
+        self._conn_timer.schedule(conn.get_timer())
+
+    def _ticket_key(self, peer: Peer) -> str:
+        endpoint = peer.config.endpoint
+        return f"{peer.name}-{endpoint[0]}-{endpoint[1]}" if endpoint else peer.name
+
+    def _dtls_config(self, peer: Peer, wall: float) -> DtlsConfig:
+        conf = core_settings(self.host.cfg, peer.config)
+        self.offered_ticket = False
+        session = self.tickets.load(self._ticket_key(peer), wall)
+        if session is not None:
+            conf = dataclasses.replace(conf, resume_session=session)
+            self.offered_ticket = True
+        return conf
+
+    # --- the connection -------------------------------------------------------------
+
+    def _on_conn_timer(self, now: float, wall: float) -> None:
+        conn = self.peer.conn
+        due = conn.get_timer() if conn is not None else None
+        if conn is not None and due is not None and now >= due:
+            conn.handle_timer(now, wall)  # retransmissions, heartbeats, renewals
+        self.service(now, wall)
+
+    def service(self, now: float, wall: float) -> None:
+        """The connection's events and output; then its timer (deferred by the data path)."""
+        peer = self.peer
+        conn = peer.conn
+        if conn is None:
+            return
+        events = conn.pop_events()
+        while events:  # (handling one may queue more: a close, its AssociationClosed)
+            for ev in events:
+                self._on_event(peer, conn, ev, now, wall)
+            events = conn.pop_events()
+        self._flush(peer, conn, now)
+        if peer.conn is not None:
+            self._conn_timer.bring_forward(peer.conn.get_timer())
+
+    def poke(self, peer: Peer, now: float) -> None:
+        """The connection was fed outside the data path (a kernel hint)."""
+        self.host.loop.defer(self.service)
+
+    def _flush(self, peer: Peer, conn: RekeyingClient | Association, now: float) -> None:
+        out = conn.datagrams_to_send(now)
+        if out and peer.sock is not None:
+            send_datagrams(self.host, peer.sock, out, None, peer, now)
+
+    def _on_event(self, peer: Peer, conn: RekeyingClient, ev: Event | Rekeyed, now: float,
+                  wall: float) -> None:
+        assoc = conn.current
+        match ev:
+            case HandshakeCompleted():
+                self._established(peer, assoc, ev, now, wall)
+            case AssociationClosed(reason=reason, local=local):
+                self._closed(peer, assoc, reason, local, now)
+            case Rekeyed():
+                self._rekeyed(peer, conn, ev, now, wall)
+            case PeerUnresponsive():
+                log.warning("peer %s unresponsive", peer.name)
+                if not assoc.is_closed:
+                    conn.close(now)
+                    self._flush(peer, conn, now)
+                self._closed(peer, assoc, "PeerUnresponsive", True, now)
+            case SessionTicketReceived():
+                try:
+                    self.tickets.save(self._ticket_key(peer), ev.session)
+                except OSError as exc:
+                    log.warning("cannot store ticket: %s", exc)
+            case _:
+                peer_event(self.host, peer, assoc, peer.addr, ev, now)
+
+    def _established(self, peer: Peer, assoc: Association, ev: HandshakeCompleted,
+                     now: float, wall: float) -> None:
+        # A resumed session was authenticated by the full handshake that made the ticket.
+        if not ev.resumed and match_peer(self.host.cfg, ev) is None and not ev.psk_identity:
+            log.error("server credential does not match [Peer] %s", peer.name)
+            assoc.close(now)
+            return
+        peer.assoc = assoc
+        peer.note_handshake(ev, wall, renewal=False)
+        self.host.set_underlay(peer, peer.addr)
+        log.info("peer %s: handshake with %s done (%s, %s)", peer.name, display(peer.addr),
+                 ev.suite_name, "resumed" if ev.resumed else "full")
+        self.dialer.established()
+        self._dial_timer.cancel()
+        self.host.ready(self.host.status_line())
+
+    def _rekeyed(self, peer: Peer, conn: RekeyingClient, ev: Rekeyed, now: float,
+                 wall: float) -> None:
+        """A renewal completed and carries the traffic now; the old association still opens
+        records for the grace period (inside ``conn``).  Only the status changes."""
+        assoc = conn.current
+        result = assoc.handshake_result
+        peer.assoc = assoc
+        if result is None or (match_peer(self.host.cfg, result) is None
+                              and not result.psk_identity):
+            # The core checked the chain; the [Peer]'s pins must hold for every handshake.
+            log.error("peer %s: server credential on key renewal does not match [Peer]",
+                      peer.name)
+            conn.close(now)  # AssociationClosed follows: redial
+            return
+        peer.note_handshake(result, wall, renewal=True)
+        peer.generation = ev.generation  # (the same count, as RekeyingClient keeps it)
+        log.info("peer %s: keys renewed with %s (generation %d, %s)", peer.name,
+                 display(peer.addr), peer.generation, result.suite_name)
+
+    def _closed(self, peer: Peer, assoc: Association, reason: str, local: bool,
+                now: float) -> None:
+        if peer.assoc is not assoc:
+            return
+        log.info("peer %s: association closed (%s)", peer.name, reason)
+        peer.note_down(reason)
+        if self.dialer.state not in (DialState.HANDSHAKING, DialState.UP):
+            return  # (PeerUnresponsive, then its AssociationClosed)
+        if (peer.resumed and peer.handshake_wall is not None and not local
+                and self.host.loop.wall - peer.handshake_wall < RESUMED_RECENTLY):
+            # The server ended a just-resumed session: don't offer that ticket again.
+            self.tickets.forget(self._ticket_key(peer))
+        self._lost(peer, now, reason)
+
+    # --- reload, teardown, status -------------------------------------------------------
+
+    def add_peer(self, peer: Peer, now: float) -> None:
+        self.datapath.router.single = peer
+        self.datapath.client_peer = peer
+        self.dialer.start(now)
+        self._dial_timer.schedule(self.dialer.deadline)
+
+    def remove_peer(self, peer: Peer, now: float) -> None:
+        if peer.conn is not None:
+            peer.conn.close(now)
+            self._flush(peer, peer.conn, now)
+        self._close_socket(peer)
+        self._conn_timer.cancel()
+
+    def reloaded(self) -> None:
+        pass
+
+    def teardown(self, now: float) -> None:
+        peer = self.peer
+        self.remove_peer(peer, now)
+        self.dialer.stop()
+        self._dial_timer.cancel()
+
+    def rekeying(self, peer: Peer) -> bool:
+        """A renewal is under way: its handshake runs, or old keys are still accepted."""
+        conn = peer.conn
+        return conn is not None and (conn.pending is not None or conn.previous is not None)

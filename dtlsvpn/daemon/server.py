@@ -1,0 +1,333 @@
+"""The server role: one ``ServerEndpoint`` on the listening port, associations bound to peers.
+
+Each association is bound to its [Peer] when its handshake completes: ``match_peer``
+names the peer, ``binding.authenticated`` says whether this is a renewal
+(make-before-break: the old association stays the peer's ``previous``), a
+replacement (the peer's other associations close) or nobody (closed, counted
+``unknown_peer``).  RFC 9146 moves follow ``PeerAddressChanged``; a renewal's old
+association is forgotten once the endpoint retired it (``rekey_grace`` after the
+client switched to the new keys).  READY=1 goes out once the port is bound.
+
+Deadlines are loop Timers: one per association the endpoint holds at an address,
+re-armed with its ``get_timer()`` whenever it was serviced (after a receive batch, or
+its own timer), and one for the next retirement of old keys.  A renewal's previous
+association gets no timer (it only opens records in flight), as before.
+
+Ticket keys live in ``TicketStore/ticket.keys`` so that a restarted server still
+resumes its clients; they are saved after a handshake when they rotated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import partial
+
+from dtlsvpn.crypto.tickets import TicketKey, TicketKeyRing
+from dtlsvpn.daemon import binding
+from dtlsvpn.daemon.binding import Ending, Verdict
+from dtlsvpn.daemon.datapath import Datapath
+from dtlsvpn.daemon.devices import Addr, TunDevice, UdpPort
+from dtlsvpn.daemon.loop import Timer
+from dtlsvpn.daemon.peers import Peer
+from dtlsvpn.daemon.role import Host, display, peer_event, rekey_grace, send_datagrams
+from dtlsvpn.daemon.settings import core_settings, match_peer
+from dtlsvpn.daemon.ticketkeys import TicketKeyFile
+from dtlsvpn.daemon.udp import family_of
+from dtlsvpn.dtls.association import Association
+from dtlsvpn.dtls.config import DtlsConfig
+from dtlsvpn.dtls.endpoint import ServerEndpoint
+from dtlsvpn.dtls.events import (
+    AssociationClosed,
+    Event,
+    HandshakeCompleted,
+    PeerAddressChanged,
+    PeerUnresponsive,
+)
+from dtlsvpn.errors import ConfigError
+
+log = logging.getLogger("dtlsvpn")
+
+RETIRE_RETRY = 0.1  # seconds: look again when the endpoint had not retired old keys yet
+
+
+class ServerRole:
+    """The endpoint, its associations' timers and events, and peer binding."""
+
+    def __init__(self, host: Host, datapath: Datapath) -> None:
+        self.host = host
+        self.datapath = datapath
+        self.sock: UdpPort | None = None
+        self.endpoint: ServerEndpoint | None = None
+        self._timers: dict[Association, Timer] = {}
+        self._retire_timer = host.loop.timer(self._on_retire_due)
+        self._retire_at: dict[Peer, float] = {}  # renewals whose client switched keys
+        self.ticket_ring: TicketKeyRing | None = None
+        self.ticket_keys_saved: tuple[TicketKey, ...] = ()
+
+    def setup(self, tun: TunDevice) -> None:
+        host, dp = self.host, self.datapath
+        iface = host.cfg.interface
+        assert iface.listen is not None
+        self.sock = host.devices.open_udp(family_of(iface.listen[0]), bind=iface.listen)
+        self.endpoint = ServerEndpoint(self._dtls_config(),
+                                       rekey_grace=rekey_grace(iface.rekey_interval))
+        dp.sock = self.sock
+        dp.endpoint = self.endpoint
+        dp.bind = self._bind
+        dp.service = self.service
+        host.loop.add(self.sock.fileno(), dp.server_udp)
+        host.loop.add(tun.fd, dp.server_tun)
+
+    def start(self, now: float) -> None:
+        self.host.ready(f"listening on {self.listening()}")
+
+    def listening(self) -> str | None:
+        return display(self.host.cfg.interface.listen)
+
+    def _dtls_config(self) -> DtlsConfig:
+        return core_settings(self.host.cfg, ticket_keys=self._ticket_ring())
+
+    # --- servicing associations ---------------------------------------------------------
+
+    def service(self, now: float, wall: float) -> None:
+        """Associations the data path fed this iteration (deferred by it)."""
+        dp = self.datapath
+        touched, dp.touched = dp.touched, {}
+        closed = False
+        for assoc, addr in touched.items():
+            self._service(addr, assoc, now)
+            closed |= assoc.is_closed
+        if closed:
+            assert self.endpoint is not None
+            self.endpoint.remove_closed()
+
+    def poke(self, peer: Peer, now: float) -> None:
+        """The peer's association was fed outside the data path (a kernel hint)."""
+        if peer.assoc is not None and peer.addr is not None:
+            self.datapath.touched[peer.assoc] = peer.addr
+            self.host.loop.defer(self.service)
+
+    def _service(self, addr: Addr | None, assoc: Association, now: float) -> None:
+        peer = self.host.peers.owner(assoc)
+        events = assoc.pop_events()
+        while events:  # (handling one may queue more: a close, its AssociationClosed)
+            for ev in events:
+                peer = self._on_event(addr, assoc, ev, now, peer)
+            events = assoc.pop_events()
+        self._flush(addr, assoc, now, peer)
+        self._arm(assoc, addr)
+        if peer is not None and peer.previous is not None:
+            self._note_renewal_progress(peer, now)
+
+    def _arm(self, assoc: Association, addr: Addr | None) -> None:
+        endpoint = self.endpoint
+        assert endpoint is not None
+        timer = self._timers.get(assoc)
+        if assoc.is_closed or addr is None or endpoint.associations.get(addr) is not assoc:
+            if timer is not None:  # closed, forgotten, or a renewal's previous one
+                timer.cancel()
+                del self._timers[assoc]
+            return
+        if timer is None:
+            timer = self._timers[assoc] = self.host.loop.timer(partial(self._on_timer, assoc))
+        timer.bring_forward(assoc.get_timer())
+
+    def _on_timer(self, assoc: Association, now: float, wall: float) -> None:
+        assert self.endpoint is not None
+        addr = self.endpoint.address_of(assoc)
+        due = assoc.get_timer()
+        # (It may fire early, see Timer.bring_forward; one the endpoint forgot or that a
+        # renewal replaced is not run: _service then drops its timer.)
+        if (addr is not None and self.endpoint.associations.get(addr) is assoc
+                and due is not None and now >= due):
+            assoc.handle_timer(now)
+        self._service(addr, assoc, now)
+        if assoc.is_closed:
+            self.endpoint.remove_closed()
+
+    def _note_renewal_progress(self, peer: Peer, now: float) -> None:
+        """The endpoint starts the old keys' grace once the client used the new ones."""
+        assert self.endpoint is not None and peer.assoc is not None
+        if peer not in self._retire_at and peer.assoc.peer_switched:
+            self._retire_at[peer] = now + self.endpoint.rekey_grace
+            self._retire_timer.schedule(min(self._retire_at.values()))
+
+    def _on_retire_due(self, now: float, wall: float) -> None:
+        endpoint = self.endpoint
+        assert endpoint is not None
+        endpoint.handle_timer(now)  # retires old keys (and runs due association timers)
+        peers = self.host.peers
+        for peer in peers.renewing():
+            prev = peer.previous
+            assert prev is not None
+            if binding.retired(prev, endpoint.address_of(prev)):
+                prev.pop_events()  # its AssociationClosed: the peer is still up
+                log.debug("peer %s: old keys retired", peer.name)
+                peers.retire(peer)
+        for peer, when in list(self._retire_at.items()):
+            if peer.previous is None:
+                del self._retire_at[peer]
+            elif when <= now:  # the endpoint's own deadline is not quite there: retry
+                self._retire_at[peer] = now + RETIRE_RETRY
+        self._retire_timer.schedule(min(self._retire_at.values(), default=None))
+
+    def _flush(self, addr: Addr | None, assoc: Association, now: float,
+               peer: Peer | None) -> None:
+        out = assoc.datagrams_to_send(now)
+        if out and addr is not None and self.sock is not None:
+            send_datagrams(self.host, self.sock, out, addr, peer, now)
+
+    def _bind(self, addr: Addr, assoc: Association, now: float) -> Peer | None:
+        """Data path hook: service a just-completed association so it gets its peer."""
+        self._service(addr, assoc, now)
+        return self.host.peers.owner(assoc)
+
+    # --- events -------------------------------------------------------------------------
+
+    def _on_event(self, addr: Addr | None, assoc: Association, ev: Event, now: float,
+                  peer: Peer | None) -> Peer | None:
+        match ev:
+            case HandshakeCompleted():
+                return self._established(addr, assoc, ev, now)
+            case AssociationClosed(reason=reason):
+                self._closed(assoc, reason, peer)
+            case PeerUnresponsive():
+                log.warning("peer %s unresponsive", peer.name if peer else display(addr))
+                if not assoc.is_closed:
+                    assoc.close(now)
+                    self._flush(addr, assoc, now, peer)
+                self._closed(assoc, "PeerUnresponsive", peer)
+            case PeerAddressChanged() if peer is not None:
+                self._moved(peer, assoc, ev)
+            case _:
+                peer_event(self.host, peer, assoc, addr, ev, now)
+        return peer
+
+    def _established(self, addr: Addr | None, assoc: Association, ev: HandshakeCompleted,
+                     now: float) -> Peer | None:
+        host = self.host
+        endpoint = self.endpoint
+        assert endpoint is not None
+        peer_cfg = match_peer(host.cfg, ev)
+        peer = host.peers.get(peer_cfg.name) if peer_cfg is not None else None
+        current = peer.assoc if peer is not None else None
+        decision = binding.authenticated(
+            assoc, addr, matched=peer is not None, resumed=ev.resumed, current=current,
+            previous=peer.previous if peer is not None else None,
+            current_addr=endpoint.address_of(current) if current is not None else None,
+            newest_at_addr=endpoint.associations.get(addr) if addr is not None else None)
+        if decision.verdict is Verdict.REJECT or peer is None or addr is None:
+            log.warning("association from %s matches no [Peer]: closed", display(addr))
+            self.datapath.drop("unknown_peer")
+            assoc.close(now)
+            return None
+        for stale in decision.close:
+            stale.close(now)  # the peer came back (new address or association)
+            self._flush(peer.addr, stale, now, peer)
+        if decision.close:
+            endpoint.remove_closed()
+        renewal = decision.verdict is Verdict.RENEWAL
+        self._retire_at.pop(peer, None)
+        host.peers.bind(peer, assoc, addr, renewal=renewal)
+        peer.note_handshake(ev, host.loop.wall, renewal=renewal)
+        if renewal:
+            log.info("peer %s: keys renewed with %s (generation %d, %s)", peer.name,
+                     display(addr), peer.generation, ev.suite_name)
+        else:
+            host.set_underlay(peer, addr)
+            log.info("peer %s: handshake with %s done (%s, %s)", peer.name, display(addr),
+                     ev.suite_name, "resumed" if ev.resumed else "full")
+        self._save_ticket_keys(host.loop.wall)
+        host.notifier.status(host.status_line())
+        return peer
+
+    def _moved(self, peer: Peer, assoc: Association, ev: PeerAddressChanged) -> None:
+        """RFC 9146 §6: the peer moved (the core follows it by connection ID)."""
+        new_addr = binding.moved(assoc, ev.new, current=peer.assoc)
+        if new_addr is None:
+            return
+        log.info("peer %s: moved from %s to %s", peer.name, display(peer.addr),
+                 display(new_addr))
+        self.host.peers.move(peer, new_addr)
+        self.host.set_underlay(peer, new_addr)
+
+    def _closed(self, assoc: Association, reason: str, peer: Peer | None) -> None:
+        if peer is None:
+            return
+        ending = binding.closed(assoc, current=peer.assoc, previous=peer.previous)
+        if ending is Ending.OLD_KEYS_RETIRED:
+            self.host.peers.retire(peer)  # a renewal's old association: the peer is still up
+            self._retire_at.pop(peer, None)
+        elif ending is Ending.PEER_DOWN:
+            log.info("peer %s: association closed (%s)", peer.name, reason)
+            peer.note_down(reason)
+            self.host.peers.release(peer)
+            self._retire_at.pop(peer, None)
+            self.host.notifier.status(self.host.status_line())
+
+    # --- reload, teardown, status -------------------------------------------------------
+
+    def add_peer(self, peer: Peer, now: float) -> None:
+        pass
+
+    def remove_peer(self, peer: Peer, now: float) -> None:
+        for assoc in (peer.assoc, peer.previous):
+            if assoc is not None and not assoc.is_closed:
+                assoc.close(now)
+                self._flush(peer.addr, assoc, now, peer)
+        self._retire_at.pop(peer, None)
+
+    def reloaded(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.config = self._dtls_config()
+
+    def teardown(self, now: float) -> None:
+        for peer in self.host.peers:
+            assoc = peer.assoc
+            if assoc is not None and not assoc.is_closed:
+                assoc.close(now)
+                self._flush(peer.addr, assoc, now, peer)
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._retire_timer.cancel()
+        if self.sock is not None:
+            self.host.loop.remove(self.sock.fileno())
+            self.sock.close()
+
+    def rekeying(self, peer: Peer) -> bool:
+        """Old keys are still accepted (a renewal is under way)."""
+        return peer.previous is not None
+
+    # --- ticket keys ---------------------------------------------------------------------
+
+    def _ticket_ring(self) -> TicketKeyRing:
+        """The server's ticket keys, kept in TicketStore/ticket.keys across restarts."""
+        if self.ticket_ring is not None:
+            return self.ticket_ring
+        path = self.host.cfg.interface.ticket_store / "ticket.keys"
+        try:
+            ring = TicketKeyFile(path).load(os.urandom)
+        except ConfigError as exc:
+            if path.exists():
+                log.warning("%s; starting with new ticket keys", exc)
+            ring = TicketKeyRing(os.urandom)
+        self.ticket_ring = ring
+        self.ticket_keys_saved = ring.keys
+        return ring
+
+    def _save_ticket_keys(self, wall: float) -> None:
+        ring = self.ticket_ring
+        if ring is None:
+            return
+        ring.maintain(wall)
+        if ring.keys == self.ticket_keys_saved or not ring.keys:
+            return
+        path = self.host.cfg.interface.ticket_store / "ticket.keys"
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            TicketKeyFile(path).save(ring)
+            self.ticket_keys_saved = ring.keys
+        except OSError as exc:
+            log.warning("cannot save ticket keys to %s: %s", path, exc)

@@ -1,0 +1,124 @@
+"""The status snapshot: what ``dtlsvpn status`` shows, built from the peer table and the
+data path's counters.
+
+The field names and their order are part of the interface (the status socket's JSON,
+the ``key=value`` text, the Prometheus metrics of ``status.py``, and the tests that read
+them); add fields at the end of a section, never rename one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from dtlsvpn.config import Config
+from dtlsvpn.daemon.datapath import Datapath
+from dtlsvpn.daemon.peers import Peer
+from dtlsvpn.daemon.role import display
+
+# Stats counters of the DTLS core that count dropped records (the rest count traffic).
+DTLS_DROP_REASONS = frozenset({
+    "malformed", "bad_mac", "bad_cid", "replay", "unknown_epoch", "early_data", "unexpected",
+    "buffer_full", "stale_handshake", "after_close", "heartbeat_dropped",
+    "heartbeat_malformed", "heartbeat_unexpected"})
+
+
+def _ago(wall: float, then: float | None) -> float | None:
+    return round(wall - then, 1) if then else None
+
+
+def _drops(peer: Peer, dp: Datapath | None) -> dict[str, int]:
+    drops: dict[str, int] = dict(peer.drops)
+    if dp is not None:
+        rs = dp.router.peer_stats.get(peer)
+        if rs is not None:
+            drops.update({k: v for k, v in rs.as_dict().items() if v})
+    if peer.assoc is not None:  # record-layer drops of the current association
+        drops.update({k: v for k, v in peer.assoc.stats.as_dict().items()
+                      if v and k in DTLS_DROP_REASONS})
+    return drops
+
+
+def _state(peer: Peer) -> str:
+    assoc = peer.assoc
+    if peer.established:
+        return "established"
+    return "connecting" if assoc is not None and not assoc.is_closed else "down"
+
+
+def peer_status(peer: Peer, dp: Datapath | None, wall: float, rekeying: bool) -> dict[str, Any]:
+    assoc = peer.assoc
+    endpoint = display(peer.addr)
+    if endpoint is None and peer.config.endpoint is not None:
+        endpoint = display(peer.config.endpoint)
+    return {
+        "name": peer.name,
+        "endpoint": endpoint,
+        "state": _state(peer),
+        "transport": "udp",
+        "suite": peer.suite,
+        "last_handshake": peer.handshake_wall,
+        "last_handshake_ago": _ago(wall, peer.handshake_wall),
+        "resumed": peer.resumed,
+        "handshakes": peer.handshakes,
+        "rekey_generation": peer.generation,
+        "rekeys": peer.rekeys,
+        "last_rekey": peer.rekey_wall,
+        "last_rekey_ago": _ago(wall, peer.rekey_wall),
+        "rekeying": rekeying,
+        "heartbeat_rtt_ms": round(peer.rtt * 1000, 2) if peer.rtt is not None else None,
+        "plpmtu": peer.plpmtu,
+        "record_overhead": assoc.record_overhead if assoc is not None else None,
+        "inner_mtu": peer.inner_mtu,
+        "mtu_limit": peer.limit or None,
+        "allowed_ips": [str(n) for n in peer.config.allowed_prefixes],
+        "rx_bytes": peer.rx_bytes,
+        "rx_packets": peer.rx_packets,
+        "tx_bytes": peer.tx_bytes,
+        "tx_packets": peer.tx_packets,
+        "retransmissions": assoc.stats.retransmissions if assoc else 0,
+        "last_error": peer.last_error,
+        "drops": _drops(peer, dp),
+        "dtls": ({k: v for k, v in assoc.stats.as_dict().items() if v}
+                 if assoc is not None else {}),
+    }
+
+
+def _counters(dp: Datapath | None) -> tuple[dict[str, Any], dict[str, int]]:
+    counters: dict[str, Any] = {}
+    drops = dict(dp.drops) if dp is not None else {}
+    if dp is not None:
+        drops.update({k: v for k, v in dp.router.stats.as_dict().items() if v})
+        counters["mss_clamp"] = {"ipv4": dp.mss4, "ipv6": dp.mss6} if dp.mss4 else None
+        counters["mss_clamped"] = dp.mss_clamped
+        counters["fragmented"] = dp.fragmented
+        if dp.too_big is not None:
+            counters["icmp_too_big_sent"] = dp.too_big.sent
+            counters["icmp_too_big_rate_limited"] = dp.too_big.rate_limited
+    return counters, drops
+
+
+def snapshot(cfg: Config, peers: list[Peer], dp: Datapath | None, *, device: str,
+             listen: str | None, mtu: int, mtu_policy: str, started_wall: float,
+             wall: float, rekeying: Callable[[Peer], bool]) -> dict[str, Any]:
+    iface = cfg.interface
+    counters, drops = _counters(dp)
+    return {
+        "interface": {
+            "name": cfg.name,
+            "device": device,
+            "role": iface.role,
+            "listen": listen,
+            "addresses": [str(a) for a in iface.addresses],
+            "mtu": mtu,
+            "mtu_policy": mtu_policy,
+            "rekey_interval": iface.rekey_interval,
+            "pid": os.getpid(),
+            "uptime": round(wall - started_wall, 1) if started_wall else 0,
+            "config": cfg.path,
+            **counters,
+            "drops": drops,
+        },
+        "peers": [peer_status(p, dp, wall, rekeying(p)) for p in peers],
+    }

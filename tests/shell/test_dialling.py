@@ -1,0 +1,83 @@
+"""The client's dialling: back-off while the server is absent, redial and resumption after
+a server restart, a refused ticket, all on fake time."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from dtlsvpn.daemon.dialer import BACKOFF_CAP, DIAL_TIMEOUT
+from tests.fakes.world import Host, World
+from tests.netns.harness import psk_pair
+from tests.shell.conftest import CLIENT, SERVER, established
+
+LIVENESS = {"heartbeat_interval": 1, "dead_peer_timeout": 3}
+
+
+def test_backoff_is_capped_jittered_and_resolves_each_time(world: World,
+                                                           tmp_path: Path) -> None:
+    server_conf, client_conf = psk_pair(tmp_path)
+    client_conf.write_text(client_conf.read_text().replace(f"{SERVER}:4433",
+                                                           "office.test:4433"))
+    world.net.names["office.test"] = SERVER
+    client = world.start(client_conf, CLIENT)
+    world.run_for(400.0)
+    dials = [t for t, name in client.devices.resolved if name == "office.test"]
+    assert len(dials) >= 10
+    gaps = [b - a for a, b in itertools.pairwise(dials)]
+    for n, gap in enumerate(gaps):
+        ceiling = min(BACKOFF_CAP, 2.0 ** n)
+        assert DIAL_TIMEOUT + ceiling / 2 - 1e-6 <= gap <= DIAL_TIMEOUT + ceiling + 1e-6, (n, gaps)
+    capped = gaps[6:]
+    assert capped and len({round(g, 3) for g in capped}) > 1  # jittered at the cap
+    peer = client.peer()
+    assert peer["state"] in ("down", "connecting")
+    assert peer["handshakes"] == 0 and "READY=1" not in client.messages
+    assert any(m.startswith("STATUS=0/1 peers up") for m in client.messages)
+
+    # The server appears: the next dial gets through and READY=1 follows.
+    server = world.start(server_conf, SERVER)
+    assert world.run_until(lambda: established(client), within=BACKOFF_CAP + DIAL_TIMEOUT + 1)
+    assert established(server) and "READY=1" in client.messages
+    assert client.peer()["resumed"] is False
+
+
+def _up_with_ticket(world: World, tmp_path: Path) -> tuple[Host, Host, Path]:
+    """A server and a client with liveness checks, up, the client holding a ticket."""
+    server_conf, client_conf = psk_pair(tmp_path, **LIVENESS)
+    server = world.start(server_conf, SERVER)
+    client = world.start(client_conf, CLIENT)
+    assert world.run_until(lambda: established(client))
+    assert world.run_until(lambda: any((tmp_path / "tickets").glob("*.ticket")))
+    assert (tmp_path / "server-state" / "ticket.keys").exists()
+    return server, client, server_conf
+
+
+def _reconnected(client: Host) -> bool:
+    peer = client.peer()
+    return bool(peer["state"] == "established" and peer["handshakes"] >= 2)
+
+
+def test_server_restart_redial_resumes_with_ticket(world: World, tmp_path: Path) -> None:
+    server, client, server_conf = _up_with_ticket(world, tmp_path)
+    server.crash()
+    assert world.run_until(lambda: client.peer()["state"] != "established", within=10)
+    server2 = world.start(server_conf, SERVER)
+    assert world.run_until(lambda: _reconnected(client), within=60)
+    assert client.peer()["resumed"] is True
+    assert server2.peer()["resumed"] is True and server2.peer()["handshakes"] == 1
+    client.tun.inject([b"\x45" + bytes(19)])  # not a valid packet: still no crash
+    world.settle()
+
+
+def test_refused_ticket_falls_back_to_a_full_handshake(world: World, tmp_path: Path) -> None:
+    server, client, server_conf = _up_with_ticket(world, tmp_path)
+    (ticket,) = (tmp_path / "tickets").glob("*.ticket")
+    old_ticket = ticket.read_text()
+    server.crash()
+    (tmp_path / "server-state" / "ticket.keys").unlink()  # new keys: the ticket is refused
+    server2 = world.start(server_conf, SERVER)
+    assert world.run_until(lambda: _reconnected(client), within=60)
+    assert client.peer()["resumed"] is False
+    assert server2.peer()["resumed"] is False
+    assert world.run_until(lambda: ticket.exists() and ticket.read_text() != old_ticket)

@@ -1,0 +1,49 @@
+"""A client and a server daemon in one process: handshake, data both ways, status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.fakes.packets import seq_of, udp
+from tests.shell.conftest import CLIENT, SERVER, Pair
+from tests.shell.pipeline import measure
+
+
+def test_data_both_ways_v4_v6_and_spoofing_dropped(pair: Pair) -> None:
+    server, client = pair()
+    client.tun.inject([udp("100.64.0.2", "100.64.0.1", seq=1),
+                       udp("fd00::2", "fd00::1", seq=2, size=1200)])
+    server.tun.inject([udp("100.64.0.1", "100.64.0.2", seq=3),
+                       udp("fd00::1", "fd00::2", seq=4)])
+    world = server.world
+    got_server: list[bytes] = []
+    got_client: list[bytes] = []
+
+    def arrived() -> bool:
+        got_server.extend(server.tun.drain())
+        got_client.extend(client.tun.drain())
+        return len(got_server) >= 2 and len(got_client) >= 2
+
+    assert world.run_until(arrived, within=1.0)
+    assert sorted(map(seq_of, got_server)) == [1, 2]
+    assert sorted(map(seq_of, got_client)) == [3, 4]
+    assert len(next(p for p in got_server if seq_of(p) == 2)) == 1200
+
+    # A source address outside the client's AllowedIPs on the server: dropped, counted.
+    client.tun.inject([udp("100.64.0.77", "100.64.0.1", seq=5)])
+    world.settle()
+    assert server.tun.drain() == []
+    assert server.peer()["drops"]["spoofed_source"] == 1
+
+    speer, cpeer = server.peer(), client.peer()
+    assert speer["endpoint"].startswith(f"{CLIENT}:")
+    assert cpeer["endpoint"] == f"{SERVER}:4433"
+    assert speer["rx_packets"] == 2 and speer["tx_packets"] == 2
+    assert cpeer["rx_packets"] == 2 and cpeer["tx_packets"] == 3
+    assert "READY=1" in client.messages and "READY=1" in server.messages
+
+
+def test_pipeline_measurement_runs(tmp_path: Path) -> None:
+    result = measure(tmp_path, packets=300, size=1400)
+    assert result["client_to_server_received"] == 300
+    assert result["server_to_client_received"] == 300
