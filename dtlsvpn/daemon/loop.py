@@ -114,8 +114,9 @@ class Loop:
     # --- descriptors ---------------------------------------------------------------
 
     def add(self, fd: int, handler: Handler, mask: int = EPOLLIN) -> None:
-        self._handlers[fd] = handler
+        """Call ``handler`` when ``fd`` is ready; an fd epoll refuses leaves no trace."""
         self._ep.register(fd, mask)
+        self._handlers[fd] = handler
 
     def modify(self, fd: int, mask: int) -> None:
         self._ep.modify(fd, mask)

@@ -46,6 +46,7 @@ from dtlsvpn.errors import (
 )
 from dtlsvpn.wire import extensions as ext
 from dtlsvpn.wire import handshake as hs
+from dtlsvpn.wire import key_exchange as kxw
 from dtlsvpn.wire.constants import (
     DTLS_1_0,
     DTLS_1_2,
@@ -228,7 +229,7 @@ class ClientMachine(Machine):
     def _handle_ske(self, seq: int, body: bytes, now: float, wall: float) -> None:
         assert self.suite is not None
         kx = self.suite.kx
-        ske = hs.decode_server_key_exchange(body, kx)
+        ske = kxw.decode_server_key_exchange(body, kx)
         if ske.psk_identity_hint is not None:
             self.psk_hint = ske.psk_identity_hint
         if kx is not KeyExchangeKind.PSK:
@@ -304,7 +305,7 @@ class ClientMachine(Machine):
             pms = psk_premaster(self.config.psk, other)
         else:
             pms = shared
-        cke = hs.encode_client_key_exchange(hs.ClientKeyExchange(identity, public), kx)
+        cke = kxw.encode_client_key_exchange(kxw.ClientKeyExchange(identity, public), kx)
         msgs.append(self.outgoing(0, HandshakeType.client_key_exchange, cke))
         # RFC 7627 §4: the session hash runs up to and including ClientKeyExchange.
         self.derive_master(pms)

@@ -51,6 +51,7 @@ from dtlsvpn.errors import (
 )
 from dtlsvpn.wire import extensions as ext
 from dtlsvpn.wire import handshake as hs
+from dtlsvpn.wire import key_exchange as kxw
 from dtlsvpn.wire.constants import (
     DTLS_1_2,
     CipherSuite,
@@ -212,16 +213,16 @@ class ServerMachine(Machine):
         assert self.group is not None
         self.key_share = self.new_key_share(self.group)
         hint = b"" if kx is KeyExchangeKind.ECDHE_PSK else None
-        ske = hs.ServerKeyExchange(hint, self.group, self.key_share.public_bytes(), None, None)
+        ske = kxw.ServerKeyExchange(hint, self.group, self.key_share.public_bytes(), None, None)
         if suite.uses_certificate:
             key = self.config.private_key
             assert key is not None
             scheme = self._choose_scheme(key, client_schemes)
             signed = self.client_random + self.server_random + ske.params_bytes()
-            ske = hs.ServerKeyExchange(None, ske.group, ske.public, scheme,
+            ske = kxw.ServerKeyExchange(None, ske.group, ske.public, scheme,
                                        certs.sign(key, SignatureScheme(scheme), signed))
         return self.outgoing(0, HandshakeType.server_key_exchange,
-                             hs.encode_server_key_exchange(ske, kx))
+                             kxw.encode_server_key_exchange(ske, kx))
 
     def _choose_scheme(self, key: certs.PrivateKey, client_schemes: tuple[int, ...]) -> int:
         ours = certs.schemes_for_key(key)
@@ -252,7 +253,7 @@ class ServerMachine(Machine):
     def _handle_cke(self, seq: int, body: bytes, now: float, wall: float) -> None:
         assert self.suite is not None
         kx = self.suite.kx
-        cke = hs.decode_client_key_exchange(body, kx)
+        cke = kxw.decode_client_key_exchange(body, kx)
         shared = b""
         if kx is not KeyExchangeKind.PSK:
             assert self.key_share is not None and cke.public is not None

@@ -17,9 +17,9 @@ Two layers:
 
 * The message bodies, one frozen dataclass each, with ``pull_<name>(r)``,
   ``decode_<name>(body)`` (whole body, no trailing bytes) and
-  ``encode_<name>(msg)`` (body only).  ServerKeyExchange and ClientKeyExchange
-  depend on the key exchange of the negotiated suite and take a
-  :class:`KeyExchangeKind`.
+  ``encode_<name>(msg)`` (body only).  ServerKeyExchange and ClientKeyExchange,
+  whose shape depends on the negotiated suite's key exchange, are in
+  :mod:`dtlsvpn.wire.key_exchange`.
 
 Invariants: decoders raise only :class:`DecodeError`; every vector is checked
 against its declared bounds and its container before anything else reads it
@@ -30,10 +30,8 @@ the buffer for an over-long vector) on values the wire cannot carry.
 
 Sources: ClientHello / ServerHello RFC 5246 §7.4.1.2-3 and RFC 6347 §4.2.1
 (cookie); HelloVerifyRequest RFC 6347 §4.2.1; Certificate §7.4.2;
-ServerKeyExchange §7.4.3 with RFC 8422 §5.4 (ECDHE), RFC 4279 §2 (PSK) and
-RFC 5489 §2 (ECDHE_PSK); CertificateRequest §7.4.4; ServerHelloDone §7.4.5;
-CertificateVerify §7.4.8; ClientKeyExchange §7.4.7 with RFC 8422 §5.7, RFC 4279
-§2 and RFC 5489 §2; Finished §7.4.9; NewSessionTicket RFC 5077 §3.3.
+CertificateRequest §7.4.4; ServerHelloDone §7.4.5; CertificateVerify §7.4.8;
+Finished §7.4.9; NewSessionTicket RFC 5077 §3.3.
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ from dataclasses import dataclass
 
 from dtlsvpn.errors import DecodeError, UsageError
 from dtlsvpn.wire.buffer import Reader, Writer
-from dtlsvpn.wire.constants import HANDSHAKE_HEADER_LEN, ECCurveType, KeyExchangeKind
+from dtlsvpn.wire.constants import HANDSHAKE_HEADER_LEN
 from dtlsvpn.wire.extensions import Extension, find_extension, pull_extensions, push_extensions
 
 __all__ = [
@@ -53,7 +51,6 @@ __all__ = [
     "CertificateRequest",
     "CertificateVerify",
     "ClientHello",
-    "ClientKeyExchange",
     "Extension",
     "Finished",
     "HandshakeFragment",
@@ -62,24 +59,20 @@ __all__ = [
     "NewSessionTicket",
     "ServerHello",
     "ServerHelloDone",
-    "ServerKeyExchange",
     "decode_certificate",
     "decode_certificate_request",
     "decode_certificate_verify",
     "decode_client_hello",
-    "decode_client_key_exchange",
     "decode_finished",
     "decode_hello_request",
     "decode_hello_verify_request",
     "decode_new_session_ticket",
     "decode_server_hello",
     "decode_server_hello_done",
-    "decode_server_key_exchange",
     "encode_certificate",
     "encode_certificate_request",
     "encode_certificate_verify",
     "encode_client_hello",
-    "encode_client_key_exchange",
     "encode_finished",
     "encode_handshake",
     "encode_handshake_fragment",
@@ -88,13 +81,10 @@ __all__ = [
     "encode_new_session_ticket",
     "encode_server_hello",
     "encode_server_hello_done",
-    "encode_server_key_exchange",
     "parse_handshake_fragments",
     "pull_client_hello",
-    "pull_client_key_exchange",
     "pull_handshake_fragment",
     "pull_server_hello",
-    "pull_server_key_exchange",
     "transcript_bytes",
 ]
 
@@ -382,93 +372,6 @@ def encode_certificate(msg: Certificate) -> bytes:
     return w.data()
 
 
-# --- ServerKeyExchange (RFC 5246 §7.4.3, RFC 8422 §5.4, RFC 4279 §2, RFC 5489 §2) --------
-
-
-@dataclass(frozen=True, slots=True)
-class ServerKeyExchange:
-    """The fields present depend on the key exchange:
-
-    * ECDHE_ECDSA / ECDHE_RSA: group, public, scheme, signature;
-    * PSK: psk_identity_hint only;
-    * ECDHE_PSK: psk_identity_hint, group, public (no signature, RFC 5489 §2).
-    """
-
-    psk_identity_hint: bytes | None
-    group: int | None
-    public: bytes | None
-    scheme: int | None
-    signature: bytes | None
-
-    def params_bytes(self) -> bytes:
-        """The ServerECDHParams as encoded on the wire: the bytes that are signed
-        (after client_random + server_random, RFC 8422 §5.4)."""
-        _require(self.group is not None and self.public is not None, "no ECDH parameters")
-        assert self.group is not None and self.public is not None
-        w = Writer()
-        _push_ecdh_params(w, self.group, self.public)
-        return w.data()
-
-
-def _push_ecdh_params(w: Writer, group: int, public: bytes) -> None:
-    _require(bool(public), "empty ECDH public value")
-    w.push_uint8(ECCurveType.named_curve)
-    w.push_uint16(group)
-    w.push_opaque8(public)
-
-
-def _pull_ecdh_params(r: Reader) -> tuple[int, bytes]:
-    # RFC 8422 §5.4: ECParameters { ECCurveType curve_type; NamedCurve namedcurve; }
-    curve_type = r.pull_uint8()
-    if curve_type != ECCurveType.named_curve:
-        raise DecodeError(f"curve_type {curve_type} is not named_curve")
-    group = r.pull_uint16()
-    public = r.pull_opaque8()  # ECPoint: opaque point <1..2^8-1>
-    if not public:
-        raise DecodeError("empty ECDH public value")
-    return group, public
-
-
-def pull_server_key_exchange(r: Reader, kx: KeyExchangeKind) -> ServerKeyExchange:
-    hint: bytes | None = None
-    group: int | None = None
-    public: bytes | None = None
-    scheme: int | None = None
-    signature: bytes | None = None
-    if kx in (KeyExchangeKind.PSK, KeyExchangeKind.ECDHE_PSK):
-        hint = r.pull_opaque16()  # RFC 4279 §2: opaque psk_identity_hint<0..2^16-1>
-    if kx is not KeyExchangeKind.PSK:
-        group, public = _pull_ecdh_params(r)
-    if kx in (KeyExchangeKind.ECDHE_ECDSA, KeyExchangeKind.ECDHE_RSA):
-        # RFC 5246 §4.7 digitally-signed: SignatureAndHashAlgorithm, opaque<0..2^16-1>
-        scheme = r.pull_uint16()
-        signature = r.pull_opaque16()
-    return ServerKeyExchange(hint, group, public, scheme, signature)
-
-
-def decode_server_key_exchange(body: bytes, kx: KeyExchangeKind) -> ServerKeyExchange:
-    r = Reader(body)
-    msg = pull_server_key_exchange(r, kx)
-    r.expect_end("ServerKeyExchange")
-    return msg
-
-
-def encode_server_key_exchange(msg: ServerKeyExchange, kx: KeyExchangeKind) -> bytes:
-    w = Writer()
-    if kx in (KeyExchangeKind.PSK, KeyExchangeKind.ECDHE_PSK):
-        _require(msg.psk_identity_hint is not None, "PSK key exchange needs an identity hint")
-        assert msg.psk_identity_hint is not None
-        w.push_opaque16(msg.psk_identity_hint)
-    if kx is not KeyExchangeKind.PSK:
-        w.push_bytes(msg.params_bytes())
-    if kx in (KeyExchangeKind.ECDHE_ECDSA, KeyExchangeKind.ECDHE_RSA):
-        _require(msg.scheme is not None and msg.signature is not None, "no signature")
-        assert msg.scheme is not None and msg.signature is not None
-        w.push_uint16(msg.scheme)
-        w.push_opaque16(msg.signature)
-    return w.data()
-
-
 # --- CertificateRequest (RFC 5246 §7.4.4) ------------------------------------------------
 
 
@@ -563,49 +466,6 @@ def encode_certificate_verify(msg: CertificateVerify) -> bytes:
     w = Writer()
     w.push_uint16(msg.scheme)
     w.push_opaque16(msg.signature)
-    return w.data()
-
-
-# --- ClientKeyExchange (RFC 5246 §7.4.7, RFC 8422 §5.7, RFC 4279 §2, RFC 5489 §2) --------
-
-
-@dataclass(frozen=True, slots=True)
-class ClientKeyExchange:
-    """ECDHE: public only; PSK: psk_identity only; ECDHE_PSK: both."""
-
-    psk_identity: bytes | None
-    public: bytes | None
-
-
-def pull_client_key_exchange(r: Reader, kx: KeyExchangeKind) -> ClientKeyExchange:
-    identity: bytes | None = None
-    public: bytes | None = None
-    if kx in (KeyExchangeKind.PSK, KeyExchangeKind.ECDHE_PSK):
-        identity = r.pull_opaque16()  # RFC 4279 §2: opaque psk_identity<0..2^16-1>
-    if kx is not KeyExchangeKind.PSK:
-        public = r.pull_opaque8()  # RFC 8422 §5.7: opaque point <1..2^8-1>
-        if not public:
-            raise DecodeError("empty ECDH public value")
-    return ClientKeyExchange(identity, public)
-
-
-def decode_client_key_exchange(body: bytes, kx: KeyExchangeKind) -> ClientKeyExchange:
-    r = Reader(body)
-    msg = pull_client_key_exchange(r, kx)
-    r.expect_end("ClientKeyExchange")
-    return msg
-
-
-def encode_client_key_exchange(msg: ClientKeyExchange, kx: KeyExchangeKind) -> bytes:
-    w = Writer()
-    if kx in (KeyExchangeKind.PSK, KeyExchangeKind.ECDHE_PSK):
-        _require(msg.psk_identity is not None, "PSK key exchange needs an identity")
-        assert msg.psk_identity is not None
-        w.push_opaque16(msg.psk_identity)
-    if kx is not KeyExchangeKind.PSK:
-        _require(bool(msg.public), "ECDHE key exchange needs a public value")
-        assert msg.public is not None
-        w.push_opaque8(msg.public)
     return w.data()
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import pytest
 
 from dtlsvpn.daemon.loop import Loop
 
@@ -130,4 +133,15 @@ def test_bring_forward_only_moves_a_deadline_sooner() -> None:
     assert t.when == 105.0 and len(loop._heap) == 1
     t.bring_forward(102.0)
     assert t.when == 102.0 and loop.next_deadline() == 102.0
+    loop.close()
+
+
+def test_an_fd_epoll_refuses_leaves_no_handler(tmp_path: Path) -> None:
+    loop, _ = make_loop()
+    path = tmp_path / "regular"
+    path.write_bytes(b"x")
+    with open(path, "rb") as f:
+        with pytest.raises(PermissionError):  # epoll refuses regular files
+            loop.add(f.fileno(), lambda mask, now, wall: None)
+        assert f.fileno() not in loop._handlers
     loop.close()

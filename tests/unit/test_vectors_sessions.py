@@ -40,6 +40,7 @@ from dtlsvpn.crypto.suites import SUITES, KeyExchangeKind, SuiteInfo, suite_by_n
 from dtlsvpn.dtls.reassembly import Reassembler
 from dtlsvpn.wire import extensions as wext
 from dtlsvpn.wire import handshake as hs
+from dtlsvpn.wire import key_exchange as kxw
 from dtlsvpn.wire.alert import decode_alert
 from dtlsvpn.wire.constants import (
     DTLS_1_2,
@@ -69,16 +70,16 @@ _CODECS: dict[int, tuple[Callable[..., Any], Callable[..., bytes], bool]] = {
     HandshakeType.hello_verify_request: (hs.decode_hello_verify_request,
                                          hs.encode_hello_verify_request, False),
     HandshakeType.certificate: (hs.decode_certificate, hs.encode_certificate, False),
-    HandshakeType.server_key_exchange: (hs.decode_server_key_exchange,
-                                        hs.encode_server_key_exchange, True),
+    HandshakeType.server_key_exchange: (kxw.decode_server_key_exchange,
+                                        kxw.encode_server_key_exchange, True),
     HandshakeType.certificate_request: (hs.decode_certificate_request,
                                         hs.encode_certificate_request, False),
     HandshakeType.server_hello_done: (hs.decode_server_hello_done,
                                       hs.encode_server_hello_done, False),
     HandshakeType.certificate_verify: (hs.decode_certificate_verify,
                                        hs.encode_certificate_verify, False),
-    HandshakeType.client_key_exchange: (hs.decode_client_key_exchange,
-                                        hs.encode_client_key_exchange, True),
+    HandshakeType.client_key_exchange: (kxw.decode_client_key_exchange,
+                                        kxw.encode_client_key_exchange, True),
     HandshakeType.finished: (hs.decode_finished, hs.encode_finished, False),
     HandshakeType.new_session_ticket: (hs.decode_new_session_ticket,
                                        hs.encode_new_session_ticket, False),

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from dtlsvpn.crypto.suites import KeyExchangeKind
 from dtlsvpn.errors import DecodeError, UsageError
 from dtlsvpn.wire import handshake as hs
+from dtlsvpn.wire import key_exchange as kxw
 from dtlsvpn.wire.buffer import Reader
 from dtlsvpn.wire.constants import DTLS_1_0, DTLS_1_2, ExtensionType, HandshakeType
 
@@ -66,7 +67,7 @@ new_session_tickets = st.builds(
 
 
 @st.composite
-def server_key_exchanges(draw: st.DrawFn) -> tuple[KeyExchangeKind, hs.ServerKeyExchange]:
+def server_key_exchanges(draw: st.DrawFn) -> tuple[KeyExchangeKind, kxw.ServerKeyExchange]:
     kx = draw(st.sampled_from(ALL_KX))
     psk = kx in (KeyExchangeKind.PSK, KeyExchangeKind.ECDHE_PSK)
     hint = draw(st.binary(max_size=64)) if psk else None
@@ -75,16 +76,16 @@ def server_key_exchanges(draw: st.DrawFn) -> tuple[KeyExchangeKind, hs.ServerKey
     signed = kx in ECDHE_SIGNED
     scheme = draw(u16) if signed else None
     signature = draw(st.binary(max_size=300)) if signed else None
-    return kx, hs.ServerKeyExchange(hint, group, public, scheme, signature)
+    return kx, kxw.ServerKeyExchange(hint, group, public, scheme, signature)
 
 
 @st.composite
-def client_key_exchanges(draw: st.DrawFn) -> tuple[KeyExchangeKind, hs.ClientKeyExchange]:
+def client_key_exchanges(draw: st.DrawFn) -> tuple[KeyExchangeKind, kxw.ClientKeyExchange]:
     kx = draw(st.sampled_from(ALL_KX))
     psk = kx in (KeyExchangeKind.PSK, KeyExchangeKind.ECDHE_PSK)
     identity = draw(st.binary(max_size=64)) if psk else None
     public = draw(points) if kx is not KeyExchangeKind.PSK else None
-    return kx, hs.ClientKeyExchange(identity, public)
+    return kx, kxw.ClientKeyExchange(identity, public)
 
 
 @st.composite
@@ -135,20 +136,20 @@ def test_round_trip(decode: Callable[[bytes], Any], encode: Callable[[Any], byte
 
 @given(server_key_exchanges())
 def test_server_key_exchange_round_trip(
-    case: tuple[KeyExchangeKind, hs.ServerKeyExchange],
+    case: tuple[KeyExchangeKind, kxw.ServerKeyExchange],
 ) -> None:
     kx, msg = case
-    body = hs.encode_server_key_exchange(msg, kx)
-    assert hs.decode_server_key_exchange(body, kx) == msg
+    body = kxw.encode_server_key_exchange(msg, kx)
+    assert kxw.decode_server_key_exchange(body, kx) == msg
 
 
 @given(client_key_exchanges())
 def test_client_key_exchange_round_trip(
-    case: tuple[KeyExchangeKind, hs.ClientKeyExchange],
+    case: tuple[KeyExchangeKind, kxw.ClientKeyExchange],
 ) -> None:
     kx, msg = case
-    body = hs.encode_client_key_exchange(msg, kx)
-    assert hs.decode_client_key_exchange(body, kx) == msg
+    body = kxw.encode_client_key_exchange(msg, kx)
+    assert kxw.decode_client_key_exchange(body, kx) == msg
 
 
 @given(st.lists(fragments(), min_size=1, max_size=4))
@@ -169,8 +170,8 @@ def test_any_bytes(decode: Callable[[bytes], Any], data: bytes) -> None:
 @pytest.mark.parametrize("kx", ALL_KX, ids=lambda k: k.name)
 @given(data=st.binary(max_size=300))
 def test_any_bytes_key_exchange(kx: KeyExchangeKind, data: bytes) -> None:
-    _parses_or_decode_error(hs.decode_server_key_exchange, data, kx)
-    _parses_or_decode_error(hs.decode_client_key_exchange, data, kx)
+    _parses_or_decode_error(kxw.decode_server_key_exchange, data, kx)
+    _parses_or_decode_error(kxw.decode_client_key_exchange, data, kx)
 
 
 @given(st.binary(max_size=300))
@@ -398,54 +399,54 @@ def test_finished_and_ticket() -> None:
 
 
 def test_server_key_exchange_ecdhe_known_answer() -> None:
-    msg = hs.ServerKeyExchange(None, 29, b"\x11" * 32, 0x0403, b"sig")
-    body = hs.encode_server_key_exchange(msg, KeyExchangeKind.ECDHE_ECDSA)
+    msg = kxw.ServerKeyExchange(None, 29, b"\x11" * 32, 0x0403, b"sig")
+    body = kxw.encode_server_key_exchange(msg, KeyExchangeKind.ECDHE_ECDSA)
     params = bytes.fromhex("03 001d 20") + b"\x11" * 32
     assert msg.params_bytes() == params
     assert body == params + bytes.fromhex("0403 0003") + b"sig"
     for kx in ECDHE_SIGNED:
-        assert hs.decode_server_key_exchange(body, kx) == msg
+        assert kxw.decode_server_key_exchange(body, kx) == msg
         with pytest.raises(DecodeError):
-            hs.decode_server_key_exchange(b"\x01" + body[1:], kx)  # explicit_prime curve
+            kxw.decode_server_key_exchange(b"\x01" + body[1:], kx)  # explicit_prime curve
         with pytest.raises(DecodeError):
-            hs.decode_server_key_exchange(body + b"\x00", kx)
+            kxw.decode_server_key_exchange(body + b"\x00", kx)
         with pytest.raises(DecodeError):
-            hs.decode_server_key_exchange(bytes.fromhex("03 001d 00 0403 0000"), kx)
+            kxw.decode_server_key_exchange(bytes.fromhex("03 001d 00 0403 0000"), kx)
 
 
 def test_server_key_exchange_psk_forms() -> None:
-    psk = hs.ServerKeyExchange(b"hint", None, None, None, None)
-    assert hs.encode_server_key_exchange(psk, KeyExchangeKind.PSK) == b"\x00\x04hint"
+    psk = kxw.ServerKeyExchange(b"hint", None, None, None, None)
+    assert kxw.encode_server_key_exchange(psk, KeyExchangeKind.PSK) == b"\x00\x04hint"
     with pytest.raises(DecodeError):
-        hs.decode_server_key_exchange(b"\x00\x04hint\x00", KeyExchangeKind.PSK)
+        kxw.decode_server_key_exchange(b"\x00\x04hint\x00", KeyExchangeKind.PSK)
     # RFC 5489 §2: hint, then ServerECDHParams, and no signature
-    ecdhe_psk = hs.ServerKeyExchange(b"", 23, b"\x04" + b"\x22" * 64, None, None)
-    body = hs.encode_server_key_exchange(ecdhe_psk, KeyExchangeKind.ECDHE_PSK)
+    ecdhe_psk = kxw.ServerKeyExchange(b"", 23, b"\x04" + b"\x22" * 64, None, None)
+    body = kxw.encode_server_key_exchange(ecdhe_psk, KeyExchangeKind.ECDHE_PSK)
     assert body == b"\x00\x00" + ecdhe_psk.params_bytes()
-    assert hs.decode_server_key_exchange(body, KeyExchangeKind.ECDHE_PSK) == ecdhe_psk
+    assert kxw.decode_server_key_exchange(body, KeyExchangeKind.ECDHE_PSK) == ecdhe_psk
     with pytest.raises(DecodeError):
-        hs.decode_server_key_exchange(body + bytes.fromhex("0403 0000"), KeyExchangeKind.ECDHE_PSK)
+        kxw.decode_server_key_exchange(body + bytes.fromhex("0403 0000"), KeyExchangeKind.ECDHE_PSK)
     with pytest.raises(UsageError):
         psk.params_bytes()
     with pytest.raises(UsageError):
-        hs.encode_server_key_exchange(psk, KeyExchangeKind.ECDHE_PSK)
+        kxw.encode_server_key_exchange(psk, KeyExchangeKind.ECDHE_PSK)
 
 
 def test_client_key_exchange_forms() -> None:
-    ecdhe = hs.ClientKeyExchange(None, b"\x33" * 32)
-    assert hs.encode_client_key_exchange(ecdhe, KeyExchangeKind.ECDHE_RSA) == b"\x20" + b"\x33" * 32
-    psk = hs.ClientKeyExchange(b"alice", None)
-    assert hs.encode_client_key_exchange(psk, KeyExchangeKind.PSK) == b"\x00\x05alice"
-    both = hs.ClientKeyExchange(b"alice", b"\x33" * 32)
-    body = hs.encode_client_key_exchange(both, KeyExchangeKind.ECDHE_PSK)
+    ecdhe = kxw.ClientKeyExchange(None, b"\x33" * 32)
+    assert kxw.encode_client_key_exchange(ecdhe, KeyExchangeKind.ECDHE_RSA) == b"\x20" + b"\x33" * 32
+    psk = kxw.ClientKeyExchange(b"alice", None)
+    assert kxw.encode_client_key_exchange(psk, KeyExchangeKind.PSK) == b"\x00\x05alice"
+    both = kxw.ClientKeyExchange(b"alice", b"\x33" * 32)
+    body = kxw.encode_client_key_exchange(both, KeyExchangeKind.ECDHE_PSK)
     assert body == b"\x00\x05alice\x20" + b"\x33" * 32
-    assert hs.decode_client_key_exchange(body, KeyExchangeKind.ECDHE_PSK) == both
+    assert kxw.decode_client_key_exchange(body, KeyExchangeKind.ECDHE_PSK) == both
     for kx, bad in ((KeyExchangeKind.ECDHE_ECDSA, b"\x00"),  # empty point
                     (KeyExchangeKind.ECDHE_ECDSA, b"\x02\x01"),
                     (KeyExchangeKind.PSK, b"\x00\x05alic"),
                     (KeyExchangeKind.PSK, b"\x00\x05alice\x00"),
                     (KeyExchangeKind.ECDHE_PSK, b"\x00\x05alice")):
         with pytest.raises(DecodeError):
-            hs.decode_client_key_exchange(bad, kx)
+            kxw.decode_client_key_exchange(bad, kx)
     with pytest.raises(UsageError):
-        hs.encode_client_key_exchange(psk, KeyExchangeKind.ECDHE_PSK)
+        kxw.encode_client_key_exchange(psk, KeyExchangeKind.ECDHE_PSK)

@@ -293,6 +293,70 @@ def _fmt(argv: list[str], **subst: str) -> list[str]:
     return [a.format(**subst) for a in argv]
 
 
+def _start_server(case: Case, tmp: str, keylog: str,
+                  procs: list[Proc]) -> tuple[Proc, int, dict[str, str] | None]:
+    """The case's server, its UDP port, and the client's environment."""
+    if case.tool == "openssl":
+        server = Proc(_fmt(case.server), tmp)
+        procs.append(server)
+        found: list[int] = []
+
+        def accept_line() -> bool:
+            m = re.search(rb"ACCEPT 127\.0\.0\.1:(\d+)", server.out)
+            if m:
+                found.append(int(m.group(1)))
+            return bool(m)
+
+        _wait("s_server ACCEPT line", accept_line)
+        return server, found[0], None
+    port = _free_udp_port()
+    server = Proc(_fmt(case.server, port=str(port)), tmp)
+    procs.append(server)
+    _wait("gnutls-serv to bind", lambda: _port_taken(port))
+    return server, port, dict(os.environ, SSLKEYLOGFILE=keylog)
+
+
+def _converse(case: Case, relay: Relay, client: Proc, server: Proc) -> None:
+    """Both Finished, one line each way, close_notify from the client, server stopped."""
+    # Handshake done when both Finished (epoch-1 handshake records) went by.
+    _wait("client Finished", lambda: _seen(relay, "c2s", 22))
+    _wait("server Finished", lambda: _seen(relay, "s2c", 22))
+    time.sleep(0.3)
+    client.write(case.client_line)
+    _wait("client application data", lambda: _seen(relay, "c2s", 23))
+    if case.server_line is not None:
+        _wait("line at the server", lambda: case.client_line.encode() in server.out)
+        server.write(case.server_line)
+    _wait("server application data", lambda: _seen(relay, "s2c", 23))
+    server_line = case.server_line if case.server_line is not None else case.client_line
+    _wait("line at the client", lambda: server_line.encode() in client.out)
+    client.close_stdin()  # the client sends close_notify and exits
+    client.stop(5)
+    time.sleep(0.3)
+    server.close_stdin()
+    server.stop(2 if case.tool == "openssl" else 0.3)
+    time.sleep(0.2)
+
+
+def _record_session(case: Case, tmp: str, keylog: str) -> list[tuple[str, bytes]]:
+    """Run the case through a recording relay; the datagrams in order."""
+    procs: list[Proc] = []
+    relay: Relay | None = None
+    try:
+        server, server_port, env = _start_server(case, tmp, keylog, procs)
+        relay = Relay(server_port)
+        client = Proc(_fmt(case.client, port=str(relay.port), keylog=keylog), tmp, env)
+        procs.append(client)
+        _converse(case, relay, client, server)
+    finally:
+        for p in procs:
+            if p.popen.poll() is None:
+                p.stop(0)
+        if relay is not None:
+            relay.close()
+    return relay.datagrams  # the relay's thread has stopped
+
+
 def capture(name: str) -> dict[str, object]:
     case = CASES[name]
     with tempfile.TemporaryDirectory(prefix="dtlsvpn-vec-") as tmp:
@@ -301,61 +365,12 @@ def capture(name: str) -> dict[str, object]:
             for argv in CERT_COMMANDS:
                 subprocess.run(argv, cwd=tmp, check=True, capture_output=True, timeout=20)
         keylog = str(Path(tmp, "keys.log"))
-        procs: list[Proc] = []
-        relay: Relay | None = None
-        try:
-            if case.tool == "openssl":
-                server = Proc(_fmt(case.server), tmp)
-                procs.append(server)
-                found: list[int] = []
-
-                def accept_line() -> bool:
-                    m = re.search(rb"ACCEPT 127\.0\.0\.1:(\d+)", server.out)
-                    if m:
-                        found.append(int(m.group(1)))
-                    return bool(m)
-
-                _wait("s_server ACCEPT line", accept_line)
-                server_port = found[0]
-                env = None
-            else:
-                server_port = _free_udp_port()
-                server = Proc(_fmt(case.server, port=str(server_port)), tmp)
-                procs.append(server)
-                _wait("gnutls-serv to bind", lambda: _port_taken(server_port))
-                env = dict(os.environ, SSLKEYLOGFILE=keylog)
-            relay = Relay(server_port)
-            client = Proc(_fmt(case.client, port=str(relay.port), keylog=keylog), tmp, env)
-            procs.append(client)
-            # Handshake done when both Finished (epoch-1 handshake records) went by.
-            _wait("client Finished", lambda: _seen(relay, "c2s", 22))
-            _wait("server Finished", lambda: _seen(relay, "s2c", 22))
-            time.sleep(0.3)
-            client.write(case.client_line)
-            _wait("client application data", lambda: _seen(relay, "c2s", 23))
-            if case.server_line is not None:
-                _wait("line at the server", lambda: case.client_line.encode() in server.out)
-                server.write(case.server_line)
-            _wait("server application data", lambda: _seen(relay, "s2c", 23))
-            server_line = case.server_line if case.server_line is not None else case.client_line
-            _wait("line at the client", lambda: server_line.encode() in client.out)
-            client.close_stdin()  # the client sends close_notify and exits
-            client.stop(5)
-            time.sleep(0.3)
-            server.close_stdin()
-            server.stop(2 if case.tool == "openssl" else 0.3)
-            time.sleep(0.2)
-        finally:
-            for p in procs:
-                if p.popen.poll() is None:
-                    p.stop(0)
-            if relay is not None:
-                relay.close()
+        recorded = _record_session(case, tmp, keylog)
         lines = [ln for ln in Path(keylog).read_text().splitlines()
                  if ln.startswith("CLIENT_RANDOM ")]
         if len(lines) != 1:
             raise RuntimeError(f"{name}: expected one CLIENT_RANDOM line, got {lines}")
-        datagrams = [{"dir": d, "hex": data.hex()} for d, data in relay.datagrams]
+        datagrams = [{"dir": d, "hex": data.hex()} for d, data in recorded]
 
     def cmd(role: str, argv: list[str]) -> str:
         port = "SERVER_PORT" if role == "server" else "RELAY_PORT"
