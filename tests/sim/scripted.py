@@ -52,20 +52,22 @@ from dtlsvpn.wire.handshake import (
     Certificate,
     CertificateVerify,
     ClientHello,
-    ClientKeyExchange,
     Finished,
-    ServerKeyExchange,
     decode_hello_verify_request,
     decode_server_hello,
-    decode_server_key_exchange,
     encode_certificate,
     encode_certificate_verify,
     encode_client_hello,
-    encode_client_key_exchange,
     encode_finished,
     encode_handshake,
     parse_handshake_fragments,
     transcript_bytes,
+)
+from dtlsvpn.wire.key_exchange import (
+    ClientKeyExchange,
+    ServerKeyExchange,
+    decode_server_key_exchange,
+    encode_client_key_exchange,
 )
 from dtlsvpn.wire.record import Record, encode_record, parse_datagram
 from tests.pki import Credential
