@@ -1,0 +1,5 @@
+"""``python -m bench``: see bench/main.py."""
+
+from bench.main import main
+
+raise SystemExit(main())
