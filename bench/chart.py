@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
+from matplotlib.patches import Patch
 
 COLORS = {"bare": "#9e9e9e", "dtlsvpn": "#d62728", "openvpn": "#1f77b4",
           "wireguard": "#2ca02c", "ocserv": "#9467bd"}
@@ -29,6 +30,7 @@ def _stat(entry: dict[str, Any], metric: str) -> tuple[float, float, float] | No
 def _grouped(ax: Axes, systems: list[dict[str, Any]], metrics: list[tuple[str, str]],
              ylabel: str, digits: int) -> None:
     width = 0.8 / max(1, len(systems))
+    top = 0.0
     for i, e in enumerate(systems):
         xs, ys, lo, hi = [], [], [], []
         for j, (metric, _label) in enumerate(metrics):
@@ -39,6 +41,7 @@ def _grouped(ax: Axes, systems: list[dict[str, Any]], metrics: list[tuple[str, s
             ys.append(st[0])
             lo.append(st[1])
             hi.append(st[2])
+            top = max(top, st[0] + st[2])
         bars = ax.bar(xs, ys, width * 0.95, yerr=[lo, hi], capsize=3,
                       color=COLORS.get(e["name"], "#555555"), label=e["label"])
         for bar, y in zip(bars, ys, strict=True):
@@ -47,6 +50,7 @@ def _grouped(ax: Axes, systems: list[dict[str, Any]], metrics: list[tuple[str, s
                         textcoords="offset points")
     ax.set_xticks(range(len(metrics)), [label for _m, label in metrics])
     ax.set_ylabel(ylabel)
+    ax.set_ylim(0, (top or 1) * 1.15)
     ax.grid(axis="y", alpha=0.3)
 
 
@@ -61,7 +65,6 @@ def _throughput(ax: Axes, doc: dict[str, Any]) -> None:
         if st is not None:
             title += f"\n(bare veth: {st[0]:,.0f} Mbit/s c→s)"
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
 
 
 def _latency(ax: Axes, doc: dict[str, Any]) -> None:
@@ -69,7 +72,6 @@ def _latency(ax: Axes, doc: dict[str, Any]) -> None:
     _grouped(ax, systems, [("rtt_idle_ms", "idle"), ("rtt_load_ms", "under load")],
              "ms (lower is better)", 2)
     ax.set_title("ping RTT through the tunnel (median)", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
 
 
 def _cpu(ax: Axes, doc: dict[str, Any]) -> None:
@@ -126,6 +128,7 @@ def _idle(ax: Axes, doc: dict[str, Any]) -> None:
            [wo["max"] - wo["median"], w["max"] - w["median"]]]
     ax.bar(labels, meds, yerr=err, capsize=4, color=["#d62728", "#f4a3a3"])
     ax.set_ylabel("Mbit/s")
+    ax.set_ylim(0, max(wo["max"], w["max"]) * 1.2)
     ratio = idle.get("ratio")
     if ratio is not None:
         ax.annotate(f"ratio {ratio:.2f}×", (1, meds[1]), ha="center", va="bottom",
@@ -145,6 +148,10 @@ def render(doc: dict[str, Any], out: Path) -> None:
     fig.suptitle(f"dtlsvpn bench {doc['date']} — {m['nproc']} × {m['cpu']}, kernel "
                  f"{m['kernel']} — commit {doc['git']['commit'][:10]} — {st['rounds']} rounds "
                  f"× {st['seconds']:g} s, median and min–max", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    shown = [e for e in doc["systems"] if not e["error"]]
+    fig.legend(handles=[Patch(color=COLORS.get(e["name"], "#555555"), label=e["label"])
+                        for e in shown], loc="upper center", ncol=max(1, len(shown)),
+               bbox_to_anchor=(0.5, 0.965), frameon=False, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(out, dpi=110)
     plt.close(fig)

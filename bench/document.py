@@ -44,6 +44,7 @@ def machine() -> dict[str, Any]:
     import cryptography
 
     return {"nproc": os.cpu_count(), "kernel": platform.release(), "cpu": cpu,
+            "loadavg_at_end": os.getloadavg()[0],
             "python": platform.python_version(), "cryptography": cryptography.__version__,
             "hostname": platform.node()}
 
@@ -68,7 +69,8 @@ def system_entry(r: SystemRun) -> dict[str, Any]:
     return {"name": r.system.name, "label": r.system.label, "is_peer": r.system.is_peer,
             "version": r.version, "error": r.error,
             "note": r.tunnel.note if r.tunnel else "", "start_seconds": r.start_seconds,
-            "mtu": r.mtus, "errors": r.errors, "metrics": metrics}
+            "mtu": r.mtus, "errors": r.errors, "metrics": metrics,
+            "others_cores": r.others_cores}
 
 
 def _summary(entry: dict[str, Any], metric: str) -> Summary | None:

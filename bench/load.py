@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.netns import Topology
-from bench.procs import BenchError, Processes, cpu_seconds, cpu_used, poll, run
+from bench.procs import BenchError, Processes, cpu_seconds, cpu_used, machine_busy, poll, run
 
 IPERF_PORT = 5201
 _TIME_RE = re.compile(r"time[=<]([0-9.]+) ms")
@@ -32,6 +32,7 @@ class Throughput:
     bytes: int
     retransmits: int | None
     cpu_seconds: float  # of the tunnel's processes, both ends, over the run
+    others_cores: float  # cores busy with anything else meanwhile (iperf3, other users)
 
     @property
     def cores_per_gbit(self) -> float | None:
@@ -118,16 +119,19 @@ class Loads:
             if reverse:
                 argv.append("-R")
             before = cpu_seconds(cpu_pids or [])
+            busy_before, t0 = machine_busy(), time.monotonic()
             client = self.procs.start("iperf3-client", argv, limit=seconds + 20,
                                       ns=self.topo.client, stdout=subprocess.PIPE)
             rtt = self._ping_meanwhile(target, seconds) if ping_during else None
             out, _ = client.popen.communicate(timeout=seconds + 25)
             self.procs.stop(client)
             after = cpu_seconds(cpu_pids or [])
+            busy, wall = machine_busy() - busy_before, time.monotonic() - t0
             mbit, nbytes, retrans = parse_iperf(out)
         finally:
             self.procs.stop(server)
-        return Throughput(mbit, nbytes, retrans, cpu_used(before, after)), rtt
+        used = cpu_used(before, after)
+        return Throughput(mbit, nbytes, retrans, used, max(0.0, busy - used) / wall), rtt
 
     def _ping_meanwhile(self, target: str, seconds: float) -> Rtt | None:
         interval = 0.1

@@ -195,6 +195,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench: run as root (network namespaces, TUN devices)", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     started = datetime.datetime.now(datetime.UTC)

@@ -193,6 +193,14 @@ def cpu_seconds(pids: Iterable[int]) -> dict[int, float]:
     return out
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all cores, /proc/stat), idle and
+    iowait excluded."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK
+
+
 def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds between two :func:`cpu_seconds` samples (processes new since count whole)."""
     return sum(t - before.get(pid, 0.0) for pid, t in after.items())

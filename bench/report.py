@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.stats import METRICS, Summary, fmt_num, fmt_ratio, fmt_summary
+from bench.stats import METRICS, Summary, fmt_num, fmt_ratio, fmt_summary, summarise
 
 TABLE_COLUMNS = [("c2s_mbit", 0), ("s2c_mbit", 0), ("p4_mbit", 0), ("rtt_idle_ms", 3),
                  ("rtt_load_ms", 3), ("cpu_c2s", 2), ("cpu_s2c", 2)]
@@ -162,6 +162,10 @@ def _notes(doc: dict[str, Any]) -> list[str]:
             bits.append(e["note"])
         if e["start_seconds"] is not None:
             bits.append(f"up in {e['start_seconds']:.1f} s")
+        others = summarise(e.get("others_cores", []))
+        if others is not None:
+            bits.append(f"other CPU during its iperf3 runs (iperf3 itself and the rest of the "
+                        f"machine) {fmt_summary(others, 2)} cores")
         lines.append(f"- {e['label']}: {'; '.join(bits)}")
         lines += [f"  - error: {err}" for err in e["errors"]]
     for name, version in doc["versions"].items():

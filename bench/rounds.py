@@ -38,6 +38,7 @@ class SystemRun:
     mtus: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     start_seconds: float | None = None
+    others_cores: list[float] = field(default_factory=list)  # per iperf3 run
 
 
 def start_all(ctx: Context, systems: list[System], loads: Loads,
@@ -107,6 +108,7 @@ def measure_round(ctx: Context, loads: Loads, run: SystemRun, round_no: int, sec
         metric, cpu = ("s2c_mbit", "cpu_s2c") if reverse else ("c2s_mbit", "cpu_c2s")
         tput, rtt = loads.iperf(tunnel.server_ip, seconds, reverse=reverse, cpu_pids=pids,
                                 ping_during=not reverse)
+        run.others_cores.append(tput.others_cores)
         run.values[metric][-1] = tput.mbit_s
         run.values[cpu][-1] = tput.cores_per_gbit
         text = f"{tput.mbit_s:.0f} Mbit/s, {_cores(tput)}"
@@ -117,6 +119,7 @@ def measure_round(ctx: Context, loads: Loads, run: SystemRun, round_no: int, sec
 
     def four() -> str:
         tput, _ = loads.iperf(tunnel.server_ip, seconds, streams=4, cpu_pids=pids)
+        run.others_cores.append(tput.others_cores)
         run.values["p4_mbit"][-1] = tput.mbit_s
         run.values["cpu_p4"][-1] = tput.cores_per_gbit
         return f"{tput.mbit_s:.0f} Mbit/s, {_cores(tput)}"
