@@ -24,6 +24,12 @@ def _summary(entry: dict[str, Any], metric: str) -> Summary | None:
     return Summary(s["median"], s["min"], s["max"], s["n"]) if s else None
 
 
+def _cell(text: str, limit: int) -> str:
+    """``text`` fit for one Markdown table cell."""
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
+
+
 def _header(doc: dict[str, Any]) -> list[str]:
     m, g, st = doc["machine"], doc["git"], doc["settings"]
     dirty = " (with uncommitted changes)" if g.get("dirty") else ""
@@ -39,15 +45,18 @@ def _header(doc: dict[str, Any]) -> list[str]:
 
 
 def _main_table(doc: dict[str, Any]) -> list[str]:
-    head = ["system"] + [f"{METRICS[m][0]} ({METRICS[m][1]})" for m, _ in TABLE_COLUMNS]
+    head = ["system", "version"] + [f"{METRICS[m][0]} ({METRICS[m][1]})"
+                                    for m, _ in TABLE_COLUMNS]
     head.append("tunnel MTU")
     lines = ["## Throughput, latency, CPU", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in doc["systems"]:
         if e["error"]:
-            lines.append(f"| {e['label']} | MISSING: {e['error']} |" + " |" * (len(head) - 2))
+            lines.append(f"| {e['label']} | {_cell(e['version'], 60)} | MISSING: "
+                         f"{_cell(e['error'], 200)} |" + " |" * (len(head) - 3))
             continue
-        cells = [e["label"]] + [fmt_summary(_summary(e, m), d) for m, d in TABLE_COLUMNS]
+        cells = [e["label"], _cell(e["version"], 60)]
+        cells += [fmt_summary(_summary(e, m), d) for m, d in TABLE_COLUMNS]
         mtus = sorted(set(e["mtu"]))
         cells.append(", ".join(mtus) if mtus else "–")
         lines.append("| " + " | ".join(cells) + " |")
@@ -103,7 +112,9 @@ def _idle(doc: dict[str, Any]) -> list[str]:
         return fmt_summary(Summary(d["median"], d["min"], d["max"], d["n"])) if d else "–"
 
     n, req = idle.get("established", 0), idle["requested"]
-    short = "" if n >= req else f" (of {req} requested: see the notes)"
+    failed = idle.get("setup_progress", {}).get("failed", 0)
+    short = "" if n >= req else (f" of {req} ({failed} failed, the rest not up within the "
+                                 f"set-up budget)")
     lines += [
         "| idle peers established | set-up | busy c→s without (Mbit/s) | with (Mbit/s) | "
         "ratio | server CPU, idle peers only |", "|---|---|---|---|---|---|",
@@ -167,6 +178,8 @@ def _notes(doc: dict[str, Any]) -> list[str]:
             bits.append(f"other CPU during its iperf3 runs (iperf3 itself and the rest of the "
                         f"machine) {fmt_summary(others, 2)} cores")
         lines.append(f"- {e['label']}: {'; '.join(bits)}")
+        if e["error"]:
+            lines.append(f"  - could not start: {' '.join(e['error'].split())}")
         lines += [f"  - error: {err}" for err in e["errors"]]
     for name, version in doc["versions"].items():
         if name not in {e["name"] for e in doc["systems"]}:

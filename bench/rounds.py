@@ -12,6 +12,7 @@ never the run.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,7 +49,11 @@ def start_all(ctx: Context, systems: list[System], loads: Loads,
         run = SystemRun(system, system.version())
         say(f"start {system.label} ({run.version})")
         t0 = time.monotonic()
+        already = set(map(id, ctx.procs.procs))
         try:
+            absent = [p for p in system.programs if shutil.which(p) is None]
+            if absent:
+                raise BenchError(f"not installed: {', '.join(absent)}")
             run.tunnel = system.start(ctx)
             if not loads.reachable(run.tunnel.server_ip):
                 raise BenchError(f"no ping reply through the tunnel to {run.tunnel.server_ip}")
@@ -59,6 +64,8 @@ def start_all(ctx: Context, systems: list[System], loads: Loads,
             run.error = str(exc)
             run.tunnel = None
             say(f"  {system.label} MISSING: {exc}")
+            for proc in [p for p in ctx.procs.procs if id(p) not in already]:
+                ctx.procs.stop(proc)
         runs.append(run)
     return runs
 

@@ -12,7 +12,7 @@ class Bare(System):
     is_peer = False
 
     def version(self) -> str:
-        return f"kernel {first_line(['uname', '-r'])}"
+        return f"Linux {first_line(['uname', '-r'])}"
 
     def start(self, ctx: Context) -> Tunnel:
         return Tunnel(SERVER_UNDERLAY, CLIENT_UNDERLAY, ctx.topo.server_veth,

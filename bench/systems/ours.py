@@ -160,7 +160,12 @@ class Dtlsvpn(System):
         init = (REPO / "dtlsvpn" / "__init__.py").read_text()
         version = next((line.split("=", 1)[1].strip().strip("\"'")
                         for line in init.splitlines() if line.startswith("__version__")), "?")
-        return f"dtlsvpn {version} (python -m dtlsvpn from {REPO})"
+        try:
+            commit = run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"],
+                         timeout=10).stdout.strip()
+        except BenchError:
+            commit = "no git"
+        return f"dtlsvpn {version} ({commit})"
 
     def start(self, ctx: Context) -> Tunnel:
         server, client = start_pair(ctx, "dtlsvpn", port=PORT, server_addresses=f"{SUBNET}.1/24")

@@ -31,7 +31,8 @@ class WireguardGo(System):
     programs = ("wireguard-go", "wg")
 
     def version(self) -> str:
-        return first_line(["wireguard-go", "--version"])
+        tools = first_line(["wg", "--version"]).split(" - ")[0]
+        return f"{first_line(['wireguard-go', '--version'])}, {tools}"
 
     def start(self, ctx: Context) -> Tunnel:
         d = ctx.subdir("wireguard")

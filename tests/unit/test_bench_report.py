@@ -80,8 +80,9 @@ def test_goals_are_checked_against_their_reference(doc: dict[str, Any]) -> None:
 
 def test_markdown_shows_every_system_and_the_missing_one(doc: dict[str, Any]) -> None:
     text = report.render(doc)
-    assert "| dtlsvpn | 486 (480–491) |" in text
-    assert "| ocserv DTLS | MISSING: ocserv did not start: bind: Address in use |" in text
+    assert "| dtlsvpn | dtlsvpn 1.0 | 486 (480–491) |" in text
+    assert ("| ocserv DTLS | ocserv 1.1.6 | MISSING: ocserv did not start: bind: Address in use |"
+            in text)
     assert "× best peer (OpenVPN)" in text
     assert "| 1000 | 12.0 s | 476 (470–480) | 384 (380–390) | 0.81× | 50 % of a core |" in text
     assert "commit `0123456789ab` on `main`" in text
