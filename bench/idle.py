@@ -3,13 +3,15 @@
 A dtlsvpn server is configured with the bench's certificate client (the busy peer,
 as in the side-by-side rounds) plus N PSK peers ``idle-00001`` … whose AllowedIPs
 (100.65.0.2 onwards, one /32 each) lie inside a second address of the server
-(100.65.0.1/16), so no per-peer routes are installed.  First the busy peer alone
-runs ``rounds`` single-stream iperf3 tests client→server; then
-:mod:`bench.idle_clients` (one process in the client namespace, a UDP socket per
-peer) brings the N associations up and keeps their keepalives running, and the same
-tests run again.  The ratio of the medians is the figure; the server's CPU while
-only the idle peers talk, and the idle process's own CPU (it shares this machine),
-are reported beside it.
+(100.65.0.1/16), so no per-peer routes are installed.  Each round measures the busy
+peer twice with one single-stream iperf3 test client→server: first alone, then with
+the N idle associations up.  For the second run :mod:`bench.idle_clients` (one process
+in the client namespace, a UDP socket per peer) brings the N associations up and
+keeps their keepalives running; after it the process sends close_notify from every
+association and exits, and the server's status is polled until it holds only the
+busy peer again, so "without" and "with" alternate round by round.  The ratio of the
+medians is the figure; the server's CPU while only the idle peers talk, and the idle
+process's own CPU (it shares this machine), are reported beside it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 from bench.load import Loads
 from bench.netns import CLIENT_UNDERLAY, SERVER_UNDERLAY
-from bench.procs import BenchError, cpu_seconds, cpu_used
+from bench.procs import BenchError, cpu_seconds, cpu_used, poll
 from bench.stats import summarise
 from bench.systems.base import Context, write
 from bench.systems.ours import SUBNET, find_key, start_pair, status
@@ -45,22 +47,16 @@ def peer_sections(n: int, psk_file: str) -> str:
     return "\n".join(out)
 
 
-def _busy_runs(loads: Loads, rounds: int, seconds: float, pids: list[int], tag: str,
-               say: Callable[[str], None]) -> tuple[list[float | None], list[float | None]]:
-    mbit: list[float | None] = []
-    cpu: list[float | None] = []
-    for r in range(1, rounds + 1):
-        say(f"idle peers: busy peer iperf3 c→s {seconds:g} s, {tag}, {r}/{rounds}")
-        try:
-            tput, _ = loads.iperf(f"{SUBNET}.1", seconds, cpu_pids=pids)
-            mbit.append(tput.mbit_s)
-            cpu.append(tput.cores_per_gbit)
-            say(f"  {tput.mbit_s:.0f} Mbit/s")
-        except BenchError as exc:
-            mbit.append(None)
-            cpu.append(None)
-            say(f"  failed: {exc}")
-    return mbit, cpu
+def _busy_run(loads: Loads, seconds: float, pids: list[int], tag: str,
+              say: Callable[[str], None]) -> tuple[float | None, float | None]:
+    say(f"idle peers: busy peer iperf3 c→s {seconds:g} s, {tag}")
+    try:
+        tput, _ = loads.iperf(f"{SUBNET}.1", seconds, cpu_pids=pids)
+    except BenchError as exc:
+        say(f"  failed: {exc}")
+        return None, None
+    say(f"  {tput.mbit_s:.0f} Mbit/s")
+    return tput.mbit_s, tput.cores_per_gbit
 
 
 def _read_progress(path: Any) -> dict[str, int]:
@@ -98,34 +94,73 @@ def run_idle(ctx: Context, loads: Loads, n: int, rounds: int, seconds: float,
     if not loads.reachable(f"{SUBNET}.1"):
         raise BenchError("idle-peers server: no ping through the busy peer's tunnel")
     pids = [server.proc.pid, client.proc.pid]
-    result["without"], result["cpu_without"] = _busy_runs(loads, rounds, seconds, pids,
-                                                          "no idle peers", say)
-    progress_file = ctx.work / "idle-progress.json"
+    series: dict[str, list[Any]] = {k: [] for k in (
+        "without", "cpu_without", "with", "cpu_with", "established_rounds", "setup_rounds",
+        "server_view", "server_idle_cores_rounds", "idle_clients_cores_rounds",
+        "drain_seconds", "setup_progress_rounds")}
+    for r in range(1, rounds + 1):
+        mbit, cpu = _busy_run(loads, seconds, pids, f"no idle peers, round {r}/{rounds}", say)
+        series["without"].append(mbit)
+        series["cpu_without"].append(cpu)
+        _with_idle_peers(ctx, loads, server, pids, psk, n, r, seconds, setup_budget, series,
+                         say)
+    for daemon in (client, server):
+        ctx.procs.stop(daemon.proc)
+    result.update(series)
+    return _summarise(result)
+
+
+def _with_idle_peers(ctx: Context, loads: Loads, server: Any, pids: list[int], psk: Any,
+                     n: int, r: int, seconds: float, setup_budget: float,
+                     series: dict[str, list[Any]], say: Callable[[str], None]) -> None:
+    """Bring the idle peers up, measure the busy peer, then close them all again."""
+    progress_file = ctx.work / f"idle-progress-{r}.json"
     idle = ctx.procs.start(
-        "idle-clients",
+        f"idle-clients-{r}",
         [ctx.python, "-m", "bench.idle_clients", "--server", f"{SERVER_UNDERLAY}:{PORT}",
          "--bind", CLIENT_UNDERLAY, "--count", str(n), "--psk-file", str(psk),
          "--status", str(progress_file), "--limit", f"{ctx.limit:.0f}"],
-        limit=ctx.limit, ns=ctx.topo.client, log=ctx.work / "idle-clients.log", env=ctx.env())
-    result.update(_bring_up(idle, progress_file, n, setup_budget, say))
-    result["server_view_established"] = _server_established(ctx, server)
-    before = cpu_seconds([server.proc.pid]), cpu_seconds([idle.pid])
-    time.sleep(SETTLE)
-    after = cpu_seconds([server.proc.pid]), cpu_seconds([idle.pid])
-    result["server_idle_cores"] = cpu_used(before[0], after[0]) / SETTLE
-    result["idle_clients_cores"] = cpu_used(before[1], after[1]) / SETTLE
-    say(f"  {result['established']} idle associations; server CPU with them and no data: "
-        f"{100 * result['server_idle_cores']:.0f} % of a core")
-    result["with"], result["cpu_with"] = _busy_runs(
-        loads, rounds, seconds, pids, f"{result['established']} idle peers", say)
-    result["final_progress"] = _read_progress(progress_file)
-    ctx.procs.stop(idle)
-    for daemon in (client, server):
-        ctx.procs.stop(daemon.proc)
+        limit=ctx.limit, ns=ctx.topo.client, log=ctx.work / f"idle-clients-{r}.log",
+        env=ctx.env())
+    try:
+        up = _bring_up(idle, progress_file, n, setup_budget, say)
+        series["established_rounds"].append(up["established"])
+        series["setup_rounds"].append(up["setup_seconds"])
+        series["setup_progress_rounds"].append(up["setup_progress"])
+        series["server_view"].append(_server_established(ctx, server))
+        before = cpu_seconds([server.proc.pid]), cpu_seconds([idle.pid])
+        time.sleep(SETTLE)
+        after = cpu_seconds([server.proc.pid]), cpu_seconds([idle.pid])
+        series["server_idle_cores_rounds"].append(cpu_used(before[0], after[0]) / SETTLE)
+        series["idle_clients_cores_rounds"].append(cpu_used(before[1], after[1]) / SETTLE)
+        say(f"  server CPU with {up['established']} idle peers and no data: "
+            f"{100 * series['server_idle_cores_rounds'][-1]:.0f} % of a core")
+        mbit, cpu = _busy_run(loads, seconds, pids,
+                              f"{up['established']} idle peers, round {r}", say)
+        series["with"].append(mbit)
+        series["cpu_with"].append(cpu)
+    finally:
+        ctx.procs.stop(idle, grace=10)
+    t0 = time.monotonic()
+    drained = poll(lambda: (_server_established(ctx, server) or 0) <= 1, 20, 0.5)
+    series["drain_seconds"].append(time.monotonic() - t0 if drained else None)
+    if not drained:
+        say("  the server still holds idle associations 20 s after their close_notify")
+
+
+def _summarise(result: dict[str, Any]) -> dict[str, Any]:
     without, with_ = summarise(result["without"]), summarise(result["with"])
     result["without_summary"] = without.as_dict() if without else None
     result["with_summary"] = with_.as_dict() if with_ else None
     result["ratio"] = with_.median / without.median if with_ and without else None
+    result["established"] = min(result["established_rounds"], default=0)
+    result["setup_seconds"] = max(result["setup_rounds"], default=0.0)
+    result["setup_progress"] = (result["setup_progress_rounds"] or [{}])[0]
+    result["server_view_established"] = result["server_view"][0] if result["server_view"] \
+        else None
+    for key in ("server_idle_cores", "idle_clients_cores"):
+        s = summarise(result[f"{key}_rounds"])
+        result[key] = s.median if s else 0.0
     return result
 
 

@@ -126,7 +126,8 @@ def _idle(doc: dict[str, Any]) -> list[str]:
         f"showed {idle.get('server_view_established')} peers established. The idle "
         f"clients live in one process of the bench on this same machine (it used "
         f"{100 * idle.get('idle_clients_cores', 0):.0f} % of a core with no data flowing). "
-        f"Without and with are measured one after the other, not interleaved.", ""]
+        f"Without and with alternate round by round: the idle peers come up before each "
+        f"\"with\" run and close (close_notify) after it.", ""]
     return lines
 
 
