@@ -29,6 +29,10 @@ def _stat(entry: dict[str, Any], metric: str) -> tuple[float, float, float] | No
 
 def _grouped(ax: Axes, systems: list[dict[str, Any]], metrics: list[tuple[str, str]],
              ylabel: str, digits: int) -> None:
+    if not systems:
+        ax.text(0.5, 0.5, "not run", ha="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        return
     width = 0.8 / max(1, len(systems))
     top = 0.0
     for i, e in enumerate(systems):
@@ -83,6 +87,9 @@ def _cpu(ax: Axes, doc: dict[str, Any]) -> None:
 
 def _mtu(ax: Axes, doc: dict[str, Any]) -> None:
     tunnels = [e for e in doc["systems"] if not e["error"] and e["mtu"]]
+    if not tunnels:
+        ax.text(0.5, 0.5, "not run", ha="center", transform=ax.transAxes)
+        ax.set_yticks([])
     names = [e["label"] for e in tunnels]
     values = [min(int(part) for m in e["mtu"] for part in m.split("/") if part.isdigit())
               for e in tunnels]
@@ -131,8 +138,14 @@ def _idle(ax: Axes, doc: dict[str, Any]) -> None:
     ax.set_ylim(0, max(wo["max"], w["max"]) * 1.2)
     ratio = idle.get("ratio")
     if ratio is not None:
-        ax.annotate(f"ratio {ratio:.2f}×", (1, meds[1]), ha="center", va="bottom",
+        ax.annotate(f"ratio {ratio:.2f}×", (1, w["max"]), ha="center", va="bottom",
                     xytext=(0, 4), textcoords="offset points", fontsize=9)
+    for x, key in ((0, "cpu_without"), (1, "cpu_with")):
+        cpu = [v for v in idle.get(key, []) if v is not None]
+        if cpu:
+            ax.annotate(f"{sorted(cpu)[len(cpu) // 2]:.2f} cores per Gbit/s", (x, 0),
+                        ha="center", va="bottom", xytext=(0, 6), textcoords="offset points",
+                        fontsize=8, color="white" if x == 0 else "black")
     ax.grid(axis="y", alpha=0.3)
 
 

@@ -115,12 +115,16 @@ def _idle(doc: dict[str, Any]) -> list[str]:
     failed = idle.get("setup_progress", {}).get("failed", 0)
     short = "" if n >= req else (f" of {req} ({failed} failed, the rest not up within the "
                                  f"set-up budget)")
+    cpu_wo, cpu_w = summarise(idle.get("cpu_without", [])), summarise(idle.get("cpu_with", []))
     lines += [
         "| idle peers established | set-up | busy c→s without (Mbit/s) | with (Mbit/s) | "
-        "ratio | server CPU, idle peers only |", "|---|---|---|---|---|---|",
+        "ratio | CPU without (cores per Gbit/s) | CPU with | server CPU, idle peers only |",
+        "|---|---|---|---|---|---|---|---|",
         f"| {n}{short} | {idle.get('setup_seconds', 0):.1f} s | {s('without_summary')} | "
-        f"{s('with_summary')} | {fmt_ratio(idle.get('ratio'))} | "
-        f"{100 * idle.get('server_idle_cores', 0):.0f} % of a core |", "",
+        f"{s('with_summary')} | {fmt_ratio(idle.get('ratio'))} | {fmt_summary(cpu_wo, 2)} | "
+        f"{fmt_summary(cpu_w, 2)} | {100 * idle.get('server_idle_cores', 0):.0f} % of a core |",
+        "",
+        "CPU per Gbit/s is of the server and the busy client together.", "",
         f"The server ran {req} configured PSK peers plus the busy certificate peer "
         f"(started in {idle.get('server_start_seconds', 0):.1f} s); the server's status "
         f"showed {idle.get('server_view_established')} peers established. The idle "

@@ -84,6 +84,6 @@ def test_markdown_shows_every_system_and_the_missing_one(doc: dict[str, Any]) ->
     assert ("| ocserv DTLS | ocserv 1.1.6 | MISSING: ocserv did not start: bind: Address in use |"
             in text)
     assert "× best peer (OpenVPN)" in text
-    assert "| 1000 | 12.0 s | 476 (470–480) | 384 (380–390) | 0.81× | 50 % of a core |" in text
+    assert "| 1000 | 12.0 s | 476 (470–480) | 384 (380–390) | 0.81× | – | – | 50 % of a core |" in text
     assert "commit `0123456789ab` on `main`" in text
     assert "3 rounds × 5 s per iperf3 test" in text
