@@ -6,7 +6,10 @@ instead of vpnc-script (which would rewrite DNS and the default route): on
 the route, and writes what it did to a file the bench reads.  The tunnel counts as up
 only once the client logged "Established DTLS connection" (the data then runs over
 DTLS, not over the TLS/TCP fallback).  The server's tun is named after ``device``
-plus a number; its local address is the measuring target.
+plus a number; its local address is the measuring target.  ocserv's worker runs as
+``nobody`` and connects to the sec-mod socket next to ``socket-file``: the directories
+above it must be searchable by nobody (a 0700 work directory fails with "error
+connecting to sec-mod socket …: Permission denied"), hence the bench's 0755 work dir.
 """
 
 from __future__ import annotations
