@@ -123,8 +123,13 @@ class Loads:
             client = self.procs.start("iperf3-client", argv, limit=seconds + 20,
                                       ns=self.topo.client, stdout=subprocess.PIPE)
             rtt = self._ping_meanwhile(target, seconds) if ping_during else None
-            out, _ = client.popen.communicate(timeout=seconds + 25)
-            self.procs.stop(client)
+            try:
+                out, _ = client.popen.communicate(timeout=seconds + 25)
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"iperf3 client still running {seconds + 25:g} s after "
+                                 f"a {seconds:g} s test") from None
+            finally:
+                self.procs.stop(client)
             after = cpu_seconds(cpu_pids or [])
             busy, wall = machine_busy() - busy_before, time.monotonic() - t0
             mbit, nbytes, retrans = parse_iperf(out)
