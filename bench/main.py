@@ -41,7 +41,7 @@ from bench.idle import run_idle
 from bench.load import Loads, iperf_version
 from bench.netns import Topology
 from bench.pairs import Credentials
-from bench.procs import BenchError, Processes
+from bench.procs import BenchError, Processes, run
 from bench.rounds import run_rounds, start_all
 from bench.systems.bare import Bare
 from bench.systems.base import REPO, Context, System
@@ -139,7 +139,25 @@ def run_core(ctx: Context, out_dir: Path, stamp: str, say: Progress) -> dict[str
     say(f"  {bulk['packets_per_second']:,.0f} packets/s, {bulk['mbit_s_one_core']:,.0f} Mbit/s")
     say("core: cProfile of the same transfer")
     profile = profile_bulk(creds, CORE_BULK_PACKETS, out_dir / f"{stamp}-profile.txt")
-    return {"handshakes": rates, "memory": memory, "bulk": bulk, "profile": profile}
+    say("openssl speed -evp aes-128-gcm, 1400-byte blocks, 1 s (the crypto ceiling)")
+    ceiling = aead_ceiling()
+    if ceiling is not None:
+        say(f"  {ceiling:,.0f} Mbit/s on one core")
+    return {"handshakes": rates, "memory": memory, "bulk": bulk, "profile": profile,
+            "openssl_aes128gcm_mbit_s": ceiling}
+
+
+def aead_ceiling() -> float | None:
+    """AES-128-GCM Mbit/s on one core per ``openssl speed`` (1400-byte blocks), or None."""
+    try:
+        out = run(["openssl", "speed", "-seconds", "1", "-bytes", "1400", "-evp",
+                   "aes-128-gcm", "-mr"], timeout=60).stdout
+    except BenchError:
+        return None
+    for line in out.splitlines():
+        if line.startswith("+F:"):
+            return float(line.rsplit(":", 1)[1]) * 8 / 1e6
+    return None
 
 
 def measure(s: Settings, ctx: Context, say: Progress, out_dir: Path, stamp: str

@@ -159,6 +159,10 @@ def _core(doc: dict[str, Any]) -> list[str]:
         f"packets/s of {bulk['packet_bytes']} bytes = {fmt_num(bulk['mbit_s_one_core'])} "
         f"Mbit/s on one core, {bulk['us_per_packet']:.2f} µs per packet (both ends, "
         f"with one ack back per two packets).", ""]
+    if core.get("openssl_aes128gcm_mbit_s"):
+        lines += [f"Crypto ceiling: `openssl speed -evp aes-128-gcm` seals "
+                  f"{fmt_num(core['openssl_aes128gcm_mbit_s'])} Mbit/s of 1400-byte blocks "
+                  f"on one core.", ""]
     prof = core.get("profile")
     if prof:
         lines += [f"Profile (`{prof['file']}`), top functions by own time:", "",

@@ -76,4 +76,5 @@ Endpoint = {SERVER_UNDERLAY}:{PORT}
             ctx.topo.exec(ns, ["wg", "setconf", dev, str(conf)])
             ctx.topo.exec(ns, ["ip", "addr", "add", addr, "dev", dev])
             ctx.topo.exec(ns, ["ip", "link", "set", dev, "up"])
-        return Tunnel(f"{SUBNET}.1", f"{SUBNET}.2", s_dev, c_dev, procs)
+        return Tunnel(f"{SUBNET}.1", f"{SUBNET}.2", s_dev, c_dev, procs,
+                      note="ChaCha20-Poly1305 (WireGuard's one cipher)")
