@@ -70,7 +70,7 @@ def system_entry(r: SystemRun) -> dict[str, Any]:
             "version": r.version, "error": r.error,
             "note": r.tunnel.note if r.tunnel else "", "start_seconds": r.start_seconds,
             "mtu": r.mtus, "errors": r.errors, "metrics": metrics,
-            "others_cores": r.others_cores}
+            "others_cores": r.others_cores, "final": r.final}
 
 
 def _summary(entry: dict[str, Any], metric: str) -> Summary | None:

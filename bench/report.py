@@ -186,6 +186,11 @@ def _notes(doc: dict[str, Any]) -> list[str]:
         if others is not None:
             bits.append(f"other CPU during its iperf3 runs (iperf3 itself and the rest of the "
                         f"machine) {fmt_summary(others, 2)} cores")
+        drops = (e.get("final") or {}).get("drops")
+        if drops:
+            bits.append("drops after the rounds: " + "; ".join(
+                f"{side} {', '.join(f'{k}={v}' for k, v in d.items()) or 'none'}"
+                for side, d in drops.items()))
         lines.append(f"- {e['label']}: {'; '.join(bits)}")
         if e["error"]:
             lines.append(f"  - could not start: {' '.join(e['error'].split())}")

@@ -16,6 +16,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from bench.load import Loads, Throughput
 from bench.procs import BenchError
@@ -39,6 +40,7 @@ class SystemRun:
     mtus: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     start_seconds: float | None = None
+    final: dict[str, Any] = field(default_factory=dict)  # System.finish after the rounds
     others_cores: list[float] = field(default_factory=list)  # per iperf3 run
 
 
@@ -150,3 +152,9 @@ def run_rounds(ctx: Context, loads: Loads, runs: list[SystemRun], rounds: int, s
         for run in runs:
             if run.tunnel is not None:
                 measure_round(ctx, loads, run, round_no, seconds, say)
+    for run in runs:
+        if run.tunnel is not None:
+            try:
+                run.final = run.system.finish(ctx)
+            except BenchError as exc:
+                run.final = {"error": str(exc)}

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.netns import SERVER_UNDERLAY, Topology
 from bench.procs import BenchError, Proc, Processes, poll, run
@@ -110,6 +111,10 @@ class System:
 
     def start(self, ctx: Context) -> Tunnel:
         raise NotImplementedError
+
+    def finish(self, ctx: Context) -> dict[str, Any]:
+        """What the system itself reports after the rounds (counters), before it stops."""
+        return {}
 
 
 def first_line(argv: list[str]) -> str:

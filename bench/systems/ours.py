@@ -167,7 +167,29 @@ class Dtlsvpn(System):
             commit = "no git"
         return f"dtlsvpn {version} ({commit})"
 
+    def __init__(self) -> None:
+        self.daemons: dict[str, Daemon] = {}
+
     def start(self, ctx: Context) -> Tunnel:
         server, client = start_pair(ctx, "dtlsvpn", port=PORT, server_addresses=f"{SUBNET}.1/24")
+        self.daemons = {"server": server, "client": client}
         return Tunnel(f"{SUBNET}.1", f"{SUBNET}.2", DEVICE, DEVICE, [server.proc, client.proc],
                       note=suite_of(ctx, client))
+
+    def finish(self, ctx: Context) -> dict[str, Any]:
+        """The non-zero drop counters of each side (``dtlsvpn status --json``)."""
+        out: dict[str, Any] = {}
+        for side, daemon in self.daemons.items():
+            try:
+                doc = status(ctx, daemon)
+            except (BenchError, ValueError) as exc:
+                out[side] = {"error": str(exc)}
+                continue
+            snap = doc[0] if isinstance(doc, list) and doc else doc
+            iface = snap.get("interface", {}) if isinstance(snap, dict) else {}
+            drops = dict(iface.get("drops") or {})
+            for peer in find_key(snap, "peers") or []:
+                for reason, count in (peer.get("drops") or {}).items():
+                    drops[reason] = drops.get(reason, 0) + count
+            out[side] = {k: v for k, v in drops.items() if v}
+        return {"drops": out}
