@@ -39,7 +39,8 @@ def _header(doc: dict[str, Any]) -> list[str]:
         f"Machine: {m['nproc']} × {m['cpu']}, kernel {m['kernel']}, Python {m['python']}, "
         f"cryptography {m['cryptography']}.  ",
         f"Code: commit `{g['commit'][:12]}` on `{g['branch']}`{dirty}.  ",
-        f"Run: {st['rounds']} rounds × {st['seconds']:g} s per iperf3 test, systems "
+        f"Run: {st['rounds']} round{'s' if st['rounds'] != 1 else ''} × {st['seconds']:g} s "
+        f"per iperf3 test, systems "
         f"interleaved round by round, median (min–max) over the rounds; took "
         f"{minutes} min {seconds:02d} s.", ""]
 
