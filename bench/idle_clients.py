@@ -48,7 +48,7 @@ class Clients:
         self.timers: list[tuple[float, int]] = []
         self.counts = {"established": 0, "handshaking": 0, "failed": 0, "closed": 0,
                        "unresponsive": 0, "started": 0}
-        self.established_at: dict[int, bool] = {}
+        self.up: set[int] = set()  # indexes of established associations
 
     def start_one(self, now: float) -> None:
         i = len(self.assocs)
@@ -85,9 +85,10 @@ class Clients:
         if isinstance(ev, HandshakeCompleted):
             c["established"] += 1
             c["handshaking"] -= 1
-            self.established_at[i] = True
+            self.up.add(i)
         elif isinstance(ev, AssociationClosed):
-            if self.established_at.pop(i, False):
+            if i in self.up:
+                self.up.discard(i)
                 c["established"] -= 1
                 c["closed"] += 1
             else:
@@ -103,9 +104,7 @@ class Clients:
         while True:
             try:
                 data = sock.recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
+            except OSError:  # EAGAIN: drained; ECONNREFUSED and the like: nothing to read
                 break
             assoc.receive_datagram(data, now, wall)
         self.service(i, now)
