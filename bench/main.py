@@ -237,6 +237,9 @@ def main() -> int:
         say(f"namespaces {topo.server} and {topo.client}")
         topo.create()
         runs, idle, core = measure(s, ctx, say, s.out, stamp)
+    except BenchError as exc:
+        print(f"bench: the harness failed: {exc}", file=sys.stderr)
+        return 1
     finally:
         procs.stop_all()
         topo.delete()
