@@ -7,6 +7,7 @@
 #   make lint    ruff (complexity ≤ 12) over dtlsvpn/, tests/ and bench/; mypy strict over every package
 #   make test    deps + venv + lint, then the whole pytest suite (exit status is pytest's)
 #   make demo    our DTLS tools against OpenSSL, for real (tools/demo.sh)
+#   make bench   dtlsvpn against OpenVPN, wireguard-go, ocserv and the bare link (bench/README.md)
 #   make clean   remove .venv and caches
 
 SHELL := /bin/bash
@@ -28,7 +29,7 @@ APT_PACKAGES := openssl gnutls-bin libgnutls30 tshark libsystemd-dev pkg-config 
 APT_PROGRAMS := openssl gnutls-serv gnutls-cli tshark pkg-config gcc ip ss nft ps killall \
 	unshare nsenter timeout
 
-.PHONY: help deps venv lint test demo clean
+.PHONY: help deps venv lint test demo bench clean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -86,6 +87,20 @@ test: deps venv lint
 
 demo: venv
 	bash tools/demo.sh
+
+# The bench's Python extra (matplotlib) goes into the same .venv; the peers' Debian packages
+# (openvpn, wireguard-go, wireguard-tools, ocserv, openconnect, iperf3) are installed by the
+# bench itself when missing.  Knobs: BENCH_ROUNDS, BENCH_SECONDS, BENCH_SYSTEMS,
+# BENCH_IDLE_PEERS (see bench/README.md).
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): $(VENV_STAMP)
+	@echo "bench: pip install -e .[bench]"
+	$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	touch $@
+
+bench: venv $(BENCH_STAMP)
+	$(VPY) -m bench
 
 clean:
 	rm -rf $(VENV) build dist ./*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

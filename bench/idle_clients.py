@@ -1,0 +1,189 @@
+"""Many idle DTLS clients in one process: ``python -m bench.idle_clients`` (in a namespace).
+
+Each client is a sans-I/O :class:`~dtlsvpn.dtls.association.Association` with a PSK
+identity of its own (``PREFIX00001`` …) on its own connected UDP socket, so the
+server sees N peers at N source ports.  Handshakes start at most ``--concurrency`` at
+a time; once established a client stays idle and its keepalives run as the core
+schedules them (a heartbeat after 2 s without traffic; it answers the server's too).
+Path MTU discovery is off on these clients (the server still probes them).
+
+One epoll set holds every socket; the timers sit in a heap of (deadline, index)
+whose stale entries are skipped, so a wake-up costs the work due, not N.
+Progress is written as JSON to ``--status`` (atomically, twice a second):
+established, handshaking, failed, closed and unresponsive counts.  The process ends
+after ``--limit`` seconds or on SIGTERM, after a close_notify from every association
+(so the server drops them at once and the bench can measure without them again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import heapq
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import time
+from pathlib import Path
+
+from dtlsvpn.dtls.association import Association
+from dtlsvpn.dtls.config import DtlsConfig
+from dtlsvpn.dtls.events import AssociationClosed, HandshakeCompleted, PeerUnresponsive
+
+RECV_SIZE = 65535
+
+
+class Clients:
+    def __init__(self, server: tuple[str, int], bind: str, psk: bytes, prefix: str,
+                 count: int) -> None:
+        self.server, self.bind, self.psk, self.prefix = server, bind, psk, prefix
+        self.count = count
+        self.epoll = select.epoll()
+        self.socks: list[socket.socket] = []
+        self.assocs: list[Association] = []
+        self.by_fd: dict[int, int] = {}
+        self.timers: list[tuple[float, int]] = []
+        self.counts = {"established": 0, "handshaking": 0, "failed": 0, "closed": 0,
+                       "unresponsive": 0, "started": 0}
+        self.up: set[int] = set()  # indexes of established associations
+
+    def start_one(self, now: float) -> None:
+        i = len(self.assocs)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((self.bind, 0))
+        sock.connect(self.server)
+        sock.setblocking(False)
+        identity = f"{self.prefix}{i + 1:05d}".encode()
+        assoc = Association(DtlsConfig(is_client=True, psk=self.psk, psk_identity=identity,
+                                       pmtu=None, rekey_interval=None))
+        self.socks.append(sock)
+        self.assocs.append(assoc)
+        self.by_fd[sock.fileno()] = i
+        self.epoll.register(sock.fileno(), select.EPOLLIN)
+        self.counts["started"] += 1
+        self.counts["handshaking"] += 1
+        assoc.connect(now, time.time())
+        self.service(i, now)
+
+    def service(self, i: int, now: float, floor: float = 0.0) -> None:
+        """Send what association ``i`` queued, take its events, re-arm its timer."""
+        assoc, sock = self.assocs[i], self.socks[i]
+        for d in assoc.datagrams_to_send(now):
+            with contextlib.suppress(OSError):
+                sock.send(d)
+        for ev in assoc.pop_events():
+            self._note(i, ev)
+        t = assoc.get_timer()
+        if t is not None:
+            heapq.heappush(self.timers, (max(t, floor), i))
+
+    def _note(self, i: int, ev: object) -> None:
+        c = self.counts
+        if isinstance(ev, HandshakeCompleted):
+            c["established"] += 1
+            c["handshaking"] -= 1
+            self.up.add(i)
+        elif isinstance(ev, AssociationClosed):
+            if i in self.up:
+                self.up.discard(i)
+                c["established"] -= 1
+                c["closed"] += 1
+            else:
+                c["handshaking"] -= 1
+                c["failed"] += 1
+        elif isinstance(ev, PeerUnresponsive):
+            c["unresponsive"] += 1
+
+    def readable(self, fd: int, now: float) -> None:
+        i = self.by_fd[fd]
+        sock, assoc = self.socks[i], self.assocs[i]
+        wall = time.time()
+        while True:
+            try:
+                data = sock.recv(RECV_SIZE)
+            except OSError:  # EAGAIN: drained; ECONNREFUSED and the like: nothing to read
+                break
+            assoc.receive_datagram(data, now, wall)
+        self.service(i, now)
+
+    def due(self, now: float) -> None:
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _t, i = heapq.heappop(timers)
+            current = self.assocs[i].get_timer()
+            if current is None or current > now:
+                continue  # stale: the association was serviced since, with a later deadline
+            self.assocs[i].handle_timer(now)
+            self.service(i, now, floor=now + 0.001)
+
+    def close_all(self, now: float) -> None:
+        """close_notify from every association, so the server forgets them at once."""
+        for i, assoc in enumerate(self.assocs):
+            if not assoc.is_closed:
+                assoc.close(now)
+                self.service(i, now)
+        for sock in self.socks:
+            sock.close()
+
+    def next_wait(self, now: float) -> float:
+        return max(0.0, min(0.5, self.timers[0][0] - now)) if self.timers else 0.5
+
+
+def run(args: argparse.Namespace) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, args.count + 64)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    host, port = args.server.rsplit(":", 1)
+    psk = bytes.fromhex(Path(args.psk_file).read_text().strip())
+    clients = Clients((host, int(port)), args.bind, psk, args.prefix, args.count)
+    stop = False
+
+    def on_term(_sig: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    status = Path(args.status)
+    end = time.monotonic() + args.limit
+    next_status = 0.0
+    while not stop and (now := time.monotonic()) < end:
+        c = clients.counts
+        while c["started"] < args.count and c["handshaking"] < args.concurrency:
+            clients.start_one(now)
+        for fd, _ in clients.epoll.poll(clients.next_wait(now)):
+            clients.readable(fd, time.monotonic())
+        now = time.monotonic()
+        clients.due(now)
+        if now >= next_status:
+            next_status = now + 0.5
+            _write_status(status, c)
+    clients.close_all(time.monotonic())
+    _write_status(status, clients.counts)
+    return 0
+
+
+def _write_status(path: Path, counts: dict[str, int]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(counts))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.idle_clients", description=__doc__)
+    p.add_argument("--server", required=True, help="HOST:PORT of the dtlsvpn server")
+    p.add_argument("--bind", required=True, help="local address of every client socket")
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--psk-file", required=True, help="the PSK in hex, shared by every client")
+    p.add_argument("--prefix", default="idle-", help="PSK identity prefix")
+    p.add_argument("--concurrency", type=int, default=16, help="handshakes in flight")
+    p.add_argument("--status", required=True, help="JSON progress file")
+    p.add_argument("--limit", type=float, default=600, help="seconds before exiting")
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The measured systems, one module each; bench/systems/base.py says what they provide."""

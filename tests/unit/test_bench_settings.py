@@ -1,0 +1,58 @@
+"""The bench's knobs (BENCH_* in bench/main.py) and the many-idle-peers server
+configuration (bench/idle.py), which must load with the daemon's own config loader."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from bench.idle import FIRST_IDLE, IDLE_NET, peer_sections
+from bench.main import Settings
+from bench.procs import BenchError
+from dtlsvpn.daemon.settings import load_config
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    s = Settings.from_env({})
+    assert (s.rounds, s.seconds, s.idle_peers) == (3, 5.0, 1000)
+    assert s.systems == ["bare", "dtlsvpn", "openvpn", "wireguard", "ocserv", "idle", "core"]
+
+
+def test_knobs_are_read_from_the_environment() -> None:
+    s = Settings.from_env({"BENCH_ROUNDS": "1", "BENCH_SECONDS": "2.5",
+                           "BENCH_SYSTEMS": "dtlsvpn, core", "BENCH_IDLE_PEERS": "20"})
+    assert (s.rounds, s.seconds, s.systems, s.idle_peers) == (1, 2.5, ["dtlsvpn", "core"], 20)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"BENCH_SYSTEMS": "dtlsvpn,strongswan"}, "unknown strongswan"),
+    ({"BENCH_ROUNDS": "three"}, "bad BENCH_"),
+    ({"BENCH_ROUNDS": "0"}, "at least 1"),
+])
+def test_bad_knobs_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(BenchError, match=message):
+        Settings.from_env(env)
+
+
+def test_idle_peer_sections_load_as_a_server_config(tmp_path: Path) -> None:
+    psk = tmp_path / "idle.psk"
+    psk.write_text("ab" * 32 + "\n")
+    psk.chmod(0o600)
+    conf = tmp_path / "idle.conf"
+    conf.write_text(f"""[Interface]
+Role = server
+ListenAddress = 198.18.0.1:4434
+Address = 100.64.1.1/24, {IDLE_NET}
+StatusSocket = {tmp_path / "s.sock"}
+TicketStore = {tmp_path / "state"}
+
+{peer_sections(300, str(psk))}""")
+    conf.chmod(0o600)
+    cfg = load_config(conf)
+    assert len(cfg.peers) == 300
+    assert cfg.peers[0].psk_identity == b"idle-00001"
+    assert cfg.peers[299].allowed_prefixes == (ipaddress.ip_network(f"{FIRST_IDLE + 299}/32"),)
+    assert all(ipaddress.ip_network(IDLE_NET, strict=False).supernet_of(p.allowed_prefixes[0])
+               for p in cfg.peers)
