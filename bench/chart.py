@@ -48,8 +48,8 @@ def _grouped(ax: Axes, systems: list[dict[str, Any]], metrics: list[tuple[str, s
             top = max(top, st[0] + st[2])
         bars = ax.bar(xs, ys, width * 0.95, yerr=[lo, hi], capsize=3,
                       color=COLORS.get(e["name"], "#555555"), label=e["label"])
-        for bar, y in zip(bars, ys, strict=True):
-            ax.annotate(f"{y:.{digits}f}", (bar.get_x() + bar.get_width() / 2, y),
+        for bar, y, h in zip(bars, ys, hi, strict=True):
+            ax.annotate(f"{y:.{digits}f}", (bar.get_x() + bar.get_width() / 2, y + h),
                         ha="center", va="bottom", fontsize=7, xytext=(0, 2),
                         textcoords="offset points")
     ax.set_xticks(range(len(metrics)), [label for _m, label in metrics])
