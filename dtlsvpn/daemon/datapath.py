@@ -14,7 +14,7 @@ Inbound pipeline (peer → TUN), one call per readable UDP wake-up:
     sock.recv / recvfrom × BUDGET          EPOLLERR first: drain the ICMP error queue
     conn.receive_datagram / endpoint.receive
     peers.by_addr.get(addr)                server: whose it is (unbound: ``bind`` hook)
-    defer(service)                         once per wake-up: events, flights, timers
+    defer(service)                         once per wake-up, only if needs_service
     router.admit(peer, inner)              anti-spoofing by source address
     clamp_batch(admitted, mss4, mss6)      TCP SYN-ACKs (and SYNs) from the far side
     tun.write_batch(admitted)
@@ -42,7 +42,9 @@ Rules (architecture.md, "The hot loop"): no per-packet objects beyond the bytes,
 logging, counters only, bound methods in locals, no timer work: slow-path output
 (handshake flights, alerts, events) and the associations' timers are the role's
 ``service``, which a UDP wake-up defers to the end of the loop iteration (once, however
-many datagrams it read); on a server it serves the associations marked ``touched``.
+many datagrams it read) only when ``needs_service`` says the slow path changed an
+output (never after data only); on a server it serves the associations marked ``touched``
+(those that need it).
 Peers are looked up in ``PeerTable.by_addr`` (address → peer, one dict get).
 """
 
@@ -207,8 +209,8 @@ class Datapath:
                 self._errors(sock, peer, now)
                 continue
             inner += receive(data, now, wall)
-        if self.defer is not None and self.service is not None:
-            self.defer(self.service)
+        if conn.needs_service and self.defer is not None and self.service is not None:
+            self.defer(self.service)  # not after data only (the fast path)
         if inner:
             self._deliver(peer, inner)
 
@@ -257,7 +259,8 @@ class Datapath:
             if assoc is None:
                 self._stateless(sock, out, addr)
                 continue
-            touched[assoc] = addr
+            if assoc.needs_service:  # not for data only (the fast path)
+                touched[assoc] = addr
             if not out:
                 continue
             peer = bound.get(addr)
