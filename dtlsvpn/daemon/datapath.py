@@ -51,6 +51,7 @@ Peers are looked up in ``PeerTable.by_addr`` (address → peer, one dict get).
 from __future__ import annotations
 
 import errno
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -245,7 +246,7 @@ class Datapath:
         receive = endpoint.receive
         bound = self.peers.by_addr
         touched = self.touched
-        per_peer: dict[Peer, list[bytes]] = {}
+        per_peer: defaultdict[Peer, list[bytes]] = defaultdict(list)
         for _ in range(BUDGET):
             try:
                 data, raw = recvfrom(MAX_DATAGRAM)
@@ -268,11 +269,7 @@ class Datapath:
                 peer = self._unbound(addr, assoc, len(out), now)
                 if peer is None:
                     continue
-            pending = per_peer.get(peer)
-            if pending is None:
-                per_peer[peer] = out
-            else:
-                pending += out
+            per_peer[peer] += out
         if touched and self.defer is not None and self.service is not None:
             self.defer(self.service)
         for peer, inner in per_peer.items():
