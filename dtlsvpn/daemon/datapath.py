@@ -14,7 +14,7 @@ Inbound pipeline (peer → TUN), one call per readable UDP wake-up:
     sock.recv / recvfrom × BUDGET          EPOLLERR first: drain the ICMP error queue
     conn.receive_datagram / endpoint.receive
     peers.by_addr.get(addr)                server: whose it is (unbound: ``bind`` hook)
-    defer(service)                         once per wake-up: events, flights, timers
+    defer(service)                         once per wake-up, only if needs_service
     router.admit(peer, inner)              anti-spoofing by source address
     clamp_batch(admitted, mss4, mss6)      TCP SYN-ACKs (and SYNs) from the far side
     tun.write_batch(admitted)
@@ -42,13 +42,16 @@ Rules (architecture.md, "The hot loop"): no per-packet objects beyond the bytes,
 logging, counters only, bound methods in locals, no timer work: slow-path output
 (handshake flights, alerts, events) and the associations' timers are the role's
 ``service``, which a UDP wake-up defers to the end of the loop iteration (once, however
-many datagrams it read); on a server it serves the associations marked ``touched``.
+many datagrams it read) only when ``needs_service`` says the slow path changed an
+output (never after data only); on a server it serves the associations marked ``touched``
+(those that need it).
 Peers are looked up in ``PeerTable.by_addr`` (address → peer, one dict get).
 """
 
 from __future__ import annotations
 
 import errno
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -207,8 +210,8 @@ class Datapath:
                 self._errors(sock, peer, now)
                 continue
             inner += receive(data, now, wall)
-        if self.defer is not None and self.service is not None:
-            self.defer(self.service)
+        if conn.needs_service and self.defer is not None and self.service is not None:
+            self.defer(self.service)  # not after data only (the fast path)
         if inner:
             self._deliver(peer, inner)
 
@@ -243,7 +246,7 @@ class Datapath:
         receive = endpoint.receive
         bound = self.peers.by_addr
         touched = self.touched
-        per_peer: dict[Peer, list[bytes]] = {}
+        per_peer: defaultdict[Peer, list[bytes]] = defaultdict(list)
         for _ in range(BUDGET):
             try:
                 data, raw = recvfrom(MAX_DATAGRAM)
@@ -257,7 +260,8 @@ class Datapath:
             if assoc is None:
                 self._stateless(sock, out, addr)
                 continue
-            touched[assoc] = addr
+            if assoc.needs_service:  # not for data only (the fast path)
+                touched[assoc] = addr
             if not out:
                 continue
             peer = bound.get(addr)
@@ -265,11 +269,7 @@ class Datapath:
                 peer = self._unbound(addr, assoc, len(out), now)
                 if peer is None:
                     continue
-            pending = per_peer.get(peer)
-            if pending is None:
-                per_peer[peer] = out
-            else:
-                pending += out
+            per_peer[peer] += out
         if touched and self.defer is not None and self.service is not None:
             self.defer(self.service)
         for peer, inner in per_peer.items():

@@ -156,7 +156,7 @@ class ServerRole:
     def _on_retire_due(self, now: float, wall: float) -> None:
         endpoint = self.endpoint
         assert endpoint is not None
-        endpoint.handle_timer(now)  # retires old keys (and runs due association timers)
+        endpoint.retire_old_keys(now)  # (association timers are ours: _on_timer)
         peers = self.host.peers
         for peer in peers.renewing():
             prev = peer.previous

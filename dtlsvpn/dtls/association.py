@@ -15,7 +15,10 @@ Record layer rules (RFC 6347 §4.1):
 * Fast path: once the peer has used the keys of an established association,
   an application_data record (tls12_cid with a negotiated CID) of the current
   read epoch is replay-checked, opened and returned, inline in
-  ``receive_datagram``; nothing else happens per packet.
+  ``receive_datagram``; nothing else happens per packet.  It (and ``protect``)
+  only records the last-received time, which moves the keepalive deadline later,
+  so ``needs_service`` stays false: the shell skips the service after a data-only
+  wake-up, and the armed timer fires early at worst, finds nothing due, re-arms.
 * Everything else takes the slow path: records are opened by the read epoch
   and dispatched by content type (``_BY_CONTENT_TYPE``).  Records that do not
   parse, fail authentication, are replays, or belong to an epoch without keys
@@ -132,6 +135,9 @@ class Association:
         self.advanced = False  # the last datagram authenticated a newer record (RFC 9146 §6)
         self.established_at: float | None = None
         self._peer_used_keys = False  # data or a heartbeat arrived after completion
+        # The slow path ran since the shell last read the timer (it may have moved it
+        # earlier); see ``needs_service``.  The fast path never sets it.
+        self._dirty = False
 
     # --- public state -------------------------------------------------------
 
@@ -142,6 +148,12 @@ class Association:
     @property
     def is_closed(self) -> bool:
         return self._closed
+
+    @property
+    def needs_service(self) -> bool:
+        """Events or datagrams are queued, or the slow path ran since ``get_timer`` was
+        last read (the timer may be earlier): see the module docstring."""
+        return bool(self._events or self._out) or (self._dirty and not self._closed)
 
     @property
     def client_random(self) -> bytes:
@@ -171,6 +183,7 @@ class Association:
         if self._connected:
             raise UsageError("connect() called twice")
         self._connected = True
+        self._dirty = True
         assert isinstance(self._machine, ClientMachine)
         machine = self._machine
         self._guard(lambda: machine.start(now, wall), now)
@@ -243,6 +256,7 @@ class Association:
     def handle_timer(self, now: float) -> None:
         if self._closed:
             return
+        self._dirty = True
         if self._flights.timer.expired(now) and not self._flights.on_timer(now):
             self._time_out()
         if not self._closed:
@@ -303,6 +317,7 @@ class Association:
         """
         if self._keepalive is None or self._closed:
             return
+        self._dirty = True
         self._keepalive.path_hint(mtu, now, self._last_rx)
 
     def protect(self, payloads: Iterable[bytes]) -> list[bytes]:
@@ -351,6 +366,8 @@ class Association:
         return out
 
     def get_timer(self) -> float | None:
+        """The next deadline; reading it acknowledges a moved timer (``needs_service``)."""
+        self._dirty = False
         if self._closed:
             return None
         deadline = self._flights.timer.deadline
@@ -412,6 +429,7 @@ class Association:
 
     def _slow_record(self, rec: Record, now: float, wall: float, out: list[bytes]) -> bool:
         """Handle one non-fast-path record; True when it was part of a repeated flight."""
+        self._dirty = True
         rd = self._read
         epoch = rec.epoch
         if epoch == rd.epoch:
@@ -441,6 +459,7 @@ class Association:
     def _inner_record(self, split: tuple[int, bytes] | None, seq: int, now: float,
                       wall: float, out: list[bytes]) -> bool:
         """A fast-path CID record that authenticated but carries no data (RFC 9146 §4)."""
+        self._dirty = True
         if split is None:
             self.stats.malformed += 1  # all padding: no content type
             return False

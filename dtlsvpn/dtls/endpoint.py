@@ -280,10 +280,17 @@ class ServerEndpoint:
         return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> None:
+        """Every due association timer, then ``retire_old_keys`` (walks the table: a
+        shell with a timer per association calls ``retire_old_keys`` alone)."""
         for a in list(self.associations.values()):
             t = a.get_timer()
             if t is not None and now >= t:
                 a.handle_timer(now)
+        self.retire_old_keys(now)
+
+    def retire_old_keys(self, now: float) -> None:
+        """Drop the renewals' old associations whose grace period is over (no walk
+        over the table: only the renewals in progress)."""
         for addr, when in list(self._retire_at.items()):
             if now >= when:
                 # The grace period is over: the old keys are no longer accepted.

@@ -130,6 +130,19 @@ class RekeyingClient:
         return self.current.is_established
 
     @property
+    def needs_service(self) -> bool:
+        """Any live association needs service, a switch is to be reported, or the
+        current keys ran out of records (their renewal is due at once: ``get_timer``)."""
+        cur, pending, previous = self.current, self.pending, self.previous
+        if self._events or cur.needs_service:
+            return True
+        if pending is not None:
+            return pending.needs_service or (previous is not None and previous.needs_service)
+        if previous is not None and previous.needs_service:
+            return True
+        return cur.is_established and cur.records_exhausted()
+
+    @property
     def is_closed(self) -> bool:
         return self.current.is_closed
 

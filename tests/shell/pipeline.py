@@ -37,6 +37,27 @@ def _push(world: World, src: Host, dst: Host, packets: list[bytes]) -> tuple[int
     return received, time.process_time() - start
 
 
+def _ping_pong(world: World, client: Host, server: Host, size: int,
+               rounds: int = 2000) -> float:
+    """One packet client → server, one back, each its own wake-ups (the latency case):
+    CPU µs per round trip of both daemons."""
+    ping = udp("100.64.0.2", "100.64.0.1", seq=0, size=size)
+    pong = udp("100.64.0.1", "100.64.0.2", seq=0, size=size)
+    got = 0
+    start = time.process_time()
+    for _ in range(rounds):
+        client.tun.inject([ping])
+        while world.step():
+            pass
+        got += len(server.tun.drain())
+        server.tun.inject([pong])
+        while world.step():
+            pass
+        got += len(client.tun.drain())
+    seconds = time.process_time() - start
+    return round(seconds / rounds * 1e6, 1) if got == 2 * rounds else -1.0
+
+
 def measure(workdir: Path, packets: int = 20_000, size: int = 1400) -> dict[str, float]:
     world = World()
     try:
@@ -53,6 +74,7 @@ def measure(workdir: Path, packets: int = 20_000, size: int = 1400) -> dict[str,
             received, seconds = _push(world, src, dst, batch)
             result[f"{name}_received"] = received
             result[f"{name}_pps"] = round(received / seconds) if seconds else 0.0
+        result["pingpong_us"] = _ping_pong(world, client, server, size)
         return result
     finally:
         world.close()
