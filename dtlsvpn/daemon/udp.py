@@ -129,10 +129,11 @@ def gso_runs(sizes: list[int], max_segments: int = GSO_MAX_SEGMENTS,
         size = sizes[i]
         j = i + 1
         if size:
-            stop = min(n, i + max_segments, i + max(1, max_bytes // size))
-            while j < stop and sizes[j] == size:
+            limit = min(n, i + max_segments)
+            whole = min(limit, i + max(1, max_bytes // size))
+            while j < whole and sizes[j] == size:
                 j += 1
-            if j < stop and 0 < sizes[j] < size and (j - i) * size + sizes[j] <= max_bytes:
+            if j < limit and 0 < sizes[j] < size and (j - i) * size + sizes[j] <= max_bytes:
                 j += 1
         runs.append((i, j))
         i = j
