@@ -125,7 +125,9 @@ class ClientRole:
         self._conn_timer.cancel()
         try:
             family, addr = host.devices.resolve(name, port)
-            sock = host.devices.open_udp(family, connect=addr)
+            sock = host.devices.open_udp(family, connect=addr,
+                                         offload=host.cfg.interface.udp_offload,
+                                         counters=self.datapath.udp)
         except OSError as exc:  # gaierror included
             peer.last_error = str(exc)
             self._lost(peer, now, f"cannot reach {name}: {exc}")

@@ -7,11 +7,13 @@ Outbound pipeline (TUN → peer), one call per readable TUN wake-up:
     clamp_batch(batch, mss4, mss6)         TCP SYNs: MSS option lowered (vpn/mss.py)
     oversize check                         max(len) > peer.limit → see "Packets that don't fit"
     protect(batch)                         fast path: one record (datagram) per packet
-    sock.send / sock.sendto                EAGAIN → counted drop (never blocks)
+    sock.send_batch(datagrams, addr)       GSO: one sendmsg per run of equal-size records
+                                           (devices.SocketPort); EAGAIN → counted drop
 
 Inbound pipeline (peer → TUN), one call per readable UDP wake-up:
 
-    sock.recv / recvfrom × BUDGET          EPOLLERR first: drain the ICMP error queue
+    sock.recv_batch / recvfrom_batch       EPOLLERR first: drain the ICMP error queue;
+                                           ~BUDGET datagrams, GRO buffers split
     conn.receive_datagram / endpoint.receive
     peers.by_addr.get(addr)                server: whose it is (unbound: ``bind`` hook)
     defer(service)                         once per wake-up, only if needs_service
@@ -58,7 +60,7 @@ from typing import Any
 from dtlsvpn.daemon.devices import TunDevice, UdpPort
 from dtlsvpn.daemon.loop import EPOLLERR
 from dtlsvpn.daemon.peers import Peer, PeerTable
-from dtlsvpn.daemon.udp import ErrorHint
+from dtlsvpn.daemon.udp import ErrorHint, UdpCounters
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.endpoint import ServerEndpoint
 from dtlsvpn.vpn.ip import IPV6_MIN_MTU, TooBigResponder, fragment_v4
@@ -66,7 +68,6 @@ from dtlsvpn.vpn.mss import clamp_batch
 from dtlsvpn.vpn.router import Router
 
 BUDGET = 64  # packets or datagrams per fd per wake-up
-MAX_DATAGRAM = 65535
 
 Addr = tuple[str, int]
 
@@ -85,6 +86,7 @@ class Datapath:
         self.mss_clamped = 0
         self.fragmented = 0
         self.drops: dict[str, int] = {}  # interface-wide (no peer to charge)
+        self.udp = UdpCounters()  # GSO/GRO, shared by the interface's UDP ports
         self.touched: dict[Association, Addr] = {}  # server: associations to service
         self.client_peer: Peer | None = None
         self.sock: UdpPort | None = None  # server: the listening socket
@@ -172,19 +174,10 @@ class Datapath:
         limit = peer.limit
         if limit and max(map(len, batch)) > limit:
             batch = self._split_too_big(batch, limit, now, peer)
-        send, sendto = sock.send, sock.sendto
-        sent = 0
-        for datagram in protect(batch):
-            try:
-                if addr is None:
-                    send(datagram)
-                else:
-                    sendto(datagram, addr)
-                sent += 1
-            except BlockingIOError:
-                peer.drop("send_buffer_full")
-            except OSError as exc:
-                self._send_failed(peer, sock, exc, now)
+        sent, failures = sock.send_batch(protect(batch), addr)
+        if failures is not None:
+            for exc, n in failures:
+                self._send_failed(peer, sock, exc, n, now)
         peer.tx_packets += sent
         peer.tx_bytes += sum(map(len, batch))
 
@@ -197,18 +190,13 @@ class Datapath:
             return
         if mask & EPOLLERR:
             self._errors(sock, peer, now)
-        recv = sock.recv
+        datagrams, error = sock.recv_batch(BUDGET)
+        if error is not None:  # a queued ICMP error (refused, unreachable)
+            peer.last_error = error.strerror
+            self._errors(sock, peer, now)
         receive = conn.receive_datagram
         inner: list[bytes] = []
-        for _ in range(BUDGET):
-            try:
-                data = recv(MAX_DATAGRAM)
-            except BlockingIOError:
-                break
-            except OSError as exc:  # a queued ICMP error (refused, unreachable)
-                peer.last_error = exc.strerror
-                self._errors(sock, peer, now)
-                continue
+        for data in datagrams:
             inner += receive(data, now, wall)
         if conn.needs_service and self.defer is not None and self.service is not None:
             self.defer(self.service)  # not after data only (the fast path)
@@ -242,19 +230,14 @@ class Datapath:
         assert sock is not None and endpoint is not None
         if mask & EPOLLERR:
             self._errors(sock, None, now)
-        recvfrom = sock.recvfrom
+        received, error = sock.recvfrom_batch(BUDGET)
+        if error is not None:
+            self._errors(sock, None, now)
         receive = endpoint.receive
         bound = self.peers.by_addr
         touched = self.touched
         per_peer: defaultdict[Peer, list[bytes]] = defaultdict(list)
-        for _ in range(BUDGET):
-            try:
-                data, raw = recvfrom(MAX_DATAGRAM)
-            except BlockingIOError:
-                break
-            except OSError:
-                self._errors(sock, None, now)
-                continue
+        for data, raw in received:
             addr: Addr = (raw[0], raw[1])
             assoc, out = receive(data, addr, now, wall)
             if assoc is None:
@@ -289,11 +272,13 @@ class Datapath:
             self.drop("unbound", n)
         return peer
 
-    def _send_failed(self, peer: Peer, sock: UdpPort, exc: OSError,
+    def _send_failed(self, peer: Peer, sock: UdpPort, exc: OSError, n: int,
                      now: float) -> None:
-        if exc.errno == errno.EMSGSIZE:
-            peer.drop("emsgsize")
+        if isinstance(exc, BlockingIOError):
+            peer.drop("send_buffer_full", n)
+        elif exc.errno == errno.EMSGSIZE:
+            peer.drop("emsgsize", n)
             self._errors(sock, peer, now)
         else:
-            peer.drop("send_error")
+            peer.drop("send_error", n)
             peer.last_error = exc.strerror

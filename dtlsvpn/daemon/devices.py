@@ -13,22 +13,53 @@ Invariants every implementation keeps: an object with a descriptor (``fd`` /
 (``BlockingIOError`` when empty or full, ``OSError`` for errors); one ``read_batch``
 entry is one whole IP packet.  A :class:`SocketPort` exposes the socket's own bound
 methods, so the data path pays nothing for the indirection.
+
+The data path moves datagrams in batches (wireguard-go's ``conn.Bind`` idea):
+``send_batch`` sends a list in order, and ``recv_batch``/``recvfrom_batch`` drain the
+socket until EAGAIN or about ``budget`` datagrams.  One datagram is one DTLS record
+either way.  With ``offload`` a ``SocketPort`` uses UDP GSO for runs of equal-size
+datagrams and UDP GRO on receive (``udp.py``); without it, or where the kernel has
+neither, it is one system call per datagram.  The slow path (handshake flights, PMTU
+probes, heartbeats) keeps to ``send``/``sendto``, so a probe never joins a GSO run.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import socket
+import struct
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 from dtlsvpn.daemon.netlink import Netlink, route_mtu
 from dtlsvpn.daemon.systemd import Notifier
 from dtlsvpn.daemon.tun import Tun
-from dtlsvpn.daemon.udp import ErrorHint, open_udp, read_errors, socket_mtu
+from dtlsvpn.daemon.udp import (
+    GRO_BUFFER,
+    MAX_DATAGRAM,
+    SOL_UDP,
+    UDP_SEGMENT,
+    ErrorHint,
+    UdpCounters,
+    enable_gro,
+    gro_segment,
+    gso_runs,
+    gso_supported,
+    open_udp,
+    read_errors,
+    socket_mtu,
+    split_gro,
+)
+
+log = logging.getLogger(__name__)
 
 Addr = tuple[str, int]
+# ``send_batch``'s failures: each error with the number of datagrams it cost.
+Failures = list[tuple[OSError, int]] | None
+_GRO_CMSG = socket.CMSG_SPACE(4)
+_U16 = struct.Struct("=H")
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -45,15 +76,27 @@ class TunDevice(Protocol):
 
 
 class UdpPort(Protocol):
-    """A non-blocking UDP socket (connected for a client) and its error queue."""
+    """A non-blocking UDP socket (connected for a client) and its error queue.
+
+    ``send_batch(datagrams, addr)`` (``addr`` None on a connected socket) returns how
+    many went out and the failures (None when none); ``recv_batch`` (connected) and
+    ``recvfrom_batch`` return the datagrams read (with their source) and the last error
+    a read reported (a queued ICMP error: refused, unreachable), or None.
+    """
 
     family: socket.AddressFamily
+    counters: UdpCounters
 
     def fileno(self) -> int: ...
     def send(self, data: bytes, /) -> int: ...
     def sendto(self, data: bytes, addr: Addr, /) -> int: ...
     def recv(self, size: int, /) -> bytes: ...
     def recvfrom(self, size: int, /) -> tuple[bytes, Any]: ...
+    def send_batch(self, datagrams: list[bytes], addr: Addr | None, /
+                   ) -> tuple[int, Failures]: ...
+    def recv_batch(self, budget: int, /) -> tuple[list[bytes], OSError | None]: ...
+    def recvfrom_batch(self, budget: int, /
+                       ) -> tuple[list[tuple[bytes, Any]], OSError | None]: ...
     def read_errors(self) -> list[ErrorHint]: ...
     def path_mtu(self) -> int | None: ...
     def close(self) -> None: ...
@@ -79,18 +122,29 @@ class Platform(Protocol):
 
     def open_tun(self, name: str) -> TunDevice: ...
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,
-                 connect: Addr | None = None) -> UdpPort: ...
+                 connect: Addr | None = None, offload: bool = False,
+                 counters: UdpCounters | None = None) -> UdpPort: ...
     def link(self, ifname: str) -> LinkConfig: ...
     def route_mtu(self, host: str) -> int | None: ...
     def resolve(self, host: str, port: int) -> tuple[socket.AddressFamily, Addr]: ...
 
 
 class SocketPort:
-    """A real UDP socket as a :class:`UdpPort`."""
+    """A real UDP socket (or a double with its shape) as a :class:`UdpPort`.
 
-    __slots__ = ("family", "fileno", "recv", "recvfrom", "send", "sendto", "sock")
+    ``offload``: probe UDP_SEGMENT and turn UDP_GRO on at open; either may be missing.
+    A GSO send the kernel refuses (EINVAL, EIO, EMSGSIZE) goes out again one datagram
+    per call, which gives each datagram its own verdict (EMSGSIZE for one too big for
+    the device, with its error-queue entry); if none of them was too big, the kernel
+    refused GSO itself (a device without checksum offload, say) and this socket sends
+    without it from then on (one log line).
+    """
 
-    def __init__(self, sock: socket.socket) -> None:
+    __slots__ = ("_cmsgs", "counters", "family", "fileno", "gro", "gso", "recv",
+                 "recvfrom", "send", "sendto", "sock")
+
+    def __init__(self, sock: Any, *, offload: bool = False,
+                 counters: UdpCounters | None = None) -> None:
         self.sock = sock
         self.family = sock.family
         self.fileno = sock.fileno
@@ -98,6 +152,157 @@ class SocketPort:
         self.sendto = sock.sendto
         self.recv = sock.recv
         self.recvfrom = sock.recvfrom
+        self.counters = counters if counters is not None else UdpCounters()
+        self.gso = offload and gso_supported(sock)
+        self.gro = offload and enable_gro(sock)
+        self._cmsgs: dict[int, list[tuple[int, int, bytes]]] = {}
+        if offload and not (self.gso and self.gro):
+            log.debug("UDP offload: GSO %s, GRO %s on this socket",
+                      "on" if self.gso else "unavailable", "on" if self.gro else "unavailable")
+
+    # --- send -----------------------------------------------------------------------
+
+    def send_batch(self, datagrams: list[bytes], addr: Addr | None, /
+                   ) -> tuple[int, Failures]:
+        if not self.gso or len(datagrams) < 2:
+            return self._send_each(datagrams, addr)
+        sent = 0
+        failures: Failures = None
+        for start, end in gso_runs(list(map(len, datagrams))):
+            run = datagrams[start:end]
+            if end - start > 1 and self.gso:
+                n, failed = self._send_run(run, addr)
+            else:
+                n, failed = self._send_each(run, addr)
+            sent += n
+            if failed:
+                failures = failed if failures is None else failures + failed
+        return sent, failures
+
+    def _send_each(self, datagrams: list[bytes], addr: Addr | None) -> tuple[int, Failures]:
+        send, sendto = self.send, self.sendto
+        sent = 0
+        failures: Failures = None
+        for datagram in datagrams:
+            try:
+                if addr is None:
+                    send(datagram)
+                else:
+                    sendto(datagram, addr)
+                sent += 1
+            except OSError as exc:
+                if failures is None:
+                    failures = [(exc, 1)]
+                else:
+                    failures.append((exc, 1))
+        return sent, failures
+
+    def _send_run(self, run: list[bytes], addr: Addr | None) -> tuple[int, Failures]:
+        size = len(run[0])
+        ancdata = self._cmsgs.get(size)
+        if ancdata is None:
+            ancdata = self._cmsgs[size] = [(SOL_UDP, UDP_SEGMENT, _U16.pack(size))]
+        try:
+            if addr is None:
+                self.sock.sendmsg(run, ancdata)
+            else:
+                self.sock.sendmsg(run, ancdata, 0, addr)
+        except BlockingIOError as exc:
+            return 0, [(exc, len(run))]
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.EIO, errno.EMSGSIZE):
+                return self._refused(run, addr, exc)
+            return 0, [(exc, len(run))]
+        counters = self.counters
+        counters.gso_sends += 1
+        counters.gso_datagrams += len(run)
+        return len(run), None
+
+    def _refused(self, run: list[bytes], addr: Addr | None, exc: OSError
+                 ) -> tuple[int, Failures]:
+        self.counters.gso_fallbacks += 1
+        sent, failures = self._send_each(run, addr)
+        if not any(f.errno == errno.EMSGSIZE for f, _ in failures or ()):
+            self.gso = False
+            log.info("UDP GSO refused by the kernel (%s); this socket sends one datagram "
+                     "per call from now on", exc.strerror or exc)
+        return sent, failures
+
+    # --- receive --------------------------------------------------------------------
+
+    def recv_batch(self, budget: int, /) -> tuple[list[bytes], OSError | None]:
+        out: list[bytes] = []
+        error: OSError | None = None
+        if self.gro:
+            recvmsg = self.sock.recvmsg
+            for _ in range(budget):
+                try:
+                    data, ancdata, _, _ = recvmsg(GRO_BUFFER, _GRO_CMSG)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    error = exc
+                    continue
+                segment = gro_segment(ancdata) if ancdata else 0
+                if segment and segment < len(data):
+                    parts = split_gro(data, segment)
+                    self._coalesced(len(parts))
+                    out += parts
+                else:
+                    out.append(data)
+                if len(out) >= budget:
+                    break
+            return out, error
+        recv = self.recv
+        for _ in range(budget):
+            try:
+                out.append(recv(MAX_DATAGRAM))
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                error = exc
+        return out, error
+
+    def recvfrom_batch(self, budget: int, /
+                       ) -> tuple[list[tuple[bytes, Any]], OSError | None]:
+        out: list[tuple[bytes, Any]] = []
+        error: OSError | None = None
+        if self.gro:
+            recvmsg = self.sock.recvmsg
+            for _ in range(budget):
+                try:
+                    data, ancdata, _, addr = recvmsg(GRO_BUFFER, _GRO_CMSG)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    error = exc
+                    continue
+                segment = gro_segment(ancdata) if ancdata else 0
+                if segment and segment < len(data):
+                    parts = split_gro(data, segment)
+                    self._coalesced(len(parts))
+                    out += [(part, addr) for part in parts]
+                else:
+                    out.append((data, addr))
+                if len(out) >= budget:
+                    break
+            return out, error
+        recvfrom = self.recvfrom
+        for _ in range(budget):
+            try:
+                out.append(recvfrom(MAX_DATAGRAM))
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                error = exc
+        return out, error
+
+    def _coalesced(self, n: int) -> None:
+        counters = self.counters
+        counters.gro_receives += 1
+        counters.gro_datagrams += n
+
+    # --- the rest ---------------------------------------------------------------------
 
     def read_errors(self) -> list[ErrorHint]:
         return read_errors(self.sock)
@@ -119,8 +324,10 @@ class Devices:
         return Tun(name)
 
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,
-                 connect: Addr | None = None) -> UdpPort:
-        return SocketPort(open_udp(family, bind=bind, connect=connect))
+                 connect: Addr | None = None, offload: bool = False,
+                 counters: UdpCounters | None = None) -> UdpPort:
+        return SocketPort(open_udp(family, bind=bind, connect=connect), offload=offload,
+                          counters=counters)
 
     def link(self, ifname: str) -> LinkConfig:
         return Netlink(ifname)

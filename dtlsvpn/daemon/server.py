@@ -69,7 +69,8 @@ class ServerRole:
         host, dp = self.host, self.datapath
         iface = host.cfg.interface
         assert iface.listen is not None
-        self.sock = host.devices.open_udp(family_of(iface.listen[0]), bind=iface.listen)
+        self.sock = host.devices.open_udp(family_of(iface.listen[0]), bind=iface.listen,
+                                          offload=iface.udp_offload, counters=dp.udp)
         self.endpoint = ServerEndpoint(self._dtls_config(),
                                        rekey_grace=rekey_grace(iface.rekey_interval))
         dp.sock = self.sock

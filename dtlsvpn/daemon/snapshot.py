@@ -96,6 +96,7 @@ def _counters(dp: Datapath | None) -> tuple[dict[str, Any], dict[str, int]]:
         if dp.too_big is not None:
             counters["icmp_too_big_sent"] = dp.too_big.sent
             counters["icmp_too_big_rate_limited"] = dp.too_big.rate_limited
+        counters.update(dp.udp.as_dict())  # UDP GSO/GRO (udp.UdpCounters)
     return counters, drops
 
 

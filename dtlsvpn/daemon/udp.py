@@ -15,6 +15,21 @@ the same ``open_udp`` with the error queue and the large buffers off (they repor
 errors the way the kernel gives them to a plain socket), and PMTU probing only when
 discovery is on.  A socket opened with ``recverr`` must have its error queue drained
 (``read_errors``) whenever it polls with EPOLLERR, or the poll never stops reporting it.
+
+UDP segmentation offload (linux/udp.h; udp(7) since Linux 4.18 / 5.0), used by the daemon's
+data path through ``devices.SocketPort`` when ``UDPOffload = yes``:
+
+- GSO, send: one ``sendmsg`` carries a run of datagrams to one destination with a
+  ``(SOL_UDP, UDP_SEGMENT, gso_size)`` control message; the kernel (or the NIC) cuts the
+  payload every ``gso_size`` bytes, so the datagrams on the wire are exactly the ones we
+  had.  A run is consecutive datagrams of one size, the last of it may be shorter, at
+  most ``GSO_MAX_SEGMENTS`` of them and ``GSO_MAX_BYTES`` in all (``gso_runs``).  The
+  kernel refuses a segment larger than the device MTU with EINVAL (not EMSGSIZE) and a
+  device without checksum offload with EIO; the caller then sends the run one by one.
+- GRO, receive: ``setsockopt(SOL_UDP, UDP_GRO, 1)``; a ``recvmsg`` may then return
+  several datagrams of one source back to back, with a ``(SOL_UDP, UDP_GRO, gso_size)``
+  control message; ``split_gro`` cuts them apart again (the last may be shorter).  A
+  GSO packet sent over veth reaches a GRO socket whole, without any segmentation.
 """
 
 from __future__ import annotations
@@ -24,6 +39,7 @@ import errno
 import ipaddress
 import socket
 import struct
+import sys
 from dataclasses import dataclass
 
 IP_MTU_DISCOVER = 10
@@ -36,6 +52,13 @@ IPV6_MTU = 24
 IPV6_RECVERR = 25
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
+
+SOL_UDP = 17  # IPPROTO_UDP
+UDP_SEGMENT = 103  # linux/udp.h: the GSO segment size of a send (u16 control message)
+UDP_GRO = 104  # linux/udp.h: coalesce on receive; recvmsg reports the segment size (int)
+GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS in the kernel
+GSO_MAX_BYTES = 65000  # payload of one GSO send: below IPv4's 65507 and IPv6's 65487
+GRO_BUFFER = 65536  # the largest coalesced payload a recvmsg may return
 
 SO_EE_ORIGIN_LOCAL = 1
 SO_EE_ORIGIN_ICMP = 2
@@ -64,6 +87,90 @@ class ErrorHint:
     @property
     def mtu(self) -> int | None:
         return self.info if self.errno == errno.EMSGSIZE and self.info else None
+
+
+class UdpCounters:
+    """Offload counters of one interface's sockets (the status snapshot shows them).
+
+    ``gso_sends``: successful sends that carried a UDP_SEGMENT run of ≥ 2 datagrams
+    (``gso_datagrams`` in all); ``gro_receives``: receives that returned ≥ 2 coalesced
+    datagrams (``gro_datagrams`` in all); ``gso_fallbacks``: GSO sends the kernel refused,
+    whose datagrams then went out one by one.
+    """
+
+    __slots__ = ("gro_datagrams", "gro_receives", "gso_datagrams", "gso_fallbacks",
+                 "gso_sends")
+
+    def __init__(self) -> None:
+        self.gso_sends = 0
+        self.gso_datagrams = 0
+        self.gso_fallbacks = 0
+        self.gro_receives = 0
+        self.gro_datagrams = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"udp_gso_sends": self.gso_sends, "udp_gso_datagrams": self.gso_datagrams,
+                "udp_gso_fallbacks": self.gso_fallbacks,
+                "udp_gro_receives": self.gro_receives,
+                "udp_gro_datagrams": self.gro_datagrams}
+
+
+def gso_runs(sizes: list[int], max_segments: int = GSO_MAX_SEGMENTS,
+             max_bytes: int = GSO_MAX_BYTES) -> list[tuple[int, int]]:
+    """Cut datagram sizes into GSO runs: ``(start, end)`` index ranges covering them all,
+    in order.  A run is datagrams of the size of its first, the last may be shorter
+    (and then ends it), at most ``max_segments`` of them and ``max_bytes`` in all; a
+    datagram alone may be bigger, and an empty one is alone.  A run of one is a plain
+    send."""
+    runs: list[tuple[int, int]] = []
+    n = len(sizes)
+    i = 0
+    while i < n:
+        size = sizes[i]
+        j = i + 1
+        if size:
+            limit = min(n, i + max_segments)
+            whole = min(limit, i + max(1, max_bytes // size))
+            while j < whole and sizes[j] == size:
+                j += 1
+            if j < limit and 0 < sizes[j] < size and (j - i) * size + sizes[j] <= max_bytes:
+                j += 1
+        runs.append((i, j))
+        i = j
+    return runs
+
+
+def split_gro(data: bytes, segment: int) -> list[bytes]:
+    """The datagrams of one GRO receive: ``data`` cut every ``segment`` bytes."""
+    if segment <= 0 or segment >= len(data):
+        return [data]
+    return [data[i:i + segment] for i in range(0, len(data), segment)]
+
+
+def gso_supported(sock: socket.socket) -> bool:
+    """Whether the kernel knows UDP_SEGMENT on this socket (Linux ≥ 4.18)."""
+    try:
+        sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+    except OSError:
+        return False
+    return True
+
+
+def enable_gro(sock: socket.socket) -> bool:
+    """Turn UDP_GRO on (Linux ≥ 5.0); False when the kernel refuses."""
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
+
+
+def gro_segment(ancdata: list[tuple[int, int, bytes]]) -> int:
+    """The segment size of a GRO receive's control messages; 0 when it has none."""
+    for level, kind, data in ancdata:
+        if level == SOL_UDP and kind == UDP_GRO:
+            return int.from_bytes(data[:4], sys.byteorder)
+    return 0
 
 
 def family_of(host: str) -> socket.AddressFamily:

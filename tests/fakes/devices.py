@@ -6,10 +6,12 @@ level-triggered readiness in epoll).  The daemon holds the near end; the far end
 the "wire" or the "kernel": a test writes packets into it and reads packets out.
 
 ``FakeTun`` is the production ``Tun`` with its descriptor swapped for a socketpair, so
-its ``read_batch``/``write_batch`` are the real ones.  ``FakeUdp`` datagrams carry their
-source address in a small header on the pair; ``FakeNet`` delivers ``sendto`` to the
-port bound at the destination, drops what no port listens for and what is larger than
-``path_mtu`` (a path that drops big DF packets without ICMP), and never fails a send.
+its ``read_batch``/``write_batch`` are the real ones.  ``FakeUdp`` is the production
+``SocketPort`` (its batch, GSO and GRO code) over a ``FakeSocket``, whose datagrams carry
+their source address and GSO segment size in a small header on the pair; ``FakeNet``
+delivers them to the port bound at the destination, drops what no port listens for and
+what is larger than ``path_mtu`` (a path that drops big DF packets without ICMP), and
+never fails a send (unless told to refuse GSO).
 """
 
 from __future__ import annotations
@@ -17,12 +19,23 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from dtlsvpn.daemon.devices import SocketPort
 from dtlsvpn.daemon.systemd import Notifier
 from dtlsvpn.daemon.tun import Tun
-from dtlsvpn.daemon.udp import ErrorHint, normalise
+from dtlsvpn.daemon.udp import (
+    GSO_MAX_SEGMENTS,
+    SOL_UDP,
+    UDP_GRO,
+    UDP_SEGMENT,
+    ErrorHint,
+    UdpCounters,
+    normalise,
+    split_gro,
+)
 
 Addr = tuple[str, int]
 BUFFER = 4 << 20  # bytes queued on a pair before a write fails (net.core.wmem_max)
@@ -67,13 +80,23 @@ class FakeTun(Tun):
 
 
 class FakeNet:
-    """An underlay of UDP ports keyed by (host, port)."""
+    """An underlay of UDP ports keyed by (host, port), and the kernel's UDP offloads.
 
-    def __init__(self, *, path_mtu: int = 1500) -> None:
+    ``gso``/``gro``: whether the fake kernel knows UDP_SEGMENT and UDP_GRO (the probe of
+    ``SocketPort`` sees it); ``refuse_gso``: it knows UDP_SEGMENT but fails every GSO
+    send with EIO, as a device without checksum offload makes the real one do.
+    """
+
+    def __init__(self, *, path_mtu: int = 1500, gso: bool = True, gro: bool = True,
+                 refuse_gso: bool = False) -> None:
         self.path_mtu = path_mtu
+        self.gso = gso
+        self.gro = gro
+        self.refuse_gso = refuse_gso
         self.ports: dict[Addr, FakeUdp] = {}
         self.names: dict[str, str] = {}  # host name → address, for the resolver
-        self.delivered = 0
+        self.delivered = 0  # datagrams (a GSO send counts its segments)
+        self.gso_packets = 0  # GSO sends carried whole over the wire
         self.dropped: dict[str, int] = {}
         self._ephemeral = 40000
 
@@ -84,43 +107,63 @@ class FakeNet:
         self._ephemeral += 1
         return host, self._ephemeral
 
-    def deliver(self, data: bytes, src: Addr, dst: Addr) -> None:
+    def deliver(self, data: bytes, src: Addr, dst: Addr, gso: int = 0) -> None:
+        """One datagram, or with ``gso`` a GSO packet of segments of ``gso`` bytes."""
         header = 40 if ":" in dst[0] else 20
-        if len(data) + header + 8 > self.path_mtu:
+        if min(gso or len(data), len(data)) + header + 8 > self.path_mtu:
             self._drop("too_big")
             return
         port = self.ports.get(dst)
         if port is None:
             self._drop("no_listener")
             return
-        if port.arrive(data, src):
-            self.delivered += 1
+        if port.arrive(data, src, gso):
+            self.delivered += len(split_gro(data, gso)) if gso else 1
+            self.gso_packets += 1 if gso and gso < len(data) else 0
         else:
             self._drop("queue_full")
 
 
-class FakeUdp:
-    """A non-blocking UDP port on a ``FakeNet`` (connected when ``remote`` is set)."""
+class FakeSocket:
+    """The kernel side of a fake UDP socket: what ``SocketPort`` calls on a real one.
+
+    On the pair each datagram is ``[len(tag)] tag gso_size(2) payload``.  A GSO send
+    (``sendmsg`` with UDP_SEGMENT) travels whole, as over veth; the receiving socket gets
+    it as one GRO buffer with a UDP_GRO control message when it turned GRO on, and as
+    separate datagrams otherwise (the kernel segments it on enqueue).  The kernel's
+    limits are enforced: at most 64 segments and 65507 bytes per GSO send (EINVAL).
+    """
 
     def __init__(self, net: FakeNet, family: socket.AddressFamily, local: Addr,
-                 remote: Addr | None = None) -> None:
-        if local in net.ports:
-            raise OSError(errno.EADDRINUSE, f"{local} in use")
+                 remote: Addr | None) -> None:
         self.net = net
         self.family = family
         self.local = local
         self.remote = remote
-        self.errors: list[ErrorHint] = []
-        self._near, self._far = _pair()
+        self.gro = False
         self.closed = False
-        net.ports[local] = self
+        self._near, self._far = _pair()
 
     def fileno(self) -> int:
         return self._near.fileno()
 
-    def sendto(self, data: bytes, addr: Addr, /) -> int:
+    def getsockopt(self, level: int, option: int) -> int:
+        if (level, option) == (SOL_UDP, UDP_SEGMENT) and self.net.gso:
+            return 0
+        raise OSError(errno.ENOPROTOOPT, "Protocol not available")
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        if (level, option) == (SOL_UDP, UDP_GRO) and self.net.gro:
+            self.gro = bool(value)
+            return
+        raise OSError(errno.ENOPROTOOPT, "Protocol not available")
+
+    def _check(self) -> None:
         if self.closed:
             raise OSError(errno.EBADF, "closed")
+
+    def sendto(self, data: bytes, addr: Addr, /) -> int:
+        self._check()
         self.net.deliver(bytes(data), self.local, normalise(addr))
         return len(data)
 
@@ -129,27 +172,92 @@ class FakeUdp:
             raise OSError(errno.EDESTADDRREQ, "not connected")
         return self.sendto(data, self.remote)
 
+    def sendmsg(self, buffers: Iterable[bytes], ancdata: Iterable[tuple[int, int, bytes]] = (),
+                flags: int = 0, addr: Addr | None = None, /) -> int:
+        self._check()
+        dst = addr if addr is not None else self.remote
+        if dst is None:
+            raise OSError(errno.EDESTADDRREQ, "not connected")
+        payload = b"".join(buffers)
+        gso = 0
+        for level, kind, data in ancdata:
+            if (level, kind) == (SOL_UDP, UDP_SEGMENT):
+                if not self.net.gso:
+                    raise OSError(errno.EINVAL, "Invalid argument")
+                gso = int.from_bytes(data, sys.byteorder)
+        if gso and len(payload) > gso:
+            if self.net.refuse_gso:
+                raise OSError(errno.EIO, "Input/output error")
+            if -(-len(payload) // gso) > GSO_MAX_SEGMENTS or len(payload) > 65507:
+                raise OSError(errno.EINVAL, "Invalid argument")
+        else:
+            gso = 0
+        self.net.deliver(payload, self.local, normalise(dst), gso)
+        return len(payload)
+
+    def _next(self, size: int) -> tuple[bytes, Addr, int]:
+        while True:
+            raw = self._near.recv(size + 66)
+            n = raw[0]
+            host, port = raw[1:1 + n].decode().rsplit(" ", 1)
+            src = (host, int(port))
+            if self.remote is None or src == self.remote:  # a connected socket filters
+                gso = int.from_bytes(raw[1 + n:3 + n], "big")
+                return raw[3 + n:], src, gso
+
     def recvfrom(self, size: int, /) -> tuple[bytes, Any]:
-        raw = self._near.recv(size + 64)
-        n = raw[0]
-        host, port = raw[1:1 + n].decode().rsplit(" ", 1)
-        return raw[1 + n:], (host, int(port))
+        data, src, _ = self._next(size)
+        return data, src
 
     def recv(self, size: int, /) -> bytes:
-        while True:
-            data, src = self.recvfrom(size)
-            if self.remote is None or src == self.remote:
-                return data
+        return self._next(size)[0]
 
-    def arrive(self, data: bytes, src: Addr) -> bool:
+    def recvmsg(self, size: int, ancbufsize: int = 0, flags: int = 0, /
+                ) -> tuple[bytes, list[tuple[int, int, bytes]], int, Any]:
+        data, src, gso = self._next(size)
+        ancdata = [(SOL_UDP, UDP_GRO, gso.to_bytes(4, sys.byteorder))] if gso else []
+        return data, ancdata, 0, src
+
+    def arrive(self, data: bytes, src: Addr, gso: int) -> bool:
         if self.closed:
             return False
         tag = f"{src[0]} {src[1]}".encode()
+        parts = [data] if not gso or self.gro else split_gro(data, gso)
         try:
-            self._far.send(bytes([len(tag)]) + tag + data)
+            for part in parts:
+                self._far.send(bytes([len(tag)]) + tag
+                               + (gso if len(parts) == 1 else 0).to_bytes(2, "big") + part)
         except BlockingIOError:
             return False
         return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._near.close()
+            self._far.close()
+
+
+class FakeUdp(SocketPort):
+    """A non-blocking UDP port on a ``FakeNet`` (connected when ``remote`` is set): the
+    production ``SocketPort`` batch code over a :class:`FakeSocket`."""
+
+    def __init__(self, net: FakeNet, family: socket.AddressFamily, local: Addr,
+                 remote: Addr | None = None, *, offload: bool = False,
+                 counters: UdpCounters | None = None) -> None:
+        if local in net.ports:
+            raise OSError(errno.EADDRINUSE, f"{local} in use")
+        self.fake = FakeSocket(net, family, local, remote)
+        super().__init__(self.fake, offload=offload, counters=counters)
+        self.net = net
+        self.local = local
+        self.remote = remote
+        self.errors: list[ErrorHint] = []
+        self.closed = False
+        net.ports[local] = self
+
+    def arrive(self, data: bytes, src: Addr, gso: int = 0) -> bool:
+        return self.fake.arrive(data, src, gso)
 
     def read_errors(self) -> list[ErrorHint]:
         out, self.errors = self.errors, []
@@ -164,8 +272,7 @@ class FakeUdp:
         self.closed = True
         if self.net.ports.get(self.local) is self:
             del self.net.ports[self.local]
-        self._near.close()
-        self._far.close()
+        self.fake.close()
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -252,9 +359,10 @@ class FakeDevices:
         return self.tun
 
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,
-                 connect: Addr | None = None) -> FakeUdp:
+                 connect: Addr | None = None, offload: bool = False,
+                 counters: UdpCounters | None = None) -> FakeUdp:
         local = bind if bind is not None else self.net.ephemeral(self.host)
-        port = FakeUdp(self.net, family, local, connect)
+        port = FakeUdp(self.net, family, local, connect, offload=offload, counters=counters)
         self.ports.append(port)
         return port
 

@@ -81,9 +81,11 @@ class Host:
 class World:
     """The clock, the underlay and the running daemons."""
 
-    def __init__(self, *, path_mtu: int = 1500, start: float = 1000.0) -> None:
+    def __init__(self, *, path_mtu: int = 1500, start: float = 1000.0,
+                 **offloads: bool) -> None:
+        """``offloads``: the fake kernel's ``gso``, ``gro``, ``refuse_gso`` (``FakeNet``)."""
         self.clock = FakeClock(start=start)
-        self.net = FakeNet(path_mtu=path_mtu)
+        self.net = FakeNet(path_mtu=path_mtu, **offloads)
         self.hosts: list[Host] = []
         self._seed = 0
 

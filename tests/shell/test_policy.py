@@ -126,7 +126,9 @@ def test_tun_mtu_follows_the_path_mtu(tmp_path: Path) -> None:
 
 INTERFACE_KEYS = {"name", "device", "role", "listen", "addresses", "mtu", "mtu_policy",
                   "rekey_interval", "pid", "uptime", "config", "mss_clamp", "mss_clamped",
-                  "fragmented", "icmp_too_big_sent", "icmp_too_big_rate_limited", "drops"}
+                  "fragmented", "icmp_too_big_sent", "icmp_too_big_rate_limited",
+                  "udp_gso_sends", "udp_gso_datagrams", "udp_gso_fallbacks",
+                  "udp_gro_receives", "udp_gro_datagrams", "drops"}
 PEER_KEYS = {"name", "endpoint", "state", "transport", "suite", "last_handshake",
              "last_handshake_ago", "resumed", "handshakes", "rekey_generation", "rekeys",
              "last_rekey", "last_rekey_ago", "rekeying", "heartbeat_rtt_ms", "plpmtu",
