@@ -28,12 +28,13 @@ Out: the TUN fd is readable → ``Datapath.client_tun``/``server_tun`` reads a b
 ``Router.route`` picks the peer (server: longest prefix of the destination) → MSS
 clamp, the too-big rule → the peer's association ``protect``s each packet into one
 record → ``UdpPort.send_batch`` on the peer's UDP port (one ``sendmsg`` per run of
-equal-size records with UDP GSO).  In: the UDP fd is readable →
-``client_udp``/``server_udp`` reads a batch (``recv_batch``; GRO buffers split) → ``RekeyingClient.receive_datagram`` /
-``ServerEndpoint.receive`` returns the inner packets → ``PeerTable.by_addr`` names the
-peer → ``Router.admit`` drops spoofed sources → MSS clamp → ``Tun.write_batch``.  Anything
-that is not data (handshake flights, alerts, heartbeats, events) is the role's
-``service``, deferred to the end of the loop iteration when the core's
-``needs_service`` says the slow path changed something (never after data only), which also re-arms the
-association's Timer; timers that fire run ``handle_timer`` and the same service.
+equal-size records with UDP GSO).  In: the UDP fd is readable → ``client_udp``/
+``server_udp`` reads a batch (``recv_batch``; GRO buffers split at the segment size) →
+``RekeyingClient.receive_datagram`` / ``ServerEndpoint.receive`` returns the inner
+packets → ``PeerTable.by_addr`` names the peer → ``Router.admit`` drops spoofed sources
+→ MSS clamp → ``Tun.write_batch``.  Anything that is not data (handshake flights,
+alerts, heartbeats, events) is the role's ``service``, deferred to the end of the loop
+iteration when the core's ``needs_service`` says the slow path changed something (never
+after data only); it also re-arms the association's Timer; timers that fire run
+``handle_timer`` and the same service.
 """
