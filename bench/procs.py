@@ -125,7 +125,11 @@ class Processes:
         return proc
 
     def stop(self, proc: Proc, grace: float = 3.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit status."""
+        """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit status.
+
+        The whole tree is gone on return: a descendant that outlives the top process
+        (re-parented, still exiting) is waited for, then killed, by its PID."""
+        tree = descendants(proc.pid) if proc.alive() else []
         if proc.alive():
             _signal(proc.pid, signal.SIGTERM)
             try:
@@ -136,6 +140,7 @@ class Processes:
                 _signal(proc.pid, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.popen.wait(grace)
+        _reap_stragglers(tree[1:], grace)
         if proc in self.procs:
             self.procs.remove(proc)
         return proc.popen.returncode
@@ -143,6 +148,24 @@ class Processes:
     def stop_all(self) -> None:
         for proc in reversed(list(self.procs)):
             self.stop(proc)
+
+
+def _running(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def _reap_stragglers(pids: list[int], grace: float) -> None:
+    """Wait up to ``grace`` for ``pids`` to exit, then SIGKILL the ones still running."""
+    deadline = time.monotonic() + grace
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for pid in pids:
+        if _running(pid):
+            _signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + grace
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
