@@ -49,6 +49,14 @@ from dtlsvpn.errors import ConfigError
 log = logging.getLogger("dtlsvpn")
 
 RETIRE_RETRY = 0.1  # seconds: look again when the endpoint had not retired old keys yet
+MIN_ASSOCIATIONS = 1024  # the endpoint's table, at least (half-open ones count too)
+HALF_OPEN_HEADROOM = 256
+
+
+def association_limit(peers: int) -> int:
+    """The endpoint's table size: every configured peer twice (a renewal holds its old and
+    new association) plus room for handshakes in progress, and never below 1024."""
+    return max(MIN_ASSOCIATIONS, 2 * peers + HALF_OPEN_HEADROOM)
 
 
 class ServerRole:
@@ -72,7 +80,8 @@ class ServerRole:
         self.sock = host.devices.open_udp(family_of(iface.listen[0]), bind=iface.listen,
                                           offload=iface.udp_offload, counters=dp.udp)
         self.endpoint = ServerEndpoint(self._dtls_config(),
-                                       rekey_grace=rekey_grace(iface.rekey_interval))
+                                       rekey_grace=rekey_grace(iface.rekey_interval),
+                                       max_associations=association_limit(len(host.cfg.peers)))
         dp.sock = self.sock
         dp.endpoint = self.endpoint
         dp.bind = self._bind
@@ -282,6 +291,7 @@ class ServerRole:
     def reloaded(self) -> None:
         if self.endpoint is not None:
             self.endpoint.config = self._dtls_config()
+            self.endpoint.max_associations = association_limit(len(self.host.cfg.peers))
 
     def teardown(self, now: float) -> None:
         for peer in self.host.peers:

@@ -47,3 +47,10 @@ def test_pipeline_measurement_runs(tmp_path: Path) -> None:
     result = measure(tmp_path, packets=300, size=1400)
     assert result["client_to_server_received"] == 300
     assert result["server_to_client_received"] == 300
+
+
+def test_the_server_endpoint_table_is_sized_for_its_peers(pair: Pair) -> None:
+    server, _ = pair()
+    endpoint = server.daemon.datapath.endpoint
+    assert endpoint is not None
+    assert endpoint.max_associations == 1024  # one peer: the floor

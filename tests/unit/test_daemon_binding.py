@@ -97,3 +97,12 @@ def test_peer_table_keeps_address_and_associations_in_step() -> None:
     table.bind(p, a1, A, renewal=False)
     assert table.remove("branch") is p
     assert table.at(A) is None and table.owner(a1) is None and len(table) == 0
+
+
+def test_association_table_fits_every_peer_twice_and_never_shrinks_below_1024() -> None:
+    from dtlsvpn.daemon.server import association_limit
+
+    assert association_limit(0) == 1024
+    assert association_limit(384) == 1024
+    assert association_limit(1000) == 2256  # 1,000 peers, each mid-renewal, + handshakes
+    assert association_limit(5000) == 10256
