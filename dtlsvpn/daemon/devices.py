@@ -231,28 +231,11 @@ class SocketPort:
     # --- receive --------------------------------------------------------------------
 
     def recv_batch(self, budget: int, /) -> tuple[list[bytes], OSError | None]:
+        if self.gro:  # the connected peer's address comes along; drop it
+            pairs, failed = self.recvfrom_batch(budget)
+            return [data for data, _ in pairs], failed
         out: list[bytes] = []
         error: OSError | None = None
-        if self.gro:
-            recvmsg = self.sock.recvmsg
-            for _ in range(budget):
-                try:
-                    data, ancdata, _, _ = recvmsg(GRO_BUFFER, _GRO_CMSG)
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    error = exc
-                    continue
-                segment = gro_segment(ancdata) if ancdata else 0
-                if segment and segment < len(data):
-                    parts = split_gro(data, segment)
-                    self._coalesced(len(parts))
-                    out += parts
-                else:
-                    out.append(data)
-                if len(out) >= budget:
-                    break
-            return out, error
         recv = self.recv
         for _ in range(budget):
             try:

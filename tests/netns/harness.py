@@ -18,6 +18,7 @@ Addresses come from the plan only: underlay 198.18.0.0/15 and 2001:db8::/32, tun
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -205,6 +206,27 @@ def ping(topo: Topology, ns: str, addr: str, *extra: str) -> str:
 
 
 # --- configurations ---------------------------------------------------------------
+
+
+def copy_both_ways(topo: Topology, procs: ProcessGroup, server_ns: str, client_ns: str,
+                   workdir: Path, size: int = 20 * 1024 * 1024) -> None:
+    """A file of ``size`` random bytes through the tunnel client → server (100.64.0.1),
+    then server → client (100.64.0.2); the receiver's SHA-256 must match."""
+    blob = workdir / "blob"
+    blob.write_bytes(os.urandom(size))
+    want = hashlib.sha256(blob.read_bytes()).hexdigest()
+    env = {"PYTHONPATH": str(REPO)}
+    for receiver_ns, sender_ns, addr in ((server_ns, client_ns, "100.64.0.1"),
+                                         (client_ns, server_ns, "100.64.0.2")):
+        rx = procs.start(["ip", "netns", "exec", receiver_ns, *TOOLS, "recv", addr, "5001"],
+                         name=f"recv-{addr}", timeout=60, env=env, stdin_pipe=False)
+        assert rx.wait_for("listening", timeout=15), rx.describe()
+        res = topo.exec(sender_ns, [*TOOLS, "send", addr, "5001", str(blob)], timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert rx.wait(30) == 0
+        line = rx.stdout().strip().splitlines()[-1]
+        assert f"bytes={size} sha256={want}" in line, line
+        print(f"copy to {addr}: {line}")
 
 
 def secret_file(path: Path, content: str) -> Path:

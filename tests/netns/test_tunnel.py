@@ -10,7 +10,6 @@ Readiness is READY=1 on a notify socket the test owns; kernel state is polled.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import signal
@@ -21,11 +20,10 @@ import pytest
 from dtlsvpn.crypto.suites import suite_by_name
 from tests.netns.harness import (
     PYTHON,
-    REPO,
-    TOOLS,
     RunDaemon,
     Topology,
     cert_pair,
+    copy_both_ways,
     link_mtu,
     ping,
     psk_pair,
@@ -72,21 +70,7 @@ def test_file_copy_both_ways_with_certificates(
     server_ns, client_ns = two_hosts(topo)
     server_conf, client_conf = cert_pair(tmp_path, pki)
     start_pair(run_daemon, server_ns, client_ns, server_conf, client_conf)
-    blob = tmp_path / "blob"
-    blob.write_bytes(os.urandom(20 * 1024 * 1024))
-    want = hashlib.sha256(blob.read_bytes()).hexdigest()
-    env = {"PYTHONPATH": str(REPO)}
-    for receiver_ns, sender_ns, addr in ((server_ns, client_ns, "100.64.0.1"),
-                                         (client_ns, server_ns, "100.64.0.2")):
-        rx = procs.start(["ip", "netns", "exec", receiver_ns, *TOOLS, "recv", addr, "5001"],
-                         name=f"recv-{addr}", timeout=60, env=env, stdin_pipe=False)
-        assert rx.wait_for("listening", timeout=15), rx.describe()
-        res = topo.exec(sender_ns, [*TOOLS, "send", addr, "5001", str(blob)], timeout=60)
-        assert res.returncode == 0, res.stderr
-        assert rx.wait(30) == 0
-        line = rx.stdout().strip().splitlines()[-1]
-        assert f"bytes={blob.stat().st_size} sha256={want}" in line, line
-        print(f"copy to {addr}: {line}")
+    copy_both_ways(topo, procs, server_ns, client_ns, tmp_path)
 
 
 def test_sigterm_leaves_nothing_behind(
