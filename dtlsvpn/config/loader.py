@@ -243,7 +243,6 @@ class _Loader:
             rekey_interval=rekey,
             connection_id=f.get("ConnectionID", values.boolean, True),
             udp_offload=f.get("UDPOffload", values.boolean, True),
-            tun_offload=f.get("TUNOffload", values.boolean, True),
             source=Source(self.path, f.section.line),
         )
     def _credentials(self, f: _Fields, iface: InterfaceConfig) -> Credentials:

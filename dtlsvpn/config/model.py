@@ -19,9 +19,9 @@ Invariants:
 - ``ConnectionID`` (yes/no, default yes) negotiates RFC 9146 connection IDs, which let
   a roaming client change address without a handshake; ``no`` leaves them out of the
   hellos (a new client address then means a new, ticket-resumed association).
-- ``UDPOffload`` / ``TUNOffload`` (yes/no, default yes) let the data path batch with
-  the kernel's UDP GSO/GRO and the TUN's virtio-net header where the kernel has them;
-  ``no`` is one system call per packet (the same bytes on the wire either way).
+- ``UDPOffload`` (yes/no, default yes) lets the data path batch with the kernel's UDP
+  GSO/GRO where the kernel has them; ``no`` is one system call per datagram (the same
+  bytes on the wire either way).
 
 Authentication model (security.md): a server identifies each ``[Peer]`` by
 its client certificate (``CommonName`` checked after a chain to ``CA``, or
@@ -53,7 +53,7 @@ DEFAULT_REKEY_INTERVAL = 3600.0  # like OpenVPN's reneg-sec
 INTERFACE_KEYS = (
     "Role", "ListenAddress", "Device", "Address", "MTU", "Certificate", "PrivateKey", "CA",
     "Ciphers", "HeartbeatInterval", "DeadPeerTimeout", "TicketStore", "StatusSocket",
-    "MSSClamp", "LogLevel", "RekeyInterval", "ConnectionID", "UDPOffload", "TUNOffload",
+    "MSSClamp", "LogLevel", "RekeyInterval", "ConnectionID", "UDPOffload",
 )
 PEER_KEYS = (
     "Name", "Endpoint", "AllowedIPs", "Route", "PeerKeyPin", "CommonName", "PSKIdentity",
@@ -125,7 +125,6 @@ class InterfaceConfig:
     rekey_interval: float | None = DEFAULT_REKEY_INTERVAL  # None: no time-based renewal
     connection_id: bool = True  # RFC 9146 connection IDs (roaming without a handshake)
     udp_offload: bool = True  # UDP GSO/GRO batching where the kernel has it
-    tun_offload: bool = True  # TUN IFF_VNET_HDR + coalescing where the kernel has it
     source: Source = field(compare=False)
 
 

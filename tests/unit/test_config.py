@@ -765,10 +765,10 @@ def test_client_server_name_is_enforced(central: Config, creds: Creds, tmp_path:
 
 def test_offload_switches_default_on_and_parse(tmp_path: Path, creds: Creds) -> None:
     cfg = load_config(write(tmp_path, server_text(creds)))
-    assert cfg.interface.udp_offload is True and cfg.interface.tun_offload is True
-    text = server_text(creds).replace("[Interface]\n", "[Interface]\nUDPOffload = no\nTUNOffload = off\n", 1)
+    assert cfg.interface.udp_offload is True
+    text = server_text(creds).replace("[Interface]\n", "[Interface]\nUDPOffload = off\n", 1)
     cfg = load_config(write(tmp_path, text))
-    assert cfg.interface.udp_offload is False and cfg.interface.tun_offload is False
+    assert cfg.interface.udp_offload is False
     bad = server_text(creds).replace("[Interface]\n", "[Interface]\nUDPOffload = maybe\n", 1)
     with pytest.raises(ConfigError, match="UDPOffload"):
         load_config(write(tmp_path, bad))
