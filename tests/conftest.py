@@ -129,4 +129,4 @@ def udp_port() -> int:
 def root() -> None:
     """Skip (a failure in CI) unless running as root: namespaces and TUN need it."""
     if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces / TUN)")
+        pytest.skip("needs root (network namespaces / TUN): run `sudo make test`")

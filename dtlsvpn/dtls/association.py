@@ -284,26 +284,6 @@ class Association:
         self.stats.bad_mac = bad_mac
         return None
 
-    def rekey_due(self, now: float) -> bool:
-        """Time for fresh keys: the interval passed or a record limit is near.
-
-        Renewal is a new full handshake on a new association (renegotiation
-        stays refused); see ``dtls/rekey.py`` and the endpoint's overlap.
-        """
-        if not self.is_established or self.established_at is None:
-            return False
-        c = self.config
-        if c.rekey_interval is not None and now >= self.rekey_deadline():
-            return True
-        return self.records_exhausted()
-
-    def rekey_deadline(self) -> float:
-        """When the rekey interval runs out (``inf`` without one or before completion)."""
-        interval = self.config.rekey_interval
-        if interval is None or self.established_at is None:
-            return float("inf")
-        return self.established_at + interval
-
     def records_exhausted(self) -> bool:
         """A direction used up its record budget for these keys (see REKEY_RECORDS)."""
         return self.is_established and records_exhausted(self._writer, self._read,

@@ -34,6 +34,27 @@ from dtlsvpn.errors import UsageError
 RETRY_AFTER = 30.0  # seconds before a failed renewal is tried again
 
 
+def rekey_deadline(assoc: Association) -> float:
+    """When ``assoc``'s rekey interval runs out (``inf`` without one or before completion)."""
+    interval = assoc.config.rekey_interval
+    if interval is None or assoc.established_at is None:
+        return float("inf")
+    return assoc.established_at + interval
+
+
+def rekey_due(assoc: Association, now: float) -> bool:
+    """Time for fresh keys: the interval passed or a record limit is near.
+
+    Renewal is a new full handshake on a new association (renegotiation stays
+    refused); the endpoint's overlap keeps the old one for records in flight.
+    """
+    if not assoc.is_established or assoc.established_at is None:
+        return False
+    if assoc.config.rekey_interval is not None and now >= rekey_deadline(assoc):
+        return True
+    return assoc.records_exhausted()
+
+
 class RekeyingClient:
     """One logical client connection over a succession of associations."""
 
@@ -82,7 +103,7 @@ class RekeyingClient:
                 a.handle_timer(now)
         if self.previous is not None and now >= self._previous_until:
             self.previous = None  # RFC-less policy: the old keys are dropped after grace
-        if self.pending is None and now >= self._next_attempt and self.current.rekey_due(now):
+        if self.pending is None and now >= self._next_attempt and rekey_due(self.current, now):
             self.start_rekey(now, wall)
         self._after_input(now, wall)
 
@@ -107,7 +128,7 @@ class RekeyingClient:
         if self.pending is None and cur.is_established:
             # The interval's end, or at once (after a failed attempt's back-off) when a
             # record budget ran out: protect() and receive cannot start a handshake.
-            due = self._next_attempt if cur.records_exhausted() else cur.rekey_deadline()
+            due = self._next_attempt if cur.records_exhausted() else rekey_deadline(cur)
             due = max(due, self._next_attempt)
             if due != float("inf"):  # no interval: only the record budget, checked on use
                 deadlines.append(due)

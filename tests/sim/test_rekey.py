@@ -46,7 +46,7 @@ import pytest
 
 from dtlsvpn.crypto.keyexchange import KeyShare, generate_key_share
 from dtlsvpn.dtls.events import HandshakeCompleted, SessionTicketReceived
-from dtlsvpn.dtls.rekey import Rekeyed, RekeyingClient
+from dtlsvpn.dtls.rekey import Rekeyed, RekeyingClient, rekey_due
 from dtlsvpn.wire.constants import ExtensionType, HandshakeType, NamedGroup
 from dtlsvpn.wire.extensions import decode_session_ticket
 from dtlsvpn.wire.handshake import decode_client_hello, parse_handshake_fragments
@@ -162,7 +162,7 @@ def test_record_limit_triggers_rekey_without_interval(pki: Pki) -> None:
     cur = rekeying(sim).current
     assert n >= 2, (f"{n} renewals: the current association wrote {cur.stats.tx_records} and "
                     f"read {cur.stats.rx_records} records (limit {limit}), rekey_due="
-                    f"{cur.rekey_due(sim.now)}, client timer {rekeying(sim).get_timer()}\n"
+                    f"{rekey_due(cur, sim.now)}, client timer {rekeying(sim).get_timer()}\n"
                     + sim.format(20))
     assert not sim.stream.lost("c2s") and not sim.stream.lost("s2c")
     assert all(v == 1 for d in ("c2s", "s2c") for v in sim.stream.received(d).values())

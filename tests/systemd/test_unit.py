@@ -90,11 +90,12 @@ def _files() -> dict[str, tuple[str, int]]:
 @pytest.fixture(scope="module")
 def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
     if os.geteuid() != 0:
-        pytest.skip("needs root (namespaces, cgroups, TUN)")
+        pytest.skip("needs root (namespaces, cgroups, TUN): run `sudo make test`")
     missing = [t for t in ("unshare", "nsenter", "timeout", "ip", "make", "systemd-analyze")
                if shutil.which(t) is None]
     if missing or not Path(SYSTEMD).exists():
-        pytest.skip(f"missing programs: {', '.join(missing) or SYSTEMD}")
+        pytest.skip(f"missing programs: {', '.join(missing) or SYSTEMD} "
+                    "(`apt-get install systemd iproute2 util-linux coreutils make`)")
     instance = Instance(tmp_path_factory.mktemp("systemd"), lifetime=170, files=_files())
     try:
         instance.boot()
