@@ -35,7 +35,6 @@ from typing import Protocol
 from dtlsvpn.daemon.loop import Loop, Timer, TimerCallback
 
 CHUNK = 65536
-_TERMINATION = (signal.SIGINT, signal.SIGTERM)
 
 
 class TimedCore(Protocol):
@@ -138,11 +137,7 @@ def tool_loop() -> Iterator[Loop]:
     try:
         yield loop
     finally:
-        loop.close()
-        if installed:
-            for sig in _TERMINATION:
-                if signal.getsignal(sig) is signal.SIG_DFL:
-                    signal.signal(sig, signal.SIG_IGN)
+        loop.close(ignore_late_signals=installed)
 
 
 def _install_stop_signals(loop: Loop) -> bool:

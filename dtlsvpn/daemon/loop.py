@@ -233,11 +233,19 @@ class Loop:
             elif signum == signal.SIGHUP and self.on_reload is not None:
                 self.on_reload(now)
 
-    def close(self) -> None:
+    def close(self, *, ignore_late_signals: bool = False) -> None:
+        """Release the descriptors and give the signals back.
+
+        ``ignore_late_signals``: a signal whose disposition was the default (death) is
+        ignored from now on instead, in one step, so one that arrives while the process
+        exits (``timeout`` forwards a SIGTERM its group already got) cannot kill it.
+        """
         if self._old_wakeup is not None:
             signal.set_wakeup_fd(self._old_wakeup)
             self._old_wakeup = None
         for sig, old in self._old_handlers.items():
+            if ignore_late_signals and old is signal.SIG_DFL:
+                old = signal.SIG_IGN
             signal.signal(sig, old)  # type: ignore[arg-type]
         self._old_handlers.clear()
         self._ep.close()

@@ -145,3 +145,17 @@ def test_an_fd_epoll_refuses_leaves_no_handler(tmp_path: Path) -> None:
             loop.add(f.fileno(), lambda mask, now, wall: None)
         assert f.fileno() not in loop._handlers
     loop.close()
+
+
+def test_close_can_leave_default_signals_ignored_in_one_step() -> None:
+    import signal
+
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        loop, _ = make_loop()
+        loop.install_signals()
+        loop.close(ignore_late_signals=True)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # was the default
+        assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # Python's own: restored
+    finally:
+        signal.signal(signal.SIGTERM, before)
