@@ -142,6 +142,8 @@ class ServerEndpoint:
         if n and len(data) >= 13 + n and data[0] == ContentType.tls12_cid:
             return self._receive_by_cid(bytes(data[11:11 + n]), data, addr, now, wall)
         assoc = self.associations.get(addr)
+        if (assoc is None or assoc.is_closed) and addr in self._previous:
+            assoc = self._reinstate(addr, assoc)  # security.md S17: the new one gave up
         hello = None
         if assoc is not None and not assoc.is_closed:
             hello = _initial_client_hello(data)
@@ -192,6 +194,17 @@ class ServerEndpoint:
             del self.associations[addr]
         else:
             self._forget(assoc)
+
+    def _reinstate(self, addr: Address, failed: Association | None) -> Association:
+        """The live association a failed new handshake was to replace takes its address
+        back (RFC 6347 §4.2.8: the new one must not disturb it unless it completes)."""
+        if failed is not None:
+            self._forget(failed)
+        old = self._previous.pop(addr)
+        self._retire_at.pop(addr, None)
+        self.associations[addr] = old
+        self._address[old] = addr
+        return old
 
     def _receive_overlap(self, new: Association, old: Association, data: bytes,
                          addr: Address, now: float, wall: float
