@@ -183,3 +183,12 @@ FUZZ_SEED ?= 0
 fuzz: venv
 	$(VPY) -m tests.fuzz.run --datagrams $(FUZZ_DATAGRAMS) --seed $(FUZZ_SEED) \
 		--report fuzz-report.json
+# Optional: coverage-guided fuzzing with atheris (pip install into .venv on first use;
+# skipped with a message when it does not install).  ATHERIS_RUNS inputs, mixed targets.
+ATHERIS_RUNS ?= 20000
+.PHONY: fuzz-atheris
+fuzz-atheris: venv
+	@if ! $(VPY) -c 'import atheris' 2>/dev/null; then
+		$(VENV)/bin/pip install --quiet atheris || { echo "fuzz-atheris: atheris does not install here; skipped"; exit 0; }
+	fi
+	$(VPY) -m tests.fuzz.atheris_target -atheris_runs=$(ATHERIS_RUNS) -print_final_stats=1
