@@ -29,6 +29,10 @@ class TicketStore:
     def load(self, server: str, wall: float) -> ClientSession | None:
         path = self._path(server)
         try:
+            if path.stat().st_mode & 0o077:
+                # It holds a master secret: one others could read is no longer secret.
+                self.forget(server)
+                return None
             session = ClientSession.decode(path.read_text())
         except FileNotFoundError:
             return None

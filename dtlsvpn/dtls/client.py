@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from dtlsvpn.crypto import certs
@@ -50,6 +51,7 @@ from dtlsvpn.wire import key_exchange as kxw
 from dtlsvpn.wire.constants import (
     DTLS_1_0,
     DTLS_1_2,
+    ClientCertificateType,
     ExtensionType,
     HandshakeType,
     HeartbeatMode,
@@ -87,6 +89,7 @@ class ClientMachine(Machine):
         self.server_point = b""
         self.cert_requested = False
         self.requested_schemes: tuple[int, ...] = ()
+        self.requested_types = b""
         self.psk_hint = b""
         # RFC 5077: the session we try to resume, and what the server said about tickets.
         self.session: ClientSession | None = None
@@ -256,6 +259,7 @@ class ClientMachine(Machine):
         req = hs.decode_certificate_request(body)
         self.cert_requested = True
         self.requested_schemes = req.signature_schemes
+        self.requested_types = req.certificate_types
         self.add_transcript(HandshakeType.certificate_request, seq, body)
         self.state = ClientState.WAIT_SERVER_HELLO_DONE
 
@@ -272,6 +276,12 @@ class ClientMachine(Machine):
         """Our chain and signature scheme, or ([], None) to send an empty Certificate."""
         c = self.config
         if c.private_key is None:
+            return [], None
+        # RFC 5246 §7.4.4 / RFC 8422 §5.5: the key's certificate type must be asked for
+        # (rsa_sign for RSA, ecdsa_sign for ECDSA and EdDSA).
+        wanted = (ClientCertificateType.rsa_sign if isinstance(c.private_key, rsa.RSAPrivateKey)
+                  else ClientCertificateType.ecdsa_sign)
+        if wanted not in self.requested_types:
             return [], None
         for scheme in certs.schemes_for_key(c.private_key):
             if scheme in self.requested_schemes:

@@ -60,13 +60,13 @@ class DtlsConfig:
     groups: tuple[NamedGroup, ...] = DEFAULT_GROUPS
     signature_schemes: tuple[SignatureScheme, ...] = DEFAULT_SIGNATURE_SCHEMES
     certificate_chain: tuple[x509.Certificate, ...] = ()
-    private_key: PrivateKey | None = None
+    private_key: PrivateKey | None = field(default=None, repr=False)
     ca_certs: tuple[x509.Certificate, ...] = ()
     pinned_spki_sha256: frozenset[bytes] = frozenset()
     server_name: str | None = None
     verify_peer: bool = True
     require_client_cert: bool = False
-    psk: bytes | None = None
+    psk: bytes | None = field(default=None, repr=False)  # security.md: no secret in a repr
     psk_identity: bytes | None = None
     psk_lookup: Callable[[bytes], bytes | None] | None = None
     mtu: int = 1400

@@ -12,6 +12,11 @@ different cookie.
 Only a complete, unfragmented ClientHello in one epoch-0 record is looked at
 here; anything else from an unknown address is dropped and counted.
 
+Admission (``dtls/admission.py``): HelloVerifyRequests are rate-limited, globally
+and per source host (fixed-size hashed buckets: still no state per source), and
+one source host may hold only so many half-open associations; both refusals are
+silent drops, counted on ``admission``.
+
 RFC 6347 §4.2.8: a new ClientHello (another random) from the address of a live
 association starts a new association only once it has a valid cookie; until
 then the live one is untouched.
@@ -34,6 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dtlsvpn.crypto.cookie import CookieSecrets
+from dtlsvpn.dtls.admission import Admission
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.errors import DecodeError, UsageError
@@ -130,6 +136,8 @@ class ServerEndpoint:
         self.rekey_grace = rekey_grace
         self._previous: dict[Address, Association] = {}  # being replaced by a rekey
         self._retire_at: dict[Address, float] = {}
+        # security.md S13 / README "Security": HVR rate limits, half-open per source.
+        self.admission = Admission(config.random_bytes)
 
     def address_of(self, assoc: Association) -> Address | None:
         """Where the association's peer is now (it moves with RFC 9146 CIDs)."""
@@ -142,6 +150,8 @@ class ServerEndpoint:
         if n and len(data) >= 13 + n and data[0] == ContentType.tls12_cid:
             return self._receive_by_cid(bytes(data[11:11 + n]), data, addr, now, wall)
         assoc = self.associations.get(addr)
+        if (assoc is None or assoc.is_closed) and addr in self._previous:
+            assoc = self._reinstate(addr, assoc)  # security.md S17: the new one gave up
         hello = None
         if assoc is not None and not assoc.is_closed:
             hello = _initial_client_hello(data)
@@ -158,24 +168,37 @@ class ServerEndpoint:
             self.stats.not_client_hello += 1
             return None, []
         rec, message_seq, ch = hello
-        if self.config.cookie_exchange:
-            peer = _peer_bytes(addr)
-            params = _hello_params(ch)
-            if not ch.cookie or not self._cookies.check(now, peer, params, ch.cookie):
-                return None, [self._hello_verify(now, peer, params, rec, message_seq)]
-            self.stats.cookie_accepted += 1
-        if addr not in self.associations and len(self.associations) >= self.max_associations:
-            self.stats.table_full += 1
-            return None, []
+        refused = self._gate(ch, rec, message_seq, addr, now)
+        if refused is not None:
+            return None, refused
         if assoc is not None:
             self._replace(addr, assoc)
         assoc = Association(self.config, _peer_bytes(addr), first_message_seq=message_seq,
                             first_record_seq=rec.seq, ip_header=_ip_header(addr))
         self.associations[addr] = assoc
         self._address[assoc] = addr
+        self.admission.opened(addr[0], assoc)
         out = assoc.receive_datagram(data, now, wall)
         self._register_cid(assoc)
         return assoc, out
+
+    def _gate(self, ch: ClientHello, rec: Record, message_seq: int, addr: Address,
+              now: float) -> list[bytes] | None:
+        """None when the ClientHello may open an association, else the answer to it."""
+        if self.config.cookie_exchange:
+            peer = _peer_bytes(addr)
+            params = _hello_params(ch)
+            if not ch.cookie or not self._cookies.check(now, peer, params, ch.cookie):
+                if not self.admission.allow_hello_verify(addr[0], now):  # dtls/admission.py
+                    return []
+                return [self._hello_verify(now, peer, params, rec, message_seq)]
+            self.stats.cookie_accepted += 1
+        if addr not in self.associations and len(self.associations) >= self.max_associations:
+            self.stats.table_full += 1
+            return []
+        if not self.admission.admit(addr[0]):  # half-open associations per source host
+            return []
+        return None
 
     def _replace(self, addr: Address, assoc: Association) -> None:
         """A new association takes the address of ``assoc`` (RFC 6347 §4.2.8)."""
@@ -192,6 +215,17 @@ class ServerEndpoint:
             del self.associations[addr]
         else:
             self._forget(assoc)
+
+    def _reinstate(self, addr: Address, failed: Association | None) -> Association:
+        """The live association a failed new handshake was to replace takes its address
+        back (RFC 6347 §4.2.8: the new one must not disturb it unless it completes)."""
+        if failed is not None:
+            self._forget(failed)
+        old = self._previous.pop(addr)
+        self._retire_at.pop(addr, None)
+        self.associations[addr] = old
+        self._address[old] = addr
+        return old
 
     def _receive_overlap(self, new: Association, old: Association, data: bytes,
                          addr: Address, now: float, wall: float

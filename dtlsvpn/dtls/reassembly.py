@@ -7,7 +7,9 @@ fragments are fine: coverage is tracked as a sorted list of intervals.  Only
 ``next_receive_seq`` … ``next_receive_seq + MAX_FUTURE_MESSAGES`` are
 buffered, every message is capped at ``MAX_HANDSHAKE_MESSAGE`` bytes and the
 whole buffer at ``MAX_BUFFERED_HANDSHAKE_BYTES`` (CVE-2014-3506/3507,
-CVE-2016-2179).  Zero-length fragments of non-empty messages are dropped
+CVE-2016-2179); when it is full, a message nearer in message_seq evicts partial
+messages further ahead, so junk future fragments cannot starve the next message.
+Zero-length fragments of non-empty messages are dropped
 (CVE-2022-29190).  The loops are bounded and nothing recurses.
 
 Every message handed out is remembered (``received``) so that an old
@@ -113,7 +115,8 @@ class Reassembler:
             return "malformed"
         part = self._partials.get(seq)
         if part is None:
-            if self._buffered + frag.length > MAX_BUFFERED_HANDSHAKE_BYTES:
+            if (self._buffered + frag.length > MAX_BUFFERED_HANDSHAKE_BYTES
+                    and not self._evict_after(seq, frag.length)):
                 return "buffer_full"
             part = _Partial(frag.msg_type, bytearray(frag.length), [])
             self._partials[seq] = part
@@ -122,6 +125,16 @@ class Reassembler:
             return "malformed"  # RFC 6347 §4.2.3: same message, same type and length
         part.add(frag.fragment_offset, frag.body)
         return None
+
+    def _evict_after(self, seq: int, need: int) -> bool:
+        """Make room for ``need`` bytes of message ``seq`` by dropping partial messages
+        further in the future, furthest first: junk future fragments must not starve the
+        message the handshake waits for.  False if there is still no room."""
+        for later in sorted((s for s in self._partials if s > seq), reverse=True):
+            if self._buffered + need <= MAX_BUFFERED_HANDSHAKE_BYTES:
+                break
+            self._buffered -= len(self._partials.pop(later).body)
+        return self._buffered + need <= MAX_BUFFERED_HANDSHAKE_BYTES
 
     def pop_ready(self) -> tuple[int, int, bytes] | None:
         """The next complete in-order message as (msg_type, message_seq, body)."""

@@ -12,7 +12,7 @@ write it with mode 0600.
 from __future__ import annotations
 
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dtlsvpn.errors import DecodeError
 
@@ -23,7 +23,7 @@ _MAGIC = "dtlsvpn-session-v1"
 class ClientSession:
     ticket: bytes
     suite: int
-    master_secret: bytes
+    master_secret: bytes = field(repr=False)  # never in a repr, a log or a status line
     ems: bool
     received_at: int  # wall-clock seconds
     lifetime_hint: int  # seconds; 0 = unspecified (RFC 5077 §3.3)

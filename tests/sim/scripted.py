@@ -70,8 +70,9 @@ from dtlsvpn.wire.key_exchange import (
     encode_client_key_exchange,
 )
 from dtlsvpn.wire.record import Record, encode_record, parse_datagram
-from tests.pki import Credential
+from tests.pki import Credential, Pki
 from tests.sim.clock import FakeClock
+from tests.sim.configs import MODES, PSK, PSK_IDENTITY, configs_for
 from tests.sim.harness import CLIENT_ADDR
 
 CCS = int(ContentType.change_cipher_spec)
@@ -398,6 +399,55 @@ class ServerUnderTest:
 
     def completed(self) -> bool:
         return any(isinstance(e, HandshakeCompleted) for e in self.events)
+
+
+# --- conversations shared by the attack tests ---------------------------------------------
+
+
+def make_client(pki: Pki, mode: str, seed: int = 0) -> ScriptedClient:
+    m = MODES[mode]
+    return ScriptedClient(
+        m.suite, seed=seed,
+        psk=PSK if m.psk else None, psk_identity=PSK_IDENTITY if m.psk else None,
+        credentials=pki.client if m.mutual else None,
+    )
+
+
+def to_flight4(pki: Pki, mode: str = "psk-aes128", **server_overrides: Any,
+               ) -> tuple[ScriptedClient, ServerUnderTest]:
+    """CH -> HVR -> CH(cookie) -> ServerHello..ServerHelloDone, all absorbed."""
+    _c, s_cfg = configs_for(mode, pki, **server_overrides)
+    srv = ServerUnderTest(s_cfg)
+    c = make_client(pki, mode)
+    hvr = srv.send(c.hs(c.client_hello()))
+    assert len(hvr) == 1 and not srv.endpoint.associations
+    c.absorb(hvr)
+    assert c.cookie
+    flight4 = srv.send(c.hs(c.client_hello()))
+    c.absorb(flight4)
+    assert c.server_hello_done, "no complete server flight"
+    assert c.server_suite == int(MODES[mode].suite)
+    assert srv.last is not None and not srv.assoc.is_established
+    return c, srv
+
+
+def flight5(c: ScriptedClient, *, certificate: str | None = None, verify: str = "good",
+            ) -> tuple[list[bytes], bytes]:
+    """The client's key-exchange messages and its Finished, as handshake messages."""
+    msgs = c.key_exchange(certificate=certificate, verify=verify)
+    return msgs, c.finished()
+
+
+def complete(pki: Pki, mode: str = "psk-aes128") -> tuple[ScriptedClient, ServerUnderTest,
+                                                           list[bytes]]:
+    c, srv = to_flight4(pki, mode)
+    cert = "valid" if MODES[mode].mutual else None
+    msgs, fin = flight5(c, certificate=cert)
+    out = srv.send(c.hs(*msgs) + c.ccs() + c.hs(fin, epoch=1))
+    c.absorb(out)
+    assert srv.assoc.is_established and srv.completed()
+    assert c.server_ccs and c.server_finished_ok
+    return c, srv, [*msgs, fin]
 
 
 def drops(assoc: Association) -> dict[str, int]:

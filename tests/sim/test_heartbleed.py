@@ -180,7 +180,7 @@ def send_dropped(c: HeartbeatClient, srv: ServerUnderTest, body: bytes, **moved:
 
 @pytest.mark.parametrize("size", [16, 1, 100, 1000, MAX_HB - 3 - 16])
 @pytest.mark.parametrize("mode", ["psk-aes128", "ecdhe-ecdsa-chacha"])
-def test_valid_request_answered_with_exact_payload_and_16_bytes_padding(
+def test_b2_valid_request_answered_with_exact_payload_and_16_bytes_padding(
     pki: Pki, mode: str, size: int
 ) -> None:
     c, srv = established(pki, mode)
@@ -192,14 +192,14 @@ def test_valid_request_answered_with_exact_payload_and_16_bytes_padding(
     assert_only(before, drops(srv.assoc), heartbeat_answered=1)
 
 
-def test_empty_payload_answered(pki: Pki) -> None:
+def test_b2_empty_payload_answered(pki: Pki) -> None:
     c, srv = established(pki)
     (plain,) = c.heartbeats_in(srv.send(c.heartbeat(hb_body(b""))))
     check_response(plain, b"")
     assert plain == b"\x02\x00\x00" + plain[3:] and len(plain) == 19
 
 
-def test_response_padding_is_fresh(pki: Pki) -> None:
+def test_b2_response_padding_is_fresh(pki: Pki) -> None:
     """RFC 6520 §4: the padding is the sender's own random bytes, never an echo."""
     c, srv = established(pki)
     paddings = set()
@@ -212,7 +212,7 @@ def test_response_padding_is_fresh(pki: Pki) -> None:
 
 
 @pytest.mark.parametrize("padding", [17, 255, 1000, MAX_HB - 3 - 16])
-def test_large_padding_answered_with_16_bytes_padding(pki: Pki, padding: int) -> None:
+def test_b2_large_padding_answered_with_16_bytes_padding(pki: Pki, padding: int) -> None:
     c, srv = established(pki)
     payload = b"large padding" + bytes(3)
     (plain,) = c.heartbeats_in(srv.send(c.heartbeat(hb_body(payload, padding))))
@@ -225,7 +225,7 @@ FUZZED_LENGTHS = [0xFFFF, 0x00FF, 29, 30, 31, 32, 64, 0x0100, 0x3FFC, 0x3FFD, 0x
 
 
 @pytest.mark.parametrize("payload_length", FUZZED_LENGTHS, ids=lambda v: f"{v:#06x}")
-def test_fuzzed_payload_length_dropped_silently(pki: Pki, payload_length: int) -> None:
+def test_b2_fuzzed_payload_length_dropped_silently(pki: Pki, payload_length: int) -> None:
     c, srv = established(pki)
     body = hb_body(b"A" * 16, 16, payload_length=payload_length)
     assert len(body) == 35
@@ -240,18 +240,18 @@ def test_fuzzed_payload_length_dropped_silently(pki: Pki, payload_length: int) -
     b"\x01",
     b"",
 ], ids=["4000-empty", "4000-one-byte", "ffff-padding-only", "17-in-35", "type-only", "empty"])
-def test_heartbleed_shapes_dropped_silently(pki: Pki, body: bytes) -> None:
+def test_b2_heartbleed_shapes_dropped_silently(pki: Pki, body: bytes) -> None:
     c, srv = established(pki)
     send_dropped(c, srv, body, heartbeat_malformed=1)
 
 
 @pytest.mark.parametrize("padding", range(16))
-def test_padding_below_16_dropped(pki: Pki, padding: int) -> None:
+def test_b2_padding_below_16_dropped(pki: Pki, padding: int) -> None:
     c, srv = established(pki)
     send_dropped(c, srv, hb_body(b"B" * 16, padding), heartbeat_malformed=1)
 
 
-def test_message_over_2_to_the_14_dropped(pki: Pki) -> None:
+def test_b2_message_over_2_to_the_14_dropped(pki: Pki) -> None:
     """RFC 6520 §4: the total length MUST NOT exceed 2^14 (DTLS: drop, no alert)."""
     c, srv = established(pki)
     body = hb_body(b"C" * 16, MAX_HB - 3 - 16 + 1)
@@ -263,18 +263,18 @@ def test_message_over_2_to_the_14_dropped(pki: Pki) -> None:
 
 
 @pytest.mark.parametrize("msg_type", [0, 3, 4, 127, 255])
-def test_unknown_type_dropped(pki: Pki, msg_type: int) -> None:
+def test_b2_unknown_type_dropped(pki: Pki, msg_type: int) -> None:
     c, srv = established(pki)
     send_dropped(c, srv, hb_body(b"D" * 16, msg_type=msg_type), heartbeat_dropped=1)
 
 
 @pytest.mark.parametrize("payload", [b"", b"E" * 16, b"E" * 1000])
-def test_unsolicited_response_dropped(pki: Pki, payload: bytes) -> None:
+def test_b2_unsolicited_response_dropped(pki: Pki, payload: bytes) -> None:
     c, srv = established(pki)
     send_dropped(c, srv, hb_body(payload, msg_type=RESPONSE), heartbeat_unexpected=1)
 
 
-def test_heartbeat_in_epoch_0_after_handshake_dropped(pki: Pki) -> None:
+def test_b2_heartbeat_in_epoch_0_after_handshake_dropped(pki: Pki) -> None:
     """Unprotected: security.md S8, silently discarded as an epoch without keys."""
     c, srv = established(pki)
     before = drops(srv.assoc)
@@ -284,7 +284,7 @@ def test_heartbeat_in_epoch_0_after_handshake_dropped(pki: Pki) -> None:
     assert_still_alive(c, srv)
 
 
-def test_heartbeats_during_the_handshake_dropped(pki: Pki) -> None:
+def test_b2_heartbeats_during_the_handshake_dropped(pki: Pki) -> None:
     """RFC 6520 §3: nothing during a handshake: an epoch-0 request while the server
     waits for the key exchange, an epoch-1 request between CCS and Finished."""
     c, srv = start(pki)
@@ -306,7 +306,7 @@ def test_heartbeats_during_the_handshake_dropped(pki: Pki) -> None:
 
 
 @pytest.mark.parametrize("mode", [0, 3, 255])
-def test_unknown_mode_from_client_is_illegal_parameter(pki: Pki, mode: int) -> None:
+def test_b2_unknown_mode_from_client_is_illegal_parameter(pki: Pki, mode: int) -> None:
     c, srv = start(pki, hb_mode=mode)
     c.absorb(srv.send(c.hs(c.client_hello())))
     assert c.alerts == [(0, AlertLevel.fatal, ILLEGAL_PARAMETER)]
@@ -327,7 +327,7 @@ def _server_hello_heartbeat_mode(mode: int) -> Callable[[bytes], bytes]:
 
 
 @pytest.mark.parametrize("mode", [0, 3, 255])
-def test_unknown_mode_from_server_is_illegal_parameter(pki: Pki, mode: int) -> None:
+def test_b2_unknown_mode_from_server_is_illegal_parameter(pki: Pki, mode: int) -> None:
     """Our client, with the server's heartbeat mode rewritten on the path."""
     c, s = configs_for("ecdhe-ecdsa-aes128", pki)
     sim = Simulator(c, s, s2c=SimLink(random.Random(1), tamper=_server_hello_heartbeat_mode(mode)))
@@ -343,14 +343,14 @@ def test_unknown_mode_from_server_is_illegal_parameter(pki: Pki, mode: int) -> N
     assert sim.completed("server") is None
 
 
-def test_control_untampered_server_hello_completes(pki: Pki) -> None:
+def test_b2_control_untampered_server_hello_completes(pki: Pki) -> None:
     """The rewrite with the mode we already send (1) changes no byte: the handshake completes."""
     c, s = configs_for("ecdhe-ecdsa-aes128", pki)
     sim = Simulator(c, s, s2c=SimLink(random.Random(1), tamper=_server_hello_heartbeat_mode(1)))
     assert sim.handshake(5.0).satisfied
 
 
-def test_peer_not_allowed_to_send_is_never_sent_a_request(pki: Pki) -> None:
+def test_b2_peer_not_allowed_to_send_is_never_sent_a_request(pki: Pki) -> None:
     """RFC 6520 §2: the client said peer_not_allowed_to_send; the server, idle for a
     minute, sends it no request and no probe, and still answers the client's own."""
     c, srv = established(pki, hb_mode=NOT_ALLOWED)
@@ -364,7 +364,7 @@ def test_peer_not_allowed_to_send_is_never_sent_a_request(pki: Pki) -> None:
     check_response(plain, payload)
 
 
-def test_server_with_heartbeats_off_answers_nothing(pki: Pki) -> None:
+def test_b2_server_with_heartbeats_off_answers_nothing(pki: Pki) -> None:
     """The client offers the extension, the server (heartbeat=False) does not accept it:
     a request is dropped (RFC 6520 §2 SHOULD), never answered."""
     c, srv = established(pki, heartbeat=False)
@@ -378,7 +378,7 @@ def test_server_with_heartbeats_off_answers_nothing(pki: Pki) -> None:
     assert srv.assoc.stats.heartbeats_sent == 0 and srv.assoc.stats.probes_sent == 0
 
 
-def test_requests_beyond_the_reply_rate_are_dropped(pki: Pki) -> None:
+def test_b2_requests_beyond_the_reply_rate_are_dropped(pki: Pki) -> None:
     """A peer may probe, not flood: 64 answers a second, the rest dropped and counted."""
     c, srv = established(pki)
     answered = srv.assoc.stats.heartbeat_answered

@@ -195,7 +195,7 @@ def test_resumption_without_cookie_takes_one_rtt(pki: Pki) -> None:
                     f"{conn.completion_time('client') / RTT:.1f} RTT")
 
 
-def test_resumption_goes_through_the_cookie_exchange(pki: Pki, work: Work) -> None:
+def test_s13_b3_11_resumption_goes_through_the_cookie_exchange(pki: Pki, work: Work) -> None:
     """CVE-2022-2576: a ticket (valid or not) never skips the HelloVerifyRequest, and the
     server does no asymmetric work and keeps no state before the cookie."""
     ring = ticket_ring("ring")
@@ -233,7 +233,7 @@ def _flip(ticket: bytes, where: str) -> bytes:
 
 @pytest.mark.parametrize("where", ["key_name", "nonce", "ciphertext", "tag", "truncated",
                                    "extended"])
-def test_tampered_ticket_falls_back_to_full_handshake(pki: Pki, where: str) -> None:
+def test_b5_tampered_ticket_falls_back_to_full_handshake(pki: Pki, where: str) -> None:
     ring = ticket_ring("ring")
     session = full(pki, "ecdhe-ecdsa-aes128", ring).ticket
     bad = dataclasses.replace(session, ticket=_flip(session.ticket, where))
@@ -242,7 +242,7 @@ def test_tampered_ticket_falls_back_to_full_handshake(pki: Pki, where: str) -> N
     first_server_datagram_is_hvr(conn)
 
 
-def test_expired_ticket_falls_back_to_full_handshake(pki: Pki) -> None:
+def test_b5_expired_ticket_falls_back_to_full_handshake(pki: Pki) -> None:
     ring = ticket_ring("ring", ticket_lifetime=600)
     session = full(pki, "psk-aes128", ring).ticket
     assert session.lifetime_hint == 600
@@ -256,13 +256,13 @@ def test_expired_ticket_falls_back_to_full_handshake(pki: Pki) -> None:
     check_full_fallback(connect(pki, "psk-aes128", ring, session=session, at=700.0), b"")
 
 
-def test_foreign_key_ticket_falls_back_to_full_handshake(pki: Pki) -> None:
+def test_b5_foreign_key_ticket_falls_back_to_full_handshake(pki: Pki) -> None:
     session = full(pki, "ecdhe-ecdsa-aes128", ticket_ring("ring", 1)).ticket
     conn = connect(pki, "ecdhe-ecdsa-aes128", ticket_ring("ring", 2), session=session, at=10.0)
     check_full_fallback(conn, session.ticket)
 
 
-def test_key_rotation_keeps_old_tickets_valid_for_their_lifetime(pki: Pki) -> None:
+def test_b5_key_rotation_keeps_old_tickets_valid_for_their_lifetime(pki: Pki) -> None:
     mode = "ecdhe-psk-chacha"
     ring = ticket_ring("ring", rotate_every=300, ticket_lifetime=600)
     t1 = full(pki, mode, ring).ticket
@@ -372,7 +372,7 @@ def _aborted_with(conn: Conn, closer: str, fragment: str | None) -> None:
 
 
 @pytest.mark.parametrize("server_requires_ems", [True, False])
-def test_resuming_ems_session_without_ems_aborts(pki: Pki, server_requires_ems: bool) -> None:
+def test_b5_resuming_ems_session_without_ems_aborts(pki: Pki, server_requires_ems: bool) -> None:
     """The ClientHello carrying an EMS session's ticket lacks EMS (rewritten on the path).
     With the server's require_extended_master_secret off, the RFC 7627 §5.3 rule itself
     aborts (not the blanket EMS requirement)."""
@@ -387,7 +387,7 @@ def test_resuming_ems_session_without_ems_aborts(pki: Pki, server_requires_ems: 
 
 
 @pytest.mark.parametrize("client_requires_ems", [True, False])
-def test_server_dropping_ems_on_resumption_is_rejected(pki: Pki, client_requires_ems: bool) -> None:
+def test_b5_server_dropping_ems_on_resumption_is_rejected(pki: Pki, client_requires_ems: bool) -> None:
     ring = ticket_ring("ring")
     session = full(pki, "psk-aes128", ring).ticket
     conn = connect(pki, "psk-aes128", ring, session=session, at=10.0,

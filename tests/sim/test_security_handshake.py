@@ -36,69 +36,26 @@ from dtlsvpn.wire.handshake import encode_handshake
 from dtlsvpn.wire.record import encode_record, parse_datagram
 from tests.pki import Pki
 from tests.sim.clock import FakeClock
-from tests.sim.configs import MODES, PSK, PSK_IDENTITY, configs_for
+from tests.sim.configs import MODES, configs_for
 from tests.sim.harness import CLIENT_ADDR
 from tests.sim.scripted import (
     APP,
     CCS,
     HS,
-    ScriptedClient,
     ServerUnderTest,
     assert_only,
+    complete,
     drops,
+    flight5,
+    make_client,
     record_types,
+    to_flight4,
 )
 
 pytestmark = pytest.mark.sim
 
 
 # --- conversations ------------------------------------------------------------------------
-
-
-def make_client(pki: Pki, mode: str, seed: int = 0) -> ScriptedClient:
-    m = MODES[mode]
-    return ScriptedClient(
-        m.suite, seed=seed,
-        psk=PSK if m.psk else None, psk_identity=PSK_IDENTITY if m.psk else None,
-        credentials=pki.client if m.mutual else None,
-    )
-
-
-def to_flight4(pki: Pki, mode: str = "psk-aes128", **server_overrides: Any,
-               ) -> tuple[ScriptedClient, ServerUnderTest]:
-    """CH -> HVR -> CH(cookie) -> ServerHello..ServerHelloDone, all absorbed."""
-    _c, s_cfg = configs_for(mode, pki, **server_overrides)
-    srv = ServerUnderTest(s_cfg)
-    c = make_client(pki, mode)
-    hvr = srv.send(c.hs(c.client_hello()))
-    assert len(hvr) == 1 and not srv.endpoint.associations
-    c.absorb(hvr)
-    assert c.cookie
-    flight4 = srv.send(c.hs(c.client_hello()))
-    c.absorb(flight4)
-    assert c.server_hello_done, "no complete server flight"
-    assert c.server_suite == int(MODES[mode].suite)
-    assert srv.last is not None and not srv.assoc.is_established
-    return c, srv
-
-
-def flight5(c: ScriptedClient, *, certificate: str | None = None, verify: str = "good",
-            ) -> tuple[list[bytes], bytes]:
-    """The client's key-exchange messages and its Finished, as handshake messages."""
-    msgs = c.key_exchange(certificate=certificate, verify=verify)
-    return msgs, c.finished()
-
-
-def complete(pki: Pki, mode: str = "psk-aes128") -> tuple[ScriptedClient, ServerUnderTest,
-                                                           list[bytes]]:
-    c, srv = to_flight4(pki, mode)
-    cert = "valid" if MODES[mode].mutual else None
-    msgs, fin = flight5(c, certificate=cert)
-    out = srv.send(c.hs(*msgs) + c.ccs() + c.hs(fin, epoch=1))
-    c.absorb(out)
-    assert srv.assoc.is_established and srv.completed()
-    assert c.server_ccs and c.server_finished_ok
-    return c, srv, [*msgs, fin]
 
 
 @pytest.mark.parametrize("mode", ["psk-aes128", "ecdhe-psk-chacha", "ecdhe-ecdsa-aes128",
@@ -290,7 +247,7 @@ def test_s10_exact_retransmission_makes_server_resend_its_last_flight(pki: Pki) 
 
 
 @pytest.mark.parametrize("sent", ["nothing", "key-exchange-only", "bad-finished"])
-def test_stalled_handshake_server_state_expires(pki: Pki, sent: str) -> None:
+def test_b3_3_stalled_handshake_server_state_expires(pki: Pki, sent: str) -> None:
     """security.md B3.3 (bounded state) and RFC 6347 §4.2.4 (the server stays in
     WAITING, timer running, until the client's whole flight has arrived): a client that
     stops after part of its flight, or whose Finished never verifies, must not pin an
@@ -414,7 +371,7 @@ def test_s15_ccs_before_hello_dropped_without_state(pki: Pki) -> None:
     assert not srv.endpoint.associations
 
 
-def test_s15_ccs_before_key_exchange_does_not_switch_keys(pki: Pki) -> None:
+def test_s15_b3_9_ccs_before_key_exchange_does_not_switch_keys(pki: Pki) -> None:
     """CVE-2014-0224 shape: CCS right after the server's flight, before the CKE."""
     c, srv = to_flight4(pki, "ecdhe-ecdsa-aes128")
     before = drops(srv.assoc)
@@ -461,7 +418,7 @@ def test_s15_client_drops_ccs_before_server_hello(pki: Pki) -> None:
 # --- replay window (RFC 6347 §4.1.2.6, CVE-2016-2181) -------------------------------------
 
 
-def test_replayed_record_dropped_and_forged_huge_seq_does_not_move_window(pki: Pki) -> None:
+def test_b3_5_b5_replayed_record_dropped_and_forged_huge_seq_does_not_move_window(pki: Pki) -> None:
     c, srv, _ = complete(pki)
     recs = [c.app_record(b"p%d" % i, seq=i) for i in range(1, 6)]
     assert srv.send(*recs) == [] and srv.app == [b"p1", b"p2", b"p3", b"p4", b"p5"]
@@ -482,7 +439,7 @@ def test_replayed_record_dropped_and_forged_huge_seq_does_not_move_window(pki: P
     assert_only(before, drops(srv.assoc), replay=1)
 
 
-def test_bad_aead_tag_silent_drop_connection_survives(pki: Pki) -> None:
+def test_b5_bad_aead_tag_silent_drop_connection_survives(pki: Pki) -> None:
     c, srv, _ = complete(pki, "ecdhe-psk-chacha")
     good = c.app_record(b"genuine")
     bad = good[:-1] + bytes([good[-1] ^ 1])
@@ -494,7 +451,7 @@ def test_bad_aead_tag_silent_drop_connection_survives(pki: Pki) -> None:
     assert srv.send(good) == [] and srv.app == [b"genuine"]
 
 
-def test_record_longer_than_max_ciphertext_dropped(pki: Pki) -> None:
+def test_b5_record_longer_than_max_ciphertext_dropped(pki: Pki) -> None:
     c, srv, _ = complete(pki)
     huge_len = MAX_CIPHERTEXT + 1
     oversized = struct.pack("!BHQH", APP, DTLS_1_2, 1 << 48 | 50, huge_len) + bytes(huge_len)
@@ -516,7 +473,7 @@ def _raw_fragment(msg_type: int, length: int, seq: int, offset: int, body: bytes
             + offset.to_bytes(3, "big") + len(body).to_bytes(3, "big") + body)
 
 
-def test_fragment_overrun_dropped(pki: Pki) -> None:
+def test_b3_1_b3_2_fragment_overrun_and_mismatched_length_dropped(pki: Pki) -> None:
     # Before any association: a ClientHello fragment overrunning its message gets no HVR.
     srv0 = ServerUnderTest(configs_for("psk-aes128", pki)[1])
     assert srv0.send(encode_record(HS, 0, 0, _raw_fragment(1, 20, 0, 10, bytes(50)))) == []
@@ -547,7 +504,7 @@ def test_fragment_overrun_dropped(pki: Pki) -> None:
 @pytest.mark.parametrize("variant", [
     "no-certificate", "empty-certificate", "certificate-without-verify", "bad-verify",
 ])
-def test_s2_s3_client_auth_required(pki: Pki, variant: str) -> None:
+def test_s2_s3_b3_7_client_auth_required(pki: Pki, variant: str) -> None:
     c, srv = to_flight4(pki, "mutual-ecdsa")
     assert c.certificate_requested
     cert = {"no-certificate": None, "empty-certificate": "empty"}.get(variant, "valid")

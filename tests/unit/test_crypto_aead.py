@@ -47,7 +47,7 @@ def test_rfc8439_aead_vector_through_record_protection() -> None:
     assert rp.aead.decrypt(h(vec["nonce"]), out, h(vec["aad"])) == h(vec["plaintext"])
 
 
-def test_rfc7905_nonce_is_iv_xor_padded_sequence() -> None:
+def test_b5_rfc7905_nonce_is_iv_xor_padded_sequence() -> None:
     vec = VECTORS["chacha20_poly1305"][0]
     key, nonce, pt = h(vec["key"]), h(vec["nonce"]), h(vec["plaintext"])
     epoch_seq = (3 << 48) | 0x0000_1234_5678
@@ -75,7 +75,7 @@ def test_gcm_spec_vectors_through_record_protection(vec: dict[str, str]) -> None
 
 
 @pytest.mark.parametrize("vec", VECTORS["aes_gcm"][1:], ids=["case4", "case16"])
-def test_gcm_nonce_is_salt_plus_explicit(vec: dict[str, str]) -> None:
+def test_b5_gcm_nonce_is_salt_plus_explicit(vec: dict[str, str]) -> None:
     # RFC 5288 §3: nonce = salt (4, from the key block) || nonce_explicit (8, in the record).
     suite = GCM128 if len(h(vec["key"])) == 16 else GCM256
     nonce, key, pt = h(vec["nonce"]), h(vec["key"]), h(vec["plaintext"])

@@ -40,7 +40,7 @@ def test_replay_duplicates_and_window_edge() -> None:
     assert not w.check(1000)
 
 
-def test_replay_check_does_not_move_window() -> None:
+def test_b3_5_replay_check_does_not_move_window() -> None:
     # CVE-2016-2181: only commit() moves the window.
     w = ReplayWindow()
     w.commit(10)
@@ -95,7 +95,7 @@ def test_reassembly_any_cover_completes(body: bytes, rnd: random.Random) -> None
     assert r.pop_ready() == (1, 0, body)
 
 
-def test_reassembly_rejects_mismatched_type_or_length() -> None:
+def test_b3_2_reassembly_rejects_mismatched_type_or_length() -> None:
     # CVE-2014-0195 / GnuTLS #1839: fragments of one message_seq must agree.
     r = Reassembler()
     assert r.add(HandshakeFragment(11, 100, 0, 0, b"a" * 10)) is None
@@ -104,7 +104,7 @@ def test_reassembly_rejects_mismatched_type_or_length() -> None:
     assert r.pop_ready() is None
 
 
-def test_reassembly_caps() -> None:
+def test_b3_3_b3_4_reassembly_caps_and_zero_length_fragments() -> None:
     r = Reassembler()
     assert r.add(HandshakeFragment(1, 10, MAX_FUTURE_MESSAGES, 0, b"x" * 10)) == "buffer_full"
     big = MAX_HANDSHAKE_MESSAGE + 1
@@ -116,7 +116,7 @@ def test_reassembly_caps() -> None:
     assert r.pop_ready() == (14, 0, b"")
 
 
-def test_reassembly_total_buffer_cap() -> None:
+def test_b3_3_reassembly_total_buffer_cap() -> None:
     r = Reassembler()
     results = [r.add(HandshakeFragment(1, 60000, s, 0, b"x")) for s in range(MAX_FUTURE_MESSAGES)]
     assert "buffer_full" in results

@@ -214,7 +214,7 @@ def test_fragment_header_layout() -> None:
     assert frag.is_whole and frag.fragment_length == 0
 
 
-def test_fragment_overrun_cve_2014_0195() -> None:
+def test_b3_1_fragment_overrun_cve_2014_0195() -> None:
     # message length 10, fragment at offset 8 with 4 bytes: reaches byte 12
     data = bytes.fromhex("01 00000a 0000 000008 000004") + b"ABCD"
     with pytest.raises(DecodeError, match="overruns"):
@@ -274,7 +274,7 @@ def test_client_hello_known_answer() -> None:
     assert msg.ext(ExtensionType.heartbeat) is None
 
 
-def test_client_hello_cookie_past_end_cve_2022_35409() -> None:
+def test_b3_8_client_hello_cookie_past_end_cve_2022_35409() -> None:
     body = hs.encode_client_hello(_client_hello(extensions=()))
     cookie_at = 2 + 32 + 1
     # cookie length 255 with only the rest of the message behind it

@@ -46,7 +46,7 @@ def test_any_bytes_never_raise(data: bytes, cid_len: int) -> None:
 
 
 @given(st.lists(records, min_size=1, max_size=3), st.data())
-def test_truncated_anywhere(recs: list[Record], data: st.DataObject) -> None:
+def test_b5_truncated_anywhere(recs: list[Record], data: st.DataObject) -> None:
     whole = b"".join(_encode(r) for r in recs)
     cut = data.draw(st.integers(0, len(whole) - 1))
     got, garbage = parse_datagram(whole[:cut])
@@ -71,7 +71,7 @@ def test_truncated_header(n: int) -> None:
     assert parse_datagram(good + good[:n]) == ([first], True)
 
 
-def test_length_past_datagram_end() -> None:
+def test_b5_length_past_datagram_end() -> None:
     first = encode_record(22, 0, 0, b"hello")
     second = bytearray(encode_record(22, 0, 1, b"0123456789"))
     second[11:13] = (100).to_bytes(2, "big")
@@ -81,7 +81,7 @@ def test_length_past_datagram_end() -> None:
     assert recs == [Record(22, DTLS_1_2, 0, 0, b"hello")]
 
 
-def test_length_above_max_ciphertext() -> None:
+def test_b5_length_above_max_ciphertext() -> None:
     frag = bytes(MAX_CIPHERTEXT + 1)
     assert parse_datagram(encode_record(23, 1, 1, frag)) == ([], True)
     ok = parse_datagram(encode_record(23, 1, 1, frag[:-1]))

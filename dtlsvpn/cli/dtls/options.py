@@ -24,6 +24,7 @@ from typing import Any
 from cryptography import x509
 
 from dtlsvpn.cli.argtypes import ArgumentProblem, hostport, read_file, seconds
+from dtlsvpn.cli.dtls.keylog import open_keylog
 from dtlsvpn.cli.dtls.output import log
 from dtlsvpn.config.values import is_ip_literal
 from dtlsvpn.crypto.certs import PrivateKey, load_certificates, load_private_key
@@ -184,22 +185,6 @@ def _load_key(path: str) -> PrivateKey:
         raise ArgumentProblem(f"{path}: not a usable PEM private key ({exc})") from None
 
 
-def _open_keylog(path: str) -> Callable[[str], None]:
-    """A keylog callback appending to ``path``; the file is checked for writing now."""
-    try:
-        with open(path, "a", encoding="ascii"):
-            pass
-    except OSError as exc:
-        raise ArgumentProblem(f"cannot open {path}: {exc.strerror}") from None
-
-    def write(line: str) -> None:
-        # Opened per line: the core calls this once per handshake.
-        with open(path, "a", encoding="ascii") as f:
-            f.write(line if line.endswith("\n") else line + "\n")
-
-    return write
-
-
 def _check_writable(path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.access(directory, os.W_OK | os.X_OK):
@@ -316,7 +301,7 @@ def _shared_options(args: argparse.Namespace) -> dict[str, Any]:
         kw["cipher_suites"] = args.ciphers
     kw.update(_path_options(args))
     if args.keylog is not None:
-        kw["keylog"] = _open_keylog(args.keylog)
+        kw["keylog"] = open_keylog(args.keylog)  # security: 0600, loud warning
     return kw
 
 

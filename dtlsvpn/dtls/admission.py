@@ -1,0 +1,135 @@
+"""Admission control in front of the server endpoint: HelloVerifyRequest rate limits and
+the cap on half-open associations per source address.
+
+HelloVerifyRequests (security.md S13, "flood" in the README): each costs an HMAC and a
+send, so a spoofed ClientHello flood turns into CPU the tunnels do not get and into
+reflected datagrams.  Two token buckets bound them:
+
+* a **global** bucket (``global_rate`` per second, ``global_burst`` deep);
+* a **per-source** bucket, without per-source state: the source host is hashed with
+  a secret salt into one of ``slots`` buckets allocated once (two float arrays).  A
+  flood from many spoofed addresses spreads over the slots and meets the global
+  bucket; a flood from one address meets its slot's bucket.  Memory does not grow
+  with the number of sources, so the endpoint still keeps no state per source before
+  a valid cookie (RFC 6347 §4.2.1).
+
+A ClientHello over either limit is dropped silently (``hvr_rate_limited``): the
+client's retransmission timer asks again.
+
+Half-open associations (cookie verified, handshake not finished) per source host
+are capped at ``max_half_open_per_source`` (``source_limited``), so one host, even
+one that can receive its cookies, cannot fill the association table.  This is state
+after a valid cookie only; entries are dropped when their association is
+established or closed.
+
+Sans-I/O: the caller passes ``now``; the salt comes from the config's
+``random_bytes``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class _Assoc(Protocol):
+    @property
+    def is_established(self) -> bool: ...
+
+    @property
+    def is_closed(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionLimits:
+    global_rate: float = 2000.0  # HelloVerifyRequests per second, all sources together
+    global_burst: float = 4000.0
+    per_source_rate: float = 20.0  # per source host (hashed slot)
+    per_source_burst: float = 40.0
+    slots: int = 4096
+    max_half_open_per_source: int = 32
+
+    def __post_init__(self) -> None:
+        if min(self.global_rate, self.global_burst, self.per_source_rate,
+               self.per_source_burst) <= 0 or self.slots < 1:
+            raise ValueError("admission limits must be positive")
+        if self.max_half_open_per_source < 1:
+            raise ValueError("max_half_open_per_source must be at least 1")
+
+
+class Admission:
+    """The HelloVerifyRequest buckets and the half-open table of one endpoint."""
+
+    __slots__ = ("_g_last", "_g_tokens", "_half_open", "_last", "_salt", "_tokens",
+                 "hvr_rate_limited", "limits", "source_limited")
+
+    def __init__(self, random_bytes: Callable[[int], bytes],
+                 limits: AdmissionLimits | None = None) -> None:
+        self.limits = lim = limits or AdmissionLimits()
+        self._salt = random_bytes(16)
+        self._tokens = array("d", [lim.per_source_burst]) * lim.slots
+        self._last = array("d", [0.0]) * lim.slots
+        self._g_tokens = lim.global_burst
+        self._g_last = 0.0
+        self._half_open: dict[str, list[_Assoc]] = {}
+        self.hvr_rate_limited = 0
+        self.source_limited = 0
+
+    # --- HelloVerifyRequests ---------------------------------------------------------
+
+    def _slot(self, host: str) -> int:
+        digest = hashlib.blake2b(host.encode(), key=self._salt, digest_size=8).digest()
+        return int.from_bytes(digest, "little") % self.limits.slots
+
+    def allow_hello_verify(self, host: str, now: float) -> bool:
+        """True if a HelloVerifyRequest may be sent to ``host`` now (and charge it)."""
+        lim = self.limits
+        g = min(lim.global_burst,
+                self._g_tokens + max(0.0, now - self._g_last) * lim.global_rate)
+        self._g_last = now
+        i = self._slot(host)
+        t = min(lim.per_source_burst,
+                self._tokens[i] + max(0.0, now - self._last[i]) * lim.per_source_rate)
+        self._last[i] = now
+        if g < 1.0 or t < 1.0:
+            self._g_tokens, self._tokens[i] = g, t
+            self.hvr_rate_limited += 1
+            return False
+        self._g_tokens, self._tokens[i] = g - 1.0, t - 1.0
+        return True
+
+    # --- half-open associations ----------------------------------------------------------
+
+    def admit(self, host: str) -> bool:
+        """True if ``host`` may open one more association (the caller then ``opened`` it)."""
+        live = [a for a in self._half_open.get(host, ())
+                if not a.is_established and not a.is_closed]
+        if live:
+            self._half_open[host] = live
+        else:
+            self._half_open.pop(host, None)
+        if len(live) >= self.limits.max_half_open_per_source:
+            self.source_limited += 1
+            return False
+        return True
+
+    def opened(self, host: str, assoc: _Assoc) -> None:
+        self._half_open.setdefault(host, []).append(assoc)
+        if len(self._half_open) > 4 * self.limits.slots:
+            self._prune()
+
+    def _prune(self) -> None:
+        for host in list(self._half_open):
+            live = [a for a in self._half_open[host]
+                    if not a.is_established and not a.is_closed]
+            if live:
+                self._half_open[host] = live
+            else:
+                del self._half_open[host]
+
+    def half_open(self, host: str) -> int:
+        return sum(1 for a in self._half_open.get(host, ())
+                   if not a.is_established and not a.is_closed)
