@@ -172,6 +172,10 @@ def render_routes(spec: FleetSpec, down: frozenset[int] = frozenset()) -> str:
         f"sysctl -qw net.{sysctl}.fib_multipath_hash_policy=1",
         "sysctl -qw net.ipv4.conf.all.rp_filter=2" if spec.vip.version == 4 else ":",
     ]
+    # The main table's route: loose reverse-path filtering accepts the servers' replies
+    # from the public address, and what is not steered (ICMP, other ports) reaches a
+    # live server.
+    lines.append(f"{ipcmd} route replace {prefix} via {live[0][1]}")
     for sid, hop in spec.servers:
         mark, table = spec.mark(sid), spec.table(sid)
         lines.append(f"{ipcmd} rule del fwmark {mark:#06x} lookup {table} 2>/dev/null || true")

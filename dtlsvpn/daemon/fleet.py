@@ -25,12 +25,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
-from dtlsvpn.config.model import TICKET_KEY_RELOAD, FleetConfig, InterfaceConfig
+from dtlsvpn.config.model import TICKET_KEY_RELOAD, Config, FleetConfig, InterfaceConfig
 from dtlsvpn.crypto.tickets import DEFAULT_ROTATE_EVERY, TicketKey, TicketKeyRing
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.ticketkeys import TicketKeyFile
 from dtlsvpn.dtls.cid import CidLayout, CidMode
+from dtlsvpn.dtls.endpoint import ServerEndpoint
 from dtlsvpn.errors import ConfigError, UsageError
 
 log = logging.getLogger("dtlsvpn.fleet")
@@ -75,7 +77,10 @@ class SharedTicketKeys:
         self.saved: tuple[TicketKey, ...] = self.ring.keys
         self._timer = loop.timer(self._on_tick)
 
-    def start(self, now: float) -> None:
+    def start(self, now: float, wall: float) -> None:
+        """Arm the timer; a writer writes its keys at once, so readers started after it
+        never seal a ticket with a key of their own."""
+        self.maintain(wall)
         self._timer.schedule(now + TICK)
 
     def stop(self) -> None:
@@ -115,3 +120,28 @@ class SharedTicketKeys:
             self.reloads += 1
             log.info("ticket keys reloaded from %s (%d keys)", self.path, len(self.ring.keys))
         return changed
+
+
+def fleet_status(cfg: Config, endpoint: ServerEndpoint | None) -> dict[str, Any] | None:
+    """The ``fleet`` block of a server's status: who it is and what it drops and shares.
+
+    ``ticket_key`` is the first 8 hex digits of the current ticket key's name: the same on
+    every server of a fleet whose copies are up to date.
+    """
+    fleet = cfg.interface.fleet
+    if fleet.server_id is None or endpoint is None:
+        return None
+    stats = endpoint.stats
+    ring = endpoint.config.ticket_keys
+    keys = ring.keys if ring is not None else ()
+    return {
+        "server_id": fleet.server_id,
+        "cid_mode": fleet.cid_mode,
+        "unknown_cid": stats.unknown_cid,
+        "cid_foreign": stats.cid_foreign,
+        "cid_forged": stats.cid_forged,
+        "ticket_key_file": str(ticket_key_path(cfg.interface)),
+        "ticket_key_writer": fleet.ticket_key_rotation,
+        "ticket_keys": len(keys),
+        "ticket_key": keys[-1].key_name.hex()[:8] if keys else None,
+    }

@@ -88,7 +88,7 @@ class ServerRole:
 
     def start(self, now: float) -> None:
         if self.ticket_keys is not None:
-            self.ticket_keys.start(now)
+            self.ticket_keys.start(now, self.host.loop.wall)
         self.host.ready(f"listening on {self.listening()}")
 
     def listening(self) -> str | None:

@@ -76,6 +76,7 @@ def test_routes_up_and_down() -> None:
             "nexthop via 198.18.5.2") in down
     assert "ip route replace 198.18.0.1/32 table 4601 via 198.18.1.2" in down
     assert "fib_multipath_hash_policy=1" in down
+    assert "\nip route replace 198.18.0.1/32 via 198.18.1.2\n" in down
 
 
 def test_ipv6_rules() -> None:

@@ -50,11 +50,10 @@ def _state(wall: float) -> TicketState:
 
 def test_the_writer_rotates_and_the_readers_follow(tmp_path: Path) -> None:
     writer, wloop = _keys(tmp_path, True)
-    writer.start(0.0)
-    writer.maintain(WALL)  # first key, written
+    writer.start(0.0, WALL)  # first key, written at once
     assert (tmp_path / "shared.keys").stat().st_mode & 0o777 == 0o600
     reader, rloop = _keys(tmp_path, False)
-    reader.start(0.0)
+    reader.start(0.0, WALL)
     assert reader.ring.keys == writer.ring.keys and len(reader.ring.keys) == 1
 
     # A ticket from either one opens on the other.
