@@ -279,3 +279,16 @@ def add_parsers(commands: Any) -> None:
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=run_fleet_rules, parser_of_command=p)
 
+
+
+def status_lines(iface: dict[str, Any]) -> list[str]:
+    """The ``dtlsvpn status`` summary lines of a fleet server (none for a lone one)."""
+    f = iface.get("fleet")
+    if not f:
+        return []
+    role = "writer" if f["ticket_key_writer"] else "reader"
+    return [f"  fleet: server id {f['server_id']} ({f['cid_mode']} CIDs), peers "
+            f"{f['peers_digest']}, ticket key {f['ticket_key'] or '-'} ({role}, "
+            f"{f['ticket_keys']} keys)",
+            f"  other CIDs: {f['cid_foreign']} foreign (another server's), "
+            f"{f['cid_forged']} forged, {f['unknown_cid']} unknown in all"]

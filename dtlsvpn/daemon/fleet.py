@@ -22,6 +22,7 @@ Ticket keys, one writer and many readers:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -122,19 +123,36 @@ class SharedTicketKeys:
         return changed
 
 
-def fleet_status(cfg: Config, endpoint: ServerEndpoint | None) -> dict[str, Any] | None:
-    """The ``fleet`` block of a server's status: who it is and what it drops and shares.
+def peers_digest(cfg: Config) -> str:
+    """A fingerprint of the ``[Peer]`` set (what authenticates whom, and their prefixes),
+    independent of order, comments and line numbers: equal on servers that agree."""
+    items = []
+    for p in cfg.peers:
+        psk = hashlib.sha256(p.psk).hexdigest() if p.psk is not None else ""
+        items.append("|".join([
+            p.name, ",".join(sorted(str(n) for n in p.allowed_prefixes)),
+            ",".join(sorted(str(n) for n in p.routes)),
+            ",".join(sorted(x.hex() for x in p.pinned_spki_sha256)),
+            p.certificate_name or "", (p.psk_identity or b"").hex(), psk,
+        ]))
+    return hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:16]
 
-    ``ticket_key`` is the first 8 hex digits of the current ticket key's name: the same on
-    every server of a fleet whose copies are up to date.
+
+def fleet_status(cfg: Config, endpoint: ServerEndpoint | None) -> dict[str, Any]:
+    """``{"fleet": {...}}`` for a fleet server's status (``{}`` otherwise): who it is, what
+    it drops and what it must share with the others.
+
+    ``ticket_key`` is the first 8 hex digits of the current ticket key's name and
+    ``peers_digest`` a fingerprint of the [Peer] set: both the same on every server of a
+    fleet whose copies are up to date.
     """
     fleet = cfg.interface.fleet
     if fleet.server_id is None or endpoint is None:
-        return None
+        return {}
     stats = endpoint.stats
     ring = endpoint.config.ticket_keys
     keys = ring.keys if ring is not None else ()
-    return {
+    return {"fleet": {
         "server_id": fleet.server_id,
         "cid_mode": fleet.cid_mode,
         "unknown_cid": stats.unknown_cid,
@@ -144,4 +162,5 @@ def fleet_status(cfg: Config, endpoint: ServerEndpoint | None) -> dict[str, Any]
         "ticket_key_writer": fleet.ticket_key_rotation,
         "ticket_keys": len(keys),
         "ticket_key": keys[-1].key_name.hex()[:8] if keys else None,
-    }
+        "peers_digest": peers_digest(cfg),
+    }}

@@ -121,7 +121,7 @@ def snapshot(cfg: Config, peers: list[Peer], dp: Datapath | None, *, device: str
             "config": cfg.path,
             **counters,
             "drops": drops,
-            "fleet": fleet_status(cfg, dp.endpoint if dp is not None else None),  # issue 15
+            **fleet_status(cfg, dp.endpoint if dp is not None else None),  # issue 15
         },
         "peers": [peer_status(p, dp, wall, rekeying(p)) for p in peers],
     }

@@ -233,9 +233,9 @@ def test_fleet_spread_roam_failover_restart(fleet: Fleet, topo: Topology,
     assert set(where.values()) == {1, 2}, where  # both servers got clients
     for sid in SERVERS:
         assert fleet.servers[sid].status()["interface"]["fleet"]["server_id"] == sid
-    keys = {sid: fleet.servers[sid].status()["interface"]["fleet"]["ticket_key"]
-            for sid in SERVERS}
-    assert keys[1] is not None and keys[1] == keys[2], keys
+    views = {sid: fleet.servers[sid].status()["interface"]["fleet"] for sid in SERVERS}
+    for what in ("ticket_key", "peers_digest"):  # one key file, one [Peer] set
+        assert views[1][what] is not None and views[1][what] == views[2][what], views
     for k in fleet.clients:
         ping(topo, fleet.client_ns[k], "100.64.100.1", "--count", "3")
 
@@ -281,7 +281,7 @@ def test_fleet_spread_roam_failover_restart(fleet: Fleet, topo: Topology,
               f"{after} after the kill (kernel receive timestamps, {STREAM_INTERVAL * 1000:.0f}"
               f" ms stream)")
     s1 = fleet.servers[1].status()["interface"]["fleet"]
-    print(f"s1 fleet status after the failover: {s1}")
+    assert main(["status", "--socket", str(fleet.workdir / "s1.sock")]) == 0
     assert s1["cid_foreign"] > 0  # the victims' s2 CIDs reached s1 before they re-dialled
     for k in victims:
         ping(topo, fleet.client_ns[k], "100.64.100.1", "--count", "3")

@@ -129,3 +129,29 @@ def test_fleet_keys_are_for_servers(creds: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="for servers") as info:
         load_config(path)
     assert (info.value.line, info.value.key) == (3, "ServerId")
+
+
+# --- the per-server status block ----------------------------------------------------------
+
+
+def test_status_block_and_peers_digest(creds: Path, tmp_path: Path) -> None:
+    from dtlsvpn.cli.fleet import status_lines
+    from dtlsvpn.daemon.fleet import fleet_status, peers_digest
+    from dtlsvpn.dtls.endpoint import ServerEndpoint
+
+    lone = load_config(write(tmp_path, server_text(creds)))
+    assert fleet_status(lone, ServerEndpoint(dtls_config(lone))) == {}
+    text = _server(creds, "ServerId = 4\nFleetCID = plain\n")
+    cfg = load_config(write(tmp_path, text))
+    endpoint = ServerEndpoint(dtls_config(cfg))
+    block = fleet_status(cfg, endpoint)["fleet"]
+    assert (block["server_id"], block["cid_mode"], block["cid_foreign"]) == (4, "plain", 0)
+    assert block["peers_digest"] == peers_digest(cfg)
+    lines = status_lines({"fleet": block})
+    assert lines[0].startswith("  fleet: server id 4 (plain CIDs), peers ")
+    # Comments, order of keys and ServerId do not change the digest; an AllowedIPs does.
+    other = load_config(write(tmp_path, "# server 5\n" + text.replace("ServerId = 4",
+                                                                      "ServerId = 5")))
+    assert peers_digest(other) == peers_digest(cfg)
+    changed = load_config(write(tmp_path, text.replace("100.64.100.20/32", "100.64.100.21/32")))
+    assert peers_digest(changed) != peers_digest(cfg)
