@@ -10,14 +10,17 @@ association itself keeps working through all of it.
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 
+from dtlsvpn.crypto.tickets import TicketKeyRing, parse_keys
 from dtlsvpn.dtls.cid import CidLayout, CidMode, prefix_owners
 from dtlsvpn.dtls.endpoint import ServerEndpoint
 from tests.pki import Pki
-from tests.sim.configs import split_configs, with_changes
+from tests.sim.configs import split_configs, ticket_ring, with_changes
 from tests.sim.harness import CLIENT_ADDR, Simulator, link_pair
+from tests.sim.sessions import check_resumed, connect, full
 
 pytestmark = pytest.mark.sim
 
@@ -49,3 +52,23 @@ def test_fleet_cids_route_to_their_server_and_others_drop_them(pki: Pki, mode: C
     assert sim.endpoint.receive(forged, CLIENT_ADDR, sim.now, sim.clock.wall) == (None, [])
     assert sim.endpoint.stats.cid_forged == before.cid_forged + 1
     assert sim.deliver_to_server(record, CLIENT_ADDR) == [b"to the wrong server"]
+
+
+def test_a_client_resumes_on_another_server_with_the_fleets_ticket_keys(pki: Pki) -> None:
+    """Server 1 issues the ticket; server 2, whose ring only holds the keys read from
+    server 1's (a reader's ``rotate_every=0``), resumes it: an abbreviated handshake, no
+    certificate work, and the new association's CID names server 2."""
+    one, two = CidLayout(1, CidMode.OBFUSCATED, SECRET), CidLayout(2, CidMode.OBFUSCATED, SECRET)
+    writer = ticket_ring("fleet-writer", 5)
+    first = full(pki, "ecdhe-ecdsa-aes128", writer, server={"cid_layout": one})
+    ids = first.sim.side("server").connection_ids
+    assert ids is not None and one.server_of(ids[0]) == 1
+    reader = TicketKeyRing(random.Random("fleet-reader").randbytes, rotate_every=0,
+                           keys=parse_keys(writer.dumps().encode()))
+    second = connect(pki, "ecdhe-ecdsa-aes128", reader, session=first.ticket, at=30.0,
+                     server={"cid_layout": two})
+    check_resumed(second, first.ticket)
+    ids = second.sim.side("server").connection_ids
+    assert ids is not None and two.server_of(ids[0]) == 2
+    assert reader.keys == writer.keys  # the reader sealed its new ticket with the fleet's key
+    assert writer.open(second.ticket.ticket, second.sim.clock.wall) is not None
