@@ -231,6 +231,8 @@ def spec_from_args(args: argparse.Namespace) -> FleetSpec:
             raise ArgumentProblem(f"--server: next hop {hop} is not of the public "
                                   f"address's family ({vip})")
     down = frozenset(args.down)
+    if down and not args.routes:
+        raise ArgumentProblem("--down changes the routes: use it with --routes")
     unknown = down - set(ids)
     if unknown:
         raise ArgumentProblem(f"--down: {min(unknown)} is not a configured server")

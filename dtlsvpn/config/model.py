@@ -84,7 +84,7 @@ class FleetConfig:
 
     server_id: int | None = None
     cid_mode: str = "obfuscated"
-    secret: bytes | None = field(default=None, repr=False, compare=False)
+    secret: bytes | None = field(default=None, repr=False)
     ticket_key_file: Path | None = None
     ticket_key_rotation: bool = True
 # --- end of the fleet block ---

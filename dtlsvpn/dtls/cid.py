@@ -25,8 +25,8 @@ type(1) version(2) epoch(2) sequence(6))::
   owns a secret set of 256 of the 65 536 prefixes.  A balancer that cannot decrypt
   (nftables) holds the inverse as a 65 536-entry map prefix → server id, generated
   from the secret by :func:`prefix_owners`; an observer without the secret sees
-  uniformly spread prefixes and cannot tell which server a CID belongs to, nor that
-  two CIDs belong to the same one.  (Unlike QUIC-LB's encrypted modes, a prefix
+  uniformly spread prefixes and cannot tell which server a CID belongs to (only that
+  two CIDs with the same prefix share one).  (Unlike QUIC-LB's encrypted modes, a prefix
   is enough to route: the cost is that the balancer's map reveals the partition to
   whoever holds the map, which is why the map is as secret as the fleet secret.)
 - nonce: random, so that one server's CIDs differ (24 bits plus the 8 random bits of

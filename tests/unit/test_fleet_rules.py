@@ -131,6 +131,8 @@ def test_command_writes_rules_and_routes(tmp_path: Path) -> None:
      "--down: 7 is not a configured server"),
     ("ServerId = 1\nFleetCID = plain\n", "198.18.0.1:4433", ["--server", "4=2001:db8::4"],
      "not of the public address's family"),
+    ("ServerId = 1\nFleetCID = plain\n", "198.18.0.1:4433", ["--down", "2"],
+     "use it with --routes"),
 ])
 def test_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], lines: str,
                         listen: str, extra: list[str], message: str) -> None:
