@@ -132,12 +132,13 @@ def render_rules(spec: FleetSpec) -> str:
         "",
         "\tchain pick {",
         "\t\t# tls12_cid (25), DTLS 1.2 (0xfefd), a whole 8-byte CID: route by the CID",
+        "\t\t# (the counters: datagrams routed by CID, and by hash)",
         f"\t\t@th,{_bit(0)},24 0x19fefd udp length >= {_MIN_CID_UDP_LENGTH} "
-        f"meta mark set {key} map @cid_owner",
+        f"meta mark set {key} map @cid_owner counter",
         f"\t\tmeta mark & 0xff00 == {spec.mark_base:#06x} accept",
         "\t\t# handshakes and everything else: a hash of the source address and port",
         f"\t\tmeta mark set jhash {fam} saddr . udp sport mod {n} seed {spec.hash_seed():#010x} "
-        f"map {{ {buckets} }}",
+        f"map {{ {buckets} }} counter",
         "\t}",
         "}",
     ]

@@ -16,7 +16,8 @@ every time.
 Asserted, as a user would check it:
 - the clients spread over both servers and ping 100.64.100.1 through them;
 - every client changes address (a stateless source rewrite in its namespace): no new
-  handshake, the same server, which shows the new endpoint, and pings still work;
+  handshake, the same server, which shows the new endpoint, and pings still work; the
+  balancer's counters show datagrams routed by CID and by hash;
 - s2 is SIGKILLed and the balancer's health check (`fleet-rules --routes --down 2`)
   spreads its table: its clients come back on s1 by ticket (``resumed`` true, one more
   handshake), and s1 counts their stale CIDs as ``cid_foreign``.  The interruption is
@@ -203,6 +204,16 @@ def _roam(topo: Topology, ns: str, k: int) -> str:
     return f"{net}.3:{CLIENT_PORT}"
 
 
+def _balancer_counters(topo: Topology, ns: str) -> tuple[int, int]:
+    """Datagrams the balancer routed (by CID, by hash): the two counters of its rules."""
+    res = topo.exec(ns, ["nft", "-j", "list", "chain", "inet", "dtlsvpn_fleet", "pick"])
+    assert res.returncode == 0, res.stderr
+    counts = [e["counter"]["packets"] for item in json.loads(res.stdout)["nftables"]
+              if "rule" in item for e in item["rule"]["expr"] if "counter" in e]
+    assert len(counts) == 2, counts
+    return counts[0], counts[1]
+
+
 def _interruption(replies: list[list[float]], kill_at: float) -> tuple[float, float, int]:
     """(largest gap between replies around the kill, kill → first reply after it, replies
     after the kill), from the replies' kernel receive timestamps."""
@@ -250,7 +261,10 @@ def test_fleet_spread_roam_failover_restart(fleet: Fleet, topo: Topology,
             fleet.servers[sid].status(), f"c{k}").get("endpoint") == new, 5), k
         assert fleet.holder(k) == sid
         assert fleet.client_peer(k)["handshakes"] == handshakes[k], k
-    print(f"roamed: {CLIENTS} clients to .3, 0 handshakes, every one on its server")
+    by_cid, by_hash = _balancer_counters(topo, fleet.balancer)
+    assert by_cid > 0 and by_hash > 0, (by_cid, by_hash)
+    print(f"roamed: {CLIENTS} clients to .3, 0 handshakes, every one on its server; the "
+          f"balancer routed {by_cid} datagrams by CID and {by_hash} by hash so far")
 
     # --- s2 dies; the health check spreads its table; its clients resume on s1 ------
     victims = [k for k, sid in where.items() if sid == 2]
