@@ -21,6 +21,7 @@ from dtlsvpn.cli.argtypes import ArgumentProblem
 # Top-level command modules: each has ``add_parsers(commands)`` that adds its
 # subcommands to the tree.  Add a module here when it lands.
 COMMAND_MODULES: tuple[str, ...] = ("check", "keys", "probe", "run", "status")
+COMMAND_MODULES += ("fleet",)  # fleet-rules (engineer fleet, issue 15)
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dtlsvpn.cli.fleet import status_lines as fleet_status_lines
 from dtlsvpn.daemon.status import format_prometheus, query
 
 DEFAULT_RUNDIR = Path("/run/dtlsvpn")
@@ -84,6 +85,7 @@ def summary(snap: dict[str, Any]) -> str:
         out.append(f"  too big: {i.get('icmp_too_big_sent', 0)} ICMP errors sent, "
                    f"{i.get('fragmented', 0)} IPv4 packets fragmented")
     out.append(f"  drops: {_drops(i.get('drops', {}))}")
+    out += fleet_status_lines(i)  # issue 15: server id, shared keys, foreign CIDs
     for p in snap["peers"]:
         out += ["", f"peer: {p['name']}",
                 f"  state: {p['state']}",

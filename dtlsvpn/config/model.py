@@ -50,7 +50,7 @@ DEFAULT_HEARTBEAT_INTERVAL = 2.0
 DEFAULT_DEAD_PEER_TIMEOUT = 8.0
 DEFAULT_REKEY_INTERVAL = 3600.0  # like OpenVPN's reneg-sec
 
-INTERFACE_KEYS = (
+INTERFACE_KEYS: tuple[str, ...] = (
     "Role", "ListenAddress", "Device", "Address", "MTU", "Certificate", "PrivateKey", "CA",
     "Ciphers", "HeartbeatInterval", "DeadPeerTimeout", "TicketStore", "StatusSocket",
     "MSSClamp", "LogLevel", "RekeyInterval", "ConnectionID", "UDPOffload",
@@ -59,6 +59,36 @@ PEER_KEYS = (
     "Name", "Endpoint", "AllowedIPs", "Route", "PeerKeyPin", "CommonName", "PSKIdentity",
     "PSKFile", "ServerName",
 )
+
+# --- fleet: several servers behind one address (issue 15, README "More than one server") ---
+# [Interface] keys of a server in a fleet; each has a default that keeps a lone server as
+# it was (no key set: random CIDs, ticket keys in TicketStore/ticket.keys, rotated here).
+#   ServerId = 0..255         this server's id, written into the CIDs it issues
+#   FleetCID = obfuscated|plain  obfuscated (default): the id hidden with the fleet secret;
+#                             plain: the id in CID byte 0, for a trusted network
+#   FleetSecretFile = PATH    the fleet secret, hex, 16..64 bytes, mode 0600; required
+#                             with obfuscated CIDs, optional (keys the CID tag) with plain
+#   TicketKeyFile = PATH      the ticket key file (default TicketStore/ticket.keys); the
+#                             same file (or a copy of it) on every server of the fleet
+#   TicketKeyRotation = yes|no  yes (default): this server rotates and writes the file;
+#                             no: it only reads it, following the writer's changes
+FLEET_KEYS = ("ServerId", "FleetCID", "FleetSecretFile", "TicketKeyFile", "TicketKeyRotation")
+INTERFACE_KEYS += FLEET_KEYS
+FLEET_CID_MODES = ("obfuscated", "plain")
+TICKET_KEY_RELOAD = 5.0  # seconds between a reader's looks (one stat) at TicketKeyFile
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """The fleet keys of [Interface]; all None/defaults on a lone server."""
+
+    server_id: int | None = None
+    cid_mode: str = "obfuscated"
+    secret: bytes | None = field(default=None, repr=False)
+    ticket_key_file: Path | None = None
+    ticket_key_rotation: bool = True
+# --- end of the fleet block ---
+
 MULTI_VALUED = frozenset({"Address", "AllowedIPs", "Route", "PeerKeyPin"})
 VOCABULARY = {"Interface": INTERFACE_KEYS, "Peer": PEER_KEYS}
 # Keys people bring from WireGuard and OpenVPN, with what to write instead.
@@ -125,6 +155,7 @@ class InterfaceConfig:
     rekey_interval: float | None = DEFAULT_REKEY_INTERVAL  # None: no time-based renewal
     connection_id: bool = True  # RFC 9146 connection IDs (roaming without a handshake)
     udp_offload: bool = True  # UDP GSO/GRO batching where the kernel has it
+    fleet: FleetConfig = field(default_factory=FleetConfig)  # fleet keys (block above)
     source: Source = field(compare=False)
 
 

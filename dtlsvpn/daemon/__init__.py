@@ -16,6 +16,8 @@ Who owns what
 - ``server.py`` ``ServerRole`` + ``binding.py`` (sans-I/O policy: renewal, replacement,
   rejection, moves): the listening port, the ``ServerEndpoint``, one Timer per
   association, ticket keys.
+- ``fleet.py`` a server in a fleet behind one address: its CID layout (``ServerId``), the
+  shared ticket-key file (one writer rotates, readers follow) and its status block.
 - ``datapath.py`` ``Datapath``: the hot loops TUN ↔ UDP (see its pipeline header).
 - ``tunmtu.py`` the TUN MTU and MSS clamp policy; ``mtu.py`` per-peer PMTU debounce;
   ``status.py`` the status socket and formats; ``snapshot.py`` what it shows;

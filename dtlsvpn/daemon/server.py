@@ -20,19 +20,18 @@ resumes its clients; they are saved after a handshake when they rotated.
 from __future__ import annotations
 
 import logging
-import os
 from functools import partial
 
-from dtlsvpn.crypto.tickets import TicketKey, TicketKeyRing
+from dtlsvpn.crypto.tickets import TicketKeyRing
 from dtlsvpn.daemon import binding
 from dtlsvpn.daemon.binding import Ending, Verdict
 from dtlsvpn.daemon.datapath import Datapath
 from dtlsvpn.daemon.devices import Addr, TunDevice, UdpPort
+from dtlsvpn.daemon.fleet import SharedTicketKeys
 from dtlsvpn.daemon.loop import Timer
 from dtlsvpn.daemon.peers import Peer
 from dtlsvpn.daemon.role import Host, display, peer_event, rekey_grace, send_datagrams
 from dtlsvpn.daemon.settings import core_settings, match_peer
-from dtlsvpn.daemon.ticketkeys import TicketKeyFile
 from dtlsvpn.daemon.udp import family_of
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
@@ -44,7 +43,6 @@ from dtlsvpn.dtls.events import (
     PeerAddressChanged,
     PeerUnresponsive,
 )
-from dtlsvpn.errors import ConfigError
 
 log = logging.getLogger("dtlsvpn")
 
@@ -70,8 +68,7 @@ class ServerRole:
         self._timers: dict[Association, Timer] = {}
         self._retire_timer = host.loop.timer(self._on_retire_due)
         self._retire_at: dict[Peer, float] = {}  # renewals whose client switched keys
-        self.ticket_ring: TicketKeyRing | None = None
-        self.ticket_keys_saved: tuple[TicketKey, ...] = ()
+        self.ticket_keys: SharedTicketKeys | None = None  # daemon/fleet.py
 
     def setup(self, tun: TunDevice) -> None:
         host, dp = self.host, self.datapath
@@ -90,6 +87,8 @@ class ServerRole:
         host.loop.add(tun.fd, dp.server_tun)
 
     def start(self, now: float) -> None:
+        if self.ticket_keys is not None:
+            self.ticket_keys.start(now, self.host.loop.wall)
         self.host.ready(f"listening on {self.listening()}")
 
     def listening(self) -> str | None:
@@ -303,6 +302,8 @@ class ServerRole:
             timer.cancel()
         self._timers.clear()
         self._retire_timer.cancel()
+        if self.ticket_keys is not None:
+            self.ticket_keys.stop()
         if self.sock is not None:
             self.host.loop.remove(self.sock.fileno())
             self.sock.close()
@@ -314,31 +315,12 @@ class ServerRole:
     # --- ticket keys ---------------------------------------------------------------------
 
     def _ticket_ring(self) -> TicketKeyRing:
-        """The server's ticket keys, kept in TicketStore/ticket.keys across restarts."""
-        if self.ticket_ring is not None:
-            return self.ticket_ring
-        path = self.host.cfg.interface.ticket_store / "ticket.keys"
-        try:
-            ring = TicketKeyFile(path).load(os.urandom)
-        except ConfigError as exc:
-            if path.exists():
-                log.warning("%s; starting with new ticket keys", exc)
-            ring = TicketKeyRing(os.urandom)
-        self.ticket_ring = ring
-        self.ticket_keys_saved = ring.keys
-        return ring
+        """The server's ticket keys: TicketKeyFile (default TicketStore/ticket.keys), written
+        here or, in a fleet, read from the one writer (daemon/fleet.py)."""
+        if self.ticket_keys is None:
+            self.ticket_keys = SharedTicketKeys(self.host.cfg.interface, self.host.loop)
+        return self.ticket_keys.ring
 
     def _save_ticket_keys(self, wall: float) -> None:
-        ring = self.ticket_ring
-        if ring is None:
-            return
-        ring.maintain(wall)
-        if ring.keys == self.ticket_keys_saved or not ring.keys:
-            return
-        path = self.host.cfg.interface.ticket_store / "ticket.keys"
-        try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            TicketKeyFile(path).save(ring)
-            self.ticket_keys_saved = ring.keys
-        except OSError as exc:
-            log.warning("cannot save ticket keys to %s: %s", path, exc)
+        if self.ticket_keys is not None:
+            self.ticket_keys.maintain(wall)

@@ -22,6 +22,7 @@ from dtlsvpn.config.schema import Config, PeerConfig
 from dtlsvpn.config.schema import load_config as _load_config
 from dtlsvpn.crypto.certs import spki_sha256
 from dtlsvpn.crypto.tickets import TicketKeyRing
+from dtlsvpn.daemon.fleet import cid_layout
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import HandshakeCompleted
 from dtlsvpn.dtls.heartbeat import HeartbeatSettings
@@ -86,6 +87,7 @@ def dtls_config(cfg: Config, peer: PeerConfig | None = None) -> DtlsConfig:
         psk_lookup=lookup if table else None,
         rekey_interval=iface.rekey_interval,
         connection_id=iface.connection_id,
+        cid_layout=cid_layout(iface.fleet),  # ServerId: CIDs that name this server
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from dtlsvpn.config import Config
 from dtlsvpn.daemon.datapath import Datapath
+from dtlsvpn.daemon.fleet import fleet_status
 from dtlsvpn.daemon.peers import Peer
 from dtlsvpn.daemon.role import display
 
@@ -120,6 +121,7 @@ def snapshot(cfg: Config, peers: list[Peer], dp: Datapath | None, *, device: str
             "config": cfg.path,
             **counters,
             "drops": drops,
+            **fleet_status(cfg, dp.endpoint if dp is not None else None),  # issue 15
         },
         "peers": [peer_status(p, dp, wall, rekeying(p)) for p in peers],
     }

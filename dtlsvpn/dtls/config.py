@@ -19,6 +19,7 @@ from cryptography import x509
 from dtlsvpn.crypto.certs import PrivateKey
 from dtlsvpn.crypto.keyexchange import KeyShareFactory
 from dtlsvpn.crypto.suites import SUITES
+from dtlsvpn.dtls.cid import CID_LENGTH, CidLayout
 from dtlsvpn.dtls.heartbeat import HeartbeatSettings
 from dtlsvpn.dtls.pmtu_settings import PmtuSettings
 from dtlsvpn.dtls.session import ClientSession
@@ -83,6 +84,7 @@ class DtlsConfig:
     pmtu: PmtuSettings | None = field(default_factory=PmtuSettings)  # None: no PMTU discovery
     connection_id: bool = True  # negotiate RFC 9146 connection IDs when the peer does
     cid_length: int | None = None  # CID we ask the peer to send; None: client 0, server 8
+    cid_layout: CidLayout | None = None  # server in a fleet: CIDs that name it (dtls/cid.py)
     rekey_interval: float | None = 3600.0  # seconds between key renewals (OpenVPN reneg-sec)
     rekey_records: int | None = None  # records per direction before renewal; None: per AEAD
     session_tickets: bool = True  # client: offer RFC 5077 (with resume_session's ticket)
@@ -168,6 +170,8 @@ class DtlsConfig:
             raise UsageError("rekey_records must be in 1..2^48-1")
         if self.cid_length is not None and not 0 <= self.cid_length <= 32:
             raise UsageError("cid_length must be 0..32")
+        if self.cid_layout is not None and self.own_cid_length not in (None, CID_LENGTH):
+            raise UsageError(f"a fleet CID layout needs cid_length {CID_LENGTH}")
 
     def lookup_psk(self, identity: bytes) -> bytes | None:
         """The server's PSK for ``identity`` (RFC 4279 §5.1), or None."""

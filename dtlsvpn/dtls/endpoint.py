@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from dtlsvpn.crypto.cookie import CookieSecrets
 from dtlsvpn.dtls.admission import Admission
 from dtlsvpn.dtls.association import Association
+from dtlsvpn.dtls.cid import CidClass
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.errors import DecodeError, UsageError
 from dtlsvpn.wire.buffer import Writer
@@ -68,6 +69,8 @@ class EndpointStats:
     table_full: int = 0
     replaced: int = 0  # RFC 6347 §4.2.8 new association on a live address
     unknown_cid: int = 0  # a tls12_cid record whose CID is no association's
+    cid_foreign: int = 0  # ... of those, another fleet server's CID (dtls/cid.py)
+    cid_forged: int = 0  # ... of those, no fleet CID at all (bad tag)
     address_changes: int = 0  # RFC 9146 §6 moves
     rekeys: int = 0  # new associations that replaced an established one
 
@@ -266,6 +269,7 @@ class ServerEndpoint:
         assoc = self._by_cid.get(cid)
         if assoc is None or assoc.is_closed:
             self.stats.unknown_cid += 1
+            self._note_unknown_cid(cid)
             return None, []
         out = assoc.receive_datagram(data, now, wall)
         old = self._address.get(assoc)
@@ -284,6 +288,15 @@ class ServerEndpoint:
             self._address[assoc] = addr
             assoc.note_address_change(old, addr)
         return assoc, out
+
+    def _note_unknown_cid(self, cid: bytes) -> None:
+        layout = self.config.cid_layout  # fleet hook: tell misrouted from made-up CIDs
+        if layout is not None:
+            kind = layout.classify(cid)
+            if kind is CidClass.FOREIGN:
+                self.stats.cid_foreign += 1
+            elif kind is CidClass.FORGED:
+                self.stats.cid_forged += 1
 
     def _register_cid(self, assoc: Association) -> None:
         ids = assoc.connection_ids

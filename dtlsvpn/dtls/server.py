@@ -144,7 +144,9 @@ class ServerMachine(Machine):
         if cid is not None and cid_len is not None:
             # RFC 9146 §3: answer with the CID we want on the client's records.
             self.peer_cid = ext.decode_connection_id(cid)
-            self.own_cid = self.config.random_bytes(cid_len)
+            layout = self.config.cid_layout  # a fleet server's CIDs name it (dtls/cid.py)
+            self.own_cid = (layout.issue(self.config.random_bytes) if layout is not None
+                            else self.config.random_bytes(cid_len))
         self.client_random = ch.random
         self.add_transcript(HandshakeType.client_hello, seq, body)
         self.next_send_seq = seq  # RFC 6347 §4.2.2: our message_seq follows the ClientHello's

@@ -38,6 +38,7 @@ from tests.sim.harness import Simulator
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "etc" / "dtlsvpn"
 EXAMPLE_NAMES = ("site-server", "site-branch", "roaming-client", "central-server")
+EXAMPLE_NAMES += ("fleet-server",)  # issue 15
 MARK = "#<"
 
 
@@ -619,6 +620,7 @@ EXPECTED_PEERS = {
     "site-branch": ["office-a"],
     "roaming-client": ["central"],
     "central-server": ["alice", "bob", "sensor-1"],
+    "fleet-server": ["alice", "bob"],  # issue 15
 }
 
 
