@@ -283,7 +283,8 @@ class Daemon:
             listen=display(self.cfg.interface.listen), mtu=self.tunmtu.mtu,
             mtu_policy=self.tunmtu.policy, started_wall=self.started_wall,
             wall=self.loop.wall,
-            rekeying=role.rekeying if role is not None else lambda _peer: False)
+            rekeying=role.rekeying if role is not None else lambda _peer: False,
+            handshake_failures=role.refusals.as_dict() if role is not None else None)
 
 
 def run_daemon(path: Path, name: str | None = None) -> int:

@@ -102,7 +102,8 @@ def _counters(dp: Datapath | None) -> tuple[dict[str, Any], dict[str, int]]:
 
 def snapshot(cfg: Config, peers: list[Peer], dp: Datapath | None, *, device: str,
              listen: str | None, mtu: int, mtu_policy: str, started_wall: float,
-             wall: float, rekeying: Callable[[Peer], bool]) -> dict[str, Any]:
+             wall: float, rekeying: Callable[[Peer], bool],
+             handshake_failures: dict[str, int] | None = None) -> dict[str, Any]:
     iface = cfg.interface
     counters, drops = _counters(dp)
     return {
@@ -120,6 +121,8 @@ def snapshot(cfg: Config, peers: list[Peer], dp: Datapath | None, *, device: str
             "config": cfg.path,
             **counters,
             "drops": drops,
+            # refused (server) or failed (client) handshakes by reason (refusals.py)
+            "handshake_failures": handshake_failures or {},
         },
         "peers": [peer_status(p, dp, wall, rekeying(p)) for p in peers],
     }

@@ -1,0 +1,78 @@
+"""Why a handshake failed, in words the shell can count and show.
+
+Every ``AssociationClosed`` of an association that never completed its handshake
+carries a ``failure`` word (``handshake=True``).  The words are stable (they are the
+``reason`` label of ``dtlsvpn_handshake_failures_total``): an Alert's ``failure``
+(its description's name unless the machine gave a finer one, such as
+``no_client_certificate``), ``timeout``, ``wrong_key`` (the keys differ: a wrong PSK),
+``peer_alert`` (the peer ended it with a fatal alert) or ``closed`` (closed locally).
+
+Wrong keys (RFC 6347 §4.1.2.7): once the peer's CCS moved the read epoch, a record
+that fails authentication before the handshake completed is the peer's Finished.
+When ``WRONG_KEY_FAILURES`` records with distinct sequence numbers failed (the first
+Finished and two of the peer's retransmissions: a corrupted or duplicated datagram is
+not a wrong key), we answer with a fatal
+bad_record_mac, which the RFC allows, so that the peer learns why instead of
+waiting for its timeout.  A peer that receives
+bad_record_mac or decrypt_error during the handshake reports ``wrong_key`` too.
+"""
+
+from __future__ import annotations
+
+from dtlsvpn.dtls.events import AssociationClosed
+from dtlsvpn.errors import Alert, BadRecordMac
+from dtlsvpn.wire.constants import AlertDescription
+
+WRONG_KEY_FAILURES = 3
+WRONG_KEY_ALERTS = frozenset({AlertDescription.bad_record_mac, AlertDescription.decrypt_error})
+
+
+def timed_out(auth_failures: int) -> tuple[str, str]:
+    """(reason, failure) of a handshake that ran out of retransmissions."""
+    if auth_failures:
+        return (f"handshake timed out ({auth_failures} records from the peer failed "
+                "authentication: wrong PSK or key?)", "wrong_key")
+    return "handshake timed out", "timeout"
+
+
+class WrongKey:
+    """Counts the distinct records of the peer's new epoch that failed authentication
+    before the handshake completed."""
+
+    __slots__ = ("_seqs",)
+
+    def __init__(self) -> None:
+        self._seqs: set[int] = set()
+
+    def failed(self, seq: int, established: bool) -> bool:
+        """One more failed record; True when that many say the keys differ."""
+        if established or len(self._seqs) >= WRONG_KEY_FAILURES:
+            return False
+        self._seqs.add(seq)
+        return len(self._seqs) >= WRONG_KEY_FAILURES
+
+
+def finished_failed() -> Alert:
+    """The alert for a peer's Finished that failed authentication."""
+    return BadRecordMac("the peer's Finished failed authentication: wrong PSK or key?",
+                        failure="wrong_key")
+
+
+def peer_alert(desc: int, established: bool) -> tuple[str, str]:
+    """(reason, failure) when the peer sent a fatal alert."""
+    try:
+        name = AlertDescription(desc).name
+    except ValueError:
+        name = str(desc)
+    if not established and desc in WRONG_KEY_ALERTS:
+        return (f"peer sent fatal alert {name}: it could not authenticate our Finished "
+                "(wrong PSK or key?)", "wrong_key")
+    return f"peer sent fatal alert {name}", "peer_alert"
+
+
+def closed(local: bool, reason: str, alert: int | None, *, failure: str | None,
+           handshake: bool, who: str | None) -> AssociationClosed:
+    """The event of a closing association (``failure`` and ``who`` only before completion)."""
+    return AssociationClosed(local=local, reason=reason, alert=alert, handshake=handshake,
+                             failure=(failure or "closed") if handshake else None,
+                             peer_identity=who if handshake else None)
