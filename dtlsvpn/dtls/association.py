@@ -423,11 +423,9 @@ class Association:
             if rec.version != DTLS_1_2:
                 self.stats.malformed += 1
                 return False
-            before = rd.auth_failures
             opened = rd.open(rec, self.stats)
             if opened is None:
-                if rd.auth_failures > before and self._wrong_key.failed(rec.seq,
-                                                                        self._established):
+                if self._wrong_key.failed(rd.auth_failures, rec.seq, self._established):
                     self._fail(failures.finished_failed())  # see failures.py
                 return False
             self._last_rx = now
@@ -584,7 +582,8 @@ class Association:
         self._handshake.reasm.clear()
         self._read.future.clear()
         self._events.append(failures.closed(local, reason, alert, failure=failure,
-                                            handshake=handshake, who=self._machine.presented))
+                                            handshake=handshake, who=self._machine.presented,
+                                            finished_sent=self._writer.epoch > 0))
 
 
 _ContentHandler = Callable[[Association, int, bytes, float, float, list[bytes]], bool]

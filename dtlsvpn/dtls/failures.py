@@ -5,7 +5,8 @@ carries a ``failure`` word (``handshake=True``).  The words are stable (they are
 ``reason`` label of ``dtlsvpn_handshake_failures_total``): an Alert's ``failure``
 (its description's name unless the machine gave a finer one, such as
 ``no_client_certificate``), ``timeout``, ``wrong_key`` (the keys differ: a wrong PSK),
-``peer_alert`` (the peer ended it with a fatal alert) or ``closed`` (closed locally).
+``peer_alert`` (the peer ended it with a fatal alert), ``finished_unanswered`` (closed
+by us while waiting for the peer's Finished) or ``closed`` (closed locally).
 
 Wrong keys (RFC 6347 §4.1.2.7): once the peer's CCS moved the read epoch, a record
 that fails authentication before the handshake completed is the peer's Finished.
@@ -39,14 +40,17 @@ class WrongKey:
     """Counts the distinct records of the peer's new epoch that failed authentication
     before the handshake completed."""
 
-    __slots__ = ("_seqs",)
+    __slots__ = ("_seen", "_seqs")
 
     def __init__(self) -> None:
         self._seqs: set[int] = set()
+        self._seen = 0  # the read state's auth_failures last time
 
-    def failed(self, seq: int, established: bool) -> bool:
-        """One more failed record; True when that many say the keys differ."""
-        if established or len(self._seqs) >= WRONG_KEY_FAILURES:
+    def failed(self, auth_failures: int, seq: int, established: bool) -> bool:
+        """A record was refused: when it failed authentication (``auth_failures`` moved),
+        one more; True when that many say the keys differ."""
+        moved, self._seen = auth_failures > self._seen, auth_failures
+        if not moved or established or len(self._seqs) >= WRONG_KEY_FAILURES:
             return False
         self._seqs.add(seq)
         return len(self._seqs) >= WRONG_KEY_FAILURES
@@ -71,8 +75,19 @@ def peer_alert(desc: int, established: bool) -> tuple[str, str]:
 
 
 def closed(local: bool, reason: str, alert: int | None, *, failure: str | None,
-           handshake: bool, who: str | None) -> AssociationClosed:
-    """The event of a closing association (``failure`` and ``who`` only before completion)."""
+           handshake: bool, who: str | None, finished_sent: bool) -> AssociationClosed:
+    """The event of a closing association (``failure`` and ``who`` only before completion).
+
+    Closed by us (``close()``, a shell's deadline, our timeout) after our Finished went out but
+    before the peer's came: ``finished_unanswered``, which from a peer that answered the
+    hellos and then stays silent (OpenSSL and GnuTLS drop a Finished they cannot
+    authenticate) is most likely a wrong PSK or key.
+    """
+    if local and handshake and finished_sent and failure in (None, "timeout"):
+        failure = "finished_unanswered"
+        reason = ("gave up" if reason == "closed" else reason) + (
+            " waiting for the peer's Finished: it answered our hellos but never accepted "
+            "our Finished (wrong PSK or key?)")
     return AssociationClosed(local=local, reason=reason, alert=alert, handshake=handshake,
                              failure=(failure or "closed") if handshake else None,
                              peer_identity=who if handshake else None)
