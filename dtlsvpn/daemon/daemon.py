@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dtlsvpn.config import Config, PeerConfig
+from dtlsvpn.daemon import forwarding
 from dtlsvpn.daemon.client import ClientRole
 from dtlsvpn.daemon.datapath import Datapath
 from dtlsvpn.daemon.devices import Addr, Devices, LinkConfig, Platform, TunDevice
@@ -322,7 +323,7 @@ def run_daemon(path: Path, name: str | None = None) -> int:
         log.error("%s", exc)
         return 1
     setup_logging(cfg.interface.log_level)
-    for warning in cfg.warnings:
+    for warning in (*cfg.warnings, *forwarding.problems(cfg)):
         log.warning("%s", warning)
     if not any(p for p in cfg.peers):
         log.error("%s: no [Peer] configured", cfg.path)
