@@ -311,19 +311,20 @@ class Daemon:
             handshake_failures=role.refusals.as_dict() if role is not None else None)
 
 
-def run_daemon(path: Path, name: str | None = None) -> int:
-    """Load the configuration and run until SIGTERM; the exit status of ``dtlsvpn run``."""
+def run_daemon(path: Path, name: str | None = None, log_level: str | None = None) -> int:
+    """Load the configuration and run until SIGTERM; the exit status of ``dtlsvpn run``.
+    ``log_level`` (``run --log-level``) overrides the file's ``LogLevel``."""
     from dtlsvpn.daemon.systemd import setup_logging
 
     notifier = Notifier()
     try:
         cfg = load_config(path, name=name)
     except ConfigError as exc:
-        setup_logging("info")
+        setup_logging(log_level or "info")
         log.error("%s", exc)
         return 1
-    setup_logging(cfg.interface.log_level)
-    for warning in (*cfg.warnings, *forwarding.problems(cfg)):
+    setup_logging(log_level or cfg.interface.log_level)
+    for warning in (*cfg.warnings, *forwarding.problems(cfg, unreadable=False)):
         log.warning("%s", warning)
     if not any(p for p in cfg.peers):
         log.error("%s: no [Peer] configured", cfg.path)

@@ -55,13 +55,16 @@ def beyond_tunnel(cfg: Config) -> dict[int, list[tuple[str, Network]]]:
     return out
 
 
-def problems(cfg: Config, read: Callable[[str], str | None] = read_sysctl) -> list[str]:
-    """What is missing for the subnets beyond the tunnel to be forwarded (empty: nothing)."""
+def problems(cfg: Config, read: Callable[[str], str | None] = read_sysctl, *,
+             unreadable: bool = True) -> list[str]:
+    """What is missing for the subnets beyond the tunnel to be forwarded (empty: nothing).
+    ``unreadable=False`` leaves out the sysctls that could not be read (the daemon under
+    the unit: ``ProcSubset=pid`` hides /proc/sys, and check-config checks from outside)."""
     out: list[str] = []
     for version, items in sorted(beyond_tunnel(cfg).items()):
         name = SYSCTLS[version]
         value = read(name)
-        if value == "1":
+        if value == "1" or (value is None and not unreadable):
             continue
         shown = ", ".join(f"{net} ([Peer] {peer})" for peer, net in items[:4])
         if len(items) > 4:
