@@ -5,8 +5,10 @@ One instance per tunnel: before it touches anything the daemon takes an exclusiv
 for ``.sock``) and writes its PID there.  A second daemon for the same name or status
 socket finds the lock held and refuses to start, naming the holder; it never unlinks
 the first one's socket.  The kernel releases the lock when the holder exits however it
-exits, so a stale socket of a crashed daemon is replaced.  (The file itself stays:
-unlinking a lock file races with the next daemon taking it.)  A second daemon for the
+exits, so a stale socket (and lock file) of a crashed daemon is replaced.  A daemon that
+stops removes its lock file while it still holds the lock; one that took the lock on a
+file removed meanwhile sees that the path no longer names its file and takes the new
+one, so two daemons never both hold "the" lock.  A second daemon for the
 same device with another status socket is refused by the kernel (EBUSY on
 TUNSETIFF); :func:`describe` then names the device and the process holding it.
 
@@ -55,27 +57,45 @@ class InstanceLock:
         sock = cfg.interface.status_socket
         path = lock_path(sock)
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
-            os.close(fd)
-            raise AlreadyRunning(
-                f"another dtlsvpn already runs this tunnel{holder}: {path} is locked "
-                f"(StatusSocket {sock}, {config_line(cfg, 'StatusSocket')}); not starting, "
-                f"and its status socket is left alone") from None
-        except OSError:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {cfg.name} {cfg.path}\n".encode())
-        return cls(path, fd)
+        for _attempt in range(5):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise AlreadyRunning(
+                    f"another dtlsvpn already runs this tunnel{holder}: {path} is locked "
+                    f"(StatusSocket {sock}, {config_line(cfg, 'StatusSocket')}); not "
+                    f"starting, and its status socket is left alone") from None
+            except OSError:
+                os.close(fd)
+                raise
+            if _same_file(fd, path):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()} {cfg.name} {cfg.path}\n".encode())
+                return cls(path, fd)
+            os.close(fd)  # a stopping daemon removed it after we opened it: again
+        raise StartupError(f"cannot take the lock {path}: it keeps being replaced")
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Remove the lock file (still holding the lock), then let go of it."""
+        if self._fd is None:
+            return
+        if _same_file(self._fd, self.path):
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _read_holder(fd: int) -> str:

@@ -42,6 +42,7 @@ def test_second_instance_refused_first_keeps_its_socket(
     assert first.daemon.status is not None and first.daemon.status.path == sock
     # The first one stops: its lock goes with it, and a new instance starts.
     first.stop()
+    assert not startup.lock_path(sock).exists() and not sock.exists()  # nothing left behind
     third = world.start(server_conf, SERVER)
     assert third.daemon.lock is not None
 
