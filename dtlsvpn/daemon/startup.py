@@ -150,9 +150,20 @@ def _fds(proc: Path) -> list[tuple[str, str]]:
     return out
 
 
+def _netns(proc: Path) -> int | None:
+    try:
+        return os.stat(proc / "ns" / "net").st_ino
+    except OSError:
+        return None
+
+
 def tun_holder(device: str) -> str | None:
-    """The process with a /dev/net/tun descriptor attached to ``device`` (fdinfo iff:)."""
+    """The process of this network namespace (device names are per namespace) with a
+    /dev/net/tun descriptor attached to ``device`` (its fdinfo says ``iff:``)."""
+    ours = _netns(Path("/proc/self"))
     for pid, proc in _processes():
+        if _netns(proc) != ours:
+            continue
         for fd, target in _fds(proc):
             if target != "/dev/net/tun":
                 continue

@@ -1,6 +1,6 @@
 """Operators' first day with real daemons in namespaces: a wrong PSK named by ``probe``
 and in the server's log and counters; a second instance refused (first keeps its socket);
-a bind conflict named with its address and config line.
+a bind conflict named with its address and config line; a busy TUN device with its holder.
 
 Topology: two namespaces joined by a veth pair (tests/netns/harness.py ``two_hosts``)::
 
@@ -70,4 +70,13 @@ def test_second_instance_and_bind_conflict(topo: Topology, run_daemon: RunDaemon
     assert res.returncode == 1
     assert f"cannot listen on 198.18.0.1:4433 ({other}:{line_no} ListenAddress)" in res.stderr
     assert "already in use by" in res.stderr, res.stderr
+
+    third, _ = psk_pair(tmp_path, tag="-c", port=4434)  # same Device dvs0, own port, socket
+    text = third.read_text()
+    line_no = next(i for i, t in enumerate(text.splitlines(), 1) if t.startswith("Device"))
+    res = topo.exec(server_ns, [*DTLSVPN, "run", str(third)], timeout=30)
+    print(res.stderr)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert f"cannot open TUN device dvs0 ({third}:{line_no} Device): it is busy" in res.stderr
+    assert f"held by python (pid {server.pid})" in res.stderr, res.stderr
     assert server.stop() == 0
