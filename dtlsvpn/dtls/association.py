@@ -425,7 +425,7 @@ class Association:
                 return False
             opened = rd.open(rec, self.stats)
             if opened is None:
-                if self._wrong_key.failed(rd.auth_failures, rec.seq, self._established):
+                if self._wrong_key.failed(rd.auth_failures, rec.seq, self._established, now):
                     self._fail(failures.finished_failed())  # see failures.py
                 return False
             self._last_rx = now

@@ -10,12 +10,13 @@ by us while waiting for the peer's Finished) or ``closed`` (closed locally).
 
 Wrong keys (RFC 6347 §4.1.2.7): once the peer's CCS moved the read epoch, a record
 that fails authentication before the handshake completed is the peer's Finished.
-When ``WRONG_KEY_FAILURES`` records with distinct sequence numbers failed (the first
-Finished and two of the peer's retransmissions: a corrupted or duplicated datagram is
-not a wrong key), we answer with a fatal
-bad_record_mac, which the RFC allows, so that the peer learns why instead of
-waiting for its timeout.  A peer that receives
-bad_record_mac or decrypt_error during the handshake reports ``wrong_key`` too.
+When ``WRONG_KEY_FAILURES`` records with distinct sequence numbers failed over at least
+``WRONG_KEY_SPAN`` seconds (the first Finished and the peer's retransmissions, which
+come a retransmission timeout apart: a corrupted or duplicated datagram is not a wrong
+key, and forged records injected at once, or held from before the CCS, are not either),
+we answer with a fatal bad_record_mac, which the RFC allows, so that the peer learns why
+instead of waiting for its timeout.  A peer that receives bad_record_mac or
+decrypt_error during the handshake reports ``wrong_key`` too.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dtlsvpn.errors import Alert, BadRecordMac
 from dtlsvpn.wire.constants import AlertDescription
 
 WRONG_KEY_FAILURES = 3
+WRONG_KEY_SPAN = 0.5  # seconds; the flight timer starts at 1 s (RFC 6347 §4.2.4.1)
 WRONG_KEY_ALERTS = frozenset({AlertDescription.bad_record_mac, AlertDescription.decrypt_error})
 
 
@@ -40,20 +42,26 @@ class WrongKey:
     """Counts the distinct records of the peer's new epoch that failed authentication
     before the handshake completed."""
 
-    __slots__ = ("_seen", "_seqs")
+    __slots__ = ("_first", "_seen", "_seqs")
 
     def __init__(self) -> None:
         self._seqs: set[int] = set()
         self._seen = 0  # the read state's auth_failures last time
+        self._first: float | None = None  # when the first one failed
 
-    def failed(self, auth_failures: int, seq: int, established: bool) -> bool:
+    def failed(self, auth_failures: int, seq: int, established: bool, now: float) -> bool:
         """A record was refused: when it failed authentication (``auth_failures`` moved),
-        one more; True when that many say the keys differ."""
+        one more; True (once) when enough, far enough apart, say the keys differ."""
         moved, self._seen = auth_failures > self._seen, auth_failures
-        if not moved or established or len(self._seqs) >= WRONG_KEY_FAILURES:
+        if not moved or established or self._first == -1.0:
             return False
+        if self._first is None:
+            self._first = now
         self._seqs.add(seq)
-        return len(self._seqs) >= WRONG_KEY_FAILURES
+        if len(self._seqs) < WRONG_KEY_FAILURES or now - self._first < WRONG_KEY_SPAN:
+            return False
+        self._first = -1.0  # said once
+        return True
 
 
 def finished_failed() -> Alert:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.endpoint import ServerEndpoint
 from dtlsvpn.dtls.events import AssociationClosed
+from dtlsvpn.dtls.failures import WrongKey
 from dtlsvpn.errors import AlertDescription
 from dtlsvpn.wire.record import parse_datagram
 from tests.pki import Pki
@@ -65,3 +66,16 @@ def test_established_close_carries_no_failure(pki: Pki) -> None:
     sim.client.close(sim.now)
     ev = _closed(sim.client.pop_events())
     assert (ev.handshake, ev.failure, ev.peer_identity) == (False, None, None)
+
+
+def test_wrong_key_needs_failures_spread_over_retransmissions() -> None:
+    """Forged or damaged records all at once (or one duplicated) are not a wrong key; the
+    peer's Finished failing again a retransmission timeout later is."""
+    wk = WrongKey()
+    assert not any(wk.failed(n, seq, False, 10.0) for n, seq in ((1, 0), (2, 1), (3, 2)))
+    assert not wk.failed(4, 2, False, 10.2)  # a duplicate, soon after
+    assert wk.failed(5, 3, False, 11.0)  # the peer retransmitted: its keys differ
+    assert not wk.failed(6, 4, False, 12.0)  # said once
+    assert not WrongKey().failed(1, 0, True, 0.0)  # established: never
+    fresh = WrongKey()
+    assert not fresh.failed(0, 0, False, 1.0)  # refused for another reason (replay, CID)
