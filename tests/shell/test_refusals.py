@@ -153,3 +153,19 @@ def test_common_name_matches_no_peer(world: World, tmp_path: Path, pki: Pki,
     assert "CommonName client.test matches no [Peer]" in line, line
     print(line)
     _check_metric(server, "unknown_peer")
+
+
+def test_client_names_expected_and_presented_server_name(
+        world: World, tmp_path: Path, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dtlsvpn")
+    server_conf, client_conf = cert_pair(tmp_path, pki)
+    _replace(client_conf, "ServerName = server.test", "ServerName = vpn.example.net")
+    world.clock.epoch = time.time() - world.clock.now
+    world.start(server_conf, SERVER)
+    client = world.start(client_conf, CLIENT)
+    assert world.run_until(lambda: "bad_certificate" in _failures(client), within=30)
+    (line,) = [r.getMessage() for r in caplog.records
+               if r.levelno == logging.WARNING and "handshake failed" in r.getMessage()][:1]
+    print(line)
+    assert "does not name 'vpn.example.net' (ServerName)" in line, line
+    assert "server.test" in line and "candidates exhausted" not in line, line
