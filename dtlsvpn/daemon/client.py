@@ -98,7 +98,7 @@ class ClientRole:
         log.warning("peer %s: no handshake within %gs", peer.name, DIAL_TIMEOUT)
         conn.close(now)
         self._flush(peer, conn, now)
-        conn.pop_events()
+        self.refusals.timed_out(peer.name, conn.pop_events(), now)  # ops: what we waited for
         if self.offered_ticket:
             self.tickets.forget(self._ticket_key(peer))
         self._lost(peer, now, "handshake timed out")

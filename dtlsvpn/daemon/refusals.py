@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from cryptography.x509.oid import NameOID
 
-from dtlsvpn.dtls.events import AssociationClosed, HandshakeCompleted
+from dtlsvpn.dtls.events import AssociationClosed, Event, HandshakeCompleted
 
 log = logging.getLogger("dtlsvpn")
 
@@ -54,6 +54,7 @@ _CLIENT_WORDS: dict[str, str] = {
     "bad_certificate": "server certificate refused",
     "unsupported_certificate": "server certificate of a kind we do not accept",
     "wrong_key": "",  # the core's reason says it
+    "finished_unanswered": "",
     "timeout": "no answer from the server",
     "peer_alert": "the server refused us",
 }
@@ -166,6 +167,16 @@ class Refusals:
         self.tokens -= 1
         log.warning("peer %s: handshake failed: %s", peer, explain(ev, server=False))
         return True
+
+    def timed_out(self, peer: str, events: list[Event], now: float) -> None:
+        """The client gave up dialling: the close of its handshake says what it waited
+        for (``finished_unanswered``: the server answered but never took our Finished)."""
+        for ev in events:
+            if isinstance(ev, AssociationClosed) and ev.handshake:
+                if ev.failure == "finished_unanswered":
+                    self.client_failed(peer, ev, now)
+                else:
+                    self.counts["timeout"] = self.counts.get("timeout", 0) + 1
 
     def _refill(self, now: float) -> None:
         if self.refilled_at is not None:

@@ -17,8 +17,10 @@ from dtlsvpn.daemon.refusals import explain
 from dtlsvpn.daemon.settings import dtls_config, load_config
 from dtlsvpn.daemon.status import format_prometheus, format_text
 from dtlsvpn.dtls.association import Association
+from dtlsvpn.dtls.endpoint import ServerEndpoint
 from dtlsvpn.dtls.events import AssociationClosed
 from dtlsvpn.errors import AlertDescription
+from dtlsvpn.wire.record import parse_datagram
 from tests.fakes.devices import FakeDevices
 from tests.fakes.world import Host, World
 from tests.netns.harness import cert_pair, psk_pair, secret_file
@@ -169,3 +171,29 @@ def test_client_names_expected_and_presented_server_name(
     print(line)
     assert "does not name 'vpn.example.net' (ServerName)" in line, line
     assert "server.test" in line and "candidates exhausted" not in line, line
+
+
+def test_client_says_what_a_silent_server_never_did(
+        world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A server that answers the hellos and drops our Finished (as OpenSSL and GnuTLS do
+    with a wrong PSK): the client's dial timeout says what it waited for."""
+    caplog.set_level(logging.INFO, logger="dtlsvpn")
+    server_conf, client_conf = psk_pair(tmp_path, connection_id=False)
+    endpoint = ServerEndpoint(dtls_config(load_config(server_conf)))
+    port = FakeDevices(world.net, SERVER).open_udp(socket.AF_INET, bind=(SERVER, 4433))
+    client = world.start(client_conf, CLIENT)
+    for _ in range(150):  # 15 s: past the client's 10 s dial timeout
+        world.run_for(0.1)
+        received, _error = port.recvfrom_batch(64)
+        for data, addr in received:
+            if any(r.epoch > 0 for r in parse_datagram(data)[0]):
+                continue  # the Finished under other keys: dropped without a word
+            assoc, replies = endpoint.receive(data, addr, world.clock.now, world.clock.wall)
+            for reply in replies + (assoc.datagrams_to_send(world.clock.now) if assoc else []):
+                port.sendto(reply, addr)
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    print("\n".join(lines[:3]))
+    assert any("no handshake within 10s" in x for x in lines), lines
+    said = [x for x in lines if "never accepted our Finished (wrong PSK or key?)" in x]
+    assert said and said[0].startswith("peer office: handshake failed: "), lines
+    assert _failures(client).get("finished_unanswered", 0) >= 1
