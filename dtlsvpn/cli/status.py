@@ -92,9 +92,9 @@ def summary(snap: dict[str, Any]) -> str:
     if i.get("icmp_too_big_sent") or i.get("fragmented"):
         out.append(f"  too big: {i.get('icmp_too_big_sent', 0)} ICMP errors sent, "
                    f"{i.get('fragmented', 0)} IPv4 packets fragmented")
-    out.append(f"  drops: {_drops(i.get('drops', {}))}")
     if i.get("handshake_failures"):
         out.append(f"  failed handshakes: {_drops(i['handshake_failures'])}")
+    out.append(f"  drops: {_drops(i.get('drops', {}))}")
     for p in snap["peers"]:
         out += ["", f"peer: {p['name']}",
                 f"  state: {p['state']}",

@@ -66,6 +66,7 @@ class ServerRole:
     def __init__(self, host: Host, datapath: Datapath) -> None:
         self.host = host
         self.datapath = datapath
+        self.refusals = Refusals()  # refused handshakes: counted, logged (refusals.py)
         self.sock: UdpPort | None = None
         self.endpoint: ServerEndpoint | None = None
         self._timers: dict[Association, Timer] = {}
@@ -73,7 +74,6 @@ class ServerRole:
         self._retire_at: dict[Peer, float] = {}  # renewals whose client switched keys
         self.ticket_ring: TicketKeyRing | None = None
         self.ticket_keys_saved: tuple[TicketKey, ...] = ()
-        self.refusals = Refusals()
 
     def setup(self, tun: TunDevice) -> None:
         host, dp = self.host, self.datapath

@@ -120,9 +120,9 @@ def snapshot(cfg: Config, peers: list[Peer], dp: Datapath | None, *, device: str
             "uptime": round(wall - started_wall, 1) if started_wall else 0,
             "config": cfg.path,
             **counters,
-            "drops": drops,
             # refused (server) or failed (client) handshakes by reason (refusals.py)
             "handshake_failures": handshake_failures or {},
+            "drops": drops,
         },
         "peers": [peer_status(p, dp, wall, rekeying(p)) for p in peers],
     }
