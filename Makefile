@@ -6,7 +6,8 @@
 #   make venv    .venv with `pip install -e .[test,dev]` (redone when pyproject.toml changes)
 #   make lint    ruff (complexity ≤ 12) over dtlsvpn/, tests/ and bench/; mypy strict over every package
 #   make test    deps + venv + lint, then the whole pytest suite (exit status is pytest's)
-#   make demo    our DTLS tools against OpenSSL, for real (tools/demo.sh)
+#   make demo    a real tunnel between two network namespaces: two daemons, ping, a file
+#                copied with matching SHA-256, path MTU, status (tools/demo.sh; root)
 #   make bench   dtlsvpn against OpenVPN, wireguard-go, ocserv and the bare link (bench/README.md)
 #   make clean   remove .venv and caches
 
@@ -25,9 +26,9 @@ VENV_STAMP := $(VENV)/.install-stamp
 
 # Debian packages, and programs whose presence shows they are installed.
 APT_PACKAGES := openssl gnutls-bin libgnutls30 tshark libsystemd-dev pkg-config gcc \
-	iproute2 nftables procps psmisc util-linux
+	iproute2 nftables procps psmisc util-linux man-db
 APT_PROGRAMS := openssl gnutls-serv gnutls-cli tshark pkg-config gcc ip ss nft ps killall \
-	unshare nsenter timeout
+	unshare nsenter timeout man
 
 .PHONY: help deps venv lint test demo bench clean
 
@@ -38,7 +39,9 @@ deps:
 	@missing=()
 	for prog in $(APT_PROGRAMS); do command -v "$$prog" >/dev/null || missing+=("$$prog"); done
 	pkg-config --exists libsystemd 2>/dev/null || missing+=(libsystemd.pc)
-	ldconfig -p 2>/dev/null | grep -q 'libgnutls\.so\.30' || missing+=(libgnutls.so.30)
+	# (not `ldconfig -p | grep -q`: under pipefail grep's early exit kills ldconfig with
+	# SIGPIPE now and then, and the library looked missing)
+	[[ $$(ldconfig -p 2>/dev/null) == *libgnutls.so.30* ]] || missing+=(libgnutls.so.30)
 	# The interpreter that builds .venv: Debian's python3 needs python3-venv (ensurepip)
 	# and python3-dev (Python.h, for systemd-python); a pyenv build already has both.
 	extra=()
@@ -106,9 +109,14 @@ clean:
 	rm -rf $(VENV) build dist ./*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
 
-# --- install / uninstall (systemd/dtlsvpn@.service; README "Running under systemd") -------
+# --- install / uninstall (systemd/dtlsvpn@.service; README "Installing and running under
+# systemd") --------------------------------------------------------------------------------
 #   make install    (root) virtualenv /opt/dtlsvpn with the package, /usr/local/bin/dtlsvpn,
-#                   the unit in /etc/systemd/system, examples in /usr/share/doc/dtlsvpn
+#                   then what install-data installs; DESTDIR=DIR stages it all under DIR
+#   make install-data  the unit in /etc/systemd/system (an edited one is kept: the new one
+#                   goes beside it as dtlsvpn@.service.new), man pages dtlsvpn(8) and
+#                   dtlsvpn.conf(5), bash completion, examples and README in
+#                   /usr/share/doc/dtlsvpn; honours DESTDIR
 #   make uninstall  remove what install put there (keeps /etc/dtlsvpn and /var/lib/dtlsvpn)
 #
 # Debian's own interpreter (not a pyenv one under /root or /home: the unit's ProtectHome=
@@ -121,9 +129,40 @@ BINDIR ?= /usr/local/bin
 UNITDIR ?= /etc/systemd/system
 DOCDIR ?= /usr/share/doc/dtlsvpn
 CONFDIR ?= /etc/dtlsvpn
+MANDIR ?= /usr/local/share/man
+BASHCOMPDIR ?= /usr/share/bash-completion/completions
+DESTDIR ?=
 INSTALL_APT := python3 python3-venv python3-dev libsystemd-dev pkg-config gcc
 
-.PHONY: install uninstall
+.PHONY: install install-data uninstall
+
+# The unit as installed last time is kept in DOCDIR: a unit that differs from it was edited
+# by the admin and is not overwritten (better: keep changes in `systemctl edit` drop-ins).
+install-data:
+	@d='$(DESTDIR)'
+	install -d -m 0755 "$$d$(UNITDIR)" "$$d$(DOCDIR)/examples" "$$d$(MANDIR)/man8" \
+		"$$d$(MANDIR)/man5" "$$d$(BASHCOMPDIR)" "$$d$(CONFDIR)"
+	unit="$$d$(UNITDIR)/dtlsvpn@.service"
+	shipped="$$d$(DOCDIR)/dtlsvpn@.service"  # the unit as installed last time
+	sed 's|^ExecStart=/usr/local/bin/dtlsvpn |ExecStart=$(BINDIR)/dtlsvpn |' systemd/dtlsvpn@.service \
+		> "$$shipped.tmp"
+	chmod 0644 "$$shipped.tmp"
+	if [[ -f $$unit ]] && ! cmp -s "$$unit" "$$shipped.tmp" \
+			&& ! { [[ -f $$shipped ]] && cmp -s "$$unit" "$$shipped"; }; then
+		cp -f "$$shipped.tmp" "$$unit.new"
+		echo "install: $(UNITDIR)/dtlsvpn@.service was edited: kept; the new unit is" \
+			"dtlsvpn@.service.new (put local changes in 'systemctl edit dtlsvpn@NAME')"
+	else
+		cp -f "$$shipped.tmp" "$$unit.tmp"
+		mv -f "$$unit.tmp" "$$unit"
+		rm -f "$$unit.new"
+	fi
+	mv -f "$$shipped.tmp" "$$shipped"
+	install -m 0644 man/dtlsvpn.8 "$$d$(MANDIR)/man8/dtlsvpn.8"
+	install -m 0644 man/dtlsvpn.conf.5 "$$d$(MANDIR)/man5/dtlsvpn.conf.5"
+	install -m 0644 completion/dtlsvpn.bash "$$d$(BASHCOMPDIR)/dtlsvpn"
+	install -m 0644 etc/dtlsvpn/*.conf "$$d$(DOCDIR)/examples/"
+	install -m 0644 README.md schema/status.schema.json "$$d$(DOCDIR)/"
 
 install:
 	@missing=()
@@ -141,19 +180,19 @@ install:
 	fi
 	$(INSTALL_PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 		|| { echo "install: $(INSTALL_PYTHON) is older than 3.11" >&2; exit 1; }
-	[[ -x $(INSTALL_VENV)/bin/python ]] || $(INSTALL_PYTHON) -m venv $(INSTALL_VENV)
-	echo "install: pip install . into $(INSTALL_VENV)"
-	$(INSTALL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade .
-	install -d -m 0755 $(BINDIR) $(UNITDIR) $(DOCDIR)/examples
-	ln -sfn $(INSTALL_VENV)/bin/dtlsvpn $(BINDIR)/dtlsvpn
-	sed 's|^ExecStart=/usr/local/bin/dtlsvpn |ExecStart=$(BINDIR)/dtlsvpn |' systemd/dtlsvpn@.service \
-		> $(UNITDIR)/dtlsvpn@.service.tmp
-	chmod 0644 $(UNITDIR)/dtlsvpn@.service.tmp
-	mv -f $(UNITDIR)/dtlsvpn@.service.tmp $(UNITDIR)/dtlsvpn@.service
-	install -m 0644 etc/dtlsvpn/*.conf $(DOCDIR)/examples/
-	install -m 0644 README.md $(DOCDIR)/README.md
-	install -d -m 0755 $(CONFDIR)
-	if [[ -d /run/systemd/system ]]; then systemctl daemon-reload; fi
+	venv='$(DESTDIR)$(INSTALL_VENV)'
+	[[ -x $$venv/bin/python ]] || $(INSTALL_PYTHON) -m venv "$$venv"
+	echo "install: pip install . into $$venv"
+	"$$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade .
+	if [[ -n '$(DESTDIR)' ]]; then
+		# Staged: the scripts' #! lines and pyvenv.cfg name the final place, not DESTDIR.
+		grep -rlI -- "$$venv" "$$venv/bin" "$$venv/pyvenv.cfg" \
+			| xargs -r sed -i "s|$$venv|$(INSTALL_VENV)|g"
+	fi
+	install -d -m 0755 '$(DESTDIR)$(BINDIR)'
+	ln -sfn $(INSTALL_VENV)/bin/dtlsvpn '$(DESTDIR)$(BINDIR)/dtlsvpn'
+	$(MAKE) --no-print-directory install-data
+	if [[ -z '$(DESTDIR)' && -d /run/systemd/system ]]; then systemctl daemon-reload; fi
 	echo "install: done. Next: copy an example from $(DOCDIR)/examples to $(CONFDIR)/NAME.conf,"
 	echo "         dtlsvpn check-config NAME && systemctl enable --now dtlsvpn@NAME"
 
@@ -164,7 +203,8 @@ uninstall:
 			echo "uninstall: stop these first: $$running" >&2; exit 1
 		fi
 	fi
-	rm -f $(UNITDIR)/dtlsvpn@.service
+	rm -f $(UNITDIR)/dtlsvpn@.service $(UNITDIR)/dtlsvpn@.service.new
+	rm -f $(MANDIR)/man8/dtlsvpn.8 $(MANDIR)/man5/dtlsvpn.conf.5 $(BASHCOMPDIR)/dtlsvpn
 	if [[ -L $(BINDIR)/dtlsvpn && $$(readlink $(BINDIR)/dtlsvpn) == $(INSTALL_VENV)/bin/dtlsvpn ]]; then
 		rm -f $(BINDIR)/dtlsvpn
 	fi

@@ -69,8 +69,11 @@ class Alert(DtlsvpnError):
 
     description: AlertDescription = AlertDescription.internal_error
 
-    def __init__(self, reason: str = "") -> None:
+    def __init__(self, reason: str = "", *, failure: str | None = None) -> None:
         self.reason = reason
+        # A stable snake_case name of the check that failed (the shell counts and
+        # explains refusals by it); the alert's name unless a finer one is known.
+        self.failure = failure or self.description.name
         super().__init__(f"{self.description.name}: {reason}" if reason else self.description.name)
 
 
@@ -148,6 +151,10 @@ class CertificateRequired(Alert):
     description = AlertDescription.certificate_required
 
 
+class BadRecordMac(Alert):
+    description = AlertDescription.bad_record_mac
+
+
 class RecordOverflow(Alert):
     description = AlertDescription.record_overflow
 
@@ -159,6 +166,7 @@ ALERT_CLASSES: dict[AlertDescription, type[Alert]] = {
         CertificateExpired, CertificateUnknown, IllegalParameter, UnknownCa, DecodeErrorAlert,
         DecryptError, ProtocolVersion, InsufficientSecurity, InternalError, NoRenegotiation,
         UnsupportedExtension, UnknownPskIdentity, CertificateRequired, RecordOverflow,
+        BadRecordMac,
     )
 }
 

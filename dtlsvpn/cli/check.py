@@ -7,7 +7,10 @@ handle and resolves no host name.
 Output contract:
 - success: one line for the interface, then one line per ``[Peer]`` on
   stdout; warnings as ``warning: FILE:LINE: ...`` on stderr; exit status 0.
-- error: ``FILE:LINE: KEY: message`` on stderr; exit status 1.
+- error: ``FILE:LINE: KEY: message`` on stderr for every mistake found (malformed
+  lines and bad values do not stop the check; a missing section or key that the rest
+  depends on does), then ``FILE: N mistakes`` when there are several; exit status 1.
+- site-to-site prefixes with IP forwarding off: a warning (``daemon/forwarding.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dtlsvpn.config import (
     config_path,
     spki_pin_text,
 )
+from dtlsvpn.daemon import forwarding
 from dtlsvpn.daemon.settings import load_config
 from dtlsvpn.errors import ConfigError
 
@@ -60,14 +64,39 @@ def describe_peer(cfg: Config, peer: PeerConfig) -> str:
             f"allowed {_join(peer.allowed_prefixes)}, routes {_join(peer.routes)}")
 
 
+def _mistakes(errors: list[ConfigError]) -> list[ConfigError]:
+    """Each mistake once: a later error about a key already reported (a bad value, then
+    that key "missing") is its consequence, not another mistake."""
+    seen: set[tuple[int | None, str | None]] = set()
+    keys: set[str] = set()
+    out = []
+    for exc in errors:
+        if (exc.line, exc.key) in seen or (exc.key is not None and exc.key in keys
+                                           and exc.msg.startswith("missing")):
+            continue
+        seen.add((exc.line, exc.key))
+        if exc.key is not None:
+            keys.add(exc.key)
+        out.append(exc)
+    return out
+
+
 def run_check(args: argparse.Namespace) -> int:
     path = config_path(args.config, Path(args.confdir))
+    errors: list[ConfigError] = []
+    cfg = None
     try:
-        cfg = load_config(path)
+        cfg = load_config(path, errors=errors)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        errors.append(exc)
+    if errors or cfg is None:
+        mistakes = sorted(_mistakes(errors), key=lambda e: e.line or 0)
+        for mistake in mistakes:
+            print(mistake, file=sys.stderr)
+        if len(mistakes) > 1:
+            print(f"{path}: {len(mistakes)} mistakes", file=sys.stderr)
         return 1
-    for warning in cfg.warnings:
+    for warning in (*cfg.warnings, *forwarding.problems(cfg)):
         print(f"warning: {warning}", file=sys.stderr)
     print(describe_interface(cfg))
     for peer in cfg.peers:

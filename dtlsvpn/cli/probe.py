@@ -157,6 +157,22 @@ def run_probe(config: DtlsConfig, host: str, port: int, timeout: float) -> dict[
     return result
 
 
+def _why_not(conn: ClientConnection, timeout: float) -> str:
+    """Why the handshake did not complete: the core's reason, else ours for giving up
+    (which says so when the server answered but never accepted our Finished)."""
+    conn.events += conn.assoc.pop_events()
+    if not conn.assoc.is_closed:
+        conn.assoc.close(conn.loop.refresh_clock())  # our deadline: the core says where
+        conn.events += conn.assoc.pop_events()
+    closed: AssociationClosed | None = _first(conn.events, AssociationClosed)
+    if closed is not None and closed.failure == "finished_unanswered":
+        return f"no handshake within {timeout:g} s: {closed.reason}"
+    if closed is not None and closed.failure != "closed":
+        return closed.reason
+    return ("; ".join(dict.fromkeys(conn.send_errors))
+            or f"no handshake within {timeout:g} s")
+
+
 def _full_handshake(conn: ClientConnection, result: dict[str, Any], start: float,
                     timeout: float) -> bool:
     """The first connection: handshake, then RTT and path MTU, and wait for a ticket."""
@@ -165,10 +181,7 @@ def _full_handshake(conn: ClientConnection, result: dict[str, Any], start: float
     done = conn.run(lambda: conn.assoc.is_established, deadline)
     hs: HandshakeCompleted | None = _first(conn.events, HandshakeCompleted)
     if not done or hs is None:
-        closed: AssociationClosed | None = _first(conn.events, AssociationClosed)
-        result["error"] = (closed.reason if closed is not None
-                           else "; ".join(dict.fromkeys(conn.send_errors))
-                           or f"no handshake within {timeout:g} s")
+        result["error"] = _why_not(conn, timeout)
         return False
     result.update(handshake=True, suite=hs.suite_name, full_handshake=not hs.resumed,
                   heartbeat=hs.heartbeat,

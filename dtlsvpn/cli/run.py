@@ -2,9 +2,10 @@
 
 ``NAME`` means ``CONFDIR/NAME.conf`` (default ``/etc/dtlsvpn``), as in
 ``systemctl start dtlsvpn@NAME``; anything with a ``/`` or ending in ``.conf`` is a
-file.  The daemon never forks: it stays in the foreground, logs to stderr (or to the
-journal under systemd) and reports readiness with sd_notify when ``NOTIFY_SOCKET`` is
-set.  ``--foreground`` is accepted for scripts that spell it out.
+file.  The daemon never forks: it stays in the foreground, logs to stderr (each line
+with a timestamp) or to the journal under systemd, and reports readiness with sd_notify
+when ``NOTIFY_SOCKET`` is set; ``--log-level`` overrides ``LogLevel``.  ``--foreground``
+is accepted for scripts that spell it out.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ def add_parsers(commands: Any) -> None:
     run.add_argument("config", metavar="NAME|FILE")
     run.add_argument("--confdir", metavar="DIR", type=Path, default=DEFAULT_CONFDIR,
                      help=f"directory of NAME.conf files (default {DEFAULT_CONFDIR})")
+    run.add_argument("--log-level", metavar="LEVEL", type=str.lower,
+                     choices=("debug", "info", "warning", "error"),
+                     help="debug, info, warning or error (overrides LogLevel in the file)")
     run.add_argument("--foreground", action="store_true",
                      help="stay in the foreground (always the case; for compatibility)")
     run.set_defaults(func=run_command, parser_of_command=run)
@@ -35,4 +39,4 @@ def run_command(args: argparse.Namespace) -> int:
 
     path = config_path(args.config, args.confdir)
     name = None if path.name != f"{args.config}.conf" else args.config
-    return run_daemon(path, name)
+    return run_daemon(path, name, args.log_level)

@@ -1,7 +1,8 @@
 """``dtlsvpn status [NAME]``: ask running daemons for their state over the status socket.
 
 Without NAME, every ``*.sock`` in the run directory (``/run/dtlsvpn``) is asked.  The
-default output is a ``wg show``-like summary; ``--json`` prints the daemon's JSON,
+default output is a ``wg show``-like summary; ``--json`` prints one document in every
+mode, ``{"version": 1, "tunnels": [...], "errors": [...]}`` (schema/status.schema.json),
 ``--raw`` its ``key=value`` lines and ``--prometheus`` Prometheus text-format metrics
 (format 0.0.4, one family per metric across every daemon asked: the output of one run can
 go to node_exporter's textfile collector, written to a temporary file and renamed).
@@ -21,6 +22,7 @@ from dtlsvpn.cli.fleet import status_lines as fleet_status_lines
 from dtlsvpn.daemon.status import format_prometheus, query
 
 DEFAULT_RUNDIR = Path("/run/dtlsvpn")
+JSON_VERSION = 1  # of the `--json` document; schema/status.schema.json
 
 
 def add_parsers(commands: Any) -> None:
@@ -48,6 +50,13 @@ def _sockets(args: argparse.Namespace) -> list[Path]:
     if args.name is not None:
         return [args.rundir / f"{args.name}.sock"]
     return sorted(args.rundir.glob("*.sock"))
+
+
+def _why(exc: OSError, path: Path) -> str:
+    if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+        return (f"{exc.strerror}: is the tunnel running? (`systemctl status "
+                f"dtlsvpn@{path.stem}`)")
+    return exc.strerror or str(exc)
 
 
 def _bytes(n: int) -> str:
@@ -84,6 +93,8 @@ def summary(snap: dict[str, Any]) -> str:
     if i.get("icmp_too_big_sent") or i.get("fragmented"):
         out.append(f"  too big: {i.get('icmp_too_big_sent', 0)} ICMP errors sent, "
                    f"{i.get('fragmented', 0)} IPv4 packets fragmented")
+    if i.get("handshake_failures"):
+        out.append(f"  failed handshakes: {_drops(i['handshake_failures'])}")
     out.append(f"  drops: {_drops(i.get('drops', {}))}")
     out += fleet_status_lines(i)  # issue 15: server id, shared keys, foreign CIDs
     for p in snap["peers"]:
@@ -118,16 +129,21 @@ def status_command(args: argparse.Namespace) -> int:
     scanned = args.socket is None and args.name is None
     if not paths:
         print(f"dtlsvpn: no running tunnels (no sockets in {args.rundir})", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"version": JSON_VERSION, "tunnels": [], "errors": []}, indent=2))
         return 1
     rc = 0
     docs: list[Any] = []
+    errors: list[dict[str, str]] = []
     for path in paths:
         try:
             text = query(path, as_json=not args.raw)
         except OSError as exc:
             if exc.errno == errno.EPROTOTYPE and scanned:
                 continue  # a datagram socket in the directory: not a status socket
-            print(f"dtlsvpn: {path}: {exc.strerror or exc}", file=sys.stderr)
+            message = _why(exc, path)
+            print(f"dtlsvpn: {path}: {message}", file=sys.stderr)
+            errors.append({"socket": str(path), "error": message})
             rc = 1
             continue
         if args.raw:
@@ -139,7 +155,9 @@ def status_command(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(summary(snap))
     if args.json:
-        print(json.dumps(docs[0] if len(docs) == 1 and args.name else docs, indent=2))
+        # One shape in every mode (schema/status.schema.json, README "Status and metrics").
+        print(json.dumps({"version": JSON_VERSION, "tunnels": docs, "errors": errors},
+                         indent=2))
     elif args.prometheus:
         sys.stdout.write(format_prometheus(docs))
     return rc

@@ -61,6 +61,7 @@ T = TypeVar("T")
 def load_config(
     path: str | Path, *, name: str | None = None, now: datetime.datetime | None = None,
     check: Callable[[Config], object] | None = None,
+    errors: list[ConfigError] | None = None,
 ) -> Config:
     """Read, parse and validate a config file, loading its credentials; ConfigError if bad.
 
@@ -70,6 +71,10 @@ def load_config(
     caller's last word on the loaded configuration (the daemon passes the DTLS core's
     own validation, :func:`dtlsvpn.daemon.settings.load_config`): a ``UsageError`` it
     raises becomes a ConfigError at ``Ciphers`` (or ``[Interface]``).
+    ``errors`` (check-config): malformed lines and bad values are appended there and
+    the loading goes on with defaults, so that one run finds every such mistake; a
+    mistake the loading cannot go on from is still raised.  The caller must treat a
+    non-empty ``errors`` as a failure (the returned Config is not usable then).
     """
     p = Path(path)
     spath = str(p)
@@ -82,19 +87,21 @@ def load_config(
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError(spath, line, None, "expected UTF-8 text") from None
-    sections = parse(text, spath, VOCABULARY, HINTS)
+    sections = parse(text, spath, VOCABULARY, HINTS, errors)
     base = Path(os.path.abspath(p)).parent
     instance = name if name is not None else (p.name[:-5] if p.name.endswith(".conf") else p.name)
     when = now if now is not None else datetime.datetime.now(datetime.UTC)
-    return _Loader(spath, base, instance, when).load(sections, check)
+    return _Loader(spath, base, instance, when, errors).load(sections, check)
 
 
 class _Fields:
     """The entries of one section by key, with conversion and error reporting."""
 
-    def __init__(self, path: str, section: Section) -> None:
+    def __init__(self, path: str, section: Section,
+                 errors: list[ConfigError] | None = None) -> None:
         self.path = path
         self.section = section
+        self.errors = errors  # collect bad values here instead of raising (check-config)
         self.by_key: dict[str, list[Entry]] = {}
         for entry in section.entries:
             self.by_key.setdefault(entry.key, []).append(entry)
@@ -116,6 +123,13 @@ class _Fields:
         where = line if line is not None else (self.line(key) if key else self.section.line)
         return ConfigError(self.path, where, key, message)
 
+    def reported(self, key: str) -> bool:
+        """A bad value of ``key`` was collected already: check-config goes on past it (a
+        placeholder stands in; that Config is never used)."""
+        return self.errors is not None and any(
+            e.key == key and e.path == self.path and e.line == self.line(key)
+            for e in self.errors)
+
     def missing(self, key: str, expected: str) -> ConfigError:
         return ConfigError(self.path, self.section.line, key, f"missing; expected {expected}")
 
@@ -126,7 +140,13 @@ class _Fields:
         try:
             return convert(entries[0].value)
         except ValueError as exc:
-            raise ConfigError(self.path, entries[0].line, key, str(exc)) from None
+            self._raise(ConfigError(self.path, entries[0].line, key, str(exc)))
+            return default
+
+    def _raise(self, exc: ConfigError) -> None:
+        if self.errors is None:
+            raise exc from None
+        self.errors.append(exc)
 
     def many(self, key: str, convert: Callable[[str], T]) -> list[tuple[T, int]]:
         out: list[tuple[T, int]] = []
@@ -135,7 +155,7 @@ class _Fields:
                 for item in split_list(entry.value):
                     out.append((convert(item), entry.line))
             except ValueError as exc:
-                raise ConfigError(self.path, entry.line, key, str(exc)) from None
+                self._raise(ConfigError(self.path, entry.line, key, str(exc)))
         return out
 
     def load(self, key: str, path: Path | None, loader: Callable[[Path], T]) -> T | None:
@@ -144,7 +164,8 @@ class _Fields:
         try:
             return loader(path)
         except ValueError as exc:
-            raise ConfigError(self.path, self.line(key), key, str(exc)) from None
+            self._raise(ConfigError(self.path, self.line(key), key, str(exc)))
+            return None
 
 
 @dataclass
@@ -155,7 +176,9 @@ class _PeerDraft:
 
 
 class _Loader:
-    def __init__(self, path: str, base: Path, name: str, now: datetime.datetime) -> None:
+    def __init__(self, path: str, base: Path, name: str, now: datetime.datetime,
+                 errors: list[ConfigError] | None = None) -> None:
+        self.errors = errors
         self.path = path
         self.base = base
         self.name = name
@@ -176,10 +199,10 @@ class _Loader:
             raise ConfigError(self.path, interfaces[1].line, "[Interface]",
                               f"second section (first at line {interfaces[0].line}); "
                               f"expected exactly one")
-        f = _Fields(self.path, interfaces[0])
+        f = _Fields(self.path, interfaces[0], self.errors)
         iface = self._interface(f)
         creds = self._credentials(f, iface)
-        drafts = [self._peer(_Fields(self.path, s), i, iface, creds)
+        drafts = [self._peer(_Fields(self.path, s, self.errors), i, iface, creds)
                   for i, s in enumerate((s for s in sections if s.name == "Peer"), start=1)]
         self._check_peer_count(f, iface.role, drafts)
         self._check_unique(drafts)
@@ -199,9 +222,13 @@ class _Loader:
 
     def _interface(self, f: _Fields) -> InterfaceConfig:
         role = f.get("Role", values.role, None)
+        if role is None and f.reported("Role"):
+            role = "server" if f.has("ListenAddress") else "client"
         if role is None:
             raise f.missing("Role", "'server' or 'client'")
         listen = f.get("ListenAddress", values.listen, None)
+        if listen is None and f.reported("ListenAddress"):
+            listen = ("0.0.0.0", 1)
         if role == "server" and listen is None:
             raise f.missing("ListenAddress", "ADDRESS:PORT to listen on, e.g. 198.18.0.1:4433 "
                                              "or [::]:4433")
@@ -211,7 +238,7 @@ class _Loader:
                                       f"not a valid name of at most {IFNAMSIZ - 1} characters")
         device = f.get("Device", values.device, default_device)
         addresses = f.many("Address", values.interface_address)
-        if not addresses:
+        if not addresses and not f.reported("Address"):
             raise f.missing("Address", "the tunnel address(es) of this host, e.g. "
                                        "100.64.0.1/24, fd00::1/64")
         repeat = _first_repeat((addr.ip, line) for addr, line in addresses)

@@ -70,11 +70,13 @@ def parse(
     path: str,
     vocabulary: Vocabulary,
     hints: Mapping[str, str] | None = None,
+    errors: list[ConfigError] | None = None,
 ) -> list[Section]:
     """Split ``text`` into sections; raise ConfigError on any malformed line.
 
     ``hints`` maps lower-case foreign keys (WireGuard's ``ListenPort`` …) to
-    an explanation shown instead of a plain "unknown key".
+    an explanation shown instead of a plain "unknown key".  With ``errors`` (check-config
+    reports every mistake), a malformed entry line is appended there and skipped.
     """
     sections_by_lower = {name.lower(): name for name in vocabulary}
     keys_by_section = {
@@ -103,7 +105,12 @@ def parse(
             raise ConfigError(path, number, None,
                               f"expected a section header like [Peer], got {line!r}")
         section = current[0] if current is not None else None
-        entries.append(_entry(line, path, number, section, keys_by_section, hints))
+        try:
+            entries.append(_entry(line, path, number, section, keys_by_section, hints))
+        except ConfigError as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
     flush()
     return out
 

@@ -450,7 +450,17 @@ class ChainVerifier:
         if "validation time" in message:
             return CertificateExpired(message)
         if not anchors:
-            return UnknownCa(f"no chain to a configured CA: {message}")
+            return UnknownCa(f"issuer {_issuer_of(certs)} is not a configured CA")
+        if not any(_issued_by(c, a) for c in certs for a in anchors):
+            # A CA of the same name (two `dtlsvpn gencert` CAs both called so) whose key
+            # did not sign: the verifier says "candidates exhausted", we say this.
+            return UnknownCa(f"issuer {_issuer_of(certs)}: a configured CA has that name "
+                             "but another key")
+        if "subjectAltName" in message and self._server_name is not None:
+            try:
+                self._match_name(certs[0])
+            except BadCertificate as exc:
+                return exc  # expected and presented names, not the verifier's words
         return BadCertificate(message)
 
     # -- the RFC 5280 §6.1 subset for chains cryptography's policy refuses (Ed25519) --
@@ -504,7 +514,15 @@ class ChainVerifier:
             for pattern in san.get_values_for_type(x509.DNSName):
                 if _dns_match(pattern.lower().rstrip("."), want):
                     return
-        raise BadCertificate(f"the server certificate does not name {self._server_name!r}")
+        names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+        names += [str(n) for n in san.get_values_for_type(x509.IPAddress)]
+        raise BadCertificate(f"the server certificate does not name {self._server_name!r} "
+                             f"(ServerName); its subjectAltName names "
+                             f"{', '.join(names) or 'nothing'}")
+
+
+def _issuer_of(certs: list[x509.Certificate]) -> str:
+    return certs[-1].issuer.rfc4514_string()
 
 
 def _dns_match(pattern: str, name: str) -> bool:

@@ -21,6 +21,9 @@ Who owns what
 - ``datapath.py`` ``Datapath``: the hot loops TUN ↔ UDP (see its pipeline header).
 - ``tunmtu.py`` the TUN MTU and MSS clamp policy; ``mtu.py`` per-peer PMTU debounce;
   ``status.py`` the status socket and formats; ``snapshot.py`` what it shows;
+  ``refusals.py`` failed handshakes in the operator's words, counted, rate-limited;
+  ``startup.py`` the one-instance lock and start-up errors naming value, line, holder;
+  ``forwarding.py`` the site-to-site IP forwarding check;
   ``settings.py`` the core's settings from the configuration; ``ticketstore.py``,
   ``systemd.py``, ``netlink.py``, ``tun.py``, ``udp.py`` the devices themselves.
 

@@ -27,6 +27,7 @@ from dtlsvpn.daemon.datapath import Datapath
 from dtlsvpn.daemon.devices import TunDevice
 from dtlsvpn.daemon.dialer import DIAL_TIMEOUT, DialAction, Dialer, DialState
 from dtlsvpn.daemon.peers import Peer
+from dtlsvpn.daemon.refusals import Refusals
 from dtlsvpn.daemon.role import Host, display, peer_event, rekey_grace, send_datagrams
 from dtlsvpn.daemon.settings import core_settings, match_peer
 from dtlsvpn.daemon.ticketstore import TicketStore
@@ -60,6 +61,7 @@ class ClientRole:
         self.offered_ticket = False
         loop = host.loop
         self._dial_timer = loop.timer(self._on_dial_deadline)
+        self.refusals = Refusals()
         self._conn_timer = loop.timer(self._on_conn_timer)
 
     @property
@@ -96,7 +98,7 @@ class ClientRole:
         log.warning("peer %s: no handshake within %gs", peer.name, DIAL_TIMEOUT)
         conn.close(now)
         self._flush(peer, conn, now)
-        conn.pop_events()
+        self.refusals.timed_out(peer.name, conn.pop_events(), now)  # ops: what we waited for
         if self.offered_ticket:
             self.tickets.forget(self._ticket_key(peer))
         self._lost(peer, now, "handshake timed out")
@@ -201,6 +203,8 @@ class ClientRole:
             case HandshakeCompleted():
                 self._established(peer, assoc, ev, now, wall)
             case AssociationClosed(reason=reason, local=local):
+                if ev.handshake:  # ops: failed handshakes counted and said (refusals.py)
+                    self.refusals.client_failed(peer.name, ev, now)
                 self._closed(peer, assoc, reason, local, now)
             case Rekeyed():
                 self._rekeyed(peer, conn, ev, now, wall)

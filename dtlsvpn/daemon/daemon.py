@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dtlsvpn.config import Config, PeerConfig
+from dtlsvpn.daemon import forwarding
 from dtlsvpn.daemon.client import ClientRole
 from dtlsvpn.daemon.datapath import Datapath
 from dtlsvpn.daemon.devices import Addr, Devices, LinkConfig, Platform, TunDevice
@@ -43,6 +44,13 @@ from dtlsvpn.daemon.role import display
 from dtlsvpn.daemon.server import ServerRole
 from dtlsvpn.daemon.settings import load_config
 from dtlsvpn.daemon.snapshot import snapshot
+from dtlsvpn.daemon.startup import (
+    InstanceLock,
+    StartupError,
+    describe_listen,
+    describe_status,
+    describe_tun,
+)
 from dtlsvpn.daemon.status import StatusServer
 from dtlsvpn.daemon.systemd import Notifier
 from dtlsvpn.daemon.tunmtu import TunnelMtu
@@ -79,6 +87,7 @@ class Daemon:
         self.ready_sent = False
         self.started_wall = 0.0
         self._watchdog = self.loop.timer(self._on_watchdog)
+        self.lock: InstanceLock | None = None
 
     def _new_peer(self, peer_cfg: PeerConfig) -> Peer:
         peer = Peer(peer_cfg)
@@ -101,7 +110,11 @@ class Daemon:
 
     def setup(self) -> None:
         iface = self.cfg.interface
-        self.tun = tun = self.devices.open_tun(iface.device)
+        self.lock = InstanceLock.acquire(self.cfg)  # one instance per tunnel (startup.py)
+        try:
+            self.tun = tun = self.devices.open_tun(iface.device)
+        except OSError as exc:
+            raise StartupError(describe_tun(exc, self.cfg)) from exc
         self.netlink = self.tunmtu.link = self.devices.link(tun.name)
         mtu = self.tunmtu.initial(*self._underlay())
         self.netlink.configure(mtu, iface.addresses, [r for p in self.cfg.peers for r in p.routes])
@@ -118,8 +131,16 @@ class Daemon:
         self.tunmtu.update_mss()
         self.role = (ClientRole(self, dp, self.tunmtu, Dialer(self.rng)) if self.is_client
                      else ServerRole(self, dp))
-        self.role.setup(tun)
-        self.status = StatusServer(iface.status_socket, self.snapshot, self.loop)
+        try:
+            self.role.setup(tun)
+        except OSError as exc:
+            if self.is_client:
+                raise
+            raise StartupError(describe_listen(exc, self.cfg)) from exc
+        try:
+            self.status = StatusServer(iface.status_socket, self.snapshot, self.loop)
+        except OSError as exc:
+            raise StartupError(describe_status(exc, self.cfg)) from exc
         listening = self.role.listening()
         log.info("%s: interface %s up, mtu %d (%s), %s", self.cfg.name, tun.name, mtu,
                  self.tunmtu.policy, f"listening on {listening}" if listening else "client")
@@ -137,12 +158,15 @@ class Daemon:
             if self.netlink is not None and not self.netlink.wait_gone():
                 log.warning("interface %s still present after close", self.tun.name)
         self.loop.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def start(self) -> bool:
         """Set up the devices and the first deadlines; False (logged) when that failed."""
         try:
             self.setup()
-        except (OSError, ConfigError, ValueError) as exc:
+        except (OSError, ConfigError, ValueError, StartupError) as exc:
             log.error("%s: start-up failed: %s", self.cfg.name, exc)
             with contextlib.suppress(Exception):
                 self.teardown()
@@ -283,22 +307,24 @@ class Daemon:
             listen=display(self.cfg.interface.listen), mtu=self.tunmtu.mtu,
             mtu_policy=self.tunmtu.policy, started_wall=self.started_wall,
             wall=self.loop.wall,
-            rekeying=role.rekeying if role is not None else lambda _peer: False)
+            rekeying=role.rekeying if role is not None else lambda _peer: False,
+            handshake_failures=role.refusals.as_dict() if role is not None else None)
 
 
-def run_daemon(path: Path, name: str | None = None) -> int:
-    """Load the configuration and run until SIGTERM; the exit status of ``dtlsvpn run``."""
+def run_daemon(path: Path, name: str | None = None, log_level: str | None = None) -> int:
+    """Load the configuration and run until SIGTERM; the exit status of ``dtlsvpn run``.
+    ``log_level`` (``run --log-level``) overrides the file's ``LogLevel``."""
     from dtlsvpn.daemon.systemd import setup_logging
 
     notifier = Notifier()
     try:
         cfg = load_config(path, name=name)
     except ConfigError as exc:
-        setup_logging("info")
+        setup_logging(log_level or "info")
         log.error("%s", exc)
         return 1
-    setup_logging(cfg.interface.log_level)
-    for warning in cfg.warnings:
+    setup_logging(log_level or cfg.interface.log_level)
+    for warning in (*cfg.warnings, *forwarding.problems(cfg, unreadable=False)):
         log.warning("%s", warning)
     if not any(p for p in cfg.peers):
         log.error("%s: no [Peer] configured", cfg.path)

@@ -30,6 +30,7 @@ from dtlsvpn.daemon.devices import Addr, TunDevice, UdpPort
 from dtlsvpn.daemon.fleet import SharedTicketKeys
 from dtlsvpn.daemon.loop import Timer
 from dtlsvpn.daemon.peers import Peer
+from dtlsvpn.daemon.refusals import Refusals, explain, unknown_peer
 from dtlsvpn.daemon.role import Host, display, peer_event, rekey_grace, send_datagrams
 from dtlsvpn.daemon.settings import core_settings, match_peer
 from dtlsvpn.daemon.udp import family_of
@@ -63,6 +64,7 @@ class ServerRole:
     def __init__(self, host: Host, datapath: Datapath) -> None:
         self.host = host
         self.datapath = datapath
+        self.refusals = Refusals()  # refused handshakes: counted, logged (refusals.py)
         self.sock: UdpPort | None = None
         self.endpoint: ServerEndpoint | None = None
         self._timers: dict[Association, Timer] = {}
@@ -200,6 +202,8 @@ class ServerRole:
             case HandshakeCompleted():
                 return self._established(addr, assoc, ev, now)
             case AssociationClosed(reason=reason):
+                if ev.handshake and peer is None:
+                    self._refused(addr, ev, now)
                 self._closed(assoc, reason, peer)
             case PeerUnresponsive():
                 log.warning("peer %s unresponsive", peer.name if peer else display(addr))
@@ -227,7 +231,7 @@ class ServerRole:
             current_addr=endpoint.address_of(current) if current is not None else None,
             newest_at_addr=endpoint.associations.get(addr) if addr is not None else None)
         if decision.verdict is Verdict.REJECT or peer is None or addr is None:
-            log.warning("association from %s matches no [Peer]: closed", display(addr))
+            self._refused(addr, unknown_peer(ev, matched=peer is not None), now)
             self.datapath.drop("unknown_peer")
             assoc.close(now)
             return None
@@ -250,6 +254,14 @@ class ServerRole:
         self._save_ticket_keys(host.loop.wall)
         host.notifier.status(host.status_line())
         return peer
+
+    def _refused(self, addr: Addr | None, ev: AssociationClosed, now: float) -> None:
+        """A handshake that failed or matched no [Peer]: counted, logged (refusals.py)."""
+        message = explain(ev, server=True)
+        who = ev.peer_identity
+        where = f"{display(addr)} ({who})" if who and who not in message else display(addr)
+        self.refusals.note(ev.failure or "closed", addr[0] if addr else "?", str(where),
+                           message, now)
 
     def _moved(self, peer: Peer, assoc: Association, ev: PeerAddressChanged) -> None:
         """RFC 9146 §6: the peer moved (the core follows it by connection ID)."""

@@ -26,13 +26,16 @@ from dtlsvpn.daemon.fleet import cid_layout
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import HandshakeCompleted
 from dtlsvpn.dtls.heartbeat import HeartbeatSettings
+from dtlsvpn.errors import ConfigError
 
 
 def load_config(path: str | Path, *, name: str | None = None,
-                now: datetime.datetime | None = None) -> Config:
+                now: datetime.datetime | None = None,
+                errors: list[ConfigError] | None = None) -> Config:
     """:func:`dtlsvpn.config.load_config`, plus the check that the credentials leave the
-    DTLS core a usable cipher suite (a ConfigError naming ``Ciphers`` otherwise)."""
-    return _load_config(path, name=name, now=now, check=dtls_config)
+    DTLS core a usable cipher suite (a ConfigError naming ``Ciphers`` otherwise).
+    ``errors``: collect every mistake found (check-config; see the loader)."""
+    return _load_config(path, name=name, now=now, check=dtls_config, errors=errors)
 
 
 def dtls_config(cfg: Config, peer: PeerConfig | None = None) -> DtlsConfig:

@@ -103,7 +103,8 @@ def _counters(dp: Datapath | None) -> tuple[dict[str, Any], dict[str, int]]:
 
 def snapshot(cfg: Config, peers: list[Peer], dp: Datapath | None, *, device: str,
              listen: str | None, mtu: int, mtu_policy: str, started_wall: float,
-             wall: float, rekeying: Callable[[Peer], bool]) -> dict[str, Any]:
+             wall: float, rekeying: Callable[[Peer], bool],
+             handshake_failures: dict[str, int] | None = None) -> dict[str, Any]:
     iface = cfg.interface
     counters, drops = _counters(dp)
     return {
@@ -120,6 +121,8 @@ def snapshot(cfg: Config, peers: list[Peer], dp: Datapath | None, *, device: str
             "uptime": round(wall - started_wall, 1) if started_wall else 0,
             "config": cfg.path,
             **counters,
+            # refused (server) or failed (client) handshakes by reason (refusals.py)
+            "handshake_failures": handshake_failures or {},
             "drops": drops,
             **fleet_status(cfg, dp.endpoint if dp is not None else None),  # issue 15
         },

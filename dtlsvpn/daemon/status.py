@@ -170,6 +170,10 @@ def format_prometheus(snaps: list[dict[str, Any]]) -> str:
             sample("dtlsvpn_interface_drops_total", "counter",
                    "Packets dropped by the interface with no peer to charge, by reason.",
                    _labels(instance=instance, reason=reason), n)
+        for reason, n in sorted(iface.get("handshake_failures", {}).items()):
+            sample("dtlsvpn_handshake_failures_total", "counter",
+                   "Handshakes refused (server) or failed (client), by reason.",
+                   _labels(instance=instance, reason=reason), n)
         for peer in snap.get("peers", []):
             _peer_samples(sample, instance, peer)
     out: list[str] = []

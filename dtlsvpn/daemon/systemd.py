@@ -103,7 +103,9 @@ def setup_logging(level: str, *, name: str = "dtlsvpn") -> logging.Logger:
             handler = None
     if handler is None:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+        # ops: timestamps when not under journald (the journal stamps its own lines)
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s.%(msecs)03d %(name)s: %(levelname)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
     logger = logging.getLogger(name)
     logger.handlers[:] = [handler]
     logger.setLevel(getattr(logging, level.upper(), logging.INFO))

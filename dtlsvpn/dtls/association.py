@@ -48,6 +48,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 from dtlsvpn.crypto.aead import RecordProtection
+from dtlsvpn.dtls import failures
 from dtlsvpn.dtls.client import ClientMachine
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.epoch import (
@@ -60,7 +61,6 @@ from dtlsvpn.dtls.epoch import (
 )
 from dtlsvpn.dtls.events import (
     AlertReceived,
-    AssociationClosed,
     Event,
     HandshakeCompleted,
     PeerAddressChanged,
@@ -121,6 +121,7 @@ class Association:
                                          first_message_seq=first_message_seq)
         self._writer = WriteState.initial(first_record_seq)
         self._read = ReadState()
+        self._wrong_key = failures.WrongKey()  # the peer's Finished fails: failures.py
         self._flights = Retransmitter(
             initial=config.initial_timeout, maximum=config.max_timeout,
             max_retransmissions=config.max_retransmissions, mtu=config.mtu, stats=self.stats,
@@ -424,6 +425,8 @@ class Association:
                 return False
             opened = rd.open(rec, self.stats)
             if opened is None:
+                if self._wrong_key.failed(rd.auth_failures, rec.seq, self._established, now):
+                    self._fail(failures.finished_failed())  # see failures.py
                 return False
             self._last_rx = now
             return self._dispatch(opened[0], epoch, opened[1], now, wall, out)
@@ -489,11 +492,8 @@ class Association:
             self._send_alert(AlertLevel.warning, AlertDescription.close_notify)
             self._close(local=False, reason="peer sent close_notify", alert=desc)
         elif level == AlertLevel.fatal:
-            try:
-                name = AlertDescription(desc).name
-            except ValueError:
-                name = str(desc)
-            self._close(local=False, reason=f"peer sent fatal alert {name}", alert=desc)
+            reason, failure = failures.peer_alert(desc, self._established)
+            self._close(local=False, reason=reason, alert=desc, failure=failure)
         return False
 
     def _on_application_data(self, epoch: int, payload: bytes, now: float, wall: float,
@@ -544,11 +544,8 @@ class Association:
         return self._writer.seal(ctype, epoch, payload)
 
     def _time_out(self) -> None:
-        reason = "handshake timed out"
-        if failures := self._read.auth_failures:
-            reason += (f" ({failures} records from the peer failed "
-                       "authentication: wrong PSK or key?)")
-        self._close(local=True, reason=reason, alert=None)
+        reason, failure = failures.timed_out(self._read.auth_failures)
+        self._close(local=True, reason=reason, alert=None, failure=failure)
 
     # --- alerts and closing ---------------------------------------------------------
 
@@ -568,21 +565,25 @@ class Association:
         if self._closed:
             return
         self._send_alert(AlertLevel.fatal, exc.description)
-        self._close(local=True, reason=str(exc), alert=int(exc.description))
+        self._close(local=True, reason=str(exc), alert=exc.description, failure=exc.failure)
 
     def _send_alert(self, level: int, desc: int) -> None:
         alert = encode_alert(level, desc)
         self._out.append(self._seal_record(_CT_ALERT, self._writer.epoch, alert))
 
-    def _close(self, *, local: bool, reason: str, alert: int | None) -> None:
+    def _close(self, *, local: bool, reason: str, alert: int | None,
+               failure: str | None = None) -> None:
         if self._closed:
             return
+        handshake = not self._established
         self._closed = True
         self._fast_type = _NO_FAST_PATH
         self._flights.timer.stop()
         self._handshake.reasm.clear()
         self._read.future.clear()
-        self._events.append(AssociationClosed(local=local, reason=reason, alert=alert))
+        self._events.append(failures.closed(local, reason, alert, failure=failure,
+                                            handshake=handshake, who=self._machine.presented,
+                                            finished_sent=self._writer.epoch > 0))
 
 
 _ContentHandler = Callable[[Association, int, bytes, float, float, list[bytes]], bool]

@@ -218,6 +218,7 @@ class ClientMachine(Machine):
         msg = hs.decode_certificate(body)
         if not msg.chain:
             raise HandshakeFailure("server sent no certificate")
+        self.note_presented(chain=msg.chain)
         if self.config.verify_peer:
             leaf = self.verifier().verify(
                 msg.chain, self.wall_datetime(wall), peer_is_server=True

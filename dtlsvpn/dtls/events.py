@@ -104,12 +104,19 @@ class AssociationClosed(CoreEvent):
     """The association ended; nothing more is processed on it.
 
     ``local`` is True when we ended it (our alert, timeout, close()), False
-    when the peer did (close_notify or a fatal alert).
+    when the peer did (close_notify or a fatal alert).  When the handshake never
+    completed (``handshake``), ``failure`` names the check that failed in a stable
+    snake_case word (``unknown_ca``, ``no_client_certificate``, ``wrong_key``,
+    ``timeout``, ``peer_alert``, ...) and ``peer_identity`` says who the peer claimed
+    to be (``PSK identity alice``, ``certificate CN=laptop-2``), when it got that far.
     """
 
     local: bool
     reason: str
     alert: int | None
+    handshake: bool = False
+    failure: str | None = None
+    peer_identity: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

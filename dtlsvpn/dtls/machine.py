@@ -86,6 +86,9 @@ class Machine:
         self.key_share: KeyShare | None = None
         self.peer_certificate: x509.Certificate | None = None
         self.psk_identity: bytes | None = None
+        # Who the peer said it was, verified or not, for the shell's refusal reports:
+        # "PSK identity alice" or "certificate CN=laptop-2" (see ``note_presented``).
+        self.presented: str | None = None
         self.next_send_seq = 0
         self.peer_allows_heartbeat = False  # RFC 6520 §2: may we send requests?
         self.heartbeat_negotiated = False  # the peer sent the extension: we answer requests
@@ -203,6 +206,19 @@ class Machine:
         expected = self.finished_data(from_client=from_client)
         if not hmac.compare_digest(expected, body):
             raise DecryptError("Finished verify_data does not match")  # RFC 5246 §7.4.9
+
+    def note_presented(self, *, chain: tuple[bytes, ...] = (), psk: bytes | None = None) -> None:
+        """Remember the peer's claimed identity before it is checked (never raises)."""
+        if psk is not None:
+            self.presented = f"PSK identity {psk.decode('utf-8', 'backslashreplace')}"
+            return
+        if not chain:
+            return
+        try:
+            subject = x509.load_der_x509_certificate(chain[0]).subject.rfc4514_string()
+        except Exception:  # a malformed certificate: the verifier refuses it next
+            subject = "(unreadable)"
+        self.presented = f"certificate {subject or '(empty subject)'}"
 
     def verifier(self) -> ChainVerifier:
         c = self.config

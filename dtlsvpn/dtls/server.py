@@ -243,8 +243,10 @@ class ServerMachine(Machine):
         if not msg.chain:
             if self.config.require_client_cert:
                 # security.md S3: OpenSSL answers handshake_failure (40) here.
-                raise HandshakeFailure("client certificate required")
+                raise HandshakeFailure("client certificate required",
+                                       failure="no_client_certificate")
         else:
+            self.note_presented(chain=msg.chain)
             leaf = self.verifier().verify(msg.chain, self.wall_datetime(wall),
                                           peer_is_server=False)
             self.peer_certificate = leaf
@@ -262,6 +264,7 @@ class ServerMachine(Machine):
             shared = self.key_share.exchange(cke.public)
         if self.suite.uses_psk:
             assert cke.psk_identity is not None
+            self.note_presented(psk=cke.psk_identity)
             psk = self.config.lookup_psk(cke.psk_identity)
             if psk is None:
                 raise UnknownPskIdentity("unknown PSK identity")  # RFC 4279 §2

@@ -76,6 +76,8 @@ class Host:
             self.daemon.status.close()
         self.tun.close()
         self.loop.close()
+        if self.daemon.lock is not None:  # the kernel drops a dead process's flock
+            self.daemon.lock.release()
 
 
 class World:

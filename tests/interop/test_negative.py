@@ -1,7 +1,8 @@
 """Interop cells that must fail, and fail for the stated reason.
 
 - Wrong PSK: OpenSSL sends no alert (the Finished fails AEAD and is dropped), so our
-  client must give up at its --timeout with a non-zero status and an `error:` line.
+  client must give up at its --timeout with a non-zero status and an `error:` line that
+  says the server never accepted our Finished (wrong PSK or key?).
 - A server certificate from a CA we do not trust: our client refuses with a fatal alert
   (unknown_ca or bad_certificate) and prints the verifier's reason.
 - Our server with --require-client-cert and a client that has no certificate: our
@@ -74,6 +75,8 @@ def test_wrong_psk_openssl_server(pki: Pki, procs: ProcessGroup) -> None:
                          name="ours-client", env=OUR_ENV, timeout=PROC_TIMEOUT)
     stderr = _our_client_fails(client)
     assert "error: handshake timed out" in stderr or "alert" in stderr
+    # OpenSSL answered the hellos and dropped our Finished: we say what that means.
+    assert "never accepted our Finished (wrong PSK or key?)" in stderr, stderr
 
 
 @pytest.mark.usefixtures("gnutls")
@@ -84,7 +87,8 @@ def test_wrong_psk_gnutls_server(pki: Pki, procs: ProcessGroup, netns: PrivateNe
     start_gnutls_server(netns, gnutls_server(PSK, pki, None, wrong))
     client = netns.start(our_client(PSK, pki, GNUTLS_PORT, None, "--timeout", SHORT_TIMEOUT),
                          name="ours-client", env=OUR_ENV, timeout=PROC_TIMEOUT)
-    _our_client_fails(client)
+    stderr = _our_client_fails(client)
+    assert "wrong PSK or key?" in stderr, stderr
 
 
 @pytest.mark.usefixtures("openssl")

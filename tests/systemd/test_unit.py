@@ -126,12 +126,13 @@ def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
 def status(inst: Instance, name: str) -> dict:
     res = inst.run(["dtlsvpn", "status", name, "--json"], timeout=15)
     assert res.returncode == 0, f"dtlsvpn status {name}: {res.stderr}"
-    return json.loads(res.stdout)
+    (snap,) = json.loads(res.stdout)["tunnels"]  # version 1: one shape in every mode
+    return snap
 
 
 def status_or_none(inst: Instance, name: str) -> dict | None:
     res = inst.run(["dtlsvpn", "status", name, "--json"], timeout=15)
-    return json.loads(res.stdout) if res.returncode == 0 else None
+    return json.loads(res.stdout)["tunnels"][0] if res.returncode == 0 else None
 
 
 def peer(snap: dict, name: str) -> dict:

@@ -164,6 +164,10 @@ class DtlsClient:
     def _check_deadlines(self, now: float) -> None:
         if not self.established and now >= self.handshake_deadline:
             why = f" ({self.net_error})" if self.net_error else ""
+            self.assoc.close(now)  # the core says what it was waiting for
+            closed = [e for e in self.assoc.pop_events() if isinstance(e, AssociationClosed)]
+            if closed and closed[0].failure == "finished_unanswered":
+                why += f": {closed[0].reason}"
             log(f"error: handshake timed out after {self.timeout:g} s{why}")
             self.exit_status = 1
             return
