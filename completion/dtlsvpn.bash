@@ -9,6 +9,7 @@ _dtlsvpn() {
             "dtls") path="dtls" ;;
             "dtls client") path="dtls client" ;;
             "dtls server") path="dtls server" ;;
+            "fleet-rules") path="fleet-rules" ;;
             "gencert") path="gencert" ;;
             "gencert ca") path="gencert ca" ;;
             "gencert client") path="gencert client" ;;
@@ -22,11 +23,12 @@ _dtlsvpn() {
         esac
     done
     case "$path" in
-        "") words="check-config dtls gencert genkey genpsk pin probe run status --help --version" ;;
+        "") words="check-config dtls fleet-rules gencert genkey genpsk pin probe run status --help --version" ;;
         "check-config") words="--confdir --help" ;;
         "dtls") words="client server --help" ;;
         "dtls client") words="--ca --cert --cid --ciphers --heartbeat --heartbeat-interval --help --insecure --key --keylog --linger --mtu --no-cid --no-heartbeat --no-tickets --pmtu --psk --psk-identity --server-name --sess-in --sess-out --timeout" ;;
         "dtls server") words="--ca --cert --cid --ciphers --echo --heartbeat --heartbeat-interval --help --key --keylog --listen --mtu --no-cid --no-heartbeat --no-tickets --once --pmtu --psk --psk-identity --require-client-cert --ticket-keys" ;;
+        "fleet-rules") words="--confdir --down --help --output --routes --server --vip" ;;
         "gencert") words="ca client server --help" ;;
         "gencert ca") words="--days --force --help --name --out-dir --type" ;;
         "gencert client") words="--ca-dir --days --dns --force --help --ip --name --out-dir --type" ;;
