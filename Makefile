@@ -26,8 +26,8 @@ VENV_STAMP := $(VENV)/.install-stamp
 
 # Debian packages, and programs whose presence shows they are installed.
 APT_PACKAGES := openssl gnutls-bin libgnutls30 tshark libsystemd-dev pkg-config gcc \
-	iproute2 nftables procps psmisc util-linux man-db
-APT_PROGRAMS := openssl gnutls-serv gnutls-cli tshark pkg-config gcc ip ss nft ps killall \
+	iproute2 nftables procps psmisc util-linux man-db iperf3
+APT_PROGRAMS := iperf3 openssl gnutls-serv gnutls-cli tshark pkg-config gcc ip ss nft ps killall \
 	unshare nsenter timeout man
 
 .PHONY: help deps venv lint test demo bench clean
