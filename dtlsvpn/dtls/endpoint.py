@@ -52,6 +52,7 @@ from dtlsvpn.wire.record import Record, encode_record, parse_datagram
 Address = tuple[str, int]
 
 _HANDSHAKE_TYPE = bytes((ContentType.handshake,))
+_APP_DATA_TYPE = bytes((ContentType.application_data,))
 
 
 @dataclass(slots=True)
@@ -142,6 +143,18 @@ class ServerEndpoint:
         if n and len(data) >= 13 + n and data[0] == ContentType.tls12_cid:
             return self._receive_by_cid(bytes(data[11:11 + n]), data, addr, now, wall)
         assoc = self.associations.get(addr)
+        if (assoc is not None and data[:1] == _APP_DATA_TYPE and addr not in self._previous
+                and not assoc.is_closed):
+            # Routed by address before any parse: a data record is never a ClientHello.
+            out = assoc.receive_datagram(data, now, wall)
+            if assoc.needs_service:  # the slow path ran (the fast path changes no CID)
+                self._register_cid(assoc)
+            return assoc, out
+        return self._receive_slow(assoc, data, addr, now, wall)
+
+    def _receive_slow(self, assoc: Association | None, data: bytes, addr: Address,
+                      now: float, wall: float) -> tuple[Association | None, list[bytes]]:
+        """A non-CID datagram that is not a data record of a live association."""
         hello = None
         if assoc is not None and not assoc.is_closed:
             hello = _initial_client_hello(data)
@@ -235,7 +248,7 @@ class ServerEndpoint:
             return None, []
         out = assoc.receive_datagram(data, now, wall)
         old = self._address.get(assoc)
-        if old is not None and old in self._previous:
+        if self._previous and old is not None and old in self._previous:
             self._note_rekey_progress(old, now)
         if old is not None and old != addr and assoc.advanced:
             # RFC 9146 §6: only an authenticated record newer than any before moves
