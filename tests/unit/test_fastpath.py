@@ -196,3 +196,36 @@ def test_fast_path_and_slow_path_agree(cid: bool, monkeypatch: pytest.MonkeyPatc
     assert results[0] == results[1]
     delivered = sum(len(g) for g in results[0][0])
     assert delivered > 100 and results[0][1]["replay"] > 0 and results[0][1]["bad_mac"] > 0
+
+
+def test_cid_records_move_the_peer_only_when_newer_fast_and_slow(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 9146 §6 through the endpoint: a fresh record from a new address moves the
+    association; a replayed or forged one from elsewhere moves nothing; fast = slow."""
+    moved = ("198.18.0.9", 50000)
+    elsewhere = ("198.18.0.7", 50001)
+    results = []
+    for fast_on in (True, False):
+        with monkeypatch.context() as m:
+            if not fast_on:
+                m.setattr(fastpath.FastOpen, "open", lambda self, data, stats: None)
+            client, endpoint, server = established_pair(True)
+            first, second, third = client.protect([b"one", b"two", b"three"])
+            steps = [
+                endpoint.receive(second, CLIENT_ADDR, 1.0, WALL)[1],
+                endpoint.receive(first, moved, 1.0, WALL)[1],  # older: no move
+                endpoint.address_of(server),
+                endpoint.receive(third, moved, 1.0, WALL)[1],  # newer: moves
+                endpoint.address_of(server),
+                endpoint.receive(third, elsewhere, 1.0, WALL)[1],  # replay: stays
+                endpoint.receive(third[:-1] + b"\x00", elsewhere, 1.0, WALL)[1],  # forged
+                endpoint.address_of(server),
+                endpoint.associations.get(moved) is server,
+                endpoint.associations.get(CLIENT_ADDR),
+            ]
+            results.append((steps, _stats(server.stats), dataclasses.asdict(endpoint.stats)))
+    assert results[0] == results[1]
+    steps = results[0][0]
+    assert steps[:5] == [[b"two"], [b"one"], CLIENT_ADDR, [b"three"], moved]
+    assert steps[5:] == [[], [], moved, True, None]
+    assert results[0][2]["address_changes"] == 1
