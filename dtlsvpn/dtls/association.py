@@ -137,7 +137,9 @@ class Association:
         # The slow path ran since the shell last read the timer (it may have moved it
         # earlier); see ``needs_service``.  The fast path never sets it.
         self._dirty = False
-        self._fast: FastOpen | None = None  # rebuilt after every slow-path datagram
+        # Rebuilt after every slow-path datagram (a new object then), None when closed;
+        # read-only outside (the endpoint routes by it).
+        self.fast_open: FastOpen | None = None
         self._seal: FastSeal | None = None  # for the current write epoch
 
     # --- public state -------------------------------------------------------
@@ -191,7 +193,7 @@ class Association:
 
     def receive_datagram(self, data: bytes, now: float, wall: float) -> list[bytes]:
         """Process one datagram; return the application data it carried, in order."""
-        fast = self._fast  # None when closed
+        fast = self.fast_open  # None when closed
         if fast is not None:
             fast_out = fast.open(data, self.stats)
             if fast_out is not None:
@@ -257,8 +259,8 @@ class Association:
                          or (rd.epoch == epoch_before and rd.window.top > top_before))
         if (repeat or self._hb_pending) and not self._closed:
             self._after_datagram(repeat, now)
-        self._fast = (FastOpen(rd, self._fast_type)
-                      if self._fast_type != _NO_FAST_PATH and not self._closed else None)
+        self.fast_open = (FastOpen(rd, self._fast_type)
+                          if self._fast_type != _NO_FAST_PATH and not self._closed else None)
         return out
 
     def _after_datagram(self, repeat: bool, now: float) -> None:
@@ -577,7 +579,7 @@ class Association:
             return
         self._closed = True
         self._fast_type = _NO_FAST_PATH
-        self._fast = None
+        self.fast_open = None
         self._flights.timer.stop()
         self._handshake.reasm.clear()
         self._read.future.clear()

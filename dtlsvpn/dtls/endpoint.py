@@ -143,13 +143,14 @@ class ServerEndpoint:
         if n and len(data) >= 13 + n and data[0] == ContentType.tls12_cid:
             return self._receive_by_cid(bytes(data[11:11 + n]), data, addr, now, wall)
         assoc = self.associations.get(addr)
-        if (assoc is not None and data[:1] == _APP_DATA_TYPE and addr not in self._previous
-                and not assoc.is_closed):
-            # Routed by address before any parse: a data record is never a ClientHello.
-            out = assoc.receive_datagram(data, now, wall)
-            if assoc.needs_service:  # the slow path ran (the fast path changes no CID)
-                self._register_cid(assoc)
-            return assoc, out
+        if assoc is not None and data[:1] == _APP_DATA_TYPE and addr not in self._previous:
+            fast = assoc.fast_open  # None before the fast path opens and after close
+            if fast is not None:
+                # Routed by address before any parse: a data record is never a ClientHello.
+                out = assoc.receive_datagram(data, now, wall)
+                if assoc.fast_open is not fast:  # the slow path ran (it may add a CID)
+                    self._register_cid(assoc)
+                return assoc, out
         return self._receive_slow(assoc, data, addr, now, wall)
 
     def _receive_slow(self, assoc: Association | None, data: bytes, addr: Address,
