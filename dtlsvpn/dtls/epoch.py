@@ -42,7 +42,6 @@ MAX_FUTURE_RECORDS = 16  # next-epoch records kept until the CCS arrives
 # records TLS 1.3 (RFC 8446 §5.5) allows per key; ChaCha20-Poly1305 has more room;
 # both stay far from the 2^48 sequence numbers of RFC 6347 §4.1.
 REKEY_RECORDS = {AeadKind.AES_GCM: 2**23, AeadKind.CHACHA20_POLY1305: 2**36}
-_GCM_RECORDS = REKEY_RECORDS[AeadKind.AES_GCM]
 
 CT_CID = int(ContentType.tls12_cid)
 CID_PREFIX = struct.Struct("!BHQ")  # RFC 9146 §4: type, version, epoch||seq, then the CID
@@ -188,8 +187,5 @@ def records_exhausted(writer: WriteState, read: ReadState, limit: int | None) ->
     ``REKEY_RECORDS`` of the suite's AEAD when None)."""
     prot = read.protection
     assert prot is not None
-    # (an identity test, not a dict lookup: an Enum's hash is a Python call, and the
-    # daemon asks this on every wake-up, see RekeyingClient.needs_service)
-    budget = limit or (_GCM_RECORDS if prot.suite.aead is AeadKind.AES_GCM
-                       else REKEY_RECORDS[prot.suite.aead])
+    budget = limit or REKEY_RECORDS[prot.suite.aead]
     return writer.current.next_seq >= budget or read.window.top >= budget
