@@ -24,6 +24,7 @@ difference in N, so the set-up and the handshake cancel out).
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import re
 import subprocess
@@ -90,7 +91,9 @@ def _instructions(mode: str, n: int, cid: bool, size: int) -> int:
                sys.executable, "-m", "bench.micro_count", mode, str(n), "--size", str(size)]
         if cid:
             cmd.append("--cid")
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        # A fixed hash seed: set and dict orders (and so the count) repeat exactly.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     m = re.search(r"Collected : (\d+)", proc.stderr)
     if m is None:
         raise RuntimeError(f"no count in callgrind's output: {proc.stderr[-500:]}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import re
 import subprocess
@@ -75,7 +76,9 @@ def _instructions(n: int) -> int:
     with tempfile.NamedTemporaryFile(suffix=".cg") as out:
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out.name}",
                sys.executable, "-m", "bench.micro_wakeup", str(n)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        # A fixed hash seed: set and dict orders (and so the count) repeat exactly.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     m = re.search(r"Collected : (\d+)", proc.stderr)
     if m is None:
         raise RuntimeError(f"no count in callgrind's output: {proc.stderr[-500:]}")
