@@ -116,6 +116,11 @@ class RecordProtection:
         except InvalidTag:
             return None
 
+    def nonce_material(self) -> tuple[bool, bytes, bytes, int]:
+        """(is AES-GCM, GCM salt, ChaCha IV high 4 bytes, ChaCha IV low 64 bits as int):
+        what the fast path precomputes once per epoch to build nonces inline."""
+        return self._gcm, self._salt, self._iv_high, self._iv_low
+
     @staticmethod
     def cid_aad(epoch_seq: int, cid: bytes, inner_len: int) -> bytes:
         """RFC 9146 §5 additional data of a tls12_cid record."""

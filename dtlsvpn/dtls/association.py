@@ -13,9 +13,10 @@ heartbeats, liveness and PMTU probing: ``keepalive.py``.  This class routes.
 Record layer rules (RFC 6347 §4.1):
 
 * Fast path: once the peer has used the keys of an established association,
-  an application_data record (tls12_cid with a negotiated CID) of the current
-  read epoch is replay-checked, opened and returned, inline in
-  ``receive_datagram``; nothing else happens per packet.  It (and ``protect``)
+  a datagram that is one application_data record (tls12_cid with a negotiated
+  CID) of the current read epoch is told apart at its header and opened from
+  precomputed per-epoch parts (``fastpath.py``) before any parse; in a datagram
+  of several records such a record is opened inline in the record loop.  It (and ``protect``)
   only records the last-received time, which moves the keepalive deadline later,
   so ``needs_service`` stays false: the shell skips the service after a data-only
   wake-up, and the armed timer fires early at worst, finds nothing due, re-arms.
@@ -52,7 +53,6 @@ from dtlsvpn.dtls import failures
 from dtlsvpn.dtls.client import ClientMachine
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.epoch import (
-    CID_PREFIX,
     CT_CID,
     ReadState,
     WriteState,
@@ -66,6 +66,7 @@ from dtlsvpn.dtls.events import (
     PeerAddressChanged,
     SessionTicketReceived,
 )
+from dtlsvpn.dtls.fastpath import FastOpen, FastSeal
 from dtlsvpn.dtls.flight import OutMessage, Retransmitter, pack_flight
 from dtlsvpn.dtls.handshake_input import HandshakeInput
 from dtlsvpn.dtls.keepalive import Keepalive
@@ -78,13 +79,11 @@ from dtlsvpn.wire.alert import decode_alert, encode_alert
 from dtlsvpn.wire.constants import (
     DTLS_1_0,
     DTLS_1_2,
-    MAX_PLAINTEXT,
-    MAX_SEQ,
     AlertDescription,
     AlertLevel,
     ContentType,
 )
-from dtlsvpn.wire.record import RECORD_HEADER, Record, parse_datagram
+from dtlsvpn.wire.record import Record, parse_datagram
 
 _CT_APP = int(ContentType.application_data)
 _CT_HANDSHAKE = int(ContentType.handshake)
@@ -139,6 +138,10 @@ class Association:
         # The slow path ran since the shell last read the timer (it may have moved it
         # earlier); see ``needs_service``.  The fast path never sets it.
         self._dirty = False
+        # Rebuilt after every slow-path datagram (a new object then), None when closed;
+        # read-only outside (the endpoint routes by it).
+        self.fast_open: FastOpen | None = None
+        self._seal: FastSeal | None = None  # for the current write epoch
 
     # --- public state -------------------------------------------------------
 
@@ -191,6 +194,18 @@ class Association:
 
     def receive_datagram(self, data: bytes, now: float, wall: float) -> list[bytes]:
         """Process one datagram; return the application data it carried, in order."""
+        fast = self.fast_open  # None when closed
+        if fast is not None:
+            fast_out = fast.open(data, self.stats)
+            if fast_out is not None:
+                self.advanced = fast.advanced
+                if fast_out:
+                    self._last_rx = now
+                return fast_out
+        return self._receive_records(data, now, wall)
+
+    def _receive_records(self, data: bytes, now: float, wall: float) -> list[bytes]:
+        """Every datagram the header fast path did not take: parse, then record by record."""
         if self._closed:
             self.stats.after_close += 1
             return []
@@ -245,6 +260,8 @@ class Association:
                          or (rd.epoch == epoch_before and rd.window.top > top_before))
         if (repeat or self._hb_pending) and not self._closed:
             self._after_datagram(repeat, now)
+        self.fast_open = (FastOpen(rd, self._fast_type)
+                          if self._fast_type != _NO_FAST_PATH and not self._closed else None)
         return out
 
     def _after_datagram(self, repeat: bool, now: float) -> None:
@@ -307,27 +324,10 @@ class Association:
             raise UsageError("protect() before the handshake completed or after close")
         writer = self._writer
         ws = writer.epochs[writer.epoch]
-        prot = ws.protection
-        assert prot is not None
-        epoch_bits = writer.epoch << 48
-        pack = RECORD_HEADER.pack
-        cid = writer.cid
-        out: list[bytes] = []
-        for payload in payloads:
-            if len(payload) > MAX_PLAINTEXT:
-                raise UsageError(f"payload of {len(payload)} bytes exceeds 2^14")
-            seq = ws.next_seq
-            if seq > MAX_SEQ:
-                raise UsageError("sequence numbers exhausted: rekey required")
-            ws.next_seq = seq + 1
-            if cid:
-                # RFC 9146 §4: DTLSInnerPlaintext = content || real type (no padding).
-                frag = prot.seal_cid(epoch_bits | seq, cid, payload + b"\x17")
-                out.append(CID_PREFIX.pack(CT_CID, DTLS_1_2, epoch_bits | seq) + cid
-                           + len(frag).to_bytes(2, "big") + frag)
-                continue
-            frag = prot.seal(epoch_bits | seq, _CT_APP, payload)
-            out.append(pack(_CT_APP, DTLS_1_2, epoch_bits | seq, len(frag)) + frag)
+        seal = self._seal
+        if seal is None or seal.state is not ws:
+            seal = self._seal = FastSeal(ws, writer.epoch, writer.cid)
+        out = seal.seal(payloads)
         self.stats.tx_records += len(out)
         return out
 
@@ -578,6 +578,7 @@ class Association:
         handshake = not self._established
         self._closed = True
         self._fast_type = _NO_FAST_PATH
+        self.fast_open = None
         self._flights.timer.stop()
         self._handshake.reasm.clear()
         self._read.future.clear()

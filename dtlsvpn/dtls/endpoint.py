@@ -59,6 +59,7 @@ from dtlsvpn.wire.record import Record, encode_record, parse_datagram
 Address = tuple[str, int]
 
 _HANDSHAKE_TYPE = bytes((ContentType.handshake,))
+_APP_DATA_TYPE = bytes((ContentType.application_data,))
 
 
 @dataclass(slots=True)
@@ -155,6 +156,19 @@ class ServerEndpoint:
         assoc = self.associations.get(addr)
         if (assoc is None or assoc.is_closed) and addr in self._previous:
             assoc = self._reinstate(addr, assoc)  # security.md S17: the new one gave up
+        if assoc is not None and data[:1] == _APP_DATA_TYPE and addr not in self._previous:
+            fast = assoc.fast_open  # None before the fast path opens and after close
+            if fast is not None:
+                # Routed by address before any parse: a data record is never a ClientHello.
+                out = assoc.receive_datagram(data, now, wall)
+                if assoc.fast_open is not fast:  # the slow path ran (it may add a CID)
+                    self._register_cid(assoc)
+                return assoc, out
+        return self._receive_slow(assoc, data, addr, now, wall)
+
+    def _receive_slow(self, assoc: Association | None, data: bytes, addr: Address,
+                      now: float, wall: float) -> tuple[Association | None, list[bytes]]:
+        """A non-CID datagram that is not a data record of a live association."""
         hello = None
         if assoc is not None and not assoc.is_closed:
             hello = _initial_client_hello(data)
@@ -273,7 +287,7 @@ class ServerEndpoint:
             return None, []
         out = assoc.receive_datagram(data, now, wall)
         old = self._address.get(assoc)
-        if old is not None and old in self._previous:
+        if self._previous and old is not None and old in self._previous:
             self._note_rekey_progress(old, now)
         if old is not None and old != addr and assoc.advanced:
             # RFC 9146 §6: only an authenticated record newer than any before moves

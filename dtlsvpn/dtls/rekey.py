@@ -89,6 +89,8 @@ class RekeyingClient:
 
     def receive_datagram(self, data: bytes, now: float, wall: float) -> list[bytes]:
         pending = self.pending
+        if pending is None and self.previous is None:  # no renewal under way: one association
+            return self.current.receive_datagram(data, now, wall)
         if pending is not None and len(data) >= 5 and data[3:5] == b"\x00\x00":
             out = pending.receive_datagram(data, now, wall)
         else:

@@ -1,0 +1,106 @@
+"""Per-wake-up cost of the whole daemon on one lone packet, in instructions.
+
+Two real daemons (the ``tests/fakes`` world: fake TUN, fake UDP, fake clock, the real
+loop, datapath, roles and core), established with the namespace tests' PSK
+configuration; then N lone "pings": one 84-byte packet into the client's TUN, the
+loops run until idle, one answer into the server's TUN, until idle again.  Each round
+trip is four wake-ups (client TUN, server UDP, server TUN, client UDP), the path
+issue 10 measured with strace.  Deterministic, so under callgrind
+
+    python -m bench.micro_wakeup --callgrind        # instructions per round trip
+
+gives the same figure on a busy machine (the fakes' own cost is included and is the
+same before and after a change).  ``--profile`` prints a cProfile of N round trips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.fakes.packets import udp
+from tests.fakes.world import Host, World
+from tests.netns.harness import psk_pair
+
+C4, S4 = "100.64.0.2", "100.64.0.1"
+
+
+def _established(host: Host) -> bool:
+    return all(p["state"] == "established" for p in host.snapshot()["peers"])
+
+
+def pings(n: int, *, profile: bool = False) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="dtlsvpn-wakeup-"))
+    world = World()
+    server_conf, client_conf = psk_pair(tmp, mtu="auto")
+    for conf in (server_conf, client_conf):  # the daemons' default log level, not debug
+        conf.write_text(conf.read_text().replace("debug", "info"))
+    server = world.start(server_conf, "198.18.0.1")
+    client = world.start(client_conf, "198.18.0.2")
+    if not world.run_until(lambda: _established(client) and _established(server)):
+        raise RuntimeError("the pair did not come up")
+    out = [udp(C4, S4, seq=i, size=56) for i in range(n + 20)]
+    back = [udp(S4, C4, seq=i, size=56) for i in range(n + 20)]
+
+    def round_trip(i: int) -> None:
+        client.tun.inject([out[i]])
+        world.settle()
+        if server.tun.drain() != [out[i]]:
+            raise RuntimeError("lost on the way out")
+        server.tun.inject([back[i]])
+        world.settle()
+        if client.tun.drain() != [back[i]]:
+            raise RuntimeError("lost on the way back")
+
+    for i in range(20):
+        round_trip(i)
+    prof = cProfile.Profile() if profile else None
+    if prof is not None:
+        prof.enable()
+    for i in range(20, n + 20):
+        round_trip(i)
+    if prof is not None:
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+    world.close()
+
+
+def _instructions(n: int) -> int:
+    with tempfile.NamedTemporaryFile(suffix=".cg") as out:
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out.name}",
+               sys.executable, "-m", "bench.micro_wakeup", str(n)]
+        # A fixed hash seed: set and dict orders (and so the count) repeat exactly.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    m = re.search(r"Collected : (\d+)", proc.stderr)
+    if m is None:
+        raise RuntimeError(f"no count in callgrind's output: {proc.stderr[-500:]}")
+    return int(m.group(1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("n", nargs="?", type=int, default=200)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--callgrind", action="store_true")
+    ap.add_argument("--low", type=int, default=50)
+    ap.add_argument("--high", type=int, default=250)
+    args = ap.parse_args()
+    if args.callgrind:
+        a, b = _instructions(args.low), _instructions(args.high)
+        per = (b - a) / (args.high - args.low)
+        print(f"instructions per lone round trip (4 wake-ups): {per:.0f}"
+              f" (N={args.low} vs N={args.high}, callgrind)")
+    else:
+        pings(args.n, profile=args.profile)
+
+
+if __name__ == "__main__":
+    main()
