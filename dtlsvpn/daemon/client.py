@@ -15,6 +15,14 @@ routes, counters and applied MTU stay.
 
 Deadlines are two loop Timers: the dialer's (dial timeout or redial) and the
 connection's ``get_timer()``, re-armed only after the connection was serviced.
+
+The carrier is ``peer.sock`` (a connected ``UdpPort``): ``_open_carrier`` makes one
+towards an address and puts it on the loop, ``_close_socket`` takes it off; a dial
+and a roam (``netwatch.py``: the local address or route changed) are the only places
+that replace it, so another transport can slot in there.  Roaming: the kernel's
+notifications and failed sends run ``_path_check``; a new source with the tunnel up
+gets a fresh socket and at once a heartbeat (``probe_path``, the server follows the
+connection ID), or, without a CID, a dial at once that resumes with the ticket.
 """
 
 from __future__ import annotations
@@ -24,8 +32,9 @@ import logging
 import socket
 
 from dtlsvpn.daemon.datapath import Datapath
-from dtlsvpn.daemon.devices import TunDevice
+from dtlsvpn.daemon.devices import Addr, TunDevice, UdpPort
 from dtlsvpn.daemon.dialer import DIAL_TIMEOUT, DialAction, Dialer, DialState
+from dtlsvpn.daemon.netwatch import Move, Roamer
 from dtlsvpn.daemon.peers import Peer
 from dtlsvpn.daemon.role import Host, display, peer_event, rekey_grace, send_datagrams
 from dtlsvpn.daemon.settings import core_settings, match_peer
@@ -61,6 +70,8 @@ class ClientRole:
         loop = host.loop
         self._dial_timer = loop.timer(self._on_dial_deadline)
         self._conn_timer = loop.timer(self._on_conn_timer)
+        self.roamer = Roamer(loop, host.devices.watch_network(), self._path_check)
+        datapath.on_send_error = self._send_failed
 
     @property
     def peer(self) -> Peer:
@@ -125,16 +136,11 @@ class ClientRole:
         self._conn_timer.cancel()
         try:
             family, addr = host.devices.resolve(name, port)
-            sock = host.devices.open_udp(family, connect=addr,
-                                         offload=host.cfg.interface.udp_offload,
-                                         counters=self.datapath.udp)
+            sock = self._open_carrier(peer, family, addr)
         except OSError as exc:  # gaierror included
             peer.last_error = str(exc)
             self._lost(peer, now, f"cannot reach {name}: {exc}")
             return
-        peer.sock = sock
-        peer.addr = addr
-        host.loop.add(sock.fileno(), self.datapath.client_udp)
         if self.tunmtu.policy == "auto" and peer.inner_mtu is None:
             self.tunmtu.refine(family, sock.path_mtu())
         conn = RekeyingClient(self._dtls_config(peer, wall),
@@ -147,6 +153,69 @@ class ClientRole:
         conn.connect(now, wall)
         self._flush(peer, conn, now)
         self._conn_timer.schedule(conn.get_timer())
+
+    def _open_carrier(self, peer: Peer, family: socket.AddressFamily, addr: Addr) -> UdpPort:
+        """A connected socket towards ``addr`` on the route the kernel picks now, on the
+        loop as ``peer.sock`` (the old one, if any, closed first)."""
+        host = self.host
+        sock = host.devices.open_udp(family, connect=addr,
+                                     offload=host.cfg.interface.udp_offload,
+                                     counters=self.datapath.udp)
+        self._close_socket(peer)
+        peer.sock = sock
+        peer.addr = addr
+        host.loop.add(sock.fileno(), self.datapath.client_udp)
+        self.roamer.watch.dialled(host.devices.route_source(addr[0]))
+        return sock
+
+    # --- roaming (netwatch.py) --------------------------------------------------------
+
+    def _send_failed(self, peer: Peer, exc: OSError, now: float) -> None:
+        self.roamer.send_failed(exc, now)
+
+    def _path_check(self, now: float) -> None:
+        """The kernel said the network changed (or a send failed): where do we stand?"""
+        peer = self.peer
+        if peer.addr is None or self.dialer.state is DialState.DOWN:
+            if self.dialer.state is DialState.BACKING_OFF:
+                self._redial_now(peer, now, "the network changed")
+            return
+        route = self.host.devices.route_source(peer.addr[0])
+        bound = peer.sock.local_host() if peer.sock is not None else None
+        up = self.dialer.state is DialState.UP
+        move = self.roamer.watch.decide(route, bound, up)
+        if move is Move.WAIT:
+            log.debug("peer %s: no route to %s for now", peer.name, display(peer.addr))
+        elif move is Move.REBIND:
+            self._roam(peer, bound, route, now)
+        elif move is Move.REDIAL:
+            self._redial_now(peer, now, f"the route to the server changed (source {route})")
+
+    def _roam(self, peer: Peer, old: str | None, new: str | None, now: float) -> None:
+        conn = peer.conn
+        assert peer.addr is not None and conn is not None
+        try:
+            sock = self._open_carrier(peer, peer.sock.family if peer.sock else socket.AF_INET,
+                                      peer.addr)
+        except OSError as exc:
+            log.warning("peer %s: cannot open a socket on the new route: %s", peer.name, exc)
+            return
+        peer.roams += 1
+        if conn.probe_path(now):
+            log.info("peer %s: local address %s -> %s; heartbeat from the new socket, the "
+                     "server follows the connection ID", peer.name, old, sock.local_host())
+            self._flush(peer, conn, now)
+            self._conn_timer.bring_forward(conn.get_timer())
+            return
+        log.info("peer %s: local address %s -> %s; no connection ID to follow, resuming "
+                 "at once", peer.name, old, new)
+        self._redial_now(peer, now, None)
+
+    def _redial_now(self, peer: Peer, now: float, reason: str | None) -> None:
+        if reason:
+            log.info("peer %s: %s; dialling now", peer.name, reason)
+        self.dialer.redial_now(now)
+        self._dial_timer.schedule(self.dialer.deadline)
 
     def _ticket_key(self, peer: Peer) -> str:
         endpoint = peer.config.endpoint
@@ -287,6 +356,7 @@ class ClientRole:
 
     def teardown(self, now: float) -> None:
         peer = self.peer
+        self.roamer.close()
         self.remove_peer(peer, now)
         self.dialer.stop()
         self._dial_timer.cancel()

@@ -33,7 +33,8 @@ import struct
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from dtlsvpn.daemon.netlink import Netlink, route_mtu
+from dtlsvpn.daemon.netlink import Netlink, NetlinkMonitor, route_mtu, route_source
+from dtlsvpn.daemon.netwatch import Monitor
 from dtlsvpn.daemon.systemd import Notifier
 from dtlsvpn.daemon.tun import Tun
 from dtlsvpn.daemon.udp import (
@@ -99,6 +100,7 @@ class UdpPort(Protocol):
                        ) -> tuple[list[tuple[bytes, Any]], OSError | None]: ...
     def read_errors(self) -> list[ErrorHint]: ...
     def path_mtu(self) -> int | None: ...
+    def local_host(self) -> str | None: ...
     def close(self) -> None: ...
 
 
@@ -127,6 +129,8 @@ class Platform(Protocol):
     def link(self, ifname: str) -> LinkConfig: ...
     def route_mtu(self, host: str) -> int | None: ...
     def resolve(self, host: str, port: int) -> tuple[socket.AddressFamily, Addr]: ...
+    def route_source(self, host: str) -> str | None: ...
+    def watch_network(self) -> Monitor | None: ...
 
 
 class SocketPort:
@@ -293,6 +297,14 @@ class SocketPort:
     def path_mtu(self) -> int | None:
         return socket_mtu(self.sock)
 
+    def local_host(self) -> str | None:
+        """The socket's own address (the source the kernel gave it), None when unbound."""
+        try:
+            host = str(self.sock.getsockname()[0])
+        except OSError:
+            return None
+        return None if host in ("0.0.0.0", "::") else host
+
     def close(self) -> None:
         self.sock.close()
 
@@ -317,6 +329,18 @@ class Devices:
 
     def route_mtu(self, host: str) -> int | None:
         return route_mtu(host)
+
+    def route_source(self, host: str) -> str | None:
+        return route_source(host)
+
+    def watch_network(self) -> Monitor | None:
+        """The kernel's link/address/route notifications; None (logged) when the
+        kernel refuses the socket: the client then follows its send errors only."""
+        try:
+            return NetlinkMonitor()
+        except OSError as exc:
+            log.warning("cannot watch the network (%s): following send errors only", exc)
+            return None
 
     def resolve(self, host: str, port: int) -> tuple[socket.AddressFamily, Addr]:
         """The first UDP address of ``host``, looked up now; raises OSError."""

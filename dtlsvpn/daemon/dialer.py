@@ -10,6 +10,8 @@ States and transitions (``deadline`` is the one time the machine waits for)::
     HANDSHAKING ──established──► UP (the attempt counter resets)
     DIALLING | HANDSHAKING | UP ──lost──► BACKING_OFF (deadline: now + back-off)
     BACKING_OFF ──due──► DIAL (as from DIALLING)
+    HANDSHAKING | UP | BACKING_OFF ──redial_now──► DIALLING (deadline: now; the network
+                     changed under us, see ``netwatch.py``)
     any ──stop──► DOWN
 
 Back-off: ``min(30 s, 2^n s) × uniform(0.5, 1)`` with n the number of losses since the
@@ -73,6 +75,14 @@ class Dialer:
             self.state = DialState.DIALLING
             return DialAction.DIAL
         return None
+
+    def redial_now(self, now: float) -> None:
+        """The network changed: dial at once (from any state but DOWN), keeping the
+        back-off count (a change is no proof that the server will answer)."""
+        if self.state is DialState.DOWN:
+            return
+        self.state = DialState.DIALLING
+        self.deadline = now
 
     def dialled(self, now: float) -> None:
         self.state = DialState.HANDSHAKING

@@ -98,6 +98,7 @@ class FakeNet:
         self.delivered = 0  # datagrams (a GSO send counts its segments)
         self.gso_packets = 0  # GSO sends carried whole over the wire
         self.dropped: dict[str, int] = {}
+        self.gone: set[str] = set()  # host addresses deleted (a laptop that moved)
         self._ephemeral = 40000
 
     def _drop(self, reason: str) -> None:
@@ -114,6 +115,9 @@ class FakeNet:
             self._drop("too_big")
             return
         port = self.ports.get(dst)
+        if dst[0] in self.gone:
+            self._drop("address_gone")
+            return
         if port is None:
             self._drop("no_listener")
             return
@@ -161,6 +165,8 @@ class FakeSocket:
     def _check(self) -> None:
         if self.closed:
             raise OSError(errno.EBADF, "closed")
+        if self.local[0] in self.net.gone:  # as the kernel: the source is not ours now
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
 
     def sendto(self, data: bytes, addr: Addr, /) -> int:
         self._check()
@@ -266,6 +272,9 @@ class FakeUdp(SocketPort):
     def path_mtu(self) -> int | None:
         return self.net.path_mtu if self.remote is not None else None
 
+    def local_host(self) -> str | None:
+        return self.local[0]
+
     def close(self) -> None:
         if self.closed:
             return
@@ -334,6 +343,35 @@ class FakeNotifier(Notifier):
         return True
 
 
+class FakeMonitor:
+    """The kernel's netlink notifications: ``notify`` queues one change."""
+
+    def __init__(self) -> None:
+        self._near, self._far = _pair()
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._near.fileno()
+
+    def notify(self, changes: int = 1) -> None:
+        if not self.closed:
+            self._far.send(bytes([changes]))
+
+    def drain(self) -> int:
+        total = 0
+        while True:
+            try:
+                total += self._near.recv(16)[0]
+            except BlockingIOError:
+                return total
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._near.close()
+            self._far.close()
+
+
 class FakeDevices:
     """``Devices`` for one host of a ``FakeNet``: its underlay address is ``host``."""
 
@@ -349,6 +387,24 @@ class FakeDevices:
         self.links: list[FakeLink] = []
         self.ports: list[FakeUdp] = []
         self.resolved: list[tuple[float, str]] = []  # every name lookup: (when, name)
+        self.monitor: FakeMonitor | None = None
+        self.online = True  # False: no route anywhere (route_source is None)
+
+    def watch_network(self) -> FakeMonitor:
+        self.monitor = FakeMonitor()
+        return self.monitor
+
+    def route_source(self, host: str) -> str | None:
+        return self.host if self.online and self.host not in self.net.gone else None
+
+    def move(self, new_host: str | None, *, notify: bool = True) -> None:
+        """The host's address is deleted; ``new_host`` (None: none yet) is added."""
+        self.net.gone.add(self.host)
+        if new_host is not None:
+            self.net.gone.discard(new_host)
+            self.host = new_host
+        if notify and self.monitor is not None:
+            self.monitor.notify(3)  # the address, its route, the default route
 
     @property
     def link_state(self) -> FakeLink:
@@ -361,6 +417,8 @@ class FakeDevices:
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,
                  connect: Addr | None = None, offload: bool = False,
                  counters: UdpCounters | None = None) -> FakeUdp:
+        if connect is not None and not self.online:
+            raise OSError(errno.ENETUNREACH, "Network is unreachable")
         local = bind if bind is not None else self.net.ephemeral(self.host)
         port = FakeUdp(self.net, family, local, connect, offload=offload, counters=counters)
         self.ports.append(port)
