@@ -1,6 +1,8 @@
 """The client role: one [Peer] (the server), dialled by :class:`~.dialer.Dialer`, kept up.
 
-A dial resolves the Endpoint host again, opens a connected UDP port and starts a
+A dial resolves the Endpoint host again (off the loop, ``resolve.py``; the dial timeout
+covers the lookup), picks the first address the kernel has a route to (a name with A
+and AAAA records whose one family went away), opens a connected UDP port and starts a
 ``RekeyingClient`` (``dtls/rekey.py``), resuming with the stored ticket when there is
 one; the renewals it starts later never resume (fresh ECDHE keys are their point).
 The tunnel is down again when the handshake does not complete within
@@ -34,8 +36,9 @@ import socket
 from dtlsvpn.daemon.datapath import Datapath
 from dtlsvpn.daemon.devices import Addr, TunDevice, UdpPort
 from dtlsvpn.daemon.dialer import DIAL_TIMEOUT, DialAction, Dialer, DialState
-from dtlsvpn.daemon.netwatch import Move, Roamer
+from dtlsvpn.daemon.netwatch import FAMILY_GRACE, Move, Roamer
 from dtlsvpn.daemon.peers import Peer
+from dtlsvpn.daemon.resolve import Answer, is_literal
 from dtlsvpn.daemon.role import Host, display, peer_event, rekey_grace, send_datagrams
 from dtlsvpn.daemon.settings import core_settings, match_peer
 from dtlsvpn.daemon.ticketstore import TicketStore
@@ -71,6 +74,7 @@ class ClientRole:
         self._dial_timer = loop.timer(self._on_dial_deadline)
         self._conn_timer = loop.timer(self._on_conn_timer)
         self.roamer = Roamer(loop, host.devices.watch_network(), self._path_check)
+        self.resolver = host.devices.resolver(loop)
         datapath.on_send_error = self._send_failed
 
     @property
@@ -102,6 +106,12 @@ class ClientRole:
 
     def _timed_out(self, peer: Peer, now: float) -> None:
         conn = peer.conn
+        if conn is None and self.resolver.pending:
+            self.resolver.cancel()
+            assert peer.config.endpoint is not None
+            self._lost(peer, now, f"no answer for {peer.config.endpoint[0]} within "
+                       f"{DIAL_TIMEOUT:g}s")
+            return
         if conn is None or conn.is_established:
             return
         log.warning("peer %s: no handshake within %gs", peer.name, DIAL_TIMEOUT)
@@ -127,15 +137,27 @@ class ClientRole:
             peer.sock = None
 
     def _dial(self, peer: Peer, now: float, wall: float) -> None:
-        host = self.host
+        """Look the Endpoint up again; ``_resolved`` goes on with the answer."""
         assert peer.config.endpoint is not None
         name, port = peer.config.endpoint
         self._close_socket(peer)
         peer.assoc = None
         peer.conn = None
         self._conn_timer.cancel()
+        self.dialer.dialled(now)  # the dial timeout covers the lookup and the handshake
+        self.resolver.resolve(name, port, self._resolved)
+
+    def _resolved(self, answer: Answer, now: float) -> None:
+        peer = self.peer
+        if self.dialer.state is not DialState.HANDSHAKING or peer.conn is not None:
+            return
+        host = self.host
+        assert peer.config.endpoint is not None
+        name, port = peer.config.endpoint
         try:
-            family, addr = host.devices.resolve(name, port)
+            if isinstance(answer, OSError):
+                raise answer
+            family, addr = self._pick(answer)
             sock = self._open_carrier(peer, family, addr)
         except OSError as exc:  # gaierror included
             peer.last_error = str(exc)
@@ -143,16 +165,26 @@ class ClientRole:
             return
         if self.tunmtu.policy == "auto" and peer.inner_mtu is None:
             self.tunmtu.refine(family, sock.path_mtu())
+        wall = host.loop.wall
         conn = RekeyingClient(self._dtls_config(peer, wall),
                               grace=rekey_grace(host.cfg.interface.rekey_interval),
                               ip_header=40 if family == socket.AF_INET6 else 20,  # PLPMTU
                               peer=f"{name}:{port}".encode())
         peer.conn = conn
         peer.assoc = conn.current
-        self.dialer.dialled(now)
         conn.connect(now, wall)
         self._flush(peer, conn, now)
         self._conn_timer.schedule(conn.get_timer())
+
+    def _pick(self, answer: list[tuple[socket.AddressFamily, Addr]]
+              ) -> tuple[socket.AddressFamily, Addr]:
+        """The first address the kernel has a route to (else the first): of a name with
+        A and AAAA records, the family that is there now."""
+        route = self.host.devices.route_source
+        for family, addr in answer:
+            if route(addr[0]) is not None:
+                return family, addr
+        return answer[0]
 
     def _open_carrier(self, peer: Peer, family: socket.AddressFamily, addr: Addr) -> UdpPort:
         """A connected socket towards ``addr`` on the route the kernel picks now, on the
@@ -185,11 +217,26 @@ class ClientRole:
         up = self.dialer.state is DialState.UP
         move = self.roamer.watch.decide(route, bound, up)
         if move is Move.WAIT:
-            log.debug("peer %s: no route to %s for now", peer.name, display(peer.addr))
+            self._no_route(peer, up, now)
         elif move is Move.REBIND:
             self._roam(peer, bound, route, now)
         elif move is Move.REDIAL:
             self._redial_now(peer, now, f"the route to the server changed (source {route})")
+
+    def _no_route(self, peer: Peer, up: bool, now: float) -> None:
+        """No route to the server's address.  A literal: wait for the network.  A name
+        (maybe with an address of the other family, if this one went away): look it up
+        again, at once when not up, else when the route is still missing a moment later
+        (an address change passes through "no route" for some milliseconds)."""
+        log.debug("peer %s: no route to %s for now", peer.name, display(peer.addr))
+        endpoint = peer.config.endpoint
+        if endpoint is None or is_literal(endpoint[0]):
+            return
+        if up and self.roamer.watch.waits < 2:
+            self.roamer.recheck(now + FAMILY_GRACE)
+            return
+        self._redial_now(peer, now, f"no route to {display(peer.addr)}; looking "
+                         f"{endpoint[0]} up again")
 
     def _roam(self, peer: Peer, old: str | None, new: str | None, now: float) -> None:
         conn = peer.conn
@@ -299,7 +346,7 @@ class ClientRole:
         self.host.set_underlay(peer, peer.addr)
         log.info("peer %s: handshake with %s done (%s, %s)", peer.name, display(peer.addr),
                  ev.suite_name, "resumed" if ev.resumed else "full")
-        self.dialer.established()
+        self.dialer.established(now)
         self._dial_timer.cancel()
         self.host.ready(self.host.status_line())
 
@@ -357,6 +404,7 @@ class ClientRole:
     def teardown(self, now: float) -> None:
         peer = self.peer
         self.roamer.close()
+        self.resolver.close()
         self.remove_peer(peer, now)
         self.dialer.stop()
         self._dial_timer.cancel()

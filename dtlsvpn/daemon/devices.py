@@ -33,8 +33,10 @@ import struct
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.netlink import Netlink, NetlinkMonitor, route_mtu, route_source
 from dtlsvpn.daemon.netwatch import Monitor
+from dtlsvpn.daemon.resolve import Resolver, lookup_all
 from dtlsvpn.daemon.systemd import Notifier
 from dtlsvpn.daemon.tun import Tun
 from dtlsvpn.daemon.udp import (
@@ -128,7 +130,7 @@ class Platform(Protocol):
                  counters: UdpCounters | None = None) -> UdpPort: ...
     def link(self, ifname: str) -> LinkConfig: ...
     def route_mtu(self, host: str) -> int | None: ...
-    def resolve(self, host: str, port: int) -> tuple[socket.AddressFamily, Addr]: ...
+    def resolver(self, loop: Loop) -> Resolver: ...
     def route_source(self, host: str) -> str | None: ...
     def watch_network(self) -> Monitor | None: ...
 
@@ -342,10 +344,6 @@ class Devices:
             log.warning("cannot watch the network (%s): following send errors only", exc)
             return None
 
-    def resolve(self, host: str, port: int) -> tuple[socket.AddressFamily, Addr]:
-        """The first UDP address of ``host``, looked up now; raises OSError."""
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        if not infos:
-            raise OSError(errno.EHOSTUNREACH, f"no address for {host}")
-        family, _, _, _, sockaddr = infos[0]
-        return family, (str(sockaddr[0]), int(sockaddr[1]))
+    def resolver(self, loop: Loop) -> Resolver:
+        """Name lookups on a worker thread, answered on the loop (``resolve.py``)."""
+        return Resolver(loop, lookup_all)

@@ -47,6 +47,7 @@ PATH_ERRNOS = frozenset({errno.EADDRNOTAVAIL, errno.ENETUNREACH, errno.EINVAL, e
 DEBOUNCE = 0.05  # seconds of quiet after the last signal before the route is looked up
 DEBOUNCE_MAX = 0.25  # ... but never later than this after the first signal of a burst
 SEND_ERROR_QUIET = 1.0  # after a check, failed sends alone trigger no new one this long
+FAMILY_GRACE = 1.0  # up, no route to the server's address: look again this much later
 
 
 class Move(Enum):
@@ -65,6 +66,7 @@ class PathWatch:
         self.source: str | None = None  # the route's source at the last check or dial
         self.signals = 0
         self.moves = 0
+        self.waits = 0  # checks in a row that found no route
 
     def changed(self, now: float) -> float:
         """A signal (kernel notification, failed send): the time the check is due."""
@@ -87,7 +89,9 @@ class PathWatch:
         socket's; ``up``: the tunnel passes traffic."""
         previous, self.source = self.source, route
         if route is None:
+            self.waits += 1
             return Move.WAIT
+        self.waits = 0
         if up:
             move = Move.REBIND if bound != route else Move.STAY
         else:
@@ -132,6 +136,10 @@ class Roamer:
 
     def signal(self, now: float) -> None:
         self._timer.schedule(self.watch.changed(now))
+
+    def recheck(self, when: float) -> None:
+        """Look again at ``when`` even if the kernel says nothing more."""
+        self._timer.bring_forward(when)
 
     def send_failed(self, exc: OSError, now: float) -> None:
         """A failed send: a check, unless one is due or ran less than a second ago

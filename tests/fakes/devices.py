@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from dtlsvpn.daemon.devices import SocketPort
+from dtlsvpn.daemon.loop import Loop
+from dtlsvpn.daemon.resolve import Resolver
 from dtlsvpn.daemon.systemd import Notifier
 from dtlsvpn.daemon.tun import Tun
 from dtlsvpn.daemon.udp import (
@@ -94,7 +96,7 @@ class FakeNet:
         self.gro = gro
         self.refuse_gso = refuse_gso
         self.ports: dict[Addr, FakeUdp] = {}
-        self.names: dict[str, str] = {}  # host name → address, for the resolver
+        self.names: dict[str, str | list[str]] = {}  # name → address(es), for the resolver
         self.delivered = 0  # datagrams (a GSO send counts its segments)
         self.gso_packets = 0  # GSO sends carried whole over the wire
         self.dropped: dict[str, int] = {}
@@ -389,13 +391,16 @@ class FakeDevices:
         self.resolved: list[tuple[float, str]] = []  # every name lookup: (when, name)
         self.monitor: FakeMonitor | None = None
         self.online = True  # False: no route anywhere (route_source is None)
+        self.families = {4, 6}  # IP versions with a route (a network without IPv6: {4})
 
     def watch_network(self) -> FakeMonitor:
         self.monitor = FakeMonitor()
         return self.monitor
 
     def route_source(self, host: str) -> str | None:
-        return self.host if self.online and self.host not in self.net.gone else None
+        if not self.online or self.host in self.net.gone:
+            return None
+        return self.host if ipaddress.ip_address(host).version in self.families else None
 
     def move(self, new_host: str | None, *, notify: bool = True) -> None:
         """The host's address is deleted; ``new_host`` (None: none yet) is added."""
@@ -431,15 +436,25 @@ class FakeDevices:
     def route_mtu(self, host: str) -> int | None:
         return self._route_mtu
 
-    def resolve(self, host: str, port: int) -> tuple[socket.AddressFamily, Addr]:
+    def resolver(self, loop: Loop) -> Resolver:
+        """The production ``Resolver`` with this fake lookup, answered without a thread
+        (at the end of the loop iteration), so fake time stays deterministic."""
+        return Resolver(loop, self.resolve_all, threaded=False)
+
+    def resolve_all(self, host: str, port: int) -> list[tuple[socket.AddressFamily, Addr]]:
+        """``net.names[host]``: one address or a list of them (A and AAAA records)."""
         self.resolved.append((self.clock(), host))
-        address = self.net.names.get(host, host)
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            raise socket.gaierror(socket.EAI_NONAME, f"unknown host {host}") from None
-        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-        return family, (str(ip), port)
+        if not self.online and host in self.net.names:
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        found = self.net.names.get(host, host)
+        out: list[tuple[socket.AddressFamily, Addr]] = []
+        for address in [found] if isinstance(found, str) else found:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                raise socket.gaierror(socket.EAI_NONAME, f"unknown host {host}") from None
+            out.append((socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (str(ip), port)))
+        return out
 
     def crash(self) -> None:
         """The process died: its ports vanish without a word (no close_notify)."""
