@@ -7,8 +7,9 @@ and AAAA records whose one family went away), opens a connected UDP port and sta
 one; the renewals it starts later never resume (fresh ECDHE keys are their point).
 The tunnel is down again when the handshake does not complete within
 ``DIAL_TIMEOUT``, when the association closes, or on ``PeerUnresponsive``; the dialer
-then waits its back-off and dials again.  READY=1 goes out with the first completed
-handshake (the tunnel can pass traffic).
+then waits its back-off and dials again.  READY=1 goes out at start, as soon as the
+interface is configured and the first dial is due (offline start); STATUS= says
+"connected to NAME" or "not connected (dialling|handshaking|backing off)".
 
 Tickets: ``SessionTicketReceived`` is stored (``ticketstore.py``) for the next dial; a
 ticket that was offered to a dial that timed out, or whose just-resumed session the
@@ -88,8 +89,22 @@ class ClientRole:
         self.host.loop.add(tun.fd, dp.client_tun)
 
     def start(self, now: float) -> None:
+        """Dial; READY=1 at once: the interface is configured and the client dialling,
+        whether the server answers or not (a laptop starts offline), and STATUS= says
+        which (``status_text``)."""
         self.dialer.start(now)
         self._dial_timer.schedule(self.dialer.deadline)
+        self.host.ready(self.status_text())
+
+    def status_text(self) -> str:
+        """STATUS=: the daemon's line, then connected or not (and what the dialer does)."""
+        peer = self.peer
+        line = self.host.status_line()
+        if self.dialer.state is DialState.UP:
+            return f"{line}; connected to {peer.name} at {display(peer.addr)}"
+        endpoint = peer.config.endpoint
+        where = f" at {endpoint[0]}:{endpoint[1]}" if endpoint else ""
+        return f"{line}; not connected ({self.dialer.state.value}) to {peer.name}{where}"
 
     def listening(self) -> str | None:
         return None
@@ -128,7 +143,7 @@ class ClientRole:
         self._dial_timer.schedule(self.dialer.deadline)
         if delay is not None:
             log.info("peer %s: %s; redialling in %.1fs", peer.name, reason, delay)
-        self.host.notifier.status(self.host.status_line())
+        self.host.notifier.status(self.status_text())
 
     def _close_socket(self, peer: Peer) -> None:
         if peer.sock is not None:
@@ -348,7 +363,7 @@ class ClientRole:
                  ev.suite_name, "resumed" if ev.resumed else "full")
         self.dialer.established(now)
         self._dial_timer.cancel()
-        self.host.ready(self.host.status_line())
+        self.host.notifier.status(self.status_text())
 
     def _rekeyed(self, peer: Peer, conn: RekeyingClient, ev: Rekeyed, now: float,
                  wall: float) -> None:

@@ -3,10 +3,11 @@
 Start-up order: TUN device, its MTU, addresses and routes (before the loop), the router
 with every peer's allowed prefixes, the data path, the role (server: the UDP port
 bound to ListenAddress; client: dialled, see ``client.py``), the status socket, then
-the loop.  READY=1 goes out when a server listens and when a client's first handshake
-completes.  SIGTERM/SIGINT stop the loop; teardown sends close_notify to every peer,
-removes routes and addresses, closes the TUN descriptor (the interface disappears with
-it) and removes the status socket.  SIGHUP reloads the [Peer] sections: changed peers
+the loop.  READY=1 goes out when a server listens and when a client is configured and
+dialling (``client.py``: offline start; STATUS= says whether it is connected).
+SIGTERM/SIGINT stop the loop; teardown sends close_notify to every peer, removes
+routes and addresses, closes the TUN descriptor (the interface disappears with it)
+and removes the status socket.  SIGHUP reloads the [Peer] sections: changed peers
 are removed and added again, unchanged ones keep their associations.
 
 Everything with a deadline is a loop Timer: the watchdog (half of ``WATCHDOG_USEC``),

@@ -32,13 +32,18 @@ def test_backoff_is_capped_jittered_and_resolves_each_time(world: World,
     assert capped and len({round(g, 3) for g in capped}) > 1  # jittered at the cap
     peer = client.peer()
     assert peer["state"] in ("down", "connecting")
-    assert peer["handshakes"] == 0 and "READY=1" not in client.messages
-    assert any(m.startswith("STATUS=0/1 peers up") for m in client.messages)
+    # Offline start: READY=1 at once (configured and dialling), STATUS= not connected.
+    assert peer["handshakes"] == 0 and client.messages.count("READY=1") == 1
+    assert client.messages.index("READY=1") < 3
+    assert any(m.startswith("STATUS=0/1 peers up") and "not connected (backing off) to "
+               "office at office.test:4433" in m for m in client.messages), client.messages
 
-    # The server appears: the next dial gets through and READY=1 follows.
+    # The server appears: the next dial gets through and STATUS= says so.
     server = world.start(server_conf, SERVER)
     assert world.run_until(lambda: established(client), within=BACKOFF_CAP + DIAL_TIMEOUT + 1)
-    assert established(server) and "READY=1" in client.messages
+    assert established(server) and client.messages.count("READY=1") == 1
+    assert client.messages[-1].startswith("STATUS=1/1 peers up")
+    assert client.messages[-1].endswith(f"; connected to office at {SERVER}:4433")
     assert client.peer()["resumed"] is False
 
 

@@ -1,0 +1,104 @@
+"""A laptop's life around the tunnel, with real daemons: an offline start, and a suspend.
+
+- Offline start: the client's only link has no address yet.  READY=1 comes anyway (the
+  interface is configured and the client dialling: ``systemctl start`` returns), STATUS=
+  says it is not connected; the address appears and the kernel's notification makes the
+  client dial at once, not after its back-off.
+- Suspend: the client is stopped (SIGSTOP) longer than the server's DeadPeerTimeout, so
+  the server has given it up, then continued (SIGCONT): the tunnel is back.
+
+Both figures come from packet timestamps: a UDP stream from the server's side through
+the tunnel (one datagram every 5 ms with its send time), received in the client's
+namespace; the time from the event to the first datagram that arrived.  Printed,
+never asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from tests.netns.harness import REPO, RunDaemon, Topology, ip, psk_pair, start_pair
+from tests.netns.roamtools import summary
+from tests.util import Proc, ProcessGroup, wait_until
+
+ENV = {"PYTHONPATH": str(REPO)}
+SUSPEND = 12.0  # seconds: longer than the default DeadPeerTimeout (8 s)
+
+
+def _roam_tool(procs: ProcessGroup, ns: str, *args: str, name: str) -> Proc:
+    return procs.start(["ip", "netns", "exec", ns, sys.executable, "-m",
+                        "tests.netns.roamtools", *args], name=name, timeout=60, env=ENV,
+                       stdin_pipe=False)
+
+
+def _stream_to_client(procs: ProcessGroup, server_ns: str, client_ns: str,
+                      seconds: float) -> tuple[Proc, Proc]:
+    sink = _roam_tool(procs, client_ns, "sink", "100.64.0.2", "6001", "--seconds",
+                      str(seconds + 5), name="sink")
+    assert sink.wait_for("listening", 15), sink.describe()
+    stream = _roam_tool(procs, server_ns, "stream", "100.64.0.2", "6001", "--seconds",
+                        str(seconds), name="stream")
+    return sink, stream
+
+
+def test_offline_start_is_ready_and_connects_when_the_network_comes(
+        topo: Topology, run_daemon: RunDaemon, procs: ProcessGroup, tmp_path: Path) -> None:
+    server_ns, client_ns = topo.netns("s"), topo.netns("c")
+    _, c_dev = topo.veth(server_ns, ["198.18.0.1/24"], client_ns, [])
+    server_conf, client_conf = psk_pair(tmp_path)
+    server = run_daemon(server_ns, server_conf, server_conf.with_suffix(".sock"))
+    server.wait_ready()
+    started = time.monotonic()
+    client = run_daemon(client_ns, client_conf, client_conf.with_suffix(".sock"))
+    client.wait_ready(timeout=20)
+    ready_after = time.monotonic() - started
+    assert wait_until(lambda: any("not connected" in m for m in client.messages), 10)
+    assert not client.wait_connected(timeout=3.0)  # no network: dialling, backing off
+    assert client.status()["peers"][0]["state"] != "established"
+
+    sink, stream = _stream_to_client(procs, server_ns, client_ns, 6.0)
+    time.sleep(0.5)
+    appeared = time.monotonic()
+    ip("-n", client_ns, "addr", "add", "198.18.0.2/24", "dev", c_dev)
+    assert client.wait_connected(timeout=10), client.proc.describe()
+    assert stream.wait(20) == 0 and sink.wait(20) == 0, sink.describe()
+    s = summary(sink.stdout(), appeared)
+    assert s.received > 0
+    print(f"\noffline start: READY=1 {ready_after * 1000:.0f} ms after the start with no "
+          f"network; the address appeared, first datagram through the tunnel "
+          f"{(s.back_after or 0) * 1000:.0f} ms later")
+    assert client.stop() == 0 and server.stop() == 0
+
+
+def test_suspend_and_resume(topo: Topology, run_daemon: RunDaemon, procs: ProcessGroup,
+                            tmp_path: Path) -> None:
+    server_ns, client_ns = topo.netns("s"), topo.netns("c")
+    topo.veth(server_ns, ["198.18.0.1/24"], client_ns, ["198.18.0.2/24"])
+    server_conf, client_conf = psk_pair(tmp_path)
+    server, client = start_pair(run_daemon, server_ns, client_ns, server_conf, client_conf)
+    assert client.pid is not None
+    os.kill(client.pid, signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: server.status()["peers"][0]["state"] != "established",
+                          SUSPEND)
+        time.sleep(max(0.0, SUSPEND - 8.0))
+        sink, stream = _stream_to_client(procs, server_ns, client_ns, 8.0)
+        time.sleep(0.3)
+    finally:
+        seen = len(client.messages)
+        resumed = time.monotonic()
+        os.kill(client.pid, signal.SIGCONT)
+    assert client.wait_connected(timeout=15, after=seen)
+    assert stream.wait(20) == 0 and sink.wait(20) == 0, sink.describe()
+    s = summary(sink.stdout(), resumed)
+    assert s.received > 0, client.proc.describe()
+    peer = client.status()["peers"][0]
+    print(f"\nsuspend {SUSPEND:.0f} s (the server gave the client up): first datagram "
+          f"through the tunnel {(s.back_after or 0) * 1000:.0f} ms after SIGCONT; "
+          f"handshakes {peer['handshakes']}, resumed {peer['resumed']}")
+    assert peer["state"] == "established"
+    assert client.stop() == 0 and server.stop() == 0
