@@ -25,12 +25,13 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from dtlsvpn.config import values
 from dtlsvpn.config.credentials import CredentialError, load_credentials, read_psk
 from dtlsvpn.config.model import (
     DEFAULT_DEAD_PEER_TIMEOUT,
+    DEFAULT_FWMARK,
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_REKEY_INTERVAL,
     HINTS,
@@ -243,6 +244,7 @@ class _Loader:
             rekey_interval=rekey,
             connection_id=f.get("ConnectionID", values.boolean, True),
             udp_offload=f.get("UDPOffload", values.boolean, True),
+            **_roaming_keys(f, role),
             source=Source(self.path, f.section.line),
         )
     def _credentials(self, f: _Fields, iface: InterfaceConfig) -> Credentials:
@@ -314,7 +316,8 @@ class _Loader:
         except ValueError:
             return
         for net, line in routes:
-            if ip.version == net.version and ip in net:
+            # (a client's /0 is a full tunnel: its socket is marked, daemon/fulltunnel.py)
+            if ip.version == net.version and ip in net and net.prefixlen > 0:
                 self.warnings.append(
                     f"{self.path}:{line}: the endpoint {ip} is inside {net}, routed through "
                     f"the tunnel: the daemon must keep a route to it outside the tunnel")
@@ -475,3 +478,42 @@ def _first_repeat(items: Iterable[tuple[T, int]]) -> tuple[T, int, int] | None:
             return item, line, seen[item]
         seen[item] = line
     return None
+
+
+# --- roam (issue 11): DNS, FwMark, Table, KillSwitch -------------------------------------
+
+_RESERVED_TABLES = {0, 253, 254, 255}  # unspec, default, main, local
+
+
+def _dns_entry(text: str) -> str:
+    """A resolver's IP address, or a search domain."""
+    if values.is_ip_literal(text) or values.is_hostname(text.rstrip(".")):
+        return text
+    raise ValueError(f"expected a resolver's IP address or a search domain, got {text!r}")
+
+
+def _mark(text: str) -> int:
+    """A 32-bit firewall mark or table number, decimal or 0x hex, not 0."""
+    try:
+        n = int(text, 0)
+    except ValueError:
+        raise ValueError(f"expected a number from 1 to 4294967295 (or 0x...), got {text!r}"
+                         ) from None
+    if not 0 < n < 1 << 32:
+        raise ValueError(f"expected a number from 1 to 4294967295, got {text}")
+    return n
+
+
+def _roaming_keys(f: _Fields, role: Role) -> dict[str, Any]:
+    if role == "server":
+        for key in ("DNS", "FwMark", "Table", "KillSwitch"):
+            if f.has(key):
+                raise f.error(key, "only for a client (a server's own routes and resolvers "
+                                   "are the system's)")
+    mark = f.get("FwMark", _mark, DEFAULT_FWMARK)
+    table = f.get("Table", _mark, mark)
+    if table in _RESERVED_TABLES:
+        raise f.error("Table", f"expected a table of our own, not {table} (main, local or "
+                               f"default)")
+    return {"dns": tuple(d for d, _ in f.many("DNS", _dns_entry)), "fwmark": mark,
+            "table": table, "kill_switch": f.get("KillSwitch", values.boolean, False)}

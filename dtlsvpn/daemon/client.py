@@ -35,8 +35,9 @@ import logging
 import socket
 
 from dtlsvpn.daemon.datapath import Datapath
-from dtlsvpn.daemon.devices import Addr, TunDevice, UdpPort
+from dtlsvpn.daemon.devices import Addr, PolicyRouting, Resolvers, TunDevice, UdpPort
 from dtlsvpn.daemon.dialer import DIAL_TIMEOUT, DialAction, Dialer, DialState
+from dtlsvpn.daemon.fulltunnel import full_families
 from dtlsvpn.daemon.netwatch import FAMILY_GRACE, Move, Roamer
 from dtlsvpn.daemon.peers import Peer
 from dtlsvpn.daemon.resolve import Answer, is_literal
@@ -77,6 +78,12 @@ class ClientRole:
         self.roamer = Roamer(loop, host.devices.watch_network(), self._path_check)
         self.resolver = host.devices.resolver(loop)
         datapath.on_send_error = self._send_failed
+        iface = host.cfg.interface
+        # A /0 in AllowedIPs/Route: full tunnel (fulltunnel.py); our socket is marked.
+        self.full = full_families(r for p in host.cfg.peers for r in p.routes)
+        self.mark = iface.fwmark if self.full else 0
+        self.policy: PolicyRouting | None = None
+        self.resolvers: Resolvers | None = None
 
     @property
     def peer(self) -> Peer:
@@ -87,6 +94,14 @@ class ClientRole:
         dp.client_peer = self.peer
         dp.service = self.service
         self.host.loop.add(tun.fd, dp.client_tun)
+        iface, devices = self.host.cfg.interface, self.host.devices
+        if self.full:
+            self.policy = devices.full_tunnel(tun.name, self.full, mark=self.mark,
+                                              table=iface.table, kill_switch=iface.kill_switch)
+            self.policy.setup()
+        if iface.dns:
+            self.resolvers = devices.dns(tun.name, iface.dns, full_tunnel=bool(self.full))
+            self.resolvers.apply()
 
     def start(self, now: float) -> None:
         """Dial; READY=1 at once: the interface is configured and the client dialling,
@@ -197,7 +212,7 @@ class ClientRole:
         A and AAAA records, the family that is there now."""
         route = self.host.devices.route_source
         for family, addr in answer:
-            if route(addr[0]) is not None:
+            if route(addr[0], self.mark) is not None:
                 return family, addr
         return answer[0]
 
@@ -207,12 +222,12 @@ class ClientRole:
         host = self.host
         sock = host.devices.open_udp(family, connect=addr,
                                      offload=host.cfg.interface.udp_offload,
-                                     counters=self.datapath.udp)
+                                     counters=self.datapath.udp, mark=self.mark)
         self._close_socket(peer)
         peer.sock = sock
         peer.addr = addr
         host.loop.add(sock.fileno(), self.datapath.client_udp)
-        self.roamer.watch.dialled(host.devices.route_source(addr[0]))
+        self.roamer.watch.dialled(host.devices.route_source(addr[0], self.mark))
         return sock
 
     # --- roaming (netwatch.py) --------------------------------------------------------
@@ -227,7 +242,7 @@ class ClientRole:
             if self.dialer.state is DialState.BACKING_OFF:
                 self._redial_now(peer, now, "the network changed")
             return
-        route = self.host.devices.route_source(peer.addr[0])
+        route = self.host.devices.route_source(peer.addr[0], self.mark)
         bound = peer.sock.local_host() if peer.sock is not None else None
         up = self.dialer.state is DialState.UP
         move = self.roamer.watch.decide(route, bound, up)
@@ -421,6 +436,10 @@ class ClientRole:
         self.roamer.close()
         self.resolver.close()
         self.remove_peer(peer, now)
+        if self.resolvers is not None:
+            self.resolvers.restore()
+        if self.policy is not None:
+            self.policy.teardown()
         self.dialer.stop()
         self._dial_timer.cancel()
 

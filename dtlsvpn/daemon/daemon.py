@@ -38,6 +38,7 @@ from dtlsvpn.daemon.client import ClientRole
 from dtlsvpn.daemon.datapath import Datapath
 from dtlsvpn.daemon.devices import Addr, Devices, LinkConfig, Platform, TunDevice
 from dtlsvpn.daemon.dialer import Dialer
+from dtlsvpn.daemon.fulltunnel import main_table_routes
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.peers import Peer, PeerTable
 from dtlsvpn.daemon.role import display
@@ -105,7 +106,10 @@ class Daemon:
         self.tun = tun = self.devices.open_tun(iface.device)
         self.netlink = self.tunmtu.link = self.devices.link(tun.name)
         mtu = self.tunmtu.initial(*self._underlay())
-        self.netlink.configure(mtu, iface.addresses, [r for p in self.cfg.peers for r in p.routes])
+        routes = [r for p in self.cfg.peers for r in p.routes]
+        # (roam) a client's /0 routes go to the full tunnel's table (fulltunnel.py)
+        self.netlink.configure(mtu, iface.addresses,
+                               main_table_routes(routes, client=self.is_client))
         router: Router[Peer] = Router(single=self.peers.first() if self.is_client else None)
         for peer in self.peers:
             router.add_peer(peer, peer.config.allowed_prefixes)
@@ -269,7 +273,8 @@ class Daemon:
         self.datapath.router.add_peer(peer, peer_cfg.allowed_prefixes)
         if self.netlink is not None:
             try:
-                self.netlink.add_routes(peer_cfg.routes)
+                self.netlink.add_routes(main_table_routes(peer_cfg.routes,
+                                                          client=self.is_client))
             except OSError as exc:
                 log.warning("peer %s: cannot add routes: %s", peer_cfg.name, exc)
         self.role.add_peer(peer, now)

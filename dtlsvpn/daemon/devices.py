@@ -33,6 +33,8 @@ import struct
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from dtlsvpn.daemon.dns import Dns
+from dtlsvpn.daemon.fulltunnel import FullTunnel
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.netlink import Netlink, NetlinkMonitor, route_mtu, route_source
 from dtlsvpn.daemon.netwatch import Monitor
@@ -127,12 +129,29 @@ class Platform(Protocol):
     def open_tun(self, name: str) -> TunDevice: ...
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,
                  connect: Addr | None = None, offload: bool = False,
-                 counters: UdpCounters | None = None) -> UdpPort: ...
+                 counters: UdpCounters | None = None, mark: int = 0) -> UdpPort: ...
     def link(self, ifname: str) -> LinkConfig: ...
     def route_mtu(self, host: str) -> int | None: ...
     def resolver(self, loop: Loop) -> Resolver: ...
-    def route_source(self, host: str) -> str | None: ...
+    def route_source(self, host: str, mark: int = 0) -> str | None: ...
     def watch_network(self) -> Monitor | None: ...
+    def full_tunnel(self, ifname: str, families: set[int], *, mark: int, table: int,
+                    kill_switch: bool) -> PolicyRouting: ...
+    def dns(self, ifname: str, entries: tuple[str, ...], *, full_tunnel: bool) -> Resolvers: ...
+
+
+class PolicyRouting(Protocol):
+    """A full tunnel's rules and table (``fulltunnel.py``)."""
+
+    def setup(self) -> None: ...
+    def teardown(self) -> None: ...
+
+
+class Resolvers(Protocol):
+    """The tunnel's DNS settings (``dns.py``)."""
+
+    def apply(self) -> str | None: ...
+    def restore(self) -> None: ...
 
 
 class SocketPort:
@@ -322,9 +341,21 @@ class Devices:
 
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,
                  connect: Addr | None = None, offload: bool = False,
-                 counters: UdpCounters | None = None) -> UdpPort:
-        return SocketPort(open_udp(family, bind=bind, connect=connect), offload=offload,
-                          counters=counters)
+                 counters: UdpCounters | None = None, mark: int = 0) -> UdpPort:
+        """``mark``: SO_MARK, set before ``connect`` so that the route (and the source
+        address) is chosen with it (a full tunnel's socket keeps the real route)."""
+        if not mark:
+            return SocketPort(open_udp(family, bind=bind, connect=connect), offload=offload,
+                              counters=counters)
+        sock = open_udp(family, bind=bind)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            if connect is not None:
+                sock.connect(connect)
+        except OSError:
+            sock.close()
+            raise
+        return SocketPort(sock, offload=offload, counters=counters)
 
     def link(self, ifname: str) -> LinkConfig:
         return Netlink(ifname)
@@ -332,8 +363,15 @@ class Devices:
     def route_mtu(self, host: str) -> int | None:
         return route_mtu(host)
 
-    def route_source(self, host: str) -> str | None:
-        return route_source(host)
+    def route_source(self, host: str, mark: int = 0) -> str | None:
+        return route_source(host, mark)
+
+    def full_tunnel(self, ifname: str, families: set[int], *, mark: int, table: int,
+                    kill_switch: bool) -> PolicyRouting:
+        return FullTunnel(ifname, families, mark=mark, table=table, kill_switch=kill_switch)
+
+    def dns(self, ifname: str, entries: tuple[str, ...], *, full_tunnel: bool) -> Resolvers:
+        return Dns(ifname, entries, full_tunnel=full_tunnel)
 
     def watch_network(self) -> Monitor | None:
         """The kernel's link/address/route notifications; None (logged) when the

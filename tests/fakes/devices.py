@@ -374,6 +374,37 @@ class FakeMonitor:
             self._far.close()
 
 
+class FakePolicy:
+    """A full tunnel's rules: what was asked, and whether they are in place."""
+
+    def __init__(self, ifname: str, families: set[int], mark: int, table: int,
+                 kill_switch: bool) -> None:
+        self.ifname, self.families, self.mark, self.table = ifname, families, mark, table
+        self.kill_switch = kill_switch
+        self.active = False
+
+    def setup(self) -> None:
+        self.active = True
+
+    def teardown(self) -> None:
+        self.active = False
+
+
+class FakeDns:
+    """The tunnel's resolvers: what was asked, and whether they are set."""
+
+    def __init__(self, ifname: str, entries: tuple[str, ...], full_tunnel: bool) -> None:
+        self.ifname, self.entries, self.full_tunnel = ifname, entries, full_tunnel
+        self.applied = False
+
+    def apply(self) -> str | None:
+        self.applied = True
+        return "fake"
+
+    def restore(self) -> None:
+        self.applied = False
+
+
 class FakeDevices:
     """``Devices`` for one host of a ``FakeNet``: its underlay address is ``host``."""
 
@@ -390,6 +421,8 @@ class FakeDevices:
         self.ports: list[FakeUdp] = []
         self.resolved: list[tuple[float, str]] = []  # every name lookup: (when, name)
         self.monitor: FakeMonitor | None = None
+        self.policy: FakePolicy | None = None
+        self.resolvers: FakeDns | None = None
         self.online = True  # False: no route anywhere (route_source is None)
         self.families = {4, 6}  # IP versions with a route (a network without IPv6: {4})
 
@@ -397,7 +430,16 @@ class FakeDevices:
         self.monitor = FakeMonitor()
         return self.monitor
 
-    def route_source(self, host: str) -> str | None:
+    def full_tunnel(self, ifname: str, families: set[int], *, mark: int, table: int,
+                    kill_switch: bool) -> FakePolicy:
+        self.policy = FakePolicy(ifname, families, mark, table, kill_switch)
+        return self.policy
+
+    def dns(self, ifname: str, entries: tuple[str, ...], *, full_tunnel: bool) -> FakeDns:
+        self.resolvers = FakeDns(ifname, entries, full_tunnel)
+        return self.resolvers
+
+    def route_source(self, host: str, mark: int = 0) -> str | None:
         if not self.online or self.host in self.net.gone:
             return None
         return self.host if ipaddress.ip_address(host).version in self.families else None
@@ -421,11 +463,12 @@ class FakeDevices:
 
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,
                  connect: Addr | None = None, offload: bool = False,
-                 counters: UdpCounters | None = None) -> FakeUdp:
+                 counters: UdpCounters | None = None, mark: int = 0) -> FakeUdp:
         if connect is not None and not self.online:
             raise OSError(errno.ENETUNREACH, "Network is unreachable")
         local = bind if bind is not None else self.net.ephemeral(self.host)
         port = FakeUdp(self.net, family, local, connect, offload=offload, counters=counters)
+        port.mark = mark
         self.ports.append(port)
         return port
 

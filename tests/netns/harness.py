@@ -95,7 +95,8 @@ class Daemon:
     """One ``dtlsvpn run`` process and the notify socket it reports to."""
 
     def __init__(self, procs: ProcessGroup, ns: str, conf: Path, name: str,
-                 status_socket: Path, workdir: Path) -> None:
+                 status_socket: Path, workdir: Path,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.ns = ns
         self.conf = conf
         self.status_socket = status_socket
@@ -108,7 +109,7 @@ class Daemon:
         self.messages: list[str] = []
         # WATCHDOG_USEC as systemd sets it for WatchdogSec=2: the loop pings every second.
         env = {"NOTIFY_SOCKET": str(self.notify_path), "PYTHONPATH": str(REPO),
-               "WATCHDOG_USEC": "2000000"}
+               "WATCHDOG_USEC": "2000000", **(extra_env or {})}
         self.proc: Proc = procs.start(
             ["ip", "netns", "exec", ns, PYTHON, "-m", "dtlsvpn", "run", str(conf)],
             name=f"dtlsvpn-{name}", timeout=110, env=env, stdin_pipe=False,

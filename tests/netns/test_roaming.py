@@ -75,27 +75,34 @@ class Roamer:
 
 
 def _local_source(topo: Topology, ns: str, dst: str) -> str:
-    out = topo.exec(ns, ["ip", "route", "get", dst]).stdout.split()
+    # (with the full tunnel's mark: the route the daemon's own socket takes)
+    out = topo.exec(ns, ["ip", "route", "get", dst, "mark", "51820"]).stdout.split()
     return out[out.index("src") + 1] if "src" in out else "?"
 
 
-CASES = [
-    ("4", "address", True),
-    ("4", "address", False),
-    ("4", "interface", True),
-    ("4", "interface", False),
-    ("6", "address", True),
-    ("6", "interface", True),
+CASES = [  # (underlay, change, connection ID, full tunnel)
+    ("4", "address", True, False),
+    ("4", "address", False, False),
+    ("4", "interface", True, False),
+    ("4", "interface", False, False),
+    ("6", "address", True, False),
+    ("6", "interface", True, False),
+    ("4", "interface", True, True),
 ]
 
 
-@pytest.mark.parametrize(("family", "kind", "cid"), CASES,
-                         ids=[f"ipv{f}-{k}-{'cid' if c else 'no-cid'}" for f, k, c in CASES])
+@pytest.mark.parametrize(("family", "kind", "cid", "full"), CASES,
+                         ids=[f"ipv{f}-{k}-{'cid' if c else 'no-cid'}{'-full' if u else ''}"
+                              for f, k, c, u in CASES])
 def test_copy_survives_the_change(topo: Topology, run_daemon: RunDaemon, procs: ProcessGroup,
-                                  tmp_path: Path, family: str, kind: str, cid: bool) -> None:
+                                  tmp_path: Path, family: str, kind: str, cid: bool,
+                                  full: bool) -> None:
     net = Roamer(topo)
     server_ip = "198.18.0.1" if family == "4" else "2001:db8::1"
     server_conf, client_conf = psk_pair(tmp_path, server_ip=server_ip, connection_id=cid)
+    if full:  # AllowedIPs = 0.0.0.0/0, ::/0: the socket's route is found with its mark
+        client_conf.write_text(client_conf.read_text().replace(
+            "AllowedIPs = 100.64.0.0/24, fd00::/64", "AllowedIPs = 0.0.0.0/0, ::/0"))
     server, client = start_pair(run_daemon, net.server, net.client, server_conf, client_conf)
     size = 3 * 1024 * 1024
     blob = tmp_path / "blob"
@@ -136,7 +143,8 @@ def test_copy_survives_the_change(topo: Topology, run_daemon: RunDaemon, procs: 
     assert s.back_after is not None, "no datagram sent after the change arrived"
     status = client.status()
     peer = status["peers"][0]
-    print(f"\nroaming ipv{family} {kind} {'CID' if cid else 'no CID (ticket)'}: "
+    print(f"\nroaming ipv{family} {kind} {'CID' if cid else 'no CID (ticket)'}"
+          f"{', full tunnel' if full else ''}: "
           f"source {before} -> {after}; change took {(changed - began) * 1000:.0f} ms; "
           f"longest gap {s.gap * 1000:.0f} ms; first datagram sent after the change arrived "
           f"{s.back_after * 1000:.0f} ms after it; {s.lost} of {s.received + s.lost} lost; "

@@ -115,3 +115,32 @@ def test_network_appearing_ends_the_back_off(world: World, tmp_path: Path) -> No
     assert world.run_until(lambda: established(client), within=2.0)
     assert len(client.devices.resolved) == dials + 1
     assert established(server)
+
+
+def test_full_tunnel_marks_the_socket_sets_dns_and_undoes_both(world: World,
+                                                               tmp_path: Path) -> None:
+    server_conf, client_conf = psk_pair(tmp_path)
+    text = client_conf.read_text().replace("AllowedIPs = 100.64.0.0/24, fd00::/64",
+                                           "AllowedIPs = 0.0.0.0/0, ::/0")
+    client_conf.write_text(text.replace("[Peer]", "DNS = 100.64.0.1\nKillSwitch = yes\n\n"
+                                        "[Peer]", 1))
+    server = world.start(server_conf, SERVER)
+    client = world.start(client_conf, CLIENT)
+    assert world.run_until(lambda: established(client) and established(server))
+    policy, resolvers = client.devices.policy, client.devices.resolvers
+    assert policy is not None and resolvers is not None
+    assert (policy.active, policy.families, policy.mark, policy.table, policy.kill_switch) == (
+        True, {4, 6}, 51820, 51820, True)
+    assert resolvers.applied and resolvers.entries == ("100.64.0.1",)
+    assert resolvers.full_tunnel
+    (port,) = [p for p in client.devices.ports if not p.closed]
+    assert port.mark == 51820
+    assert client.link.routes == []  # the /0 routes are the policy's, not the main table's
+    client.stop()
+    assert not policy.active and not resolvers.applied
+
+
+def test_split_tunnel_has_no_policy_and_no_mark(pair: Pair) -> None:
+    _, client = pair()
+    assert client.devices.policy is None and client.devices.resolvers is None
+    assert all(p.mark == 0 for p in client.devices.ports)
