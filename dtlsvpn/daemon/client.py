@@ -111,6 +111,17 @@ class ClientRole:
         self._dial_timer.schedule(self.dialer.deadline)
         self.host.ready(self.status_text())
 
+    def set_dns(self, entries: tuple[str, ...]) -> None:
+        """Reload (``ifreload.py``): the old resolvers restored, the new ones set."""
+        if self.resolvers is not None:
+            self.resolvers.restore()
+            self.resolvers = None
+        tun = self.datapath.tun
+        if entries:
+            self.resolvers = self.host.devices.dns(tun.name, entries,
+                                                   full_tunnel=bool(self.full))
+            self.resolvers.apply()
+
     def status_text(self) -> str:
         """STATUS=: the daemon's line, then connected or not (and what the dialer does)."""
         peer = self.peer

@@ -39,6 +39,7 @@ from dtlsvpn.daemon.datapath import Datapath
 from dtlsvpn.daemon.devices import Addr, Devices, LinkConfig, Platform, TunDevice
 from dtlsvpn.daemon.dialer import Dialer
 from dtlsvpn.daemon.fulltunnel import main_table_routes
+from dtlsvpn.daemon.ifreload import apply_interface
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.peers import Peer, PeerTable
 from dtlsvpn.daemon.role import display
@@ -237,11 +238,14 @@ class Daemon:
             log.error("reload failed, keeping the running configuration: %s", exc)
             self.notifier.ready(self.status_line())
             return
-        if new.interface != self.cfg.interface:
-            log.warning("reload: [Interface] changes need a restart; applying [Peer] changes")
+        interface = self.cfg.interface
+        if new.interface != interface:  # (roam) what is safe now, the rest at a restart
+            interface = apply_interface(interface, new.interface, link=self.netlink,
+                                        tunmtu=self.tunmtu, set_dns=getattr(self.role,
+                                                                            "set_dns", None))
         old_peers = {p.name: p for p in self.cfg.peers}
         new_peers = {p.name: p for p in new.peers}
-        self.cfg = dataclasses.replace(new, interface=self.cfg.interface)
+        self.cfg = dataclasses.replace(new, interface=interface)
         for name, old in old_peers.items():
             if new_peers.get(name) != old:
                 self._remove_peer(name, now)

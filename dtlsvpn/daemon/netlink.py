@@ -96,6 +96,22 @@ class Netlink:
                 continue
             self.routes.append(net)
 
+    def set_addresses(self, addresses: Iterable[Interface]) -> None:
+        """Reload: remove the addresses no longer wanted, add the new ones (the kernel's
+        connected routes follow them)."""
+        wanted = list(addresses)
+        with _iproute() as ipr:
+            idx = _index(ipr, self.ifname)
+            for iface in [a for a in self.addresses if a not in wanted]:
+                with contextlib.suppress(NetlinkError):
+                    ipr.addr("del", index=idx, address=str(iface.ip),
+                             prefixlen=iface.network.prefixlen)
+                self.addresses.remove(iface)
+            for iface in [a for a in wanted if a not in self.addresses]:
+                ipr.addr("add", index=idx, address=str(iface.ip),
+                         prefixlen=iface.network.prefixlen)
+                self.addresses.append(iface)
+
     def add_routes(self, routes: Iterable[Network]) -> None:
         with _iproute() as ipr:
             self._add_routes(ipr, _index(ipr, self.ifname), routes)

@@ -44,7 +44,7 @@ log = logging.getLogger("dtlsvpn")
 # Send errors that mean "the path from this socket is gone", not "the peer is gone".
 PATH_ERRNOS = frozenset({errno.EADDRNOTAVAIL, errno.ENETUNREACH, errno.EINVAL, errno.EPERM,
                          errno.EHOSTUNREACH, errno.ENETDOWN})
-DEBOUNCE = 0.05  # seconds of quiet after the last signal before the route is looked up
+DEBOUNCE = 0.02  # seconds of quiet after the last signal before the route is looked up
 DEBOUNCE_MAX = 0.25  # ... but never later than this after the first signal of a burst
 SEND_ERROR_QUIET = 1.0  # after a check, failed sends alone trigger no new one this long
 FAMILY_GRACE = 1.0  # up, no route to the server's address: look again this much later

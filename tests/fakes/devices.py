@@ -312,6 +312,9 @@ class FakeLink:
             if net not in connected and net not in self.routes:
                 self.routes.append(net)
 
+    def set_addresses(self, addresses: Iterable[Any]) -> None:
+        self.addresses = list(addresses)
+
     def remove_routes(self, routes: Iterable[Network]) -> None:
         for net in list(routes):
             if net in self.routes:

@@ -1,10 +1,12 @@
 """Tools for the roaming tests, run inside a namespace (``python -m tests.netns.roamtools``).
 
 - ``stream ADDR PORT --interval S --seconds S``: a UDP datagram every ``interval``
-  seconds, each carrying its sequence number and CLOCK_MONOTONIC send time (the
-  namespaces share the host's clock), for ``seconds``.
+  seconds, each carrying its sequence number and wall-clock send time (the namespaces
+  share the host's clock), for ``seconds``.
 - ``sink ADDR PORT --seconds S``: receive such a stream and print one line per datagram
-  (``seq sent_at arrived_at``), then ``done``; ``summary`` reads those lines.
+  (``seq sent_at arrived_at``; the arrival is the kernel's receive timestamp,
+  SO_TIMESTAMPNS, so a sink that runs late on a busy machine does not shift it), then
+  ``done``; ``summary`` reads those lines.
 - ``paced ADDR PORT FILE --rate BYTES_PER_S``: a TCP copy of FILE at a bounded rate, so a
   change in the middle of it meets the copy in flight (``tools recv`` receives it).
 """
@@ -20,7 +22,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-_DATAGRAM = struct.Struct("!Id")  # seq, monotonic send time
+_DATAGRAM = struct.Struct("!Id")  # seq, wall-clock send time
+_TIMESPEC = struct.Struct("=qq")  # struct timespec (64-bit Linux)
+SO_TIMESTAMPNS = 35  # asm-generic/socket.h (also SCM_TIMESTAMPNS); not in Python's socket
 END = 0xFFFFFFFF
 
 
@@ -32,14 +36,14 @@ def stream(addr: str, port: int, interval: float, seconds: float) -> int:
     with socket.socket(_family(addr), socket.SOCK_DGRAM) as sock:
         start = time.monotonic()
         seq = 0
-        while (now := time.monotonic()) < start + seconds:
+        while time.monotonic() < start + seconds:
             # No route for a moment: the datagram is lost, as on a real path.
             with contextlib.suppress(OSError):
-                sock.sendto(_DATAGRAM.pack(seq, now) + bytes(64), (addr, port))
+                sock.sendto(_DATAGRAM.pack(seq, time.time()) + bytes(64), (addr, port))
             seq += 1
             time.sleep(max(0.0, start + seq * interval - time.monotonic()))
         for _ in range(3):  # the end (the sink stops at the first that arrives)
-            sock.sendto(_DATAGRAM.pack(END, time.monotonic()), (addr, port))
+            sock.sendto(_DATAGRAM.pack(END, time.time()), (addr, port))
             time.sleep(0.05)
     print(f"sent={seq}", flush=True)
     return 0
@@ -48,16 +52,21 @@ def stream(addr: str, port: int, interval: float, seconds: float) -> int:
 def sink(addr: str, port: int, seconds: float) -> int:
     with socket.socket(_family(addr), socket.SOCK_DGRAM) as sock:
         sock.bind((addr, port))
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         print("listening", flush=True)
         end = time.monotonic() + seconds
         lines: list[str] = []
         while (left := end - time.monotonic()) > 0:
             sock.settimeout(left)
             try:
-                data = sock.recv(2048)
+                data, ancdata, _, _ = sock.recvmsg(2048, socket.CMSG_SPACE(_TIMESPEC.size))
             except TimeoutError:
                 break
-            arrived = time.monotonic()
+            arrived = time.time()
+            for level, kind, cdata in ancdata:
+                if (level, kind) == (socket.SOL_SOCKET, SO_TIMESTAMPNS):
+                    sec, nsec = _TIMESPEC.unpack(cdata[:_TIMESPEC.size])
+                    arrived = sec + nsec / 1e9
             seq, sent = _DATAGRAM.unpack_from(data)
             if seq == END:
                 break

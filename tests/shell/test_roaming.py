@@ -9,6 +9,7 @@ the server follows with no handshake.  Without one it resumes with its ticket at
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,38 @@ def test_split_tunnel_has_no_policy_and_no_mark(pair: Pair) -> None:
     _, client = pair()
     assert client.devices.policy is None and client.devices.resolvers is None
     assert all(p.mark == 0 for p in client.devices.ports)
+
+
+def test_reload_applies_safe_interface_changes(world: World, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Address, a fixed MTU, DNS and MSSClamp change on SIGHUP with the session kept;
+    ConnectionID needs a restart: a warning, the running value stays."""
+    server_conf, client_conf = psk_pair(tmp_path, mtu="1300")
+    text = client_conf.read_text()
+    client_conf.write_text(text.replace("[Peer]", "DNS = 100.64.0.1\n\n[Peer]", 1))
+    server = world.start(server_conf, SERVER)
+    client = world.start(client_conf, CLIENT)
+    assert world.run_until(lambda: established(client) and established(server))
+    first = client.devices.resolvers
+    assert first is not None and first.applied
+    client_conf.write_text(
+        text.replace("Address = 100.64.0.2/24, fd00::2/64", "Address = 100.64.0.2/24, "
+                     "fd00::2/64, 100.64.9.2/24")
+        .replace("MTU = 1300", "MTU = 1280")
+        .replace("[Peer]", "DNS = 100.64.0.53\nMSSClamp = no\nConnectionID = no\n\n[Peer]", 1))
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="dtlsvpn")
+    client.daemon.on_reload(world.clock.now)
+    assert "100.64.9.2/24" in [str(a) for a in client.link.addresses]
+    assert client.link.mtu == 1280 and client.daemon.tunmtu.mtu == 1280
+    assert not first.applied  # the old resolvers restored...
+    second = client.devices.resolvers
+    assert second is not first and second is not None and second.applied
+    assert second.entries == ("100.64.0.53",)  # ... and the new ones set
+    iface = client.daemon.cfg.interface
+    assert iface.connection_id is True and iface.mss_clamp is False and iface.mtu == 1280
+    assert client.daemon.datapath is not None and client.daemon.datapath.mss4 == 0
+    assert "ConnectionID changed: needs a restart" in caplog.text
+    assert "[Interface] Address, MTU, MSSClamp, DNS applied" in caplog.text, caplog.text
+    assert established(client) and client.peer()["handshakes"] == 1  # the session stayed
+    assert through(world, client, server, C4, S4, 7)
