@@ -222,6 +222,7 @@ class _Loader:
             key = "DeadPeerTimeout" if f.has("DeadPeerTimeout") else "HeartbeatInterval"
             raise f.error(key, f"expected DeadPeerTimeout ({dead:g}s) longer than "
                                f"HeartbeatInterval ({heartbeat:g}s)")
+        self.warnings += _nat_warning(f, role, heartbeat)  # (roam)
         default_rekey: float | None = DEFAULT_REKEY_INTERVAL
         rekey = f.get("RekeyInterval", values.interval, default_rekey)
         return InterfaceConfig(
@@ -502,6 +503,19 @@ def _mark(text: str) -> int:
     if not 0 < n < 1 << 32:
         raise ValueError(f"expected a number from 1 to 4294967295, got {text}")
     return n
+
+
+NAT_UDP_TIMEOUT = 30.0  # seconds: a common NAT's idle timeout for a UDP mapping
+
+
+def _nat_warning(f: _Fields, role: Role, heartbeat: float) -> list[str]:
+    """A client's idle heartbeats keep its NAT mapping alive only if they come more often
+    than the NAT forgets it (30 s is common; the 2 s default is well inside)."""
+    if role != "client" or heartbeat < NAT_UDP_TIMEOUT * 0.8:
+        return []
+    return [f"{f.path}:{f.line('HeartbeatInterval')}: HeartbeatInterval: {heartbeat:g}s "
+            f"between idle heartbeats: a NAT that forgets a UDP mapping after "
+            f"{NAT_UDP_TIMEOUT:g}s would drop the tunnel while it is idle"]
 
 
 def _roaming_keys(f: _Fields, role: Role) -> dict[str, Any]:

@@ -34,8 +34,10 @@ Run = Callable[[Sequence[str], str | None], tuple[int, str]]
 def run_command(argv: Sequence[str], stdin: str | None) -> tuple[int, str]:
     """Run ``argv`` (stdin text if any); (exit status, stderr).  127: not runnable."""
     try:
+        # A session of its own: a stop signal sent to our process group (a supervisor
+        # forwarding SIGTERM) must not kill the restore that the stop itself runs.
         res = subprocess.run(list(argv), input=stdin, capture_output=True, text=True,
-                             timeout=TIMEOUT, check=False)
+                             timeout=TIMEOUT, check=False, start_new_session=True)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return 127, str(exc)
     return res.returncode, res.stderr.strip()

@@ -596,6 +596,20 @@ def test_full_tunnel_and_dns_keys(creds: Creds, tmp_path: Path) -> None:
     assert (cfg.interface.fwmark, cfg.interface.table) == (0x1234, 200)
 
 
+@pytest.mark.parametrize(("interval", "warned"), [("2", False), ("20", False), ("25", True),
+                                                 ("60", True)])
+def test_nat_keepalive_warning(interval: str, warned: bool, creds: Creds,
+                               tmp_path: Path) -> None:
+    """roam: a client's idle heartbeats must beat a 30 s NAT UDP timeout."""
+    text = client_text(creds).replace("Role = client\n", f"Role = client\nHeartbeatInterval "
+                                      f"= {interval}\nDeadPeerTimeout = 120\n")
+    cfg = load_config(write(tmp_path, text))
+    nat = [w for w in cfg.warnings if "NAT" in w]
+    assert bool(nat) is warned, cfg.warnings
+    if warned:
+        assert ":3: HeartbeatInterval:" in nat[0]
+
+
 def test_default_routes_skip_on_link_prefixes(creds: Creds, tmp_path: Path) -> None:
     text = client_text(creds).replace("AllowedIPs = 100.64.100.0/24",
                                       "AllowedIPs = 100.64.100.0/24, 100.64.10.0/24")
