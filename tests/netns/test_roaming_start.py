@@ -127,3 +127,47 @@ def test_reload_adds_and_removes_an_address(topo: Topology, run_daemon: RunDaemo
                       5), addresses()
     assert client.status()["peers"][0]["handshakes"] == 1
     assert client.stop() == 0 and server.stop() == 0
+
+
+def test_a_name_with_both_families_moves_when_one_goes_away(
+        topo: Topology, run_daemon: RunDaemon, procs: ProcessGroup, tmp_path: Path) -> None:
+    """``office.test`` has AAAA 2001:db8::1 and A 198.18.0.1 (the client namespace's
+    /etc/hosts, as ``ip netns exec`` mounts /etc/netns/NS/hosts); the server listens on
+    both ([::]).  The client takes IPv6 first; its IPv6 address goes away: it looks the
+    name up again and carries on over IPv4."""
+    server_ns, client_ns = topo.netns("s"), topo.netns("c")
+    _, c_dev = topo.veth(server_ns, ["198.18.0.1/24", "2001:db8::1/64"],
+                         client_ns, ["198.18.0.2/24", "2001:db8::2/64"])
+    top = Path("/etc/netns")
+    made_top = not top.exists()
+    etc = top / client_ns
+    etc.mkdir(parents=True)
+    try:
+        (etc / "hosts").write_text("127.0.0.1 localhost\n2001:db8::1 office.test\n"
+                                   "198.18.0.1 office.test\n")
+        server_conf, client_conf = psk_pair(tmp_path, server_ip="::")
+        client_conf.write_text(client_conf.read_text().replace("Endpoint = [::]:4433",
+                                                               "Endpoint = office.test:4433"))
+        server, client = start_pair(run_daemon, server_ns, client_ns, server_conf, client_conf)
+        assert client.status()["peers"][0]["endpoint"].startswith("[2001:db8::1]")
+        sink, stream = _stream_to_client(procs, server_ns, client_ns, 6.0)
+        time.sleep(0.5)
+        gone = time.time()
+        ip("-n", client_ns, "addr", "del", "2001:db8::2/64", "dev", c_dev)
+        assert wait_until(lambda: client.status()["peers"][0]["endpoint"].startswith("198.18"),
+                          15), client.proc.describe()
+        assert stream.wait(20) == 0 and sink.wait(20) == 0, sink.describe()
+        s = summary(sink.stdout(), gone)
+        peer = client.status()["peers"][0]
+        print(f"\nA and AAAA, IPv6 gone: now {peer['endpoint']}; first datagram through the "
+              f"tunnel {(s.back_after or 0) * 1000:.0f} ms after the address went; longest "
+              f"gap {s.gap * 1000:.0f} ms; handshakes {peer['handshakes']}, resumed "
+              f"{peer['resumed']}")
+        assert peer["state"] == "established"
+        assert client.stop() == 0 and server.stop() == 0
+    finally:
+        for f in etc.iterdir():
+            f.unlink()
+        etc.rmdir()
+        if made_top:
+            top.rmdir()
