@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from dtlsvpn.config import values
 from dtlsvpn.config.credentials import (
@@ -36,6 +36,7 @@ from dtlsvpn.config.credentials import (
 )
 from dtlsvpn.config.model import (
     DEFAULT_DEAD_PEER_TIMEOUT,
+    DEFAULT_FWMARK,
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_REKEY_INTERVAL,
     FLEET_CID_MODES,
@@ -256,6 +257,7 @@ class _Loader:
             key = "DeadPeerTimeout" if f.has("DeadPeerTimeout") else "HeartbeatInterval"
             raise f.error(key, f"expected DeadPeerTimeout ({dead:g}s) longer than "
                                f"HeartbeatInterval ({heartbeat:g}s)")
+        self.warnings += _nat_warning(f, role, heartbeat)  # (roam)
         default_rekey: float | None = DEFAULT_REKEY_INTERVAL
         rekey = f.get("RekeyInterval", values.interval, default_rekey)
         return InterfaceConfig(
@@ -279,6 +281,7 @@ class _Loader:
             connection_id=f.get("ConnectionID", values.boolean, True),
             udp_offload=f.get("UDPOffload", values.boolean, True),
             fleet=self._fleet(f, role),  # fleet keys: the block at the end of this file
+            **_roaming_keys(f, role),
             source=Source(self.path, f.section.line),
         )
 
@@ -353,7 +356,8 @@ class _Loader:
         except ValueError:
             return
         for net, line in routes:
-            if ip.version == net.version and ip in net:
+            # (a client's /0 is a full tunnel: its socket is marked, daemon/fulltunnel.py)
+            if ip.version == net.version and ip in net and net.prefixlen > 0:
                 self.warnings.append(
                     f"{self.path}:{line}: the endpoint {ip} is inside {net}, routed through "
                     f"the tunnel: the daemon must keep a route to it outside the tunnel")
@@ -586,3 +590,53 @@ def load_fleet(f: _Fields, role: Role, to_path: Callable[[str], Path]) -> FleetC
         ticket_key_rotation=f.get("TicketKeyRotation", values.boolean, True),
     )
 # --- end of the fleet block ---
+# --- roam (issue 11): DNS, FwMark, Table, KillSwitch -------------------------------------
+
+_RESERVED_TABLES = {0, 253, 254, 255}  # unspec, default, main, local
+
+
+def _dns_entry(text: str) -> str:
+    """A resolver's IP address, or a search domain."""
+    if values.is_ip_literal(text) or values.is_hostname(text.rstrip(".")):
+        return text
+    raise ValueError(f"expected a resolver's IP address or a search domain, got {text!r}")
+
+
+def _mark(text: str) -> int:
+    """A 32-bit firewall mark or table number, decimal or 0x hex, not 0."""
+    try:
+        n = int(text, 0)
+    except ValueError:
+        raise ValueError(f"expected a number from 1 to 4294967295 (or 0x...), got {text!r}"
+                         ) from None
+    if not 0 < n < 1 << 32:
+        raise ValueError(f"expected a number from 1 to 4294967295, got {text}")
+    return n
+
+
+NAT_UDP_TIMEOUT = 30.0  # seconds: a common NAT's idle timeout for a UDP mapping
+
+
+def _nat_warning(f: _Fields, role: Role, heartbeat: float) -> list[str]:
+    """A client's idle heartbeats keep its NAT mapping alive only if they come more often
+    than the NAT forgets it (30 s is common; the 2 s default is well inside)."""
+    if role != "client" or heartbeat < NAT_UDP_TIMEOUT * 0.8:
+        return []
+    return [f"{f.path}:{f.line('HeartbeatInterval')}: HeartbeatInterval: {heartbeat:g}s "
+            f"between idle heartbeats: a NAT that forgets a UDP mapping after "
+            f"{NAT_UDP_TIMEOUT:g}s would drop the tunnel while it is idle"]
+
+
+def _roaming_keys(f: _Fields, role: Role) -> dict[str, Any]:
+    if role == "server":
+        for key in ("DNS", "FwMark", "Table", "KillSwitch"):
+            if f.has(key):
+                raise f.error(key, "only for a client (a server's own routes and resolvers "
+                                   "are the system's)")
+    mark = f.get("FwMark", _mark, DEFAULT_FWMARK)
+    table = f.get("Table", _mark, mark)
+    if table in _RESERVED_TABLES:
+        raise f.error("Table", f"expected a table of our own, not {table} (main, local or "
+                               f"default)")
+    return {"dns": tuple(d for d, _ in f.many("DNS", _dns_entry)), "fwmark": mark,
+            "table": table, "kill_switch": f.get("KillSwitch", values.boolean, False)}

@@ -49,11 +49,14 @@ DEFAULT_CONFDIR = Path("/etc/dtlsvpn")
 DEFAULT_HEARTBEAT_INTERVAL = 2.0
 DEFAULT_DEAD_PEER_TIMEOUT = 8.0
 DEFAULT_REKEY_INTERVAL = 3600.0  # like OpenVPN's reneg-sec
+DEFAULT_FWMARK = 51820  # roam: FwMark and Table of a full tunnel, as wg-quick's (0xca6c)
 
 INTERFACE_KEYS: tuple[str, ...] = (
     "Role", "ListenAddress", "Device", "Address", "MTU", "Certificate", "PrivateKey", "CA",
     "Ciphers", "HeartbeatInterval", "DeadPeerTimeout", "TicketStore", "StatusSocket",
     "MSSClamp", "LogLevel", "RekeyInterval", "ConnectionID", "UDPOffload",
+    # roam (issue 11): a client's DNS, full tunnel and kill switch
+    "DNS", "FwMark", "Table", "KillSwitch",
 )
 PEER_KEYS = (
     "Name", "Endpoint", "AllowedIPs", "Route", "PeerKeyPin", "CommonName", "PSKIdentity",
@@ -89,7 +92,7 @@ class FleetConfig:
     ticket_key_rotation: bool = True
 # --- end of the fleet block ---
 
-MULTI_VALUED = frozenset({"Address", "AllowedIPs", "Route", "PeerKeyPin"})
+MULTI_VALUED = frozenset({"Address", "AllowedIPs", "Route", "PeerKeyPin", "DNS"})
 VOCABULARY = {"Interface": INTERFACE_KEYS, "Peer": PEER_KEYS}
 # Keys people bring from WireGuard and OpenVPN, with what to write instead.
 HINTS = {
@@ -98,7 +101,6 @@ HINTS = {
                  "(PSKIdentity, PSKFile)",
     "presharedkey": "use PSKIdentity and PSKFile (a file holding the key in hex)",
     "persistentkeepalive": "use HeartbeatInterval in [Interface]",
-    "dns": "dtlsvpn does not configure DNS",
     "key": "use PrivateKey",
     "cert": "use Certificate",
 }
@@ -156,6 +158,18 @@ class InterfaceConfig:
     connection_id: bool = True  # RFC 9146 connection IDs (roaming without a handshake)
     udp_offload: bool = True  # UDP GSO/GRO batching where the kernel has it
     fleet: FleetConfig = field(default_factory=FleetConfig)  # fleet keys (block above)
+    # --- roam (issue 11): a client's resolvers, full tunnel and kill switch -----------
+    # DNS: the tunnel's resolvers (IP addresses) and search domains (the other entries),
+    #   set with resolvectl or resolvconf while the tunnel runs (daemon/dns.py).
+    # FwMark: SO_MARK of the client's UDP socket when AllowedIPs/Route has a /0 (full
+    #   tunnel, daemon/fulltunnel.py); Table: the policy routing table (default FwMark).
+    # KillSwitch: with a full tunnel, nothing leaves outside it while it is down, even
+    #   after a crash (an unreachable default route in Table).
+    dns: tuple[str, ...] = ()
+    fwmark: int = DEFAULT_FWMARK
+    table: int = DEFAULT_FWMARK
+    kill_switch: bool = False
+    # --- end roam -----------------------------------------------------------------------
     source: Source = field(compare=False)
 
 

@@ -12,7 +12,11 @@ Who owns what
   (``by_addr`` for the data path, ``owner(assoc)`` for events); ``Peer`` holds a peer's
   runtime and counters, read by the data path and ``snapshot.py``.
 - ``client.py`` ``ClientRole`` + ``dialer.py`` ``Dialer`` (DOWN, DIALLING, HANDSHAKING,
-  UP, BACKING_OFF): the client's socket, ``RekeyingClient``, tickets and redials.
+  UP, BACKING_OFF): the client's socket, ``RekeyingClient``, tickets and redials;
+  ``netwatch.py`` follows the local network (kernel notifications, failed sends →
+  a new socket and a heartbeat, or a resumption), ``resolve.py`` looks the Endpoint up
+  on a worker thread, ``fulltunnel.py`` the policy routing of a /0, ``dns.py`` the
+  tunnel's resolvers, ``ifreload.py`` the ``[Interface]`` changes a reload applies.
 - ``server.py`` ``ServerRole`` + ``binding.py`` (sans-I/O policy: renewal, replacement,
   rejection, moves): the listening port, the ``ServerEndpoint``, one Timer per
   association, ticket keys.

@@ -1,12 +1,15 @@
 """The client role: one [Peer] (the server), dialled by :class:`~.dialer.Dialer`, kept up.
 
-A dial resolves the Endpoint host again, opens a connected UDP port and starts a
+A dial resolves the Endpoint host again (off the loop, ``resolve.py``; the dial timeout
+covers the lookup), picks the first address the kernel has a route to (a name with A
+and AAAA records whose one family went away), opens a connected UDP port and starts a
 ``RekeyingClient`` (``dtls/rekey.py``), resuming with the stored ticket when there is
 one; the renewals it starts later never resume (fresh ECDHE keys are their point).
 The tunnel is down again when the handshake does not complete within
 ``DIAL_TIMEOUT``, when the association closes, or on ``PeerUnresponsive``; the dialer
-then waits its back-off and dials again.  READY=1 goes out with the first completed
-handshake (the tunnel can pass traffic).
+then waits its back-off and dials again.  READY=1 goes out at start, as soon as the
+interface is configured and the first dial is due (offline start); STATUS= says
+"connected to NAME" or "not connected (dialling|handshaking|backing off)".
 
 Tickets: ``SessionTicketReceived`` is stored (``ticketstore.py``) for the next dial; a
 ticket that was offered to a dial that timed out, or whose just-resumed session the
@@ -15,6 +18,14 @@ routes, counters and applied MTU stay.
 
 Deadlines are two loop Timers: the dialer's (dial timeout or redial) and the
 connection's ``get_timer()``, re-armed only after the connection was serviced.
+
+The carrier is ``peer.sock`` (a connected ``UdpPort``): ``_open_carrier`` makes one
+towards an address and puts it on the loop, ``_close_socket`` takes it off; a dial
+and a roam (``netwatch.py``: the local address or route changed) are the only places
+that replace it, so another transport can slot in there.  Roaming: the kernel's
+notifications and failed sends run ``_path_check``; a new source with the tunnel up
+gets a fresh socket and at once a heartbeat (``probe_path``, the server follows the
+connection ID), or, without a CID, a dial at once that resumes with the ticket.
 """
 
 from __future__ import annotations
@@ -24,10 +35,13 @@ import logging
 import socket
 
 from dtlsvpn.daemon.datapath import Datapath
-from dtlsvpn.daemon.devices import TunDevice
+from dtlsvpn.daemon.devices import Addr, PolicyRouting, Resolvers, TunDevice, UdpPort
 from dtlsvpn.daemon.dialer import DIAL_TIMEOUT, DialAction, Dialer, DialState
+from dtlsvpn.daemon.fulltunnel import full_families
+from dtlsvpn.daemon.netwatch import FAMILY_GRACE, Move, Roamer
 from dtlsvpn.daemon.peers import Peer
 from dtlsvpn.daemon.refusals import Refusals
+from dtlsvpn.daemon.resolve import Answer, is_literal
 from dtlsvpn.daemon.role import Host, display, peer_event, rekey_grace, send_datagrams
 from dtlsvpn.daemon.settings import core_settings, match_peer
 from dtlsvpn.daemon.ticketstore import TicketStore
@@ -63,6 +77,15 @@ class ClientRole:
         self._dial_timer = loop.timer(self._on_dial_deadline)
         self.refusals = Refusals()
         self._conn_timer = loop.timer(self._on_conn_timer)
+        self.roamer = Roamer(loop, host.devices.watch_network(), self._path_check)
+        self.resolver = host.devices.resolver(loop)
+        datapath.on_send_error = self._send_failed
+        iface = host.cfg.interface
+        # A /0 in AllowedIPs/Route: full tunnel (fulltunnel.py); our socket is marked.
+        self.full = full_families(r for p in host.cfg.peers for r in p.routes)
+        self.mark = iface.fwmark if self.full else 0
+        self.policy: PolicyRouting | None = None
+        self.resolvers: Resolvers | None = None
 
     @property
     def peer(self) -> Peer:
@@ -73,10 +96,43 @@ class ClientRole:
         dp.client_peer = self.peer
         dp.service = self.service
         self.host.loop.add(tun.fd, dp.client_tun)
+        iface, devices = self.host.cfg.interface, self.host.devices
+        if self.full:
+            self.policy = devices.full_tunnel(tun.name, self.full, mark=self.mark,
+                                              table=iface.table, kill_switch=iface.kill_switch)
+            self.policy.setup()
+        if iface.dns:
+            self.resolvers = devices.dns(tun.name, iface.dns, full_tunnel=bool(self.full))
+            self.resolvers.apply()
 
     def start(self, now: float) -> None:
+        """Dial; READY=1 at once: the interface is configured and the client dialling,
+        whether the server answers or not (a laptop starts offline), and STATUS= says
+        which (``status_text``)."""
         self.dialer.start(now)
         self._dial_timer.schedule(self.dialer.deadline)
+        self.host.ready(self.status_text())
+
+    def set_dns(self, entries: tuple[str, ...]) -> None:
+        """Reload (``ifreload.py``): the old resolvers restored, the new ones set."""
+        if self.resolvers is not None:
+            self.resolvers.restore()
+            self.resolvers = None
+        tun = self.datapath.tun
+        if entries:
+            self.resolvers = self.host.devices.dns(tun.name, entries,
+                                                   full_tunnel=bool(self.full))
+            self.resolvers.apply()
+
+    def status_text(self) -> str:
+        """STATUS=: the daemon's line, then connected or not (and what the dialer does)."""
+        peer = self.peer
+        line = self.host.status_line()
+        if self.dialer.state is DialState.UP:
+            return f"{line}; connected to {peer.name} at {display(peer.addr)}"
+        endpoint = peer.config.endpoint
+        where = f" at {endpoint[0]}:{endpoint[1]}" if endpoint else ""
+        return f"{line}; not connected ({self.dialer.state.value}) to {peer.name}{where}"
 
     def listening(self) -> str | None:
         return None
@@ -93,6 +149,12 @@ class ClientRole:
 
     def _timed_out(self, peer: Peer, now: float) -> None:
         conn = peer.conn
+        if conn is None and self.resolver.pending:
+            self.resolver.cancel()
+            assert peer.config.endpoint is not None
+            self._lost(peer, now, f"no answer for {peer.config.endpoint[0]} within "
+                       f"{DIAL_TIMEOUT:g}s")
+            return
         if conn is None or conn.is_established:
             return
         log.warning("peer %s: no handshake within %gs", peer.name, DIAL_TIMEOUT)
@@ -109,7 +171,7 @@ class ClientRole:
         self._dial_timer.schedule(self.dialer.deadline)
         if delay is not None:
             log.info("peer %s: %s; redialling in %.1fs", peer.name, reason, delay)
-        self.host.notifier.status(self.host.status_line())
+        self.host.notifier.status(self.status_text())
 
     def _close_socket(self, peer: Peer) -> None:
         if peer.sock is not None:
@@ -118,37 +180,132 @@ class ClientRole:
             peer.sock = None
 
     def _dial(self, peer: Peer, now: float, wall: float) -> None:
-        host = self.host
+        """Look the Endpoint up again; ``_resolved`` goes on with the answer."""
         assert peer.config.endpoint is not None
         name, port = peer.config.endpoint
         self._close_socket(peer)
         peer.assoc = None
         peer.conn = None
         self._conn_timer.cancel()
+        self.dialer.dialled(now)  # the dial timeout covers the lookup and the handshake
+        self.resolver.resolve(name, port, self._resolved)
+
+    def _resolved(self, answer: Answer, now: float) -> None:
+        peer = self.peer
+        if self.dialer.state is not DialState.HANDSHAKING or peer.conn is not None:
+            return
+        host = self.host
+        assert peer.config.endpoint is not None
+        name, port = peer.config.endpoint
         try:
-            family, addr = host.devices.resolve(name, port)
-            sock = host.devices.open_udp(family, connect=addr,
-                                         offload=host.cfg.interface.udp_offload,
-                                         counters=self.datapath.udp)
+            if isinstance(answer, OSError):
+                raise answer
+            family, addr = self._pick(answer)
+            sock = self._open_carrier(peer, family, addr)
         except OSError as exc:  # gaierror included
             peer.last_error = str(exc)
             self._lost(peer, now, f"cannot reach {name}: {exc}")
             return
-        peer.sock = sock
-        peer.addr = addr
-        host.loop.add(sock.fileno(), self.datapath.client_udp)
         if self.tunmtu.policy == "auto" and peer.inner_mtu is None:
             self.tunmtu.refine(family, sock.path_mtu())
+        wall = host.loop.wall
         conn = RekeyingClient(self._dtls_config(peer, wall),
                               grace=rekey_grace(host.cfg.interface.rekey_interval),
                               ip_header=40 if family == socket.AF_INET6 else 20,  # PLPMTU
                               peer=f"{name}:{port}".encode())
         peer.conn = conn
         peer.assoc = conn.current
-        self.dialer.dialled(now)
         conn.connect(now, wall)
         self._flush(peer, conn, now)
         self._conn_timer.schedule(conn.get_timer())
+
+    def _pick(self, answer: list[tuple[socket.AddressFamily, Addr]]
+              ) -> tuple[socket.AddressFamily, Addr]:
+        """The first address the kernel has a route to (else the first): of a name with
+        A and AAAA records, the family that is there now."""
+        route = self.host.devices.route_source
+        for family, addr in answer:
+            if route(addr[0], self.mark) is not None:
+                return family, addr
+        return answer[0]
+
+    def _open_carrier(self, peer: Peer, family: socket.AddressFamily, addr: Addr) -> UdpPort:
+        """A connected socket towards ``addr`` on the route the kernel picks now, on the
+        loop as ``peer.sock`` (the old one, if any, closed first)."""
+        host = self.host
+        sock = host.devices.open_udp(family, connect=addr,
+                                     offload=host.cfg.interface.udp_offload,
+                                     counters=self.datapath.udp, mark=self.mark)
+        self._close_socket(peer)
+        peer.sock = sock
+        peer.addr = addr
+        host.loop.add(sock.fileno(), self.datapath.client_udp)
+        self.roamer.watch.dialled(host.devices.route_source(addr[0], self.mark))
+        return sock
+
+    # --- roaming (netwatch.py) --------------------------------------------------------
+
+    def _send_failed(self, peer: Peer, exc: OSError, now: float) -> None:
+        self.roamer.send_failed(exc, now)
+
+    def _path_check(self, now: float) -> None:
+        """The kernel said the network changed (or a send failed): where do we stand?"""
+        peer = self.peer
+        if peer.addr is None or self.dialer.state is DialState.DOWN:
+            if self.dialer.state is DialState.BACKING_OFF:
+                self._redial_now(peer, now, "the network changed")
+            return
+        route = self.host.devices.route_source(peer.addr[0], self.mark)
+        bound = peer.sock.local_host() if peer.sock is not None else None
+        up = self.dialer.state is DialState.UP
+        move = self.roamer.watch.decide(route, bound, up)
+        if move is Move.WAIT:
+            self._no_route(peer, up, now)
+        elif move is Move.REBIND:
+            self._roam(peer, bound, route, now)
+        elif move is Move.REDIAL:
+            self._redial_now(peer, now, f"the route to the server changed (source {route})")
+
+    def _no_route(self, peer: Peer, up: bool, now: float) -> None:
+        """No route to the server's address.  A literal: wait for the network.  A name
+        (maybe with an address of the other family, if this one went away): look it up
+        again, at once when not up, else when the route is still missing a moment later
+        (an address change passes through "no route" for some milliseconds)."""
+        log.debug("peer %s: no route to %s for now", peer.name, display(peer.addr))
+        endpoint = peer.config.endpoint
+        if endpoint is None or is_literal(endpoint[0]):
+            return
+        if up and self.roamer.watch.waits < 2:
+            self.roamer.recheck(now + FAMILY_GRACE)
+            return
+        self._redial_now(peer, now, f"no route to {display(peer.addr)}; looking "
+                         f"{endpoint[0]} up again")
+
+    def _roam(self, peer: Peer, old: str | None, new: str | None, now: float) -> None:
+        conn = peer.conn
+        assert peer.addr is not None and conn is not None
+        try:
+            sock = self._open_carrier(peer, peer.sock.family if peer.sock else socket.AF_INET,
+                                      peer.addr)
+        except OSError as exc:
+            log.warning("peer %s: cannot open a socket on the new route: %s", peer.name, exc)
+            return
+        peer.roams += 1
+        if conn.probe_path(now):
+            log.info("peer %s: local address %s -> %s; heartbeat from the new socket, the "
+                     "server follows the connection ID", peer.name, old, sock.local_host())
+            self._flush(peer, conn, now)
+            self._conn_timer.bring_forward(conn.get_timer())
+            return
+        log.info("peer %s: local address %s -> %s; no connection ID to follow, resuming "
+                 "at once", peer.name, old, new)
+        self._redial_now(peer, now, None)
+
+    def _redial_now(self, peer: Peer, now: float, reason: str | None) -> None:
+        if reason:
+            log.info("peer %s: %s; dialling now", peer.name, reason)
+        self.dialer.redial_now(now)
+        self._dial_timer.schedule(self.dialer.deadline)
 
     def _ticket_key(self, peer: Peer) -> str:
         endpoint = peer.config.endpoint
@@ -234,9 +391,9 @@ class ClientRole:
         self.host.set_underlay(peer, peer.addr)
         log.info("peer %s: handshake with %s done (%s, %s)", peer.name, display(peer.addr),
                  ev.suite_name, "resumed" if ev.resumed else "full")
-        self.dialer.established()
+        self.dialer.established(now)
         self._dial_timer.cancel()
-        self.host.ready(self.host.status_line())
+        self.host.notifier.status(self.status_text())
 
     def _rekeyed(self, peer: Peer, conn: RekeyingClient, ev: Rekeyed, now: float,
                  wall: float) -> None:
@@ -291,7 +448,13 @@ class ClientRole:
 
     def teardown(self, now: float) -> None:
         peer = self.peer
+        self.roamer.close()
+        self.resolver.close()
         self.remove_peer(peer, now)
+        if self.resolvers is not None:
+            self.resolvers.restore()
+        if self.policy is not None:
+            self.policy.teardown()
         self.dialer.stop()
         self._dial_timer.cancel()
 

@@ -3,10 +3,11 @@
 Start-up order: TUN device, its MTU, addresses and routes (before the loop), the router
 with every peer's allowed prefixes, the data path, the role (server: the UDP port
 bound to ListenAddress; client: dialled, see ``client.py``), the status socket, then
-the loop.  READY=1 goes out when a server listens and when a client's first handshake
-completes.  SIGTERM/SIGINT stop the loop; teardown sends close_notify to every peer,
-removes routes and addresses, closes the TUN descriptor (the interface disappears with
-it) and removes the status socket.  SIGHUP reloads the [Peer] sections: changed peers
+the loop.  READY=1 goes out when a server listens and when a client is configured and
+dialling (``client.py``: offline start; STATUS= says whether it is connected).
+SIGTERM/SIGINT stop the loop; teardown sends close_notify to every peer, removes
+routes and addresses, closes the TUN descriptor (the interface disappears with it)
+and removes the status socket.  SIGHUP reloads the [Peer] sections: changed peers
 are removed and added again, unchanged ones keep their associations.
 
 Everything with a deadline is a loop Timer: the watchdog (half of ``WATCHDOG_USEC``),
@@ -38,6 +39,8 @@ from dtlsvpn.daemon.client import ClientRole
 from dtlsvpn.daemon.datapath import Datapath
 from dtlsvpn.daemon.devices import Addr, Devices, LinkConfig, Platform, TunDevice
 from dtlsvpn.daemon.dialer import Dialer
+from dtlsvpn.daemon.fulltunnel import main_table_routes
+from dtlsvpn.daemon.ifreload import apply_interface
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.peers import Peer, PeerTable
 from dtlsvpn.daemon.role import display
@@ -117,7 +120,10 @@ class Daemon:
             raise StartupError(describe_tun(exc, self.cfg)) from exc
         self.netlink = self.tunmtu.link = self.devices.link(tun.name)
         mtu = self.tunmtu.initial(*self._underlay())
-        self.netlink.configure(mtu, iface.addresses, [r for p in self.cfg.peers for r in p.routes])
+        routes = [r for p in self.cfg.peers for r in p.routes]
+        # (roam) a client's /0 routes go to the full tunnel's table (fulltunnel.py)
+        self.netlink.configure(mtu, iface.addresses,
+                               main_table_routes(routes, client=self.is_client))
         router: Router[Peer] = Router(single=self.peers.first() if self.is_client else None)
         for peer in self.peers:
             router.add_peer(peer, peer.config.allowed_prefixes)
@@ -256,11 +262,14 @@ class Daemon:
             log.error("reload failed, keeping the running configuration: %s", exc)
             self.notifier.ready(self.status_line())
             return
-        if new.interface != self.cfg.interface:
-            log.warning("reload: [Interface] changes need a restart; applying [Peer] changes")
+        interface = self.cfg.interface
+        if new.interface != interface:  # (roam) what is safe now, the rest at a restart
+            interface = apply_interface(interface, new.interface, link=self.netlink,
+                                        tunmtu=self.tunmtu, set_dns=getattr(self.role,
+                                                                            "set_dns", None))
         old_peers = {p.name: p for p in self.cfg.peers}
         new_peers = {p.name: p for p in new.peers}
-        self.cfg = dataclasses.replace(new, interface=self.cfg.interface)
+        self.cfg = dataclasses.replace(new, interface=interface)
         for name, old in old_peers.items():
             if new_peers.get(name) != old:
                 self._remove_peer(name, now)
@@ -292,7 +301,8 @@ class Daemon:
         self.datapath.router.add_peer(peer, peer_cfg.allowed_prefixes)
         if self.netlink is not None:
             try:
-                self.netlink.add_routes(peer_cfg.routes)
+                self.netlink.add_routes(main_table_routes(peer_cfg.routes,
+                                                          client=self.is_client))
             except OSError as exc:
                 log.warning("peer %s: cannot add routes: %s", peer_cfg.name, exc)
         self.role.add_peer(peer, now)

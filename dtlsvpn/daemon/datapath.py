@@ -93,6 +93,8 @@ class Datapath:
         self.endpoint: ServerEndpoint | None = None
         self.bind: Callable[[Addr, Association, float], Peer | None] | None = None
         self.on_hints: Callable[[Peer | None, list[ErrorHint], float], None] | None = None
+        # (roam) a send that failed with an OS error: the client checks its path
+        self.on_send_error: Callable[[Peer, OSError, float], None] | None = None
         # The slow path, run once at the end of a loop iteration that received anything:
         # ``defer(service)`` (the role's: events, flights, timers of what was fed).
         self.defer: Callable[[Callable[[float, float], None]], None] | None = None
@@ -282,3 +284,5 @@ class Datapath:
         else:
             peer.drop("send_error", n)
             peer.last_error = exc.strerror
+            if self.on_send_error is not None:
+                self.on_send_error(peer, exc, now)

@@ -33,7 +33,12 @@ import struct
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from dtlsvpn.daemon.netlink import Netlink, route_mtu
+from dtlsvpn.daemon.dns import Dns
+from dtlsvpn.daemon.fulltunnel import FullTunnel
+from dtlsvpn.daemon.loop import Loop
+from dtlsvpn.daemon.netlink import Netlink, NetlinkMonitor, route_mtu, route_source
+from dtlsvpn.daemon.netwatch import Monitor
+from dtlsvpn.daemon.resolve import Resolver, lookup_all
 from dtlsvpn.daemon.systemd import Notifier
 from dtlsvpn.daemon.tun import Tun
 from dtlsvpn.daemon.udp import (
@@ -99,6 +104,7 @@ class UdpPort(Protocol):
                        ) -> tuple[list[tuple[bytes, Any]], OSError | None]: ...
     def read_errors(self) -> list[ErrorHint]: ...
     def path_mtu(self) -> int | None: ...
+    def local_host(self) -> str | None: ...
     def close(self) -> None: ...
 
 
@@ -108,6 +114,7 @@ class LinkConfig(Protocol):
     def configure(self, mtu: int, addresses: Iterable[Interface],
                   routes: Iterable[Network]) -> None: ...
     def add_routes(self, routes: Iterable[Network]) -> None: ...
+    def set_addresses(self, addresses: tuple[Interface, ...]) -> None: ...
     def remove_routes(self, routes: Iterable[Network]) -> None: ...
     def set_mtu(self, mtu: int) -> None: ...
     def teardown(self) -> None: ...
@@ -123,10 +130,29 @@ class Platform(Protocol):
     def open_tun(self, name: str) -> TunDevice: ...
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,
                  connect: Addr | None = None, offload: bool = False,
-                 counters: UdpCounters | None = None) -> UdpPort: ...
+                 counters: UdpCounters | None = None, mark: int = 0) -> UdpPort: ...
     def link(self, ifname: str) -> LinkConfig: ...
     def route_mtu(self, host: str) -> int | None: ...
-    def resolve(self, host: str, port: int) -> tuple[socket.AddressFamily, Addr]: ...
+    def resolver(self, loop: Loop) -> Resolver: ...
+    def route_source(self, host: str, mark: int = 0) -> str | None: ...
+    def watch_network(self) -> Monitor | None: ...
+    def full_tunnel(self, ifname: str, families: set[int], *, mark: int, table: int,
+                    kill_switch: bool) -> PolicyRouting: ...
+    def dns(self, ifname: str, entries: tuple[str, ...], *, full_tunnel: bool) -> Resolvers: ...
+
+
+class PolicyRouting(Protocol):
+    """A full tunnel's rules and table (``fulltunnel.py``)."""
+
+    def setup(self) -> None: ...
+    def teardown(self) -> None: ...
+
+
+class Resolvers(Protocol):
+    """The tunnel's DNS settings (``dns.py``)."""
+
+    def apply(self) -> str | None: ...
+    def restore(self) -> None: ...
 
 
 class SocketPort:
@@ -293,6 +319,14 @@ class SocketPort:
     def path_mtu(self) -> int | None:
         return socket_mtu(self.sock)
 
+    def local_host(self) -> str | None:
+        """The socket's own address (the source the kernel gave it), None when unbound."""
+        try:
+            host = str(self.sock.getsockname()[0])
+        except OSError:
+            return None
+        return None if host in ("0.0.0.0", "::") else host
+
     def close(self) -> None:
         self.sock.close()
 
@@ -308,9 +342,21 @@ class Devices:
 
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,
                  connect: Addr | None = None, offload: bool = False,
-                 counters: UdpCounters | None = None) -> UdpPort:
-        return SocketPort(open_udp(family, bind=bind, connect=connect), offload=offload,
-                          counters=counters)
+                 counters: UdpCounters | None = None, mark: int = 0) -> UdpPort:
+        """``mark``: SO_MARK, set before ``connect`` so that the route (and the source
+        address) is chosen with it (a full tunnel's socket keeps the real route)."""
+        if not mark:
+            return SocketPort(open_udp(family, bind=bind, connect=connect), offload=offload,
+                              counters=counters)
+        sock = open_udp(family, bind=bind)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            if connect is not None:
+                sock.connect(connect)
+        except OSError:
+            sock.close()
+            raise
+        return SocketPort(sock, offload=offload, counters=counters)
 
     def link(self, ifname: str) -> LinkConfig:
         return Netlink(ifname)
@@ -318,10 +364,25 @@ class Devices:
     def route_mtu(self, host: str) -> int | None:
         return route_mtu(host)
 
-    def resolve(self, host: str, port: int) -> tuple[socket.AddressFamily, Addr]:
-        """The first UDP address of ``host``, looked up now; raises OSError."""
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        if not infos:
-            raise OSError(errno.EHOSTUNREACH, f"no address for {host}")
-        family, _, _, _, sockaddr = infos[0]
-        return family, (str(sockaddr[0]), int(sockaddr[1]))
+    def route_source(self, host: str, mark: int = 0) -> str | None:
+        return route_source(host, mark)
+
+    def full_tunnel(self, ifname: str, families: set[int], *, mark: int, table: int,
+                    kill_switch: bool) -> PolicyRouting:
+        return FullTunnel(ifname, families, mark=mark, table=table, kill_switch=kill_switch)
+
+    def dns(self, ifname: str, entries: tuple[str, ...], *, full_tunnel: bool) -> Resolvers:
+        return Dns(ifname, entries, full_tunnel=full_tunnel)
+
+    def watch_network(self) -> Monitor | None:
+        """The kernel's link/address/route notifications; None (logged) when the
+        kernel refuses the socket: the client then follows its send errors only."""
+        try:
+            return NetlinkMonitor()
+        except OSError as exc:
+            log.warning("cannot watch the network (%s): following send errors only", exc)
+            return None
+
+    def resolver(self, loop: Loop) -> Resolver:
+        """Name lookups on a worker thread, answered on the loop (``resolve.py``)."""
+        return Resolver(loop, lookup_all)

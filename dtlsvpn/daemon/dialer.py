@@ -7,13 +7,18 @@ States and transitions (``deadline`` is the one time the machine waits for)::
                      sends the ClientHello, then reports ``dialled`` or ``lost``
     DIALLING ──dialled──► HANDSHAKING (deadline: now + DIAL_TIMEOUT)
     HANDSHAKING ──due──► TIMED_OUT: the shell closes the attempt and reports ``lost``
-    HANDSHAKING ──established──► UP (the attempt counter resets)
+    HANDSHAKING ──established──► UP
     DIALLING | HANDSHAKING | UP ──lost──► BACKING_OFF (deadline: now + back-off)
     BACKING_OFF ──due──► DIAL (as from DIALLING)
+    HANDSHAKING | UP | BACKING_OFF ──redial_now──► DIALLING (deadline: now; the network
+                     changed under us, see ``netwatch.py``)
     any ──stop──► DOWN
 
 Back-off: ``min(30 s, 2^n s) × uniform(0.5, 1)`` with n the number of losses since the
-last handshake (README: "Redials back off exponentially with jitter, capped at 30 s").
+tunnel was last up for ``STABLE`` seconds (README: "Redials back off exponentially
+with jitter, capped at 30 s").  A completed handshake alone does not reset n: a server
+that accepts the handshake and then ends it at once (a peer it no longer knows, a
+ticket it resumes and then refuses) is a refusal like an alert or a timeout.
 ``lost`` in BACKING_OFF changes nothing: an association that closes after
 ``PeerUnresponsive`` already took the peer down.  Nothing here reads a clock or
 touches a socket; the randomness is the caller's ``random.Random``.
@@ -24,7 +29,8 @@ from __future__ import annotations
 import random
 from enum import Enum
 
-DIAL_TIMEOUT = 10.0  # seconds for a dial's handshake to complete
+DIAL_TIMEOUT = 10.0  # seconds for a dial's name lookup and handshake to complete
+STABLE = 10.0  # seconds up before a loss counts as the first again
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 30.0
 
@@ -54,8 +60,9 @@ class Dialer:
         self.rng = rng
         self.timeout = timeout
         self.state = DialState.DOWN
-        self.attempt = 0  # losses since the last completed handshake
+        self.attempt = 0  # losses since the tunnel was last up for STABLE seconds
         self.deadline: float | None = None
+        self.up_since: float | None = None
 
     def start(self, now: float) -> None:
         """Dial at once, with a fresh back-off (start-up, or a new [Peer] on reload)."""
@@ -74,13 +81,21 @@ class Dialer:
             return DialAction.DIAL
         return None
 
+    def redial_now(self, now: float) -> None:
+        """The network changed: dial at once (from any state but DOWN), keeping the
+        back-off count (a change is no proof that the server will answer)."""
+        if self.state is DialState.DOWN:
+            return
+        self.state = DialState.DIALLING
+        self.deadline = now
+
     def dialled(self, now: float) -> None:
         self.state = DialState.HANDSHAKING
         self.deadline = now + self.timeout
 
-    def established(self) -> None:
+    def established(self, now: float) -> None:
         self.state = DialState.UP
-        self.attempt = 0
+        self.up_since = now
         self.deadline = None
 
     def lost(self, now: float) -> float | None:
@@ -88,6 +103,9 @@ class Dialer:
         when a redial is already scheduled."""
         if self.state in (DialState.BACKING_OFF, DialState.DOWN):
             return None
+        if (self.state is DialState.UP and self.up_since is not None
+                and now - self.up_since >= STABLE):
+            self.attempt = 0  # it was up for a while: a new outage, not a refusal
         delay = backoff_delay(self.attempt, self.rng)
         self.attempt += 1
         self.state = DialState.BACKING_OFF

@@ -8,6 +8,12 @@ its own ``IPRoute``: configuration changes are rare (start, MTU change, reload, 
 ``Netlink`` remembers what it added so that ``teardown`` removes exactly that: routes
 first, then addresses.  The TUN device itself goes away when its descriptor is closed
 (see ``tun.py``); ``wait_gone`` polls for that instead of sleeping.
+
+``NetlinkMonitor`` is the other direction: a non-blocking rtnetlink socket subscribed to
+the kernel's link, address and route groups (pyroute2's ``RTMGRP_*``), registered with
+the daemon's own epoll loop; ``drain`` parses what arrived with pyroute2's rtnl marshal
+and counts the changes.  ``route_source`` asks the kernel which source address it would
+pick towards a destination now (``ip route get``), the address a fresh socket gets.
 """
 
 from __future__ import annotations
@@ -16,12 +22,21 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import (
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV4_ROUTE,
+    RTMGRP_IPV6_IFADDR,
+    RTMGRP_IPV6_ROUTE,
+    RTMGRP_LINK,
+)
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 log = logging.getLogger("dtlsvpn")
 
@@ -80,6 +95,22 @@ class Netlink:
                 log.warning("route %s already exists; left as it is", net)
                 continue
             self.routes.append(net)
+
+    def set_addresses(self, addresses: Iterable[Interface]) -> None:
+        """Reload: remove the addresses no longer wanted, add the new ones (the kernel's
+        connected routes follow them)."""
+        wanted = list(addresses)
+        with _iproute() as ipr:
+            idx = _index(ipr, self.ifname)
+            for iface in [a for a in self.addresses if a not in wanted]:
+                with contextlib.suppress(NetlinkError):
+                    ipr.addr("del", index=idx, address=str(iface.ip),
+                             prefixlen=iface.network.prefixlen)
+                self.addresses.remove(iface)
+            for iface in [a for a in wanted if a not in self.addresses]:
+                ipr.addr("add", index=idx, address=str(iface.ip),
+                         prefixlen=iface.network.prefixlen)
+                self.addresses.append(iface)
 
     def add_routes(self, routes: Iterable[Network]) -> None:
         with _iproute() as ipr:
@@ -151,5 +182,75 @@ def route_mtu(dst: str) -> int | None:
             if oif is None:
                 return None
             return int(ipr.link("get", index=oif)[0].get("mtu"))
+    except (NetlinkError, OSError, IndexError, ValueError):
+        return None
+
+
+# --- watching the kernel ---------------------------------------------------------------
+
+MONITOR_GROUPS = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE
+                  | RTMGRP_IPV6_ROUTE)
+CHANGES = frozenset({"RTM_NEWLINK", "RTM_DELLINK", "RTM_NEWADDR", "RTM_DELADDR",
+                     "RTM_NEWROUTE", "RTM_DELROUTE"})
+_MONITOR_BUFFER = 1 << 20
+
+
+class NetlinkMonitor:
+    """The kernel's link, address and route notifications on a descriptor of our loop."""
+
+    def __init__(self) -> None:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK
+                             | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+        try:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _MONITOR_BUFFER)
+            sock.bind((0, MONITOR_GROUPS))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        self._marshal = MarshalRtnl()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def drain(self) -> int:
+        """Read every queued notification; the number of link/address/route changes (an
+        overrun, ENOBUFS, counts as one: something changed, the details were lost)."""
+        changes = 0
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return changes
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    changes += 1
+                    continue
+                raise
+            try:
+                messages = self._marshal.parse(data)
+            except Exception:  # pyroute2 raises what it likes on a bad message
+                changes += 1
+                continue
+            changes += sum(1 for msg in messages if msg.get("event") in CHANGES)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def route_source(dst: str, mark: int = 0) -> str | None:
+    """The source address the kernel picks towards ``dst`` now (with firewall ``mark``),
+    or None when it has no route."""
+    try:
+        with _iproute() as ipr:
+            kwargs: dict[str, Any] = {"dst": dst}
+            if mark:
+                kwargs["mark"] = mark
+            routes = ipr.route("get", **kwargs)
+            if not routes:
+                return None
+            src = routes[0].get("RTA_PREFSRC")
+            return str(src) if src else None
     except (NetlinkError, OSError, IndexError, ValueError):
         return None

@@ -40,7 +40,8 @@ class Peer:
     __slots__ = ("addr", "assoc", "config", "conn", "drops", "established", "generation",
                  "handshake_wall", "handshakes", "inner_mtu", "last_error", "limit", "mtu",
                  "mtu_timer", "name", "plpmtu", "previous", "rekey_wall", "rekeys", "resumed",
-                 "rtt", "rx_bytes", "rx_packets", "sock", "suite", "tx_bytes", "tx_packets")
+                 "roams", "rtt", "rx_bytes", "rx_packets", "sock", "suite", "tx_bytes",
+                 "tx_packets")
 
     def __init__(self, config: PeerConfig) -> None:
         self.config = config
@@ -64,6 +65,7 @@ class Peer:
         self.mtu_timer: Timer | None = None  # when a held MTU report is applied
         self.limit = 0  # largest inner packet sent as is; 0: not known yet
         self.rtt: float | None = None
+        self.roams = 0  # client: moves to a new local address (netwatch.py)
         self.last_error: str | None = None
         self.rx_packets = 0
         self.rx_bytes = 0

@@ -63,6 +63,7 @@ def peer_status(peer: Peer, dp: Datapath | None, wall: float, rekeying: bool) ->
         "last_handshake_ago": _ago(wall, peer.handshake_wall),
         "resumed": peer.resumed,
         "handshakes": peer.handshakes,
+        "roams": peer.roams,  # (roam: the client's moves to a new local address)
         "rekey_generation": peer.generation,
         "rekeys": peer.rekeys,
         "last_rekey": peer.rekey_wall,

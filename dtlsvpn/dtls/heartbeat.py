@@ -219,6 +219,20 @@ class Liveness:
             return self._payload
         return None
 
+    def probe_now(self, now: float) -> bytes:
+        """A request to send now whatever the interval: our path changed and the peer
+        must hear an authenticated record at once.  The outstanding payload again if
+        there is one (the same request, retransmitted); the caller makes sure no PMTU
+        probe is in flight (RFC 6520 §3)."""
+        if self._payload is None:
+            self._counter = (self._counter + 1) & 0xFFFFFFFF
+            self._payload = self._counter.to_bytes(4, "big") + self._random_bytes(PAYLOAD_LEN - 4)
+            self._first_sent = now
+        self._rto = self.settings.retransmit
+        self._deadline = now + self._rto
+        self._in_flight = True
+        return self._payload
+
     def get_timer(self, *, blocked: bool = False) -> float | None:
         """The next time ``poll``/``handle_timer`` has something to do."""
         deadlines: list[float] = []

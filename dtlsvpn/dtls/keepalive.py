@@ -219,6 +219,23 @@ class Keepalive:
             self._seal(encode_heartbeat(_REQUEST, probe.payload, rand(probe.padding)))
             self._stats.probes_sent += 1
 
+    def probe_now(self, now: float) -> bool:
+        """One liveness request at once (the local address changed: with a connection
+        ID the peer follows the authenticated record to our new address, RFC 9146 §6).
+        A PMTU probe in flight went out on the old path: it is abandoned (neither
+        acked nor lost), as two requests may not be in flight (RFC 6520 §3).  False when
+        there is no liveness machine (the peer refused heartbeats)."""
+        lv, pm = self._liveness, self._pmtu
+        if lv is None:
+            return False
+        if pm is not None and pm.in_flight:
+            pm.abandon_probe()
+        payload = lv.probe_now(now)
+        self._sent = (payload, now)
+        self._seal(encode_heartbeat(_REQUEST, payload, self._config.random_bytes(16)))
+        self._stats.heartbeats_sent += 1
+        return True
+
     def get_timer(self, last_rx: float) -> float | None:
         """The earliest deadline of the two machines, each blocked by the other's request."""
         lv, pm = self._liveness, self._pmtu

@@ -290,6 +290,12 @@ class Dplpmtud:
         self._epoch += 1
         self._probe = None
 
+    def abandon_probe(self) -> None:
+        """The probe in flight left on a path we have just left (our address changed):
+        forget it, counted neither acked nor lost, so that another request may go
+        (RFC 6520 §3); its late response no longer matches and is dropped."""
+        self._probe = None
+
     def on_response(self, payload: bytes, now: float) -> bool:
         """A HeartbeatResponse payload: True when it answers the probe in flight."""
         probe = self._probe

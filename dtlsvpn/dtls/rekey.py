@@ -116,6 +116,18 @@ class RekeyingClient:
         for a in self._live():
             a.close(now)
 
+    def probe_path(self, now: float) -> bool:
+        """Our address changed: an authenticated heartbeat under the current keys at
+        once, so that a server holding the connection ID we send follows us to the new
+        address with no handshake (RFC 9146 §6).  False when that cannot work (no CID
+        to send, no heartbeat allowed or one blocked): the caller resumes instead."""
+        cur = self.current
+        ids = cur.connection_ids
+        if not cur.is_established or cur.is_closed or ids is None or not ids[1]:
+            return False
+        keepalive = cur._keepalive  # (association.py is at its 600-line limit)
+        return keepalive is not None and keepalive.probe_now(now)
+
     # --- outputs -------------------------------------------------------------
 
     def datagrams_to_send(self, now: float) -> list[bytes]:

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from dtlsvpn.daemon.devices import SocketPort
+from dtlsvpn.daemon.loop import Loop
+from dtlsvpn.daemon.resolve import Resolver
 from dtlsvpn.daemon.systemd import Notifier
 from dtlsvpn.daemon.tun import Tun
 from dtlsvpn.daemon.udp import (
@@ -94,10 +96,11 @@ class FakeNet:
         self.gro = gro
         self.refuse_gso = refuse_gso
         self.ports: dict[Addr, FakeUdp] = {}
-        self.names: dict[str, str] = {}  # host name → address, for the resolver
+        self.names: dict[str, str | list[str]] = {}  # name → address(es), for the resolver
         self.delivered = 0  # datagrams (a GSO send counts its segments)
         self.gso_packets = 0  # GSO sends carried whole over the wire
         self.dropped: dict[str, int] = {}
+        self.gone: set[str] = set()  # host addresses deleted (a laptop that moved)
         self._ephemeral = 40000
 
     def _drop(self, reason: str) -> None:
@@ -114,6 +117,9 @@ class FakeNet:
             self._drop("too_big")
             return
         port = self.ports.get(dst)
+        if dst[0] in self.gone:
+            self._drop("address_gone")
+            return
         if port is None:
             self._drop("no_listener")
             return
@@ -161,6 +167,8 @@ class FakeSocket:
     def _check(self) -> None:
         if self.closed:
             raise OSError(errno.EBADF, "closed")
+        if self.local[0] in self.net.gone:  # as the kernel: the source is not ours now
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
 
     def sendto(self, data: bytes, addr: Addr, /) -> int:
         self._check()
@@ -266,6 +274,9 @@ class FakeUdp(SocketPort):
     def path_mtu(self) -> int | None:
         return self.net.path_mtu if self.remote is not None else None
 
+    def local_host(self) -> str | None:
+        return self.local[0]
+
     def close(self) -> None:
         if self.closed:
             return
@@ -301,6 +312,9 @@ class FakeLink:
             if net not in connected and net not in self.routes:
                 self.routes.append(net)
 
+    def set_addresses(self, addresses: Iterable[Any]) -> None:
+        self.addresses = list(addresses)
+
     def remove_routes(self, routes: Iterable[Network]) -> None:
         for net in list(routes):
             if net in self.routes:
@@ -334,6 +348,66 @@ class FakeNotifier(Notifier):
         return True
 
 
+class FakeMonitor:
+    """The kernel's netlink notifications: ``notify`` queues one change."""
+
+    def __init__(self) -> None:
+        self._near, self._far = _pair()
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._near.fileno()
+
+    def notify(self, changes: int = 1) -> None:
+        if not self.closed:
+            self._far.send(bytes([changes]))
+
+    def drain(self) -> int:
+        total = 0
+        while True:
+            try:
+                total += self._near.recv(16)[0]
+            except BlockingIOError:
+                return total
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._near.close()
+            self._far.close()
+
+
+class FakePolicy:
+    """A full tunnel's rules: what was asked, and whether they are in place."""
+
+    def __init__(self, ifname: str, families: set[int], mark: int, table: int,
+                 kill_switch: bool) -> None:
+        self.ifname, self.families, self.mark, self.table = ifname, families, mark, table
+        self.kill_switch = kill_switch
+        self.active = False
+
+    def setup(self) -> None:
+        self.active = True
+
+    def teardown(self) -> None:
+        self.active = False
+
+
+class FakeDns:
+    """The tunnel's resolvers: what was asked, and whether they are set."""
+
+    def __init__(self, ifname: str, entries: tuple[str, ...], full_tunnel: bool) -> None:
+        self.ifname, self.entries, self.full_tunnel = ifname, entries, full_tunnel
+        self.applied = False
+
+    def apply(self) -> str | None:
+        self.applied = True
+        return "fake"
+
+    def restore(self) -> None:
+        self.applied = False
+
+
 class FakeDevices:
     """``Devices`` for one host of a ``FakeNet``: its underlay address is ``host``."""
 
@@ -349,6 +423,38 @@ class FakeDevices:
         self.links: list[FakeLink] = []
         self.ports: list[FakeUdp] = []
         self.resolved: list[tuple[float, str]] = []  # every name lookup: (when, name)
+        self.monitor: FakeMonitor | None = None
+        self.policy: FakePolicy | None = None
+        self.resolvers: FakeDns | None = None
+        self.online = True  # False: no route anywhere (route_source is None)
+        self.families = {4, 6}  # IP versions with a route (a network without IPv6: {4})
+
+    def watch_network(self) -> FakeMonitor:
+        self.monitor = FakeMonitor()
+        return self.monitor
+
+    def full_tunnel(self, ifname: str, families: set[int], *, mark: int, table: int,
+                    kill_switch: bool) -> FakePolicy:
+        self.policy = FakePolicy(ifname, families, mark, table, kill_switch)
+        return self.policy
+
+    def dns(self, ifname: str, entries: tuple[str, ...], *, full_tunnel: bool) -> FakeDns:
+        self.resolvers = FakeDns(ifname, entries, full_tunnel)
+        return self.resolvers
+
+    def route_source(self, host: str, mark: int = 0) -> str | None:
+        if not self.online or self.host in self.net.gone:
+            return None
+        return self.host if ipaddress.ip_address(host).version in self.families else None
+
+    def move(self, new_host: str | None, *, notify: bool = True) -> None:
+        """The host's address is deleted; ``new_host`` (None: none yet) is added."""
+        self.net.gone.add(self.host)
+        if new_host is not None:
+            self.net.gone.discard(new_host)
+            self.host = new_host
+        if notify and self.monitor is not None:
+            self.monitor.notify(3)  # the address, its route, the default route
 
     @property
     def link_state(self) -> FakeLink:
@@ -360,9 +466,12 @@ class FakeDevices:
 
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,
                  connect: Addr | None = None, offload: bool = False,
-                 counters: UdpCounters | None = None) -> FakeUdp:
+                 counters: UdpCounters | None = None, mark: int = 0) -> FakeUdp:
+        if connect is not None and not self.online:
+            raise OSError(errno.ENETUNREACH, "Network is unreachable")
         local = bind if bind is not None else self.net.ephemeral(self.host)
         port = FakeUdp(self.net, family, local, connect, offload=offload, counters=counters)
+        port.mark = mark
         self.ports.append(port)
         return port
 
@@ -373,15 +482,25 @@ class FakeDevices:
     def route_mtu(self, host: str) -> int | None:
         return self._route_mtu
 
-    def resolve(self, host: str, port: int) -> tuple[socket.AddressFamily, Addr]:
+    def resolver(self, loop: Loop) -> Resolver:
+        """The production ``Resolver`` with this fake lookup, answered without a thread
+        (at the end of the loop iteration), so fake time stays deterministic."""
+        return Resolver(loop, self.resolve_all, threaded=False)
+
+    def resolve_all(self, host: str, port: int) -> list[tuple[socket.AddressFamily, Addr]]:
+        """``net.names[host]``: one address or a list of them (A and AAAA records)."""
         self.resolved.append((self.clock(), host))
-        address = self.net.names.get(host, host)
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            raise socket.gaierror(socket.EAI_NONAME, f"unknown host {host}") from None
-        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-        return family, (str(ip), port)
+        if not self.online and host in self.net.names:
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        found = self.net.names.get(host, host)
+        out: list[tuple[socket.AddressFamily, Addr]] = []
+        for address in [found] if isinstance(found, str) else found:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                raise socket.gaierror(socket.EAI_NONAME, f"unknown host {host}") from None
+            out.append((socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (str(ip), port)))
+        return out
 
     def crash(self) -> None:
         """The process died: its ports vanish without a word (no close_notify)."""

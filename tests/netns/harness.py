@@ -95,7 +95,8 @@ class Daemon:
     """One ``dtlsvpn run`` process and the notify socket it reports to."""
 
     def __init__(self, procs: ProcessGroup, ns: str, conf: Path, name: str,
-                 status_socket: Path, workdir: Path) -> None:
+                 status_socket: Path, workdir: Path,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.ns = ns
         self.conf = conf
         self.status_socket = status_socket
@@ -108,7 +109,7 @@ class Daemon:
         self.messages: list[str] = []
         # WATCHDOG_USEC as systemd sets it for WatchdogSec=2: the loop pings every second.
         env = {"NOTIFY_SOCKET": str(self.notify_path), "PYTHONPATH": str(REPO),
-               "WATCHDOG_USEC": "2000000"}
+               "WATCHDOG_USEC": "2000000", **(extra_env or {})}
         self.proc: Proc = procs.start(
             ["ip", "netns", "exec", ns, PYTHON, "-m", "dtlsvpn", "run", str(conf)],
             name=f"dtlsvpn-{name}", timeout=110, env=env, stdin_pipe=False,
@@ -156,6 +157,17 @@ class Daemon:
         assert self.wait_message("READY=1", timeout), (
             f"no READY=1 from {self.conf.name}\n{self.proc.describe()}")
 
+    def wait_connected(self, timeout: float = 20.0, after: int = 0) -> bool:
+        """A client: until a STATUS= line (from ``messages[after]`` on) says it is
+        connected; READY=1 comes earlier, as soon as it is configured and dialling."""
+        def connected() -> bool:
+            return any(m.startswith("STATUS=") and "; connected to " in m
+                       for m in self.messages[after:])
+
+        wait_until(lambda: connected() or self.proc.returncode is not None, timeout,
+                   interval=0.02)
+        return connected()
+
     def status(self) -> dict:
         return json.loads(query(self.status_socket, as_json=True))
 
@@ -190,11 +202,13 @@ def two_hosts(topo: Topology, mtu: int | None = None) -> tuple[str, str]:
 
 def start_pair(run_daemon: RunDaemon, server_ns: str, client_ns: str, server_conf: Path,
                client_conf: Path) -> tuple[Daemon, Daemon]:
-    """Start the server, wait for its READY=1, then the client and its READY=1."""
+    """Start the server, wait for its READY=1, then the client, its READY=1 and its
+    STATUS= saying it is connected."""
     server = run_daemon(server_ns, server_conf, server_conf.with_suffix(".sock"))
     server.wait_ready()
     client = run_daemon(client_ns, client_conf, client_conf.with_suffix(".sock"))
     client.wait_ready()
+    assert client.wait_connected(), f"client not connected\n{client.proc.describe()}"
     return server, client
 
 

@@ -122,6 +122,7 @@ def build_sites(topo: Topology, run_daemon: RunDaemon, workdir: Path, *, mtu: st
     server.wait_ready()
     client = run_daemon(gw_b, client_conf, workdir / "gw-b.sock")
     client.wait_ready()
+    assert client.wait_connected()
     return Sites(host_a, gw_a, router, gw_b, host_b, server, client, narrow)
 
 

@@ -32,13 +32,18 @@ def test_backoff_is_capped_jittered_and_resolves_each_time(world: World,
     assert capped and len({round(g, 3) for g in capped}) > 1  # jittered at the cap
     peer = client.peer()
     assert peer["state"] in ("down", "connecting")
-    assert peer["handshakes"] == 0 and "READY=1" not in client.messages
-    assert any(m.startswith("STATUS=0/1 peers up") for m in client.messages)
+    # Offline start: READY=1 at once (configured and dialling), STATUS= not connected.
+    assert peer["handshakes"] == 0 and client.messages.count("READY=1") == 1
+    assert client.messages.index("READY=1") < 3
+    assert any(m.startswith("STATUS=0/1 peers up") and "not connected (backing off) to "
+               "office at office.test:4433" in m for m in client.messages), client.messages
 
-    # The server appears: the next dial gets through and READY=1 follows.
+    # The server appears: the next dial gets through and STATUS= says so.
     server = world.start(server_conf, SERVER)
     assert world.run_until(lambda: established(client), within=BACKOFF_CAP + DIAL_TIMEOUT + 1)
-    assert established(server) and "READY=1" in client.messages
+    assert established(server) and client.messages.count("READY=1") == 1
+    assert client.messages[-1].startswith("STATUS=1/1 peers up")
+    assert client.messages[-1].endswith(f"; connected to office at {SERVER}:4433")
     assert client.peer()["resumed"] is False
 
 
@@ -81,3 +86,55 @@ def test_refused_ticket_falls_back_to_a_full_handshake(world: World, tmp_path: P
     assert client.peer()["resumed"] is False
     assert server2.peer()["resumed"] is False
     assert world.run_until(lambda: ticket.exists() and ticket.read_text() != old_ticket)
+
+
+def test_a_removed_peer_backs_off_to_the_cap(world: World, tmp_path: Path) -> None:
+    """The server is reloaded without the client's [Peer]: every redial is refused (the
+    ticket's resumption, then full handshakes), and the redials back off to the cap
+    instead of coming about once a second."""
+    server_conf, client_conf = psk_pair(tmp_path)
+    client_conf.write_text(client_conf.read_text().replace(f"{SERVER}:4433",
+                                                           "office.test:4433"))
+    world.net.names["office.test"] = SERVER
+    original = server_conf.read_text()
+    other = f"""
+[Peer]
+Name = other
+PSKIdentity = other
+PSKFile = {tmp_path / "psk.hex"}
+AllowedIPs = 100.64.0.3/32
+"""
+    server_conf.write_text(original + other)
+    server = world.start(server_conf, SERVER)
+    client = world.start(client_conf, CLIENT)
+    assert world.run_until(lambda: established(client))
+    assert world.run_until(lambda: any((tmp_path / "tickets").glob("*.ticket")))
+    start = world.clock.now
+    server_conf.write_text(original.split("[Peer]")[0] + other)  # without "branch"
+    server.daemon.on_reload(world.clock.now)
+    assert [p["name"] for p in server.snapshot()["peers"]] == ["other"]
+    world.run_for(300.0)
+    dials = [t for t, name in client.devices.resolved if name == "office.test" and t >= start]
+    gaps = [b - a for a, b in itertools.pairwise(dials)]
+    print(f"\nredials of a removed peer in 300 s: {len(dials)}; gaps (fake s): "
+          + ", ".join(f"{g:.1f}" for g in gaps))
+    assert 6 <= len(dials) <= 20, gaps
+    assert max(gaps) <= BACKOFF_CAP + DIAL_TIMEOUT + 1e-6
+    assert min(gaps[-3:]) >= BACKOFF_CAP / 2  # at the cap, jittered
+    assert client.peer()["state"] != "established"
+
+
+def test_a_name_with_both_families_takes_the_one_with_a_route(world: World,
+                                                              tmp_path: Path) -> None:
+    """office.test has AAAA and A records; this network has no IPv6 route: the first
+    dial goes to the IPv4 address, not into a dial timeout on the IPv6 one."""
+    server_conf, client_conf = psk_pair(tmp_path)
+    client_conf.write_text(client_conf.read_text().replace(f"{SERVER}:4433",
+                                                           "office.test:4433"))
+    world.net.names["office.test"] = ["2001:db8::1", SERVER]
+    server = world.start(server_conf, SERVER)
+    client = world.start(client_conf, CLIENT)
+    client.devices.families = {4}
+    assert world.run_until(lambda: established(client), within=2.0)
+    assert established(server) and client.peer()["endpoint"] == f"{SERVER}:4433"
+    assert len(client.devices.resolved) == 1

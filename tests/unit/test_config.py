@@ -263,6 +263,19 @@ BROKEN: list[Case] = [
      "MSSClamp", "expected yes or no"),
     ("connectionid-bool", _srv("Role = server\n", "Role = server\nConnectionID = 8 #<\n"),
      "ConnectionID", "expected yes or no"),
+    # roam (issue 11): DNS, FwMark, Table, KillSwitch
+    ("dns-garbage", _cli("Role = client\n", "Role = client\nDNS = 100.64.100.1, not a name #<\n"),
+     "DNS", "expected a resolver's IP address or a search domain"),
+    ("dns-on-server", _srv("Role = server\n", "Role = server\nDNS = 100.64.100.1 #<\n"),
+     "DNS", "only for a client"),
+    ("fwmark-zero", _cli("Role = client\n", "Role = client\nFwMark = 0 #<\n"),
+     "FwMark", "from 1 to 4294967295"),
+    ("fwmark-word", _cli("Role = client\n", "Role = client\nFwMark = lots #<\n"),
+     "FwMark", "expected a number"),
+    ("table-main", _cli("Role = client\n", "Role = client\nTable = 254 #<\n"),
+     "Table", "not 254"),
+    ("killswitch-bool", _cli("Role = client\n", "Role = client\nKillSwitch = sometimes #<\n"),
+     "KillSwitch", "expected yes or no"),
     ("rekey-garbage", _srv("Role = server\n", "Role = server\nRekeyInterval = hourly #<\n"),
      "RekeyInterval", "expected a duration from 1 second to 7 days"),
     ("rekey-too-short", _srv("Role = server\n", "Role = server\nRekeyInterval = 0.5s #<\n"),
@@ -561,6 +574,41 @@ def test_rekey_interval_values(value: str, seconds: float | None, creds: Creds,
     cfg = load_config(write(tmp_path, text, "central.conf"))
     assert cfg.interface.rekey_interval == seconds
     assert dtls_config(cfg).rekey_interval == seconds
+
+
+def test_full_tunnel_and_dns_keys(creds: Creds, tmp_path: Path) -> None:
+    """roam: defaults (no DNS, mark and table 51820, no kill switch), then set; a /0 in
+    AllowedIPs warns nothing (the full tunnel marks the daemon's own socket)."""
+    cfg = load_config(write(tmp_path, client_text(creds)))
+    iface = cfg.interface
+    assert (iface.dns, iface.fwmark, iface.table, iface.kill_switch) == ((), 51820, 51820,
+                                                                          False)
+    text = client_text(creds).replace("Role = client\n", "Role = client\n"
+                                      "DNS = 100.64.100.1, fd00:100::1\nDNS = corp.example\n"
+                                      "FwMark = 0x1234\nKillSwitch = yes\n").replace(
+        "AllowedIPs = 100.64.100.0/24", "AllowedIPs = 0.0.0.0/0, ::/0")
+    cfg = load_config(write(tmp_path, text, "full.conf"))
+    iface = cfg.interface
+    assert iface.dns == ("100.64.100.1", "fd00:100::1", "corp.example")
+    assert (iface.fwmark, iface.table, iface.kill_switch) == (0x1234, 0x1234, True)
+    assert not [w for w in cfg.warnings if "routed through the tunnel" in w], cfg.warnings
+    cfg = load_config(write(tmp_path, text.replace("KillSwitch = yes", "Table = 200"),
+                            "table.conf"))
+    assert (cfg.interface.fwmark, cfg.interface.table) == (0x1234, 200)
+
+
+@pytest.mark.parametrize(("interval", "warned"), [("2", False), ("20", False), ("25", True),
+                                                 ("60", True)])
+def test_nat_keepalive_warning(interval: str, warned: bool, creds: Creds,
+                               tmp_path: Path) -> None:
+    """roam: a client's idle heartbeats must beat a 30 s NAT UDP timeout."""
+    text = client_text(creds).replace("Role = client\n", f"Role = client\nHeartbeatInterval "
+                                      f"= {interval}\nDeadPeerTimeout = 120\n")
+    cfg = load_config(write(tmp_path, text))
+    nat = [w for w in cfg.warnings if "NAT" in w]
+    assert bool(nat) is warned, cfg.warnings
+    if warned:
+        assert ":3: HeartbeatInterval:" in nat[0]
 
 
 def test_default_routes_skip_on_link_prefixes(creds: Creds, tmp_path: Path) -> None:

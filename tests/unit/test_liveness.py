@@ -238,3 +238,18 @@ def test_dead_peer_detected_while_probing() -> None:
     # last record from the peer at most 3.05 s; detection within the 10 s bound
     assert changes[0][0] <= 3.05 + 8.0 + 1e-6
     assert max_in_flight == 1
+
+
+def test_probe_now_sends_at_once_and_reuses_the_outstanding_payload() -> None:
+    """roam: the local address changed: a request now, whatever the interval; a request
+    already outstanding goes again with its payload (one in flight, RFC 6520 §3)."""
+    lv = make(now=0.0)
+    assert lv.poll(0.1) is None  # inside the interval: nothing due
+    first = lv.probe_now(0.1)
+    assert len(first) == PAYLOAD_LEN and lv.in_flight
+    assert lv.poll(0.2) is None  # in flight: nothing more
+    assert lv.probe_now(0.3) == first  # the same request again, from the new path
+    assert lv.on_response(first, 0.35)
+    assert not lv.in_flight
+    second = lv.probe_now(0.4)
+    assert second != first and lv.in_flight
