@@ -30,6 +30,7 @@ from dtlsvpn.daemon.peers import Peer
 from dtlsvpn.daemon.role import Host, display, peer_event, rekey_grace, send_datagrams
 from dtlsvpn.daemon.settings import core_settings, match_peer
 from dtlsvpn.daemon.ticketstore import TicketStore
+from dtlsvpn.daemon.transport import ClientTcp
 from dtlsvpn.daemon.tunmtu import TunnelMtu
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
@@ -61,6 +62,9 @@ class ClientRole:
         loop = host.loop
         self._dial_timer = loop.timer(self._on_dial_deadline)
         self._conn_timer = loop.timer(self._on_conn_timer)
+        # TCP fallback (daemon/transport.py): hooks in start, _established, _lost, teardown.
+        self.tcp = ClientTcp(host, datapath, lambda: self.peer,
+                             lambda: core_settings(self.host.cfg, self.peer.config), self.poke)
 
     @property
     def peer(self) -> Peer:
@@ -73,6 +77,9 @@ class ClientRole:
         self.host.loop.add(tun.fd, dp.client_tun)
 
     def start(self, now: float) -> None:
+        self.tcp.start(now)
+        if self.host.cfg.interface.transport == "tcp":
+            return  # TCP only: no DTLS dial
         self.dialer.start(now)
         self._dial_timer.schedule(self.dialer.deadline)
 
@@ -103,6 +110,7 @@ class ClientRole:
 
     def _lost(self, peer: Peer, now: float, reason: str) -> None:
         peer.established = False
+        self.tcp.udp_lost(now)
         delay = self.dialer.lost(now)
         self._dial_timer.schedule(self.dialer.deadline)
         if delay is not None:
@@ -232,6 +240,7 @@ class ClientRole:
                  ev.suite_name, "resumed" if ev.resumed else "full")
         self.dialer.established()
         self._dial_timer.cancel()
+        self.tcp.udp_up(now)
         self.host.ready(self.host.status_line())
 
     def _rekeyed(self, peer: Peer, conn: RekeyingClient, ev: Rekeyed, now: float,
@@ -287,6 +296,7 @@ class ClientRole:
 
     def teardown(self, now: float) -> None:
         peer = self.peer
+        self.tcp.teardown(now)
         self.remove_peer(peer, now)
         self.dialer.stop()
         self._dial_timer.cancel()

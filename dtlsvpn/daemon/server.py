@@ -33,6 +33,7 @@ from dtlsvpn.daemon.peers import Peer
 from dtlsvpn.daemon.role import Host, display, peer_event, rekey_grace, send_datagrams
 from dtlsvpn.daemon.settings import core_settings, match_peer
 from dtlsvpn.daemon.ticketkeys import TicketKeyFile
+from dtlsvpn.daemon.transport import ServerTcp
 from dtlsvpn.daemon.udp import family_of
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
@@ -72,6 +73,7 @@ class ServerRole:
         self._retire_at: dict[Peer, float] = {}  # renewals whose client switched keys
         self.ticket_ring: TicketKeyRing | None = None
         self.ticket_keys_saved: tuple[TicketKey, ...] = ()
+        self.tcp = ServerTcp(host, datapath, self._dtls_config)  # TCP fallback (transport.py)
 
     def setup(self, tun: TunDevice) -> None:
         host, dp = self.host, self.datapath
@@ -88,6 +90,8 @@ class ServerRole:
         dp.service = self.service
         host.loop.add(self.sock.fileno(), dp.server_udp)
         host.loop.add(tun.fd, dp.server_tun)
+        if iface.transport != "udp":
+            self.tcp.setup()  # TCP fallback: the same port number unless TCPPort
 
     def start(self, now: float) -> None:
         self.host.ready(f"listening on {self.listening()}")
@@ -303,6 +307,7 @@ class ServerRole:
             timer.cancel()
         self._timers.clear()
         self._retire_timer.cancel()
+        self.tcp.teardown(now)
         if self.sock is not None:
             self.host.loop.remove(self.sock.fileno())
             self.sock.close()
