@@ -26,8 +26,8 @@ _dtlsvpn() {
         "") words="check-config dtls fleet-rules gencert genkey genpsk pin probe run status --help --version" ;;
         "check-config") words="--confdir --help" ;;
         "dtls") words="client server --help" ;;
-        "dtls client") words="--ca --cert --cid --ciphers --heartbeat --heartbeat-interval --help --insecure --key --keylog --linger --mtu --no-cid --no-heartbeat --no-tickets --pmtu --psk --psk-identity --server-name --sess-in --sess-out --timeout" ;;
-        "dtls server") words="--ca --cert --cid --ciphers --echo --heartbeat --heartbeat-interval --help --key --keylog --listen --mtu --no-cid --no-heartbeat --no-tickets --once --pmtu --psk --psk-identity --require-client-cert --ticket-keys" ;;
+        "dtls client") words="--ca --cert --cid --ciphers --heartbeat --heartbeat-interval --help --insecure --key --keylog --linger --mtu --no-cid --no-heartbeat --no-tickets --pmtu --psk --psk-identity --server-name --sess-in --sess-out --sp --tcp --timeout" ;;
+        "dtls server") words="--ca --cert --cid --ciphers --echo --heartbeat --heartbeat-interval --help --key --keylog --listen --mtu --no-cid --no-heartbeat --no-tickets --once --pmtu --psk --psk-identity --require-client-cert --sp --tcp --ticket-keys" ;;
         "fleet-rules") words="--confdir --down --help --output --routes --server --vip" ;;
         "gencert") words="ca client server --help" ;;
         "gencert ca") words="--days --force --help --name --out-dir --type" ;;

@@ -282,11 +282,24 @@ class _Loader:
             udp_offload=f.get("UDPOffload", values.boolean, True),
             fleet=self._fleet(f, role),  # fleet keys: the block at the end of this file
             **_roaming_keys(f, role),
+            # --- TCP fallback (issue 12) ---
+            transport=f.get("Transport", values.transport, "auto"),
+            tcp_port=f.get("TCPPort", values.port, None),
+            tcp_fallback_after=self._fallback_after(f),
             source=Source(self.path, f.section.line),
         )
 
     def _fleet(self, f: _Fields, role: Role) -> FleetConfig:
         return load_fleet(f, role, self._path)
+
+    @staticmethod
+    def _fallback_after(f: _Fields) -> float:
+        """TCPFallbackAfter (TCP fallback, issue 12): 0.5 to 60 seconds."""
+        after = f.get("TCPFallbackAfter", values.seconds, 3.0)
+        if not 0.5 <= after <= 60:
+            raise f.error("TCPFallbackAfter", f"expected 0.5 to 60 seconds, got {after:g}")
+        return after
+
     def _credentials(self, f: _Fields, iface: InterfaceConfig) -> Credentials:
         if iface.certificate is not None and iface.private_key is None:
             raise f.missing("PrivateKey", "the private key of Certificate")

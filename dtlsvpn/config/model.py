@@ -19,6 +19,11 @@ Invariants:
 - ``ConnectionID`` (yes/no, default yes) negotiates RFC 9146 connection IDs, which let
   a roaming client change address without a handshake; ``no`` leaves them out of the
   hellos (a new client address then means a new, ticket-resumed association).
+- ``Transport`` (auto/udp/tcp, default auto), ``TCPPort`` (default: the same port number
+  as UDP) and ``TCPFallbackAfter`` (seconds, default 3): the TCP fallback.  A client in
+  ``auto`` dials DTLS first and moves to TLS over TCP when UDP gets no answer for that
+  long, moving back when a background UDP dial succeeds; ``udp``/``tcp`` force one.  A
+  server listens on TCP too unless ``udp``; ``tcp`` means TCP only.
 - ``UDPOffload`` (yes/no, default yes) lets the data path batch with the kernel's UDP
   GSO/GRO where the kernel has them; ``no`` is one system call per datagram (the same
   bytes on the wire either way).
@@ -57,6 +62,8 @@ INTERFACE_KEYS: tuple[str, ...] = (
     "MSSClamp", "LogLevel", "RekeyInterval", "ConnectionID", "UDPOffload",
     # roam (issue 11): a client's DNS, full tunnel and kill switch
     "DNS", "FwMark", "Table", "KillSwitch",
+    # --- TCP fallback (issue 12, daemon/transport.py) ---
+    "Transport", "TCPPort", "TCPFallbackAfter",
 )
 PEER_KEYS = (
     "Name", "Endpoint", "AllowedIPs", "Route", "PeerKeyPin", "CommonName", "PSKIdentity",
@@ -170,6 +177,10 @@ class InterfaceConfig:
     table: int = DEFAULT_FWMARK
     kill_switch: bool = False
     # --- end roam -----------------------------------------------------------------------
+    # --- TCP fallback (issue 12): TLS 1.2 over TCP with SP framing, daemon/transport.py ---
+    transport: str = "auto"  # auto | udp | tcp: client carrier policy; server: udp = no TCP
+    tcp_port: int | None = None  # None: the UDP port number (Endpoint's or ListenAddress's)
+    tcp_fallback_after: float = 3.0  # client, auto: seconds of unanswered/silent UDP
     source: Source = field(compare=False)
 
 

@@ -120,6 +120,29 @@ def listen(text: str) -> tuple[str, int]:
     return hostport(text, ip_only=True)
 
 
+# --- TCP fallback (issue 12) ---
+TRANSPORTS = ("auto", "udp", "tcp")
+
+
+def transport(text: str) -> str:
+    """Transport: auto, udp or tcp."""
+    v = text.strip().lower()
+    if v not in TRANSPORTS:
+        raise ValueError(f"expected one of {', '.join(TRANSPORTS)}, got {text!r}")
+    return v
+
+
+def port(text: str) -> int:
+    """TCPPort: 1..65535."""
+    try:
+        n = int(text.strip(), 10)
+    except ValueError:
+        raise ValueError(f"expected a port number 1-65535, got {text!r}") from None
+    if not 1 <= n <= 65535:
+        raise ValueError(f"expected a port number 1-65535, got {text!r}")
+    return n
+
+
 def endpoint(text: str) -> tuple[str, int]:
     """Endpoint: ``HOST:PORT`` with an address or a host name."""
     return hostport(text, ip_only=False)

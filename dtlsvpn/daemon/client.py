@@ -45,6 +45,7 @@ from dtlsvpn.daemon.resolve import Answer, is_literal
 from dtlsvpn.daemon.role import Host, display, peer_event, rekey_grace, send_datagrams
 from dtlsvpn.daemon.settings import core_settings, match_peer
 from dtlsvpn.daemon.ticketstore import TicketStore
+from dtlsvpn.daemon.transport import ClientTcp
 from dtlsvpn.daemon.tunmtu import TunnelMtu
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
@@ -86,6 +87,9 @@ class ClientRole:
         self.mark = iface.fwmark if self.full else 0
         self.policy: PolicyRouting | None = None
         self.resolvers: Resolvers | None = None
+        # TCP fallback (daemon/transport.py): hooks in start, _established, _lost, teardown.
+        self.tcp = ClientTcp(host, datapath, lambda: self.peer,
+                             lambda: core_settings(self.host.cfg, self.peer.config), self.poke)
 
     @property
     def peer(self) -> Peer:
@@ -109,8 +113,10 @@ class ClientRole:
         """Dial; READY=1 at once: the interface is configured and the client dialling,
         whether the server answers or not (a laptop starts offline), and STATUS= says
         which (``status_text``)."""
-        self.dialer.start(now)
-        self._dial_timer.schedule(self.dialer.deadline)
+        self.tcp.start(now)
+        if self.host.cfg.interface.transport != "tcp":  # TCP only: no DTLS dial
+            self.dialer.start(now)
+            self._dial_timer.schedule(self.dialer.deadline)
         self.host.ready(self.status_text())
 
     def set_dns(self, entries: tuple[str, ...]) -> None:
@@ -167,6 +173,7 @@ class ClientRole:
 
     def _lost(self, peer: Peer, now: float, reason: str) -> None:
         peer.established = False
+        self.tcp.udp_lost(now)
         delay = self.dialer.lost(now)
         self._dial_timer.schedule(self.dialer.deadline)
         if delay is not None:
@@ -394,6 +401,7 @@ class ClientRole:
         self.dialer.established(now)
         self._dial_timer.cancel()
         self.host.notifier.status(self.status_text())
+        self.tcp.udp_up(now)
 
     def _rekeyed(self, peer: Peer, conn: RekeyingClient, ev: Rekeyed, now: float,
                  wall: float) -> None:
@@ -450,6 +458,7 @@ class ClientRole:
         peer = self.peer
         self.roamer.close()
         self.resolver.close()
+        self.tcp.teardown(now)
         self.remove_peer(peer, now)
         if self.resolvers is not None:
             self.resolvers.restore()

@@ -60,6 +60,7 @@ from typing import Any
 from dtlsvpn.daemon.devices import TunDevice, UdpPort
 from dtlsvpn.daemon.loop import EPOLLERR
 from dtlsvpn.daemon.peers import Peer, PeerTable
+from dtlsvpn.daemon.stream import StreamLink
 from dtlsvpn.daemon.udp import ErrorHint, UdpCounters
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.endpoint import ServerEndpoint
@@ -158,6 +159,10 @@ class Datapath:
             return
         peer = self.client_peer
         assert peer is not None
+        stream = peer.stream
+        if stream is not None and stream.ready:  # TCP fallback (daemon/transport.py)
+            self.stream_out(peer, stream, packets)
+            return
         conn = peer.conn
         sock = peer.sock
         if conn is None or sock is None or not conn.is_established:
@@ -215,6 +220,10 @@ class Datapath:
         assert sock is not None
         endpoint = self.endpoint
         for peer, batch in self.router.route(packets).items():
+            stream = peer.stream
+            if stream is not None and stream.ready:  # TCP fallback (daemon/transport.py)
+                self.stream_out(peer, stream, batch)
+                continue
             assoc = peer.assoc
             addr = peer.addr
             previous = peer.previous
@@ -259,6 +268,22 @@ class Datapath:
             self.defer(self.service)
         for peer, inner in per_peer.items():
             self._deliver(peer, inner)
+
+    # --- TCP fallback carrier (daemon/transport.py) ------------------------------
+
+    def stream_out(self, peer: Peer, stream: StreamLink, batch: list[bytes]) -> None:
+        """A peer's batch over its TLS/TCP link: MSS clamp, frame, seal, queue, count."""
+        if self.mss4:
+            self.mss_clamped += clamp_batch(batch, self.mss4, self.mss6)
+        sent = stream.send_packets(batch)
+        if sent < len(batch):
+            peer.drop("stream_queue_full", len(batch) - sent)
+        peer.tx_packets += sent
+        peer.tx_bytes += sum(map(len, batch))
+
+    def deliver_stream(self, peer: Peer, inner: list[bytes]) -> None:
+        """Inner packets that came over the peer's TLS/TCP link: the same checks."""
+        self._deliver(peer, inner)
 
     def _stateless(self, sock: UdpPort, replies: list[bytes], addr: Addr) -> None:
         for reply in replies:  # HelloVerifyRequest

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from dtlsvpn.config import PeerConfig
 from dtlsvpn.daemon.devices import Addr, UdpPort
 from dtlsvpn.daemon.mtu import MtuFollower
+from dtlsvpn.daemon.stream import StreamLink
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.events import HandshakeCompleted
 from dtlsvpn.dtls.rekey import RekeyingClient
@@ -40,8 +41,8 @@ class Peer:
     __slots__ = ("addr", "assoc", "config", "conn", "drops", "established", "generation",
                  "handshake_wall", "handshakes", "inner_mtu", "last_error", "limit", "mtu",
                  "mtu_timer", "name", "plpmtu", "previous", "rekey_wall", "rekeys", "resumed",
-                 "roams", "rtt", "rx_bytes", "rx_packets", "sock", "suite", "tx_bytes",
-                 "tx_packets")
+                 "roams", "rtt", "rx_bytes", "rx_packets", "sock", "stream", "suite",
+                 "transport", "transport_wall", "tx_bytes", "tx_packets")
 
     def __init__(self, config: PeerConfig) -> None:
         self.config = config
@@ -72,6 +73,11 @@ class Peer:
         self.tx_packets = 0
         self.tx_bytes = 0
         self.drops: dict[str, int] = {}
+        # TCP fallback (daemon/transport.py): the TLS/TCP link carrying the traffic when
+        # set and ready, and what status shows.
+        self.stream: StreamLink | None = None
+        self.transport = "udp"
+        self.transport_wall: float | None = None
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n

@@ -33,6 +33,7 @@ from dtlsvpn.daemon.peers import Peer
 from dtlsvpn.daemon.refusals import Refusals, explain, unknown_peer
 from dtlsvpn.daemon.role import Host, display, peer_event, rekey_grace, send_datagrams
 from dtlsvpn.daemon.settings import core_settings, match_peer
+from dtlsvpn.daemon.transport import ServerTcp
 from dtlsvpn.daemon.udp import family_of
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
@@ -71,6 +72,7 @@ class ServerRole:
         self._retire_timer = host.loop.timer(self._on_retire_due)
         self._retire_at: dict[Peer, float] = {}  # renewals whose client switched keys
         self.ticket_keys: SharedTicketKeys | None = None  # daemon/fleet.py
+        self.tcp = ServerTcp(host, datapath, self._dtls_config)  # TCP fallback (transport.py)
 
     def setup(self, tun: TunDevice) -> None:
         host, dp = self.host, self.datapath
@@ -87,6 +89,8 @@ class ServerRole:
         dp.service = self.service
         host.loop.add(self.sock.fileno(), dp.server_udp)
         host.loop.add(tun.fd, dp.server_tun)
+        if iface.transport != "udp":
+            self.tcp.setup()  # TCP fallback: the same port number unless TCPPort
 
     def start(self, now: float) -> None:
         if self.ticket_keys is not None:
@@ -316,6 +320,7 @@ class ServerRole:
         self._retire_timer.cancel()
         if self.ticket_keys is not None:
             self.ticket_keys.stop()
+        self.tcp.teardown(now)
         if self.sock is not None:
             self.host.loop.remove(self.sock.fileno())
             self.sock.close()

@@ -43,7 +43,7 @@ def _drops(peer: Peer, dp: Datapath | None) -> dict[str, int]:
 
 def _state(peer: Peer) -> str:
     assoc = peer.assoc
-    if peer.established:
+    if peer.established or (peer.stream is not None and peer.stream.ready):  # (TCP fallback)
         return "established"
     return "connecting" if assoc is not None and not assoc.is_closed else "down"
 
@@ -57,7 +57,8 @@ def peer_status(peer: Peer, dp: Datapath | None, wall: float, rekeying: bool) ->
         "name": peer.name,
         "endpoint": endpoint,
         "state": _state(peer),
-        "transport": "udp",
+        "transport": peer.transport,  # udp | tcp (daemon/transport.py)
+        "transport_since": peer.transport_wall,
         "suite": peer.suite,
         "last_handshake": peer.handshake_wall,
         "last_handshake_ago": _ago(wall, peer.handshake_wall),

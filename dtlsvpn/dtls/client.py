@@ -37,6 +37,7 @@ from dtlsvpn.crypto.keyexchange import psk_premaster
 from dtlsvpn.crypto.suites import SUITES
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.flight import OutMessage
+from dtlsvpn.dtls.framing import DTLS_FRAMING, Framing
 from dtlsvpn.dtls.machine import CCS_TYPE, Link, Machine
 from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.errors import (
@@ -78,8 +79,9 @@ class ClientState(enum.Enum):
 
 
 class ClientMachine(Machine):
-    def __init__(self, config: DtlsConfig, link: Link) -> None:
-        super().__init__(config, link)
+    def __init__(self, config: DtlsConfig, link: Link,
+                 framing: Framing = DTLS_FRAMING) -> None:
+        super().__init__(config, link, framing)
         self.state = ClientState.START
         self.cookie = b""
         self.hello_verify_count = 0
@@ -113,6 +115,8 @@ class ClientMachine(Machine):
             (S.WAIT_CCS, CCS_TYPE): self._handle_ccs,
             (S.WAIT_FINISHED, HandshakeType.finished): self._handle_finished,
         }
+        if not framing.datagram:  # RFC 5246: no HelloVerifyRequest in TLS
+            del self._table[(S.WAIT_SERVER_HELLO, HandshakeType.hello_verify_request)]
 
     # --- flight 1 / 3: ClientHello -------------------------------------------
 
@@ -155,13 +159,12 @@ class ClientMachine(Machine):
             exts.append(hs.Extension(ExtensionType.heartbeat,
                                      ext.encode_heartbeat(HeartbeatMode.peer_allowed_to_send)))
         return hs.ClientHello(
-            DTLS_1_2, self.client_random, self.session_id, self.cookie, self.offered_suites,
-            b"\x00",
-            tuple(exts),
+            self.framing.version, self.client_random, self.session_id, self.cookie,
+            self.offered_suites, b"\x00", tuple(exts),
         )
 
     def _send_client_hello(self, now: float) -> None:
-        body = hs.encode_client_hello(self._client_hello())
+        body = self.framing.encode_client_hello(self._client_hello())
         # RFC 6347 §4.2.1: the ClientHello before a HelloVerifyRequest is not hashed;
         # the one that answers it is, from scratch.
         self.transcript.clear()
@@ -183,7 +186,7 @@ class ClientMachine(Machine):
 
     def _handle_server_hello(self, seq: int, body: bytes, now: float, wall: float) -> None:
         sh = hs.decode_server_hello(body)
-        if sh.version != DTLS_1_2:
+        if sh.version != self.framing.version:
             raise ProtocolVersion(f"server chose version {sh.version:#06x}")
         if sh.cipher_suite not in self.offered_suites:
             raise IllegalParameter(f"server chose suite {sh.cipher_suite:#06x} we did not offer")

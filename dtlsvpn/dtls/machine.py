@@ -8,7 +8,8 @@ input; the association catches them in one place.
 
 Transcript (RFC 6347 §4.2.6): every handshake message as if unfragmented,
 12-byte DTLS header included, except the first ClientHello and the
-HelloVerifyRequest.  The bytes are kept (not just a running hash) because
+HelloVerifyRequest; over TLS (``framing.py``) with the 4-byte header of
+RFC 5246 §7.4.  The bytes are kept (not just a running hash) because
 CertificateVerify may sign with a hash other than the PRF hash.
 """
 
@@ -29,6 +30,7 @@ from dtlsvpn.crypto.suites import SuiteInfo
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import HandshakeCompleted
 from dtlsvpn.dtls.flight import CCS, OutMessage
+from dtlsvpn.dtls.framing import DTLS_FRAMING, Framing
 from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.errors import (
     DecodeError,
@@ -46,7 +48,6 @@ from dtlsvpn.wire.handshake import (
     ServerHello,
     decode_finished,
     encode_finished,
-    transcript_bytes,
 )
 
 # Pseudo message type under which a ChangeCipherSpec enters the state tables.
@@ -73,9 +74,11 @@ Handler = Callable[[int, bytes, float, float], None]  # (message_seq, body, now,
 class Machine:
     """Shared state and helpers of both roles."""
 
-    def __init__(self, config: DtlsConfig, link: Link) -> None:
+    def __init__(self, config: DtlsConfig, link: Link,
+                 framing: Framing = DTLS_FRAMING) -> None:
         self.config = config
         self.link = link
+        self.framing = framing  # DTLS or TLS: version, transcript header, ClientHello
         self.state: object = None
         self.transcript = bytearray()
         self.client_random = b""
@@ -118,7 +121,7 @@ class Machine:
     # --- transcript ---------------------------------------------------------
 
     def add_transcript(self, msg_type: int, message_seq: int, body: bytes) -> None:
-        self.transcript += transcript_bytes(msg_type, message_seq, body)
+        self.transcript += self.framing.transcript_bytes(msg_type, message_seq, body)
 
     def outgoing(self, epoch: int, msg_type: int, body: bytes) -> OutMessage:
         """Allocate the next message_seq for a message we send and hash it."""
@@ -150,8 +153,9 @@ class Machine:
     def install_keys(self) -> None:
         assert self.suite is not None
         kb = prf.key_block(self.suite, self.master_secret, self.client_random, self.server_random)
-        client = RecordProtection(self.suite, kb.client_write_key, kb.client_write_iv)
-        server = RecordProtection(self.suite, kb.server_write_key, kb.server_write_iv)
+        protection = self.framing.protection
+        client = protection(self.suite, kb.client_write_key, kb.client_write_iv)
+        server = protection(self.suite, kb.server_write_key, kb.server_write_iv)
         if self.config.is_client:
             self.link.install_keys(client, server)
         else:

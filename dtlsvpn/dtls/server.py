@@ -41,6 +41,7 @@ from dtlsvpn.crypto.suites import SUITES, SuiteInfo
 from dtlsvpn.crypto.tickets import TicketState
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.flight import OutMessage
+from dtlsvpn.dtls.framing import DTLS_FRAMING, RESUMABLE_VERSIONS, Framing
 from dtlsvpn.dtls.machine import CCS_TYPE, Link, Machine
 from dtlsvpn.errors import (
     HandshakeFailure,
@@ -53,7 +54,6 @@ from dtlsvpn.wire import extensions as ext
 from dtlsvpn.wire import handshake as hs
 from dtlsvpn.wire import key_exchange as kxw
 from dtlsvpn.wire.constants import (
-    DTLS_1_2,
     CipherSuite,
     ClientCertificateType,
     ExtensionType,
@@ -92,8 +92,9 @@ class ServerState(enum.Enum):
 
 
 class ServerMachine(Machine):
-    def __init__(self, config: DtlsConfig, link: Link) -> None:
-        super().__init__(config, link)
+    def __init__(self, config: DtlsConfig, link: Link,
+                 framing: Framing = DTLS_FRAMING) -> None:
+        super().__init__(config, link, framing)
         self.state = ServerState.WAIT_CLIENT_HELLO
         self.group: NamedGroup | None = None
         self.resuming = False
@@ -129,8 +130,8 @@ class ServerMachine(Machine):
         raise HandshakeFailure("no cipher suite in common")
 
     def _handle_client_hello(self, seq: int, body: bytes, now: float, wall: float) -> None:
-        ch = hs.decode_client_hello(body)
-        if ch.version < DTLS_1_2:  # DTLS versions count down: 0xFEFD is newer than 0xFEFF
+        ch = self.framing.decode_client_hello(body)
+        if self.framing.refuses_client_version(ch.version):
             raise ProtocolVersion(f"client offers {ch.version:#06x} only")
         if 0 not in ch.compression_methods:
             raise IllegalParameter("client does not offer null compression")
@@ -185,7 +186,8 @@ class ServerMachine(Machine):
                                      ext.encode_ec_point_formats(b"\x00")))
         if self.issue_ticket:
             exts.append(hs.Extension(ExtensionType.session_ticket, b""))
-        sh = hs.ServerHello(DTLS_1_2, self.server_random, b"", suite.code, 0, tuple(exts))
+        sh = hs.ServerHello(self.framing.version, self.server_random, b"", suite.code, 0,
+                            tuple(exts))
         msgs = [self.outgoing(0, HandshakeType.server_hello, hs.encode_server_hello(sh))]
         if suite.uses_certificate:
             chain = tuple(c.public_bytes(Encoding.DER) for c in self.config.certificate_chain)
@@ -323,7 +325,8 @@ class ServerMachine(Machine):
             return []
         assert self.suite is not None
         state = TicketState(
-            version=DTLS_1_2, suite=int(self.suite.code), master_secret=self.master_secret,
+            version=self.framing.version, suite=int(self.suite.code),
+            master_secret=self.master_secret,
             ems=self.ems, peer_identity=self._peer_identity(), issued_at=int(wall),
             lifetime=keys.ticket_lifetime,
         )
@@ -333,7 +336,7 @@ class ServerMachine(Machine):
 
     def _resumable(self, state: TicketState, ch: hs.ClientHello, wall: float) -> bool:
         """May this ticket resume?  If not, a full handshake follows silently."""
-        if state.version != DTLS_1_2 or not state.ems:
+        if state.version not in RESUMABLE_VERSIONS or not state.ems:
             return False  # protocol.md: no resumption without EMS
         if not self.ems:
             # RFC 7627 §5.3: an EMS session resumed without EMS must abort.
@@ -368,8 +371,8 @@ class ServerMachine(Machine):
         if self.issue_ticket:
             exts.append(hs.Extension(ExtensionType.session_ticket, b""))
         # RFC 5077 §3.4: echoing the client's session_id says "resumed".
-        sh = hs.ServerHello(DTLS_1_2, self.server_random, ch.session_id, self.suite.code, 0,
-                            tuple(exts))
+        sh = hs.ServerHello(self.framing.version, self.server_random, ch.session_id,
+                            self.suite.code, 0, tuple(exts))
         msgs = [self.outgoing(0, HandshakeType.server_hello, hs.encode_server_hello(sh))]
         msgs += self._ticket_messages(wall)
         self.install_keys()

@@ -129,8 +129,9 @@ INTERFACE_KEYS = {"name", "device", "role", "listen", "addresses", "mtu", "mtu_p
                   "fragmented", "icmp_too_big_sent", "icmp_too_big_rate_limited",
                   "udp_gso_sends", "udp_gso_datagrams", "udp_gso_fallbacks",
                   "udp_gro_receives", "udp_gro_datagrams", "drops", "handshake_failures"}
-PEER_KEYS = {"name", "endpoint", "state", "transport", "suite", "last_handshake",
-             "last_handshake_ago", "resumed", "handshakes", "roams", "rekey_generation", "rekeys",
+PEER_KEYS = {"name", "endpoint", "state", "transport", "transport_since", "suite",
+             "last_handshake", "last_handshake_ago", "resumed", "handshakes", "roams",
+             "rekey_generation", "rekeys",
              "last_rekey", "last_rekey_ago", "rekeying", "heartbeat_rtt_ms", "plpmtu",
              "record_overhead", "inner_mtu", "mtu_limit", "allowed_ips", "rx_bytes",
              "rx_packets", "tx_bytes", "tx_packets", "retransmissions", "last_error",

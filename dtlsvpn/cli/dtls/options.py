@@ -26,6 +26,7 @@ from cryptography import x509
 from dtlsvpn.cli.argtypes import ArgumentProblem, hostport, read_file, seconds
 from dtlsvpn.cli.dtls.keylog import open_keylog
 from dtlsvpn.cli.dtls.output import log
+from dtlsvpn.cli.dtls.stream_options import add_stream_arguments
 from dtlsvpn.config.values import is_ip_literal
 from dtlsvpn.crypto.certs import PrivateKey, load_certificates, load_private_key
 from dtlsvpn.crypto.suites import suite_by_name
@@ -117,6 +118,7 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tickets", action="store_true",
                    help="no session tickets (RFC 5077): client does not offer the extension, "
                         "server issues none")
+    add_stream_arguments(p)  # --tcp, --sp: cli/dtls/stream_options.py
 
 
 def add_server_parser(commands: Any, run: Handler) -> None:

@@ -1,0 +1,181 @@
+"""StreamLink: one TLS/TCP connection carrying a peer's tunnel (the TCP fallback carrier).
+
+The shell around :class:`~dtlsvpn.dtls.stream.StreamAssociation` and the SP framing of
+``vpn/sp.py``, for one non-blocking connected TCP socket:
+
+    readable  → recv × RECV_BUDGET → assoc.receive_data → SpReceiver → inner packets
+    send      → room in the queue? → encode_frame → assoc.send → SendQueue
+    writable  → the queue is written (partial writes kept); ``wants_write`` says
+                whether the loop should watch EPOLLOUT
+    service   → events; after HandshakeCompleted our SP header goes out; sealed
+                control bytes (flights, alerts, heartbeats) join the queue
+
+Invariants:
+
+* Bounded memory for a stalled peer: a packet is framed and sealed only when the
+  send queue holds less than ``queue_limit`` bytes; otherwise it is dropped and
+  counted (``dropped``), before any sequence number is spent, so the TLS stream
+  never has a gap.  Control bytes are always queued (they are few).  On the
+  receive side the record and SP buffers hold at most one record and one frame.
+* ``ready`` only once the TLS handshake completed *and* the peer's SP header
+  checked out; inner packets before that cannot exist (no application data
+  before Finished, and the header is the first message).
+* A bad SP header, an unknown version or an oversized frame closes the
+  connection with close_notify and ``close_reason`` naming what the peer sent;
+  so does a TCP EOF without close_notify ("connection closed by peer").
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from dtlsvpn.dtls.events import AssociationClosed, Event, HandshakeCompleted
+from dtlsvpn.dtls.stream import StreamAssociation
+from dtlsvpn.vpn.sp import (
+    FRAME_OVERHEAD,
+    SP_PROTOCOL_DTLSVPN,
+    SendQueue,
+    SpError,
+    SpReceiver,
+    encode_frame,
+    encode_header,
+)
+
+RECV_SIZE = 65536
+RECV_BUDGET = 16  # reads per readable wake-up
+DEFAULT_QUEUE_LIMIT = 1 << 20  # bytes queued for a peer that stopped reading
+
+
+class StreamLink:
+    """One peer's TLS/TCP connection (either role)."""
+
+    __slots__ = ("_sp", "assoc", "close_reason", "dropped", "eof", "max_message", "name",
+                 "queue", "sock")
+
+    def __init__(self, sock: socket.socket, assoc: StreamAssociation, *, max_message: int,
+                 queue_limit: int = DEFAULT_QUEUE_LIMIT, protocol: int = SP_PROTOCOL_DTLSVPN,
+                 name: str = "") -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.assoc = assoc
+        self.name = name
+        self.max_message = max_message
+        self.queue = SendQueue(queue_limit)
+        self._sp = SpReceiver(max_message, protocol)
+        self.dropped = 0  # inner packets refused by a full send queue
+        self.eof = False
+        self.close_reason: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Inner packets may flow: TLS established and the peer's SP header accepted."""
+        return self.assoc.is_established and self._sp.header_ok
+
+    @property
+    def closed(self) -> bool:
+        return self.assoc.is_closed or self.eof
+
+    @property
+    def wants_write(self) -> bool:
+        return bool(self.queue) and not self.eof
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    # --- in -----------------------------------------------------------------------------
+
+    def on_readable(self, now: float, wall: float) -> list[bytes]:
+        """Read what the socket has (bounded); return the inner packets it completed."""
+        packets: list[bytes] = []
+        for _ in range(RECV_BUDGET):
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self._lost(now, f"connection error: {exc.strerror}")
+                break
+            if not data:
+                self._lost(now, "connection closed by peer")
+                break
+            for record in self.assoc.receive_data(data, now, wall):
+                self._framed(record, now, packets)
+            if self.assoc.is_closed:
+                break
+        return packets
+
+    def _framed(self, record: bytes, now: float, packets: list[bytes]) -> None:
+        # (also when a close_notify followed in the same read: the reason is the framing)
+        try:
+            packets += self._sp.feed(record)
+        except SpError as exc:
+            self.close_reason = f"peer {self.name or '?'} broke the SP framing: {exc}"
+            self.assoc.close(now)
+
+    def _lost(self, now: float, reason: str) -> None:
+        self.eof = True
+        if self.close_reason is None and not self.assoc.is_closed:
+            self.close_reason = reason
+        if not self.assoc.is_closed:
+            self.assoc.close(now)  # queues close_notify and AssociationClosed
+
+    # --- out ----------------------------------------------------------------------------
+
+    def send_packets(self, packets: list[bytes]) -> int:
+        """Frame, seal and queue inner packets; returns how many were accepted."""
+        if not self.ready:
+            self.dropped += len(packets)
+            return 0
+        q = self.queue
+        room = q.limit - q.size
+        per_packet = FRAME_OVERHEAD + self.assoc.record_overhead
+        accepted: list[bytes] = []
+        for pkt in packets:
+            cost = len(pkt) + per_packet
+            if cost > room:
+                self.dropped += 1
+                continue
+            room -= cost
+            accepted.append(encode_frame(pkt, self.max_message))
+        if accepted:
+            self.assoc.send(accepted)
+            q.push(self.assoc.data_to_send(), force=True)
+            self.flush()
+        return len(accepted)
+
+    def flush(self) -> None:
+        """Write as much of the queue as the socket takes."""
+        q = self.queue
+        while q and not self.eof:
+            try:
+                n = self.sock.send(q.peek())
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                    self.eof = True
+                    self.close_reason = self.close_reason or "connection reset by peer"
+                    return
+                raise
+            q.consume(n)
+
+    def service(self, now: float) -> list[Event]:
+        """Events and control output; the SP header goes out after the handshake."""
+        events = self.assoc.pop_events()
+        for ev in events:
+            if isinstance(ev, HandshakeCompleted) and self.assoc.is_established:
+                self.assoc.send([encode_header(self._sp.protocol)])
+            elif isinstance(ev, AssociationClosed) and self.close_reason is None:
+                self.close_reason = ev.reason
+        self.queue.push(self.assoc.data_to_send(), force=True)
+        self.flush()
+        return events
+
+    def close(self, now: float) -> None:
+        """close_notify, one last flush, then the socket."""
+        if not self.assoc.is_closed:
+            self.assoc.close(now)
+        self.queue.push(self.assoc.data_to_send(), force=True)
+        self.flush()
+        self.sock.close()
