@@ -139,6 +139,7 @@ class Platform(Protocol):
     def full_tunnel(self, ifname: str, families: set[int], *, mark: int, table: int,
                     kill_switch: bool) -> PolicyRouting: ...
     def dns(self, ifname: str, entries: tuple[str, ...], *, full_tunnel: bool) -> Resolvers: ...
+    def tcp_listener(self, addr: Addr) -> socket.socket: ...
 
 
 class PolicyRouting(Protocol):
@@ -339,6 +340,20 @@ class Devices:
 
     def open_tun(self, name: str) -> TunDevice:
         return Tun(name)
+
+    def tcp_listener(self, addr: Addr) -> socket.socket:
+        """A non-blocking TCP socket listening on ``addr`` (the TLS fallback); OSError."""
+        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        return sock
 
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,
                  connect: Addr | None = None, offload: bool = False,

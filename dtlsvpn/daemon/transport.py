@@ -150,18 +150,12 @@ class ServerTcp(_Links):
         iface = self.host.cfg.interface
         assert iface.listen is not None
         addr = (iface.listen[0], iface.tcp_port or iface.listen[1])
-        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(addr)
-            sock.listen(128)
+            sock = self.host.devices.tcp_listener(addr)
         except OSError as exc:
-            sock.close()
             log.error("cannot listen on TCP %s:%d (%s): no TCP fallback for clients",
                       addr[0], addr[1], exc.strerror)
             return
-        sock.setblocking(False)
         self.lsock = sock
         self.host.loop.add(sock.fileno(), self._on_accept)
         log.info("listening on TCP %s:%d too (TLS fallback)", *addr)

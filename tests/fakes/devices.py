@@ -422,6 +422,7 @@ class FakeDevices:
         self.tun: FakeTun | None = None
         self.links: list[FakeLink] = []
         self.ports: list[FakeUdp] = []
+        self.tcp_listeners: list[socket.socket] = []
         self.resolved: list[tuple[float, str]] = []  # every name lookup: (when, name)
         self.monitor: FakeMonitor | None = None
         self.policy: FakePolicy | None = None
@@ -463,6 +464,16 @@ class FakeDevices:
     def open_tun(self, name: str) -> FakeTun:
         self.tun = FakeTun(name)
         return self.tun
+
+    def tcp_listener(self, addr: Addr) -> socket.socket:
+        """The fake network carries UDP only: the TLS fallback listens for real, on an
+        ephemeral loopback port, so that a server starts as it would (nothing dials it)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.setblocking(False)
+        self.tcp_listeners.append(sock)
+        return sock
 
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,
                  connect: Addr | None = None, offload: bool = False,
