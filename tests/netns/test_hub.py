@@ -2,12 +2,13 @@
 
 Topology (testing.md address plan; every name carries the test's random suffix)::
 
-    host A (dvha)      branch A (dvga)        hub (dvhub)          branch B (dvgb)      host B (dvhb)
-    100.64.21.10 ───── 100.64.21.1            198.18.10.1 ──────── 198.18.10.2
-    fd00:21::10        fd00:21::1             198.18.11.1 ─────────────────── 198.18.11.2
-                       198.18.10.2 ─────────  (server, dvs0)       100.64.22.1 ──────── 100.64.22.10
-                       dvc0 100.64.0.2        100.64.0.1           fd00:22::1           fd00:22::10
-                       fd00::2                fd00::1              dvc0 100.64.0.3, fd00::3
+    host A (dvha)        branch A (dvga)          hub (dvhub)           branch B (dvgb)        host B (dvhb)
+    100.64.21.10 ─────── 100.64.21.1                                    100.64.22.1 ────────── 100.64.22.10
+    fd00:21::10          fd00:21::1                                     fd00:22::1             fd00:22::10
+                         198.18.10.2 ──────────── 198.18.10.1 (listens)
+                                                  198.18.11.1 ───────── 198.18.11.2
+                         dvc0 100.64.0.2          dvs0 100.64.0.1       dvc0 100.64.0.3
+                              fd00::2                  fd00::1               fd00::3
 
 Both branches are dtlsvpn *clients* of the hub (PSK, one identity each).  The hub's two
 ``[Peer]``s carry each branch's tunnel address and LAN; each branch's one ``[Peer]`` (the
