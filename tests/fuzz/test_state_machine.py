@@ -252,7 +252,7 @@ def sim_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 def test_stateful_conversation(sim_pki: Pki) -> None:
     Conversation.pki = sim_pki
     test_case = Conversation.TestCase
-    test_case.settings = settings(max_examples=80, stateful_step_count=30, deadline=None,
+    test_case.settings = settings(max_examples=200, stateful_step_count=30, deadline=None,
                                   derandomize=True, database=None,
                                   suppress_health_check=list(HealthCheck))
     test_case().runTest()
