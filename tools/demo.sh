@@ -131,18 +131,24 @@ echo "    $NS_S: 198.18.0.1/24   $NS_C: 198.18.0.2/24"
 # start_daemon SIDE NS: run `dtlsvpn run` in NS and wait for READY=1 on our notify socket.
 start_daemon() {
     local side=$1 ns=$2 notify=$WORK/$1.notify waiter
-    "$PY" - "$notify" 20 >"$WORK/$side.ready" <<'EOF' &
+    local want=ready
+    [[ $side == client ]] && want=connected
+    "$PY" - "$notify" 20 "$want" >"$WORK/$side.ready" <<'EOF' &
 import socket, sys, time
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 sock.bind(sys.argv[1])
 deadline = time.monotonic() + float(sys.argv[2])
+want_connected, ready = sys.argv[3:] == ["connected"], False
 while (left := deadline - time.monotonic()) > 0:
     sock.settimeout(left)
     try:
         lines = sock.recv(4096).decode().splitlines()
     except TimeoutError:
         break
-    if "READY=1" in lines:
+    ready = ready or "READY=1" in lines
+    # A client is READY once configured and dialling; the demo also waits for its STATUS=
+    # to say the tunnel is up ("...; connected to NAME at ADDR").
+    if ready and (not want_connected or any("; connected to " in x for x in lines)):
         print(" ".join(lines))
         sys.exit(0)
 sys.exit(1)
@@ -163,7 +169,7 @@ EOF
 
 say "dtlsvpn run: server in $NS_S, client in $NS_C"
 if start_daemon server "$NS_S" && start_daemon client "$NS_C"; then r=PASS; else r=FAIL; fi
-record "$r" "both daemons READY=1"
+record "$r" "both daemons READY=1, the client connected"
 [[ $r == PASS ]] || { printf '  %s\n' "${RESULTS[@]}"; echo "demo: FAIL"; exit 1; }
 
 say "ping 100.64.0.1 from the client, 100.64.0.2 from the server (through the tunnel)"
