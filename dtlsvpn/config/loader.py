@@ -25,22 +25,19 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from dtlsvpn.config import values
 from dtlsvpn.config.credentials import (
     CredentialError,
     load_credentials,
     read_psk,
-    read_secret_file,
 )
+from dtlsvpn.config.fleet_keys import load_fleet
 from dtlsvpn.config.model import (
     DEFAULT_DEAD_PEER_TIMEOUT,
-    DEFAULT_FWMARK,
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_REKEY_INTERVAL,
-    FLEET_CID_MODES,
-    FLEET_KEYS,
     HINTS,
     MULTI_VALUED,
     VOCABULARY,
@@ -52,6 +49,7 @@ from dtlsvpn.config.model import (
     Source,
 )
 from dtlsvpn.config.parser import Entry, Section, parse, split_list
+from dtlsvpn.config.roaming_keys import nat_warning, roaming_keys
 from dtlsvpn.config.values import IFNAMSIZ, MIN_MTU_IPV6, Network, Role, spki_pin_text
 from dtlsvpn.crypto.certs import ChainVerifier
 from dtlsvpn.errors import ConfigError, UsageError
@@ -257,7 +255,7 @@ class _Loader:
             key = "DeadPeerTimeout" if f.has("DeadPeerTimeout") else "HeartbeatInterval"
             raise f.error(key, f"expected DeadPeerTimeout ({dead:g}s) longer than "
                                f"HeartbeatInterval ({heartbeat:g}s)")
-        self.warnings += _nat_warning(f, role, heartbeat)  # (roam)
+        self.warnings += nat_warning(f, role, heartbeat)  # (roam)
         default_rekey: float | None = DEFAULT_REKEY_INTERVAL
         rekey = f.get("RekeyInterval", values.interval, default_rekey)
         return InterfaceConfig(
@@ -281,7 +279,7 @@ class _Loader:
             connection_id=f.get("ConnectionID", values.boolean, True),
             udp_offload=f.get("UDPOffload", values.boolean, True),
             fleet=self._fleet(f, role),  # fleet keys: the block at the end of this file
-            **_roaming_keys(f, role),
+            **roaming_keys(f, role),
             # --- TCP fallback (issue 12) ---
             transport=f.get("Transport", values.transport, "auto"),
             tcp_port=f.get("TCPPort", values.port, None),
@@ -531,125 +529,3 @@ def _first_repeat(items: Iterable[tuple[T, int]]) -> tuple[T, int, int] | None:
             return item, line, seen[item]
         seen[item] = line
     return None
-
-
-# --- fleet: several servers behind one address (issue 15, README "More than one server") ---
-# ServerId, FleetCID, FleetSecretFile, TicketKeyFile, TicketKeyRotation (config/model.py has
-# their meaning).  Errors name the key; a fleet key on a client, or without ServerId where it
-# needs one, is an error rather than silently ignored.
-
-MIN_FLEET_SECRET, MAX_FLEET_SECRET = 16, 64
-
-
-def _server_id(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 255:
-        raise ValueError(f"expected a server id from 0 to 255, got {text!r}")
-    return value
-
-
-def _cid_mode(text: str) -> str:
-    v = text.lower()
-    if v not in FLEET_CID_MODES:
-        raise ValueError(f"expected 'obfuscated' or 'plain', got {text!r}")
-    return v
-
-
-def read_fleet_secret(path: Path) -> bytes:
-    """The fleet secret in the secret file ``path``: hex digits, whitespace ignored."""
-    digits = "".join(read_secret_file(path).decode("ascii", errors="replace").split())
-    try:
-        secret = bytes.fromhex(digits)
-    except ValueError:
-        raise ValueError(f"expected the fleet secret as hex digits in {path} (e.g. "
-                         f"`dtlsvpn genpsk`)") from None
-    if not MIN_FLEET_SECRET <= len(secret) <= MAX_FLEET_SECRET:
-        raise ValueError(f"expected a fleet secret of {MIN_FLEET_SECRET} to "
-                         f"{MAX_FLEET_SECRET} bytes in {path}, got {len(secret)}")
-    return secret
-
-
-def load_fleet(f: _Fields, role: Role, to_path: Callable[[str], Path]) -> FleetConfig:
-    """The fleet keys of [Interface] (all defaults when none is set)."""
-    present = [k for k in FLEET_KEYS if f.has(k)]
-    if not present:
-        return FleetConfig()
-    if role != "server":
-        raise f.error(present[0], "a fleet key is for servers; expected it only with "
-                                  "Role = server")
-    server_id = f.get("ServerId", _server_id, None)
-    mode = f.get("FleetCID", _cid_mode, "obfuscated")
-    secret_path = f.get("FleetSecretFile", to_path, None)
-    secret = f.load("FleetSecretFile", secret_path, read_fleet_secret)
-    if server_id is None:
-        for key in ("FleetCID", "FleetSecretFile"):
-            if f.has(key):
-                raise f.error(key, "expected ServerId = 0..255 in [Interface] as well")
-    elif f.has("ConnectionID") and not f.get("ConnectionID", values.boolean, True):
-        raise f.error("ServerId", "expected ConnectionID = yes: the server id travels in "
-                                  "the connection ID")
-    elif mode == "obfuscated" and secret is None:
-        key = "FleetCID" if f.has("FleetCID") else "ServerId"
-        raise f.error(key, "expected FleetSecretFile = PATH: obfuscated CIDs need the fleet "
-                           "secret (or FleetCID = plain on a trusted network)")
-    return FleetConfig(
-        server_id=server_id,
-        cid_mode=mode,
-        secret=secret,
-        ticket_key_file=f.get("TicketKeyFile", to_path, None),
-        ticket_key_rotation=f.get("TicketKeyRotation", values.boolean, True),
-    )
-# --- end of the fleet block ---
-# --- roam (issue 11): DNS, FwMark, Table, KillSwitch -------------------------------------
-
-_RESERVED_TABLES = {0, 253, 254, 255}  # unspec, default, main, local
-
-
-def _dns_entry(text: str) -> str:
-    """A resolver's IP address, or a search domain."""
-    if values.is_ip_literal(text) or values.is_hostname(text.rstrip(".")):
-        return text
-    raise ValueError(f"expected a resolver's IP address or a search domain, got {text!r}")
-
-
-def _mark(text: str) -> int:
-    """A 32-bit firewall mark or table number, decimal or 0x hex, not 0."""
-    try:
-        n = int(text, 0)
-    except ValueError:
-        raise ValueError(f"expected a number from 1 to 4294967295 (or 0x...), got {text!r}"
-                         ) from None
-    if not 0 < n < 1 << 32:
-        raise ValueError(f"expected a number from 1 to 4294967295, got {text}")
-    return n
-
-
-NAT_UDP_TIMEOUT = 30.0  # seconds: a common NAT's idle timeout for a UDP mapping
-
-
-def _nat_warning(f: _Fields, role: Role, heartbeat: float) -> list[str]:
-    """A client's idle heartbeats keep its NAT mapping alive only if they come more often
-    than the NAT forgets it (30 s is common; the 2 s default is well inside)."""
-    if role != "client" or heartbeat < NAT_UDP_TIMEOUT * 0.8:
-        return []
-    return [f"{f.path}:{f.line('HeartbeatInterval')}: HeartbeatInterval: {heartbeat:g}s "
-            f"between idle heartbeats: a NAT that forgets a UDP mapping after "
-            f"{NAT_UDP_TIMEOUT:g}s would drop the tunnel while it is idle"]
-
-
-def _roaming_keys(f: _Fields, role: Role) -> dict[str, Any]:
-    if role == "server":
-        for key in ("DNS", "FwMark", "Table", "KillSwitch"):
-            if f.has(key):
-                raise f.error(key, "only for a client (a server's own routes and resolvers "
-                                   "are the system's)")
-    mark = f.get("FwMark", _mark, DEFAULT_FWMARK)
-    table = f.get("Table", _mark, mark)
-    if table in _RESERVED_TABLES:
-        raise f.error("Table", f"expected a table of our own, not {table} (main, local or "
-                               f"default)")
-    return {"dns": tuple(d for d, _ in f.many("DNS", _dns_entry)), "fwmark": mark,
-            "table": table, "kill_switch": f.get("KillSwitch", values.boolean, False)}
