@@ -197,7 +197,9 @@ def profile_bulk(creds: Credentials, packets: int, out: Path, top: int = 25) -> 
     for key, title in (("cumulative", "by cumulative time"), ("tottime", "by own (total) time")):
         text.write(f"=== top {top} {title} ===\n")
         stats.sort_stats(key).print_stats(top)
-    out.write_text(text.getvalue())
+    # Paths relative to the checkout, so that a saved profile names no machine's directories.
+    repo = str(Path(__file__).resolve().parent.parent) + "/"
+    out.write_text(text.getvalue().replace(repo, ""))
     rows = []
     raw: Any = stats
     for (filename, line, func), (_cc, calls, tottime, cumtime, _callers) in raw.stats.items():
