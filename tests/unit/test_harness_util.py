@@ -280,14 +280,14 @@ def _write_inner_suite(tmp_path: Path, module_skip: bool) -> None:
         "from tests.conftest import pytest_make_collect_report, pytest_runtest_makereport\n"
     )
     if module_skip:
-        body = "import pytest\npytest.skip('tool missing', allow_module_level=True)\n"
+        body = "import pytest\npytest.skip('tool missing: apt-get install it (make deps does)', allow_module_level=True)\n"
     else:
         body = textwrap.dedent(
             """
             import pytest
 
             def test_skipped():
-                pytest.skip("tool missing")
+                pytest.skip("tool missing: apt-get install it (make deps does)")
 
             @pytest.mark.xfail(reason="known bug")
             def test_expected_failure():
