@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from dtlsvpn.config import values
 from dtlsvpn.config.credentials import read_secret_file
+from dtlsvpn.config.fields import Fields
 from dtlsvpn.config.model import FLEET_CID_MODES, FLEET_KEYS, FleetConfig
 from dtlsvpn.config.values import Role
-
-if TYPE_CHECKING:  # loader.py imports this module; the type only, no cycle at run time
-    from dtlsvpn.config.loader import _Fields
 
 # --- fleet: several servers behind one address (issue 15, README "More than one server") ---
 # ServerId, FleetCID, FleetSecretFile, TicketKeyFile, TicketKeyRotation (config/model.py has
@@ -54,7 +51,7 @@ def read_fleet_secret(path: Path) -> bytes:
     return secret
 
 
-def load_fleet(f: _Fields, role: Role, to_path: Callable[[str], Path]) -> FleetConfig:
+def load_fleet(f: Fields, role: Role, to_path: Callable[[str], Path]) -> FleetConfig:
     """The fleet keys of [Interface] (all defaults when none is set)."""
     present = [k for k in FLEET_KEYS if f.has(k)]
     if not present:

@@ -3,14 +3,12 @@ laptop"), and the NAT keepalive warning; read by ``loader.py``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dtlsvpn.config import values
+from dtlsvpn.config.fields import Fields
 from dtlsvpn.config.model import DEFAULT_FWMARK
 from dtlsvpn.config.values import Role
-
-if TYPE_CHECKING:  # loader.py imports this module; the type only, no cycle at run time
-    from dtlsvpn.config.loader import _Fields
 
 # --- roam (issue 11): DNS, FwMark, Table, KillSwitch -------------------------------------
 
@@ -39,7 +37,7 @@ def _mark(text: str) -> int:
 NAT_UDP_TIMEOUT = 30.0  # seconds: a common NAT's idle timeout for a UDP mapping
 
 
-def nat_warning(f: _Fields, role: Role, heartbeat: float) -> list[str]:
+def nat_warning(f: Fields, role: Role, heartbeat: float) -> list[str]:
     """A client's idle heartbeats keep its NAT mapping alive only if they come more often
     than the NAT forgets it (30 s is common; the 2 s default is well inside)."""
     if role != "client" or heartbeat < NAT_UDP_TIMEOUT * 0.8:
@@ -49,7 +47,7 @@ def nat_warning(f: _Fields, role: Role, heartbeat: float) -> list[str]:
             f"{NAT_UDP_TIMEOUT:g}s would drop the tunnel while it is idle"]
 
 
-def roaming_keys(f: _Fields, role: Role) -> dict[str, Any]:
+def roaming_keys(f: Fields, role: Role) -> dict[str, Any]:
     if role == "server":
         for key in ("DNS", "FwMark", "Table", "KillSwitch"):
             if f.has(key):

@@ -4,7 +4,7 @@ Purpose: the meaning of every value syntax the configuration (and the command-li
 tools, which take the same spellings) understands: ``HOST:PORT``, durations, prefixes,
 pins, names.  Each converter takes the text and returns the value, or raises
 ``ValueError("expected …, got '…'")``; the caller adds the file, line and key
-(:class:`dtlsvpn.config.loader._Fields`) or the option name.
+(:class:`dtlsvpn.config.fields.Fields`) or the option name.
 
 Invariants:
 - A converter never guesses: anything it does not accept in full is a ValueError
