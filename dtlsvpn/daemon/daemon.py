@@ -214,6 +214,11 @@ class Daemon:
         up = sum(1 for p in self.peers if p.established)
         return f"{up}/{len(self.peers)} peers up, mtu {self.tunmtu.mtu}"
 
+    def status_text(self) -> str:
+        """STATUS=: the role's full line (a client adds whether it is connected)."""
+        text = getattr(self.role, "status_text", None)
+        return text() if callable(text) else self.status_line()
+
     def set_underlay(self, peer: Peer, addr: Addr | None) -> None:
         assert self.datapath is not None
         self.datapath.router.set_underlay(peer, packed(normalise(addr)[0]) if addr else None)
@@ -260,7 +265,7 @@ class Daemon:
             new = load_config(self.cfg.path, name=self.cfg.name)
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
-            self.notifier.ready(self.status_line())
+            self.notifier.ready(self.status_text())
             return
         interface = self.cfg.interface
         if new.interface != interface:  # (roam) what is safe now, the rest at a restart
@@ -281,7 +286,7 @@ class Daemon:
         if self.role is not None:
             self.role.reloaded()
         log.info("reloaded %s: %d peers", self.cfg.path, len(self.peers))
-        self.notifier.ready(self.status_line())
+        self.notifier.ready(self.status_text())
 
     def _remove_peer(self, name: str, now: float) -> None:
         peer = self.peers.get(name)

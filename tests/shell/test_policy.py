@@ -240,3 +240,20 @@ AllowedIPs = 100.64.0.3/32
     assert [p["name"] for p in server.snapshot()["peers"]] == ["branch"]
     world.run_for(5.0)
     assert established(client) and server.peer("branch")["handshakes"] == 1
+
+
+def test_reload_keeps_status_saying_connected(pair: Pair) -> None:
+    """STATUS= after SIGHUP is the role's line: a connected client still says so, both
+    after a reload that changed nothing and after one refused for a config error."""
+    _server, client = pair()
+    world = client.world
+    assert world.run_until(lambda: established(client))
+    client.daemon.on_reload(world.clock.now)
+    assert client.messages[-2] == "READY=1"
+    assert client.messages[-1].startswith("STATUS=1/1 peers up")
+    assert "; connected to office at " in client.messages[-1], client.messages[-1]
+    good = client.conf.read_text()
+    client.conf.write_text(good + "\nNoSuchKey = 1\n")
+    client.daemon.on_reload(world.clock.now)
+    assert "; connected to " in client.messages[-1], client.messages[-1]
+    client.conf.write_text(good)
