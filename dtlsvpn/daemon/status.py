@@ -178,6 +178,11 @@ def format_prometheus(snaps: list[dict[str, Any]]) -> str:
             sample("dtlsvpn_handshake_failures_total", "counter",
                    "Handshakes refused (server) or failed (client), by reason.",
                    _labels(instance=instance, reason=reason), n)
+        for event, n in sorted((iface.get("endpoint") or {}).items()):
+            sample("dtlsvpn_endpoint_events_total", "counter",
+                   "Server endpoint events before any association (cookies, admission "
+                   "limits, table full, unknown CIDs), by event.",
+                   _labels(instance=instance, event=event), n)
         for peer in snap.get("peers", []):
             _peer_samples(sample, instance, peer)
     out: list[str] = []

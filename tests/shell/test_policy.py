@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from dtlsvpn.daemon.status import format_prometheus
 from tests.fakes.packets import seq_of, udp
 from tests.fakes.world import World
 from tests.shell.conftest import Pair, established
@@ -145,7 +147,7 @@ def test_status_snapshot_fields(pair: Pair) -> None:
         snap = host.snapshot()
         assert list(snap) == ["interface", "peers"]
         iface = snap["interface"]
-        assert set(iface) == INTERFACE_KEYS
+        assert set(iface) == INTERFACE_KEYS | ({"endpoint"} if role == "server" else set())
         assert iface["role"] == role and iface["mtu_policy"] in ("auto", "pmtu")
         assert iface["device"] == ("dvs0" if role == "server" else "dvc0")
         (peer,) = snap["peers"]
@@ -155,6 +157,12 @@ def test_status_snapshot_fields(pair: Pair) -> None:
         assert peer["last_handshake_ago"] == 5.0 or peer["last_handshake_ago"] >= 4.9
         assert peer["rekeying"] is False and peer["dtls"]["rx_records"] > 0
     assert server.snapshot()["interface"]["listen"] == "198.18.0.1:4433"
+    endpoint = server.snapshot()["interface"]["endpoint"]
+    assert endpoint["hello_verify_sent"] >= 1 and endpoint["cookie_accepted"] >= 1
+    assert endpoint["table_full"] == endpoint["hvr_rate_limited"] == 0
+    prom = format_prometheus([server.snapshot()])
+    assert re.search(r'^dtlsvpn_endpoint_events_total\{instance="[^"]*",'
+                     r'event="cookie_accepted"\} [1-9]', prom, re.M), prom
     assert client.snapshot()["interface"]["listen"] is None
     assert any(m.startswith("STATUS=1/1 peers up") for m in client.messages)
     assert "WATCHDOG=1" in client.messages and "WATCHDOG=1" in server.messages
