@@ -88,10 +88,10 @@ def set_drop(sim: Simulator, c2s: float, s2c: float) -> None:
 @pytest.mark.parametrize("pmtu", [False, True], ids=["no-pmtu", "pmtu"])
 def test_silent_peer_reported_once_then_alive_again(pki: Pki, pmtu: bool) -> None:
     sim = live_sim(pki, pmtu=PmtuSettings() if pmtu else None)
-    sim.run_for(10.0)  # idle: keepalives go both ways, nobody is declared dead
+    sim.run_for(10.0)  # idle: keepalives run (one side's, see below), nobody is declared dead
     for side in SIDES:
         assert not unresponsive(sim, side)
-        assert sim.side(side).stats.heartbeats_sent > 0
+    assert sum(sim.side(side).stats.heartbeats_sent for side in SIDES) > 0
     figures = []
     for round_ in (1, 2):  # two silences: one event each
         t_dead = sim.now
@@ -297,3 +297,27 @@ def test_dead_peer_while_streaming_is_the_worst_case(pki: Pki) -> None:
         assert DEFAULTS.timeout - 0.2 <= detected <= DEAD_PEER_BOUND_S
         figures.append(f"{side} {detected:.2f} s")
     report(SECTION, "dead peer while streaming (worst case) detected after " + ", ".join(figures))
+
+
+@pytest.mark.parametrize("pmtu", [False, True], ids=["no-pmtu", "pmtu"])
+def test_one_keepalive_per_idle_interval_per_pair(pki: Pki, pmtu: bool) -> None:
+    """An idle pair exchanges one request and its response per interval, not one per
+    side: the side that hears the peer's request defers its own (heartbeat.py), and an
+    idle side confirms no PLPMTU (keepalive.py, RFC 8899 §5.1.1).  Both stay alive."""
+    sim = live_sim(pki, pmtu=PmtuSettings() if pmtu else None)
+    sim.run_for(10.0)  # handshake done, PMTU searches over
+    before = {s: (sim.side(s).stats.heartbeats_sent, sim.side(s).stats.probes_sent,
+                  sim.side(s).stats.heartbeat_answered) for s in SIDES}
+    window = 40.0
+    sim.run_for(window)
+    sent = sum(sim.side(s).stats.heartbeats_sent - before[s][0] for s in SIDES)
+    probes = sum(sim.side(s).stats.probes_sent - before[s][1] for s in SIDES)
+    answered = sum(sim.side(s).stats.heartbeat_answered - before[s][2] for s in SIDES)
+    per_interval = window / DEFAULTS.interval
+    assert per_interval - 2 <= sent <= per_interval + 1, (sent, probes)
+    assert probes == 0
+    assert answered == sent
+    for side in SIDES:
+        assert not unresponsive(sim, side)
+    report(SECTION, f"idle pair, {'PMTU on' if pmtu else 'no PMTU'}: {sent} keepalive requests "
+                    f"in {window:g} s (one side's), {probes} probes")
