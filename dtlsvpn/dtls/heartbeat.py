@@ -33,16 +33,17 @@ arrives.
 Rules implemented
 - RFC 6520 §5.2: a request is sent only after ``interval`` seconds without any
   authenticated inbound record; while data flows no request is sent at all.
-- One keepalive per idle interval per pair: when the last proof of life was the
-  peer's own HeartbeatRequest (``note_peer_request``, within ``interval`` before
-  ``last_rx``), the peer is running its keepalive and our answer keeps *it* fed,
-  so ours waits a second interval (``deferred_idle``: ``2 * interval``, never more
-  than ``timeout - interval``).  Only if the peer's next request does not come do
-  we ask.  The silence bound (``timeout`` after ``last_rx``) is not touched, so
-  dead-peer detection is exactly as before; only the first request of a silence
-  goes out later (3 requests, at 4, 5 and 7 s, go unanswered before 8 s, not 4).
-  Two peers that heartbeat at the same moment both defer, each at 2 × interval:
-  still one exchange per interval on average.
+- One keepalive per idle interval per pair.  The client runs the keepalive;
+  a server (``defer_to_peer=True``) whose last proof of life was the peer's own
+  HeartbeatRequest (``note_peer_request``, within ``interval`` before
+  ``last_rx``) knows the peer's keepalive is running and that its answer keeps
+  the peer fed, so its own request waits a second interval (``deferred_idle``:
+  ``2 * interval``, never more than ``timeout - interval``).  Only if the
+  peer's next request does not come does the server ask.  The silence bound
+  (``timeout`` after ``last_rx``) is not touched, so dead-peer detection is
+  exactly as before; only the server's first request of a silence goes out
+  later (at 4, 5 and 7 s, before 8 s).  Only one side defers, so two machines
+  cannot keep crossing their requests in step.
 - RFC 6520 §3: there MUST NOT be more than one HeartbeatRequest in flight.
   This machine keeps at most one of its own, and ``blocked=True`` tells it
   that another request (a PMTU probe from :mod:`dtlsvpn.dtls.pmtu`) is in
@@ -125,6 +126,7 @@ class Liveness:
         "_alive",
         "_changes",
         "_counter",
+        "_defer",
         "_deadline",
         "_first_sent",
         "_in_flight",
@@ -142,8 +144,10 @@ class Liveness:
         now: float,
         *,
         random_bytes: Callable[[int], bytes],
+        defer_to_peer: bool = False,
     ) -> None:
         self.settings = settings
+        self._defer = defer_to_peer  # a server: the client runs the keepalive
         self._random_bytes = random_bytes
         self._last_rx = now  # the handshake that just completed is the first proof of life
         self._alive = True
@@ -194,7 +198,7 @@ class Liveness:
     def idle_deadline(self) -> float:
         """When a new request of ours is due (without any inbound record before it)."""
         settings = self.settings
-        if self._peer_request_at + settings.interval > self._last_rx:
+        if self._defer and self._peer_request_at + settings.interval > self._last_rx:
             return self._last_rx + deferred_idle(settings)
         return self._last_rx + settings.interval
 
@@ -267,14 +271,16 @@ class Liveness:
 
     def get_timer(self, *, blocked: bool = False) -> float | None:
         """The next time ``poll``/``handle_timer`` has something to do."""
-        deadlines: list[float] = []
-        if self._alive:
-            deadlines.append(self._last_rx + self.settings.timeout)
         if self._in_flight:
-            deadlines.append(self._deadline)
-        elif not blocked:
-            if self._payload is not None and self._last_rx < self._first_sent:
-                deadlines.append(self._deadline)  # already past: retransmit now
-            else:
-                deadlines.append(self.idle_deadline())
-        return min(deadlines) if deadlines else None
+            t = self._deadline
+        elif blocked:
+            t = None
+        elif self._payload is not None and self._last_rx < self._first_sent:
+            t = self._deadline  # already past: retransmit now
+        else:
+            t = self.idle_deadline()
+        if self._alive:
+            silence = self._last_rx + self.settings.timeout
+            if t is None or silence < t:
+                return silence
+        return t

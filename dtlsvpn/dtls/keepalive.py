@@ -110,7 +110,8 @@ class Keepalive:
         self._pmtu: Dplpmtud | None = None
         if send_requests:
             self._liveness = Liveness(config.heartbeat_settings, now,
-                                      random_bytes=config.random_bytes)
+                                      random_bytes=config.random_bytes,
+                                      defer_to_peer=not config.is_client)
             if config.pmtu is not None:
                 self._pmtu = pm = Dplpmtud(
                     config.pmtu, ip_header=ip_header, record_overhead=record_overhead,

@@ -17,8 +17,10 @@ from dtlsvpn.dtls.pmtu import Dplpmtud, PmtuSettings, Probe
 from dtlsvpn.errors import UsageError
 
 
-def make(now: float = 0.0, settings: HeartbeatSettings | None = None, seed: int = 1) -> Liveness:
-    return Liveness(settings or HeartbeatSettings(), now, random_bytes=random.Random(seed).randbytes)
+def make(now: float = 0.0, settings: HeartbeatSettings | None = None, seed: int = 1,
+         *, defer: bool = False) -> Liveness:
+    return Liveness(settings or HeartbeatSettings(), now, random_bytes=random.Random(seed).randbytes,
+                    defer_to_peer=defer)
 
 
 @dataclass
@@ -262,7 +264,7 @@ def test_peer_request_defers_ours_by_one_interval() -> None:
     """The last proof of life was the peer's HeartbeatRequest: our request waits for
     2 × interval of silence, not 1 (the peer's keepalive is running)."""
     s = HeartbeatSettings()
-    lv = make()
+    lv = make(defer=True)
     lv.note_peer_request(1.0)
     assert lv.get_timer() == pytest.approx(1.0 + 2 * s.interval)
     assert lv.poll(1.0 + 2 * s.interval - 1e-6) is None
@@ -272,7 +274,7 @@ def test_peer_request_defers_ours_by_one_interval() -> None:
 def test_peer_requests_every_interval_mean_we_never_ask() -> None:
     """A peer heartbeating after each interval (plus a round trip) keeps us quiet."""
     s = HeartbeatSettings()
-    lv = make()
+    lv = make(defer=True)
     t = 0.0
     lv.note_peer_request(t)
     for _ in range(50):
@@ -286,7 +288,7 @@ def test_other_records_after_the_peer_request_restore_the_interval() -> None:
     """Data (or the answer to our request) more than an interval after the peer's last
     request: the peer's keepalive is not what keeps the pair up, ours runs again."""
     s = HeartbeatSettings()
-    lv = make()
+    lv = make(defer=True)
     lv.note_peer_request(1.0)
     lv.note_rx(1.0 + s.interval + 0.5)
     assert lv.get_timer() == pytest.approx(1.0 + s.interval + 0.5 + s.interval)
@@ -296,7 +298,7 @@ def test_deferral_never_touches_the_silence_bound() -> None:
     """Dead-peer detection is exact: unresponsive at last_rx + timeout, deferral or not;
     our request (deferred) and its retransmissions go out before that."""
     s = HeartbeatSettings()
-    lv = make()
+    lv = make(defer=True)
     lv.note_peer_request(1.0)
     sent = []
     t = 1.0
@@ -313,12 +315,21 @@ def test_deferral_never_touches_the_silence_bound() -> None:
     assert all(x < 1.0 + s.timeout for x in sent)
 
 
+def test_a_client_never_defers() -> None:
+    """Only the server defers to the peer's keepalive (two deferring sides could cross
+    their requests in step forever)."""
+    s = HeartbeatSettings()
+    lv = make()
+    lv.note_peer_request(1.0)
+    assert lv.get_timer() == pytest.approx(1.0 + s.interval)
+
+
 @pytest.mark.parametrize(("interval", "timeout", "expected"),
                          [(2.0, 8.0, 4.0), (2.0, 5.0, 3.0), (2.0, 3.0, 2.0), (1.0, 30.0, 2.0)])
 def test_deferred_idle_keeps_an_interval_before_the_timeout(
         interval: float, timeout: float, expected: float) -> None:
     s = HeartbeatSettings(interval=interval, retransmit=min(1.0, interval), timeout=timeout)
     assert deferred_idle(s) == expected
-    lv = make(settings=s)
+    lv = make(settings=s, defer=True)
     lv.note_peer_request(0.0)
     assert lv.get_timer() == pytest.approx(min(expected, timeout))
