@@ -260,11 +260,12 @@ class Association:
         return out
 
     def _take_heartbeat(self, data: bytes, now: float) -> bool:
-        hb = self._hb_in  # a lone HeartbeatRequest of the peer, at its header (hbfast.py)
+        hb = self._hb_in  # a lone heartbeat record, at its header (hbfast.py)
         if hb is None or (msg := hb.take(data, self.stats)) is None:
             return False
         self._last_rx, self._dirty, self.advanced = now, True, hb.advanced
-        hb.keepalive.receive(msg, now)  # the slow path's answer, the same bytes
+        if hb.keepalive.receive(msg, now):  # as the slow path: the same answer, bytes
+            self._service_keepalive(now)  # it answered one of ours (_hb_pending there)
         return True
 
     def _after_datagram(self, repeat: bool, now: float) -> None:

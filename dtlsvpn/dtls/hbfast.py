@@ -1,14 +1,15 @@
-"""A peer's HeartbeatRequest taken at the record header (RFC 6520 §4), sans-I/O.
+"""A lone heartbeat record taken at the record header (RFC 6520 §4), sans-I/O.
 
-An idle peer's keepalive is a server's most frequent slow-path datagram: one
-HeartbeatRequest record per idle interval per peer.  :class:`HeartbeatIn` is built
-with the :class:`~dtlsvpn.dtls.fastpath.FastOpen` of the read epoch (by the
+An idle peer's keepalive is a server's most frequent slow-path datagram (one
+HeartbeatRequest record per idle interval per peer), and its answer the client's.
+:class:`HeartbeatIn` is built with the :class:`~dtlsvpn.dtls.fastpath.FastOpen` of the read epoch (by the
 Association, after a slow-path datagram) and takes a datagram only when it is exactly
 one protected heartbeat record of the current read epoch (RFC 6347 §4.1): header
 bytes precomputed (heartbeat type, or tls12_cid with our CID, RFC 9146 §4; DTLS 1.2;
 the epoch), the length field filling the datagram, fresh in the replay window (RFC
 6347 §4.1.2.6), authenticated, its real type heartbeat and its message a
-HeartbeatRequest whose payload_length fits with 16 bytes of padding (RFC 6520 §4).
+HeartbeatRequest or HeartbeatResponse whose payload_length fits with 16 bytes of
+padding (RFC 6520 §4: the Heartbleed check).
 Then, and only then, the window moves and the record is counted exactly as the slow
 path counts it; the Association hands the message to the same ``Keepalive.receive``
 the slow path calls, so the answer is the same bytes (tests/unit/test_hbfast.py
@@ -30,12 +31,12 @@ from dtlsvpn.errors import UsageError
 from dtlsvpn.wire.constants import DTLS_1_2, MAX_CIPHERTEXT, ContentType
 
 _CT_HEARTBEAT = int(ContentType.heartbeat)
-_REQUEST = b"\x01"  # HeartbeatMessageType.heartbeat_request
+_KNOWN = (b"\x01", b"\x02")  # HeartbeatMessageType: request, response
 _MIN_PADDING = 16  # RFC 6520 §4
 
 
 class HeartbeatIn:
-    """Takes single-record HeartbeatRequest datagrams of one read epoch (see above)."""
+    """Takes single-record heartbeat datagrams of one read epoch (see above)."""
 
     __slots__ = ("advanced", "cid", "epoch_bits", "head", "hlen", "keepalive", "prot", "window")
 
@@ -61,8 +62,8 @@ class HeartbeatIn:
         return None if fast is None or keepalive is None else cls(read, keepalive)
 
     def take(self, data: bytes, stats: Stats) -> bytes | None:
-        """The heartbeat message of a fresh, authenticated HeartbeatRequest record
-        (window moved, record counted), or None with nothing changed."""
+        """The heartbeat message of a fresh, authenticated heartbeat record (window
+        moved, record counted), or None with nothing changed."""
         hlen = self.hlen
         size = len(data)
         cid = self.cid
@@ -85,8 +86,8 @@ class HeartbeatIn:
             if opened is None:
                 return None
             msg = opened
-        if msg[:1] != _REQUEST or 3 + int.from_bytes(msg[1:3], "big") + _MIN_PADDING > len(msg):
-            return None  # a response, or malformed: the slow path decides and counts
+        if msg[:1] not in _KNOWN or 3 + int.from_bytes(msg[1:3], "big") + _MIN_PADDING > len(msg):
+            return None  # unknown or malformed: the slow path decides and counts
         top = window.top
         window.commit(seq)
         self.advanced = window.top > top
