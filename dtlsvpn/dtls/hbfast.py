@@ -2,8 +2,8 @@
 
 An idle peer's keepalive is a server's most frequent slow-path datagram (one
 HeartbeatRequest record per idle interval per peer), and its answer the client's.
-:class:`HeartbeatIn` is built with the :class:`~dtlsvpn.dtls.fastpath.FastOpen` of the read epoch (by the
-Association, after a slow-path datagram) and takes a datagram only when it is exactly
+:class:`HeartbeatIn` is built with the :class:`~dtlsvpn.dtls.fastpath.FastOpen` of the
+read epoch (by the Association, after a slow-path datagram) and takes a datagram only when it is exactly
 one protected heartbeat record of the current read epoch (RFC 6347 §4.1): header
 bytes precomputed (heartbeat type, or tls12_cid with our CID, RFC 9146 §4; DTLS 1.2;
 the epoch), the length field filling the datagram, fresh in the replay window (RFC
