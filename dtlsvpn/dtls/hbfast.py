@@ -3,20 +3,19 @@
 An idle peer's keepalive is a server's most frequent slow-path datagram (one
 HeartbeatRequest record per idle interval per peer), and its answer the client's.
 :class:`HeartbeatIn` is built with the :class:`~dtlsvpn.dtls.fastpath.FastOpen` of the
-read epoch (by the Association, after a slow-path datagram) and takes a datagram only when it is exactly
-one protected heartbeat record of the current read epoch (RFC 6347 §4.1): header
-bytes precomputed (heartbeat type, or tls12_cid with our CID, RFC 9146 §4; DTLS 1.2;
-the epoch), the length field filling the datagram, fresh in the replay window (RFC
-6347 §4.1.2.6), authenticated, its real type heartbeat and its message a
+read epoch (by the Association, after a slow-path datagram) and takes a datagram only
+when it is exactly one protected heartbeat record of the current read epoch (RFC 6347
+§4.1): header bytes precomputed (heartbeat type, or tls12_cid with our CID, RFC 9146
+§4; DTLS 1.2; the epoch), the length field filling the datagram, fresh in the replay
+window (RFC 6347 §4.1.2.6), authenticated, its real type heartbeat and its message a
 HeartbeatRequest or HeartbeatResponse whose payload_length fits with 16 bytes of
-padding (RFC 6520 §4: the Heartbleed check).
-Then, and only then, the window moves and the record is counted exactly as the slow
-path counts it; the Association hands the message to the same ``Keepalive.receive``
-the slow path calls, so the answer is the same bytes (tests/unit/test_hbfast.py
-checks it against the slow path byte for byte).  Anything else returns None before
-any state or counter changed, and the slow path takes it exactly as before (a record
-that does not authenticate is then counted there).  No ``parse_datagram``, no
-``Record``, no new FastOpen per keepalive.
+padding (RFC 6520 §4: the Heartbleed check). Then, and only then, the window moves and
+the record is counted exactly as the slow path counts it; the Association hands the
+message to the same ``Keepalive.receive`` the slow path calls, so the answer is the
+same bytes (tests/unit/test_hbfast.py checks it against the slow path byte for byte).
+Anything else returns None before any state or counter changed, and the slow path
+takes it exactly as before (a record that does not authenticate is then counted
+there). No ``parse_datagram``, no ``Record``, no new FastOpen per keepalive.
 """
 
 from __future__ import annotations
