@@ -23,7 +23,7 @@ Invariants:
   suspended while we send no data ("DPLPMTUD ought to suspend reachability
   tests if this sending PL is acting as a receiver"): a confirmation probe goes
   out only when records other than our own heartbeats were sealed since the
-  last probe (``_data_sent``).  An idle association costs its keepalive only;
+  last probe (``_confirm_idle``).  An idle association costs its keepalive only;
   once data flows again the confirmation is due at the next service (at most a
   keepalive interval later), so a black hole is still found while it matters.
 * Changes come out as events through ``emit``: ``HeartbeatAnswered`` per
