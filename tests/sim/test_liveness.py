@@ -321,3 +321,28 @@ def test_one_keepalive_per_idle_interval_per_pair(pki: Pki, pmtu: bool) -> None:
         assert not unresponsive(sim, side)
     report(SECTION, f"idle pair, {'PMTU on' if pmtu else 'no PMTU'}: {sent} keepalive requests "
                     f"in {window:g} s (one side's), {probes} probes")
+
+
+def test_server_deferring_to_a_client_that_goes_silent(pki: Pki) -> None:
+    """The client runs the keepalive; when it goes silent the server, which deferred to
+    it, asks at 2 × interval after the last record (then retransmits) and declares the
+    peer unresponsive exactly ``timeout`` after that record: detection is unchanged."""
+    sim = live_sim(pki)
+    sim.run_for(12.0)
+    server = sim.side("server")
+    assert server.stats.heartbeat_answered > 0  # the client's keepalive is running
+    sent_before = server.stats.heartbeats_sent
+    t_dead = sim.now
+    set_drop(sim, 1.0, 0.0)  # the client's records are lost from now on
+    assert sim.run_until(lambda: bool(unresponsive(sim, "server", t_dead)), 20.0).satisfied
+    ((t_ev, ev),) = unresponsive(sim, "server", t_dead)
+    assert ev.silent_for == pytest.approx(DEFAULTS.timeout)
+    last_rx = t_ev - ev.silent_for
+    asked = server.stats.heartbeats_sent - sent_before
+    # Requests at last_rx + 4, + 5, + 7 s (retransmission timer 1 s, doubling, capped at
+    # the interval); none at last_rx + 2 s, where the client's own was due.
+    assert asked == 3, asked
+    assert t_ev - t_dead <= DEAD_PEER_BOUND_S
+    report(SECTION, f"client silent under a deferring server: detected {t_ev - t_dead:.2f} s "
+                    f"after, {ev.silent_for:.2f} s after its last record, {asked} requests asked")
+    assert last_rx <= t_dead
