@@ -9,8 +9,9 @@ association is forgotten once the endpoint retired it (``rekey_grace`` after the
 client switched to the new keys).  READY=1 goes out once the port is bound.
 
 Deadlines are loop Timers: one per association the endpoint holds at an address,
-re-armed with its ``get_timer()`` whenever it was serviced (after a receive batch, or
-its own timer), and one for the next retirement of old keys.  A renewal's previous
+re-armed with its ``get_timer()`` whenever it was serviced (after a receive batch that
+took the slow path, or its own timer: data alone never gets here), and one for the
+next retirement of old keys.  A renewal's previous
 association gets no timer (it only opens records in flight), as before.
 
 Ticket keys live in ``TicketStore/ticket.keys`` so that a restarted server still
@@ -146,7 +147,11 @@ class ServerRole:
             return
         if timer is None:
             timer = self._timers[assoc] = self.host.loop.timer(partial(self._on_timer, assoc))
-        timer.bring_forward(assoc.get_timer())
+        # Exactly, not bring_forward: only the slow path is serviced here (never data
+        # alone), and its deadline moves later once per keepalive exchange (the answer
+        # came, the retransmission timer is off): one heap push is cheaper than the early
+        # wake-up that would find nothing due.
+        timer.schedule(assoc.get_timer())
 
     def _on_timer(self, assoc: Association, now: float, wall: float) -> None:
         assert self.endpoint is not None
