@@ -100,6 +100,8 @@ def _counters(dp: Datapath | None) -> tuple[dict[str, Any], dict[str, int]]:
             counters["icmp_too_big_sent"] = dp.too_big.sent
             counters["icmp_too_big_rate_limited"] = dp.too_big.rate_limited
         counters.update(dp.udp.as_dict())  # UDP GSO/GRO (udp.UdpCounters)
+        counters["tun_offload"] = "on" if dp.tun.vnet else "off"
+        counters.update(dp.tun.counters.as_dict())  # coalesced writes (tun.TunCounters)
     return counters, drops
 
 
