@@ -8,14 +8,14 @@ and routes, when the descriptor is closed, so even a crash leaves nothing behind
 Offload (``TUNOffload``, ``vpn/vnet.py``): with ``IFF_VNET_HDR`` every read and write
 carries a 10-byte virtio-net header.  Writes go through ``vpn/gro.coalesce``: the TCP
 segments of one flow in a batch become one super-packet the kernel's TCP receives at
-once.  Reads: ``TUNSETOFFLOAD`` is given no flags by default, so the kernel segments and
-checksums what it sends before we read it (the header of every read is then zero and is
-dropped); with ``tso`` (not a config key: measured and not kept, see README
-"Performance") it offers TUN_F_CSUM | TSO4 | TSO6 and a read may be a 64 KiB
-super-packet that ``vnet.segment`` cuts into MTU-sized segments with their checksums.
-``offload="auto"``: a kernel that refuses the header gives a plain TUN (one log line),
-and a super-packet the kernel refuses on write (EINVAL) is written again segment by
-segment, plain, and coalescing stops for this queue.
+once.  Reads: ``TUNSETOFFLOAD`` is given no flags, so the kernel segments and checksums
+what it sends before we read it; the header of every read carries nothing we need and is
+dropped.  Offering TSO (TUN_F_CSUM | TSO4 | TSO6, reads of 64 KiB super-packets cut by
+``vnet.segment``) or TUN_F_CSUM alone (checksums completed here) was measured and lost:
+the internet checksum in Python costs more than the kernel work it saves (README
+"Performance").  ``offload="auto"``: a kernel that refuses the header gives a plain TUN
+(one log line); a super-packet the kernel refuses on write (EINVAL) is written again
+segment by segment, plain, and coalescing stops for this queue.
 """
 
 from __future__ import annotations
@@ -37,9 +37,6 @@ TUNSETVNETHDRSZ = 0x400454D8
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
-TUN_F_CSUM = 0x01
-TUN_F_TSO4 = 0x02
-TUN_F_TSO6 = 0x04
 IFNAMSIZ = 16
 MAX_PACKET = 65535
 MAX_FRAME = VNET_HDR_LEN + MAX_PACKET
@@ -49,19 +46,18 @@ OFFLOAD_MODES = ("auto", "on", "off")
 class TunCounters:
     """``gso_writes``: super-packets written (runs of ≥ 2 segments), ``gso_segments``:
     the segments they carried; ``gso_fallbacks``: super-packets the kernel refused and
-    that were written again segment by segment; ``tso_reads``: super-packets read."""
+    that were written again segment by segment."""
 
-    __slots__ = ("gso_fallbacks", "gso_segments", "gso_writes", "tso_reads")
+    __slots__ = ("gso_fallbacks", "gso_segments", "gso_writes")
 
     def __init__(self) -> None:
         self.gso_writes = 0
         self.gso_segments = 0
         self.gso_fallbacks = 0
-        self.tso_reads = 0
 
     def as_dict(self) -> dict[str, int]:
         return {"tun_gso_writes": self.gso_writes, "tun_gso_segments": self.gso_segments,
-                "tun_gso_fallbacks": self.gso_fallbacks, "tun_tso_reads": self.tso_reads}
+                "tun_gso_fallbacks": self.gso_fallbacks}
 
 
 def _open(name: str, flags: int) -> tuple[int, str]:
@@ -81,17 +77,16 @@ class Tun:
     """One non-blocking TUN queue.
 
     ``vnet``: the queue carries virtio-net headers (``offload`` on, or auto and the
-    kernel took it); ``gro``: writes are coalesced (vnet, until the kernel refused one);
-    ``tso``: reads may be super-packets.
+    kernel took it); ``gro``: writes are coalesced (vnet, until the kernel refused one).
     """
 
-    def __init__(self, name: str, offload: str = "off", *, tso: bool = False) -> None:
+    def __init__(self, name: str, offload: str = "off") -> None:
         if not name or len(name.encode()) >= IFNAMSIZ:
             raise ValueError(f"interface name {name!r} must be 1 to {IFNAMSIZ - 1} bytes")
         if offload not in OFFLOAD_MODES:
             raise ValueError(f"TUN offload {offload!r} is not one of {OFFLOAD_MODES}")
         self.counters = TunCounters()
-        self.vnet = self.gro = self.tso = False
+        self.vnet = self.gro = False
         self.write = os.write  # (a test's double may refuse)
         if offload != "off":
             try:
@@ -103,35 +98,27 @@ class Tun:
                          "plain TUN", exc.strerror or exc)
             else:
                 self.fd = fd
-                self._offload(offload, tso)
+                self._offload()
         if not self.vnet:
             self.fd, self.name = _open(name, IFF_TUN | IFF_NO_PI)
         os.set_blocking(self.fd, False)
 
-    def _offload(self, offload: str, tso: bool) -> None:
-        flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 if tso else 0
+    def _offload(self) -> None:
+        """No offload on read: the kernel hands over finished packets (module doc)."""
         try:
-            fcntl.ioctl(self.fd, TUNSETOFFLOAD, flags)
-        except OSError as exc:
-            if offload == "on" and flags:
-                os.close(self.fd)
-                raise
-            log.info("TUN offload: TUNSETOFFLOAD %#x refused (%s)", flags, exc.strerror or exc)
             fcntl.ioctl(self.fd, TUNSETOFFLOAD, 0)
-            flags = 0
+        except OSError:
+            os.close(self.fd)
+            raise
         self.vnet = self.gro = True
-        self.tso = bool(flags)
 
     # --- read ---------------------------------------------------------------------
 
     def read_batch(self, budget: int) -> list[bytes]:
-        """Up to ``budget`` reads' packets, stopping at EAGAIN (a super-packet read with
-        TSO gives all its segments)."""
+        """Up to ``budget`` packets, stopping at EAGAIN."""
         out: list[bytes] = []
         read = os.read
         fd = self.fd
-        if self.tso:
-            return self._read_tso(budget)
         if self.vnet:
             for _ in range(budget):
                 try:
@@ -144,23 +131,6 @@ class Tun:
                 out.append(read(fd, MAX_PACKET))
             except BlockingIOError:
                 break
-        return out
-
-    def _read_tso(self, budget: int) -> list[bytes]:
-        out: list[bytes] = []
-        read = os.read
-        fd = self.fd
-        for _ in range(budget):
-            try:
-                frame = read(fd, MAX_FRAME)
-            except BlockingIOError:
-                break
-            if frame[0] or frame[1]:  # NEEDS_CSUM or GSO
-                if frame[1]:
-                    self.counters.tso_reads += 1
-                out += segment(frame)
-            else:
-                out.append(frame[VNET_HDR_LEN:])
         return out
 
     # --- write --------------------------------------------------------------------

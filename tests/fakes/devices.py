@@ -59,15 +59,13 @@ class FakeTun(Tun):
 
     ``offload`` (``TUNOffload``): with auto/on (unless ``vnet_refused``: auto then falls
     back, on raises) the pair carries virtio-net headers as a real queue would: the fake
-    kernel prepends a zero header to what it injects (``inject_frames`` sends frames as
-    they are: TSO super-packets, NEEDS_CSUM packets) and ``drain`` cuts the daemon's
+    kernel prepends a zero header to what it injects and ``drain`` cuts the daemon's
     super-packets back into segments (``vnet.segment``), counting them in ``gso_frames``;
     ``refuse_gso``: every super-packet write fails with EINVAL (an old kernel).
     """
 
-    def __init__(self, name: str, offload: str = "off", *, tso: bool = False,
-                 vnet_refused: bool = False, refuse_gso: bool = False
-                 ) -> None:  # no super().__init__: no /dev/net/tun
+    def __init__(self, name: str, offload: str = "off", *, vnet_refused: bool = False,
+                 refuse_gso: bool = False) -> None:  # no super().__init__: no /dev/net/tun
         near, self.far = _pair()
         self.fd = near.detach()
         self.name = name
@@ -81,7 +79,6 @@ class FakeTun(Tun):
             self.close()
             raise OSError(errno.EINVAL, "Invalid argument")
         self.vnet = self.gro = on
-        self.tso = on and tso
         self.write = self._write
 
     def _write(self, fd: int, frame: bytes) -> int:
@@ -93,12 +90,6 @@ class FakeTun(Tun):
         """Packets the host sends into the tunnel."""
         for pkt in packets:
             self.far.send(PLAIN_HDR + pkt if self.vnet else pkt)
-
-    def inject_frames(self, frames: Iterable[bytes]) -> None:
-        """Reads with their virtio-net header (a vnet queue only)."""
-        assert self.vnet
-        for frame in frames:
-            self.far.send(frame)
 
     def drain(self) -> list[bytes]:
         """Packets the daemon wrote to the host (super-packets segmented)."""
@@ -466,7 +457,7 @@ class FakeDevices:
         self.notifier = notifier if notifier is not None else FakeNotifier()
         self._route_mtu = route_mtu
         self.tun: FakeTun | None = None
-        self.tun_options: dict[str, bool] = {}  # FakeTun's tso, vnet_refused, refuse_gso
+        self.tun_options: dict[str, bool] = {}  # FakeTun's vnet_refused, refuse_gso
         self.links: list[FakeLink] = []
         self.ports: list[FakeUdp] = []
         self.tcp_listeners: list[socket.socket] = []

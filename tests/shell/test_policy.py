@@ -129,7 +129,7 @@ INTERFACE_KEYS = {"name", "device", "role", "listen", "addresses", "mtu", "mtu_p
                   "fragmented", "icmp_too_big_sent", "icmp_too_big_rate_limited",
                   "udp_gso_sends", "udp_gso_datagrams", "udp_gso_fallbacks",
                   "udp_gro_receives", "udp_gro_datagrams", "tun_offload", "tun_gso_writes",
-                  "tun_gso_segments", "tun_gso_fallbacks", "tun_tso_reads", "drops",
+                  "tun_gso_segments", "tun_gso_fallbacks", "drops",
                   "handshake_failures"}
 PEER_KEYS = {"name", "endpoint", "state", "transport", "transport_since", "suite",
              "last_handshake", "last_handshake_ago", "resumed", "handshakes", "roams",
