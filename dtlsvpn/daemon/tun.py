@@ -167,9 +167,12 @@ class Tun:
         kernel found invalid is written again segment by segment, plain."""
         if not self.vnet or not frame[1]:
             return 1
+        counters = self.counters
+        counters.gso_writes -= 1  # counted before the write
+        counters.gso_segments -= _segments(frame)
         if exc.errno != errno.EINVAL:
             return _segments(frame)
-        self.counters.gso_fallbacks += 1
+        counters.gso_fallbacks += 1
         if self.gro:
             self.gro = False
             log.info("TUN offload: the kernel refused a coalesced write (%s); writing "
