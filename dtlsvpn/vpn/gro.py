@@ -47,7 +47,6 @@ from dtlsvpn.vpn.vnet import (
     pseudo_sum,
 )
 
-_SEQ = struct.Struct("!I")
 _U16 = struct.Struct("!H")
 _ACK = 0x10
 _PSH = 0x08
@@ -59,7 +58,8 @@ class _Run:
     """A flow's open run: its segments, the next sequence number, the segment size, the
     payload bytes so far, and what every further segment must repeat."""
 
-    __slots__ = ("ipsig", "next_seq", "options", "packets", "sig", "size", "total")
+    __slots__ = ("ipsig", "next_seq", "options", "packets", "sig", "sig_psh", "size",
+                 "total")
 
     def __init__(self, packets: list[bytes], next_seq: int, size: int, sig: bytes,
                  ipsig: int, options: bytes) -> None:
@@ -67,9 +67,18 @@ class _Run:
         self.next_seq = next_seq
         self.size = size
         self.total = size
-        self.sig = sig
+        self.sig = sig  # acknowledgement, data offset, flags (ACK), window
+        self.sig_psh = sig[:5] + bytes((sig[5] | _PSH,)) + sig[6:]  # the same with PSH
         self.ipsig = ipsig
         self.options = options
+
+
+# IPv4 without options + TCP: TOS, total length, flags/fragment offset, TTL, protocol,
+# addresses and ports (the flow), sequence number, then ack, offset, flags, window.
+_V4 = struct.Struct("!xBH2xHBB2x12sI8s")
+# IPv6 + TCP: version/class/label, payload length, next header, hop limit, the flow,
+# sequence number, ack/offset/flags/window.
+_V6 = struct.Struct("!IHBB36sI8s")
 
 
 def coalesce(packets: list[bytes]) -> list[bytes]:
@@ -77,43 +86,42 @@ def coalesce(packets: list[bytes]) -> list[bytes]:
     for runs of one flow's segments merged into super-packets (see the module's rules)."""
     items: list[list[bytes]] = []
     flows: dict[bytes, _Run] = {}  # flow (addresses, ports) -> its open run
-    unpack_seq = _SEQ.unpack_from
+    v4 = _V4.unpack_from
+    v6 = _V6.unpack_from
     for pkt in packets:
         n = len(pkt)
         b0 = pkt[0] if n else 0
-        if b0 == 0x45 and n >= 40 and pkt[9] == TCP_PROTO:
-            if pkt[6] & 0xBF or pkt[7] or (pkt[2] << 8 | pkt[3]) != n:
+        if b0 == 0x45 and n >= 40:
+            tos, length, frag, ttl, proto, key, seq, sig = v4(pkt)
+            if proto != TCP_PROTO or frag & 0xBFFF or length != n:
                 _not_merged(pkt, items, flows)
                 continue
             ihl = 20
-            key = pkt[12:24]
-            ipsig = pkt[1] << 16 | pkt[6] << 8 | pkt[8]
+            ipsig = (tos << 8 | ttl) << 16 | frag
             limit = MAX_V4_PACKET
-        elif b0 >> 4 == 6 and n >= 60 and pkt[6] == TCP_PROTO:
-            if (pkt[4] << 8 | pkt[5]) + 40 != n:
+        elif b0 >> 4 == 6 and n >= 60:
+            ipsig, length, proto, ttl, key, seq, sig = v6(pkt)
+            if proto != TCP_PROTO or length + 40 != n:
                 _not_merged(pkt, items, flows)
                 continue
             ihl = 40
-            key = pkt[8:44]
-            ipsig = int.from_bytes(pkt[:4], "big") << 8 | pkt[7]
+            ipsig = ipsig << 8 | ttl
             limit = MAX_V4_PACKET + 40
         else:
             _not_merged(pkt, items, flows)
             continue
-        doff = pkt[ihl + 12]
+        doff = sig[4]
+        flags = sig[5]
         hl = ihl + (doff >> 4) * 4
         payload = n - hl
-        flags = pkt[ihl + 13]
         if (flags | _PSH) != (_ACK | _PSH) or payload <= 0 or doff < 0x50 or doff & 0x0F:
             flows.pop(key, None)
             items.append([pkt])
             continue
-        seq = unpack_seq(pkt, ihl + 4)[0]
-        sig = pkt[ihl + 8:ihl + 13] + pkt[ihl + 14:ihl + 16]  # ack, offset, window
         options = pkt[ihl + 20:hl]
         run = flows.get(key)
-        if (run is not None and run.next_seq == seq and run.sig == sig
-                and run.ipsig == ipsig and run.options == options):
+        if (run is not None and run.next_seq == seq and run.ipsig == ipsig
+                and run.options == options and (sig == run.sig or sig == run.sig_psh)):
             size = run.size
             total = run.total + payload
             if payload <= size and hl + total <= limit:
@@ -180,6 +188,6 @@ def merge(run: list[bytes]) -> bytes:
         _U16.pack_into(ip, 4, tcp_len)
         gso = GSO_TCPV6
     vnet = VNET_HDR.pack(F_NEEDS_CSUM, gso, hl, size, ihl, TCP_CSUM_OFFSET)
-    parts: list[bytes | bytearray | memoryview] = [vnet, ip, tcp]
-    parts += [memoryview(pkt)[hl:] for pkt in run]
+    parts: list[bytes | bytearray] = [vnet, ip, tcp]
+    parts += [pkt[hl:] for pkt in run]  # (cheaper than memoryview slices here)
     return b"".join(parts)
