@@ -115,7 +115,7 @@ class Daemon:
         iface = self.cfg.interface
         self.lock = InstanceLock.acquire(self.cfg)  # one instance per tunnel (startup.py)
         try:
-            self.tun = tun = self.devices.open_tun(iface.device)
+            self.tun = tun = self.devices.open_tun(iface.device, iface.tun_offload)
         except OSError as exc:
             raise StartupError(describe_tun(exc, self.cfg)) from exc
         self.netlink = self.tunmtu.link = self.devices.link(tun.name)

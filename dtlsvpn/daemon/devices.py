@@ -40,7 +40,7 @@ from dtlsvpn.daemon.netlink import Netlink, NetlinkMonitor, route_mtu, route_sou
 from dtlsvpn.daemon.netwatch import Monitor
 from dtlsvpn.daemon.resolve import Resolver, lookup_all
 from dtlsvpn.daemon.systemd import Notifier
-from dtlsvpn.daemon.tun import Tun
+from dtlsvpn.daemon.tun import Tun, TunCounters
 from dtlsvpn.daemon.udp import (
     GRO_BUFFER,
     MAX_DATAGRAM,
@@ -70,10 +70,18 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class TunDevice(Protocol):
-    """One TUN queue: whole IP packets in and out, in batches."""
+    """One TUN queue: whole IP packets in and out, in batches.
+
+    ``vnet``: the queue carries virtio-net headers (``TUNOffload``, ``tun.py``), which
+    ``read_batch``/``write_batch`` handle: packets in and out stay whole IP packets (a
+    write may coalesce TCP segments of one flow, the reader's kernel sees the same bytes);
+    ``counters``: what the offload did.
+    """
 
     fd: int
     name: str
+    vnet: bool
+    counters: TunCounters
 
     def read_batch(self, budget: int) -> list[bytes]: ...
     def write_batch(self, packets: list[bytes]) -> int: ...
@@ -127,7 +135,7 @@ class Platform(Protocol):
     @property
     def notifier(self) -> Notifier: ...
 
-    def open_tun(self, name: str) -> TunDevice: ...
+    def open_tun(self, name: str, offload: str = "off") -> TunDevice: ...
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,
                  connect: Addr | None = None, offload: bool = False,
                  counters: UdpCounters | None = None, mark: int = 0) -> UdpPort: ...
@@ -338,8 +346,9 @@ class Devices:
     def __init__(self, notifier: Notifier | None = None) -> None:
         self.notifier = notifier if notifier is not None else Notifier()
 
-    def open_tun(self, name: str) -> TunDevice:
-        return Tun(name)
+    def open_tun(self, name: str, offload: str = "off") -> TunDevice:
+        """``offload``: ``TUNOffload`` (auto, on, off; ``tun.py``)."""
+        return Tun(name, offload)
 
     def tcp_listener(self, addr: Addr) -> socket.socket:
         """A non-blocking TCP socket listening on ``addr`` (the TLS fallback); OSError."""

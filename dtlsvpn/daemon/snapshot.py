@@ -103,6 +103,8 @@ def _counters(dp: Datapath | None) -> tuple[dict[str, Any], dict[str, int]]:
         counters.update(dp.udp.as_dict())  # UDP GSO/GRO (udp.UdpCounters)
         if dp.endpoint is not None:  # server: what happened before any association
             counters["endpoint"] = endpoint_counters(dp.endpoint)
+        counters["tun_offload"] = "on" if dp.tun.vnet else "off"
+        counters.update(dp.tun.counters.as_dict())  # coalesced writes (tun.TunCounters)
     return counters, drops
 
 
