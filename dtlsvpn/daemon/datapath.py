@@ -216,8 +216,7 @@ class Datapath:
         packets = self.tun.read_batch(BUDGET)
         if not packets:
             return
-        sock = self.sock
-        assert sock is not None
+        sock = self.sock  # (None on a TCP-only server: only stream peers below)
         endpoint = self.endpoint
         for peer, batch in self.router.route(packets).items():
             stream = peer.stream
@@ -230,7 +229,7 @@ class Datapath:
             if (previous is not None and addr is not None and endpoint is not None
                     and endpoint.sending_association(addr) is previous):
                 assoc = previous  # renewal: the client does not use the new keys yet
-            if assoc is None or addr is None or not assoc.is_established:
+            if assoc is None or addr is None or not assoc.is_established or sock is None:
                 peer.drop("no_session", len(batch))
                 continue
             self._transmit(peer, assoc.protect, batch, sock, addr, now)
