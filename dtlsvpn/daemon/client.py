@@ -90,7 +90,8 @@ class ClientRole:
         self.resolvers: Resolvers | None = None
         # TCP fallback (daemon/transport.py): hooks in start, _established, _lost, teardown.
         self.tcp = ClientTcp(host, datapath, ClientHooks(
-            lambda: self.peer, self._tls_config, self.poke, self._probe_udp, self._save_ticket))
+            lambda: self.peer, self._tls_config, self.poke, self._probe_udp, self._save_ticket,
+            mark=self.mark))
 
     @property
     def peer(self) -> Peer:

@@ -218,6 +218,10 @@ class Daemon:
         assert self.datapath is not None
         self.datapath.router.set_underlay(peer, packed(normalise(addr)[0]) if addr else None)
 
+    def carrier_changed(self, peer: Peer) -> None:
+        """A peer moved between UDP and a TCP link (TCP fallback): the MSS clamp follows."""
+        self.tunmtu.follow(self.peers)
+
     def mtu_report(self, peer: Peer, assoc: Association, ev: PathMtuChanged,
                    now: float) -> None:
         peer.plpmtu = ev.plpmtu

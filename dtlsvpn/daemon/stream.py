@@ -46,6 +46,7 @@ from dtlsvpn.vpn.sp import (
     encode_header,
 )
 
+MIN_INNER_MTU = 576  # the TCP carrier's inner MTU is never taken below this (stream.inner_mtu)
 RECV_SIZE = 65536
 RECV_BUDGET = 16  # reads per readable wake-up
 DEFAULT_QUEUE_LIMIT = 1 << 20  # bytes queued for a peer that stopped reading
@@ -88,6 +89,20 @@ class StreamLink:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    @property
+    def inner_mtu(self) -> int:
+        """The MSS clamp's input while this link carries: the largest inner packet that
+        fits one segment of the outer connection (its ``TCP_MAXSEG``, options already
+        taken off) with the SP length (8 bytes) and the TLS record (5-byte header and the
+        suite's AEAD expansion); at most ``max_message``, at least ``MIN_INNER_MTU`` (a
+        larger packet still goes through, spanning two outer segments)."""
+        try:
+            mss = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+        except OSError:  # (not a TCP socket: the tests' socketpairs)
+            return self.max_message
+        fits = mss - FRAME_OVERHEAD - self.assoc.record_overhead
+        return max(MIN_INNER_MTU, min(self.max_message, fits))
 
     # --- in -----------------------------------------------------------------------------
 

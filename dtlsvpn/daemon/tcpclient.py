@@ -19,6 +19,7 @@ info level ("traffic moved to TCP/UDP").
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import select
@@ -27,9 +28,11 @@ from collections.abc import Callable
 from functools import partial
 
 from dtlsvpn.daemon.datapath import Datapath
+from dtlsvpn.daemon.devices import Addr
 from dtlsvpn.daemon.peers import Peer
 from dtlsvpn.daemon.resolve import Answer
 from dtlsvpn.daemon.role import Host
+from dtlsvpn.daemon.settings import match_peer
 from dtlsvpn.daemon.stream import StreamLink
 from dtlsvpn.daemon.transport import _Links, max_message, set_transport
 from dtlsvpn.dtls.config import DtlsConfig
@@ -47,6 +50,8 @@ from dtlsvpn.vpn.transport import Action, Carrier, TransportPolicy, TransportSet
 log = logging.getLogger("dtlsvpn")
 
 CHECK_EVERY = 0.25  # seconds between the client's looks at the UDP carrier
+RENEW_RETRY = 30.0  # seconds before a failed key renewal over TCP is tried again
+RETIRE_AFTER = 5.0  # seconds a renewed link's predecessor may still deliver
 TCP_REDIAL = 1.0  # seconds before a lost TCP fallback is dialled again
 MIN_WAIT = 0.01  # the check timer never fires sooner than this after itself
 
@@ -56,12 +61,13 @@ class ClientHooks:
 
     def __init__(self, peer: Callable[[], Peer], config: Callable[[], DtlsConfig],
                  poke: Callable[[Peer, float], None], redial: Callable[[float], None],
-                 ticket: Callable[[ClientSession], None]) -> None:
+                 ticket: Callable[[ClientSession], None], mark: int = 0) -> None:
         self.peer = peer
         self.config = config  # the TLS dial's core settings, with the stored ticket
         self.poke = poke  # the role services its association (after we closed it)
         self.redial = redial  # a fresh DTLS dial now (unless one is up)
         self.ticket = ticket  # store a ticket the server sent over TCP
+        self.mark = mark  # SO_MARK of a full tunnel's sockets (fulltunnel.py)
 
 
 class ClientTcp(_Links):
@@ -82,6 +88,14 @@ class ClientTcp(_Links):
         self.not_before = 0.0  # no TCP dial before (after a failed one)
         self._check = host.loop.timer(self._on_check)
         self._redial = host.loop.timer(self._on_redial)
+        # Key renewal: a new TLS connection, make-before-break (RekeyInterval, record budget)
+        self.link_addr: Addr | None = None  # where self.link is connected
+        self.renewing: socket.socket | None = None
+        self.renewal: StreamLink | None = None
+        self.retiring: list[StreamLink] = []
+        self.renew_not_before = 0.0
+        self._rekey = host.loop.timer(self._on_rekey)
+        self._retire = host.loop.timer(self._on_retire)
 
     def start(self, now: float) -> None:
         self._apply(self.policy.start(now), now)
@@ -117,7 +131,7 @@ class ClientTcp(_Links):
             elif action is Action.REDIAL_UDP:
                 self.hooks.redial(now)
             elif action is Action.CARRY_UDP:
-                set_transport(peer, "udp", self.host.loop.wall)
+                set_transport(self.host, peer, "udp")
             elif action is Action.CARRY_TCP:
                 self._carry_tcp(peer, now)
             else:
@@ -143,7 +157,8 @@ class ClientTcp(_Links):
         link.start_carrying()  # the held SP header: the server moves its traffic too
         peer.stream = link
         self.moved_at = now
-        set_transport(peer, "tcp", self.host.loop.wall)
+        self._schedule_renewal(link)
+        set_transport(self.host, peer, "tcp")
         log.info("peer %s: traffic moved to TCP (%s)", peer.name, link.name)
         self.host.ready(self.host.status_line())
 
@@ -185,7 +200,7 @@ class ClientTcp(_Links):
         if peer.addr is not None:  # what the DTLS dial resolved last: the same server
             udp = peer.addr
             family = socket.AF_INET6 if ":" in str(udp[0]) else socket.AF_INET
-            self._connect(family, (udp[0], port, *udp[2:]), now)
+            self._connect(family, (udp[0], port), now)
             return
         # No DTLS address yet (TCP only, or UDP never got that far): the name is looked up
         # off the loop, like the DTLS dial's (resolve.py).
@@ -199,49 +214,114 @@ class ClientTcp(_Links):
         family, addr = answer[0]
         self._connect(family, addr, now)
 
-    def _connect(self, family: int, addr: tuple[object, ...], now: float) -> None:
+    def _connect(self, family: int, addr: Addr, now: float, *, renew: bool = False) -> None:
         peer = self.hooks.peer()
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = self.host.devices.tcp_connect(family, addr, mark=self.hooks.mark)
         except OSError as exc:
-            log.warning("peer %s: cannot dial TCP: %s", peer.name, exc)
-            self._retry(now)
+            log.warning("peer %s: cannot dial TCP to %s:%s: %s", peer.name, addr[0], addr[1],
+                        exc.strerror or exc)
+            self._failed(now, renew)
             return
-        sock.setblocking(False)
-        rc = sock.connect_ex(addr)
-        if rc not in (0, errno.EINPROGRESS):
-            sock.close()
-            log.warning("peer %s: TCP connect: %s", peer.name, errno.errorcode.get(rc, rc))
-            self._retry(now)
-            return
-        self.connecting = sock
-        self.moved_at = None
-        self.host.loop.add(sock.fileno(), partial(self._on_connected, sock, addr),
+        if renew:
+            self.renewing = sock
+        else:
+            self.connecting = sock
+            self.moved_at = None
+        self.host.loop.add(sock.fileno(), partial(self._on_connected, sock, addr, renew),
                            select.EPOLLOUT)
 
-    def _on_connected(self, sock: socket.socket, addr: tuple[object, ...], _mask: int,
+    def _failed(self, now: float, renew: bool) -> None:
+        if renew:  # the current link carries on; try again later
+            self.renew_not_before = now + RENEW_RETRY
+            self._rekey.schedule(self.renew_not_before)
+        else:
+            self._retry(now)
+
+    def _on_connected(self, sock: socket.socket, addr: Addr, renew: bool, _mask: int,
                       now: float, wall: float) -> None:
         self.host.loop.remove(sock.fileno())
-        if self.connecting is not sock:
+        if sock is not (self.renewing if renew else self.connecting):
             sock.close()
             return
-        self.connecting = None
+        if renew:
+            self.renewing = None
+        else:
+            self.connecting = None
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         peer = self.hooks.peer()
         if err:
             log.warning("peer %s: TCP connect to %s:%s: %s", peer.name, addr[0], addr[1],
                         errno.errorcode.get(err, err))
             sock.close()
-            self._retry(now)
+            self._failed(now, renew)
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        assoc = StreamAssociation(self.hooks.config())
-        link = StreamLink(sock, assoc, max_message=max_message(self.host),
+        config = self.hooks.config()
+        if renew:  # fresh keys are the point: no ticket (as the DTLS renewals, rekey.py)
+            config = dataclasses.replace(config, resume_session=None)
+        link = StreamLink(sock, StreamAssociation(config), max_message=max_message(self.host),
                           name=f"{addr[0]}:{addr[1]}", hold_header=True)
-        self.link = link
+        if renew:
+            self.renewal = link
+        else:
+            self.link, self.link_addr = link, addr
         self.add(link, peer)
-        assoc.connect(now, wall)
+        link.assoc.connect(now, wall)
         self.service(link, now)
+
+    # --- key renewal over TCP -----------------------------------------------------------------
+
+    def _schedule_renewal(self, link: StreamLink) -> None:
+        interval = link.assoc.config.rekey_interval
+        at = link.assoc.established_at
+        if interval is not None and at is not None:
+            self._rekey.schedule(max(at + interval, self.renew_not_before))
+
+    def _on_rekey(self, now: float, _wall: float) -> None:
+        self._renew(now, "rekey interval")
+
+    def service(self, link: StreamLink, now: float) -> None:
+        super().service(link, now)
+        if link is self.link and now >= self.renew_not_before and link.assoc.records_exhausted():
+            self._renew(now, "record limit")
+
+    def _renew(self, now: float, why: str) -> None:
+        """A new TLS connection beside the carrying one; it carries once up (``_renewed``)."""
+        link, addr, peer = self.link, self.link_addr, self.hooks.peer()
+        if (link is None or addr is None or peer.stream is not link or self.renewal is not None
+                or self.renewing is not None):
+            return
+        log.info("peer %s: renewing the keys over TCP (%s): a new TLS connection",
+                 peer.name, why)
+        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        self._connect(family, addr, now, renew=True)
+
+    def _renewed(self, new: StreamLink, ev: HandshakeCompleted, now: float) -> None:
+        peer = self.hooks.peer()
+        old = self.link
+        self.renewal = None
+        if old is None or peer.stream is not old:  # the link it was to replace is gone
+            new.assoc.close(now)
+            return
+        self.link = new
+        new.start_carrying()  # our SP header: the server moves to it and closes the old one
+        peer.stream = new
+        peer.generation += 1
+        peer.rekeys += 1
+        peer.rekey_wall = self.host.loop.wall
+        peer.suite = ev.suite_name
+        log.info("peer %s: keys renewed over TCP (generation %d, %s)", peer.name,
+                 peer.generation, ev.suite_name)
+        self._schedule_renewal(new)
+        self.retiring.append(old)  # what is still in flight on it is delivered
+        self._retire.schedule(now + RETIRE_AFTER)
+
+    def _on_retire(self, now: float, _wall: float) -> None:
+        retiring, self.retiring = self.retiring, []
+        for link in retiring:
+            link.assoc.close(now)
+            self.drop(link, now)
 
     def _retry(self, now: float) -> None:
         """A TCP dial failed or the link was lost: tell the policy; ``tcp`` redials."""
@@ -256,12 +336,17 @@ class ClientTcp(_Links):
             self._dial(now)
 
     def carried(self, link: StreamLink, now: float) -> Peer | None:
-        # (a standby link carries nothing: the server sends there only after our header)
-        return self.owners.get(link) if link is self.link else None
+        # Any link of ours: a standby or a renewal carries nothing yet (the server sends
+        # there only after our SP header), a retiring one delivers what was in flight.
+        return self.owners.get(link)
 
     def on_event(self, link: StreamLink, ev: Event, now: float) -> None:
         peer = self.hooks.peer()
         match ev:
+            case HandshakeCompleted() if not self._verified(link, ev, now):
+                pass
+            case HandshakeCompleted() if link is self.renewal:
+                self._renewed(link, ev, now)
             case HandshakeCompleted():
                 peer.suite = peer.suite or ev.suite_name
                 log.info("peer %s: TLS over TCP up (%s, %s)", peer.name, ev.suite_name,
@@ -277,24 +362,50 @@ class ClientTcp(_Links):
             case _:
                 pass
 
+    def _verified(self, link: StreamLink, ev: HandshakeCompleted, now: float) -> bool:
+        """The [Peer]'s pins hold over TCP too (a resumed session: by the handshake that
+        made the ticket)."""
+        if ev.resumed or ev.psk_identity or match_peer(self.host.cfg, ev) is not None:
+            return True
+        log.error("peer %s: server credential over TCP does not match [Peer]",
+                  self.hooks.peer().name)
+        link.assoc.close(now)
+        return False
+
     def drop(self, link: StreamLink, now: float) -> None:
         super().drop(link, now)
         if self.link is link:  # lost (a carrier or a standby): the policy decides
             self.link = None
             self._retry(now)
+        elif self.renewal is link:  # the renewal failed: the current link carries on
+            self.renewal = None
+            self._failed(now, renew=True)
+        elif link in self.retiring:
+            self.retiring.remove(link)
 
     def _abandon(self, now: float) -> None:
-        if self.connecting is not None:
-            self.host.loop.remove(self.connecting.fileno())
-            self.connecting.close()
-            self.connecting = None
+        for sock in (self.connecting, self.renewing):
+            if sock is not None:
+                self.host.loop.remove(sock.fileno())
+                sock.close()
+        self.connecting = self.renewing = None
+        renewal, self.renewal = self.renewal, None
+        retiring, self.retiring = self.retiring, []
+        for other in (renewal, *retiring):
+            if other is not None:
+                other.assoc.close(now)
+                self.drop(other, now)
+        self._rekey.cancel()
         link, self.link = self.link, None
         if link is not None:
             peer = self.hooks.peer()
-            if peer.stream is link:
+            carried = peer.stream is link
+            if carried:
                 peer.stream = None
             link.assoc.close(now)
             self.drop(link, now)
+            if carried:
+                self.host.carrier_changed(peer)  # (after CARRY_UDP: the clamp follows UDP)
 
     def stop(self, now: float) -> None:
         """The [Peer] went away (reload): its TCP link closes, the policy starts afresh."""
@@ -306,6 +417,7 @@ class ClientTcp(_Links):
     def teardown(self, now: float) -> None:
         self._check.cancel()
         self._redial.cancel()
+        self._retire.cancel()
         self._abandon(now)
         self.resolver.close()
         self.close_all(now)

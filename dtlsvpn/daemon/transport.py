@@ -51,10 +51,12 @@ def max_message(host: Host) -> int:
     return min(MAX_SP_MESSAGE, host.cfg.interface.mtu or 1500)
 
 
-def set_transport(peer: Peer, transport: str, wall: float) -> None:
+def set_transport(host: Host, peer: Peer, transport: str) -> None:
+    """What ``status`` shows, and the MSS clamp (``tunmtu.py``) follows the carrier."""
     if peer.transport != transport:
         peer.transport = transport
-        peer.transport_wall = wall
+        peer.transport_wall = host.loop.wall
+    host.carrier_changed(peer)
 
 
 class _Links:
@@ -119,7 +121,7 @@ class _Links:
         link.close(now)
         if peer is not None and peer.stream is link:
             peer.stream = None
-            set_transport(peer, "udp", self.host.loop.wall)
+            set_transport(self.host, peer, "udp")
             log.info("peer %s: TCP carrier closed (%s)", peer.name, link.close_reason)
 
     def close_all(self, now: float) -> None:
@@ -204,11 +206,12 @@ class ServerTcp(_Links):
         if old is not None:
             self.drop(old, now)  # the peer reconnected: the new link carries
             peer.stream = link
-        set_transport(peer, "tcp", self.host.loop.wall)
+        set_transport(self.host, peer, "tcp")
         ev = self.results.pop(link, None)
         if ev is not None:
             peer.suite = ev.suite_name
-        log.info("peer %s: traffic moved to TCP (%s from %s, %s)", peer.name,
+        log.info("peer %s: %s (%s from %s, %s)", peer.name,
+                 "TCP link replaced (renewal or reconnect)" if old else "traffic moved to TCP",
                  ev.suite_name if ev else "?", link.name,
                  "resumed" if ev is not None and ev.resumed else "full")
         return peer
