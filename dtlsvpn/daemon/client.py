@@ -91,7 +91,7 @@ class ClientRole:
         # TCP fallback (daemon/transport.py): hooks in start, _established, _lost, teardown.
         self.tcp = ClientTcp(host, datapath, ClientHooks(
             lambda: self.peer, self._tls_config, self.poke, self._probe_udp, self._save_ticket,
-            mark=self.mark))
+            lambda: self.host.ready(self.status_text()), mark=self.mark))
 
     @property
     def peer(self) -> Peer:
@@ -136,6 +136,8 @@ class ClientRole:
         """STATUS=: the daemon's line, then connected or not (and what the dialer does)."""
         peer = self.peer
         line = self.host.status_line()
+        if peer.stream is not None:  # the TCP fallback carries (tcpclient.py)
+            return f"{line}; connected to {peer.name} over TCP at {peer.stream.name}"
         if self.dialer.state is DialState.UP:
             return f"{line}; connected to {peer.name} at {display(peer.addr)}"
         endpoint = peer.config.endpoint

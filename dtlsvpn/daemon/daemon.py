@@ -211,7 +211,7 @@ class Daemon:
             self.notifier.status(status)
 
     def status_line(self) -> str:
-        up = sum(1 for p in self.peers if p.established)
+        up = sum(1 for p in self.peers if p.established or p.stream is not None)  # (or TCP)
         return f"{up}/{len(self.peers)} peers up, mtu {self.tunmtu.mtu}"
 
     def set_underlay(self, peer: Peer, addr: Addr | None) -> None:

@@ -61,13 +61,15 @@ class ClientHooks:
 
     def __init__(self, peer: Callable[[], Peer], config: Callable[[], DtlsConfig],
                  poke: Callable[[Peer, float], None], redial: Callable[[float], None],
-                 ticket: Callable[[ClientSession], None], mark: int = 0) -> None:
+                 ticket: Callable[[ClientSession], None], status: Callable[[], None],
+                 mark: int = 0) -> None:
         self.peer = peer
         self.config = config  # the TLS dial's core settings, with the stored ticket
         self.poke = poke  # the role services its association (after we closed it)
         self.redial = redial  # a fresh DTLS dial now (unless one is up)
         self.ticket = ticket  # store a ticket the server sent over TCP
         self.mark = mark  # SO_MARK of a full tunnel's sockets (fulltunnel.py)
+        self.status = status  # STATUS= again (the carrier changed)
 
 
 class ClientTcp(_Links):
@@ -160,7 +162,7 @@ class ClientTcp(_Links):
         self._schedule_renewal(link)
         set_transport(self.host, peer, "tcp")
         log.info("peer %s: traffic moved to TCP (%s)", peer.name, link.name)
-        self.host.ready(self.host.status_line())
+        self.hooks.status()
 
     def _on_check(self, now: float, _wall: float) -> None:
         policy = self.policy
@@ -332,7 +334,8 @@ class ClientTcp(_Links):
             self._apply(self.policy.tcp_lost(now), now)
 
     def _on_redial(self, now: float, _wall: float) -> None:
-        if self.link is None and self.connecting is None:
+        wanted = self.mode == "tcp" or self.policy.tcp_active  # (UDP may be back meanwhile)
+        if wanted and self.link is None and self.connecting is None:
             self._dial(now)
 
     def carried(self, link: StreamLink, now: float) -> Peer | None:

@@ -71,12 +71,14 @@ class TransportSettings:
     udp_silence: float = 3.0  # the same in all, when no heartbeat can be sent
     probe_interval: float = 3.0  # seconds between UDP redials while TCP carries
     standby_linger: float = 30.0  # seconds a standby TCP link outlives a false alarm
+    sample_every: float = 0.25  # the shell's sampling period: a first unanswered send is
+    # dated back to the previous sample (at most this long ago), when it may have gone out
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise UsageError(f"transport mode {self.mode!r} is not one of {', '.join(MODES)}")
         for name in ("udp_timeout", "suspect_after", "probe_timeout", "udp_silence",
-                     "probe_interval", "standby_linger"):
+                     "probe_interval", "standby_linger", "sample_every"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"{name} must be positive")
 
@@ -84,7 +86,7 @@ class TransportSettings:
 class TransportPolicy:
     """One client's carrier choice (see the module docstring for the rules)."""
 
-    __slots__ = ("_probe_at", "_rx", "_standby_until", "_suspect_until", "_tx",
+    __slots__ = ("_probe_at", "_rx", "_sampled_at", "_standby_until", "_suspect_until", "_tx",
                  "_udp_deadline", "_unanswered", "carrier", "settings", "since", "switches",
                  "tcp_active", "tcp_up", "udp_active")
 
@@ -102,6 +104,7 @@ class TransportPolicy:
         self._rx: object = None  # the UDP association's receive counter, last sample
         self._tx = 0
         self._unanswered: float | None = None  # our first send since anything came in
+        self._sampled_at: float | None = None  # the previous udp_sample
         self.switches = 0  # carrier changes, for the status
 
     # --- inputs -------------------------------------------------------------------------
@@ -145,6 +148,7 @@ class TransportPolicy:
         s = self.settings
         if self.carrier is not Carrier.UDP or s.mode != "auto":
             return []
+        prev, self._sampled_at = self._sampled_at, now
         if rx != self._rx:
             self._rx, self._tx, self._unanswered = rx, tx, None
             if self._suspect_until is not None:  # answered: UDP is fine after all
@@ -155,7 +159,7 @@ class TransportPolicy:
         if tx != self._tx:
             self._tx = tx
             if self._unanswered is None:
-                self._unanswered = now
+                self._unanswered = now if prev is None else max(prev, now - s.sample_every)
         since = self._unanswered
         if since is None or self._suspect_until is not None or now - since < s.suspect_after:
             return []
@@ -225,6 +229,7 @@ class TransportPolicy:
     # --- helpers ------------------------------------------------------------------------
 
     def _forget_silence(self) -> None:
+        self._sampled_at = None
         self._suspect_until = None
         self._unanswered = None
         self._rx = None

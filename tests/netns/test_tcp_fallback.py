@@ -3,10 +3,12 @@
     server (dvs, 198.18.1.1) ─── router (dvr) ─── client (dvc, 198.18.2.2)
 
 The router forwards; an nftables table in it drops UDP port 4433 both ways while a
-file is being copied through the tunnel (client → server, 100.64.0.1).  Checked: the
-copy completes with the same SHA-256, the client's status says ``transport=tcp``, and
-once the table is deleted again the client's background DTLS redial moves the tunnel
-back (``transport=udp``) and the tunnel still passes a ping.
+file is being copied through the tunnel (client → server, 100.64.0.1), for HOLD
+seconds at least.  Checked: the copy completes with the same SHA-256, the client's
+status says ``transport=tcp`` and stays so while UDP is blocked, the TLS dial resumed
+the UDP session's ticket, and once the table is deleted again the client's next UDP
+probe (a DTLS dial every 3 s while on TCP) moves the tunnel back (``transport=udp``)
+and the tunnel still passes a ping.
 
 dumpcap on the router's server-side interface (what the router forwarded) gives the
 figures, from packet timestamps: the switch-over (last UDP datagram forwarded before
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import struct
 import time
 from pathlib import Path
@@ -31,6 +34,7 @@ pytestmark = pytest.mark.usefixtures("root")
 # (time.time() is the capture's clock: the block and unblock instants are wall times)
 
 PORT = 4433
+HOLD = 10.0  # seconds UDP stays blocked at least
 BIG = 600  # bytes: a packet this large carries tunnel data, not a handshake or keepalive
 BLOCK = ("table inet dvtf { chain block_udp { type filter hook forward priority 0; "
          f"udp dport {PORT} drop; udp sport {PORT} drop; }}; }}")
@@ -115,6 +119,13 @@ def test_udp_blocked_mid_copy_moves_to_tcp_and_back(topo: Topology, run_daemon: 
     line = rx.stdout().strip().splitlines()[-1]
     assert f"bytes={size} sha256={want}" in line, line
     assert server.status()["peers"][0]["transport"] == "tcp"
+    # Blocked for HOLD seconds at least: the UDP probes (a DTLS dial every 3 s) fail and
+    # the tunnel stays on TCP meanwhile (no flapping).
+    time.sleep(max(0.0, blocked_at + HOLD - time.time()))
+    assert client.status()["peers"][0]["transport"] == "tcp"
+    log = client.proc.stderr()
+    # The TLS dial offered the ticket of the UDP session: an abbreviated handshake.
+    assert re.search(r"TLS over TCP up \(\S+, resumed\)", log), log
 
     unblocked_at = time.time()
     res = topo.exec(router, ["nft", "delete", "table", "inet", "dvtf"])
@@ -128,6 +139,17 @@ def test_udp_blocked_mid_copy_moves_to_tcp_and_back(topo: Topology, run_daemon: 
     for log_line in client.proc.stderr().splitlines():
         if "TCP" in log_line or "UDP" in log_line:
             print(f"client log: {log_line}")
+            if "traffic moved to TCP" in log_line:
+                print(f"  (moved {_log_time(log_line) - blocked_at:.3f}s after the block)")
+            elif "traffic moved to UDP" in log_line:
+                print(f"  (moved {_log_time(log_line) - unblocked_at:.3f}s after the unblock)")
+
+
+def _log_time(line: str) -> float:
+    """The wall time of a daemon log line ("YYYY-MM-DD HH:MM:SS.mmm", local time)."""
+    stamp = line.split(" dtlsvpn:")[0]
+    whole, _, ms = stamp.partition(".")
+    return time.mktime(time.strptime(whole, "%Y-%m-%d %H:%M:%S")) + int(ms or 0) / 1000
 
 
 def _report(packets: list[tuple[float, int, int, int]], blocked_at: float,

@@ -41,9 +41,10 @@ def test_sending_into_silence_probes_at_once_and_moves_to_the_standby() -> None:
     _up(p)
     assert p.udp_sample(1.0, rx=5, tx=100) == []
     assert p.udp_sample(1.25, rx=6, tx=120) == []  # answers come in: fine
-    assert p.udp_sample(1.5, rx=6, tx=130) == []  # first send nothing answered
-    assert p.get_timer() == 2.5  # the shell samples again then
-    assert p.udp_sample(2.4, rx=6, tx=150) == []  # 0.9 s only
+    # A send nothing answered: dated to the previous sample (it went out since then).
+    assert p.udp_sample(1.5, rx=6, tx=130) == []
+    assert p.get_timer() == 2.25  # the shell samples again then
+    assert p.udp_sample(2.2, rx=6, tx=150) == []  # 0.95 s only
     assert p.udp_sample(2.5, rx=6, tx=160) == [A.PROBE_UDP, A.DIAL_TCP]
     assert p.carrier is Carrier.UDP and p.get_timer() == pytest.approx(3.1)
     # The standby comes up beside UDP: it does not carry yet.
@@ -102,9 +103,10 @@ def test_without_heartbeats_the_move_waits_for_udp_silence() -> None:
     p.udp_sample(1.0, rx=1, tx=1)
     p.udp_sample(1.5, rx=1, tx=2)
     assert p.udp_sample(2.5, rx=1, tx=3, can_probe=False) == [A.DIAL_TCP]
-    assert p.get_timer() == 4.5
+    assert p.get_timer() == 4.25  # udp_silence after the first unanswered send (≈1.25)
     p.tcp_established(2.7)
-    assert p.handle_timer(4.5) == [A.CLOSE_UDP, A.CARRY_TCP]
+    assert p.handle_timer(4.2) == []
+    assert p.handle_timer(4.25) == [A.CLOSE_UDP, A.CARRY_TCP]
 
 
 def test_a_standby_ready_when_udp_is_lost_carries_at_once() -> None:
