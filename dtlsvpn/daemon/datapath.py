@@ -60,7 +60,7 @@ from typing import Any
 from dtlsvpn.daemon.devices import TunDevice, UdpPort
 from dtlsvpn.daemon.loop import EPOLLERR
 from dtlsvpn.daemon.peers import Peer, PeerTable
-from dtlsvpn.daemon.stream import StreamLink
+from dtlsvpn.daemon.stream import REPLAY_MAX, StreamLink
 from dtlsvpn.daemon.udp import ErrorHint, UdpCounters
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.endpoint import ServerEndpoint
@@ -171,6 +171,9 @@ class Datapath:
         batch = self.router.route(packets).get(peer)
         if batch:
             self._transmit(peer, conn.protect, batch, sock, None, now)
+            replay = peer.replay  # UDP suspect: kept to resend over TCP (tcpclient.py)
+            if replay is not None and len(replay) < REPLAY_MAX:
+                replay += batch
 
     def _transmit(self, peer: Any, protect: Callable[[list[bytes]], list[bytes]],
                   batch: list[bytes], sock: UdpPort, addr: Any, now: float) -> None:

@@ -46,6 +46,7 @@ from dtlsvpn.vpn.sp import (
     encode_header,
 )
 
+REPLAY_MAX = 256  # inner packets kept while UDP is suspect, for the move (tcpclient.py)
 MIN_INNER_MTU = 576  # the TCP carrier's inner MTU is never taken below this (stream.inner_mtu)
 RECV_SIZE = 65536
 RECV_BUDGET = 16  # reads per readable wake-up

@@ -51,6 +51,7 @@ log = logging.getLogger("dtlsvpn")
 
 CHECK_EVERY = 0.25  # seconds between the client's looks at the UDP carrier
 RENEW_RETRY = 30.0  # seconds before a failed key renewal over TCP is tried again
+REPLAY_FOR = 3.0  # seconds: packets kept while UDP is suspect are not resent when older
 RETIRE_AFTER = 5.0  # seconds a renewed link's predecessor may still deliver
 TCP_REDIAL = 1.0  # seconds before a lost TCP fallback is dialled again
 MIN_WAIT = 0.01  # the check timer never fires sooner than this after itself
@@ -86,6 +87,7 @@ class ClientTcp(_Links):
         self.link: StreamLink | None = None
         self.connecting: socket.socket | None = None
         self.moved_at: float | None = None
+        self.replay_since = 0.0  # when peer.replay started
         self.resolver = host.devices.resolver(host.loop)
         self.not_before = 0.0  # no TCP dial before (after a failed one)
         self._check = host.loop.timer(self._on_check)
@@ -108,6 +110,7 @@ class ClientTcp(_Links):
 
     def udp_up(self, now: float) -> None:
         """A DTLS handshake completed: the fast path carries again (auto)."""
+        self.hooks.peer().replay = None
         self._apply(self.policy.udp_established(now), now)
 
     def udp_lost(self, now: float) -> None:
@@ -160,6 +163,13 @@ class ClientTcp(_Links):
         peer.stream = link
         self.moved_at = now
         self._schedule_renewal(link)
+        replay, peer.replay = peer.replay, None
+        if replay and now - self.replay_since <= REPLAY_FOR:
+            # Sent into the silence: again, so that the inner flows need not wait for
+            # their own retransmission timers (backed off by now).
+            link.send_packets(replay)
+            log.debug("peer %s: %d packets sent into the UDP silence resent over TCP",
+                      peer.name, len(replay))
         set_transport(self.host, peer, "tcp")
         log.info("peer %s: traffic moved to TCP (%s)", peer.name, link.name)
         self.hooks.status()
@@ -180,6 +190,12 @@ class ClientTcp(_Links):
                 log.info("peer %s: UDP silent for %.1fs while sending: heartbeat probe, "
                          "TCP standby dialled", peer.name, policy.settings.suspect_after)
             self._apply(actions, now)
+        if policy.carrier is Carrier.UDP:  # keep what goes out while UDP is suspect
+            if not policy.suspect:
+                peer.replay = None
+            elif peer.replay is None:
+                peer.replay = []
+                self.replay_since = now
         due = policy.get_timer()
         if due is not None and now >= due:
             if policy.carrier is None and self.link is None:
@@ -415,6 +431,7 @@ class ClientTcp(_Links):
         self._check.cancel()
         self._redial.cancel()
         self._abandon(now)
+        self.hooks.peer().replay = None
         self.policy = TransportPolicy(self.policy.settings)
 
     def teardown(self, now: float) -> None:

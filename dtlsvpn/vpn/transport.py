@@ -107,6 +107,11 @@ class TransportPolicy:
         self._sampled_at: float | None = None  # the previous udp_sample
         self.switches = 0  # carrier changes, for the status
 
+    @property
+    def suspect(self) -> bool:
+        """UDP went quiet while we sent: the heartbeat probe (or the silence) runs."""
+        return self._suspect_until is not None
+
     # --- inputs -------------------------------------------------------------------------
 
     def start(self, now: float) -> list[Action]:

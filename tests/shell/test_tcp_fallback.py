@@ -59,6 +59,11 @@ def test_udp_blocked_moves_to_the_standby_then_back(pair: Pair) -> None:
     assert client.devices.tcp_dials  # the standby was dialled ...
     assert len(server.daemon.role.tcp.owners) == 1  # ... and is the only link
     print(f"\nfake time: first packet over TCP {got[0][0] - blocked:.2f}s after the block")
+    # What went out while UDP was suspect (before the move) was resent over TCP.
+    moved = client.daemon.role.tcp.moved_at
+    assert moved is not None
+    injected_before_move = 1000 + int((moved - blocked) / 0.05) - 1
+    assert min(s for _, s in got) < injected_before_move, (got[:3], moved - blocked)
     log = "\n".join(client.messages)
     assert client.peer()["handshakes"] >= 1, log
 
