@@ -49,7 +49,8 @@ from dtlsvpn.vpn.transport import Action, Carrier, TransportPolicy, TransportSet
 
 log = logging.getLogger("dtlsvpn")
 
-CHECK_EVERY = 0.25  # seconds between the client's looks at the UDP carrier
+CHECK_EVERY = 0.25  # seconds between the client's looks at the UDP carrier while sending
+IDLE_CHECK_EVERY = 1.0  # ... and while nothing is sent
 RENEW_RETRY = 30.0  # seconds before a failed key renewal over TCP is tried again
 REPLAY_FOR = 3.0  # seconds: packets kept while UDP is suspect are not resent when older
 RETIRE_AFTER = 5.0  # seconds a renewed link's predecessor may still deliver
@@ -87,6 +88,7 @@ class ClientTcp(_Links):
         self.link: StreamLink | None = None
         self.connecting: socket.socket | None = None
         self.moved_at: float | None = None
+        self.tx_seen = 0  # peer.tx_packets at the previous check
         self.replay_since = 0.0  # when peer.replay started
         self.resolver = host.devices.resolver(host.loop)
         self.not_before = 0.0  # no TCP dial before (after a failed one)
@@ -177,19 +179,7 @@ class ClientTcp(_Links):
     def _on_check(self, now: float, _wall: float) -> None:
         policy = self.policy
         peer = self.hooks.peer()
-        conn = peer.conn
-        if policy.carrier is Carrier.UDP and conn is not None and conn.is_established:
-            # Any authenticated record of the association counts as an answer; silence
-            # counts from our first send that nothing answered (idle is not blocked).
-            current = conn.current
-            result = current.handshake_result
-            actions = policy.udp_sample(now, (id(current), current.stats.rx_records),
-                                        peer.tx_packets,
-                                        can_probe=result is not None and result.heartbeat)
-            if Action.DIAL_TCP in actions or Action.PROBE_UDP in actions:
-                log.info("peer %s: UDP silent for %.1fs while sending: heartbeat probe, "
-                         "TCP standby dialled", peer.name, policy.settings.suspect_after)
-            self._apply(actions, now)
+        self._sample(peer, now)
         if policy.carrier is Carrier.UDP:  # keep what goes out while UDP is suspect
             if not policy.suspect:
                 peer.replay = None
@@ -203,10 +193,33 @@ class ClientTcp(_Links):
                          policy.settings.udp_timeout)
             self._apply(policy.handle_timer(now), now)
             due = policy.get_timer()
-        nxt = now + CHECK_EVERY
+        # Sending (or suspect): every CHECK_EVERY; idle: less often (fewer wake-ups).
+        busy = peer.tx_packets != self.tx_seen or policy.suspect
+        self.tx_seen = peer.tx_packets
+        nxt = now + (CHECK_EVERY if busy else IDLE_CHECK_EVERY)
         if due is not None:
             nxt = max(min(nxt, due), now + MIN_WAIT)
         self._check.schedule(nxt)
+
+    def _sample(self, peer: Peer, now: float) -> None:
+        conn = peer.conn
+        policy = self.policy
+        if policy.carrier is not Carrier.UDP or conn is None or not conn.is_established:
+            return
+        # Any authenticated record of the association counts as an answer; silence
+        # counts from our first send that nothing answered (idle is not blocked).
+        current = conn.current
+        result = current.handshake_result
+        actions = policy.udp_sample(now, (id(current), current.stats.rx_records),
+                                    peer.tx_packets,
+                                    can_probe=result is not None and result.heartbeat)
+        if actions:
+            # (info once per standby; a one-way flow's repeated probes at debug)
+            level = logging.INFO if Action.DIAL_TCP in actions else logging.DEBUG
+            log.log(level, "peer %s: UDP silent for %.1fs while sending: heartbeat probe%s",
+                    peer.name, policy.settings.suspect_after,
+                    ", TCP standby dialled" if Action.DIAL_TCP in actions else "")
+        self._apply(actions, now)
 
     # --- dialling ---------------------------------------------------------------------------
 
