@@ -99,7 +99,9 @@ class ServerRole:
         self.host.ready(f"listening on {self.listening()}")
 
     def listening(self) -> str | None:
-        return display(self.host.cfg.interface.listen)
+        iface = self.host.cfg.interface
+        where = display(iface.listen)
+        return f"{where} (TCP only)" if iface.transport == "tcp" and where else where
 
     def _dtls_config(self) -> DtlsConfig:
         return core_settings(self.host.cfg, ticket_keys=self._ticket_ring())

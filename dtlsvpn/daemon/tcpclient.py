@@ -131,9 +131,11 @@ class ClientTcp(_Links):
                     else:
                         self._redial.schedule(self.not_before)
             elif action is Action.CLOSE_TCP:
-                if self.link is not None or self.connecting is not None:
-                    took = f" after {now - self.moved_at:.2f}s on TCP" if self.moved_at else ""
-                    log.info("peer %s: traffic moved to UDP%s", peer.name, took)
+                if peer.stream is not None and self.moved_at is not None:
+                    log.info("peer %s: traffic moved to UDP after %.2fs on TCP", peer.name,
+                             now - self.moved_at)
+                elif self.link is not None or self.connecting is not None:
+                    log.info("peer %s: TCP standby closed (UDP answers)", peer.name)
                 self._abandon(now)
             elif action is Action.REDIAL_UDP:
                 self.hooks.redial(now)

@@ -103,6 +103,8 @@ def test_tcp_only_by_hostname_server_without_udp(world: World, tmp_path: Path) -
     server = world.start(server_conf, SERVER)
     assert (SERVER, 4433) not in world.net.ports  # Transport = tcp: no UDP socket
     assert (SERVER, 4433) in world.net.tcp
+    assert any(m.startswith("READY=1") for m in server.messages)
+    assert any("(TCP only)" in m for m in server.messages), server.messages
     client = world.start(client_conf, "198.18.0.2")
     assert world.run_until(lambda: server.peer()["transport"] == "tcp", within=10.0), (
         client.snapshot(), server.snapshot())
