@@ -160,3 +160,21 @@ def test_the_record_limit_renews_the_tcp_link(world: World, tmp_path: Path) -> N
     got = traffic(world, client, server, 3.0)
     assert len(got) >= 50
     assert tcp.link is not first and client.peer()["rekeys"] >= 1
+
+
+def test_a_stalled_flow_is_resumed_by_the_replay(pair: Pair) -> None:
+    """After the block an inner TCP only retransmits, at its backed-off times (≈0.2,
+    0.6, 1.4, 3.0 s): the sampling keeps up with such a flow, the 1.4 s retransmission
+    goes out while UDP is suspect and reaches the server over TCP at the move."""
+    server, client = pair()
+    world = server.world
+    assert traffic(world, client, server, 1.0)
+    blocked = world.clock.now
+    world.net.udp_blocked = True
+    for seq, at in ((1, 0.2), (2, 0.6), (3, 1.4), (4, 3.0)):
+        world.run_for(blocked + at - world.clock.now)
+        client.tun.inject([udp(C_ADDR, S_ADDR, seq=20000 + seq)])
+    world.run_for(1.0)
+    got = [seq_of(p) - 20000 for p in server.tun.drain()]
+    assert client.peer()["transport"] == "tcp"
+    assert 3 in got and 4 in got, got  # (1 and 2 went out before UDP was suspect)
