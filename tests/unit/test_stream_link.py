@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import select
 import socket
 from collections.abc import Iterator
 
@@ -180,3 +182,32 @@ def test_the_mss_clamp_follows_the_tcp_carrier() -> None:
     link.inner_mtu = 1100
     t.follow([peer])  # type: ignore[list-item]
     assert (clamp.mss4, clamp.mss6) == (1260, 1240)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SO_MARK needs CAP_NET_ADMIN")
+def test_tcp_connect_marks_the_socket_of_a_full_tunnel() -> None:
+    """The client's TCP dial carries the full tunnel's fwmark (else the connection to
+    the server would be routed into the tunnel itself); refused at once: OSError."""
+    from dtlsvpn.daemon.devices import Devices
+
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    devices = Devices()
+    sock = devices.tcp_connect(socket.AF_INET, lsock.getsockname(), mark=0x5A)
+    try:
+        assert not sock.getblocking()
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x5A
+    finally:
+        sock.close()
+    port = lsock.getsockname()[1]
+    lsock.close()
+    try:
+        refused = devices.tcp_connect(socket.AF_INET, ("127.0.0.1", port))
+    except OSError:
+        return  # refused at once
+    try:  # or in progress: SO_ERROR says so once it is writable
+        select.select([], [refused], [], 2.0)
+        assert refused.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+    finally:
+        refused.close()
