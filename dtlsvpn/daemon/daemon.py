@@ -211,7 +211,7 @@ class Daemon:
             self.notifier.status(status)
 
     def status_line(self) -> str:
-        up = sum(1 for p in self.peers if p.established)
+        up = sum(1 for p in self.peers if p.established or p.stream is not None)  # (or TCP)
         return f"{up}/{len(self.peers)} peers up, mtu {self.tunmtu.mtu}"
 
     def status_text(self) -> str:
@@ -222,6 +222,10 @@ class Daemon:
     def set_underlay(self, peer: Peer, addr: Addr | None) -> None:
         assert self.datapath is not None
         self.datapath.router.set_underlay(peer, packed(normalise(addr)[0]) if addr else None)
+
+    def carrier_changed(self, peer: Peer) -> None:
+        """A peer moved between UDP and a TCP link (TCP fallback): the MSS clamp follows."""
+        self.tunmtu.follow(self.peers)
 
     def mtu_report(self, peer: Peer, assoc: Association, ev: PathMtuChanged,
                    now: float) -> None:

@@ -148,6 +148,7 @@ class Platform(Protocol):
                     kill_switch: bool) -> PolicyRouting: ...
     def dns(self, ifname: str, entries: tuple[str, ...], *, full_tunnel: bool) -> Resolvers: ...
     def tcp_listener(self, addr: Addr) -> socket.socket: ...
+    def tcp_connect(self, family: int, addr: Addr, *, mark: int = 0) -> socket.socket: ...
 
 
 class PolicyRouting(Protocol):
@@ -362,6 +363,23 @@ class Devices:
             sock.close()
             raise
         sock.setblocking(False)
+        return sock
+
+    def tcp_connect(self, family: int, addr: Addr, *, mark: int = 0) -> socket.socket:
+        """A non-blocking TCP socket connecting to ``addr`` (the client's TLS fallback;
+        writable once connected, SO_ERROR says how); ``mark``: SO_MARK, as the UDP
+        socket of a full tunnel has it, so the connection is not routed into the tunnel."""
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if mark:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            sock.setblocking(False)
+            rc = sock.connect_ex(addr)
+            if rc not in (0, errno.EINPROGRESS):
+                raise OSError(rc, errno.errorcode.get(rc, str(rc)))
+        except OSError:
+            sock.close()
+            raise
         return sock
 
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,

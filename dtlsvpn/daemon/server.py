@@ -79,8 +79,10 @@ class ServerRole:
         host, dp = self.host, self.datapath
         iface = host.cfg.interface
         assert iface.listen is not None
-        self.sock = host.devices.open_udp(family_of(iface.listen[0]), bind=iface.listen,
-                                          offload=iface.udp_offload, counters=dp.udp)
+        if iface.transport != "tcp":  # Transport = tcp: TLS over TCP only, no UDP socket
+            self.sock = host.devices.open_udp(family_of(iface.listen[0]), bind=iface.listen,
+                                              offload=iface.udp_offload, counters=dp.udp)
+            host.loop.add(self.sock.fileno(), dp.server_udp)
         self.endpoint = ServerEndpoint(self._dtls_config(),
                                        rekey_grace=rekey_grace(iface.rekey_interval),
                                        max_associations=association_limit(len(host.cfg.peers)))
@@ -88,7 +90,6 @@ class ServerRole:
         dp.endpoint = self.endpoint
         dp.bind = self._bind
         dp.service = self.service
-        host.loop.add(self.sock.fileno(), dp.server_udp)
         host.loop.add(tun.fd, dp.server_tun)
         if iface.transport != "udp":
             self.tcp.setup()  # TCP fallback: the same port number unless TCPPort
@@ -99,7 +100,9 @@ class ServerRole:
         self.host.ready(f"listening on {self.listening()}")
 
     def listening(self) -> str | None:
-        return display(self.host.cfg.interface.listen)
+        iface = self.host.cfg.interface
+        where = display(iface.listen)
+        return f"{where} (TCP only)" if iface.transport == "tcp" and where else where
 
     def _dtls_config(self) -> DtlsConfig:
         return core_settings(self.host.cfg, ticket_keys=self._ticket_ring())
@@ -307,6 +310,7 @@ class ServerRole:
                 assoc.close(now)
                 self._flush(peer.addr, assoc, now, peer)
         self._retire_at.pop(peer, None)
+        self.tcp.close_peer(peer, now)  # its TCP link too
 
     def reloaded(self) -> None:
         if self.endpoint is not None:

@@ -138,6 +138,8 @@ class FakeNet:
         self.gso_packets = 0  # GSO sends carried whole over the wire
         self.dropped: dict[str, int] = {}
         self.gone: set[str] = set()  # host addresses deleted (a laptop that moved)
+        self.udp_blocked = False  # a network that drops all UDP (the TCP fallback's case)
+        self.tcp: dict[Addr, Addr] = {}  # a TCP listener's address → its loopback port
         self._ephemeral = 40000
 
     def _drop(self, reason: str) -> None:
@@ -154,6 +156,9 @@ class FakeNet:
             self._drop("too_big")
             return
         port = self.ports.get(dst)
+        if self.udp_blocked:
+            self._drop("udp_blocked")
+            return
         if dst[0] in self.gone:
             self._drop("address_gone")
             return
@@ -461,6 +466,7 @@ class FakeDevices:
         self.links: list[FakeLink] = []
         self.ports: list[FakeUdp] = []
         self.tcp_listeners: list[socket.socket] = []
+        self.tcp_dials: list[Addr] = []  # addresses tcp_connect was asked for
         self.resolved: list[tuple[float, str]] = []  # every name lookup: (when, name)
         self.monitor: FakeMonitor | None = None
         self.policy: FakePolicy | None = None
@@ -505,12 +511,24 @@ class FakeDevices:
 
     def tcp_listener(self, addr: Addr) -> socket.socket:
         """The fake network carries UDP only: the TLS fallback listens for real, on an
-        ephemeral loopback port, so that a server starts as it would (nothing dials it)."""
+        ephemeral loopback port that ``tcp_connect`` to ``addr`` reaches."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         sock.listen(8)
         sock.setblocking(False)
         self.tcp_listeners.append(sock)
+        self.net.tcp[addr] = sock.getsockname()
+        return sock
+
+    def tcp_connect(self, family: int, addr: Addr, *, mark: int = 0) -> socket.socket:
+        """A real loopback connection to the listener registered for ``addr``."""
+        self.tcp_dials.append(addr)
+        real = self.net.tcp.get((addr[0], addr[1]))
+        if not self.online or real is None:
+            raise OSError(errno.ECONNREFUSED, "Connection refused")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.connect_ex(real)
         return sock
 
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,
