@@ -44,6 +44,26 @@ class RouterStats:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+def _common_destination(packets: list[bytes]) -> bytes | None:
+    """The destination address of every packet when all are IPv4 (or all IPv6) packets
+    to one address; None otherwise (or for an empty batch)."""
+    if not packets:
+        return None
+    first = packets[0]
+    v = first[0] >> 4 if first else 0
+    if v == 4:
+        at, end, minimum = 16, 20, 20
+    elif v == 6:
+        at, end, minimum = 24, 40, 40
+    else:
+        return None
+    dst = first[at:end]
+    for pkt in packets:
+        if len(pkt) < minimum or pkt[0] >> 4 != v or not pkt.startswith(dst, at):
+            return None
+    return dst
+
+
 class Router(Generic[P]):
     """Destination routing and source anti-spoofing over per-peer allowed prefixes."""
 
@@ -84,8 +104,17 @@ class Router(Generic[P]):
 
     # --- data path ----------------------------------------------------------
 
-    def route(self, packets: Iterable[bytes]) -> dict[P, list[bytes]]:
+    def route(self, packets: list[bytes]) -> dict[P, list[bytes]]:
         """Group outbound packets by peer; drop and count the rest."""
+        dst = _common_destination(packets)
+        if dst is not None:  # a bulk flow's batch: one destination, decided once
+            peer = self.single if self.single is not None else self.table.lookup(dst)
+            if peer is not None and self._underlay.get(peer) != dst and not (
+                    224 <= dst[0] < 240 if len(dst) == 4 else dst[0] == 0xFF):
+                return {peer: packets}
+        return self._route_each(packets)
+
+    def _route_each(self, packets: list[bytes]) -> dict[P, list[bytes]]:
         stats = self.stats
         underlay = self._underlay
         out: dict[P, list[bytes]] = {}
