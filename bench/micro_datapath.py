@@ -11,16 +11,21 @@ Deterministic, so under callgrind
     python -m bench.micro_datapath --callgrind     # instructions per packet, both ways
 
 gives the same figure on a busy machine: the difference of two N, so start-up and
-handshake cancel (``PYTHONHASHSEED=0``).  The fakes' own share (``FakeSocket`` sendmsg,
-the underlay's copy, recvmsg; ``FakeTun`` inject and drain: what a kernel would do) is
-measured the same way with ``--fakes`` (the same calls, no daemon) and subtracted, so
-the daemon's part is printed on its own.  ``--profile`` prints a cProfile of N batches.
+handshake cancel (``PYTHONHASHSEED=0``; ``gc.freeze()`` after the set-up, so that the
+collector's passes do not depend on how many objects the imports left).  The fakes' own
+share (``FakeSocket`` sendmsg, the underlay's copy, recvmsg; ``FakeTun`` inject and
+drain: what a kernel would do) is measured the same way with ``--fakes`` (the same
+calls, no daemon) and subtracted, so the daemon's part is printed on its own.
+``--profile`` prints a cProfile of N batches; ``--stage NAME`` runs one stage of the
+path alone (``--callgrind --stage any``: every stage, instructions per packet).
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
+import ipaddress
 import os
 import pstats
 import re
@@ -30,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from dtlsvpn.daemon.udp import SOL_UDP, UDP_SEGMENT, gso_runs
 from dtlsvpn.vpn.ip import checksum
@@ -85,6 +91,7 @@ def bulk(n: int, direction: str, *, profile: bool = False) -> None:
 
     for i in range(5):
         one(i)
+    gc.freeze()  # the set-up's objects out of the collector's way: its cost repeats
     prof = cProfile.Profile() if profile else None
     if prof is not None:
         prof.enable()
@@ -108,6 +115,7 @@ def fakes(n: int) -> None:
     records = [p + bytes(RECORD - SIZE) for p in packets]
     anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", RECORD))]
     runs = gso_runs([RECORD] * BATCH)
+    gc.freeze()
     for _ in range(n):
         tun_in.inject(packets)
         tun_in.read_batch(BATCH + 1)
@@ -123,6 +131,71 @@ def fakes(n: int) -> None:
         tun_out.write_batch(packets)
         if len(tun_out.drain()) != BATCH or got != len(runs):
             raise RuntimeError("fakes lost something")
+
+
+STAGES = ("route_client", "route_server", "clamp", "protect", "receive_server",
+          "receive_client", "admit")
+
+
+def stage(name: str, n: int) -> None:
+    """N batches through one stage alone, as the datapath calls it (the whole daemon's
+    per-packet cost, split).  With an older tree (no batch lanes) the one-at-a-time
+    calls of that tree are used, so the same command measures before and after."""
+    from bench.micro_core import CLIENT_ADDR, WALL, established_pair
+    from dtlsvpn.vpn.mss import clamp_batch
+    from dtlsvpn.vpn.router import Router
+    client, endpoint, server = established_pair(True)
+    endpoint.receive(client.protect([b"x"])[0], CLIENT_ADDR, 1.0, WALL)  # keys in use
+    client.receive_datagram(server.protect([b"y"])[0], 1.0, WALL)
+    router: Router[str] = Router(single="server")
+    router.add_peer("server", [ipaddress.ip_network("100.64.0.0/24")])
+    packets = [tcp_packet(C4, S4, j) for j in range(BATCH)]
+    lanes = hasattr(router, "route_single")
+    sender, receiver = (client, server) if name == "receive_server" else (server, client)
+    records = sender.protect(packets) if name.startswith("receive") else []
+    window = receiver._read.window  # reset per batch: the same records are new again
+    gc.freeze()
+    for _ in range(n):
+        batch = list(packets)
+        if name == "route_client":
+            router.route_single(batch) if lanes else router.route(batch).get("server")
+        elif name == "route_server":
+            router.single = None
+            router.route(batch)
+        elif name == "clamp":
+            clamp_batch(batch, 1403, 1383)
+        elif name == "protect":
+            client.protect(batch)
+        elif name == "admit":
+            router.admit("server", batch)
+        elif name == "receive_server":
+            window.top, window.bits = -1, 0
+            _receive_server(endpoint, server, records, lanes)
+        else:
+            window.top, window.bits = -1, 0
+            _receive_client(client, records, lanes)
+
+
+def _receive_server(endpoint: Any, assoc: Any, run: list[bytes], lanes: bool) -> None:
+    from bench.micro_core import CLIENT_ADDR, WALL
+    out: list[bytes] = []
+    if not lanes:  # the old datapath: the endpoint, datagram by datagram
+        for data in run:
+            out += endpoint.receive(data, CLIENT_ADDR, 1.0, WALL)[1]
+        return
+    out += endpoint.receive(run[0], CLIENT_ADDR, 1.0, WALL)[1]
+    if endpoint.fast_lane(assoc, CLIENT_ADDR):
+        assoc.receive_fast(run, 1, out, 1.0)
+
+
+def _receive_client(assoc: Any, run: list[bytes], lanes: bool) -> None:
+    from bench.micro_core import WALL
+    out: list[bytes] = []
+    if not lanes:
+        for data in run:
+            out += assoc.receive_datagram(data, 1.0, WALL)
+        return
+    assoc.receive_fast(run, 0, out, 1.0)
 
 
 def _instructions(*args: str) -> int:
@@ -151,10 +224,17 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--fakes", action="store_true", help="the fakes' work alone")
     ap.add_argument("--callgrind", action="store_true")
+    ap.add_argument("--stage", choices=STAGES, help="one stage alone (with --callgrind: all)")
     ap.add_argument("--low", type=int, default=10)
     ap.add_argument("--high", type=int, default=40)
     args = ap.parse_args()
-    if args.callgrind:
+    if args.callgrind and args.stage:
+        for name in STAGES:
+            per = _per_packet(args.low, args.high, "--stage", name)
+            print(f"stage {name}: {per:.0f} instructions per packet (callgrind)")
+    elif args.stage:
+        stage(args.stage, args.n)
+    elif args.callgrind:
         fake = _per_packet(args.low, args.high, "--fakes")
         print(f"fakes alone: {fake:.0f} instructions per packet")
         for direction, name in (("up", "client → server"), ("down", "server → client")):

@@ -59,7 +59,8 @@ class FastOpen:
 
     __slots__ = (
         "aad", "aad_mid", "aad_pre", "advanced", "cid", "decrypt", "explicit", "gcm", "head",
-        "hlen", "max_size", "min_size", "nonce_high", "nonce_xor", "opened", "record", "window",
+        "hlen", "max_size", "min_size", "nonce_high", "nonce_xor", "opened", "parts", "record",
+        "window",
     )
 
     def __init__(self, read: ReadState, ctype: int) -> None:
@@ -90,6 +91,9 @@ class FastOpen:
         self.window = read.window
         self.advanced = False  # the last record opened was newer than any before
         self.opened = False  # the last ``open_batch`` delivered data
+        self.parts = (self.head, self.hlen, cid, self.explicit, self.min_size, self.max_size,
+                      self.record.unpack_from, self.aad.pack, self.aad_pre, self.aad_mid,
+                      self.nonce_high, self.nonce_xor, self.decrypt, self.window)
 
     def open(self, data: bytes, stats: Stats) -> list[bytes] | None:
         """The datagram's data ([] when dropped and counted), or None: not a fast one."""
@@ -101,13 +105,10 @@ class FastOpen:
         """Open ``datagrams[start:]`` while each is a fast one, appending their data to
         ``out`` (replays and forgeries dropped and counted); return the index of the first
         that is not (``len(datagrams)`` when none), which nothing here has touched."""
-        head, hlen, cid, explicit = self.head, self.hlen, self.cid, self.explicit
-        min_size, max_size = self.min_size, self.max_size
-        unpack, pack_aad, pack_nonce = self.record.unpack_from, self.aad.pack, _NONCE.pack
-        pre, mid = self.aad_pre, self.aad_mid
-        nonce_high, nonce_xor, decrypt = self.nonce_high, self.nonce_xor, self.decrypt
+        (head, hlen, cid, explicit, min_size, max_size, unpack, pack_aad, pre, mid,
+         nonce_high, nonce_xor, decrypt, win) = self.parts
+        pack_nonce = _NONCE.pack
         body_at = hlen + explicit
-        win = self.window
         top, bits = win.top, win.bits
         advanced, opened = self.advanced, False
         records = size_sum = replays = forged = 0
@@ -173,7 +174,7 @@ class FastSeal:
     """Seals application_data records of one write epoch (``Association.protect``)."""
 
     __slots__ = ("aad", "aad_mid", "aad_pre", "cid", "encrypt", "epoch_bits", "gcm", "head",
-                 "header", "nonce_high", "nonce_xor", "state")
+                 "header", "nonce_high", "nonce_xor", "parts", "state")
 
     def __init__(self, state: WriteEpoch, epoch: int, cid: bytes) -> None:
         prot = state.protection
@@ -200,6 +201,8 @@ class FastSeal:
             self.aad_mid = _APP_TYPE + _VERSION
         self.aad = _aad(self.aad_pre, self.aad_mid)
         self.header = struct.Struct(f"!3sQ{len(cid)}sHQ" if gcm else f"!3sQ{len(cid)}sH")
+        self.parts = (self.encrypt, gcm, cid, self.head, self.aad.pack, self.header.pack,
+                      self.aad_pre, self.aad_mid, self.nonce_high, self.nonce_xor)
 
     def seal(self, payloads: Iterable[bytes]) -> list[bytes]:
         """One record (datagram) per payload, numbered from the epoch's counter."""
@@ -213,10 +216,9 @@ class FastSeal:
             return self._seal_checked(batch)
         state.next_seq = first + count
         es = self.epoch_bits | first
-        encrypt, gcm, cid, head = self.encrypt, self.gcm, self.cid, self.head
-        pack_aad, pack_header, pack_nonce = self.aad.pack, self.header.pack, _NONCE.pack
-        pre, mid, nonce_high, nonce_xor = self.aad_pre, self.aad_mid, self.nonce_high, \
-            self.nonce_xor
+        encrypt, gcm, cid, head, pack_aad, pack_header, pre, mid, nonce_high, nonce_xor = \
+            self.parts
+        pack_nonce = _NONCE.pack
         out: list[bytes] = []
         append = out.append
         for payload in batch:
