@@ -3,7 +3,8 @@
 Outbound pipeline (TUN → peer), one call per readable TUN wake-up:
 
     tun.read_batch(BUDGET)                 up to 64 packets, until EAGAIN
-    router.route(packets)                  client: all to the one peer; server: LPM by dst
+    router.route(packets)                  server: LPM by dst (one lookup per run of a dst);
+                                           client: ``route_single``, no lookup, no dict
     clamp_batch(batch, mss4, mss6)         TCP SYNs: MSS option lowered (vpn/mss.py)
     oversize check                         max(len) > peer.limit → see "Packets that don't fit"
     protect(batch)                         fast path: one record (datagram) per packet
@@ -14,8 +15,10 @@ Inbound pipeline (peer → TUN), one call per readable UDP wake-up:
 
     sock.recv_batch / recvfrom_batch       EPOLLERR first: drain the ICMP error queue;
                                            ~BUDGET datagrams, GRO buffers split
-    conn.receive_datagram / endpoint.receive
-    peers.by_addr.get(addr)                server: whose it is (unbound: ``bind`` hook)
+    conn.receive_batch / endpoint.receive  client: runs of data records opened at once
+    peers.by_addr.get(addr)                server: whose it is (unbound: ``bind`` hook);
+                                           the rest of a GRO buffer from that address in
+                                           one ``receive_fast`` when ``fast_lane`` allows
     defer(service)                         once per wake-up, only if needs_service
     router.admit(peer, inner)              anti-spoofing by source address
     clamp_batch(admitted, mss4, mss6)      TCP SYN-ACKs (and SYNs) from the far side
@@ -53,7 +56,6 @@ Peers are looked up in ``PeerTable.by_addr`` (address → peer, one dict get).
 from __future__ import annotations
 
 import errno
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -168,7 +170,7 @@ class Datapath:
         if conn is None or sock is None or not conn.is_established:
             peer.drop("no_session", len(packets))
             return
-        batch = self.router.route(packets).get(peer)
+        batch = self.router.route_single(packets)  # one peer: no lookup, no dict
         if batch:
             self._transmit(peer, conn.protect, batch, sock, None, now)
             replay = peer.replay  # UDP suspect: kept to resend over TCP (tcpclient.py)
@@ -204,10 +206,7 @@ class Datapath:
         if error is not None:  # a queued ICMP error (refused, unreachable)
             peer.last_error = error.strerror
             self._errors(sock, peer, now)
-        receive = conn.receive_datagram
-        inner: list[bytes] = []
-        for data in datagrams:
-            inner += receive(data, now, wall)
+        inner = conn.receive_batch(datagrams, now, wall)  # runs through the fast path
         if conn.needs_service and self.defer is not None and self.service is not None:
             self.defer(self.service)  # not after data only (the fast path)
         if inner:
@@ -247,10 +246,13 @@ class Datapath:
         if error is not None:
             self._errors(sock, None, now)
         receive = endpoint.receive
-        bound = self.peers.by_addr
+        lane = endpoint.fast_lane
         touched = self.touched
-        per_peer: defaultdict[Peer, list[bytes]] = defaultdict(list)
-        for data, raw in received:
+        per_peer: dict[Peer, list[bytes]] = {}
+        i, n = 0, len(received)
+        while i < n:
+            data, raw = received[i]
+            i += 1
             addr: Addr = (raw[0], raw[1])
             assoc, out = receive(data, addr, now, wall)
             if assoc is None:
@@ -258,18 +260,47 @@ class Datapath:
                 continue
             if assoc.needs_service:  # not for data only (the fast path)
                 touched[assoc] = addr
-            if not out:
+            peer = self._owner(addr, assoc, out, now)
+            if peer is None:
                 continue
-            peer = bound.get(addr)
-            if peer is None or (peer.assoc is not assoc and peer.previous is not assoc):
-                peer = self._unbound(addr, assoc, len(out), now)
-                if peer is None:
-                    continue
-            per_peer[peer] += out
+            bucket = per_peer.get(peer)
+            if bucket is None:
+                bucket = per_peer[peer] = out  # a new list, ours
+            else:
+                bucket += out
+            if i < n and received[i][1] == raw and lane(assoc, addr):
+                i = self._fast_run(received, i, raw, assoc, bucket, now)
         if touched and self.defer is not None and self.service is not None:
             self.defer(self.service)
         for peer, inner in per_peer.items():
-            self._deliver(peer, inner)
+            if inner:
+                self._deliver(peer, inner)
+
+    @staticmethod
+    def _fast_run(received: list[tuple[bytes, Any]], i: int, raw: Any, assoc: Association,
+                  bucket: list[bytes], now: float) -> int:
+        """The datagrams from ``raw`` right after ``received[i - 1]`` (a GRO buffer's
+        segments), through ``assoc``'s header fast path at once (``endpoint.fast_lane``
+        said that is all ``receive`` would do); the index of the first it did not take."""
+        run: list[bytes] = []
+        n = len(received)
+        while i < n:
+            data, src = received[i]
+            if src != raw:
+                break
+            run.append(data)
+            i += 1
+        return i - len(run) + assoc.receive_fast(run, 0, bucket, now)
+
+    def _owner(self, addr: Addr, assoc: Association, out: list[bytes],
+               now: float) -> Peer | None:
+        """The peer ``assoc`` at ``addr`` is (bound now when data came and it is not)."""
+        peer = self.peers.by_addr.get(addr)
+        if peer is not None and (peer.assoc is assoc or peer.previous is assoc):
+            return peer
+        if not out:
+            return None
+        return self._unbound(addr, assoc, len(out), now)
 
     # --- TCP fallback carrier (daemon/transport.py) ------------------------------
 

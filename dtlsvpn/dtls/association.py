@@ -44,13 +44,7 @@ from dtlsvpn.crypto.aead import RecordProtection
 from dtlsvpn.dtls import failures
 from dtlsvpn.dtls.client import ClientMachine
 from dtlsvpn.dtls.config import DtlsConfig
-from dtlsvpn.dtls.epoch import (
-    CT_CID,
-    ReadState,
-    WriteState,
-    records_exhausted,
-    split_inner,
-)
+from dtlsvpn.dtls.epoch import CT_CID, ReadState, WriteState, records_exhausted, split_inner
 from dtlsvpn.dtls.events import (
     AlertReceived,
     Event,
@@ -69,13 +63,7 @@ from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.dtls.stats import Stats
 from dtlsvpn.errors import Alert, DecodeError, DecodeErrorAlert, UsageError
 from dtlsvpn.wire.alert import decode_alert, encode_alert
-from dtlsvpn.wire.constants import (
-    DTLS_1_0,
-    DTLS_1_2,
-    AlertDescription,
-    AlertLevel,
-    ContentType,
-)
+from dtlsvpn.wire.constants import DTLS_1_0, DTLS_1_2, AlertDescription, AlertLevel, ContentType
 from dtlsvpn.wire.record import Record, parse_datagram
 
 _CT_APP = int(ContentType.application_data)
@@ -186,17 +174,26 @@ class Association:
 
     def receive_datagram(self, data: bytes, now: float, wall: float) -> list[bytes]:
         """Process one datagram; return the application data it carried, in order."""
-        fast = self.fast_open  # None when closed
-        if fast is not None:
-            fast_out = fast.open(data, self.stats)
-            if fast_out is not None:
-                self.advanced = fast.advanced
-                if fast_out:
-                    self._last_rx = now
-                return fast_out
-            if self._take_heartbeat(data, now):  # a keepalive (hbfast.py)
-                return []
+        out: list[bytes] = []
+        if self.receive_fast([data], 0, out, now):  # the header fast path took it
+            return out
+        if self._take_heartbeat(data, now):  # a keepalive (hbfast.py)
+            return []
         return self._receive_records(data, now, wall)
+
+    def receive_fast(self, datagrams: list[bytes], start: int, out: list[bytes],
+                     now: float) -> int:
+        """``receive_datagram`` for the run of ``datagrams[start:]`` that the header fast
+        path takes (data appended to ``out``); the index of the first it does not take."""
+        fast = self.fast_open
+        if fast is None:
+            return start
+        end = fast.open_batch(datagrams, start, self.stats, out)
+        if end > start:
+            self.advanced = fast.advanced
+            if fast.opened:
+                self._last_rx = now
+        return end
 
     def _receive_records(self, data: bytes, now: float, wall: float) -> list[bytes]:
         """Every datagram the header fast path did not take: parse, then record by record."""

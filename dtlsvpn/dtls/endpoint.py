@@ -166,6 +166,19 @@ class ServerEndpoint:
                 return assoc, out
         return self._receive_slow(assoc, data, addr, now, wall)
 
+    def fast_lane(self, assoc: Association, addr: Address) -> bool:
+        """Whether ``receive`` of a datagram from ``addr`` that ``assoc``'s header fast
+        path takes would be that and nothing more (no rekey overlap on the address, no
+        RFC 9146 move, routed to ``assoc`` by its CID or its address): the shell may then
+        hand a run of them to ``assoc.receive_fast`` at once.  True until the next
+        ``receive``."""
+        fast = assoc.fast_open
+        if fast is None or addr in self._previous or self._address.get(assoc) != addr:
+            return False
+        if fast.cid:
+            return len(fast.cid) == self._cid_len and self._by_cid.get(fast.cid) is assoc
+        return self.associations.get(addr) is assoc
+
     def _receive_slow(self, assoc: Association | None, data: bytes, addr: Address,
                       now: float, wall: float) -> tuple[Association | None, list[bytes]]:
         """A non-CID datagram that is not a data record of a live association."""

@@ -25,10 +25,17 @@ RFC 5246 §6.2.3.3, RFC 9146 §5), built from the header bytes: the 8 bytes at o
 3 are epoch || sequence number, which is also the AAD's first field (the GCM explicit
 nonce is the 8 bytes after the header).  ``tests/unit/test_fastpath.py`` checks both
 against ``RecordProtection`` byte for byte.
+
+Per packet the loops do no Python call beyond the AEAD and a few ``struct`` packs of
+precomputed layouts (header, nonce, AAD): ``FastOpen.open_batch`` takes a whole run of
+datagrams (the counters, the replay window and ``advanced`` are kept in locals and
+stored once), ``FastSeal.seal`` numbers a batch from one reserved range of sequence
+numbers.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 
 from cryptography.exceptions import InvalidTag
@@ -40,16 +47,20 @@ from dtlsvpn.errors import UsageError
 from dtlsvpn.wire.constants import DTLS_1_2, MAX_CIPHERTEXT, MAX_PLAINTEXT, MAX_SEQ
 
 _WINDOW_MASK = (1 << WINDOW_SIZE) - 1
+_SEQ_MASK = (1 << 48) - 1
 _APP_TYPE = b"\x17"
+_CT_APP = 0x17
 _VERSION = DTLS_1_2.to_bytes(2, "big")
+_NONCE = struct.Struct("!4sQ")  # GCM: salt || explicit; ChaCha20: IV high || (IV low ^ es)
 
 
 class FastOpen:
     """Opens single-record data datagrams of one read epoch (see the module docstring)."""
 
     __slots__ = (
-        "aad_post", "aad_pre", "advanced", "cid", "decrypt", "gcm", "head", "hlen",
-        "iv_high", "iv_low", "max_size", "min_size", "salt", "window",
+        "aad", "aad_mid", "aad_pre", "advanced", "cid", "decrypt", "explicit", "gcm", "head",
+        "hlen", "max_size", "min_size", "nonce_high", "nonce_xor", "opened", "parts", "record",
+        "window",
     )
 
     def __init__(self, read: ReadState, ctype: int) -> None:
@@ -62,74 +73,108 @@ class FastOpen:
         self.hlen = 13 + len(cid)
         self.min_size = self.hlen + prot.overhead
         self.max_size = self.hlen + MAX_CIPHERTEXT
+        gcm, salt, iv_high, iv_low = prot.nonce_material()
+        self.gcm = gcm
+        self.nonce_high = salt if gcm else iv_high
+        self.nonce_xor = 0 if gcm else iv_low
+        # (epoch || seq, length[, explicit nonce]) from the header, in one unpack.
+        self.record = struct.Struct(f"!3xQ{len(cid)}xH8s" if gcm else f"!3xQ{len(cid)}xH")
+        self.explicit = 8 if gcm else 0  # bytes of explicit nonce before the ciphertext
         if cid:  # RFC 9146 §5: 8 x 0xff, tls12_cid, cid_length, tls12_cid, version, ...
             self.aad_pre = b"\xff" * 8 + bytes((CT_CID, len(cid), CT_CID)) + _VERSION
-            self.aad_post = b""
+            self.aad_mid = cid
         else:  # RFC 5246 §6.2.3.3: epoch_seq, type, version, length
             self.aad_pre = b""
-            self.aad_post = _APP_TYPE + _VERSION
-        self.gcm, self.salt, self.iv_high, self.iv_low = prot.nonce_material()
+            self.aad_mid = _APP_TYPE + _VERSION
+        self.aad = _aad(self.aad_pre, self.aad_mid)
         self.decrypt = prot.aead.decrypt
         self.window = read.window
         self.advanced = False  # the last record opened was newer than any before
+        self.opened = False  # the last ``open_batch`` delivered data
+        self.parts = (self.head, self.hlen, cid, self.explicit, self.min_size, self.max_size,
+                      self.record.unpack_from, self.aad.pack, self.aad_pre, self.aad_mid,
+                      self.nonce_high, self.nonce_xor, self.decrypt, self.window)
 
     def open(self, data: bytes, stats: Stats) -> list[bytes] | None:
         """The datagram's data ([] when dropped and counted), or None: not a fast one."""
-        size = len(data)
-        hlen = self.hlen
-        if (data[:5] != self.head or not self.min_size <= size <= self.max_size
-                or int.from_bytes(data[hlen - 2:hlen], "big") != size - hlen
-                or (self.cid and data[11:hlen - 2] != self.cid)):
-            return None
-        seq = int.from_bytes(data[5:11], "big")
-        win = self.window
-        top = win.top
-        if seq <= top and (top - seq >= WINDOW_SIZE or win.bits >> (top - seq) & 1):
-            return self._dropped(stats, size, replay=True)
-        aad = self.aad_pre + data[3:hlen - 2] + self.aad_post + (
-            size - self.min_size).to_bytes(2, "big")
-        if self.gcm:
-            nonce = self.salt + data[hlen:hlen + 8]
-            body = data[hlen + 8:]
-        else:
-            nonce = self.iv_high + (self.iv_low ^ int.from_bytes(data[3:11], "big")).to_bytes(
-                8, "big")
-            body = data[hlen:]
-        try:
-            plain = self.decrypt(nonce, body, aad)
-        except InvalidTag:
-            return self._dropped(stats, size, replay=False)
-        if self.cid:
-            if plain[-1:] != _APP_TYPE:
-                return None  # padding or not data (RFC 9146 §4): the slow path, untouched
-            plain = plain[:-1]
-        stats.rx_records += 1
-        stats.rx_bytes += size
-        if seq > top:
-            win.bits = ((win.bits << (seq - top)) | 1) & _WINDOW_MASK
-            win.top = seq
-            self.advanced = True
-        else:
-            win.bits |= 1 << (top - seq)
-            self.advanced = False
-        return [plain]
+        out: list[bytes] = []
+        return out if self.open_batch([data], 0, stats, out) else None
 
-    def _dropped(self, stats: Stats, size: int, *, replay: bool) -> list[bytes]:
-        stats.rx_records += 1
-        stats.rx_bytes += size
-        if replay:
-            stats.replay += 1
-        else:
-            stats.bad_mac += 1
-        self.advanced = False
-        return []
+    def open_batch(self, datagrams: list[bytes], start: int, stats: Stats,
+                   out: list[bytes]) -> int:
+        """Open ``datagrams[start:]`` while each is a fast one, appending their data to
+        ``out`` (replays and forgeries dropped and counted); return the index of the first
+        that is not (``len(datagrams)`` when none), which nothing here has touched."""
+        (head, hlen, cid, explicit, min_size, max_size, unpack, pack_aad, pre, mid,
+         nonce_high, nonce_xor, decrypt, win) = self.parts
+        pack_nonce = _NONCE.pack
+        body_at = hlen + explicit
+        top, bits = win.top, win.bits
+        advanced, opened = self.advanced, False
+        records = size_sum = replays = forged = 0
+        append = out.append
+        i, n = start, len(datagrams)
+        while i < n:
+            data = datagrams[i]
+            size = len(data)
+            if (not min_size <= size <= max_size or not data.startswith(head)
+                    or (cid and not data.startswith(cid, 11))):
+                break
+            fields = unpack(data)
+            if fields[1] != size - hlen:
+                break
+            es = fields[0]
+            seq = es & _SEQ_MASK
+            advanced = False
+            if seq <= top and (top - seq >= WINDOW_SIZE or bits >> (top - seq) & 1):
+                replays += 1
+            else:
+                nonce = nonce_high + fields[2] if explicit else pack_nonce(nonce_high,
+                                                                             es ^ nonce_xor)
+                try:
+                    plain = decrypt(nonce, data[body_at:], pack_aad(pre, es, mid,
+                                                                    size - min_size))
+                except InvalidTag:
+                    plain = None
+                if plain is None:
+                    forged += 1
+                else:
+                    if cid:
+                        if not plain or plain[-1] != _CT_APP:
+                            break  # padding or not data (RFC 9146 §4): the slow path
+                        plain = plain[:-1]
+                    append(plain)
+                    opened = True
+                    if seq > top:
+                        bits = ((bits << (seq - top)) | 1) & _WINDOW_MASK
+                        top = seq
+                        advanced = True
+                    else:
+                        bits |= 1 << (top - seq)
+            records += 1
+            size_sum += size
+            i += 1
+        if records:
+            win.top, win.bits = top, bits
+            stats.rx_records += records
+            stats.rx_bytes += size_sum
+            stats.replay += replays
+            stats.bad_mac += forged
+            self.advanced = advanced
+        self.opened = opened
+        return i
+
+
+def _aad(pre: bytes, mid: bytes) -> struct.Struct:
+    """The additional data's layout: ``pre``, epoch || seq, ``mid``, length."""
+    return struct.Struct(f"!{len(pre)}sQ{len(mid)}sH")
 
 
 class FastSeal:
     """Seals application_data records of one write epoch (``Association.protect``)."""
 
-    __slots__ = ("cid_head", "cid_mid", "encrypt", "epoch_bits", "gcm", "iv_high", "iv_low",
-                 "salt", "state")
+    __slots__ = ("aad", "aad_mid", "aad_pre", "cid", "encrypt", "epoch_bits", "gcm", "head",
+                 "header", "nonce_high", "nonce_xor", "parts", "state")
 
     def __init__(self, state: WriteEpoch, epoch: int, cid: bytes) -> None:
         prot = state.protection
@@ -137,50 +182,64 @@ class FastSeal:
             raise UsageError("FastSeal needs the write epoch's keys")
         self.state = state
         self.epoch_bits = epoch << 48
-        self.gcm, self.salt, self.iv_high, self.iv_low = prot.nonce_material()
+        gcm, salt, iv_high, iv_low = prot.nonce_material()
+        self.gcm = gcm
+        self.nonce_high = salt if gcm else iv_high
+        self.nonce_xor = 0 if gcm else iv_low
         self.encrypt = prot.aead.encrypt
-        # RFC 9146 §4/§5: the record's header up to the CID, and the AAD's fixed start.
-        self.cid_head = bytes((CT_CID,)) + _VERSION if cid else b""
-        self.cid_mid = (b"\xff" * 8 + bytes((CT_CID, len(cid), CT_CID)) + _VERSION, cid)
+        self.cid = cid
+        # RFC 9146 §4/§5 with a CID: tls12_cid header, the AAD's fixed start; else
+        # RFC 5246 §6.2.3.3.  The record header: type, version, epoch || seq, CID, length
+        # (and GCM's explicit nonce, which is epoch || seq again).
+        if cid:
+            self.head = bytes((CT_CID,)) + _VERSION
+            self.aad_pre = b"\xff" * 8 + bytes((CT_CID, len(cid), CT_CID)) + _VERSION
+            self.aad_mid = cid
+        else:
+            self.head = _APP_TYPE + _VERSION
+            self.aad_pre = b""
+            self.aad_mid = _APP_TYPE + _VERSION
+        self.aad = _aad(self.aad_pre, self.aad_mid)
+        self.header = struct.Struct(f"!3sQ{len(cid)}sHQ" if gcm else f"!3sQ{len(cid)}sH")
+        self.parts = (self.encrypt, gcm, cid, self.head, self.aad.pack, self.header.pack,
+                      self.aad_pre, self.aad_mid, self.nonce_high, self.nonce_xor)
 
     def seal(self, payloads: Iterable[bytes]) -> list[bytes]:
         """One record (datagram) per payload, numbered from the epoch's counter."""
+        batch = payloads if isinstance(payloads, list) else list(payloads)
         state = self.state
-        epoch_bits = self.epoch_bits
-        encrypt = self.encrypt
-        gcm = self.gcm
-        salt = self.salt
-        cid_head = self.cid_head
+        first = state.next_seq
+        count = len(batch)
+        if not count:
+            return []
+        if first + count - 1 > MAX_SEQ or max(map(len, batch)) > MAX_PLAINTEXT:
+            return self._seal_checked(batch)
+        state.next_seq = first + count
+        es = self.epoch_bits | first
+        encrypt, gcm, cid, head, pack_aad, pack_header, pre, mid, nonce_high, nonce_xor = \
+            self.parts
+        pack_nonce = _NONCE.pack
         out: list[bytes] = []
-        for payload in payloads:
-            n = len(payload)
-            if n > MAX_PLAINTEXT:
-                raise UsageError(f"payload of {n} bytes exceeds 2^14")
-            seq = state.next_seq
-            if seq > MAX_SEQ:
-                raise UsageError("sequence numbers exhausted: rekey required")
-            state.next_seq = seq + 1
-            es = (epoch_bits | seq).to_bytes(8, "big")
-            if cid_head:
-                out.append(self._seal_cid(es, payload))
-                continue
-            aad = es + b"\x17\xfe\xfd" + n.to_bytes(2, "big")
+        append = out.append
+        for payload in batch:
+            if cid:
+                payload += _APP_TYPE  # DTLSInnerPlaintext: content || real type, no padding
+            sealed = encrypt(pack_nonce(nonce_high, es ^ nonce_xor), payload,
+                             pack_aad(pre, es, mid, len(payload)))
             if gcm:
-                frag = es + encrypt(salt + es, payload, aad)
+                append(pack_header(head, es, cid, len(sealed) + 8, es) + sealed)
             else:
-                frag = encrypt(self._chacha_nonce(es), payload, aad)
-            out.append(b"\x17\xfe\xfd" + es + len(frag).to_bytes(2, "big") + frag)
+                append(pack_header(head, es, cid, len(sealed)) + sealed)
+            es += 1
         return out
 
-    def _chacha_nonce(self, es: bytes) -> bytes:
-        return self.iv_high + (self.iv_low ^ int.from_bytes(es, "big")).to_bytes(8, "big")
-
-    def _seal_cid(self, es: bytes, payload: bytes) -> bytes:
-        prefix, cid = self.cid_mid
-        inner = payload + _APP_TYPE  # DTLSInnerPlaintext: content || real type, no padding
-        aad = prefix + es + cid + len(inner).to_bytes(2, "big")
-        if self.gcm:
-            frag = es + self.encrypt(self.salt + es, inner, aad)
-        else:
-            frag = self.encrypt(self._chacha_nonce(es), inner, aad)
-        return self.cid_head + es + cid + len(frag).to_bytes(2, "big") + frag
+    def _seal_checked(self, batch: list[bytes]) -> list[bytes]:
+        """One at a time, failing at the payload that is too big or has no number left."""
+        out: list[bytes] = []
+        for payload in batch:
+            if len(payload) > MAX_PLAINTEXT:
+                raise UsageError(f"payload of {len(payload)} bytes exceeds 2^14")
+            if self.state.next_seq > MAX_SEQ:
+                raise UsageError("sequence numbers exhausted: rekey required")
+            out += self.seal([payload])
+        return out

@@ -92,29 +92,47 @@ def clamp_syn(packet: bytes, tcp: int, mss: int) -> bytes | None:
 
 def clamp_batch(packets: list[bytes], mss4: int, mss6: int) -> int:
     """Clamp the MSS of every TCP SYN in ``packets`` (replaced in the list); return how
-    many were rewritten.  Anything that is not a TCP SYN is not touched."""
+    many were rewritten.  Anything that is not a TCP SYN is not touched.
+
+    Per packet the common case reads two or three bytes: an IPv4 header without options
+    (``0x45``) or an IPv6 header whose SYN bit (at its TCP offset) is clear is passed at
+    once whatever its protocol; the rest gets the full checks of ``clamp_one``."""
     clamped = 0
     for i, pkt in enumerate(packets):
-        if len(pkt) < _MIN_V4_SYN:
+        size = len(pkt)
+        if size < _MIN_V4_SYN:
             continue
         b0 = pkt[0]
-        if b0 >> 4 == 4:
-            # Not TCP, or a non-first fragment (offset bits set): skip.
-            if pkt[9] != TCP_PROTO or pkt[6] & 0x1F or pkt[7]:
+        if b0 == 0x45:
+            if not pkt[33] & TCP_SYN:
                 continue
-            tcp = (b0 & 0x0F) << 2
-            mss = mss4
-        elif b0 >> 4 == 6:
-            if pkt[6] != TCP_PROTO or len(pkt) < _MIN_V6_SYN:
-                continue
-            tcp = 40
-            mss = mss6
-        else:
+        elif b0 >> 4 == 6 and (size < _MIN_V6_SYN or not pkt[53] & TCP_SYN):
             continue
-        if tcp < 20 or len(pkt) < tcp + 20 or not pkt[tcp + 13] & TCP_SYN:
-            continue
-        new = clamp_syn(pkt, tcp, mss)
+        new = clamp_one(pkt, mss4, mss6)
         if new is not None:
             packets[i] = new
             clamped += 1
     return clamped
+
+
+def clamp_one(pkt: bytes, mss4: int, mss6: int) -> bytes | None:
+    """``pkt`` with the MSS of its TCP SYN clamped, or None when nothing changes."""
+    if len(pkt) < _MIN_V4_SYN:
+        return None
+    b0 = pkt[0]
+    if b0 >> 4 == 4:
+        # Not TCP, or a non-first fragment (offset bits set): skip.
+        if pkt[9] != TCP_PROTO or pkt[6] & 0x1F or pkt[7]:
+            return None
+        tcp = (b0 & 0x0F) << 2
+        mss = mss4
+    elif b0 >> 4 == 6:
+        if pkt[6] != TCP_PROTO or len(pkt) < _MIN_V6_SYN:
+            return None
+        tcp = 40
+        mss = mss6
+    else:
+        return None
+    if tcp < 20 or len(pkt) < tcp + 20 or not pkt[tcp + 13] & TCP_SYN:
+        return None
+    return clamp_syn(pkt, tcp, mss)

@@ -44,6 +44,26 @@ class RouterStats:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+def _common_destination(packets: list[bytes]) -> bytes | None:
+    """The destination address of every packet when all are IPv4 (or all IPv6) packets
+    to one address; None otherwise (or for an empty batch)."""
+    if not packets:
+        return None
+    first = packets[0]
+    v = first[0] >> 4 if first else 0
+    if v == 4:
+        at, end, minimum = 16, 20, 20
+    elif v == 6:
+        at, end, minimum = 24, 40, 40
+    else:
+        return None
+    dst = first[at:end]
+    for pkt in packets:
+        if len(pkt) < minimum or pkt[0] >> 4 != v or not pkt.startswith(dst, at):
+            return None
+    return dst
+
+
 class Router(Generic[P]):
     """Destination routing and source anti-spoofing over per-peer allowed prefixes."""
 
@@ -84,13 +104,24 @@ class Router(Generic[P]):
 
     # --- data path ----------------------------------------------------------
 
-    def route(self, packets: Iterable[bytes]) -> dict[P, list[bytes]]:
+    def route(self, packets: list[bytes]) -> dict[P, list[bytes]]:
         """Group outbound packets by peer; drop and count the rest."""
+        dst = _common_destination(packets)
+        if dst is not None:  # a bulk flow's batch: one destination, decided once
+            peer = self.single if self.single is not None else self.table.lookup(dst)
+            if peer is not None and self._underlay.get(peer) != dst and not (
+                    224 <= dst[0] < 240 if len(dst) == 4 else dst[0] == 0xFF):
+                return {peer: packets}
+        return self._route_each(packets)
+
+    def _route_each(self, packets: list[bytes]) -> dict[P, list[bytes]]:
         stats = self.stats
         underlay = self._underlay
         out: dict[P, list[bytes]] = {}
         single = self.single
         lookup = self.table.lookup
+        last_dst: bytes | None = None  # a batch is mostly one flow: one lookup for a run
+        last_peer: P | None = None
         for pkt in packets:
             v = pkt[0] >> 4 if pkt else 0
             if v == 4 and len(pkt) >= 20:
@@ -105,7 +136,13 @@ class Router(Generic[P]):
             if mcast:
                 stats.multicast += 1
                 continue
-            peer = single if single is not None else lookup(dst)
+            if single is not None:
+                peer: P | None = single
+            elif dst == last_dst:
+                peer = last_peer
+            else:
+                peer = last_peer = lookup(dst)
+                last_dst = dst
             if peer is None:
                 stats.no_route += 1
                 continue
@@ -119,8 +156,57 @@ class Router(Generic[P]):
                 bucket.append(pkt)
         return out
 
+    def route_single(self, packets: list[bytes]) -> list[bytes]:
+        """``route(packets).get(single, [])`` of a single-peer router (a client), with no
+        dict: ``packets`` itself when every one goes (unicast IP, not to the underlay)."""
+        single = self.single
+        if single is None:
+            raise ValueError("route_single needs a router built with single=peer")
+        under = self._underlay.get(single)
+        u4 = under if under is not None and len(under) == 4 else None
+        u6 = under if under is not None and len(under) == 16 else None
+        for pkt in packets:
+            v = pkt[0] >> 4 if pkt else 0
+            if v == 4:
+                if (len(pkt) < 20 or 224 <= pkt[16] < 240
+                        or (u4 is not None and pkt.startswith(u4, 16))):
+                    break
+            elif v != 6 or (len(pkt) < 40 or pkt[24] == 0xFF
+                            or (u6 is not None and pkt.startswith(u6, 24))):
+                break
+        else:
+            return packets
+        return self.route(packets).get(single, [])  # something to drop: count it there
+
     def admit(self, peer: P, packets: list[bytes]) -> list[bytes]:
-        """The packets whose source address routes back to ``peer``; count the rest."""
+        """The packets whose source address routes back to ``peer``; count the rest.
+        ``packets`` itself when all do (one lookup per run of one source)."""
+        lookup = self.table.lookup
+        ok4: bytes | None = None  # the last source seen to route back to ``peer``
+        ok6: bytes | None = None
+        for pkt in packets:
+            v = pkt[0] >> 4 if pkt else 0
+            if v == 4 and len(pkt) >= 20:
+                if ok4 is not None and pkt.startswith(ok4, 12):
+                    continue
+                src = pkt[12:16]
+                if lookup(src) != peer:
+                    break
+                ok4 = src
+            elif v == 6 and len(pkt) >= 40:
+                if ok6 is not None and pkt.startswith(ok6, 8):
+                    continue
+                src = pkt[8:24]
+                if lookup(src) != peer:
+                    break
+                ok6 = src
+            else:
+                break
+        else:
+            return packets
+        return self._admit_each(peer, packets)
+
+    def _admit_each(self, peer: P, packets: list[bytes]) -> list[bytes]:
         lookup = self.table.lookup
         out: list[bytes] = []
         stats: RouterStats | None = None

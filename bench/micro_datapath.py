@@ -1,0 +1,252 @@
+"""Bulk data-path cost of the whole daemon, in instructions per packet and direction.
+
+Two real daemons (the ``tests/fakes`` world: fake TUN, fake UDP with the kernel's GSO
+and GRO, fake clock, the real loop, datapath, roles and core), established with the
+namespace tests' PSK configuration (``MTU = auto``, MSS clamping on); then N batches of
+64 inner TCP-like packets of 1400 bytes (IPv4, ACK set, no SYN: the bulk of a transfer)
+into one TUN, the loops run until idle, and the other TUN must have received exactly
+those packets.  ``--direction up`` sends client → server, ``down`` server → client.
+Deterministic, so under callgrind
+
+    python -m bench.micro_datapath --callgrind     # instructions per packet, both ways
+
+gives the same figure on a busy machine: the difference of two N, so start-up and
+handshake cancel (``PYTHONHASHSEED=0``; ``gc.freeze()`` after the set-up, so that the
+collector's passes do not depend on how many objects the imports left).  The fakes' own
+share (``FakeSocket`` sendmsg, the underlay's copy, recvmsg; ``FakeTun`` inject and
+drain: what a kernel would do) is measured the same way with ``--fakes`` (the same
+calls, no daemon) and subtracted, so the daemon's part is printed on its own.
+``--profile`` prints a cProfile of N batches; ``--stage NAME`` runs one stage of the
+path alone (``--callgrind --stage any``: every stage, instructions per packet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import ipaddress
+import os
+import pstats
+import re
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dtlsvpn.daemon.udp import SOL_UDP, UDP_SEGMENT, gso_runs
+from dtlsvpn.vpn.ip import checksum
+from tests.fakes.devices import FakeNet, FakeTun, FakeUdp
+from tests.fakes.world import Host, World
+from tests.netns.harness import psk_pair
+
+C4, S4 = "100.64.0.2", "100.64.0.1"
+BATCH = 64
+SIZE = 1400
+RECORD = SIZE + 13 + 8 + 17  # ChaCha20 record with an 8-byte CID: header, tag, type
+
+
+def tcp_packet(src: str, dst: str, seq: int, size: int = SIZE) -> bytes:
+    """An IPv4 TCP segment (ACK|PSH, 20-byte headers) of ``size`` bytes."""
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, size, seq & 0xFFFF, 0x4000, 64, 6, 0, s, d)
+    ip = ip[:10] + checksum(ip).to_bytes(2, "big") + ip[12:]
+    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, seq * (size - 40), 1, 5 << 4, 0x18,
+                      512, 0, 0)
+    return ip + tcp + bytes(size - 40)
+
+
+def _established(host: Host) -> bool:
+    return all(p["state"] == "established" for p in host.snapshot()["peers"])
+
+
+def world_pair() -> tuple[World, Host, Host]:
+    tmp = Path(tempfile.mkdtemp(prefix="dtlsvpn-datapath-"))
+    world = World()
+    server_conf, client_conf = psk_pair(tmp, mtu="auto")
+    for conf in (server_conf, client_conf):  # the daemons' default log level, not debug
+        conf.write_text(conf.read_text().replace("debug", "info"))
+    server = world.start(server_conf, "198.18.0.1")
+    client = world.start(client_conf, "198.18.0.2")
+    if not world.run_until(lambda: _established(client) and _established(server)):
+        raise RuntimeError("the pair did not come up")
+    world.run_for(1.0)  # the first PMTU search settles (peer.limit, clamps)
+    return world, client, server
+
+
+def bulk(n: int, direction: str, *, profile: bool = False) -> None:
+    world, client, server = world_pair()
+    src, dst = (client, server) if direction == "up" else (server, client)
+    a, b = (C4, S4) if direction == "up" else (S4, C4)
+    batches = [[tcp_packet(a, b, i * BATCH + j) for j in range(BATCH)] for i in range(n + 5)]
+
+    def one(i: int) -> None:
+        src.tun.inject(batches[i])
+        world.settle()
+        if dst.tun.drain() != batches[i]:
+            raise RuntimeError(f"batch {i} not delivered intact ({direction})")
+
+    for i in range(5):
+        one(i)
+    gc.freeze()  # the set-up's objects out of the collector's way: its cost repeats
+    prof = cProfile.Profile() if profile else None
+    if prof is not None:
+        prof.enable()
+    for i in range(5, n + 5):
+        one(i)
+    if prof is not None:
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(35)
+    world.close()
+
+
+def fakes(n: int) -> None:
+    """The fakes' own work for N batches, no daemon: inject, the TUN end's reads
+    (``os.read`` per packet, as ``Tun.read_batch``), a GSO ``sendmsg`` of 64 records,
+    the underlay's copy, GRO ``recvmsg``, TUN writes and drain."""
+    net = FakeNet()
+    tx = FakeUdp(net, socket.AF_INET, ("198.18.0.2", 40001), ("198.18.0.1", 4433))
+    rx = FakeUdp(net, socket.AF_INET, ("198.18.0.1", 4433), None, offload=True)
+    tun_in, tun_out = FakeTun("a"), FakeTun("b")
+    packets = [tcp_packet(C4, S4, j) for j in range(BATCH)]
+    records = [p + bytes(RECORD - SIZE) for p in packets]
+    anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", RECORD))]
+    runs = gso_runs([RECORD] * BATCH)
+    gc.freeze()
+    for _ in range(n):
+        tun_in.inject(packets)
+        tun_in.read_batch(BATCH + 1)
+        for start, end in runs:  # (45 + 19: GSO's 64 KiB limit)
+            tx.fake.sendmsg(records[start:end], anc)
+        got = 0
+        while True:
+            try:
+                rx.fake.recvmsg(65535, 64)
+            except BlockingIOError:
+                break
+            got += 1
+        tun_out.write_batch(packets)
+        if len(tun_out.drain()) != BATCH or got != len(runs):
+            raise RuntimeError("fakes lost something")
+
+
+STAGES = ("route_client", "route_server", "clamp", "protect", "receive_server",
+          "receive_client", "admit")
+
+
+def stage(name: str, n: int) -> None:
+    """N batches through one stage alone, as the datapath calls it (the whole daemon's
+    per-packet cost, split).  With an older tree (no batch lanes) the one-at-a-time
+    calls of that tree are used, so the same command measures before and after."""
+    from bench.micro_core import CLIENT_ADDR, WALL, established_pair
+    from dtlsvpn.vpn.mss import clamp_batch
+    from dtlsvpn.vpn.router import Router
+    client, endpoint, server = established_pair(True)
+    endpoint.receive(client.protect([b"x"])[0], CLIENT_ADDR, 1.0, WALL)  # keys in use
+    client.receive_datagram(server.protect([b"y"])[0], 1.0, WALL)
+    router: Router[str] = Router(single="server")
+    router.add_peer("server", [ipaddress.ip_network("100.64.0.0/24")])
+    packets = [tcp_packet(C4, S4, j) for j in range(BATCH)]
+    lanes = hasattr(router, "route_single")
+    sender, receiver = (client, server) if name == "receive_server" else (server, client)
+    records = sender.protect(packets) if name.startswith("receive") else []
+    window = receiver._read.window  # reset per batch: the same records are new again
+    gc.freeze()
+    for _ in range(n):
+        batch = list(packets)
+        if name == "route_client":
+            router.route_single(batch) if lanes else router.route(batch).get("server")
+        elif name == "route_server":
+            router.single = None
+            router.route(batch)
+        elif name == "clamp":
+            clamp_batch(batch, 1403, 1383)
+        elif name == "protect":
+            client.protect(batch)
+        elif name == "admit":
+            router.admit("server", batch)
+        elif name == "receive_server":
+            window.top, window.bits = -1, 0
+            _receive_server(endpoint, server, records, lanes)
+        else:
+            window.top, window.bits = -1, 0
+            _receive_client(client, records, lanes)
+
+
+def _receive_server(endpoint: Any, assoc: Any, run: list[bytes], lanes: bool) -> None:
+    from bench.micro_core import CLIENT_ADDR, WALL
+    out: list[bytes] = []
+    if not lanes:  # the old datapath: the endpoint, datagram by datagram
+        for data in run:
+            out += endpoint.receive(data, CLIENT_ADDR, 1.0, WALL)[1]
+        return
+    out += endpoint.receive(run[0], CLIENT_ADDR, 1.0, WALL)[1]
+    if endpoint.fast_lane(assoc, CLIENT_ADDR):
+        assoc.receive_fast(run, 1, out, 1.0)
+
+
+def _receive_client(assoc: Any, run: list[bytes], lanes: bool) -> None:
+    from bench.micro_core import WALL
+    out: list[bytes] = []
+    if not lanes:
+        for data in run:
+            out += assoc.receive_datagram(data, 1.0, WALL)
+        return
+    assoc.receive_fast(run, 0, out, 1.0)
+
+
+def _instructions(*args: str) -> int:
+    with tempfile.NamedTemporaryFile(suffix=".cg") as out:
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out.name}",
+               sys.executable, "-m", "bench.micro_datapath", *args]
+        # A fixed hash seed: set and dict orders (and so the count) repeat exactly.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    m = re.search(r"Collected : (\d+)", proc.stderr)
+    if m is None:
+        raise RuntimeError(f"no count in callgrind's output: {proc.stderr[-500:]}")
+    return int(m.group(1))
+
+
+def _per_packet(low: int, high: int, *args: str) -> float:
+    a = _instructions(str(low), *args)
+    b = _instructions(str(high), *args)
+    return (b - a) / ((high - low) * BATCH)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("n", nargs="?", type=int, default=40, help="batches of 64 packets")
+    ap.add_argument("--direction", choices=("up", "down"), default="up")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--fakes", action="store_true", help="the fakes' work alone")
+    ap.add_argument("--callgrind", action="store_true")
+    ap.add_argument("--stage", choices=STAGES, help="one stage alone (with --callgrind: all)")
+    ap.add_argument("--low", type=int, default=10)
+    ap.add_argument("--high", type=int, default=40)
+    args = ap.parse_args()
+    if args.callgrind and args.stage:
+        for name in STAGES:
+            per = _per_packet(args.low, args.high, "--stage", name)
+            print(f"stage {name}: {per:.0f} instructions per packet (callgrind)")
+    elif args.stage:
+        stage(args.stage, args.n)
+    elif args.callgrind:
+        fake = _per_packet(args.low, args.high, "--fakes")
+        print(f"fakes alone: {fake:.0f} instructions per packet")
+        for direction, name in (("up", "client → server"), ("down", "server → client")):
+            total = _per_packet(args.low, args.high, "--direction", direction)
+            print(f"{name}: {total:.0f} instructions per packet, daemon's share "
+                  f"{total - fake:.0f} (batches of {BATCH} × {SIZE} B, N={args.low} vs "
+                  f"N={args.high}, callgrind)")
+    elif args.fakes:
+        fakes(args.n)
+    else:
+        bulk(args.n, args.direction, profile=args.profile)
+
+
+if __name__ == "__main__":
+    main()
