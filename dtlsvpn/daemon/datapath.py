@@ -172,6 +172,9 @@ class Datapath:
             return
         batch = self.router.route_single(packets)  # one peer: no lookup, no dict
         if batch:
+            wake = peer.on_send  # the first send after an idle spell (tcpclient.py)
+            if wake is not None:
+                wake(now)
             self._transmit(peer, conn.protect, batch, sock, None, now)
             replay = peer.replay  # UDP suspect: kept to resend over TCP (tcpclient.py)
             if replay is not None and len(replay) < REPLAY_MAX:

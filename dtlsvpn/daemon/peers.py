@@ -20,7 +20,7 @@ the address the endpoint reports (``move``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from dtlsvpn.config import PeerConfig
@@ -40,9 +40,9 @@ class Peer:
 
     __slots__ = ("addr", "assoc", "config", "conn", "drops", "established", "generation",
                  "handshake_wall", "handshakes", "inner_mtu", "last_error", "limit", "mtu",
-                 "mtu_timer", "name", "plpmtu", "previous", "rekey_wall", "rekeys", "replay",
-                 "resumed", "roams", "rtt", "rx_bytes", "rx_packets", "sock", "stream", "suite",
-                 "transport", "transport_wall", "tx_bytes", "tx_packets")
+                 "mtu_timer", "name", "on_send", "plpmtu", "previous", "rekey_wall", "rekeys",
+                 "replay", "resumed", "roams", "rtt", "rx_bytes", "rx_packets", "sock",
+                 "stream", "suite", "transport", "transport_wall", "tx_bytes", "tx_packets")
 
     def __init__(self, config: PeerConfig) -> None:
         self.config = config
@@ -81,6 +81,9 @@ class Peer:
         # client: inner packets sent while UDP is suspect (at most REPLAY_MAX), sent
         # again over TCP when the traffic moves there (tcpclient.py); None: not kept
         self.replay: list[bytes] | None = None
+        # client: called (then cleared by the callee) before the next batch goes out over
+        # UDP; the TCP fallback's checker sleeps while the tunnel is idle (tcpclient.py)
+        self.on_send: Callable[[float], None] | None = None
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n

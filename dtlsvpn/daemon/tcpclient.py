@@ -55,6 +55,8 @@ REPLAY_FOR = 3.0  # seconds: packets kept while UDP is suspect are not resent wh
 RETIRE_AFTER = 5.0  # seconds a renewed link's predecessor may still deliver
 TCP_REDIAL = 1.0  # seconds before a lost TCP fallback is dialled again
 MIN_WAIT = 0.01  # the check timer never fires sooner than this after itself
+IDLE_AFTER = 5.0  # seconds without a send (and UDP not suspect): the checker sleeps ...
+IDLE_CHECK = 30.0  # ... this long at most, woken at once by the next send (Peer.on_send)
 
 
 class ClientHooks:
@@ -88,6 +90,8 @@ class ClientTcp(_Links):
         self.connecting: socket.socket | None = None
         self.moved_at: float | None = None
         self.replay_since = 0.0  # when peer.replay started
+        self._tx = -1  # peer.tx_packets at the last check, and when it last changed
+        self._tx_changed_at = 0.0
         self.resolver = host.devices.resolver(host.loop)
         self.not_before = 0.0  # no TCP dial before (after a failed one)
         self._check = host.loop.timer(self._on_check)
@@ -112,10 +116,18 @@ class ClientTcp(_Links):
         """A DTLS handshake completed: the fast path carries again (auto)."""
         self.hooks.peer().replay = None
         self._apply(self.policy.udp_established(now), now)
+        self._rearm(now)
 
     def udp_lost(self, now: float) -> None:
         """The role's DTLS association or dial ended."""
         self._apply(self.policy.udp_lost(now), now)
+        self._rearm(now)
+
+    def _rearm(self, now: float) -> None:
+        """The policy has new deadlines: a checker asleep (idle) looks again soon."""
+        if self.mode == "auto":
+            self.hooks.peer().on_send = None
+            self._check.bring_forward(now + CHECK_EVERY)
 
     # --- the policy -----------------------------------------------------------------------
 
@@ -193,12 +205,27 @@ class ClientTcp(_Links):
                          policy.settings.udp_timeout)
             self._apply(policy.handle_timer(now), now)
             due = policy.get_timer()
-        # (Every CHECK_EVERY even when idle: the first send after an idle spell must be
-        # seen within a quarter second; a slower idle cadence cost up to 0.75 s.)
-        nxt = now + CHECK_EVERY
+        nxt = now + (IDLE_CHECK if self._idle(peer, now) else CHECK_EVERY)
         if due is not None:
             nxt = max(min(nxt, due), now + MIN_WAIT)
         self._check.schedule(nxt)
+
+    def _idle(self, peer: Peer, now: float) -> bool:
+        """Nothing sent for IDLE_AFTER on a UDP carrier that is not suspect: stop looking
+        every CHECK_EVERY and let the next send wake the checker (``Peer.on_send``), which
+        samples just before that send goes out, so its silence is dated from it exactly."""
+        if peer.tx_packets != self._tx:
+            self._tx, self._tx_changed_at = peer.tx_packets, now
+        idle = (self.policy.carrier is Carrier.UDP and not self.policy.suspect
+                and now - self._tx_changed_at >= IDLE_AFTER)
+        peer.on_send = self._woken if idle else None
+        return idle
+
+    def _woken(self, now: float) -> None:
+        peer = self.hooks.peer()
+        peer.on_send = None
+        self._sample(peer, now)  # before the send: the next sample sees it as new
+        self._check.schedule(now + CHECK_EVERY)
 
     def _sample(self, peer: Peer, now: float) -> None:
         conn = peer.conn
@@ -443,7 +470,8 @@ class ClientTcp(_Links):
         self._check.cancel()
         self._redial.cancel()
         self._abandon(now)
-        self.hooks.peer().replay = None
+        peer = self.hooks.peer()
+        peer.replay = peer.on_send = None
         self.policy = TransportPolicy(self.policy.settings)
 
     def teardown(self, now: float) -> None:

@@ -178,3 +178,30 @@ def test_a_stalled_flow_is_resumed_by_the_replay(pair: Pair) -> None:
     got = [seq_of(p) - 20000 for p in server.tun.drain()]
     assert client.peer()["transport"] == "tcp"
     assert 3 in got and 4 in got, got  # (1 and 2 went out before UDP was suspect)
+
+
+def test_an_idle_checker_sleeps_and_the_first_send_wakes_it(pair: Pair) -> None:
+    """No wake-ups every quarter second on an idle laptop: after IDLE_AFTER without a
+    send the checker sleeps (up to IDLE_CHECK); the next send wakes it, so UDP blocked
+    during the idle spell is still left within the usual time after traffic resumes."""
+    server, client = pair()
+    world = server.world
+    tcp = client.daemon.role.tcp
+    assert traffic(world, client, server, 1.0)
+    world.run_for(12.0)  # idle: keepalives only
+    peer = client.daemon.role.peer
+    check = tcp._check.when
+    assert peer.on_send is not None and check is not None
+    assert check - world.clock.now > 5.0, check - world.clock.now
+    world.net.udp_blocked = True  # blocked while idle: nothing notices yet
+    world.run_for(1.0)
+    assert client.peer()["transport"] == "udp"
+    resumed = world.clock.now
+    got = traffic(world, client, server, 4.0, seq=2000)
+    assert client.peer()["transport"] == "tcp" and got
+    moved = tcp.moved_at
+    assert moved is not None
+    print(f"\nfake time: moved to TCP {moved - resumed:.2f}s after the first send of an "
+          f"idle spell")
+    assert moved - resumed < 2.5  # the fake clock: the policy's own bound (1 s + 0.6 s)
+    assert peer.on_send is None  # awake while sending
