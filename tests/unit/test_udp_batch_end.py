@@ -1,8 +1,9 @@
 """Where a ``SocketPort`` receive batch ends: at EAGAIN, at the budget, or right after a
-lone datagram when FIONREAD says nothing else waits (no EAGAIN read, no exception).
+lone datagram when a zero-timeout poll says nothing else waits (no EAGAIN read, no
+exception).
 
 Each case runs over the real kernel (loopback UDP) and over the fake kernel socket of
-``tests/fakes`` (an AF_UNIX pair, which answers FIONREAD too), with GRO on and off, and
+``tests/fakes`` (an AF_UNIX pair, which polls the same), with GRO on and off, and
 counts the read calls the port made: what is returned must be exactly what was sent,
 in order, whatever the batch boundaries.
 """
@@ -10,7 +11,6 @@ in order, whatever the batch boundaries.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -173,28 +173,38 @@ def test_one_over_the_budget_comes_at_the_next_wake_up(pair: tuple[Pair, bool]) 
 def test_an_empty_datagram_behind_another_is_not_lost(pair: tuple[Pair, bool]) -> None:
     p, connected = pair
     first = sent(p, 1)
-    p.send(b"")  # FIONREAD answers 0 for it: the batch ends before it...
+    p.send(b"")
     got: list[bytes] = []
-    for _ in range(3):  # ...and the next wake-up reads it first
+    for _ in range(3):
         got += batch(p, connected)[0]
     assert got == [*first, b""]
 
 
-def test_a_socket_that_refuses_fionread_is_read_until_eagain() -> None:
+def test_a_port_without_a_pollable_descriptor_is_read_until_eagain() -> None:
     p = fake_pair(False, False)
-    null = os.open(os.devnull, os.O_RDONLY)
     try:
-        p.rx._fd = null  # the ioctl fails (ENOTTY): the port stops asking
-        want = sent(p, 1)
-        assert batch(p, False) == (want, None)
-        assert reads(p) == (2, 1)
-        assert p.rx._inq is None
-        want = sent(p, 1)
-        assert batch(p, False) == (want, None)
-        assert reads(p) == (2, 1)
+        p.rx._ready = None  # as for a double whose fileno() is not a descriptor
+        for _ in range(2):
+            want = sent(p, 1)
+            assert batch(p, False) == (want, None)
+            assert reads(p) == (2, 1)
     finally:
-        os.close(null)
         p.close()
+
+
+def test_a_double_without_a_descriptor_gets_no_poller() -> None:
+    class NoFd:
+        family = socket.AF_INET
+
+        def fileno(self) -> int:
+            return -1
+
+        def send(self, data: bytes) -> int:
+            return len(data)
+
+        sendto = recv = recvfrom = send
+
+    assert SocketPort(NoFd())._ready is None
 
 
 def test_a_refused_datagram_is_the_batch_error_and_ends_nothing_else() -> None:
