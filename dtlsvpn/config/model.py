@@ -27,6 +27,9 @@ Invariants:
 - ``UDPOffload`` (yes/no, default yes) lets the data path batch with the kernel's UDP
   GSO/GRO where the kernel has them; ``no`` is one system call per datagram (the same
   bytes on the wire either way).
+- ``TUNOffload`` (auto/on/off, default auto) opens the TUN with its virtio-net header so
+  that TCP segments received from a peer reach the kernel coalesced (vpn/gro.py);
+  ``auto`` falls back to a plain TUN when the kernel refuses, ``on`` makes that an error.
 
 Authentication model (security.md): a server identifies each ``[Peer]`` by
 its client certificate (``CommonName`` checked after a chain to ``CA``, or
@@ -59,7 +62,7 @@ DEFAULT_FWMARK = 51820  # roam: FwMark and Table of a full tunnel, as wg-quick's
 INTERFACE_KEYS: tuple[str, ...] = (
     "Role", "ListenAddress", "Device", "Address", "MTU", "Certificate", "PrivateKey", "CA",
     "Ciphers", "HeartbeatInterval", "DeadPeerTimeout", "TicketStore", "StatusSocket",
-    "MSSClamp", "LogLevel", "RekeyInterval", "ConnectionID", "UDPOffload",
+    "MSSClamp", "LogLevel", "RekeyInterval", "ConnectionID", "UDPOffload", "TUNOffload",
     # roam (issue 11): a client's DNS, full tunnel and kill switch
     "DNS", "FwMark", "Table", "KillSwitch",
     # --- TCP fallback (issue 12, daemon/transport.py) ---
@@ -164,6 +167,7 @@ class InterfaceConfig:
     rekey_interval: float | None = DEFAULT_REKEY_INTERVAL  # None: no time-based renewal
     connection_id: bool = True  # RFC 9146 connection IDs (roaming without a handshake)
     udp_offload: bool = True  # UDP GSO/GRO batching where the kernel has it
+    tun_offload: str = "auto"  # auto/on/off: the TUN's virtio-net header (daemon/tun.py)
     fleet: FleetConfig = field(default_factory=FleetConfig)  # fleet keys (block above)
     # --- roam (issue 11): a client's resolvers, full tunnel and kill switch -----------
     # DNS: the tunnel's resolvers (IP addresses) and search domains (the other entries),

@@ -132,6 +132,17 @@ def transport(text: str) -> str:
     return v
 
 
+def tun_offload(text: str) -> str:
+    """TUNOffload: auto, or yes/no (on/off) meaning ``on``/``off``."""
+    v = text.strip().lower()
+    if v == "auto":
+        return v
+    try:
+        return "on" if boolean(v) else "off"
+    except ValueError:
+        raise ValueError(f"expected auto, on or off, got {text!r}") from None
+
+
 def port(text: str) -> int:
     """TCPPort: 1..65535."""
     try:

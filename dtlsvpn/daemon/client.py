@@ -44,8 +44,8 @@ from dtlsvpn.daemon.refusals import Refusals
 from dtlsvpn.daemon.resolve import Answer, is_literal
 from dtlsvpn.daemon.role import Host, display, peer_event, rekey_grace, send_datagrams
 from dtlsvpn.daemon.settings import core_settings, match_peer
+from dtlsvpn.daemon.tcpclient import ClientHooks, ClientTcp
 from dtlsvpn.daemon.ticketstore import TicketStore
-from dtlsvpn.daemon.transport import ClientTcp
 from dtlsvpn.daemon.tunmtu import TunnelMtu
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
@@ -57,6 +57,7 @@ from dtlsvpn.dtls.events import (
     SessionTicketReceived,
 )
 from dtlsvpn.dtls.rekey import Rekeyed, RekeyingClient
+from dtlsvpn.dtls.session import ClientSession
 
 log = logging.getLogger("dtlsvpn")
 
@@ -88,8 +89,9 @@ class ClientRole:
         self.policy: PolicyRouting | None = None
         self.resolvers: Resolvers | None = None
         # TCP fallback (daemon/transport.py): hooks in start, _established, _lost, teardown.
-        self.tcp = ClientTcp(host, datapath, lambda: self.peer,
-                             lambda: core_settings(self.host.cfg, self.peer.config), self.poke)
+        self.tcp = ClientTcp(host, datapath, ClientHooks(
+            lambda: self.peer, self._tls_config, self.poke, self._probe_udp, self._save_ticket,
+            lambda: self.host.ready(self.status_text()), mark=self.mark))
 
     @property
     def peer(self) -> Peer:
@@ -134,6 +136,8 @@ class ClientRole:
         """STATUS=: the daemon's line, then connected or not (and what the dialer does)."""
         peer = self.peer
         line = self.host.status_line()
+        if peer.stream is not None:  # the TCP fallback carries (tcpclient.py)
+            return f"{line}; connected to {peer.name} over TCP at {peer.stream.name}"
         if self.dialer.state is DialState.UP:
             return f"{line}; connected to {peer.name} at {display(peer.addr)}"
         endpoint = peer.config.endpoint
@@ -314,6 +318,26 @@ class ClientRole:
         self.dialer.redial_now(now)
         self._dial_timer.schedule(self.dialer.deadline)
 
+    # --- TCP fallback hooks (tcpclient.py) --------------------------------------------
+
+    def _probe_udp(self, now: float) -> None:
+        """While TCP carries: a fresh DTLS dial now, not after the back-off."""
+        if self.dialer.state is not DialState.UP:
+            self._redial_now(self.peer, now, None)
+
+    def _tls_config(self) -> DtlsConfig:
+        """The TLS dial's settings: the stored ticket offered (resumes across transports)."""
+        peer = self.peer
+        conf = core_settings(self.host.cfg, peer.config)
+        session = self.tickets.load(self._ticket_key(peer), self.host.loop.wall)
+        return conf if session is None else dataclasses.replace(conf, resume_session=session)
+
+    def _save_ticket(self, session: ClientSession) -> None:
+        try:
+            self.tickets.save(self._ticket_key(self.peer), session)
+        except OSError as exc:
+            log.warning("cannot store ticket: %s", exc)
+
     def _ticket_key(self, peer: Peer) -> str:
         endpoint = peer.config.endpoint
         return f"{peer.name}-{endpoint[0]}-{endpoint[1]}" if endpoint else peer.name
@@ -379,10 +403,7 @@ class ClientRole:
                     self._flush(peer, conn, now)
                 self._closed(peer, assoc, "PeerUnresponsive", True, now)
             case SessionTicketReceived():
-                try:
-                    self.tickets.save(self._ticket_key(peer), ev.session)
-                except OSError as exc:
-                    log.warning("cannot store ticket: %s", exc)
+                self._save_ticket(ev.session)
             case _:
                 peer_event(self.host, peer, assoc, peer.addr, ev, now)
 
@@ -441,8 +462,10 @@ class ClientRole:
     def add_peer(self, peer: Peer, now: float) -> None:
         self.datapath.router.single = peer
         self.datapath.client_peer = peer
-        self.dialer.start(now)
-        self._dial_timer.schedule(self.dialer.deadline)
+        self.tcp.start(now)
+        if self.host.cfg.interface.transport != "tcp":
+            self.dialer.start(now)
+            self._dial_timer.schedule(self.dialer.deadline)
 
     def remove_peer(self, peer: Peer, now: float) -> None:
         if peer.conn is not None:
@@ -450,6 +473,7 @@ class ClientRole:
             self._flush(peer, peer.conn, now)
         self._close_socket(peer)
         self._conn_timer.cancel()
+        self.tcp.stop(now)  # its TCP link too
 
     def reloaded(self) -> None:
         pass

@@ -115,7 +115,7 @@ class Daemon:
         iface = self.cfg.interface
         self.lock = InstanceLock.acquire(self.cfg)  # one instance per tunnel (startup.py)
         try:
-            self.tun = tun = self.devices.open_tun(iface.device)
+            self.tun = tun = self.devices.open_tun(iface.device, iface.tun_offload)
         except OSError as exc:
             raise StartupError(describe_tun(exc, self.cfg)) from exc
         self.netlink = self.tunmtu.link = self.devices.link(tun.name)
@@ -211,12 +211,21 @@ class Daemon:
             self.notifier.status(status)
 
     def status_line(self) -> str:
-        up = sum(1 for p in self.peers if p.established)
+        up = sum(1 for p in self.peers if p.established or p.stream is not None)  # (or TCP)
         return f"{up}/{len(self.peers)} peers up, mtu {self.tunmtu.mtu}"
+
+    def status_text(self) -> str:
+        """STATUS=: the role's full line (a client adds whether it is connected)."""
+        text = getattr(self.role, "status_text", None)
+        return text() if callable(text) else self.status_line()
 
     def set_underlay(self, peer: Peer, addr: Addr | None) -> None:
         assert self.datapath is not None
         self.datapath.router.set_underlay(peer, packed(normalise(addr)[0]) if addr else None)
+
+    def carrier_changed(self, peer: Peer) -> None:
+        """A peer moved between UDP and a TCP link (TCP fallback): the MSS clamp follows."""
+        self.tunmtu.follow(self.peers)
 
     def mtu_report(self, peer: Peer, assoc: Association, ev: PathMtuChanged,
                    now: float) -> None:
@@ -260,7 +269,7 @@ class Daemon:
             new = load_config(self.cfg.path, name=self.cfg.name)
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
-            self.notifier.ready(self.status_line())
+            self.notifier.ready(self.status_text())
             return
         interface = self.cfg.interface
         if new.interface != interface:  # (roam) what is safe now, the rest at a restart
@@ -281,7 +290,7 @@ class Daemon:
         if self.role is not None:
             self.role.reloaded()
         log.info("reloaded %s: %d peers", self.cfg.path, len(self.peers))
-        self.notifier.ready(self.status_line())
+        self.notifier.ready(self.status_text())
 
     def _remove_peer(self, name: str, now: float) -> None:
         peer = self.peers.get(name)

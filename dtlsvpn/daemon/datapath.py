@@ -60,7 +60,7 @@ from typing import Any
 from dtlsvpn.daemon.devices import TunDevice, UdpPort
 from dtlsvpn.daemon.loop import EPOLLERR
 from dtlsvpn.daemon.peers import Peer, PeerTable
-from dtlsvpn.daemon.stream import StreamLink
+from dtlsvpn.daemon.stream import REPLAY_MAX, StreamLink
 from dtlsvpn.daemon.udp import ErrorHint, UdpCounters
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.endpoint import ServerEndpoint
@@ -171,6 +171,9 @@ class Datapath:
         batch = self.router.route(packets).get(peer)
         if batch:
             self._transmit(peer, conn.protect, batch, sock, None, now)
+            replay = peer.replay  # UDP suspect: kept to resend over TCP (tcpclient.py)
+            if replay is not None and len(replay) < REPLAY_MAX:
+                replay += batch
 
     def _transmit(self, peer: Any, protect: Callable[[list[bytes]], list[bytes]],
                   batch: list[bytes], sock: UdpPort, addr: Any, now: float) -> None:
@@ -216,8 +219,7 @@ class Datapath:
         packets = self.tun.read_batch(BUDGET)
         if not packets:
             return
-        sock = self.sock
-        assert sock is not None
+        sock = self.sock  # (None on a TCP-only server: only stream peers below)
         endpoint = self.endpoint
         for peer, batch in self.router.route(packets).items():
             stream = peer.stream
@@ -230,7 +232,7 @@ class Datapath:
             if (previous is not None and addr is not None and endpoint is not None
                     and endpoint.sending_association(addr) is previous):
                 assoc = previous  # renewal: the client does not use the new keys yet
-            if assoc is None or addr is None or not assoc.is_established:
+            if assoc is None or addr is None or not assoc.is_established or sock is None:
                 peer.drop("no_session", len(batch))
                 continue
             self._transmit(peer, assoc.protect, batch, sock, addr, now)

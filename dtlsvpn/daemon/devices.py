@@ -44,7 +44,7 @@ from dtlsvpn.daemon.netlink import Netlink, NetlinkMonitor, route_mtu, route_sou
 from dtlsvpn.daemon.netwatch import Monitor
 from dtlsvpn.daemon.resolve import Resolver, lookup_all
 from dtlsvpn.daemon.systemd import Notifier
-from dtlsvpn.daemon.tun import Tun
+from dtlsvpn.daemon.tun import Tun, TunCounters
 from dtlsvpn.daemon.udp import (
     GRO_BUFFER,
     MAX_DATAGRAM,
@@ -74,10 +74,18 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class TunDevice(Protocol):
-    """One TUN queue: whole IP packets in and out, in batches."""
+    """One TUN queue: whole IP packets in and out, in batches.
+
+    ``vnet``: the queue carries virtio-net headers (``TUNOffload``, ``tun.py``), which
+    ``read_batch``/``write_batch`` handle: packets in and out stay whole IP packets (a
+    write may coalesce TCP segments of one flow, the reader's kernel sees the same bytes);
+    ``counters``: what the offload did.
+    """
 
     fd: int
     name: str
+    vnet: bool
+    counters: TunCounters
 
     def read_batch(self, budget: int) -> list[bytes]: ...
     def write_batch(self, packets: list[bytes]) -> int: ...
@@ -131,7 +139,7 @@ class Platform(Protocol):
     @property
     def notifier(self) -> Notifier: ...
 
-    def open_tun(self, name: str) -> TunDevice: ...
+    def open_tun(self, name: str, offload: str = "off") -> TunDevice: ...
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,
                  connect: Addr | None = None, offload: bool = False,
                  counters: UdpCounters | None = None, mark: int = 0) -> UdpPort: ...
@@ -144,6 +152,7 @@ class Platform(Protocol):
                     kill_switch: bool) -> PolicyRouting: ...
     def dns(self, ifname: str, entries: tuple[str, ...], *, full_tunnel: bool) -> Resolvers: ...
     def tcp_listener(self, addr: Addr) -> socket.socket: ...
+    def tcp_connect(self, family: int, addr: Addr, *, mark: int = 0) -> socket.socket: ...
 
 
 class PolicyRouting(Protocol):
@@ -388,8 +397,9 @@ class Devices:
     def __init__(self, notifier: Notifier | None = None) -> None:
         self.notifier = notifier if notifier is not None else Notifier()
 
-    def open_tun(self, name: str) -> TunDevice:
-        return Tun(name)
+    def open_tun(self, name: str, offload: str = "off") -> TunDevice:
+        """``offload``: ``TUNOffload`` (auto, on, off; ``tun.py``)."""
+        return Tun(name, offload)
 
     def tcp_listener(self, addr: Addr) -> socket.socket:
         """A non-blocking TCP socket listening on ``addr`` (the TLS fallback); OSError."""
@@ -403,6 +413,23 @@ class Devices:
             sock.close()
             raise
         sock.setblocking(False)
+        return sock
+
+    def tcp_connect(self, family: int, addr: Addr, *, mark: int = 0) -> socket.socket:
+        """A non-blocking TCP socket connecting to ``addr`` (the client's TLS fallback;
+        writable once connected, SO_ERROR says how); ``mark``: SO_MARK, as the UDP
+        socket of a full tunnel has it, so the connection is not routed into the tunnel."""
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if mark:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            sock.setblocking(False)
+            rc = sock.connect_ex(addr)
+            if rc not in (0, errno.EINPROGRESS):
+                raise OSError(rc, errno.errorcode.get(rc, str(rc)))
+        except OSError:
+            sock.close()
+            raise
         return sock
 
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,

@@ -14,9 +14,9 @@ Everything else needs a restart and keeps its running value (one warning names t
 keys): ``Role``, ``ListenAddress``, ``Device``, credentials and ``Ciphers`` (the
 handshakes in progress use them), ``HeartbeatInterval``/``DeadPeerTimeout``/
 ``RekeyInterval``/``ConnectionID`` (negotiated per association), ``TicketStore``,
-``StatusSocket``, ``UDPOffload`` (the open sockets), ``FwMark``/``Table``/``KillSwitch``
-(the policy rules of a running full tunnel).  Routes are ``[Peer]`` keys: a changed
-peer is removed and added again, with its routes.
+``StatusSocket``, ``UDPOffload``/``TUNOffload`` (the open sockets and TUN),
+``FwMark``/``Table``/``KillSwitch`` (the policy rules of a running full tunnel).
+Routes are ``[Peer]`` keys: a changed peer is removed and added again, with its routes.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ KEY_NAMES = {  # field → the README's key, for the warning
     "dead_peer_timeout": "DeadPeerTimeout", "ticket_store": "TicketStore",
     "status_socket": "StatusSocket", "mss_clamp": "MSSClamp", "log_level": "LogLevel",
     "rekey_interval": "RekeyInterval", "connection_id": "ConnectionID",
-    "udp_offload": "UDPOffload", "dns": "DNS", "fwmark": "FwMark", "table": "Table",
+    "udp_offload": "UDPOffload", "tun_offload": "TUNOffload", "dns": "DNS",
+    "fwmark": "FwMark", "table": "Table",
     "kill_switch": "KillSwitch",
 }
 

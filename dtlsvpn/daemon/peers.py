@@ -40,8 +40,8 @@ class Peer:
 
     __slots__ = ("addr", "assoc", "config", "conn", "drops", "established", "generation",
                  "handshake_wall", "handshakes", "inner_mtu", "last_error", "limit", "mtu",
-                 "mtu_timer", "name", "plpmtu", "previous", "rekey_wall", "rekeys", "resumed",
-                 "roams", "rtt", "rx_bytes", "rx_packets", "sock", "stream", "suite",
+                 "mtu_timer", "name", "plpmtu", "previous", "rekey_wall", "rekeys", "replay",
+                 "resumed", "roams", "rtt", "rx_bytes", "rx_packets", "sock", "stream", "suite",
                  "transport", "transport_wall", "tx_bytes", "tx_packets")
 
     def __init__(self, config: PeerConfig) -> None:
@@ -78,6 +78,9 @@ class Peer:
         self.stream: StreamLink | None = None
         self.transport = "udp"
         self.transport_wall: float | None = None
+        # client: inner packets sent while UDP is suspect (at most REPLAY_MAX), sent
+        # again over TCP when the traffic moves there (tcpclient.py); None: not kept
+        self.replay: list[bytes] | None = None
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n

@@ -9,8 +9,9 @@ association is forgotten once the endpoint retired it (``rekey_grace`` after the
 client switched to the new keys).  READY=1 goes out once the port is bound.
 
 Deadlines are loop Timers: one per association the endpoint holds at an address,
-re-armed with its ``get_timer()`` whenever it was serviced (after a receive batch, or
-its own timer), and one for the next retirement of old keys.  A renewal's previous
+re-armed with its ``get_timer()`` whenever it was serviced (after a receive batch that
+took the slow path, or its own timer: data alone never gets here), and one for the
+next retirement of old keys.  A renewal's previous
 association gets no timer (it only opens records in flight), as before.
 
 Ticket keys live in ``TicketStore/ticket.keys`` so that a restarted server still
@@ -78,8 +79,10 @@ class ServerRole:
         host, dp = self.host, self.datapath
         iface = host.cfg.interface
         assert iface.listen is not None
-        self.sock = host.devices.open_udp(family_of(iface.listen[0]), bind=iface.listen,
-                                          offload=iface.udp_offload, counters=dp.udp)
+        if iface.transport != "tcp":  # Transport = tcp: TLS over TCP only, no UDP socket
+            self.sock = host.devices.open_udp(family_of(iface.listen[0]), bind=iface.listen,
+                                              offload=iface.udp_offload, counters=dp.udp)
+            host.loop.add(self.sock.fileno(), dp.server_udp)
         self.endpoint = ServerEndpoint(self._dtls_config(),
                                        rekey_grace=rekey_grace(iface.rekey_interval),
                                        max_associations=association_limit(len(host.cfg.peers)))
@@ -87,7 +90,6 @@ class ServerRole:
         dp.endpoint = self.endpoint
         dp.bind = self._bind
         dp.service = self.service
-        host.loop.add(self.sock.fileno(), dp.server_udp)
         host.loop.add(tun.fd, dp.server_tun)
         if iface.transport != "udp":
             self.tcp.setup()  # TCP fallback: the same port number unless TCPPort
@@ -98,7 +100,9 @@ class ServerRole:
         self.host.ready(f"listening on {self.listening()}")
 
     def listening(self) -> str | None:
-        return display(self.host.cfg.interface.listen)
+        iface = self.host.cfg.interface
+        where = display(iface.listen)
+        return f"{where} (TCP only)" if iface.transport == "tcp" and where else where
 
     def _dtls_config(self) -> DtlsConfig:
         return core_settings(self.host.cfg, ticket_keys=self._ticket_ring())
@@ -146,7 +150,11 @@ class ServerRole:
             return
         if timer is None:
             timer = self._timers[assoc] = self.host.loop.timer(partial(self._on_timer, assoc))
-        timer.bring_forward(assoc.get_timer())
+        # Exactly, not bring_forward: only the slow path is serviced here (never data
+        # alone), and its deadline moves later once per keepalive exchange (the answer
+        # came, the retransmission timer is off): one heap push is cheaper than the early
+        # wake-up that would find nothing due.
+        timer.schedule(assoc.get_timer())
 
     def _on_timer(self, assoc: Association, now: float, wall: float) -> None:
         assert self.endpoint is not None
@@ -302,6 +310,7 @@ class ServerRole:
                 assoc.close(now)
                 self._flush(peer.addr, assoc, now, peer)
         self._retire_at.pop(peer, None)
+        self.tcp.close_peer(peer, now)  # its TCP link too
 
     def reloaded(self) -> None:
         if self.endpoint is not None:

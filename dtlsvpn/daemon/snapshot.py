@@ -17,6 +17,7 @@ from dtlsvpn.daemon.datapath import Datapath
 from dtlsvpn.daemon.fleet import fleet_status
 from dtlsvpn.daemon.peers import Peer
 from dtlsvpn.daemon.role import display
+from dtlsvpn.dtls.endpoint import ServerEndpoint
 
 # Stats counters of the DTLS core that count dropped records (the rest count traffic).
 DTLS_DROP_REASONS = frozenset({
@@ -100,7 +101,28 @@ def _counters(dp: Datapath | None) -> tuple[dict[str, Any], dict[str, int]]:
             counters["icmp_too_big_sent"] = dp.too_big.sent
             counters["icmp_too_big_rate_limited"] = dp.too_big.rate_limited
         counters.update(dp.udp.as_dict())  # UDP GSO/GRO (udp.UdpCounters)
+        if dp.endpoint is not None:  # server: what happened before any association
+            counters["endpoint"] = endpoint_counters(dp.endpoint)
+        counters["tun_offload"] = "on" if dp.tun.vnet else "off"
+        counters.update(dp.tun.counters.as_dict())  # coalesced writes (tun.TunCounters)
     return counters, drops
+
+
+def endpoint_counters(endpoint: ServerEndpoint) -> dict[str, int]:
+    """The server endpoint's own counters: cookies, admission limits, table, CIDs."""
+    stats = endpoint.stats
+    admission = endpoint.admission
+    return {
+        "hello_verify_sent": stats.hello_verify_sent,
+        "cookie_accepted": stats.cookie_accepted,
+        "hvr_rate_limited": admission.hvr_rate_limited,
+        "source_limited": admission.source_limited,
+        "table_full": stats.table_full,
+        "not_client_hello": stats.not_client_hello,
+        "replaced": stats.replaced,
+        "unknown_cid": stats.unknown_cid,
+        "address_changes": stats.address_changes,
+    }
 
 
 def snapshot(cfg: Config, peers: list[Peer], dp: Datapath | None, *, device: str,

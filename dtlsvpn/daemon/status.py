@@ -10,6 +10,9 @@ Protocol (one request line, then the reply, then the daemon closes the connectio
 The listener and its connections are non-blocking fds in the daemon's loop; a reply that
 does not fit in the socket buffer at once is finished when the connection is writable.
 The socket is created under umask 077 and chmod'ed to 0600, so only root can ask.
+At most ``MAX_CONNECTIONS`` connections are open at once and each is closed
+``CONN_TIMEOUT`` seconds after it was accepted, answered or not, so clients that
+connect and never ask (or never read) cannot keep the slots from a later query.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dtlsvpn.daemon.loop import EPOLLOUT, Loop
+from dtlsvpn.daemon.loop import EPOLLOUT, Loop, Timer
 
 MAX_REQUEST = 1024
 MAX_CONNECTIONS = 16
+CONN_TIMEOUT = 2.0  # seconds a connection may take to send its request and read the reply
 
 Snapshot = Callable[[], dict[str, Any]]
 
@@ -174,6 +178,11 @@ def format_prometheus(snaps: list[dict[str, Any]]) -> str:
             sample("dtlsvpn_handshake_failures_total", "counter",
                    "Handshakes refused (server) or failed (client), by reason.",
                    _labels(instance=instance, reason=reason), n)
+        for event, n in sorted((iface.get("endpoint") or {}).items()):
+            sample("dtlsvpn_endpoint_events_total", "counter",
+                   "Server endpoint events before any association (cookies, admission "
+                   "limits, table full, unknown CIDs), by event.",
+                   _labels(instance=instance, event=event), n)
         for peer in snap.get("peers", []):
             _peer_samples(sample, instance, peer)
     out: list[str] = []
@@ -192,6 +201,7 @@ class StatusServer:
         self.snapshot = snapshot
         self.loop = loop
         self._conns: dict[int, tuple[socket.socket, bytearray, bytearray]] = {}
+        self._timers: dict[int, Timer] = {}
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             if path.is_socket():
@@ -226,6 +236,14 @@ class StatusServer:
             fd = conn.fileno()
             self._conns[fd] = (conn, bytearray(), bytearray())
             self.loop.add(fd, self._conn_handler(fd))
+            timer = self._timers[fd] = self.loop.timer(self._expiry(fd))
+            timer.schedule(self.loop.now + CONN_TIMEOUT)
+
+    def _expiry(self, fd: int) -> Callable[[float, float], None]:
+        def expire(_now: float, _wall: float) -> None:
+            self._drop(fd)
+
+        return expire
 
     def _conn_handler(self, fd: int) -> Callable[[int, float, float], None]:
         def handler(_mask: int, _now: float, _wall: float) -> None:
@@ -284,6 +302,9 @@ class StatusServer:
 
     def _drop(self, fd: int) -> None:
         entry = self._conns.pop(fd, None)
+        timer = self._timers.pop(fd, None)
+        if timer is not None:
+            timer.cancel()
         self.loop.remove(fd)
         if entry is not None:
             entry[0].close()

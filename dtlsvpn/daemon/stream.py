@@ -20,6 +20,10 @@ Invariants:
 * ``ready`` only once the TLS handshake completed *and* the peer's SP header
   checked out; inner packets before that cannot exist (no application data
   before Finished, and the header is the first message).
+* ``hold_header``: a client's standby link (dialled beside a UDP association that
+  went quiet, ``vpn/transport.py``) holds its SP header back until
+  :meth:`start_carrying`; the server makes a link its peer's carrier only once that
+  header arrived, so a standby never draws the server's traffic.
 * A bad SP header, an unknown version or an oversized frame closes the
   connection with close_notify and ``close_reason`` naming what the peer sent;
   so does a TCP EOF without close_notify ("connection closed by peer").
@@ -42,6 +46,8 @@ from dtlsvpn.vpn.sp import (
     encode_header,
 )
 
+REPLAY_MAX = 256  # inner packets kept while UDP is suspect, for the move (tcpclient.py)
+MIN_INNER_MTU = 576  # the TCP carrier's inner MTU is never taken below this (stream.inner_mtu)
 RECV_SIZE = 65536
 RECV_BUDGET = 16  # reads per readable wake-up
 DEFAULT_QUEUE_LIMIT = 1 << 20  # bytes queued for a peer that stopped reading
@@ -50,12 +56,12 @@ DEFAULT_QUEUE_LIMIT = 1 << 20  # bytes queued for a peer that stopped reading
 class StreamLink:
     """One peer's TLS/TCP connection (either role)."""
 
-    __slots__ = ("_sp", "assoc", "close_reason", "dropped", "eof", "max_message", "name",
-                 "queue", "sock")
+    __slots__ = ("_sp", "assoc", "close_reason", "dropped", "eof", "header_sent",
+                 "hold_header", "max_message", "name", "queue", "sock")
 
     def __init__(self, sock: socket.socket, assoc: StreamAssociation, *, max_message: int,
                  queue_limit: int = DEFAULT_QUEUE_LIMIT, protocol: int = SP_PROTOCOL_DTLSVPN,
-                 name: str = "") -> None:
+                 name: str = "", hold_header: bool = False) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.assoc = assoc
@@ -66,6 +72,8 @@ class StreamLink:
         self.dropped = 0  # inner packets refused by a full send queue
         self.eof = False
         self.close_reason: str | None = None
+        self.hold_header = hold_header
+        self.header_sent = False
 
     @property
     def ready(self) -> bool:
@@ -82,6 +90,20 @@ class StreamLink:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    @property
+    def inner_mtu(self) -> int:
+        """The MSS clamp's input while this link carries: the largest inner packet that
+        fits one segment of the outer connection (its ``TCP_MAXSEG``, options already
+        taken off) with the SP length (8 bytes) and the TLS record (5-byte header and the
+        suite's AEAD expansion); at most ``max_message``, at least ``MIN_INNER_MTU`` (a
+        larger packet still goes through, spanning two outer segments)."""
+        try:
+            mss = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+        except OSError:  # (not a TCP socket: the tests' socketpairs)
+            return self.max_message
+        fits = mss - FRAME_OVERHEAD - self.assoc.record_overhead
+        return max(MIN_INNER_MTU, min(self.max_message, fits))
 
     # --- in -----------------------------------------------------------------------------
 
@@ -164,13 +186,27 @@ class StreamLink:
         """Events and control output; the SP header goes out after the handshake."""
         events = self.assoc.pop_events()
         for ev in events:
-            if isinstance(ev, HandshakeCompleted) and self.assoc.is_established:
-                self.assoc.send([encode_header(self._sp.protocol)])
+            if (isinstance(ev, HandshakeCompleted) and self.assoc.is_established
+                    and not self.hold_header):
+                self._send_header()
             elif isinstance(ev, AssociationClosed) and self.close_reason is None:
                 self.close_reason = ev.reason
         self.queue.push(self.assoc.data_to_send(), force=True)
         self.flush()
         return events
+
+    def start_carrying(self) -> None:
+        """A held SP header goes out now (the link becomes the carrier)."""
+        self.hold_header = False
+        if self.assoc.is_established and not self.assoc.is_closed:
+            self._send_header()
+            self.queue.push(self.assoc.data_to_send(), force=True)
+            self.flush()
+
+    def _send_header(self) -> None:
+        if not self.header_sent:
+            self.header_sent = True
+            self.assoc.send([encode_header(self._sp.protocol)])
 
     def close(self, now: float) -> None:
         """close_notify, one last flush, then the socket."""

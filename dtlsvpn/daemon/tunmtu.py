@@ -13,7 +13,10 @@ Policy (``MTU =`` in [Interface]):
   kernel would drop IPv6 from it); never below 576.
 - Either way, each peer's ``limit`` is its applied inner MTU (the data path sends ICMP
   "too big" or fragments above it), and the MSS clamp is ``M − 40`` / ``M − 60`` with
-  M = min(TUN MTU, the smallest applied inner MTU) (``vpn/mss.py``).
+  M = min(TUN MTU, the smallest applied inner MTU) (``vpn/mss.py``); a peer that a TCP
+  link carries (TCP fallback) counts with that link's ``inner_mtu`` instead (its outer
+  MSS less the SP and TLS record overhead, ``daemon/stream.py``), and not towards the
+  TUN MTU.
 """
 
 from __future__ import annotations
@@ -94,18 +97,20 @@ class TunnelMtu:
     def follow(self, peers: Iterable[Peer]) -> None:
         """Applied inner MTUs → per-peer limits, the TUN MTU (``auto``) and the MSS clamp."""
         applied: list[int] = []
+        carried: list[int] = []  # peers on a TCP link (TCP fallback)
         for p in peers:
             value = p.mtu.applied
             p.limit = value or 0
-            if p.established and value:
+            stream = p.stream
+            if stream is not None and stream.ready:
+                carried.append(stream.inner_mtu)
+            elif p.established and value:
                 applied.append(value)
-        if not applied:
-            return
-        inner = min(applied)
-        if self.policy != "fixed":
+        if applied and self.policy != "fixed":
             self.policy = "pmtu"
-            self._set(inner)
-        self.update_mss(inner)
+            self._set(min(applied))
+        if applied or carried:
+            self.update_mss(min(applied + carried))
 
     def _set(self, inner: int) -> None:
         mtu = self._floor(inner)

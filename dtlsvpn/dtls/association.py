@@ -1,14 +1,12 @@
 """Association: the one public object of the sans-I/O DTLS core.
 
-Inputs: ``connect``, ``receive_datagram``, ``handle_timer``, ``protect``,
-``close``.  Outputs: ``datagrams_to_send``, ``get_timer``, ``pop_events`` and
-the application data returned by ``receive_datagram``.  Time comes in as
-arguments; nothing here touches a socket, a clock or a thread.
+Inputs: ``connect``, ``receive_datagram``, ``handle_timer``, ``protect``, ``close``.
+Outputs: ``datagrams_to_send``, ``get_timer``, ``pop_events``, the data returned by
+``receive_datagram``.  Time comes in as arguments; no socket, clock or thread here.
 
-Who owns what: epoch keys, replay window, held next-epoch records: ``epoch.py``;
-handshake records in (fragments, repeats, the CCS): ``handshake_input.py``; the
-handshake rules: the role's machine; our flights and their timer: ``flight.py``;
-heartbeats, liveness and PMTU probing: ``keepalive.py``.  This class routes.
+Who owns what: epoch keys, replay window, held records: ``epoch.py``; handshake
+records in: ``handshake_input.py``; handshake rules: the role's machine; our flights:
+``flight.py``; heartbeats, liveness, PMTU probing: ``keepalive.py``.  This routes.
 
 Record layer rules (RFC 6347 §4.1):
 
@@ -16,32 +14,26 @@ Record layer rules (RFC 6347 §4.1):
   a datagram that is one application_data record (tls12_cid with a negotiated
   CID) of the current read epoch is told apart at its header and opened from
   precomputed per-epoch parts (``fastpath.py``) before any parse; in a datagram
-  of several records such a record is opened inline in the record loop.  It (and ``protect``)
-  only records the last-received time, which moves the keepalive deadline later,
-  so ``needs_service`` stays false: the shell skips the service after a data-only
-  wake-up, and the armed timer fires early at worst, finds nothing due, re-arms.
-* Everything else takes the slow path: records are opened by the read epoch
-  and dispatched by content type (``_BY_CONTENT_TYPE``).  Records that do not
-  parse, fail authentication, are replays, or belong to an epoch without keys
-  are dropped silently and counted (§4.1.2.7); they never raise and never
-  close the association.  The replay window moves only after authentication
-  (§4.1.2.6, CVE-2016-2181).
-* Records of the next epoch that arrive before the peer's CCS are kept (at
-  most ``MAX_FUTURE_RECORDS``) and replayed after it (security.md S9).
-* After the read epoch moved on, records of the previous epoch are used only
-  to recognise a repeated flight of the peer (§4.2.4), never to deliver data
-  or alerts (security.md S8).
+  of several records such a record is opened inline in the record loop.  It (and
+  ``protect``) only records the last-received time, which moves the keepalive deadline
+  later, so ``needs_service`` stays false: the shell skips the service after a
+  data-only wake-up; the armed timer fires early at worst, finds nothing due, re-arms.
+  A lone HeartbeatRequest record is taken at its header too (``hbfast.py``).
+* Everything else takes the slow path: records are opened by the read epoch and
+  dispatched by content type (``_BY_CONTENT_TYPE``).  Records that do not parse, fail
+  authentication, are replays, or belong to an epoch without keys are dropped silently
+  and counted (§4.1.2.7); they never raise and never close the association.  The
+  replay window moves only after authentication (§4.1.2.6, CVE-2016-2181).
+* Records of the next epoch before the peer's CCS are kept (``MAX_FUTURE_RECORDS``)
+  and replayed after it (S9); records of a previous epoch only serve to recognise a
+  repeated flight (§4.2.4), never to deliver data or alerts (security.md S8).
 
-Handshake messages are reassembled and fed in order to the role's machine.  A
-message older than ``next_receive_seq`` that repeats what we received byte
-for byte means the peer is re-sending its last flight: we re-send ours
-(rate-limited).  Any other old message is dropped and counted (security.md
-S10).
-
-Alerts raised by the machines are caught in exactly one place
-(``_fail``): the fatal alert goes out when possible, the association moves
-to closed and ``AssociationClosed(local=True)`` is queued.  After close,
-nothing more is processed (security.md S14).
+Handshake messages are reassembled and fed in order to the role's machine; an
+old one repeating what we received means the peer re-sends its last flight: we
+re-send ours (rate-limited); any other old one is dropped and counted (S10).
+Alerts raised by the machines are caught in one place (``_fail``): the fatal
+alert goes out when possible, then closed and ``AssociationClosed(local=True)``;
+after close nothing more is processed (security.md S14).
 """
 
 from __future__ import annotations
@@ -69,6 +61,7 @@ from dtlsvpn.dtls.events import (
 from dtlsvpn.dtls.fastpath import FastOpen, FastSeal
 from dtlsvpn.dtls.flight import OutMessage, Retransmitter, pack_flight
 from dtlsvpn.dtls.handshake_input import HandshakeInput
+from dtlsvpn.dtls.hbfast import HeartbeatIn
 from dtlsvpn.dtls.keepalive import Keepalive
 from dtlsvpn.dtls.machine import Machine
 from dtlsvpn.dtls.server import ServerMachine
@@ -110,9 +103,7 @@ class Association:
         self.stats = Stats()
         self._events: list[Event] = []
         self._out: list[bytes] = []
-        self._established = False
-        self._closed = False
-        self._connected = False
+        self._established = self._closed = self._connected = False
         self._machine: Machine = (
             ClientMachine(config, self) if config.is_client else ServerMachine(config, self)
         )
@@ -141,6 +132,7 @@ class Association:
         # Rebuilt after every slow-path datagram (a new object then), None when closed;
         # read-only outside (the endpoint routes by it).
         self.fast_open: FastOpen | None = None
+        self._hb_in: HeartbeatIn | None = None  # the peer's keepalive, at the header (hbfast.py)
         self._seal: FastSeal | None = None  # for the current write epoch
 
     # --- public state -------------------------------------------------------
@@ -202,6 +194,8 @@ class Association:
                 if fast_out:
                     self._last_rx = now
                 return fast_out
+            if self._take_heartbeat(data, now):  # a keepalive (hbfast.py)
+                return []
         return self._receive_records(data, now, wall)
 
     def _receive_records(self, data: bytes, now: float, wall: float) -> list[bytes]:
@@ -262,7 +256,17 @@ class Association:
             self._after_datagram(repeat, now)
         self.fast_open = (FastOpen(rd, self._fast_type)
                           if self._fast_type != _NO_FAST_PATH and not self._closed else None)
+        self._hb_in = HeartbeatIn.build(rd, self.fast_open, self._keepalive)
         return out
+
+    def _take_heartbeat(self, data: bytes, now: float) -> bool:
+        hb = self._hb_in  # a lone heartbeat record, at its header (hbfast.py)
+        if hb is None or (msg := hb.take(data, self.stats)) is None:
+            return False
+        self._last_rx, self._dirty, self.advanced = now, True, hb.advanced
+        if hb.keepalive.receive(msg, now):  # as the slow path: the same answer, bytes
+            self._service_keepalive(now)  # it answered one of ours (_hb_pending there)
+        return True
 
     def _after_datagram(self, repeat: bool, now: float) -> None:
         if repeat:
@@ -282,13 +286,9 @@ class Association:
 
     @property
     def peer_switched(self) -> bool:
-        """The peer sent data or a heartbeat under these keys after the handshake.
-
-        (A repeated Finished does not count: it only says our last flight was lost.)
-
-        During a make-before-break rekey this says the peer has the new keys in
-        use, so it is safe to send with them and to retire the old ones.
-        """
+        """The peer sent data or a heartbeat under these keys after the handshake (a
+        repeated Finished does not count: it only says our last flight was lost).  During
+        a make-before-break rekey: the peer uses the new keys, so we may, and retire the old."""
         return self.is_established and self._peer_used_keys
 
     def try_receive(self, data: bytes, now: float, wall: float) -> list[bytes] | None:
@@ -308,11 +308,9 @@ class Association:
                                                           self.config.rekey_records)
 
     def path_hint(self, mtu: int, now: float) -> None:
-        """A kernel hint: IP_MTU, an ICMP Packet Too Big, or EMSGSIZE at ``mtu``.
-
-        Never trusted above what a probe confirmed (RFC 8899 §4.6.2); the
-        shell must only pass ICMP errors that quote one of our datagrams.
-        """
+        """A kernel hint: IP_MTU, an ICMP Packet Too Big, or EMSGSIZE at ``mtu``; never
+        trusted above what a probe confirmed (RFC 8899 §4.6.2); the shell must only pass
+        ICMP errors that quote one of our datagrams."""
         if self._keepalive is None or self._closed:
             return
         self._dirty = True
@@ -578,7 +576,7 @@ class Association:
         handshake = not self._established
         self._closed = True
         self._fast_type = _NO_FAST_PATH
-        self.fast_open = None
+        self.fast_open = self._hb_in = None
         self._flights.timer.stop()
         self._handshake.reasm.clear()
         self._read.future.clear()

@@ -33,6 +33,17 @@ arrives.
 Rules implemented
 - RFC 6520 §5.2: a request is sent only after ``interval`` seconds without any
   authenticated inbound record; while data flows no request is sent at all.
+- One keepalive per idle interval per pair.  The client runs the keepalive;
+  a server (``defer_to_peer=True``) whose last proof of life was the peer's own
+  HeartbeatRequest (``note_peer_request``, within ``interval`` before
+  ``last_rx``) knows the peer's keepalive is running and that its answer keeps
+  the peer fed, so its own request waits a second interval (``deferred_idle``:
+  ``2 * interval``, never more than ``timeout - interval``).  Only if the
+  peer's next request does not come does the server ask.  The silence bound
+  (``timeout`` after ``last_rx``) is not touched, so dead-peer detection is
+  exactly as before; only the server's first request of a silence goes out
+  later (at 4, 5 and 7 s, before 8 s).  Only one side defers, so two machines
+  cannot keep crossing their requests in step.
 - RFC 6520 §3: there MUST NOT be more than one HeartbeatRequest in flight.
   This machine keeps at most one of its own, and ``blocked=True`` tells it
   that another request (a PMTU probe from :mod:`dtlsvpn.dtls.pmtu`) is in
@@ -57,7 +68,7 @@ Rules implemented
   (the caller does not poll then).
 - RFC 6520 §3 says the connection SHOULD be terminated after as many silent
   retransmissions as a handshake flight allows; here the bound is a time,
-  ``timeout`` seconds of silence (8 s by default: 5 requests go unanswered),
+  ``timeout`` seconds of silence (8 s by default),
   and terminating is the caller's policy on the ``False`` change.
 
 Payloads are 16 bytes: a 4-byte big-endian counter and 12 bytes from the
@@ -73,7 +84,7 @@ from dataclasses import dataclass
 
 from dtlsvpn.errors import UsageError
 
-__all__ = ["PAYLOAD_LEN", "HeartbeatSettings", "Liveness"]
+__all__ = ["PAYLOAD_LEN", "HeartbeatSettings", "Liveness", "deferred_idle"]
 
 PAYLOAD_LEN = 16
 
@@ -100,6 +111,14 @@ class HeartbeatSettings:
             raise UsageError("heartbeat timeout must exceed the idle interval")
 
 
+def deferred_idle(settings: HeartbeatSettings) -> float:
+    """Idle time before our request when the peer runs its own keepalive: a second
+    interval, but at least one interval before the silence bound (and never less
+    than one interval)."""
+    return max(settings.interval,
+               min(2 * settings.interval, settings.timeout - settings.interval))
+
+
 class Liveness:
     """One request in flight at a time; declares the peer unresponsive on silence."""
 
@@ -108,10 +127,12 @@ class Liveness:
         "_changes",
         "_counter",
         "_deadline",
+        "_defer",
         "_first_sent",
         "_in_flight",
         "_last_rx",
         "_payload",
+        "_peer_request_at",
         "_random_bytes",
         "_rto",
         "settings",
@@ -123,8 +144,10 @@ class Liveness:
         now: float,
         *,
         random_bytes: Callable[[int], bytes],
+        defer_to_peer: bool = False,
     ) -> None:
         self.settings = settings
+        self._defer = defer_to_peer  # a server: the client runs the keepalive
         self._random_bytes = random_bytes
         self._last_rx = now  # the handshake that just completed is the first proof of life
         self._alive = True
@@ -135,6 +158,7 @@ class Liveness:
         self._first_sent = 0.0
         self._deadline = 0.0
         self._rto = settings.retransmit
+        self._peer_request_at = float("-inf")  # the peer's last HeartbeatRequest
 
     # -- state ---------------------------------------------------------------
 
@@ -165,6 +189,18 @@ class Liveness:
         if not self._alive:
             self._alive = True
             self._changes.append(True)
+
+    def note_peer_request(self, now: float) -> None:
+        """An authenticated HeartbeatRequest of the peer arrived (it keeps us alive)."""
+        self.note_rx(now)
+        self._peer_request_at = now
+
+    def idle_deadline(self) -> float:
+        """When a new request of ours is due (without any inbound record before it)."""
+        settings = self.settings
+        if self._defer and self._peer_request_at + settings.interval > self._last_rx:
+            return self._last_rx + deferred_idle(settings)
+        return self._last_rx + settings.interval
 
     def on_response(self, payload: bytes, now: float) -> bool:
         """A HeartbeatResponse's payload: True when it answers our request."""
@@ -209,7 +245,7 @@ class Liveness:
             self._deadline = now + self._rto
             self._in_flight = True
             return self._payload
-        if now >= self._last_rx + self.settings.interval:
+        if now >= self.idle_deadline():
             self._counter = (self._counter + 1) & 0xFFFFFFFF
             self._payload = self._counter.to_bytes(4, "big") + self._random_bytes(PAYLOAD_LEN - 4)
             self._rto = self.settings.retransmit
@@ -235,14 +271,16 @@ class Liveness:
 
     def get_timer(self, *, blocked: bool = False) -> float | None:
         """The next time ``poll``/``handle_timer`` has something to do."""
-        deadlines: list[float] = []
-        if self._alive:
-            deadlines.append(self._last_rx + self.settings.timeout)
         if self._in_flight:
-            deadlines.append(self._deadline)
-        elif not blocked:
-            if self._payload is not None and self._last_rx < self._first_sent:
-                deadlines.append(self._deadline)  # already past: retransmit now
-            else:
-                deadlines.append(self._last_rx + self.settings.interval)
-        return min(deadlines) if deadlines else None
+            t = self._deadline
+        elif blocked:
+            t = None
+        elif self._payload is not None and self._last_rx < self._first_sent:
+            t = self._deadline  # already past: retransmit now
+        else:
+            t = self.idle_deadline()
+        if self._alive:
+            silence = self._last_rx + self.settings.timeout
+            if t is None or silence < t:
+                return silence
+        return t

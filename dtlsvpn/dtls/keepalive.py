@@ -19,6 +19,13 @@ Invariants:
   neither machine's outstanding payload is dropped and counted.
 * A lost PMTU probe never counts against liveness (RFC 8899 §3): only
   authenticated records the association saw (``last_rx``) prove life.
+* RFC 8899 §5.1.1: confirmation of a found PLPMTU (SEARCH_COMPLETE) is
+  suspended while we send no data ("DPLPMTUD ought to suspend reachability
+  tests if this sending PL is acting as a receiver"): a confirmation probe goes
+  out only when records other than our own heartbeats were sealed since the
+  last probe (``_confirm_idle``).  An idle association costs its keepalive only;
+  once data flows again the confirmation is due at the next service (at most a
+  keepalive interval later), so a black hole is still found while it matters.
 * Changes come out as events through ``emit``: ``HeartbeatAnswered`` per
   answered request, ``PeerUnresponsive``/``PeerAlive`` (which disable and
   re-enable probing, RFC 8899 §5.2), ``PathMtuChanged``.
@@ -42,7 +49,7 @@ from dtlsvpn.dtls.events import (
     PeerUnresponsive,
 )
 from dtlsvpn.dtls.heartbeat import Liveness
-from dtlsvpn.dtls.pmtu import Dplpmtud
+from dtlsvpn.dtls.pmtu import Dplpmtud, PmtuState
 from dtlsvpn.dtls.stats import Stats
 from dtlsvpn.errors import DecodeError
 from dtlsvpn.wire.constants import HeartbeatMessageType
@@ -62,9 +69,12 @@ class Keepalive:
         "_config",
         "_emit",
         "_liveness",
+        "_own_records",
         "_pmtu",
+        "_probe_mark",
         "_probe_sent_at",
         "_seal",
+        "_seal_record",
         "_sent",
         "_stats",
         "_window_count",
@@ -87,7 +97,10 @@ class Keepalive:
         self._config = config
         self._stats = stats
         self._answer = answer  # the peer negotiated the extension: we answer its requests
-        self._seal = seal
+        self._seal = self._seal_own
+        self._seal_record = seal
+        self._own_records = 0  # heartbeat records we sealed (all of stats.tx_records but data)
+        self._probe_mark = stats.tx_records  # tx_records - _own_records at the last probe
         self._emit = emit
         self._sent: tuple[bytes, float] | None = None  # keepalive payload, first sent at
         self._probe_sent_at = 0.0
@@ -97,12 +110,22 @@ class Keepalive:
         self._pmtu: Dplpmtud | None = None
         if send_requests:
             self._liveness = Liveness(config.heartbeat_settings, now,
-                                      random_bytes=config.random_bytes)
+                                      random_bytes=config.random_bytes,
+                                      defer_to_peer=not config.is_client)
             if config.pmtu is not None:
                 self._pmtu = pm = Dplpmtud(
                     config.pmtu, ip_header=ip_header, record_overhead=record_overhead,
                     now=now, random_bytes=config.random_bytes)
                 emit(PathMtuChanged(plpmtu=pm.plpmtu, inner_mtu=pm.inner_mtu))
+
+    def _seal_own(self, message: bytes) -> None:
+        self._own_records += 1
+        self._seal_record(message)
+
+    def _confirm_idle(self, pm: Dplpmtud) -> bool:
+        """RFC 8899 §5.1.1: no confirmation probe while we send no data (see above)."""
+        return (pm.state is PmtuState.SEARCH_COMPLETE
+                and self._stats.tx_records - self._own_records <= self._probe_mark)
 
     @property
     def plpmtu(self) -> int | None:
@@ -135,6 +158,8 @@ class Keepalive:
         return self._match_response(msg.payload, now)
 
     def _answer_request(self, msg: HeartbeatMessage, now: float) -> None:
+        if self._liveness is not None:
+            self._liveness.note_peer_request(now)  # the peer runs its keepalive
         # A peer may probe, not flood: at most HEARTBEAT_REPLY_RATE answers a second.
         if now - self._window_start >= 1.0:
             self._window_start = now
@@ -213,11 +238,12 @@ class Keepalive:
             return
         if pm is None:
             return
-        probe = pm.poll(now, blocked=lv.in_flight)
+        probe = pm.poll(now, blocked=lv.in_flight or self._confirm_idle(pm))
         if probe is not None:
             self._probe_sent_at = now
             self._seal(encode_heartbeat(_REQUEST, probe.payload, rand(probe.padding)))
             self._stats.probes_sent += 1
+            self._probe_mark = self._stats.tx_records - self._own_records
 
     def probe_now(self, now: float) -> bool:
         """One liveness request at once (the local address changed: with a connection
@@ -245,7 +271,7 @@ class Keepalive:
             lv.note_rx(last_rx)
         deadline = lv.get_timer(blocked=pm is not None and pm.in_flight)
         if pm is not None:
-            t = pm.get_timer(blocked=lv.in_flight)
+            t = pm.get_timer(blocked=lv.in_flight or self._confirm_idle(pm))
             if t is not None and (deadline is None or t < deadline):
                 deadline = t
         return deadline

@@ -128,6 +128,16 @@ class RekeyingClient:
         keepalive = cur._keepalive  # (association.py is at its 600-line limit)
         return keepalive is not None and keepalive.probe_now(now)
 
+    def probe_liveness(self, now: float) -> bool:
+        """One heartbeat request at once under the current keys (the TCP fallback asks
+        whether UDP still answers, ``vpn/transport.py``).  False when none can go out
+        (not established, or the peer did not allow heartbeats)."""
+        cur = self.current
+        if not cur.is_established or cur.is_closed:
+            return False
+        keepalive = cur._keepalive
+        return keepalive is not None and keepalive.probe_now(now)
+
     # --- outputs -------------------------------------------------------------
 
     def datagrams_to_send(self, now: float) -> list[bytes]:

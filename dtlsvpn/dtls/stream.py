@@ -39,6 +39,7 @@ from dataclasses import replace
 from dtlsvpn.crypto.aead import RecordProtection
 from dtlsvpn.dtls.client import ClientMachine
 from dtlsvpn.dtls.config import DtlsConfig
+from dtlsvpn.dtls.epoch import REKEY_RECORDS
 from dtlsvpn.dtls.events import (
     AlertReceived,
     AssociationClosed,
@@ -151,6 +152,16 @@ class StreamAssociation:
         return self._machine.client_random
 
     # --- inputs ---------------------------------------------------------------
+
+    def records_exhausted(self) -> bool:
+        """A direction used up its record budget for these keys (``rekey_records``, else
+        the suite AEAD's ``REKEY_RECORDS``, as over DTLS): time for a new connection
+        (a TLS connection is never renegotiated; ``tcpclient.py`` renews make-before-break)."""
+        prot = self._write
+        if not self._established or prot is None:
+            return False
+        budget = self.config.rekey_records or REKEY_RECORDS[prot.suite.aead]
+        return self._write_seq >= budget or self._read_seq >= budget
 
     def connect(self, now: float, wall: float) -> None:
         """Client: send the ClientHello (the TCP connection is up)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 import sys
 from collections.abc import Callable, Iterable
@@ -27,7 +28,7 @@ from dtlsvpn.daemon.devices import SocketPort
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.resolve import Resolver
 from dtlsvpn.daemon.systemd import Notifier
-from dtlsvpn.daemon.tun import Tun
+from dtlsvpn.daemon.tun import Tun, TunCounters
 from dtlsvpn.daemon.udp import (
     GSO_MAX_SEGMENTS,
     SOL_UDP,
@@ -38,6 +39,7 @@ from dtlsvpn.daemon.udp import (
     normalise,
     split_gro,
 )
+from dtlsvpn.vpn.vnet import PLAIN_HDR, VNET_HDR_LEN, segment
 
 Addr = tuple[str, int]
 BUFFER = 4 << 20  # bytes queued on a pair before a write fails (net.core.wmem_max)
@@ -53,27 +55,62 @@ def _pair() -> tuple[socket.socket, socket.socket]:
 
 
 class FakeTun(Tun):
-    """The real ``Tun`` batch code over one end of a socketpair."""
+    """The real ``Tun`` batch code over one end of a socketpair.
 
-    def __init__(self, name: str) -> None:  # no super().__init__: no /dev/net/tun
+    ``offload`` (``TUNOffload``): with auto/on (unless ``vnet_refused``: auto then falls
+    back, on raises) the pair carries virtio-net headers as a real queue would: the fake
+    kernel prepends a zero header to what it injects and ``drain`` cuts the daemon's
+    super-packets back into segments (``vnet.segment``), counting them in ``gso_frames``;
+    ``refuse_gso``: every super-packet write fails with EINVAL (an old kernel).
+    """
+
+    def __init__(self, name: str, offload: str = "off", *, vnet_refused: bool = False,
+                 refuse_gso: bool = False) -> None:  # no super().__init__: no /dev/net/tun
         near, self.far = _pair()
         self.fd = near.detach()
         self.name = name
         self.closed = False
+        self.counters = TunCounters()
+        self.refuse_gso = refuse_gso
+        self.gso_frames = 0  # super-packets the daemon wrote
+        self.gso_segments = 0
+        on = offload == "on" or (offload == "auto" and not vnet_refused)
+        if offload == "on" and vnet_refused:
+            self.close()
+            raise OSError(errno.EINVAL, "Invalid argument")
+        self.vnet = self.gro = on
+        self.write = self._write
+
+    def _write(self, fd: int, frame: bytes) -> int:
+        if self.refuse_gso and self.vnet and frame[1]:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return os.write(fd, frame)
 
     def inject(self, packets: Iterable[bytes]) -> None:
         """Packets the host sends into the tunnel."""
         for pkt in packets:
-            self.far.send(pkt)
+            self.far.send(PLAIN_HDR + pkt if self.vnet else pkt)
 
     def drain(self) -> list[bytes]:
-        """Packets the daemon wrote to the host."""
+        """Packets the daemon wrote to the host (super-packets segmented)."""
         out: list[bytes] = []
         while True:
             try:
-                out.append(self.far.recv(65535))
+                data = self.far.recv(65535 + VNET_HDR_LEN)
             except BlockingIOError:
                 return out
+            if not self.vnet:
+                out.append(data)
+                continue
+            if data[1]:
+                self.gso_frames += 1
+                segments = segment(data)
+                assert segments, data[:80].hex()
+                self.gso_segments += len(segments)
+                out += segments
+            else:
+                assert not data[0], data[:80].hex()  # nothing else asks for a checksum
+                out.append(data[VNET_HDR_LEN:])
 
     def close(self) -> None:
         super().close()
@@ -101,6 +138,8 @@ class FakeNet:
         self.gso_packets = 0  # GSO sends carried whole over the wire
         self.dropped: dict[str, int] = {}
         self.gone: set[str] = set()  # host addresses deleted (a laptop that moved)
+        self.udp_blocked = False  # a network that drops all UDP (the TCP fallback's case)
+        self.tcp: dict[Addr, Addr] = {}  # a TCP listener's address → its loopback port
         self._ephemeral = 40000
 
     def _drop(self, reason: str) -> None:
@@ -117,6 +156,9 @@ class FakeNet:
             self._drop("too_big")
             return
         port = self.ports.get(dst)
+        if self.udp_blocked:
+            self._drop("udp_blocked")
+            return
         if dst[0] in self.gone:
             self._drop("address_gone")
             return
@@ -420,9 +462,11 @@ class FakeDevices:
         self.notifier = notifier if notifier is not None else FakeNotifier()
         self._route_mtu = route_mtu
         self.tun: FakeTun | None = None
+        self.tun_options: dict[str, bool] = {}  # FakeTun's vnet_refused, refuse_gso
         self.links: list[FakeLink] = []
         self.ports: list[FakeUdp] = []
         self.tcp_listeners: list[socket.socket] = []
+        self.tcp_dials: list[Addr] = []  # addresses tcp_connect was asked for
         self.resolved: list[tuple[float, str]] = []  # every name lookup: (when, name)
         self.monitor: FakeMonitor | None = None
         self.policy: FakePolicy | None = None
@@ -461,18 +505,30 @@ class FakeDevices:
     def link_state(self) -> FakeLink:
         return self.links[-1]
 
-    def open_tun(self, name: str) -> FakeTun:
-        self.tun = FakeTun(name)
+    def open_tun(self, name: str, offload: str = "off") -> FakeTun:
+        self.tun = FakeTun(name, offload, **self.tun_options)
         return self.tun
 
     def tcp_listener(self, addr: Addr) -> socket.socket:
         """The fake network carries UDP only: the TLS fallback listens for real, on an
-        ephemeral loopback port, so that a server starts as it would (nothing dials it)."""
+        ephemeral loopback port that ``tcp_connect`` to ``addr`` reaches."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         sock.listen(8)
         sock.setblocking(False)
         self.tcp_listeners.append(sock)
+        self.net.tcp[addr] = sock.getsockname()
+        return sock
+
+    def tcp_connect(self, family: int, addr: Addr, *, mark: int = 0) -> socket.socket:
+        """A real loopback connection to the listener registered for ``addr``."""
+        self.tcp_dials.append(addr)
+        real = self.net.tcp.get((addr[0], addr[1]))
+        if not self.online or real is None:
+            raise OSError(errno.ECONNREFUSED, "Connection refused")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.connect_ex(real)
         return sock
 
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,

@@ -27,11 +27,13 @@ MAX_STEPS = 2_000_000  # rounds without time passing before "no progress" is dec
 class Host:
     """One daemon, its loop and its fake devices."""
 
-    def __init__(self, world: World, conf: Path, underlay: str, seed: int) -> None:
+    def __init__(self, world: World, conf: Path, underlay: str, seed: int,
+                 tun: dict[str, bool] | None = None) -> None:
         self.world = world
         self.conf = conf
         clock = world.clock
         self.devices = FakeDevices(world.net, underlay, clock=lambda: clock.now)
+        self.devices.tun_options = tun or {}  # FakeTun's vnet_refused, refuse_gso
         self.loop = Loop(clock=lambda: clock.now, wall_clock=lambda: clock.wall)
         self.daemon = Daemon(load_config(conf), devices=self.devices, loop=self.loop,
                              rng=random.Random(seed))
@@ -91,9 +93,9 @@ class World:
         self.hosts: list[Host] = []
         self._seed = 0
 
-    def start(self, conf: Path, underlay: str) -> Host:
+    def start(self, conf: Path, underlay: str, tun: dict[str, bool] | None = None) -> Host:
         self._seed += 1
-        host = Host(self, conf, underlay, self._seed)
+        host = Host(self, conf, underlay, self._seed, tun)
         self.hosts.append(host)
         return host
 

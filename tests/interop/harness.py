@@ -112,7 +112,14 @@ def _our_outcome(proc: Proc) -> Outcome:
 
 def our_client_session(start: Starter, client_argv: Sequence[str], server: Proc, *,
                        server_echoes: bool, name: str = "ours-client") -> Outcome:
-    """Our client against a running peer server; data both ways; clean close; exit 0.
+    """Our client against a running peer server; data both ways; clean close; exit 0."""
+    return _our_outcome(our_client_exchange(start, client_argv, server,
+                                            server_echoes=server_echoes, name=name))
+
+
+def our_client_exchange(start: Starter, client_argv: Sequence[str], server: Proc, *,
+                        server_echoes: bool, name: str = "ours-client") -> Proc:
+    """The conversation of :func:`our_client_session` (DTLS or TLS), returning our client.
 
     `server_echoes` (gnutls-serv --echo): the server's line is the echo of ours, and the
     server's log must show it processed our line. Otherwise (s_server) the server prints
@@ -131,7 +138,7 @@ def our_client_session(start: Starter, client_argv: Sequence[str], server: Proc,
     client.close_stdin()
     rc = wait_exit(client, STEP_TIMEOUT)
     assert rc == 0, f"our client exited with {rc}\n{client.describe()}\n{server.describe()}"
-    return _our_outcome(client)
+    return client
 
 
 def start_gnutls_server(netns: PrivateNetns, argv: list[str]) -> Proc:
@@ -149,22 +156,29 @@ def start_our_server(procs: ProcessGroup, argv: Sequence[str]) -> tuple[Proc, in
 
 def their_client_session(procs: ProcessGroup, server: Proc, client_argv: Sequence[str]
                          ) -> tuple[Outcome, Proc]:
-    """A peer client against our running `server --once`; data both ways; our server exits.
+    """A peer client against our running `server --once`; data both ways; our server exits."""
+    client = their_client_exchange(procs, server, client_argv)
+    return _our_outcome(server), client
+
+
+def their_client_exchange(procs: ProcessGroup, server: Proc, client_argv: Sequence[str], *,
+                          grace: float = 3.0, name: str = "peer-client") -> Proc:
+    """The conversation of :func:`their_client_session` (DTLS or TLS), returning the client.
 
     The peer client ends with close_notify at stdin EOF; gnutls-cli with --mtu may hang
     instead (peers.md), so after a grace period our server is stopped with SIGTERM, which
     closes its association cleanly (and prints its stats) before it exits 0.
     """
     to_ours, from_ours = unique("peer-to-ours"), unique("ours-to-peer")
-    client = procs.start(list(client_argv), name="peer-client", timeout=PROC_TIMEOUT)
+    client = procs.start(list(client_argv), name=name, timeout=PROC_TIMEOUT)
     client.send(to_ours + "\n")
     expect(server, "handshake: ", "stderr")
     expect(server, to_ours, "stdout")
     server.send(from_ours + "\n")
     expect(client, from_ours, "stdout")
     client.close_stdin()
-    rc = wait_exit(server, 3.0)
+    rc = wait_exit(server, grace)
     if rc is None:
         rc = procs.stop(server)
     assert rc == 0, f"our server exited with {rc}\n{server.describe()}\n{client.describe()}"
-    return _our_outcome(server), client
+    return client

@@ -34,6 +34,8 @@ from tests.interop.harness import (
     announced_port,
     expect,
     expect_re,
+    our_client_exchange,
+    their_client_exchange,
     wait_exit,
 )
 from tests.interop.peers import (
@@ -111,19 +113,8 @@ def _outcome(proc: Proc) -> tuple[re.Match[str], re.Match[str]]:
 
 def our_client_talks(start: Starter, argv: Sequence[str], server: Proc, *,
                      server_echoes: bool) -> tuple[re.Match[str], Proc]:
-    to_peer, from_peer = unique("ours-to-peer"), unique("peer-to-ours")
-    client = start(list(argv), name="ours-tcp-client", env=OUR_ENV, timeout=PROC_TIMEOUT)
-    client.send(to_peer + "\n")
-    expect(client, "handshake: ", "stderr")
-    expect(server, to_peer, "any" if server_echoes else "stdout")
-    if server_echoes:
-        expect(client, to_peer, "stdout")
-    else:
-        server.send(from_peer + "\n")
-        expect(client, from_peer, "stdout")
-    client.close_stdin()
-    rc = wait_exit(client, STEP_TIMEOUT)
-    assert rc == 0, f"our client exited with {rc}\n{client.describe()}\n{server.describe()}"
+    client = our_client_exchange(start, argv, server, server_echoes=server_echoes,
+                                 name="ours-tcp-client")
     return _outcome(client)[0], client
 
 
@@ -134,18 +125,7 @@ def start_ours(procs: ProcessGroup, argv: Sequence[str]) -> tuple[Proc, int]:
 
 def their_client_talks(procs: ProcessGroup, server: Proc, argv: Sequence[str]
                        ) -> tuple[re.Match[str], Proc]:
-    to_ours, from_ours = unique("peer-to-ours"), unique("ours-to-peer")
-    client = procs.start(list(argv), name="peer-tcp-client", timeout=PROC_TIMEOUT)
-    client.send(to_ours + "\n")
-    expect(server, "handshake: ", "stderr")
-    expect(server, to_ours, "stdout")
-    server.send(from_ours + "\n")
-    expect(client, from_ours, "stdout")
-    client.close_stdin()
-    rc = wait_exit(server, 5.0)
-    if rc is None:
-        rc = procs.stop(server)
-    assert rc == 0, f"our server exited with {rc}\n{server.describe()}\n{client.describe()}"
+    client = their_client_exchange(procs, server, argv, grace=5.0, name="peer-tcp-client")
     return _outcome(server)[0], client
 
 

@@ -18,16 +18,9 @@ import struct
 import sys
 import time
 
+from dtlsvpn.vpn.ip import checksum
+
 SO_TIMESTAMPNS = 35
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def main(argv: list[str]) -> int:
@@ -45,7 +38,7 @@ def main(argv: list[str]) -> int:
             seq += 1
             header = struct.pack("!BBHHH", 8, 0, 0, ident, seq & 0xFFFF)
             payload = struct.pack("!d", time.time()) + b"fleet" * 8
-            packet = (header[:2] + struct.pack("!H", _checksum(header + payload)) + header[4:]
+            packet = (header[:2] + struct.pack("!H", checksum(header + payload)) + header[4:]
                       + payload)
             with contextlib.suppress(OSError):  # no route for a moment: counts as lost
                 sock.sendto(packet, (addr, 0))

@@ -269,11 +269,15 @@ def test_pmtu_black_hole_converges(
     got = tcp_transfer(topo, procs, sites, blob, HOST_B4, 5003)
     assert int(got["syn_mss"]) == min(tun_a, tun_b) - 40
 
-    # The path shrinks to 1300 behind gateway A's back (its ICMP still dropped): the
-    # confirmation probes go unanswered, the black hole is detected, the limit drops at once
-    # and then settles at the new path's inner MTU.  The TUN MTU stops at 1280, the floor
-    # for an interface with IPv6 addresses: IPv4 packets above the limit get the daemon's
-    # own "fragmentation needed".
+    # The path shrinks to 1300 behind gateway A's back (its ICMP still dropped) while the
+    # hosts talk (small pings both ways: confirmation runs while a side sends data, RFC 8899
+    # §5.1.1): the confirmation probes go unanswered, the black hole is detected, the limit
+    # drops at once and then settles at the new path's inner MTU.  The TUN MTU stops at
+    # 1280, the floor for an interface with IPv6 addresses: IPv4 packets above the limit get
+    # the daemon's own "fragmentation needed".
+    require_tools("ping")
+    procs.start(["ip", "netns", "exec", sites.host_a, "ping", "-q", "-i", "0.2", "-c", "200",
+                 HOST_B4], name="traffic", timeout=45, stdin_pipe=False)
     for ns, dev in zip((sites.router, sites.gw_b), sites.narrow, strict=True):
         topo.exec(ns, ["ip", "link", "set", "dev", dev, "mtu", "1300"])
     start = time.monotonic()

@@ -3,10 +3,12 @@
     server (dvs, 198.18.1.1) ─── router (dvr) ─── client (dvc, 198.18.2.2)
 
 The router forwards; an nftables table in it drops UDP port 4433 both ways while a
-file is being copied through the tunnel (client → server, 100.64.0.1).  Checked: the
-copy completes with the same SHA-256, the client's status says ``transport=tcp``, and
-once the table is deleted again the client's background DTLS redial moves the tunnel
-back (``transport=udp``) and the tunnel still passes a ping.
+file is being copied through the tunnel (client → server, 100.64.0.1), for HOLD
+seconds at least.  Checked: the copy completes with the same SHA-256, the client's
+status says ``transport=tcp`` and stays so while UDP is blocked, the TLS dial resumed
+the UDP session's ticket, and once the table is deleted again the client's next UDP
+probe (a DTLS dial every 3 s while on TCP) moves the tunnel back (``transport=udp``)
+and the tunnel still passes a ping.
 
 dumpcap on the router's server-side interface (what the router forwarded) gives the
 figures, from packet timestamps: the switch-over (last UDP datagram forwarded before
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
+import re
 import struct
 import time
 from pathlib import Path
@@ -31,6 +35,7 @@ pytestmark = pytest.mark.usefixtures("root")
 # (time.time() is the capture's clock: the block and unblock instants are wall times)
 
 PORT = 4433
+HOLD = 10.0  # seconds UDP stays blocked at least
 BIG = 600  # bytes: a packet this large carries tunnel data, not a handshake or keepalive
 BLOCK = ("table inet dvtf { chain block_udp { type filter hook forward priority 0; "
          f"udp dport {PORT} drop; udp sport {PORT} drop; }}; }}")
@@ -115,6 +120,15 @@ def test_udp_blocked_mid_copy_moves_to_tcp_and_back(topo: Topology, run_daemon: 
     line = rx.stdout().strip().splitlines()[-1]
     assert f"bytes={size} sha256={want}" in line, line
     assert server.status()["peers"][0]["transport"] == "tcp"
+    # Blocked for HOLD seconds at least: the UDP probes (a DTLS dial every 3 s) fail and
+    # the tunnel stays on TCP meanwhile (no flapping).
+    # (plus up to one probe interval at random, so that the switch-back samples its phase)
+    hold = HOLD + random.uniform(0.0, 3.0)
+    time.sleep(max(0.0, blocked_at + hold - time.time()))
+    assert client.status()["peers"][0]["transport"] == "tcp"
+    log = client.proc.stderr()
+    # The TLS dial offered the ticket of the UDP session: an abbreviated handshake.
+    assert re.search(r"TLS over TCP up \(\S+, resumed\)", log), log
 
     unblocked_at = time.time()
     res = topo.exec(router, ["nft", "delete", "table", "inet", "dvtf"])
@@ -128,6 +142,17 @@ def test_udp_blocked_mid_copy_moves_to_tcp_and_back(topo: Topology, run_daemon: 
     for log_line in client.proc.stderr().splitlines():
         if "TCP" in log_line or "UDP" in log_line:
             print(f"client log: {log_line}")
+            if "traffic moved to TCP" in log_line:
+                print(f"  (moved {_log_time(log_line) - blocked_at:.3f}s after the block)")
+            elif "traffic moved to UDP" in log_line:
+                print(f"  (moved {_log_time(log_line) - unblocked_at:.3f}s after the unblock)")
+
+
+def _log_time(line: str) -> float:
+    """The wall time of a daemon log line ("YYYY-MM-DD HH:MM:SS.mmm", local time)."""
+    stamp = line.split(" dtlsvpn:")[0]
+    whole, _, ms = stamp.partition(".")
+    return time.mktime(time.strptime(whole, "%Y-%m-%d %H:%M:%S")) + int(ms or 0) / 1000
 
 
 def _report(packets: list[tuple[float, int, int, int]], blocked_at: float,
@@ -139,9 +164,8 @@ def _report(packets: list[tuple[float, int, int, int]], blocked_at: float,
     print(f"\ncopy across the switch: {copy_line}")
     tcp_any = [t for t, proto, _s, _n in packets if proto == 6 and t > blocked_at]
     if tcp_any:
-        print(f"TCP fallback dialled {tcp_any[0] - blocked_at:.3f}s after the block (first "
-              "TCP segment; the inner TCP's own retransmission timer then decides when its "
-              "data flows again)")
+        print(f"TCP standby dialled {tcp_any[0] - blocked_at:.3f}s after the block (first "
+              "TCP segment)")
     if udp_before and tcp_data:
         last_udp = max(t for t in udp_before if t <= tcp_data[0])
         print(f"switch-over: last UDP datagram {last_udp - blocked_at:+.3f}s after the block, "
@@ -150,4 +174,10 @@ def _report(packets: list[tuple[float, int, int, int]], blocked_at: float,
     if udp_after:
         print(f"switch-back: first UDP data {udp_after[0] - unblocked_at:.3f}s after the "
               "unblock")
+    udp_any = [t for t, proto, _s, _n in packets if proto == 17 and t >= unblocked_at]
+    if udp_any:
+        print(f"first UDP datagram through {udp_any[0] - unblocked_at:.3f}s after the unblock "
+              "(the next DTLS probe's ClientHello)")
     print(f"packets captured at the router: {len(packets)}")
+    print(f"tunnel data over TCP: {sum(1 for _t, p, _s, n in packets if p == 6 and n > BIG)} "
+          "segments")

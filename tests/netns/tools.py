@@ -23,19 +23,12 @@ import struct
 import sys
 import time
 
+from dtlsvpn.vpn.ip import checksum
+
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_DO = 2
 IPV6_MTU_DISCOVER = 23
 IPV6_PMTUDISC_DO = 2
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def ping(addr: str, count: int, size: int, df: bool, timeout: float) -> int:
@@ -55,7 +48,7 @@ def ping(addr: str, count: int, size: int, df: bool, timeout: float) -> int:
         header = struct.pack("!BBHHH", kind, 0, 0, ident, seq)
         packet = header + payload
         if not v6:  # the kernel fills in the ICMPv6 checksum
-            packet = header[:2] + struct.pack("!H", _checksum(packet)) + header[4:] + payload
+            packet = header[:2] + struct.pack("!H", checksum(packet)) + header[4:] + payload
         start = time.monotonic()
         try:
             sock.sendto(packet, (addr, 0))

@@ -16,7 +16,9 @@ LIVENESS = {"heartbeat_interval": 1, "dead_peer_timeout": 3}
 
 def test_backoff_is_capped_jittered_and_resolves_each_time(world: World,
                                                            tmp_path: Path) -> None:
-    server_conf, client_conf = psk_pair(tmp_path)
+    # (Transport = udp: the DTLS dial's back-off alone; in auto the TCP fallback would
+    # reach the server first once it appears, tests/shell/test_tcp_fallback.py)
+    server_conf, client_conf = psk_pair(tmp_path, transport="udp")
     client_conf.write_text(client_conf.read_text().replace(f"{SERVER}:4433",
                                                            "office.test:4433"))
     world.net.names["office.test"] = SERVER
@@ -48,8 +50,10 @@ def test_backoff_is_capped_jittered_and_resolves_each_time(world: World,
 
 
 def _up_with_ticket(world: World, tmp_path: Path) -> tuple[Host, Host, Path]:
-    """A server and a client with liveness checks, up, the client holding a ticket."""
-    server_conf, client_conf = psk_pair(tmp_path, **LIVENESS)
+    """A server and a client with liveness checks, up, the client holding a ticket
+    (Transport = udp: these are the DTLS dial's ticket rules; in auto the TCP fallback's
+    full handshake would bring a fresh ticket during the outage)."""
+    server_conf, client_conf = psk_pair(tmp_path, transport="udp", **LIVENESS)
     server = world.start(server_conf, SERVER)
     client = world.start(client_conf, CLIENT)
     assert world.run_until(lambda: established(client))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from dtlsvpn.daemon.status import format_prometheus
 from tests.fakes.packets import seq_of, udp
 from tests.fakes.world import World
 from tests.shell.conftest import Pair, established
@@ -128,7 +130,9 @@ INTERFACE_KEYS = {"name", "device", "role", "listen", "addresses", "mtu", "mtu_p
                   "rekey_interval", "pid", "uptime", "config", "mss_clamp", "mss_clamped",
                   "fragmented", "icmp_too_big_sent", "icmp_too_big_rate_limited",
                   "udp_gso_sends", "udp_gso_datagrams", "udp_gso_fallbacks",
-                  "udp_gro_receives", "udp_gro_datagrams", "drops", "handshake_failures"}
+                  "udp_gro_receives", "udp_gro_datagrams", "tun_offload", "tun_gso_writes",
+                  "tun_gso_segments", "tun_gso_fallbacks", "drops",
+                  "handshake_failures"}
 PEER_KEYS = {"name", "endpoint", "state", "transport", "transport_since", "suite",
              "last_handshake", "last_handshake_ago", "resumed", "handshakes", "roams",
              "rekey_generation", "rekeys",
@@ -145,7 +149,7 @@ def test_status_snapshot_fields(pair: Pair) -> None:
         snap = host.snapshot()
         assert list(snap) == ["interface", "peers"]
         iface = snap["interface"]
-        assert set(iface) == INTERFACE_KEYS
+        assert set(iface) == INTERFACE_KEYS | ({"endpoint"} if role == "server" else set())
         assert iface["role"] == role and iface["mtu_policy"] in ("auto", "pmtu")
         assert iface["device"] == ("dvs0" if role == "server" else "dvc0")
         (peer,) = snap["peers"]
@@ -155,6 +159,12 @@ def test_status_snapshot_fields(pair: Pair) -> None:
         assert peer["last_handshake_ago"] == 5.0 or peer["last_handshake_ago"] >= 4.9
         assert peer["rekeying"] is False and peer["dtls"]["rx_records"] > 0
     assert server.snapshot()["interface"]["listen"] == "198.18.0.1:4433"
+    endpoint = server.snapshot()["interface"]["endpoint"]
+    assert endpoint["hello_verify_sent"] >= 1 and endpoint["cookie_accepted"] >= 1
+    assert endpoint["table_full"] == endpoint["hvr_rate_limited"] == 0
+    prom = format_prometheus([server.snapshot()])
+    assert re.search(r'^dtlsvpn_endpoint_events_total\{instance="[^"]*",'
+                     r'event="cookie_accepted"\} [1-9]', prom, re.M), prom
     assert client.snapshot()["interface"]["listen"] is None
     assert any(m.startswith("STATUS=1/1 peers up") for m in client.messages)
     assert "WATCHDOG=1" in client.messages and "WATCHDOG=1" in server.messages
@@ -240,3 +250,20 @@ AllowedIPs = 100.64.0.3/32
     assert [p["name"] for p in server.snapshot()["peers"]] == ["branch"]
     world.run_for(5.0)
     assert established(client) and server.peer("branch")["handshakes"] == 1
+
+
+def test_reload_keeps_status_saying_connected(pair: Pair) -> None:
+    """STATUS= after SIGHUP is the role's line: a connected client still says so, both
+    after a reload that changed nothing and after one refused for a config error."""
+    _server, client = pair()
+    world = client.world
+    assert world.run_until(lambda: established(client))
+    client.daemon.on_reload(world.clock.now)
+    assert client.messages[-2] == "READY=1"
+    assert client.messages[-1].startswith("STATUS=1/1 peers up")
+    assert "; connected to office at " in client.messages[-1], client.messages[-1]
+    good = client.conf.read_text()
+    client.conf.write_text(good + "\nNoSuchKey = 1\n")
+    client.daemon.on_reload(world.clock.now)
+    assert "; connected to " in client.messages[-1], client.messages[-1]
+    client.conf.write_text(good)

@@ -88,10 +88,10 @@ def set_drop(sim: Simulator, c2s: float, s2c: float) -> None:
 @pytest.mark.parametrize("pmtu", [False, True], ids=["no-pmtu", "pmtu"])
 def test_silent_peer_reported_once_then_alive_again(pki: Pki, pmtu: bool) -> None:
     sim = live_sim(pki, pmtu=PmtuSettings() if pmtu else None)
-    sim.run_for(10.0)  # idle: keepalives go both ways, nobody is declared dead
+    sim.run_for(10.0)  # idle: keepalives run (one side's, see below), nobody is declared dead
     for side in SIDES:
         assert not unresponsive(sim, side)
-        assert sim.side(side).stats.heartbeats_sent > 0
+    assert sum(sim.side(side).stats.heartbeats_sent for side in SIDES) > 0
     figures = []
     for round_ in (1, 2):  # two silences: one event each
         t_dead = sim.now
@@ -297,3 +297,52 @@ def test_dead_peer_while_streaming_is_the_worst_case(pki: Pki) -> None:
         assert DEFAULTS.timeout - 0.2 <= detected <= DEAD_PEER_BOUND_S
         figures.append(f"{side} {detected:.2f} s")
     report(SECTION, "dead peer while streaming (worst case) detected after " + ", ".join(figures))
+
+
+@pytest.mark.parametrize("pmtu", [False, True], ids=["no-pmtu", "pmtu"])
+def test_one_keepalive_per_idle_interval_per_pair(pki: Pki, pmtu: bool) -> None:
+    """An idle pair exchanges one request and its response per interval, not one per
+    side: the side that hears the peer's request defers its own (heartbeat.py), and an
+    idle side confirms no PLPMTU (keepalive.py, RFC 8899 §5.1.1).  Both stay alive."""
+    sim = live_sim(pki, pmtu=PmtuSettings() if pmtu else None)
+    sim.run_for(10.0)  # handshake done, PMTU searches over
+    before = {s: (sim.side(s).stats.heartbeats_sent, sim.side(s).stats.probes_sent,
+                  sim.side(s).stats.heartbeat_answered) for s in SIDES}
+    window = 40.0
+    sim.run_for(window)
+    sent = sum(sim.side(s).stats.heartbeats_sent - before[s][0] for s in SIDES)
+    probes = sum(sim.side(s).stats.probes_sent - before[s][1] for s in SIDES)
+    answered = sum(sim.side(s).stats.heartbeat_answered - before[s][2] for s in SIDES)
+    per_interval = window / DEFAULTS.interval
+    assert per_interval - 2 <= sent <= per_interval + 1, (sent, probes)
+    assert probes == 0
+    assert answered == sent
+    for side in SIDES:
+        assert not unresponsive(sim, side)
+    report(SECTION, f"idle pair, {'PMTU on' if pmtu else 'no PMTU'}: {sent} keepalive requests "
+                    f"in {window:g} s (one side's), {probes} probes")
+
+
+def test_server_deferring_to_a_client_that_goes_silent(pki: Pki) -> None:
+    """The client runs the keepalive; when it goes silent the server, which deferred to
+    it, asks at 2 × interval after the last record (then retransmits) and declares the
+    peer unresponsive exactly ``timeout`` after that record: detection is unchanged."""
+    sim = live_sim(pki)
+    sim.run_for(12.0)
+    server = sim.side("server")
+    assert server.stats.heartbeat_answered > 0  # the client's keepalive is running
+    sent_before = server.stats.heartbeats_sent
+    t_dead = sim.now
+    set_drop(sim, 1.0, 0.0)  # the client's records are lost from now on
+    assert sim.run_until(lambda: bool(unresponsive(sim, "server", t_dead)), 20.0).satisfied
+    ((t_ev, ev),) = unresponsive(sim, "server", t_dead)
+    assert ev.silent_for == pytest.approx(DEFAULTS.timeout)
+    last_rx = t_ev - ev.silent_for
+    asked = server.stats.heartbeats_sent - sent_before
+    # Requests at last_rx + 4, + 5, + 7 s (retransmission timer 1 s, doubling, capped at
+    # the interval); none at last_rx + 2 s, where the client's own was due.
+    assert asked == 3, asked
+    assert t_ev - t_dead <= DEAD_PEER_BOUND_S
+    report(SECTION, f"client silent under a deferring server: detected {t_ev - t_dead:.2f} s "
+                    f"after, {ev.silent_for:.2f} s after its last record, {asked} requests asked")
+    assert last_rx <= t_dead

@@ -54,6 +54,7 @@ import pytest
 
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.events import HandshakeCompleted, PathMtuChanged, PeerUnresponsive
+from dtlsvpn.dtls.heartbeat import HeartbeatSettings
 from dtlsvpn.dtls.pmtu import PmtuSettings
 from tests.pki import Pki
 from tests.sim.configs import configs_for
@@ -194,13 +195,15 @@ def test_discovers_path_mtu(pki: Pki, cap: int, settings: str, suite: str) -> No
 
 @pytest.mark.parametrize("suite", list(SUITE_MODES))
 def test_black_hole_detected_and_reconverged(pki: Pki, suite: str) -> None:
-    """1500 -> 1280 with no ICMP: the lost confirmation probes reveal it (RFC 8899 §5.2)."""
+    """1500 -> 1280 with no ICMP while data flows: the lost confirmation probes reveal it
+    (RFC 8899 §5.2; confirmation runs while the side sends data, RFC 8899 §5.1.1)."""
     sim = pmtu_sim(pki, 1500, suite=suite)
     sim.run_for(10.0)
     for side in SIDES:
         assert sim.side(side).plpmtu == 1500
     t_drop = sim.now
     sim.c2s.mtu = sim.s2c.mtu = 1280 - IPV4_UDP
+    sim.start_traffic(30.0)  # (over before the last check: only its packet arrives then)
     sim.run_for(40.0)
     figures = []
     for side in SIDES:
@@ -218,6 +221,28 @@ def test_black_hole_detected_and_reconverged(pki: Pki, suite: str) -> None:
         check_inner_packet_fits(sim, side, d.final.plpmtu)
         figures.append(f"{side} detected {detected:4.2f} s, re-converged {reconverged:4.2f} s")
     report(SECTION, f"black hole 1500->1280 {suite:6s}: " + ", ".join(figures))
+
+
+def test_no_confirmation_probes_while_idle(pki: Pki) -> None:
+    """RFC 8899 §5.1.1: a side that sends no data suspends confirming its PLPMTU; the
+    keepalive alone runs (one request per idle interval for the pair).  Once data
+    flows the confirmations resume, one CONFIRMATION_TIMER apart at most."""
+    sim = pmtu_sim(pki, 1500)
+    sim.run_for(10.0)  # the searches are over
+    probes = {side: sim.side(side).stats.probes_sent for side in SIDES}
+    beats = sum(sim.side(side).stats.heartbeats_sent for side in SIDES)
+    sim.run_for(20.0)
+    for side in SIDES:
+        assert sim.side(side).stats.probes_sent == probes[side], side
+        assert sim.side(side).plpmtu == 1500
+    beats = sum(sim.side(side).stats.heartbeats_sent for side in SIDES) - beats
+    interval = HeartbeatSettings().interval
+    assert 0 < beats <= 20.0 / interval + 1  # one keepalive per interval, not one per side
+    sim.start_traffic(10.0, period=0.1)
+    sim.run_for(10.0)
+    for side in SIDES:
+        sent = sim.side(side).stats.probes_sent - probes[side]
+        assert sent >= 10.0 / PmtuSettings().confirm_interval - 2, side
 
 
 def test_valid_hint_below_reconverges_at_once(pki: Pki) -> None:

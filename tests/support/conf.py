@@ -27,6 +27,7 @@ _SPELLING = {
     "psk_file": "PSKFile",
     "mss_clamp": "MSSClamp",
     "connection_id": "ConnectionID",
+    "tun_offload": "TUNOffload",
 }
 
 

@@ -822,3 +822,18 @@ def test_offload_switches_default_on_and_parse(tmp_path: Path, creds: Creds) -> 
     bad = server_text(creds).replace("[Interface]\n", "[Interface]\nUDPOffload = maybe\n", 1)
     with pytest.raises(ConfigError, match="UDPOffload"):
         load_config(write(tmp_path, bad))
+
+
+@pytest.mark.parametrize(("value", "want"), [(None, "auto"), ("auto", "auto"), ("on", "on"),
+                                             ("yes", "on"), ("off", "off"), ("No", "off")])
+def test_tun_offload_values(tmp_path: Path, creds: Creds, value: str | None, want: str) -> None:
+    text = server_text(creds)
+    if value is not None:
+        text = text.replace("[Interface]\n", f"[Interface]\nTUNOffload = {value}\n", 1)
+    assert load_config(write(tmp_path, text)).interface.tun_offload == want
+
+
+def test_tun_offload_refuses_other_values(tmp_path: Path, creds: Creds) -> None:
+    bad = server_text(creds).replace("[Interface]\n", "[Interface]\nTUNOffload = tso\n", 1)
+    with pytest.raises(ConfigError, match="TUNOffload"):
+        load_config(write(tmp_path, bad))

@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dtlsvpn.dtls.heartbeat import PAYLOAD_LEN, HeartbeatSettings, Liveness
+from dtlsvpn.dtls.heartbeat import PAYLOAD_LEN, HeartbeatSettings, Liveness, deferred_idle
 from dtlsvpn.dtls.pmtu import Dplpmtud, PmtuSettings, Probe
 from dtlsvpn.errors import UsageError
 
 
-def make(now: float = 0.0, settings: HeartbeatSettings | None = None, seed: int = 1) -> Liveness:
-    return Liveness(settings or HeartbeatSettings(), now, random_bytes=random.Random(seed).randbytes)
+def make(now: float = 0.0, settings: HeartbeatSettings | None = None, seed: int = 1,
+         *, defer: bool = False) -> Liveness:
+    return Liveness(settings or HeartbeatSettings(), now, random_bytes=random.Random(seed).randbytes,
+                    defer_to_peer=defer)
 
 
 @dataclass
@@ -253,3 +255,81 @@ def test_probe_now_sends_at_once_and_reuses_the_outstanding_payload() -> None:
     assert not lv.in_flight
     second = lv.probe_now(0.4)
     assert second != first and lv.in_flight
+
+
+# --- one keepalive per idle interval per pair (the peer runs its own) ---------------------
+
+
+def test_peer_request_defers_ours_by_one_interval() -> None:
+    """The last proof of life was the peer's HeartbeatRequest: our request waits for
+    2 × interval of silence, not 1 (the peer's keepalive is running)."""
+    s = HeartbeatSettings()
+    lv = make(defer=True)
+    lv.note_peer_request(1.0)
+    assert lv.get_timer() == pytest.approx(1.0 + 2 * s.interval)
+    assert lv.poll(1.0 + 2 * s.interval - 1e-6) is None
+    assert lv.poll(1.0 + 2 * s.interval) is not None
+
+
+def test_peer_requests_every_interval_mean_we_never_ask() -> None:
+    """A peer heartbeating after each interval (plus a round trip) keeps us quiet."""
+    s = HeartbeatSettings()
+    lv = make(defer=True)
+    t = 0.0
+    lv.note_peer_request(t)
+    for _ in range(50):
+        t += s.interval + 0.01
+        assert lv.poll(t - 1e-9) is None, t
+        lv.note_peer_request(t)
+    assert lv.alive and not lv.in_flight
+
+
+def test_other_records_after_the_peer_request_restore_the_interval() -> None:
+    """Data (or the answer to our request) more than an interval after the peer's last
+    request: the peer's keepalive is not what keeps the pair up, ours runs again."""
+    s = HeartbeatSettings()
+    lv = make(defer=True)
+    lv.note_peer_request(1.0)
+    lv.note_rx(1.0 + s.interval + 0.5)
+    assert lv.get_timer() == pytest.approx(1.0 + s.interval + 0.5 + s.interval)
+
+
+def test_deferral_never_touches_the_silence_bound() -> None:
+    """Dead-peer detection is exact: unresponsive at last_rx + timeout, deferral or not;
+    our request (deferred) and its retransmissions go out before that."""
+    s = HeartbeatSettings()
+    lv = make(defer=True)
+    lv.note_peer_request(1.0)
+    sent = []
+    t = 1.0
+    while t < 1.0 + s.timeout + 1.0:
+        if lv.poll(t) is not None:
+            sent.append(round(t, 3))
+        lv.handle_timer(t)
+        if not lv.alive:
+            break
+        t = round(t + 0.001, 3)
+    assert t == pytest.approx(1.0 + s.timeout)
+    assert lv.pop_changes() == [False]
+    assert sent and sent[0] == pytest.approx(1.0 + 2 * s.interval)
+    assert all(x < 1.0 + s.timeout for x in sent)
+
+
+def test_a_client_never_defers() -> None:
+    """Only the server defers to the peer's keepalive (two deferring sides could cross
+    their requests in step forever)."""
+    s = HeartbeatSettings()
+    lv = make()
+    lv.note_peer_request(1.0)
+    assert lv.get_timer() == pytest.approx(1.0 + s.interval)
+
+
+@pytest.mark.parametrize(("interval", "timeout", "expected"),
+                         [(2.0, 8.0, 4.0), (2.0, 5.0, 3.0), (2.0, 3.0, 2.0), (1.0, 30.0, 2.0)])
+def test_deferred_idle_keeps_an_interval_before_the_timeout(
+        interval: float, timeout: float, expected: float) -> None:
+    s = HeartbeatSettings(interval=interval, retransmit=min(1.0, interval), timeout=timeout)
+    assert deferred_idle(s) == expected
+    lv = make(settings=s, defer=True)
+    lv.note_peer_request(0.0)
+    assert lv.get_timer() == pytest.approx(min(expected, timeout))

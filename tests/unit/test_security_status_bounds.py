@@ -16,6 +16,9 @@ import threading
 import tracemalloc
 from pathlib import Path
 
+import pytest
+
+from dtlsvpn.daemon import status
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.status import MAX_CONNECTIONS, MAX_REQUEST, StatusServer, query
 
@@ -88,3 +91,37 @@ def test_status_socket_clients_and_request_size_are_capped(tmp_path: Path) -> No
         server.close()
         loop.close()
 
+
+
+def test_silent_clients_are_closed_after_the_timeout(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every slot held by a client that never asks: the daemon closes them after
+    ``CONN_TIMEOUT`` (shortened here), and the next query is answered."""
+    monkeypatch.setattr(status, "CONN_TIMEOUT", 0.3)
+    loop = Loop()
+    path = tmp_path / "office.sock"
+    server = StatusServer(path, lambda: SNAP, loop)
+    stop = threading.Event()
+    thread = threading.Thread(target=_run, args=(loop, stop), daemon=True)
+    thread.start()
+    silent: list[socket.socket] = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(path))
+            silent.append(s)
+        threading.Event().wait(0.1)
+        assert len(server._conns) == MAX_CONNECTIONS
+        threading.Event().wait(1.0)
+        assert not server._conns and not server._timers
+        for s in silent:  # the daemon closed them: a read sees the end of the stream
+            s.settimeout(1.0)
+            assert s.recv(1) == b""
+        assert '"office"' in query(path, as_json=True, timeout=5.0)
+    finally:
+        for s in silent:
+            s.close()
+        stop.set()
+        thread.join(5)
+        server.close()
+        loop.close()

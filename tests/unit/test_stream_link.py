@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import select
 import socket
 from collections.abc import Iterator
 
 import pytest
 
-from dtlsvpn.daemon.stream import StreamLink
+from dtlsvpn.daemon.stream import MIN_INNER_MTU, StreamLink
 from dtlsvpn.dtls.events import AssociationClosed, Event, HandshakeCompleted
 from dtlsvpn.dtls.stream import StreamAssociation
 from tests.pki import Pki
@@ -114,3 +116,98 @@ def test_eof_without_close_notify(pki: Pki) -> None:
     server.on_readable(0.5, WALL)
     assert server.closed and server.close_reason == "connection closed by peer"
     b.close()
+
+
+def test_inner_mtu_fits_one_outer_segment(pki: Pki) -> None:
+    """TCP_MAXSEG of the outer connection less the SP length and the TLS record overhead,
+    at most max_message; a socket without TCP_MAXSEG (a socketpair) gives max_message."""
+    c, s = configs_for("ecdhe-psk-chacha", pki)
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 900)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    a = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    a.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 900)
+    a.connect(lsock.getsockname())
+    b, _ = lsock.accept()
+    lsock.close()
+    try:
+        client = StreamLink(a, StreamAssociation(c), max_message=MTU)
+        server = StreamLink(b, StreamAssociation(s), max_message=MTU)
+        server.assoc.accept(0.0)
+        client.assoc.connect(0.0, WALL)
+        pump((client, server))
+        assert client.ready
+        mss = a.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+        assert mss <= 900
+        overhead = client.assoc.record_overhead
+        assert overhead >= 5 + 16
+        assert client.inner_mtu == mss - 8 - overhead < MTU
+        big = StreamLink(socket.socket(), StreamAssociation(c), max_message=600)
+        assert big.inner_mtu == MIN_INNER_MTU  # (unconnected: MSS 536, the floor applies)
+        big.sock.close()
+    finally:
+        a.close()
+        b.close()
+    x, y = socket.socketpair()
+    assert StreamLink(x, StreamAssociation(c), max_message=MTU).inner_mtu == MTU
+    x.close()
+    y.close()
+
+
+def test_the_mss_clamp_follows_the_tcp_carrier() -> None:
+    """tunmtu.follow: a peer that a TCP link carries counts with the link's inner MTU
+    (not with its DTLS PMTU), and never towards the TUN MTU."""
+    from types import SimpleNamespace
+
+    from dtlsvpn.daemon.tunmtu import TunnelMtu
+
+    iface = SimpleNamespace(mtu=None, addresses=(), mss_clamp=True)
+    t = TunnelMtu("dv0", iface)  # type: ignore[arg-type]
+    t.mtu, t.policy = 1400, "auto"
+    clamp = SimpleNamespace(mss4=0, mss6=0)
+    t.clamp_to = clamp  # type: ignore[assignment]
+    link = SimpleNamespace(ready=True, inner_mtu=1100)
+    peer = SimpleNamespace(mtu=SimpleNamespace(applied=1300), established=True, stream=None,
+                           limit=0)
+    t.follow([peer])  # type: ignore[list-item]
+    assert (clamp.mss4, clamp.mss6) == (1260, 1240) and t.policy == "pmtu"
+    peer.stream = link
+    t.follow([peer])  # type: ignore[list-item]
+    assert (clamp.mss4, clamp.mss6) == (1060, 1040)
+    link.inner_mtu = 1500  # a roomy outer path: the TUN MTU still bounds the clamp
+    t.follow([peer])  # type: ignore[list-item]
+    assert (clamp.mss4, clamp.mss6) == (1400 - 40, 1400 - 60)  # t.mtu, not the DTLS 1300
+    peer.stream = None  # back on UDP: the DTLS value again
+    link.inner_mtu = 1100
+    t.follow([peer])  # type: ignore[list-item]
+    assert (clamp.mss4, clamp.mss6) == (1260, 1240)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SO_MARK needs CAP_NET_ADMIN")
+def test_tcp_connect_marks_the_socket_of_a_full_tunnel() -> None:
+    """The client's TCP dial carries the full tunnel's fwmark (else the connection to
+    the server would be routed into the tunnel itself); refused at once: OSError."""
+    from dtlsvpn.daemon.devices import Devices
+
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    devices = Devices()
+    sock = devices.tcp_connect(socket.AF_INET, lsock.getsockname(), mark=0x5A)
+    try:
+        assert not sock.getblocking()
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x5A
+    finally:
+        sock.close()
+    port = lsock.getsockname()[1]
+    lsock.close()
+    try:
+        refused = devices.tcp_connect(socket.AF_INET, ("127.0.0.1", port))
+    except OSError:
+        return  # refused at once
+    try:  # or in progress: SO_ERROR says so once it is writable
+        select.select([], [refused], [], 2.0)
+        assert refused.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+    finally:
+        refused.close()

@@ -13,33 +13,121 @@ A = Action
 
 
 def test_auto_falls_back_when_the_dtls_handshake_gets_no_answer() -> None:
-    p = TransportPolicy(TransportSettings(udp_timeout=3.0, probe_interval=10.0))
+    p = TransportPolicy(TransportSettings(udp_timeout=3.0, probe_interval=3.0))
     assert p.start(0.0) == [A.DIAL_UDP]
     assert p.get_timer() == 3.0
     assert p.handle_timer(2.9) == []
     assert p.handle_timer(3.0) == [A.CLOSE_UDP, A.DIAL_TCP]
     assert p.tcp_established(3.2) == [A.CARRY_TCP]
     assert p.carrier is Carrier.TCP and p.since == 3.2
-    # The UDP probe is due probe_interval later; it fails once, then succeeds.
-    assert p.get_timer() == 13.2
-    assert p.handle_timer(13.2) == [A.DIAL_UDP]
-    assert p.handle_timer(16.2) == [A.CLOSE_UDP]  # the probe got no answer
-    assert p.carrier is Carrier.TCP and p.get_timer() == 26.2
-    assert p.handle_timer(26.2) == [A.DIAL_UDP]
-    assert p.udp_established(26.3) == [A.CARRY_UDP, A.CLOSE_TCP]
-    assert p.carrier is Carrier.UDP and p.since == 26.3 and p.switches == 1
+    # A fresh DTLS dial every probe_interval (not the dialler's back-off), failed or not.
+    assert p.get_timer() == pytest.approx(6.2)
+    assert p.handle_timer(6.2) == [A.REDIAL_UDP]
+    assert p.udp_lost(9.0) == []  # that probe got no answer: nothing moves
+    assert p.carrier is Carrier.TCP and p.get_timer() == pytest.approx(9.2)
+    assert p.handle_timer(9.2) == [A.REDIAL_UDP]
+    assert p.udp_established(9.3) == [A.CARRY_UDP, A.CLOSE_TCP]
+    assert p.carrier is Carrier.UDP and p.since == 9.3 and p.switches == 1
     assert p.get_timer() is None
 
 
-def test_established_udp_that_goes_silent_moves_to_tcp() -> None:
-    p = TransportPolicy(TransportSettings(udp_silence=3.0))
+def _up(p: TransportPolicy, now: float = 0.1) -> None:
     p.start(0.0)
-    p.udp_established(0.1)
-    assert p.udp_silent(5.0, last_rx=4.0, last_tx=4.9) == []  # 1 s of silence only
-    assert p.udp_silent(9.0, last_rx=4.0, last_tx=3.0) == []  # nothing sent: idle, not blocked
-    assert p.udp_silent(7.0, last_rx=4.0, last_tx=6.9) == [A.CLOSE_UDP, A.DIAL_TCP]
+    p.udp_established(now)
+
+
+def test_sending_into_silence_probes_at_once_and_moves_to_the_standby() -> None:
+    p = TransportPolicy(TransportSettings(suspect_after=1.0, probe_timeout=0.6))
+    _up(p)
+    assert p.udp_sample(1.0, rx=5, tx=100) == []
+    assert p.udp_sample(1.25, rx=6, tx=120) == []  # answers come in: fine
+    # A send nothing answered: dated to the previous sample (it went out since then).
+    assert p.udp_sample(1.5, rx=6, tx=130) == []
+    assert p.get_timer() == 2.25  # the shell samples again then
+    assert p.udp_sample(2.2, rx=6, tx=150) == []  # 0.95 s only
+    assert p.udp_sample(2.5, rx=6, tx=160) == [A.PROBE_UDP, A.DIAL_TCP]
+    assert p.carrier is Carrier.UDP and p.get_timer() == pytest.approx(3.1)
+    # The standby comes up beside UDP: it does not carry yet.
+    assert p.tcp_established(2.7) == []
+    assert p.carrier is Carrier.UDP and p.tcp_up
+    assert p.udp_sample(3.0, rx=6, tx=170) == []  # (still no answer)
+    assert p.handle_timer(3.1) == [A.CLOSE_UDP, A.CARRY_TCP]
+    assert p.carrier is Carrier.TCP and p.since == 3.1 and p.switches == 1
+    assert p.udp_lost(3.2) == []  # the role reports the association it closed
+
+
+def test_standby_not_up_yet_carries_when_it_completes() -> None:
+    p = TransportPolicy(TransportSettings(suspect_after=1.0, probe_timeout=0.5))
+    _up(p)
+    p.udp_sample(1.0, rx=1, tx=1)
+    p.udp_sample(1.1, rx=1, tx=2)
+    assert p.udp_sample(2.1, rx=1, tx=3) == [A.PROBE_UDP, A.DIAL_TCP]
+    assert p.handle_timer(2.6) == [A.CLOSE_UDP]
     assert p.carrier is None
-    assert p.tcp_established(7.3) == [A.CARRY_TCP]
+    assert p.tcp_established(2.9) == [A.CARRY_TCP]
+
+
+def test_an_answered_probe_is_no_switch_when_the_peer_has_nothing_to_send() -> None:
+    """One-way traffic: nothing comes back but the heartbeat's answer; no move, and the
+    standby closes after standby_linger without a new alarm."""
+    p = TransportPolicy(TransportSettings(suspect_after=1.0, probe_timeout=0.6,
+                                          standby_linger=30.0))
+    _up(p)
+    p.udp_sample(1.0, rx=1, tx=10)
+    p.udp_sample(1.2, rx=1, tx=11)
+    assert p.udp_sample(2.2, rx=1, tx=20) == [A.PROBE_UDP, A.DIAL_TCP]
+    assert p.udp_sample(2.25, rx=2, tx=21) == []  # the heartbeat answer
+    assert p.tcp_established(2.4) == []  # a standby, not a carrier
+    assert p.handle_timer(2.8) == []  # the probe deadline is gone
+    assert p.carrier is Carrier.UDP and p.switches == 0
+    # Still one-way: the next alarm probes again, but does not dial a second link.
+    p.udp_sample(2.5, rx=2, tx=30)
+    assert p.udp_sample(3.5, rx=2, tx=40) == [A.PROBE_UDP]
+    assert p.udp_sample(3.6, rx=3, tx=41) == []
+    assert p.get_timer() == pytest.approx(33.6)
+    assert p.handle_timer(33.6) == [A.CLOSE_TCP]
+    assert not p.tcp_active and p.carrier is Carrier.UDP and p.switches == 0
+
+
+def test_idle_is_not_silence() -> None:
+    p = TransportPolicy(TransportSettings(suspect_after=1.0))
+    _up(p)
+    p.udp_sample(1.0, rx=1, tx=10)
+    assert p.udp_sample(60.0, rx=1, tx=10) == []  # nothing sent, nothing received
+    assert p.get_timer() is None
+
+
+def test_without_heartbeats_the_move_waits_for_udp_silence() -> None:
+    p = TransportPolicy(TransportSettings(suspect_after=1.0, udp_silence=3.0))
+    _up(p)
+    p.udp_sample(1.0, rx=1, tx=1)
+    p.udp_sample(1.5, rx=1, tx=2)
+    assert p.udp_sample(2.5, rx=1, tx=3, can_probe=False) == [A.DIAL_TCP]
+    assert p.get_timer() == 4.25  # udp_silence after the first unanswered send (≈1.25)
+    p.tcp_established(2.7)
+    assert p.handle_timer(4.2) == []
+    assert p.handle_timer(4.25) == [A.CLOSE_UDP, A.CARRY_TCP]
+
+
+def test_a_standby_ready_when_udp_is_lost_carries_at_once() -> None:
+    p = TransportPolicy(TransportSettings())
+    _up(p)
+    p.udp_sample(1.0, rx=1, tx=1)
+    p.udp_sample(1.1, rx=1, tx=2)
+    p.udp_sample(2.1, rx=1, tx=3)
+    p.tcp_established(2.2)
+    assert p.udp_lost(2.3) == [A.CARRY_TCP]  # e.g. PeerUnresponsive
+
+
+def test_a_lost_standby_is_forgotten() -> None:
+    p = TransportPolicy(TransportSettings())
+    _up(p)
+    p.udp_sample(1.0, rx=1, tx=1)
+    p.udp_sample(1.1, rx=1, tx=2)
+    p.udp_sample(2.1, rx=1, tx=3)
+    assert p.tcp_lost(2.2) == []
+    assert not p.tcp_active and p.carrier is Carrier.UDP
+    assert p.handle_timer(2.7) == [A.CLOSE_UDP, A.DIAL_TCP]  # still unanswered: dial again
 
 
 def test_lost_tcp_tries_udp_first_again() -> None:
@@ -71,7 +159,8 @@ def test_forced_modes_never_move(mode: str, first: Action) -> None:
     assert p.get_timer() is None  # no fallback deadline, no probes
     if mode == "udp":
         p.udp_established(1.0)
-        assert p.udp_silent(10.0, last_rx=1.0, last_tx=9.0) == []
+        p.udp_sample(5.0, rx=1, tx=1)
+        assert p.udp_sample(10.0, rx=1, tx=9) == []
         assert p.udp_lost(10.0) == []
     else:
         p.tcp_established(1.0)
@@ -86,7 +175,8 @@ def test_bad_settings_are_refused() -> None:
         TransportSettings(udp_timeout=0)
 
 
-_INPUTS = st.sampled_from(["udp_up", "udp_lost", "tcp_up", "tcp_lost", "timer", "silent"])
+_INPUTS = st.sampled_from(["udp_up", "udp_lost", "tcp_up", "tcp_lost", "timer", "silent",
+                           "answer"])
 
 
 @settings(max_examples=300, deadline=None)
@@ -125,5 +215,7 @@ def _step(p: TransportPolicy, what: str, now: float) -> tuple[float, list[Action
         now = max(now, t)
         return now, p.handle_timer(now)
     if what == "silent":
-        return now, p.udp_silent(now, last_rx=now - 10, last_tx=now)
+        return now, p.udp_sample(now, rx=0, tx=int(now * 10))
+    if what == "answer":
+        return now, p.udp_sample(now, rx=int(now * 10), tx=int(now * 10))
     return now, []

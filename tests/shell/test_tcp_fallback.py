@@ -1,0 +1,180 @@
+"""The TCP fallback on fake devices and a fake clock (``tcpclient.py``, ``transport.py``).
+
+The fake network can drop all UDP (``FakeNet.udp_blocked``); TCP runs over real
+loopback connections to the server's listener (``FakeDevices.tcp_connect``).  Times
+printed here are fake seconds, never asserted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from tests.fakes.packets import seq_of, udp
+from tests.fakes.world import Host, World
+from tests.netns.harness import psk_pair
+from tests.shell.conftest import SERVER, Pair
+
+C_ADDR, S_ADDR = "100.64.0.2", "100.64.0.1"
+RETIRE_SETTLE = 6.0  # fake seconds: a renewed link's predecessor is closed by then
+
+
+def traffic(world: World, client: Host, server: Host, seconds: float, *, replies: bool = True,
+            step: float = 0.05, seq: int = 0) -> list[tuple[float, int]]:
+    """Client → server packets every ``step`` (and server → client ones with ``replies``);
+    returns (fake time, seq) of what reached the server's TUN."""
+    got: list[tuple[float, int]] = []
+    end = world.clock.now + seconds
+    while world.clock.now < end:
+        client.tun.inject([udp(C_ADDR, S_ADDR, seq=seq)])
+        if replies:
+            server.tun.inject([udp(S_ADDR, C_ADDR, seq=seq)])
+        seq += 1
+        world.run_for(step)
+        got += [(world.clock.now, seq_of(p)) for p in server.tun.drain()]
+        client.tun.drain()
+    return got
+
+
+def _tcp_pair(world: World, tmp_path: Path, **interface: str) -> tuple[Host, Host]:
+    server_conf, client_conf = psk_pair(tmp_path, transport="tcp", **interface)
+    server = world.start(server_conf, SERVER)
+    client = world.start(client_conf.with_name(client_conf.name), "198.18.0.2")
+    assert world.run_until(lambda: client.peer()["transport"] == "tcp"
+                           and server.peer()["transport"] == "tcp", within=10.0), (
+        client.snapshot(), server.snapshot())
+    return server, client
+
+
+def test_udp_blocked_moves_to_the_standby_then_back(pair: Pair) -> None:
+    server, client = pair()
+    world = server.world
+    assert traffic(world, client, server, 1.0)
+    blocked = world.clock.now
+    world.net.udp_blocked = True
+    got = traffic(world, client, server, 6.0, seq=1000)
+    assert client.peer()["transport"] == "tcp" and server.peer()["transport"] == "tcp"
+    assert got, "nothing came through after the block"
+    assert client.devices.tcp_dials  # the standby was dialled ...
+    assert len(server.daemon.role.tcp.owners) == 1  # ... and is the only link
+    print(f"\nfake time: first packet over TCP {got[0][0] - blocked:.2f}s after the block")
+    # What went out while UDP was suspect (before the move) was resent over TCP.
+    moved = client.daemon.role.tcp.moved_at
+    assert moved is not None
+    injected_before_move = 1000 + int((moved - blocked) / 0.05) - 1
+    assert min(s for _, s in got) < injected_before_move, (got[:3], moved - blocked)
+    log = "\n".join(client.messages)
+    assert client.peer()["handshakes"] >= 1, log
+
+    unblocked = world.clock.now
+    world.net.udp_blocked = False
+    back = None
+    for _ in range(200):
+        traffic(world, client, server, 0.1, seq=5000)
+        if client.peer()["transport"] == "udp":
+            back = world.clock.now
+            break
+    assert back is not None, client.snapshot()
+    print(f"fake time: back on UDP {back - unblocked:.2f}s after the unblock")
+    assert world.run_until(lambda: server.peer()["transport"] == "udp", within=2.0)
+    assert not server.daemon.role.tcp.owners  # the TCP link was closed
+    after = traffic(world, client, server, 0.5, seq=9000)
+    assert after and world.net.dropped.get("udp_blocked", 0) > 0
+
+
+def test_no_switch_when_the_peer_just_has_nothing_to_send(pair: Pair) -> None:
+    """One-way traffic: nothing comes back but the heartbeat answers; UDP keeps carrying."""
+    server, client = pair()
+    world = server.world
+    got = traffic(world, client, server, 8.0, replies=False)
+    assert len(got) > 100
+    policy = client.daemon.role.tcp.policy
+    assert policy.switches == 0 and client.peer()["transport"] == "udp"
+    assert server.peer()["transport"] == "udp"
+    assert client.devices.tcp_dials, "the silence was never suspected: the test proves nothing"
+
+
+def test_tcp_only_by_hostname_server_without_udp(world: World, tmp_path: Path) -> None:
+    server_conf, client_conf = psk_pair(tmp_path, transport="tcp")
+    text = client_conf.read_text()
+    client_conf.write_text(re.sub(r"Endpoint = \S+:4433", "Endpoint = office.test:4433", text))
+    world.net.names["office.test"] = SERVER
+    server = world.start(server_conf, SERVER)
+    assert (SERVER, 4433) not in world.net.ports  # Transport = tcp: no UDP socket
+    assert (SERVER, 4433) in world.net.tcp
+    assert any(m.startswith("READY=1") for m in server.messages)
+    assert any("(TCP only)" in m for m in server.messages), server.messages
+    client = world.start(client_conf, "198.18.0.2")
+    assert world.run_until(lambda: server.peer()["transport"] == "tcp", within=10.0), (
+        client.snapshot(), server.snapshot())
+    assert client.devices.tcp_dials == [(SERVER, 4433)]
+    got = traffic(world, client, server, 1.0)
+    assert len(got) >= 15
+    assert client.peer()["rx_packets"] >= 15
+    assert not client.devices.ports  # a TCP-only client opens no UDP socket either
+
+    # A reload that removes the peer closes its TCP link.
+    conf = server.conf
+    conf.write_text(conf.read_text().replace("= branch", "= other"))  # (name, identity)
+    server.daemon.on_reload(world.clock.now)
+    assert [p["name"] for p in server.snapshot()["peers"]] == ["other"]
+    world.run_for(0.5)
+    tcp = server.daemon.role.tcp
+    assert not any(owner is not None for owner in tcp.owners.values())
+    assert client.peer()["transport"] != "tcp"
+
+
+def test_udp_only_server_does_not_listen_on_tcp(world: World, tmp_path: Path) -> None:
+    server_conf, _ = psk_pair(tmp_path, transport="udp")
+    server = world.start(server_conf, SERVER)
+    assert (SERVER, 4433) in world.net.ports
+    assert not server.devices.tcp_listeners and not world.net.tcp
+
+
+def test_keys_over_tcp_are_renewed_make_before_break(world: World, tmp_path: Path) -> None:
+    """RekeyInterval over TCP: a new TLS connection (full handshake, no ticket), the
+    traffic moves to it, the old one closes; nothing is lost across the renewals."""
+    server, client = _tcp_pair(world, tmp_path, rekey_interval="2")
+    first = client.daemon.role.tcp.link
+    got = traffic(world, client, server, 7.0, step=0.02)
+    seqs = [s for _, s in got]
+    assert seqs == list(range(len(seqs))) and len(seqs) > 300  # in order, no gap
+    peer = client.peer()
+    assert peer["rekey_generation"] >= 2 and peer["rekeys"] == peer["rekey_generation"]
+    tcp = client.daemon.role.tcp
+    assert tcp.link is not first and tcp.link is not None and tcp.link.ready
+    world.run_for(RETIRE_SETTLE)
+    assert len(tcp.owners) <= 2  # the carrier (and at most a renewal under way)
+    owners = server.daemon.role.tcp.owners
+    assert len(owners) <= 2 and all(o is not None for o in owners.values())
+    assert client.peer()["transport"] == server.peer()["transport"] == "tcp"
+
+
+def test_the_record_limit_renews_the_tcp_link(world: World, tmp_path: Path) -> None:
+    server, client = _tcp_pair(world, tmp_path)
+    tcp = client.daemon.role.tcp
+    first = tcp.link
+    assert first is not None
+    first.assoc.config = dataclasses.replace(first.assoc.config, rekey_records=50)
+    got = traffic(world, client, server, 3.0)
+    assert len(got) >= 50
+    assert tcp.link is not first and client.peer()["rekeys"] >= 1
+
+
+def test_a_stalled_flow_is_resumed_by_the_replay(pair: Pair) -> None:
+    """After the block an inner TCP only retransmits, at its backed-off times (≈0.2,
+    0.6, 1.4, 3.0 s): the sampling keeps up with such a flow, the 1.4 s retransmission
+    goes out while UDP is suspect and reaches the server over TCP at the move."""
+    server, client = pair()
+    world = server.world
+    assert traffic(world, client, server, 1.0)
+    blocked = world.clock.now
+    world.net.udp_blocked = True
+    for seq, at in ((1, 0.2), (2, 0.6), (3, 1.4), (4, 3.0)):
+        world.run_for(blocked + at - world.clock.now)
+        client.tun.inject([udp(C_ADDR, S_ADDR, seq=20000 + seq)])
+    world.run_for(1.0)
+    got = [seq_of(p) - 20000 for p in server.tun.drain()]
+    assert client.peer()["transport"] == "tcp"
+    assert 3 in got and 4 in got, got  # (1 and 2 went out before UDP was suspect)

@@ -1,0 +1,124 @@
+"""dtlsvpn.dtls.hbfast: a peer's HeartbeatRequest answered at the record header.
+
+Differential: two pairs built from the same seeds receive the same request datagrams,
+one through ``HeartbeatIn`` and one with it switched off (the slow path: parse, record,
+dispatch); the answers must be the same bytes and every counter, the timer and the
+last-received time the same.  Replays, forgeries and responses are not taken at the
+header and end up counted by the slow path as before.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import dtlsvpn.dtls.association as association_module
+from bench.micro_core import CLIENT_ADDR, WALL, established_pair
+from dtlsvpn.dtls.association import Association
+
+
+def _requests(client: Association, server: Association, n: int) -> list[tuple[float, bytes]]:
+    """The client's keepalive requests for ``n`` idle intervals, answered each time by
+    ``server`` (the slow path: it only feeds the client)."""
+    out = []
+    for _ in range(n):
+        t = client.get_timer()
+        assert t is not None
+        client.handle_timer(t)
+        (req,) = client.datagrams_to_send(t)
+        out.append((t, req))
+        server._hb_in = None  # (this one is only the client's peer)
+        server.receive_datagram(req, t, WALL)
+        for d in server.datagrams_to_send(t):
+            client.receive_datagram(d, t, WALL)
+    return out
+
+
+def _state(a: Association) -> tuple[object, ...]:
+    return (a.stats, a.get_timer(), a.needs_service, a.advanced, a.pop_events())
+
+
+@pytest.mark.parametrize("cid", [False, True], ids=["no-cid", "cid"])
+def test_fast_answer_equals_slow_answer(cid: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _e, feeder = established_pair(cid)
+    # What reaches the two twins: data (the peer uses the keys: the fast paths open),
+    # three keepalive requests, a replay, a forgery.
+    (data,) = client.protect([b"\x45" * 40])
+    feeder.receive_datagram(data, 0.5, WALL)
+    *reqs, (t_last, last) = _requests(client, feeder, 4)
+    t, first = reqs[0]
+    forged = last[:-1] + bytes([last[-1] ^ 1])  # a fresh sequence number, a bad tag
+    stream = [(0.5, data), *reqs, (t_last, first), (t_last + 0.1, forged)]
+    parses = 0
+    real_parse = association_module.parse_datagram
+
+    def counting_parse(*args: object) -> object:
+        nonlocal parses
+        parses += 1
+        return real_parse(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(association_module, "parse_datagram", counting_parse)
+    answers: dict[bool, list[tuple[list[bytes], tuple[object, ...]]]] = {}
+    parse_counts = {}
+    for fast in (True, False):
+        _c, endpoint, server = established_pair(cid)
+        parses = 0
+        rows = []
+        for when, d in stream:
+            if not fast:
+                server._hb_in = None
+            elif d is first and when == t:
+                assert server._hb_in is not None
+            assoc, inner = endpoint.receive(d, CLIENT_ADDR, when, WALL)
+            assert assoc is server and inner == ([b"\x45" * 40] if d is data else [])
+            rows.append((server.datagrams_to_send(when), _state(server)))
+        answers[fast] = rows
+        parse_counts[fast] = parses
+    assert answers[True] == answers[False]
+    assert [len(out) for out, _ in answers[True]] == [0, 1, 1, 1, 0, 0]  # replay, forgery: none
+    stats = answers[True][-1][1][0]
+    assert stats.heartbeat_answered == 3  # type: ignore[attr-defined]
+    assert stats.replay == 1 and stats.bad_mac == 1  # type: ignore[attr-defined]
+    # Parsed: the first data, and without a CID the replay and the forgery (a tls12_cid
+    # record's replay and bad tag are counted by FastOpen before the heartbeat check).
+    assert parse_counts[True] == (1 if cid else 3)
+    assert parse_counts[False] == len(stream) - (2 if cid else 0)
+
+
+@pytest.mark.parametrize("cid", [False, True], ids=["no-cid", "cid"])
+def test_fast_response_equals_slow_response(cid: bool) -> None:
+    """The answer to our own request, taken at the header: the same events (with the
+    round trip), counters and timer as through the slow path."""
+    rows = []
+    for fast in (True, False):
+        client, endpoint, server = established_pair(cid)
+        (data,) = client.protect([b"\x45" * 40])
+        endpoint.receive(data, CLIENT_ADDR, 0.5, WALL)  # the peer used the keys
+        server.pop_events()
+        assert server._keepalive is not None
+        server._keepalive.probe_now(1.0)
+        (req,) = server.datagrams_to_send(1.0)
+        client.receive_datagram(req, 1.0, WALL)
+        (resp,) = client.datagrams_to_send(1.0)
+        if not fast:
+            server._hb_in = None
+        else:
+            assert server._hb_in is not None
+        endpoint.receive(resp, CLIENT_ADDR, 1.25, WALL)
+        rows.append((req, resp, server.datagrams_to_send(1.25), _state(server)))
+    assert rows[0] == rows[1]
+    events = rows[0][3][4]
+    assert [type(e).__name__ for e in events] == ["HeartbeatAnswered"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("cid", [False, True], ids=["no-cid", "cid"])
+def test_data_is_not_taken_at_the_heartbeat_header(cid: bool) -> None:
+    client, endpoint, server = established_pair(cid)
+    (first,) = client.protect([b"\x45" * 40])
+    endpoint.receive(first, CLIENT_ADDR, 0.5, WALL)  # the peer used the keys: fast paths open
+    (data,) = client.protect([b"\x45" * 40])
+    hb = server._hb_in
+    assert hb is not None
+    before = (server.stats.rx_records, hb.window.top)
+    assert hb.take(data, server.stats) is None
+    assert (server.stats.rx_records, hb.window.top) == before
+    assert endpoint.receive(data, CLIENT_ADDR, 1.1, WALL)[1] == [b"\x45" * 40]
