@@ -47,6 +47,11 @@ EPOLLOUT = select.EPOLLOUT
 EPOLLERR = select.EPOLLERR
 
 
+def _capped(timeout: float, max_wait: float) -> float:
+    """The poll timeout (-1: none) capped at ``max_wait``."""
+    return max_wait if timeout < 0.0 else min(timeout, max_wait)
+
+
 class Timer:
     """A one-shot deadline owned by a :class:`Loop`; reschedule or cancel at will."""
 
@@ -95,6 +100,7 @@ class Loop:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self._ep = select.epoll()
+        self._poll = self._ep.poll
         self._handlers: dict[int, Handler] = {}
         self._heap: list[tuple[float, int, Timer, int]] = []
         self._seq = 0
@@ -181,35 +187,51 @@ class Loop:
         """One iteration; ``max_wait`` caps the poll (0: don't block, for fake clocks).
 
         Returns how many handlers, timers and deferred callbacks ran (0: nothing was
-        ready, so a fake clock may jump to :meth:`next_deadline`)."""
-        deadline = self.next_deadline()
-        timeout = -1.0 if deadline is None else max(0.0, deadline - self.now)
-        if max_wait is not None:
-            timeout = max_wait if timeout < 0 else min(timeout, max_wait)
-        try:
-            events = self._ep.poll(timeout)
-        except InterruptedError:
-            events = []
+        ready, so a fake clock may jump to :meth:`next_deadline`).
+
+        Lean on purpose (every wake-up pays it, a lone packet's too): the heap top is
+        checked inline, and the timers, deferred callbacks and signals are only
+        entered when there is something for them."""
+        heap = self._heap
+        timeout = -1.0
+        while heap:  # next_deadline(), inline
+            when, _, timer, gen = heap[0]
+            if gen == timer._gen and timer.when is not None:
+                timeout = when - self.now
+                if timeout < 0.0:
+                    timeout = 0.0
+                break
+            heapq.heappop(heap)
+        if max_wait is not None:  # fake clocks, the probe; the daemon's run() never
+            timeout = _capped(timeout, max_wait)
+        events = self._poll(timeout)  # EINTR is retried inside (PEP 475)
         now = self.now = self._clock()
         wall = self.wall = self._wall_clock()
-        handlers = self._handlers
         ran = 0
-        for fd, mask in events:
-            if fd == self._wake_r:
-                self._drain_wakeup()
-                continue
-            handler = handlers.get(fd)
-            if handler is not None:
-                handler(mask, now, wall)
-                ran += 1
-        ran += self._fire_timers(now, wall)
+        if events:
+            handlers = self._handlers
+            for fd, mask in events:
+                handler = handlers.get(fd)
+                if handler is not None:
+                    handler(mask, now, wall)
+                    ran += 1
+                elif fd == self._wake_r:
+                    self._drain_wakeup()
+        if heap and heap[0][0] <= now:
+            ran += self._fire_timers(now, wall)
+        if self._deferred:
+            ran += self._run_deferred(now, wall)
+        if self._pending_signals:
+            self._dispatch_signals(now)
+        return ran
+
+    def _run_deferred(self, now: float, wall: float) -> int:
+        ran = 0
         while self._deferred:
             deferred, self._deferred = self._deferred, {}
             for callback in deferred:
                 callback(now, wall)
                 ran += 1
-        if self._pending_signals:
-            self._dispatch_signals(now)
         return ran
 
     def _fire_timers(self, now: float, wall: float) -> int:

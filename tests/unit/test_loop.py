@@ -123,6 +123,35 @@ def test_run_once_says_how_much_ran() -> None:
     loop.close()
 
 
+def test_the_poll_waits_for_the_earliest_live_timer_only(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    loop, clock = make_loop()
+    waits: list[float] = []
+    poll = loop._poll
+
+    def recorded(timeout: float) -> list[tuple[int, int]]:
+        waits.append(timeout)
+        return poll(0)
+
+    monkeypatch.setattr(loop, "_poll", recorded)
+    a = loop.timer(lambda now, wall: None)
+    b = loop.timer(lambda now, wall: None)
+    a.schedule(100.25)
+    b.schedule(103.0)
+    a.schedule(105.0)  # its entry at 100.25 is stale now, and still the heap's top
+    assert loop.run_once() == 0
+    assert waits[-1] == pytest.approx(3.0)
+    loop.run_once(max_wait=0.5)
+    assert waits[-1] == 0.5  # capped
+    clock.t = 104.0  # b is overdue: no negative wait
+    loop.refresh_clock()
+    assert loop.run_once(max_wait=2.0) == 1 and waits[-1] == 0.0
+    a.cancel()
+    loop.run_once(max_wait=2.0)
+    assert waits[-1] == 2.0  # no timer left: only the cap
+    loop.close()
+
+
 def test_bring_forward_only_moves_a_deadline_sooner() -> None:
     loop, _ = make_loop()
     t = loop.timer(lambda now, wall: None)
