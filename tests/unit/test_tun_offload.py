@@ -118,3 +118,35 @@ def test_vnet_reads_drop_the_header_and_writes_carry_it(kernel: Kernel) -> None:
     finally:
         t.close()
         far.close()
+
+
+@pytest.mark.parametrize("mode", ["off", "on"])
+@pytest.mark.parametrize("queued", [0, 1, 2, 7, 8, 9])
+def test_a_batch_ends_at_the_poll_or_the_budget(kernel: Kernel, monkeypatch: pytest.MonkeyPatch,
+                                                mode: str, queued: int) -> None:
+    """Every queued packet comes out in order, at most ``budget`` per call; a lone packet
+    costs one read (the zero-timeout poll ends the batch, no failing read)."""
+    t = Tun("dv0", mode)
+    far = kernel.far[0]
+    header = PLAIN_HDR if t.vnet else b""
+    reads: list[int] = []
+    real_read = os.read
+
+    def counting(fd: int, n: int) -> bytes:
+        reads.append(fd)
+        return real_read(fd, n)
+
+    try:
+        sent = [f"packet-{i}".encode() for i in range(queued)]
+        for pkt in sent:
+            far.send(header + pkt)
+        monkeypatch.setattr(os, "read", counting)
+        got = t.read_batch(8)
+        assert got == sent[:8]
+        if queued == 1:
+            assert len(reads) == 1  # no EAGAIN read after a lone packet
+        assert t.read_batch(8) == sent[8:]
+        assert t.read_batch(8) == []
+    finally:
+        monkeypatch.undo()
+        t.close()
