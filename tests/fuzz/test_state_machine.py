@@ -85,8 +85,13 @@ def _next_seq(assoc: Association) -> int:
     return assoc._handshake.reasm.next_receive_seq
 
 
+MODES = ["psk-aes128", "ecdhe-ecdsa-aes128", "mutual-ecdsa", "ecdhe-psk-chacha"]
+MTUS = [256, 1400]
+
+
 class Conversation(RuleBasedStateMachine):
     pki: Pki
+    fixed: tuple[str, int] | None = None  # (mode, mtu) of every example of a run
 
     def __init__(self) -> None:
         super().__init__()
@@ -99,12 +104,13 @@ class Conversation(RuleBasedStateMachine):
         self.bodies: dict[int, bytes] = {}
         self.record_seq = 1000
 
-    @rule(mode=st.sampled_from(["psk-aes128", "ecdhe-ecdsa-aes128", "mutual-ecdsa",
-                                "ecdhe-psk-chacha"]), mtu=st.sampled_from([256, 1400]))
+    @rule(mode=st.sampled_from(MODES), mtu=st.sampled_from(MTUS))
     @precondition(lambda self: self.client is None)
     def start(self, mode: str, mtu: int) -> None:
         # A small MTU spreads each flight over several datagrams: more states are
         # visible between two deliveries.
+        if self.fixed is not None:
+            mode, mtu = self.fixed
         self.mode, self.mtu = mode, mtu
         c_cfg, s_cfg = configs_for(mode, self.pki, mtu=self.mtu)
         self.client = Association(c_cfg)
@@ -250,12 +256,21 @@ def sim_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def test_stateful_conversation(sim_pki: Pki) -> None:
+    """One derandomized run per (mode, MTU), 25 examples each: every configuration is
+    explored whatever Hypothesis draws (one run over all of them once depended on what
+    else the process had imported: the draws that picked a certificate mode at the small
+    MTU, where a flight's middle states are visible, were not always made)."""
     Conversation.pki = sim_pki
     test_case = Conversation.TestCase
-    test_case.settings = settings(max_examples=200, stateful_step_count=30, deadline=None,
+    test_case.settings = settings(max_examples=25, stateful_step_count=30, deadline=None,
                                   derandomize=True, database=None,
                                   suppress_health_check=list(HealthCheck))
-    test_case().runTest()
+    try:
+        for fixed in [(mode, mtu) for mode in MODES for mtu in MTUS]:
+            Conversation.fixed = fixed
+            test_case().runTest()
+    finally:
+        Conversation.fixed = None
     pairs = {k: len({p for p in v if p[1] != -1}) for k, v in COVERED.items()}
     states = {k: len({p[0] for p in v}) for k, v in COVERED.items()}
     print(f"\nstateful: (state, message) pairs injected {pairs}, states visited {states}: "
