@@ -103,9 +103,14 @@ class Tun:
         if not self.vnet:
             self.fd, self.name = _open(name, IFF_TUN | IFF_NO_PI)
         os.set_blocking(self.fd, False)
+        self._watch()
+
+    def _watch(self) -> None:
+        """``_waiting(0)``: whether another packet waits (a zero-timeout poll, about a
+        seventh of the failing read it saves)."""
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
-        self._waiting = poller.poll  # (0): whether another packet waits, ~1/7 of an EAGAIN
+        self._waiting = poller.poll
 
     def _offload(self) -> None:
         """No offload on read: the kernel hands over finished packets (module doc)."""

@@ -80,6 +80,7 @@ class FakeTun(Tun):
             raise OSError(errno.EINVAL, "Invalid argument")
         self.vnet = self.gro = on
         self.write = self._write
+        self._watch()  # the real batch end: a zero-timeout poll of the queue
 
     def _write(self, fd: int, frame: bytes) -> int:
         if self.refuse_gso and self.vnet and frame[1]:
