@@ -24,13 +24,9 @@ difference in N, so the set-up and the handshake cancel out).
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import re
-import subprocess
-import sys
-import tempfile
 
+from bench.callgrind import instructions
 from bench.micro_core import CLIENT_ADDR, WALL, _configs, established_pair
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.rekey import RekeyingClient
@@ -86,18 +82,8 @@ def run(mode: str, n: int, cid: bool, size: int) -> None:
 
 
 def _instructions(mode: str, n: int, cid: bool, size: int) -> int:
-    with tempfile.NamedTemporaryFile(suffix=".cg") as out:
-        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out.name}",
-               sys.executable, "-m", "bench.micro_count", mode, str(n), "--size", str(size)]
-        if cid:
-            cmd.append("--cid")
-        # A fixed hash seed: set and dict orders (and so the count) repeat exactly.
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    m = re.search(r"Collected : (\d+)", proc.stderr)
-    if m is None:
-        raise RuntimeError(f"no count in callgrind's output: {proc.stderr[-500:]}")
-    return int(m.group(1))
+    return instructions("bench.micro_count", mode, str(n), "--size", str(size),
+                        *(["--cid"] if cid else []))
 
 
 def callgrind(size: int, low: int, high: int, cids: tuple[bool, ...]) -> None:

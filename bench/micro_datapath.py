@@ -26,17 +26,14 @@ import argparse
 import cProfile
 import gc
 import ipaddress
-import os
 import pstats
-import re
 import socket
 import struct
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.callgrind import instructions
 from dtlsvpn.daemon.udp import SOL_UDP, UDP_SEGMENT, gso_runs
 from dtlsvpn.vpn.ip import checksum
 from tests.fakes.devices import FakeNet, FakeTun, FakeUdp
@@ -199,16 +196,7 @@ def _receive_client(assoc: Any, run: list[bytes], lanes: bool) -> None:
 
 
 def _instructions(*args: str) -> int:
-    with tempfile.NamedTemporaryFile(suffix=".cg") as out:
-        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out.name}",
-               sys.executable, "-m", "bench.micro_datapath", *args]
-        # A fixed hash seed: set and dict orders (and so the count) repeat exactly.
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    m = re.search(r"Collected : (\d+)", proc.stderr)
-    if m is None:
-        raise RuntimeError(f"no count in callgrind's output: {proc.stderr[-500:]}")
-    return int(m.group(1))
+    return instructions("bench.micro_datapath", *args)
 
 
 def _per_packet(low: int, high: int, *args: str) -> float:

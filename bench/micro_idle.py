@@ -26,15 +26,12 @@ from __future__ import annotations
 import argparse
 import cProfile
 import heapq
-import os
 import pstats
 import random
-import re
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from bench.callgrind import instructions
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import AssociationClosed, HandshakeCompleted, PeerUnresponsive
@@ -242,16 +239,8 @@ def _split(stats: pstats.Stats) -> dict[str, float]:
 
 
 def _instructions(n: int, seconds: float, delay: float) -> int:
-    with tempfile.NamedTemporaryFile(suffix=".cg") as out:
-        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out.name}",
-               sys.executable, "-m", "bench.micro_idle", "--peers", str(n),
-               "--seconds", str(seconds), "--delay", str(delay), "--quiet"]
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    m = re.search(r"Collected : (\d+)", proc.stderr)
-    if m is None:
-        raise RuntimeError(f"no count in callgrind's output: {proc.stderr[-500:]}")
-    return int(m.group(1))
+    return instructions("bench.micro_idle", "--peers", str(n), "--seconds", str(seconds),
+                        "--delay", str(delay), "--quiet")
 
 
 def callgrind(n: int, low: float, high: float, delay: float) -> None:

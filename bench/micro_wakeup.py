@@ -26,14 +26,11 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import os
 import pstats
-import re
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from bench.callgrind import instructions
 from tests.fakes.packets import udp
 from tests.fakes.world import Host, World
 from tests.netns.harness import psk_pair
@@ -102,17 +99,7 @@ def pings(n: int, *, profile: bool = False, exact: bool = False) -> None:
 
 
 def _instructions(n: int, exact: bool) -> int:
-    with tempfile.NamedTemporaryFile(suffix=".cg") as out:
-        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out.name}",
-               sys.executable, "-m", "bench.micro_wakeup", str(n),
-               *(["--exact"] if exact else [])]
-        # A fixed hash seed: set and dict orders (and so the count) repeat exactly.
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    m = re.search(r"Collected : (\d+)", proc.stderr)
-    if m is None:
-        raise RuntimeError(f"no count in callgrind's output: {proc.stderr[-500:]}")
-    return int(m.group(1))
+    return instructions("bench.micro_wakeup", str(n), *(["--exact"] if exact else []))
 
 
 def main() -> None:
