@@ -216,8 +216,7 @@ class Daemon:
 
     def status_text(self) -> str:
         """STATUS=: the role's full line (a client adds whether it is connected)."""
-        text = getattr(self.role, "status_text", None)
-        return text() if callable(text) else self.status_line()
+        return self.role.status_text() if self.role is not None else self.status_line()
 
     def set_underlay(self, peer: Peer, addr: Addr | None) -> None:
         assert self.datapath is not None

@@ -99,6 +99,10 @@ class ServerRole:
             self.ticket_keys.start(now, self.host.loop.wall)
         self.host.ready(f"listening on {self.listening()}")
 
+    def status_text(self) -> str:
+        """STATUS=: the daemon's line (peers up, MTU)."""
+        return self.host.status_line()
+
     def listening(self) -> str | None:
         iface = self.host.cfg.interface
         where = display(iface.listen)
