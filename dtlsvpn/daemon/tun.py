@@ -129,26 +129,17 @@ class Tun:
         read (its exception costs several times the poll); a burst reads on to EAGAIN."""
         read = os.read
         fd = self.fd
-        size = MAX_FRAME if self.vnet else MAX_PACKET
+        size, cut = (MAX_FRAME, VNET_HDR_LEN) if self.vnet else (MAX_PACKET, 0)
         try:
-            first = read(fd, size)
+            out = [read(fd, size)[cut:]]  # (a [0:] slice of bytes is the object itself)
         except BlockingIOError:
             return []
-        out = [first[VNET_HDR_LEN:] if self.vnet else first]
-        if budget <= 1 or not self._waiting(0):
-            return out
-        if self.vnet:
+        if budget > 1 and self._waiting(0):
             for _ in range(budget - 1):
                 try:
-                    out.append(read(fd, size)[VNET_HDR_LEN:])
+                    out.append(read(fd, size)[cut:])
                 except BlockingIOError:
                     break
-            return out
-        for _ in range(budget - 1):
-            try:
-                out.append(read(fd, size))
-            except BlockingIOError:
-                break
         return out
 
     # --- write --------------------------------------------------------------------
