@@ -184,7 +184,7 @@ def test_the_mss_clamp_follows_the_tcp_carrier() -> None:
     assert (clamp.mss4, clamp.mss6) == (1260, 1240)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="SO_MARK needs CAP_NET_ADMIN")
+@pytest.mark.skipif(os.geteuid() != 0, reason="SO_MARK needs root (CAP_NET_ADMIN): run `sudo make test`")
 def test_tcp_connect_marks_the_socket_of_a_full_tunnel() -> None:
     """The client's TCP dial carries the full tunnel's fwmark (else the connection to
     the server would be routed into the tunnel itself); refused at once: OSError."""
