@@ -35,8 +35,8 @@ from typing import Any
 
 from bench.callgrind import instructions
 from dtlsvpn.daemon.udp import SOL_UDP, UDP_SEGMENT, gso_runs
-from dtlsvpn.vpn.ip import checksum
 from tests.fakes.devices import FakeNet, FakeTun, FakeUdp
+from tests.fakes.packets import tcp
 from tests.fakes.world import Host, World
 from tests.netns.harness import psk_pair
 
@@ -47,21 +47,20 @@ RECORD = SIZE + 13 + 8 + 17  # ChaCha20 record with an 8-byte CID: header, tag, 
 
 
 def tcp_packet(src: str, dst: str, seq: int, size: int = SIZE) -> bytes:
-    """An IPv4 TCP segment (ACK|PSH, 20-byte headers) of ``size`` bytes."""
-    s, d = socket.inet_aton(src), socket.inet_aton(dst)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, size, seq & 0xFFFF, 0x4000, 64, 6, 0, s, d)
-    ip = ip[:10] + checksum(ip).to_bytes(2, "big") + ip[12:]
-    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, seq * (size - 40), 1, 5 << 4, 0x18,
-                      512, 0, 0)
-    return ip + tcp + bytes(size - 40)
+    """An IPv4 TCP segment (ACK|PSH, 20-byte headers, TCP checksum left 0) of ``size``
+    bytes, the ``seq``-th of its flow."""
+    return tcp(src, dst, seq * (size - 40), bytes(size - 40), flags=0x18, ack=1,
+               options=b"", ident=seq, csum=False)
 
 
 def _established(host: Host) -> bool:
     return all(p["state"] == "established" for p in host.snapshot()["peers"])
 
 
-def world_pair() -> tuple[World, Host, Host]:
-    tmp = Path(tempfile.mkdtemp(prefix="dtlsvpn-datapath-"))
+def world_pair(settle: float = 1.0) -> tuple[World, Host, Host]:
+    """Two daemons on the fake world (the namespace tests' PSK pair, log level info),
+    established, then ``settle`` fake seconds (the first PMTU search: limits, clamps)."""
+    tmp = Path(tempfile.mkdtemp(prefix="dtlsvpn-micro-"))
     world = World()
     server_conf, client_conf = psk_pair(tmp, mtu="auto")
     for conf in (server_conf, client_conf):  # the daemons' default log level, not debug
@@ -70,7 +69,8 @@ def world_pair() -> tuple[World, Host, Host]:
     client = world.start(client_conf, "198.18.0.2")
     if not world.run_until(lambda: _established(client) and _established(server)):
         raise RuntimeError("the pair did not come up")
-    world.run_for(1.0)  # the first PMTU search settles (peer.limit, clamps)
+    if settle:
+        world.run_for(settle)
     return world, client, server
 
 

@@ -27,19 +27,11 @@ import argparse
 import cProfile
 import gc
 import pstats
-import tempfile
-from pathlib import Path
 
 from bench.callgrind import instructions
+from bench.micro_datapath import C4, S4, world_pair
 from tests.fakes.packets import udp
-from tests.fakes.world import Host, World
-from tests.netns.harness import psk_pair
-
-C4, S4 = "100.64.0.2", "100.64.0.1"
-
-
-def _established(host: Host) -> bool:
-    return all(p["state"] == "established" for p in host.snapshot()["peers"])
+from tests.fakes.world import Host
 
 
 def _wake(host: Host) -> None:
@@ -49,15 +41,7 @@ def _wake(host: Host) -> None:
 
 
 def pings(n: int, *, profile: bool = False, exact: bool = False) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="dtlsvpn-wakeup-"))
-    world = World()
-    server_conf, client_conf = psk_pair(tmp, mtu="auto")
-    for conf in (server_conf, client_conf):  # the daemons' default log level, not debug
-        conf.write_text(conf.read_text().replace("debug", "info"))
-    server = world.start(server_conf, "198.18.0.1")
-    client = world.start(client_conf, "198.18.0.2")
-    if not world.run_until(lambda: _established(client) and _established(server)):
-        raise RuntimeError("the pair did not come up")
+    world, client, server = world_pair(settle=0.0)
     out = [udp(C4, S4, seq=i, size=56) for i in range(n + 20)]
     back = [udp(S4, C4, seq=i, size=56) for i in range(n + 20)]
 

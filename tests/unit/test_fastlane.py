@@ -25,8 +25,7 @@ import pytest
 
 from bench.micro_core import CLIENT_ADDR, WALL, established_pair
 from bench.micro_datapath import C4, S4, tcp_packet, world_pair
-from dtlsvpn.crypto.aead import RecordProtection
-from dtlsvpn.crypto.suites import SUITES, SuiteInfo
+from dtlsvpn.crypto.suites import SuiteInfo
 from dtlsvpn.dtls import fastpath
 from dtlsvpn.dtls.epoch import ReadState, WriteEpoch
 from dtlsvpn.dtls.fastpath import FastOpen, FastSeal
@@ -34,17 +33,9 @@ from dtlsvpn.dtls.stats import Stats
 from dtlsvpn.errors import UsageError
 from dtlsvpn.vpn.mss import clamp_batch, clamp_one
 from dtlsvpn.vpn.router import Router
-from dtlsvpn.wire.constants import MAX_SEQ, ContentType
-
-CT_APP = int(ContentType.application_data)
-CT_CID = int(ContentType.tls12_cid)
-AEAD_SUITES = sorted({(s.key_len, s.aead): s for s in SUITES.values()}.values(),
-                     key=lambda s: s.name)
-
-
-def _prot(suite: SuiteInfo, byte: int) -> RecordProtection:
-    return RecordProtection(suite, bytes([byte]) * suite.key_len,
-                            bytes([byte ^ 0x5A]) * suite.fixed_iv_len)
+from dtlsvpn.wire.constants import MAX_SEQ
+from tests.support.records import AEAD_SUITES, CT_APP, CT_CID
+from tests.support.records import protection as _prot
 
 
 def _state(fast: FastOpen, read: ReadState, stats: Stats) -> tuple[Any, ...]:

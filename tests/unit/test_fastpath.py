@@ -24,24 +24,15 @@ from typing import Any
 import pytest
 
 from bench.micro_core import CLIENT_ADDR, WALL, established_pair
-from dtlsvpn.crypto.aead import RecordProtection
-from dtlsvpn.crypto.suites import SUITES, SuiteInfo
+from dtlsvpn.crypto.suites import SuiteInfo
 from dtlsvpn.dtls import fastpath
 from dtlsvpn.dtls.epoch import CID_PREFIX, ReadState, WriteEpoch
 from dtlsvpn.dtls.fastpath import FastOpen, FastSeal
 from dtlsvpn.dtls.stats import Stats
 from dtlsvpn.wire.constants import DTLS_1_2, ContentType
 from dtlsvpn.wire.record import parse_datagram
-
-CT_APP = int(ContentType.application_data)
-CT_CID = int(ContentType.tls12_cid)
-AEAD_SUITES = sorted({(s.key_len, s.aead): s for s in SUITES.values()}.values(),
-                     key=lambda s: s.name)
-
-
-def _prot(suite: SuiteInfo, byte: int) -> RecordProtection:
-    return RecordProtection(suite, bytes([byte]) * suite.key_len,
-                            bytes([byte ^ 0x5A]) * suite.fixed_iv_len)
+from tests.support.records import AEAD_SUITES, CT_APP, CT_CID
+from tests.support.records import protection as _prot
 
 
 def _stats(s: Stats) -> dict[str, Any]:
