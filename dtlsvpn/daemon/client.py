@@ -91,7 +91,9 @@ class ClientRole:
         # TCP fallback (daemon/transport.py): hooks in start, _established, _lost, teardown.
         self.tcp = ClientTcp(host, datapath, ClientHooks(
             lambda: self.peer, self._tls_config, self.poke, self._probe_udp, self._save_ticket,
-            lambda: self.host.ready(self.status_text()), mark=self.mark))
+            lambda: self.host.ready(self.status_text()),
+            lambda ev, now: self.refusals.client_failed(self.peer.name, ev, now),
+            mark=self.mark))
 
     @property
     def peer(self) -> Peer:

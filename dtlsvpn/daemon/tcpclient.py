@@ -37,6 +37,7 @@ from dtlsvpn.daemon.stream import StreamLink
 from dtlsvpn.daemon.transport import _Links, max_message, set_transport
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import (
+    AssociationClosed,
     Event,
     HandshakeCompleted,
     HeartbeatAnswered,
@@ -53,7 +54,8 @@ CHECK_EVERY = 0.25  # seconds between the client's looks at the UDP carrier
 RENEW_RETRY = 30.0  # seconds before a failed key renewal over TCP is tried again
 REPLAY_FOR = 3.0  # seconds: packets kept while UDP is suspect are not resent when older
 RETIRE_AFTER = 5.0  # seconds a renewed link's predecessor may still deliver
-TCP_REDIAL = 1.0  # seconds before a lost TCP fallback is dialled again
+TCP_REDIAL = 1.0  # seconds before a lost TCP fallback is dialled again, doubling ...
+TCP_REDIAL_CAP = 30.0  # ... with each failure in a row up to this (reset by a handshake)
 MIN_WAIT = 0.01  # the check timer never fires sooner than this after itself
 IDLE_AFTER = 5.0  # seconds without a send (and UDP not suspect): the checker sleeps ...
 IDLE_CHECK = 30.0  # ... this long at most, woken at once by the next send (Peer.on_send)
@@ -65,6 +67,7 @@ class ClientHooks:
     def __init__(self, peer: Callable[[], Peer], config: Callable[[], DtlsConfig],
                  poke: Callable[[Peer, float], None], redial: Callable[[float], None],
                  ticket: Callable[[ClientSession], None], status: Callable[[], None],
+                 failed: Callable[[AssociationClosed, float], object],
                  mark: int = 0) -> None:
         self.peer = peer
         self.config = config  # the TLS dial's core settings, with the stored ticket
@@ -73,6 +76,7 @@ class ClientHooks:
         self.ticket = ticket  # store a ticket the server sent over TCP
         self.mark = mark  # SO_MARK of a full tunnel's sockets (fulltunnel.py)
         self.status = status  # STATUS= again (the carrier changed)
+        self.failed = failed  # a TLS handshake failed: counted and said, as over DTLS
 
 
 class ClientTcp(_Links):
@@ -94,6 +98,7 @@ class ClientTcp(_Links):
         self._tx_changed_at = 0.0
         self.resolver = host.devices.resolver(host.loop)
         self.not_before = 0.0  # no TCP dial before (after a failed one)
+        self.failures = 0  # TCP dials or links lost in a row, without a handshake between
         self._check = host.loop.timer(self._on_check)
         self._redial = host.loop.timer(self._on_redial)
         # Key renewal: a new TLS connection, make-before-break (RekeyInterval, record budget)
@@ -381,8 +386,10 @@ class ClientTcp(_Links):
             self.drop(link, now)
 
     def _retry(self, now: float) -> None:
-        """A TCP dial failed or the link was lost: tell the policy; ``tcp`` redials."""
-        self.not_before = now + TCP_REDIAL
+        """A TCP dial failed or the link was lost: tell the policy; ``tcp`` redials, both
+        no sooner than the back-off allows (1 s doubling to 30 s; a handshake resets it)."""
+        self.not_before = now + min(TCP_REDIAL_CAP, TCP_REDIAL * 2.0 ** self.failures)
+        self.failures += 1
         if self.mode == "tcp":
             self._redial.schedule(self.not_before)
         else:
@@ -406,6 +413,7 @@ class ClientTcp(_Links):
             case HandshakeCompleted() if link is self.renewal:
                 self._renewed(link, ev, now)
             case HandshakeCompleted():
+                self.failures = 0
                 peer.suite = peer.suite or ev.suite_name
                 log.info("peer %s: TLS over TCP up (%s, %s)", peer.name, ev.suite_name,
                          "resumed" if ev.resumed else "full")
@@ -417,6 +425,8 @@ class ClientTcp(_Links):
                     peer.rtt = ev.rtt
             case SessionTicketReceived():
                 self.hooks.ticket(ev.session)
+            case AssociationClosed(handshake=True) if link is not self.renewal:
+                self.hooks.failed(ev, now)  # (wrong key, unknown CA, ...: README Troubleshooting)
             case _:
                 pass
 

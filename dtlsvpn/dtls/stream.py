@@ -37,12 +37,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from dtlsvpn.crypto.aead import RecordProtection
+from dtlsvpn.dtls import failures
 from dtlsvpn.dtls.client import ClientMachine
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.epoch import REKEY_RECORDS
 from dtlsvpn.dtls.events import (
     AlertReceived,
-    AssociationClosed,
     Event,
     HandshakeCompleted,
     SessionTicketReceived,
@@ -368,11 +368,8 @@ class StreamAssociation:
             self._send_alert(AlertLevel.warning, AlertDescription.close_notify)
             self._close(local=False, reason="peer sent close_notify", alert=desc)
         elif level == AlertLevel.fatal:
-            try:
-                name = AlertDescription(desc).name
-            except ValueError:
-                name = str(desc)
-            self._close(local=False, reason=f"peer sent fatal alert {name}", alert=desc)
+            reason, failure = failures.peer_alert(desc, self._established)
+            self._close(local=False, reason=reason, alert=desc, failure=failure)
 
     def _on_application_data(self, payload: bytes, now: float, wall: float,
                              out: list[bytes]) -> None:
@@ -437,14 +434,19 @@ class StreamAssociation:
         self._send_alert(AlertLevel.fatal, exc.description)
         self._close(local=True, reason=str(exc), alert=int(exc.description))
 
-    def _close(self, *, local: bool, reason: str, alert: int | None) -> None:
+    def _close(self, *, local: bool, reason: str, alert: int | None,
+               failure: str | None = None) -> None:
         if self._closed:
             return
         self._closed = True
         self._deadline = None
         self.close_reason = reason
         self._handshake.clear()
-        self._events.append(AssociationClosed(local=local, reason=reason, alert=alert))
+        # The same event as DTLS's (failures.py): before completion it says what failed.
+        self._events.append(failures.closed(local, reason, alert, failure=failure,
+                                            handshake=not self._established,
+                                            who=self._machine.presented,
+                                            finished_sent=self._write is not None))
 
 
 _Handler = Callable[[StreamAssociation, bytes, float, float, list[bytes]], None]

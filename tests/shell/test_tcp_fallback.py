@@ -8,12 +8,16 @@ printed here are fake seconds, never asserted.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
+import secrets
 from pathlib import Path
+
+import pytest
 
 from tests.fakes.packets import seq_of, udp
 from tests.fakes.world import Host, World
-from tests.netns.harness import psk_pair
+from tests.netns.harness import psk_pair, secret_file
 from tests.shell.conftest import SERVER, Pair
 
 C_ADDR, S_ADDR = "100.64.0.2", "100.64.0.1"
@@ -205,3 +209,29 @@ def test_an_idle_checker_sleeps_and_the_first_send_wakes_it(pair: Pair) -> None:
           f"idle spell")
     assert moved - resumed < 2.5  # the fake clock: the policy's own bound (1 s + 0.6 s)
     assert peer.on_send is None  # awake while sending
+
+
+def test_a_wrong_psk_over_tcp_is_said_and_redials_back_off(world: World, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    """TCP only with the wrong PSK: the client says why, as over DTLS (counted as wrong_key in
+    handshake_failures), and its TLS redials back off (1 s doubling to 30 s) instead of
+    coming every second."""
+    caplog.set_level(logging.INFO, logger="dtlsvpn")
+    server_conf, client_conf = psk_pair(tmp_path, transport="tcp")
+    wrong = secret_file(tmp_path / "wrong.hex", secrets.token_hex(32) + "\n")
+    text = client_conf.read_text()
+    assert f"PSKFile = {tmp_path / 'psk.hex'}" in text
+    client_conf.write_text(text.replace(f"PSKFile = {tmp_path / 'psk.hex'}",
+                                        f"PSKFile = {wrong}"))
+    server = world.start(server_conf, SERVER)
+    client = world.start(client_conf, "198.18.0.2")
+    world.run_for(60.0)
+    assert server.peer()["state"] != "established"
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+             and "peer office: handshake failed" in r.getMessage()]
+    assert lines and "bad_record_mac" in lines[0] and "wrong PSK or key?" in lines[0], lines
+    assert client.snapshot()["interface"]["handshake_failures"].get("wrong_key", 0) >= 1
+    dials = len(client.devices.tcp_dials)
+    print(f"\nwrong PSK over TCP: {dials} TLS dials in 60 s (fake clock); {lines[0]}")
+    assert 4 <= dials <= 10  # 1, 2, 4, 8, 16, 30 s apart; a fixed 1 s would be ~60
