@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.patches import Patch
 
 COLORS = {"bare": "#9e9e9e", "dtlsvpn": "#d62728", "openvpn": "#1f77b4",
-          "wireguard": "#2ca02c", "ocserv": "#9467bd"}
+          "wireguard": "#2ca02c", "ocserv": "#9467bd", "floor": "#ff7f0e"}
 
 
 def _stat(entry: dict[str, Any], metric: str) -> tuple[float, float, float] | None:

@@ -7,7 +7,7 @@ the profile) under ``bench/results/`` and printed.  Knobs (environment):
 
     BENCH_ROUNDS      rounds over all systems (default 3)
     BENCH_SECONDS     seconds per iperf3 test (default 5)
-    BENCH_SYSTEMS     comma list of bare, dtlsvpn, openvpn, wireguard, ocserv, idle, core
+    BENCH_SYSTEMS     comma list of bare, dtlsvpn, openvpn, wireguard, ocserv, floor, idle, core
                       (default: all of them)
     BENCH_IDLE_PEERS  idle peers of the many-idle-peers case (default 1000)
     BENCH_IDLE_SETUP  seconds allowed to bring the idle peers up (default 120)
@@ -45,12 +45,13 @@ from bench.procs import BenchError, Processes, run
 from bench.rounds import run_rounds, start_all
 from bench.systems.bare import Bare
 from bench.systems.base import REPO, Context, System
+from bench.systems.floor import Floor
 from bench.systems.ocserv import Ocserv
 from bench.systems.openvpn import OpenVpn
 from bench.systems.ours import Dtlsvpn
 from bench.systems.wireguard import WireguardGo
 
-SYSTEMS: list[type[System]] = [Bare, Dtlsvpn, OpenVpn, WireguardGo, Ocserv]
+SYSTEMS: list[type[System]] = [Bare, Dtlsvpn, OpenVpn, WireguardGo, Ocserv, Floor]
 PARTS = ("idle", "core")
 CORE_MEMORY_ASSOCIATIONS = 500
 CORE_BULK_PACKETS = 40_000
