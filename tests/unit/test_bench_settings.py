@@ -17,7 +17,8 @@ from dtlsvpn.daemon.settings import load_config
 def test_defaults_are_the_documented_ones() -> None:
     s = Settings.from_env({})
     assert (s.rounds, s.seconds, s.idle_peers) == (3, 5.0, 1000)
-    assert s.systems == ["bare", "dtlsvpn", "openvpn", "wireguard", "ocserv", "idle", "core"]
+    assert s.systems == ["bare", "dtlsvpn", "openvpn", "wireguard", "ocserv", "floor", "idle",
+                         "core"]
 
 
 def test_knobs_are_read_from_the_environment() -> None:
