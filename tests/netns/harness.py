@@ -18,6 +18,7 @@ Addresses come from the plan only: underlay 198.18.0.0/15 and 2001:db8::/32, tun
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -178,6 +179,16 @@ class Daemon:
         self.proc.wait(10)
 
     def stop(self) -> int:
+        """SIGTERM to the daemon itself (the PID that sent READY=1), as systemd's stop
+        sends it, then the group's clean-up.  Not through ``timeout``: it signals its
+        child and then its whole group, and that second copy, late on a loaded machine,
+        could kill a restore command the stopping daemon had just forked (before the
+        child's setsid): ``resolvconf -d``, exit -15, now and then."""
+        if self.pid is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(8.0)
         return self.procs.stop(self.proc, grace=8.0)
 
     def close(self) -> None:

@@ -50,6 +50,11 @@ class Net:
         for dst, via in (("100.64.0.0/24", "198.18.3.1"), ("198.18.0.0/24", "198.18.3.1"),
                          ("fd00::/64", "2001:db8:3::1"), ("2001:db8::/64", "2001:db8:3::1")):
             ip("-n", self.beyond, "route", "add", dst, "via", via)
+        # Resolve the server's neighbours beyond first: on a new veth the first IPv6
+        # neighbour solicitation is often lost and retried 1 s (RetransTimer) later,
+        # which made the tunnel's first echo miss ping's deadline now and then.
+        for addr in (BEYOND4, BEYOND6):
+            ping(topo, self.server, addr, "--count", "1", "--timeout", "5")
 
     def routing(self) -> str:
         """The client's rules and routes of every table, but the tunnel interface's own
