@@ -26,9 +26,9 @@ VENV_STAMP := $(VENV)/.install-stamp
 
 # Debian packages, and programs whose presence shows they are installed.
 APT_PACKAGES := openssl gnutls-bin libgnutls30 tshark libsystemd-dev pkg-config gcc \
-	iproute2 nftables procps psmisc util-linux man-db iperf3
+	iproute2 nftables procps psmisc util-linux man-db iperf3 iputils-ping
 APT_PROGRAMS := iperf3 openssl gnutls-serv gnutls-cli tshark pkg-config gcc ip ss nft ps killall \
-	unshare nsenter timeout man
+	unshare nsenter timeout man ping
 
 .PHONY: help deps venv lint test demo bench clean
 
