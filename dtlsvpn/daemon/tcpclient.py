@@ -34,7 +34,7 @@ from dtlsvpn.daemon.resolve import Answer
 from dtlsvpn.daemon.role import Host
 from dtlsvpn.daemon.settings import match_peer
 from dtlsvpn.daemon.stream import StreamLink
-from dtlsvpn.daemon.transport import _Links, max_message, set_transport
+from dtlsvpn.daemon.transport import KEY_LIMITS, _Links, max_message, set_transport
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import (
     AssociationClosed,
@@ -376,6 +376,7 @@ class ClientTcp(_Links):
         log.info("peer %s: keys renewed over TCP (generation %d, %s)", peer.name,
                  peer.generation, ev.suite_name)
         self._schedule_renewal(new)
+        old.closing("renewed")
         self.retiring.append(old)  # what is still in flight on it is delivered
         self._retire.schedule(now + RETIRE_AFTER)
 
@@ -441,8 +442,19 @@ class ClientTcp(_Links):
         return False
 
     def drop(self, link: StreamLink, now: float) -> None:
+        carried = self.hooks.peer().stream is link
         super().drop(link, now)
-        if self.link is link:  # lost (a carrier or a standby): the policy decides
+        if self.link is link and carried and link.cause in KEY_LIMITS:
+            # The keys were used up (a renewal never came through): a new connection at
+            # once, resuming with the ticket; the policy still has TCP carrying.
+            self.link = None
+            addr = self.link_addr
+            log.info("peer %s: dialling TCP again for fresh keys", self.hooks.peer().name)
+            if addr is None:
+                self._dial(now)
+            else:
+                self._connect(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, addr, now)
+        elif self.link is link:  # lost (a carrier or a standby): the policy decides
             self.link = None
             self._retry(now)
         elif self.renewal is link:  # the renewal failed: the current link carries on
@@ -451,7 +463,7 @@ class ClientTcp(_Links):
         elif link in self.retiring:
             self.retiring.remove(link)
 
-    def _abandon(self, now: float) -> None:
+    def _abandon(self, now: float, why: str = "back_to_udp") -> None:
         for sock in (self.connecting, self.renewing):
             if sock is not None:
                 self.host.loop.remove(sock.fileno())
@@ -470,6 +482,7 @@ class ClientTcp(_Links):
             carried = peer.stream is link
             if carried:
                 peer.stream = None
+            link.closing(why)
             link.assoc.close(now)
             self.drop(link, now)
             if carried:
@@ -479,7 +492,7 @@ class ClientTcp(_Links):
         """The [Peer] went away (reload): its TCP link closes, the policy starts afresh."""
         self._check.cancel()
         self._redial.cancel()
-        self._abandon(now)
+        self._abandon(now, "removed")
         peer = self.hooks.peer()
         peer.replay = peer.on_send = None
         self.policy = TransportPolicy(self.policy.settings)
@@ -488,6 +501,6 @@ class ClientTcp(_Links):
         self._check.cancel()
         self._redial.cancel()
         self._retire.cancel()
-        self._abandon(now)
+        self._abandon(now, "shutdown")
         self.resolver.close()
         self.close_all(now)

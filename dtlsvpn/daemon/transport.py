@@ -59,19 +59,29 @@ def set_transport(host: Host, peer: Peer, transport: str) -> None:
     host.carrier_changed(peer)
 
 
+KEY_LIMITS = ("record_limit", "key_age")  # the keys were used up (dtls/stream.py)
+
+
 class _Links:
-    """What both roles do with their links: loop registration, timers, service."""
+    """What both roles do with their links: loop registration, timers, service, and the
+    count of closed links by cause (``closes``: the status's ``tcp_closes``)."""
 
     def __init__(self, host: Host, datapath: Datapath) -> None:
         self.host = host
         self.datapath = datapath
         self.timers: dict[StreamLink, Timer] = {}
         self.owners: dict[StreamLink, Peer | None] = {}
+        self.closes: dict[str, int] = {}
 
     def add(self, link: StreamLink, owner: Peer | None) -> None:
         self.owners[link] = owner
         self.timers[link] = self.host.loop.timer(partial(self._on_timer, link))
         self.host.loop.add(link.fileno(), partial(self._on_io, link))
+        link.notify = partial(self.host.loop.defer, partial(self._on_notify, link))
+
+    def _on_notify(self, link: StreamLink, now: float, _wall: float) -> None:
+        if link in self.owners:
+            self.service(link, now)
 
     def _on_io(self, link: StreamLink, mask: int, now: float, wall: float) -> None:
         if mask & select.EPOLLOUT:
@@ -112,20 +122,45 @@ class _Links:
         return peer if peer is not None and peer.stream is link else None
 
     def drop(self, link: StreamLink, now: float) -> None:
-        """Forget a closed link: its fd, its timer, its peer's carrier."""
+        """Forget a closed link: its fd, its timer, its peer's carrier; count its cause."""
+        if link not in self.owners:
+            return
         peer = self.owners.pop(link, None)
         timer = self.timers.pop(link, None)
         if timer is not None:
             timer.cancel()
         self.host.loop.remove(link.fileno())
         link.close(now)
+        cause = self._count(link, now)
         if peer is not None and peer.stream is link:
             peer.stream = None
             set_transport(self.host, peer, "udp")
-            log.info("peer %s: TCP carrier closed (%s)", peer.name, link.close_reason)
+            if cause in KEY_LIMITS:
+                log.warning("peer %s: TLS keys used up over TCP and not renewed (%s): TCP "
+                            "link closed", peer.name, link.assoc.close_reason or cause)
+            else:
+                log.info("peer %s: TCP carrier closed (%s: %s)", peer.name, cause,
+                         link.close_reason)
+
+    def _count(self, link: StreamLink, now: float) -> str:
+        """The cause of a closed established link, counted (a handshake that did not
+        complete is the refusals' business)."""
+        assoc = link.assoc
+        if assoc.handshake_result is None:
+            return "handshake"
+        if link.close_cause is None and assoc.close_cause == "peer_closed":
+            # The peer's own key limit closed it (its clock runs a little ahead of ours,
+            # or it counted the same record first): say so, not just "peer_closed".
+            due = assoc.renewal_due(now)
+            if due is not None:
+                link.close_cause = due
+        cause = link.cause
+        self.closes[cause] = self.closes.get(cause, 0) + 1
+        return cause
 
     def close_all(self, now: float) -> None:
         for link in list(self.owners):
+            link.closing("shutdown")
             self.drop(link, now)
 
 
@@ -180,6 +215,7 @@ class ServerTcp(_Links):
                 if peer is None:
                     log.warning("TCP connection from %s matches no [Peer]: closed", link.name)
                     self.datapath.drop("unknown_peer")
+                    link.closing("unknown_peer")
                     link.assoc.close(now)
                     return
                 self.owners[link] = peer
@@ -204,6 +240,7 @@ class ServerTcp(_Links):
         old = peer.stream
         peer.stream = link
         if old is not None:
+            old.closing("replaced")
             self.drop(old, now)  # the peer reconnected: the new link carries
             peer.stream = link
         set_transport(self.host, peer, "tcp")
@@ -224,6 +261,7 @@ class ServerTcp(_Links):
         """The [Peer] went away on reload: its links close."""
         for link, owner in list(self.owners.items()):
             if owner is peer:
+                link.closing("removed")
                 link.assoc.close(now)
                 self.drop(link, now)
 

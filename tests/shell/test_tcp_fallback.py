@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dtlsvpn.daemon.status import format_prometheus
 from tests.fakes.packets import seq_of, udp
 from tests.fakes.world import Host, World
 from tests.netns.harness import psk_pair, secret_file
@@ -235,3 +236,64 @@ def test_a_wrong_psk_over_tcp_is_said_and_redials_back_off(world: World, tmp_pat
     dials = len(client.devices.tcp_dials)
     print(f"\nwrong PSK over TCP: {dials} TLS dials in 60 s (fake clock); {lines[0]}")
     assert 4 <= dials <= 10  # 1, 2, 4, 8, 16, 30 s apart; a fixed 1 s would be ~60
+
+
+def _budget(host: Host, records: int) -> None:
+    """A small record budget on every TLS link of ``host`` (the config has no key for it)."""
+    for link in host.daemon.role.tcp.owners:
+        link.assoc.config = dataclasses.replace(link.assoc.config, rekey_records=records)
+
+
+def test_keys_unrenewed_stop_at_twice_the_record_budget(world: World, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture
+                                                        ) -> None:
+    """The renewal cannot get through (dials refused): the link carries on past the budget,
+    and at twice it both sides send close_notify, count ``record_limit`` in tcp_closes,
+    and the client dials again at once, resuming with its ticket."""
+    caplog.set_level(logging.INFO, logger="dtlsvpn")
+    server, client = _tcp_pair(world, tmp_path)
+    first = client.daemon.role.tcp.link
+    _budget(client, 20)
+    _budget(server, 20)
+    client.devices.online = False  # the renewal's dial fails (and is retried in 30 s)
+    dials = len(client.devices.tcp_dials)
+    got = traffic(world, client, server, 1.0, replies=False, step=0.05)
+    assert len(client.devices.tcp_dials) == dials + 1  # the renewal, refused
+    assert client.daemon.role.tcp.link is first and first is not None and first.ready
+    client.devices.online = True
+    got += traffic(world, client, server, 3.0, replies=False, step=0.05)
+    assert client.daemon.role.tcp.link is not first
+    assert first.assoc.close_cause == "record_limit"
+    assert first.assoc.record_limit == 40 and first.assoc.stats.tx_records <= 41
+    for host in (client, server):
+        assert host.snapshot()["interface"]["tcp_closes"].get("record_limit") == 1, (
+            host.snapshot()["interface"]["tcp_closes"])
+    assert client.peer()["transport"] == server.peer()["transport"] == "tcp"
+    metrics = format_prometheus([server.snapshot()])
+    assert re.search(r'^dtlsvpn_tcp_closes_total\{instance="[^"]*",reason="record_limit"\} 1$',
+                     metrics, re.M), metrics
+    log = [r.getMessage() for r in caplog.records]
+    assert any("TLS keys used up over TCP and not renewed" in m and r.levelno == logging.WARNING
+               for m, r in zip(log, caplog.records, strict=True)), log
+    up = [m for m in log if "TLS over TCP up" in m]
+    assert len(up) == 2 and "full" in up[0] and "resumed" in up[1], up
+    seqs = [s for _, s in got]
+    assert seqs and max(seqs) > 50  # traffic went on after the redial
+
+
+def test_keys_unrenewed_stop_at_twice_the_rekey_interval(world: World, tmp_path: Path) -> None:
+    server, client = _tcp_pair(world, tmp_path, rekey_interval="2")
+    first = client.daemon.role.tcp.link
+    assert first is not None
+    client.devices.online = False
+    traffic(world, client, server, 2.5)  # the renewal at 2 s is refused
+    assert client.daemon.role.tcp.link is first and first.ready
+    client.devices.online = True
+    traffic(world, client, server, 2.5)  # 4 s: the keys are closed (2 x RekeyInterval)
+    assert first.closed and client.daemon.role.tcp.link is not first
+    for host in (client, server):
+        closes = host.snapshot()["interface"]["tcp_closes"]
+        assert closes.get("key_age") == 1, closes
+    assert world.run_until(lambda: client.peer()["transport"] == "tcp"
+                           and server.peer()["transport"] == "tcp", within=2.0)
+    assert traffic(world, client, server, 0.5)
