@@ -419,8 +419,8 @@ class ClientTcp(_Links):
                 log.info("peer %s: TLS over TCP up (%s, %s)", peer.name, ev.suite_name,
                          "resumed" if ev.resumed else "full")
                 self._apply(self.policy.tcp_established(now), now)
-            case PeerUnresponsive():
-                link.assoc.close(now)
+            case PeerUnresponsive(silent_for=silent):
+                self.dead_peer(link, silent, now)
             case HeartbeatAnswered():
                 if peer.stream is link:
                     peer.rtt = ev.rtt

@@ -116,6 +116,15 @@ class _Links:
     def on_event(self, link: StreamLink, ev: Event, now: float) -> None:
         raise NotImplementedError
 
+    def dead_peer(self, link: StreamLink, silent: float, now: float) -> None:
+        """Nothing authenticated from the peer for DeadPeerTimeout (heartbeats unanswered,
+        or none allowed): said at WARNING, the link closed (``dead_peer``)."""
+        peer = self.owners.get(link)
+        log.warning("peer %s unresponsive over TCP (nothing from %s for %.1fs): TCP link "
+                    "closed", peer.name if peer is not None else link.name, link.name, silent)
+        link.closing("dead_peer")
+        link.assoc.close(now)
+
     def carried(self, link: StreamLink, now: float) -> Peer | None:
         """The peer whose inner packets this link carries, if any."""
         peer = self.owners.get(link)
@@ -221,8 +230,8 @@ class ServerTcp(_Links):
                 self.owners[link] = peer
                 self.results[link] = ev
                 self.carried(link, now)  # (its SP header may have come in the same read)
-            case PeerUnresponsive():
-                link.assoc.close(now)
+            case PeerUnresponsive(silent_for=silent):
+                self.dead_peer(link, silent, now)
             case HeartbeatAnswered() if (peer := self.owners.get(link)) is not None:
                 peer.rtt = ev.rtt
             case AssociationClosed(reason=reason) if self.owners.get(link) is None:

@@ -25,7 +25,11 @@ What differs from DTLS, and where it lives:
   socket after writing ``data_to_send``.
 * Timers: the handshake as a whole must finish within ``handshake_timeout``
   seconds of ``connect``/``accept``; afterwards RFC 6520 heartbeats keep
-  doing liveness (``keepalive.py``) exactly as over DTLS.
+  doing liveness (``keepalive.py``) exactly as over DTLS.  A server whose
+  client did not allow heartbeats (so it cannot ask) still declares it
+  unresponsive after ``heartbeat_settings.timeout`` seconds without an
+  authenticated record (``PeerUnresponsive``, once): a dead client over TCP may
+  leave no trace in the socket for a long time.
 
 Once established, renegotiation is refused with a warning no_renegotiation
 (RFC 5746, security.md S17) and any other handshake message is fatal.
@@ -56,6 +60,7 @@ from dtlsvpn.dtls.events import (
     AlertReceived,
     Event,
     HandshakeCompleted,
+    PeerUnresponsive,
     SessionTicketReceived,
 )
 from dtlsvpn.dtls.flight import CCS, OutMessage
@@ -135,6 +140,8 @@ class StreamAssociation:
         self.close_reason: str | None = None
         self.close_cause: str | None = None  # a stable word (see the module docstring)
         self._key_expiry: float | None = None  # established_at + 2 x rekey_interval
+        self._silence: float | None = None  # server without liveness: this much is death
+        self._silence_told = False
 
     # --- public state -------------------------------------------------------
 
@@ -256,6 +263,10 @@ class StreamAssociation:
             self._retire("key_age", f"keys {KEY_LIMIT_FACTOR} x RekeyInterval ({interval:g}s) "
                          "old and not renewed")
             return
+        if (self._silence is not None and not self._silence_told
+                and now >= self._last_rx + self._silence):
+            self._silence_told = True
+            self._events.append(PeerUnresponsive(silent_for=now - self._last_rx))
         self._service_keepalive(now)
 
     def send(self, payloads: Iterable[bytes]) -> int:
@@ -315,6 +326,9 @@ class StreamAssociation:
         if self._deadline is not None:
             return self._deadline
         due = self._key_expiry
+        if self._silence is not None and not self._silence_told:
+            quiet = self._last_rx + self._silence
+            due = quiet if due is None else min(due, quiet)
         if self._keepalive is not None:
             ka = self._keepalive.get_timer(self._last_rx)
             if ka is not None and (due is None or ka < due):
@@ -359,6 +373,8 @@ class StreamAssociation:
         if self.config.rekey_interval is not None:
             self._key_expiry = now + KEY_LIMIT_FACTOR * self.config.rekey_interval
         self._events.append(event)
+        if not event.heartbeat and not self.config.is_client:
+            self._silence = self.config.heartbeat_settings.timeout
         self._keepalive = Keepalive(
             self.config, self.stats, now=now, answer=self._machine.heartbeat_negotiated,
             send_requests=event.heartbeat, ip_header=20, record_overhead=self.record_overhead,

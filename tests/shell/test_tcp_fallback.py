@@ -297,3 +297,27 @@ def test_keys_unrenewed_stop_at_twice_the_rekey_interval(world: World, tmp_path:
     assert world.run_until(lambda: client.peer()["transport"] == "tcp"
                            and server.peer()["transport"] == "tcp", within=2.0)
     assert traffic(world, client, server, 0.5)
+
+
+def test_a_silent_peer_over_tcp_is_closed_as_dead(world: World, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The client vanishes without a word (its process stopped; its socket stays open, so
+    TCP says nothing): the server closes the link after DeadPeerTimeout (8 s) of silence,
+    at WARNING, counted ``dead_peer``; the peer is down."""
+    caplog.set_level(logging.INFO, logger="dtlsvpn")
+    server, client = _tcp_pair(world, tmp_path)
+    assert traffic(world, client, server, 1.0)
+    gone = world.clock.now
+    client.crash()
+    assert world.run_until(lambda: not server.daemon.role.tcp.owners, within=12.0)
+    print(f"\nfake time: the silent client's TCP link closed {world.clock.now - gone:.2f}s "
+          "after its last word")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                and "unresponsive over TCP" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert re.fullmatch(r"peer branch unresponsive over TCP \(nothing from 127\.0\.0\.1:\d+ "
+                        r"for 8\.\ds\): TCP link closed", warnings[0]), warnings
+    snap = server.snapshot()
+    assert snap["interface"]["tcp_closes"] == {"dead_peer": 1}
+    assert snap["peers"][0]["state"] == "down" and snap["peers"][0]["transport"] == "udp"
+    assert "dtlsvpn_tcp_closes_total" in format_prometheus([snap])

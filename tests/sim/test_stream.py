@@ -360,3 +360,24 @@ def test_close_causes_are_stable_words(pki: Pki) -> None:
     side.accept(0.0)
     side.handle_timer(5.0)
     assert side.close_cause == "timeout"
+
+
+def test_a_server_without_heartbeats_still_finds_a_silent_client_dead(pki: Pki) -> None:
+    """The client did not allow heartbeats, so the server cannot ask: DeadPeerTimeout of
+    silence is death anyway (once); traffic before that keeps the link."""
+    hb = HeartbeatSettings(interval=2.0, timeout=8.0)
+    c, s = configs_for("psk-aes128", pki, heartbeat_settings=hb)
+    p = pair(with_changes(c, heartbeat=False), s)
+    assert p.server.is_established
+    for _ in range(10):  # 10 s of traffic, one packet a second: alive
+        p.client.send([b"\x45"])
+        p.advance(1.0)
+    assert not [e for e in p.events_server if isinstance(e, PeerUnresponsive)]
+    p.advance(7.0)  # (the last packet came 0.5 s into the last second)
+    assert not [e for e in p.events_server if isinstance(e, PeerUnresponsive)]
+    p.advance(2.0)
+    dead = [e for e in p.events_server if isinstance(e, PeerUnresponsive)]
+    assert len(dead) == 1 and dead[0].silent_for == 8.0, dead
+    p.advance(20.0)
+    assert len([e for e in p.events_server if isinstance(e, PeerUnresponsive)]) == 1
+    assert not [e for e in p.events_client if isinstance(e, PeerUnresponsive)]
