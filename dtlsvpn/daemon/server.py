@@ -73,7 +73,8 @@ class ServerRole:
         self._retire_timer = host.loop.timer(self._on_retire_due)
         self._retire_at: dict[Peer, float] = {}  # renewals whose client switched keys
         self.ticket_keys: SharedTicketKeys | None = None  # daemon/fleet.py
-        self.tcp = ServerTcp(host, datapath, self._dtls_config)  # TCP fallback (transport.py)
+        self.tcp = ServerTcp(host, datapath, self._dtls_config,  # TCP fallback (transport.py)
+                             self.refusals)
 
     def setup(self, tun: TunDevice) -> None:
         host, dp = self.host, self.datapath

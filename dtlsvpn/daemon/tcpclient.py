@@ -34,7 +34,13 @@ from dtlsvpn.daemon.resolve import Answer
 from dtlsvpn.daemon.role import Host
 from dtlsvpn.daemon.settings import match_peer
 from dtlsvpn.daemon.stream import StreamLink
-from dtlsvpn.daemon.transport import KEY_LIMITS, _Links, max_message, set_transport
+from dtlsvpn.daemon.transport import (
+    KEY_LIMITS,
+    _Links,
+    abandoned,
+    max_message,
+    set_transport,
+)
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import (
     AssociationClosed,
@@ -427,7 +433,11 @@ class ClientTcp(_Links):
             case SessionTicketReceived():
                 self.hooks.ticket(ev.session)
             case AssociationClosed(handshake=True) if link is not self.renewal:
-                self.hooks.failed(ev, now)  # (wrong key, unknown CA, ...: README Troubleshooting)
+                if abandoned(link):  # the server went away mid-way: not a refusal
+                    log.info("peer %s: TLS handshake over TCP cut off (%s)", peer.name,
+                             link.close_reason or ev.reason)
+                else:  # (wrong key, unknown CA, ...: README Troubleshooting)
+                    self.hooks.failed(ev, now)
             case _:
                 pass
 

@@ -28,6 +28,7 @@ from functools import partial
 from dtlsvpn.daemon.datapath import Datapath
 from dtlsvpn.daemon.loop import Timer
 from dtlsvpn.daemon.peers import Peer
+from dtlsvpn.daemon.refusals import Refusals, explain, unknown_peer
 from dtlsvpn.daemon.role import Host
 from dtlsvpn.daemon.settings import match_peer
 from dtlsvpn.daemon.stream import StreamLink
@@ -60,6 +61,13 @@ def set_transport(host: Host, peer: Peer, transport: str) -> None:
 
 
 KEY_LIMITS = ("record_limit", "key_age")  # the keys were used up (dtls/stream.py)
+ABANDONED = ("connection_lost", "peer_closed", "shutdown")  # a handshake given up, not failed
+
+
+def abandoned(link: StreamLink) -> bool:
+    """The handshake ended because the peer went away mid-way (EOF, reset, close_notify)
+    or we shut down: not a refusal (a port scan, a client that changed its mind)."""
+    return link.cause in ABANDONED
 
 
 class _Links:
@@ -152,10 +160,13 @@ class _Links:
                          link.close_reason)
 
     def _count(self, link: StreamLink, now: float) -> str:
-        """The cause of a closed established link, counted (a handshake that did not
-        complete is the refusals' business)."""
+        """The cause of a closed established link, counted; of the handshakes that did
+        not complete only the abandoned ones (the failed ones are refusals)."""
         assoc = link.assoc
         if assoc.handshake_result is None:
+            if abandoned(link):
+                self.closes["abandoned"] = self.closes.get("abandoned", 0) + 1
+                return "abandoned"
             return "handshake"
         if link.close_cause is None and assoc.close_cause == "peer_closed":
             # The peer's own key limit closed it (its clock runs a little ahead of ours,
@@ -174,12 +185,15 @@ class _Links:
 
 
 class ServerTcp(_Links):
-    """The server's TCP listener and the links it accepted."""
+    """The server's TCP listener and the links it accepted.  A TLS handshake that fails
+    is a refusal like a DTLS one (``refusals``, the role's: the same counts, words and
+    rate limit, the place said "over TCP"); one the client abandoned is not."""
 
     def __init__(self, host: Host, datapath: Datapath,
-                 config: Callable[[], DtlsConfig]) -> None:
+                 config: Callable[[], DtlsConfig], refusals: Refusals) -> None:
         super().__init__(host, datapath)
         self.config = config
+        self.refusals = refusals
         self.lsock: socket.socket | None = None
         self.results: dict[StreamLink, HandshakeCompleted] = {}  # bound, not yet carrying
 
@@ -222,7 +236,7 @@ class ServerTcp(_Links):
                 cfg = match_peer(self.host.cfg, ev)
                 peer = self.host.peers.get(cfg.name) if cfg is not None else None
                 if peer is None:
-                    log.warning("TCP connection from %s matches no [Peer]: closed", link.name)
+                    self._refused(link, unknown_peer(ev, matched=False), now)
                     self.datapath.drop("unknown_peer")
                     link.closing("unknown_peer")
                     link.assoc.close(now)
@@ -234,11 +248,23 @@ class ServerTcp(_Links):
                 self.dead_peer(link, silent, now)
             case HeartbeatAnswered() if (peer := self.owners.get(link)) is not None:
                 peer.rtt = ev.rtt
+            case AssociationClosed(handshake=True) if not abandoned(link):
+                self._refused(link, ev, now)
             case AssociationClosed(reason=reason) if self.owners.get(link) is None:
                 log.info("TCP connection from %s closed before binding (%s)", link.name,
                          link.close_reason or reason)
             case _:
                 pass
+
+    def _refused(self, link: StreamLink, ev: AssociationClosed, now: float) -> None:
+        """A TLS handshake that failed or matched no [Peer]: as over DTLS (refusals.py)."""
+        message = explain(ev, server=True)
+        who = ev.peer_identity
+        where = f"{link.name} over TCP"
+        if who and who not in message:
+            where += f" ({who})"
+        self.refusals.note(ev.failure or "closed", link.name.rpartition(":")[0], where,
+                           message, now)
 
     def carried(self, link: StreamLink, now: float) -> Peer | None:
         """A bound link becomes its peer's carrier once the client's SP header arrived

@@ -400,6 +400,8 @@ class StreamAssociation:
             plain = prot.open(self._read_seq, ctype, fragment)
             if plain is None:
                 self.stats.bad_mac += 1
+                if not self._established:  # the first record under the new keys: Finished
+                    raise failures.finished_failed()
                 raise BadRecordMac("record failed authentication")  # RFC 5246 §6.2.3.3
             self._read_seq += 1
             self._last_rx = now
@@ -517,7 +519,8 @@ class StreamAssociation:
         if self._closed:
             return
         self._send_alert(AlertLevel.fatal, exc.description)
-        self._close(local=True, reason=str(exc), alert=int(exc.description), cause="alert_sent")
+        self._close(local=True, reason=str(exc), alert=int(exc.description), cause="alert_sent",
+                    failure=exc.failure)
 
     def _close(self, *, local: bool, reason: str, alert: int | None, cause: str,
                failure: str | None = None) -> None:
