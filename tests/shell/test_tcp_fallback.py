@@ -321,3 +321,15 @@ def test_a_silent_peer_over_tcp_is_closed_as_dead(world: World, tmp_path: Path,
     assert snap["interface"]["tcp_closes"] == {"dead_peer": 1}
     assert snap["peers"][0]["state"] == "down" and snap["peers"][0]["transport"] == "udp"
     assert "dtlsvpn_tcp_closes_total" in format_prometheus([snap])
+
+
+def test_spoofed_inner_sources_over_tcp_are_dropped_as_over_udp(world: World,
+                                                               tmp_path: Path) -> None:
+    """The same anti-spoofing on both carriers: an inner packet from outside the client's
+    AllowedIPs that came over TLS never reaches the server's TUN (``spoofed_source``)."""
+    server, client = _tcp_pair(world, tmp_path)
+    client.tun.inject([udp("100.64.0.9", S_ADDR, seq=1), udp(C_ADDR, S_ADDR, seq=2)])
+    world.run_for(0.2)
+    assert [seq_of(p) for p in server.tun.drain()] == [2]
+    assert server.peer()["drops"].get("spoofed_source") == 1, server.peer()["drops"]
+    assert server.peer()["transport"] == "tcp"
