@@ -185,6 +185,9 @@ class ClientTcp(_Links):
         if link is None:
             return
         link.start_carrying()  # the held SP header: the server moves its traffic too
+        ev = link.assoc.handshake_result
+        if ev is not None and peer.stream is not link:  # (a standby counts once it carries)
+            peer.note_tls_handshake(ev, self.host.loop.wall, renewal=False)
         peer.stream = link
         self.moved_at = now
         self._schedule_renewal(link)
@@ -375,9 +378,7 @@ class ClientTcp(_Links):
         self.link = new
         new.start_carrying()  # our SP header: the server moves to it and closes the old one
         peer.stream = new
-        peer.generation += 1
-        peer.rekeys += 1
-        peer.rekey_wall = self.host.loop.wall
+        peer.note_tls_handshake(ev, self.host.loop.wall, renewal=True)
         peer.suite = ev.suite_name
         log.info("peer %s: keys renewed over TCP (generation %d, %s)", peer.name,
                  peer.generation, ev.suite_name)

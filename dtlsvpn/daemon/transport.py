@@ -282,6 +282,10 @@ class ServerTcp(_Links):
         ev = self.results.pop(link, None)
         if ev is not None:
             peer.suite = ev.suite_name
+            # (counted once it carries, as the client does: a standby is not; a full
+            # handshake that replaces a link is the client's key renewal)
+            peer.note_tls_handshake(ev, self.host.loop.wall,
+                                    renewal=old is not None and not ev.resumed)
         log.info("peer %s: %s (%s from %s, %s)", peer.name,
                  "TCP link replaced (renewal or reconnect)" if old else "traffic moved to TCP",
                  ev.suite_name if ev else "?", link.name,

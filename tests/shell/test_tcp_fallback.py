@@ -49,6 +49,11 @@ def _tcp_pair(world: World, tmp_path: Path, **interface: str) -> tuple[Host, Hos
     assert world.run_until(lambda: client.peer()["transport"] == "tcp"
                            and server.peer()["transport"] == "tcp", within=10.0), (
         client.snapshot(), server.snapshot())
+    for host in (client, server):  # the TLS handshake is in the status as a DTLS one is
+        peer = host.peer()
+        when = peer["last_handshake"]
+        assert peer["handshakes"] == 1 and peer["resumed"] is False, peer
+        assert when is not None and world.clock.wall - 10.0 <= when <= world.clock.wall, peer
     return server, client
 
 
@@ -147,6 +152,9 @@ def test_keys_over_tcp_are_renewed_make_before_break(world: World, tmp_path: Pat
     assert seqs == list(range(len(seqs))) and len(seqs) > 300  # in order, no gap
     peer = client.peer()
     assert peer["rekey_generation"] >= 2 and peer["rekeys"] == peer["rekey_generation"]
+    assert peer["handshakes"] == 1 + peer["rekeys"]  # (every TLS handshake counts)
+    far = server.peer()
+    assert far["rekeys"] == peer["rekeys"] and far["handshakes"] == peer["handshakes"], far
     tcp = client.daemon.role.tcp
     assert tcp.link is not first and tcp.link is not None and tcp.link.ready
     world.run_for(RETIRE_SETTLE)
@@ -277,6 +285,8 @@ def test_keys_unrenewed_stop_at_twice_the_record_budget(world: World, tmp_path: 
                for m, r in zip(log, caplog.records, strict=True)), log
     up = [m for m in log if "TLS over TCP up" in m]
     assert len(up) == 2 and "full" in up[0] and "resumed" in up[1], up
+    for host in (client, server):
+        assert host.peer()["handshakes"] == 2 and host.peer()["resumed"], host.peer()
     seqs = [s for _, s in got]
     assert seqs and max(seqs) > 50  # traffic went on after the redial
 
