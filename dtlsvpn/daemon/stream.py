@@ -74,7 +74,7 @@ class StreamLink:
         self.max_message = max_message
         self.queue = SendQueue(queue_limit)
         self._sp = SpReceiver(max_message, protocol)
-        self.dropped = 0  # inner packets refused by a full send queue
+        self.dropped = 0  # inner packets refused (send_packets says why)
         self.eof = False
         self.close_reason: str | None = None
         self.close_cause: str | None = None  # the shell's word; None: the core's
@@ -166,27 +166,36 @@ class StreamLink:
 
     # --- out ----------------------------------------------------------------------------
 
-    def send_packets(self, packets: list[bytes]) -> int:
-        """Frame, seal and queue inner packets; returns how many were accepted."""
+    def send_packets(self, packets: list[bytes],
+                     drop: Callable[[str, int], None] | None = None) -> int:
+        """Frame, seal and queue inner packets; returns how many were accepted.  The rest
+        are counted in ``dropped`` and, by reason, through ``drop`` (the peer's counters):
+        ``stream_not_ready`` (no SP header yet, or closing), ``stream_queue_full`` (the
+        queue's hard limit: a peer that stopped reading), ``stream_keys_spent`` (the keys
+        reached their record limit in this batch)."""
         if not self.ready:
-            self.dropped += len(packets)
+            self._refuse(drop, "stream_not_ready", len(packets))
             return 0
         q = self.queue
         room = q.limit - q.size
         per_packet = FRAME_OVERHEAD + self.assoc.record_overhead
         accepted: list[bytes] = []
+        full = 0
         for pkt in packets:
             cost = len(pkt) + per_packet
             if cost > room:
-                self.dropped += 1
+                full += 1
                 continue
             room -= cost
             accepted.append(encode_frame(pkt, self.max_message))
+        if full:
+            self._refuse(drop, "stream_queue_full", full)
         sealed = 0
         if accepted:
             assoc = self.assoc
             sealed = assoc.send(accepted)  # (fewer: the keys reached their record limit)
-            self.dropped += len(accepted) - sealed
+            if sealed < len(accepted):
+                self._refuse(drop, "stream_keys_spent", len(accepted) - sealed)
             q.push(assoc.data_to_send(), force=True)
             self.flush()
             if self.notify is not None and (assoc.is_closed or (
@@ -194,6 +203,11 @@ class StreamLink:
                 self._due_told = True
                 self.notify()
         return sealed
+
+    def _refuse(self, drop: Callable[[str, int], None] | None, reason: str, n: int) -> None:
+        self.dropped += n
+        if drop is not None:
+            drop(reason, n)
 
     def flush(self) -> None:
         """Write as much of the queue as the socket takes."""
