@@ -343,3 +343,24 @@ def test_spoofed_inner_sources_over_tcp_are_dropped_as_over_udp(world: World,
     assert [seq_of(p) for p in server.tun.drain()] == [2]
     assert server.peer()["drops"].get("spoofed_source") == 1, server.peer()["drops"]
     assert server.peer()["transport"] == "tcp"
+
+
+def test_the_stale_dtls_association_is_not_called_unresponsive_after_the_move(
+        pair: Pair, caplog: pytest.LogCaptureFixture) -> None:
+    """After the move to TCP the server's DTLS association of that peer falls silent as
+    expected: it is closed at info ("silent since the move to TCP"), not reported as an
+    unresponsive peer at WARNING, and the peer stays up over TCP."""
+    caplog.set_level(logging.INFO, logger="dtlsvpn")
+    server, client = pair()
+    world = server.world
+    assert traffic(world, client, server, 1.0)
+    world.net.udp_blocked = True
+    traffic(world, client, server, 3.0, seq=1000)
+    assert server.peer()["transport"] == "tcp"
+    traffic(world, client, server, 12.0, seq=2000)  # past DeadPeerTimeout (8 s)
+    assert server.peer()["transport"] == "tcp" and server.peer()["state"] == "established"
+    lines = [r.getMessage() for r in caplog.records]
+    assert not [m for m in lines if "unresponsive" in m], lines
+    assert any("peer branch: DTLS association silent since the move to TCP: closed" in m
+               for m in lines), lines
+    assert server.peer()["last_error"] != "PeerUnresponsive"
