@@ -256,7 +256,8 @@ class StreamAssociation:
         self._dirty = True
         if self._deadline is not None and now >= self._deadline:
             self._send_alert(AlertLevel.fatal, AlertDescription.handshake_failure)
-            self._close(local=True, reason="handshake timed out", alert=None, cause="timeout")
+            self._close(local=True, reason="handshake timed out", alert=None, cause="timeout",
+                        failure="timeout")
             return
         if self._key_expiry is not None and now >= self._key_expiry:
             interval = self.config.rekey_interval

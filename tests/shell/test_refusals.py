@@ -286,3 +286,21 @@ def test_an_abandoned_tls_handshake_is_not_a_refusal(world: World, tmp_path: Pat
     assert _failures(server) == {}
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert server.snapshot()["interface"]["tcp_closes"] == {"abandoned": 2}
+
+
+def test_a_silent_tls_connection_is_refused_as_timed_out(world: World, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture
+                                                         ) -> None:
+    """A connection that stays open and says nothing is no abandonment: after the
+    handshake's 30 s it is refused as ``timeout``, like a DTLS handshake that never ends."""
+    caplog.set_level(logging.INFO, logger="dtlsvpn")
+    server_conf, _ = psk_pair(tmp_path, transport="tcp")
+    server = world.start(server_conf, SERVER)
+    sock = _raw_tcp(server)
+    world.run_for(29.0)
+    assert _failures(server) == {}
+    world.run_for(2.0)
+    assert _failures(server) == {"timeout": 1}
+    (line,) = _tcp_lines(caplog)
+    assert line.endswith("over TCP: handshake did not complete (timed out)"), line
+    sock.close()
