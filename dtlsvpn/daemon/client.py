@@ -92,7 +92,7 @@ class ClientRole:
         self.tcp = ClientTcp(host, datapath, ClientHooks(
             lambda: self.peer, self._tls_config, self.poke, self._probe_udp, self._save_ticket,
             lambda: self.host.ready(self.status_text()),
-            lambda ev, now: self.refusals.client_failed(self.peer.name, ev, now),
+            lambda ev, now: self.refusals.client_failed(self.peer.name, ev, now, " over TCP"),
             mark=self.mark))
 
     @property

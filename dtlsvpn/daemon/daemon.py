@@ -326,7 +326,8 @@ class Daemon:
             mtu_policy=self.tunmtu.policy, started_wall=self.started_wall,
             wall=self.loop.wall,
             rekeying=role.rekeying if role is not None else lambda _peer: False,
-            handshake_failures=role.refusals.as_dict() if role is not None else None)
+            handshake_failures=role.refusals.as_dict() if role is not None else None,
+            tcp_closes=role.tcp.closes if role is not None else None)
 
 
 def run_daemon(path: Path, name: str | None = None, log_level: str | None = None) -> int:

@@ -311,9 +311,7 @@ class Datapath:
         """A peer's batch over its TLS/TCP link: MSS clamp, frame, seal, queue, count."""
         if self.mss4:
             self.mss_clamped += clamp_batch(batch, self.mss4, self.mss6)
-        sent = stream.send_packets(batch)
-        if sent < len(batch):
-            peer.drop("stream_queue_full", len(batch) - sent)
+        sent = stream.send_packets(batch, peer.drop)  # (refusals counted by reason)
         peer.tx_packets += sent
         peer.tx_bytes += sum(map(len, batch))
 

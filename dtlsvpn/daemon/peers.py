@@ -110,6 +110,19 @@ class Peer:
         if assoc is not None and assoc.inner_mtu is not None:
             self.inner_mtu = assoc.inner_mtu
 
+    def note_tls_handshake(self, ev: HandshakeCompleted, wall: float, *, renewal: bool) -> None:
+        """A TLS handshake over TCP (``transport.py``): counted in the status as a DTLS
+        one is; the DTLS state (``established``, the PMTU) is left alone, and so is
+        ``suite`` (set when the link carries: a standby does not)."""
+        self.handshake_wall = wall
+        self.handshakes += 1
+        self.resumed = ev.resumed
+        self.last_error = None
+        if renewal:
+            self.generation += 1
+            self.rekeys += 1
+            self.rekey_wall = wall
+
     def note_down(self, reason: str) -> None:
         self.established = False
         self.mtu.forget()

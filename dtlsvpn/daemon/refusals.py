@@ -157,15 +157,17 @@ class Refusals:
                     f" [{'; '.join(extra)}]" if extra else "")
         return True
 
-    def client_failed(self, peer: str, ev: AssociationClosed, now: float) -> bool:
-        """A client's handshake with its server failed: counted, said at WARNING."""
+    def client_failed(self, peer: str, ev: AssociationClosed, now: float,
+                      over: str = "") -> bool:
+        """A client's handshake with its server failed: counted, said at WARNING
+        (``over``: " over TCP" for the TLS fallback)."""
         self.counts[ev.failure or "closed"] = self.counts.get(ev.failure or "closed", 0) + 1
         self._refill(now)
         if self.tokens < 1:
             self.suppressed += 1
             return False
         self.tokens -= 1
-        log.warning("peer %s: handshake failed: %s", peer, explain(ev, server=False))
+        log.warning("peer %s: handshake failed%s: %s", peer, over, explain(ev, server=False))
         return True
 
     def timed_out(self, peer: str, events: list[Event], now: float) -> None:

@@ -73,7 +73,8 @@ class ServerRole:
         self._retire_timer = host.loop.timer(self._on_retire_due)
         self._retire_at: dict[Peer, float] = {}  # renewals whose client switched keys
         self.ticket_keys: SharedTicketKeys | None = None  # daemon/fleet.py
-        self.tcp = ServerTcp(host, datapath, self._dtls_config)  # TCP fallback (transport.py)
+        self.tcp = ServerTcp(host, datapath, self._dtls_config,  # TCP fallback (transport.py)
+                             self.refusals)
 
     def setup(self, tun: TunDevice) -> None:
         host, dp = self.host, self.datapath
@@ -222,11 +223,16 @@ class ServerRole:
                     self._refused(addr, ev, now)
                 self._closed(assoc, reason, peer)
             case PeerUnresponsive():
-                log.warning("peer %s unresponsive", peer.name if peer else display(addr))
+                why = "PeerUnresponsive"
+                if peer is not None and peer.stream is not None:  # TCP carries: expected
+                    why = "silent since the move to TCP"
+                    log.info("peer %s: DTLS association %s: closed", peer.name, why)
+                else:
+                    log.warning("peer %s unresponsive", peer.name if peer else display(addr))
                 if not assoc.is_closed:
                     assoc.close(now)
                     self._flush(addr, assoc, now, peer)
-                self._closed(assoc, "PeerUnresponsive", peer)
+                self._closed(assoc, why, peer)
             case PeerAddressChanged() if peer is not None:
                 self._moved(peer, assoc, ev)
             case _:

@@ -128,7 +128,8 @@ def endpoint_counters(endpoint: ServerEndpoint) -> dict[str, int]:
 def snapshot(cfg: Config, peers: list[Peer], dp: Datapath | None, *, device: str,
              listen: str | None, mtu: int, mtu_policy: str, started_wall: float,
              wall: float, rekeying: Callable[[Peer], bool],
-             handshake_failures: dict[str, int] | None = None) -> dict[str, Any]:
+             handshake_failures: dict[str, int] | None = None,
+             tcp_closes: dict[str, int] | None = None) -> dict[str, Any]:
     iface = cfg.interface
     counters, drops = _counters(dp)
     return {
@@ -148,6 +149,8 @@ def snapshot(cfg: Config, peers: list[Peer], dp: Datapath | None, *, device: str
             # refused (server) or failed (client) handshakes by reason (refusals.py)
             "handshake_failures": handshake_failures or {},
             "drops": drops,
+            # established TLS/TCP links closed, by cause (daemon/transport.py)
+            "tcp_closes": dict(sorted((tcp_closes or {}).items())),
             **fleet_status(cfg, dp.endpoint if dp is not None else None),  # issue 15
         },
         "peers": [peer_status(p, dp, wall, rekeying(p)) for p in peers],

@@ -178,6 +178,10 @@ def format_prometheus(snaps: list[dict[str, Any]]) -> str:
             sample("dtlsvpn_handshake_failures_total", "counter",
                    "Handshakes refused (server) or failed (client), by reason.",
                    _labels(instance=instance, reason=reason), n)
+        for reason, n in sorted(iface.get("tcp_closes", {}).items()):
+            sample("dtlsvpn_tcp_closes_total", "counter",
+                   "Established TLS/TCP links closed, by cause (record_limit, key_age, "
+                   "dead_peer, peer_closed, ...).", _labels(instance=instance, reason=reason), n)
         for event, n in sorted((iface.get("endpoint") or {}).items()):
             sample("dtlsvpn_endpoint_events_total", "counter",
                    "Server endpoint events before any association (cookies, admission "

@@ -27,12 +27,16 @@ Invariants:
 * A bad SP header, an unknown version or an oversized frame closes the
   connection with close_notify and ``close_reason`` naming what the peer sent;
   so does a TCP EOF without close_notify ("connection closed by peer").
+* ``close_cause`` is the stable word counted in the status's ``tcp_closes``: set here
+  (``sp_error``, ``connection_lost``) or by the roles (``dead_peer``, ``replaced``, ...)
+  through :meth:`closing`, else the core's (``StreamAssociation.close_cause``).
 """
 
 from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable
 
 from dtlsvpn.dtls.events import AssociationClosed, Event, HandshakeCompleted
 from dtlsvpn.dtls.stream import StreamAssociation
@@ -56,8 +60,9 @@ DEFAULT_QUEUE_LIMIT = 1 << 20  # bytes queued for a peer that stopped reading
 class StreamLink:
     """One peer's TLS/TCP connection (either role)."""
 
-    __slots__ = ("_sp", "assoc", "close_reason", "dropped", "eof", "header_sent",
-                 "hold_header", "max_message", "name", "queue", "sock")
+    __slots__ = ("_due_told", "_sp", "assoc", "close_cause", "close_reason", "dropped", "eof",
+                 "header_sent", "hold_header", "max_message", "name", "notify", "queue",
+                 "sock")
 
     def __init__(self, sock: socket.socket, assoc: StreamAssociation, *, max_message: int,
                  queue_limit: int = DEFAULT_QUEUE_LIMIT, protocol: int = SP_PROTOCOL_DTLSVPN,
@@ -69,11 +74,26 @@ class StreamLink:
         self.max_message = max_message
         self.queue = SendQueue(queue_limit)
         self._sp = SpReceiver(max_message, protocol)
-        self.dropped = 0  # inner packets refused by a full send queue
+        self.dropped = 0  # inner packets refused (send_packets says why)
         self.eof = False
         self.close_reason: str | None = None
+        self.close_cause: str | None = None  # the shell's word; None: the core's
         self.hold_header = hold_header
         self.header_sent = False
+        # Called when sending spent the record budget (renewal due) or closed the keys:
+        # the role services the link then, not at its next read or timer.
+        self.notify: Callable[[], None] | None = None
+        self._due_told = False
+
+    def closing(self, cause: str) -> None:
+        """Why this link is being closed (the first word given stays)."""
+        if self.close_cause is None and not self.closed:
+            self.close_cause = cause
+
+    @property
+    def cause(self) -> str:
+        """The word ``tcp_closes`` counts this link's close under."""
+        return self.close_cause or self.assoc.close_cause or "closed"
 
     @property
     def ready(self) -> bool:
@@ -133,9 +153,11 @@ class StreamLink:
             packets += self._sp.feed(record)
         except SpError as exc:
             self.close_reason = f"peer {self.name or '?'} broke the SP framing: {exc}"
+            self.closing("sp_error")
             self.assoc.close(now)
 
     def _lost(self, now: float, reason: str) -> None:
+        self.closing("connection_lost")
         self.eof = True
         if self.close_reason is None and not self.assoc.is_closed:
             self.close_reason = reason
@@ -144,27 +166,48 @@ class StreamLink:
 
     # --- out ----------------------------------------------------------------------------
 
-    def send_packets(self, packets: list[bytes]) -> int:
-        """Frame, seal and queue inner packets; returns how many were accepted."""
+    def send_packets(self, packets: list[bytes],
+                     drop: Callable[[str, int], None] | None = None) -> int:
+        """Frame, seal and queue inner packets; returns how many were accepted.  The rest
+        are counted in ``dropped`` and, by reason, through ``drop`` (the peer's counters):
+        ``stream_not_ready`` (no SP header yet, or closing), ``stream_queue_full`` (the
+        queue's hard limit: a peer that stopped reading), ``stream_keys_spent`` (the keys
+        reached their record limit in this batch)."""
         if not self.ready:
-            self.dropped += len(packets)
+            self._refuse(drop, "stream_not_ready", len(packets))
             return 0
         q = self.queue
         room = q.limit - q.size
         per_packet = FRAME_OVERHEAD + self.assoc.record_overhead
         accepted: list[bytes] = []
+        full = 0
         for pkt in packets:
             cost = len(pkt) + per_packet
             if cost > room:
-                self.dropped += 1
+                full += 1
                 continue
             room -= cost
             accepted.append(encode_frame(pkt, self.max_message))
+        if full:
+            self._refuse(drop, "stream_queue_full", full)
+        sealed = 0
         if accepted:
-            self.assoc.send(accepted)
-            q.push(self.assoc.data_to_send(), force=True)
+            assoc = self.assoc
+            sealed = assoc.send(accepted)  # (fewer: the keys reached their record limit)
+            if sealed < len(accepted):
+                self._refuse(drop, "stream_keys_spent", len(accepted) - sealed)
+            q.push(assoc.data_to_send(), force=True)
             self.flush()
-        return len(accepted)
+            if self.notify is not None and (assoc.is_closed or (
+                    not self._due_told and assoc.records_exhausted())):
+                self._due_told = True
+                self.notify()
+        return sealed
+
+    def _refuse(self, drop: Callable[[str, int], None] | None, reason: str, n: int) -> None:
+        self.dropped += n
+        if drop is not None:
+            drop(reason, n)
 
     def flush(self) -> None:
         """Write as much of the queue as the socket takes."""
@@ -176,6 +219,7 @@ class StreamLink:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                    self.closing("connection_lost")
                     self.eof = True
                     self.close_reason = self.close_reason or "connection reset by peer"
                     return

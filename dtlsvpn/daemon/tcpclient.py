@@ -34,7 +34,13 @@ from dtlsvpn.daemon.resolve import Answer
 from dtlsvpn.daemon.role import Host
 from dtlsvpn.daemon.settings import match_peer
 from dtlsvpn.daemon.stream import StreamLink
-from dtlsvpn.daemon.transport import _Links, max_message, set_transport
+from dtlsvpn.daemon.transport import (
+    KEY_LIMITS,
+    _Links,
+    abandoned,
+    max_message,
+    set_transport,
+)
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import (
     AssociationClosed,
@@ -179,6 +185,9 @@ class ClientTcp(_Links):
         if link is None:
             return
         link.start_carrying()  # the held SP header: the server moves its traffic too
+        ev = link.assoc.handshake_result
+        if ev is not None and peer.stream is not link:  # (a standby counts once it carries)
+            peer.note_tls_handshake(ev, self.host.loop.wall, renewal=False)
         peer.stream = link
         self.moved_at = now
         self._schedule_renewal(link)
@@ -369,13 +378,12 @@ class ClientTcp(_Links):
         self.link = new
         new.start_carrying()  # our SP header: the server moves to it and closes the old one
         peer.stream = new
-        peer.generation += 1
-        peer.rekeys += 1
-        peer.rekey_wall = self.host.loop.wall
+        peer.note_tls_handshake(ev, self.host.loop.wall, renewal=True)
         peer.suite = ev.suite_name
         log.info("peer %s: keys renewed over TCP (generation %d, %s)", peer.name,
                  peer.generation, ev.suite_name)
         self._schedule_renewal(new)
+        old.closing("renewed")
         self.retiring.append(old)  # what is still in flight on it is delivered
         self._retire.schedule(now + RETIRE_AFTER)
 
@@ -418,15 +426,19 @@ class ClientTcp(_Links):
                 log.info("peer %s: TLS over TCP up (%s, %s)", peer.name, ev.suite_name,
                          "resumed" if ev.resumed else "full")
                 self._apply(self.policy.tcp_established(now), now)
-            case PeerUnresponsive():
-                link.assoc.close(now)
+            case PeerUnresponsive(silent_for=silent):
+                self.dead_peer(link, silent, now)
             case HeartbeatAnswered():
                 if peer.stream is link:
                     peer.rtt = ev.rtt
             case SessionTicketReceived():
                 self.hooks.ticket(ev.session)
             case AssociationClosed(handshake=True) if link is not self.renewal:
-                self.hooks.failed(ev, now)  # (wrong key, unknown CA, ...: README Troubleshooting)
+                if abandoned(link):  # the server went away mid-way: not a refusal
+                    log.info("peer %s: TLS handshake over TCP cut off (%s)", peer.name,
+                             link.close_reason or ev.reason)
+                else:  # (wrong key, unknown CA, ...: README Troubleshooting)
+                    self.hooks.failed(ev, now)
             case _:
                 pass
 
@@ -441,8 +453,19 @@ class ClientTcp(_Links):
         return False
 
     def drop(self, link: StreamLink, now: float) -> None:
+        carried = self.hooks.peer().stream is link
         super().drop(link, now)
-        if self.link is link:  # lost (a carrier or a standby): the policy decides
+        if self.link is link and carried and link.cause in KEY_LIMITS:
+            # The keys were used up (a renewal never came through): a new connection at
+            # once, resuming with the ticket; the policy still has TCP carrying.
+            self.link = None
+            addr = self.link_addr
+            log.info("peer %s: dialling TCP again for fresh keys", self.hooks.peer().name)
+            if addr is None:
+                self._dial(now)
+            else:
+                self._connect(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, addr, now)
+        elif self.link is link:  # lost (a carrier or a standby): the policy decides
             self.link = None
             self._retry(now)
         elif self.renewal is link:  # the renewal failed: the current link carries on
@@ -451,7 +474,7 @@ class ClientTcp(_Links):
         elif link in self.retiring:
             self.retiring.remove(link)
 
-    def _abandon(self, now: float) -> None:
+    def _abandon(self, now: float, why: str = "back_to_udp") -> None:
         for sock in (self.connecting, self.renewing):
             if sock is not None:
                 self.host.loop.remove(sock.fileno())
@@ -470,6 +493,7 @@ class ClientTcp(_Links):
             carried = peer.stream is link
             if carried:
                 peer.stream = None
+            link.closing(why)
             link.assoc.close(now)
             self.drop(link, now)
             if carried:
@@ -479,7 +503,7 @@ class ClientTcp(_Links):
         """The [Peer] went away (reload): its TCP link closes, the policy starts afresh."""
         self._check.cancel()
         self._redial.cancel()
-        self._abandon(now)
+        self._abandon(now, "removed")
         peer = self.hooks.peer()
         peer.replay = peer.on_send = None
         self.policy = TransportPolicy(self.policy.settings)
@@ -488,6 +512,6 @@ class ClientTcp(_Links):
         self._check.cancel()
         self._redial.cancel()
         self._retire.cancel()
-        self._abandon(now)
+        self._abandon(now, "shutdown")
         self.resolver.close()
         self.close_all(now)

@@ -28,6 +28,7 @@ from functools import partial
 from dtlsvpn.daemon.datapath import Datapath
 from dtlsvpn.daemon.loop import Timer
 from dtlsvpn.daemon.peers import Peer
+from dtlsvpn.daemon.refusals import Refusals, explain, unknown_peer
 from dtlsvpn.daemon.role import Host
 from dtlsvpn.daemon.settings import match_peer
 from dtlsvpn.daemon.stream import StreamLink
@@ -59,19 +60,36 @@ def set_transport(host: Host, peer: Peer, transport: str) -> None:
     host.carrier_changed(peer)
 
 
+KEY_LIMITS = ("record_limit", "key_age")  # the keys were used up (dtls/stream.py)
+ABANDONED = ("connection_lost", "peer_closed", "shutdown")  # a handshake given up, not failed
+
+
+def abandoned(link: StreamLink) -> bool:
+    """The handshake ended because the peer went away mid-way (EOF, reset, close_notify)
+    or we shut down: not a refusal (a port scan, a client that changed its mind)."""
+    return link.cause in ABANDONED
+
+
 class _Links:
-    """What both roles do with their links: loop registration, timers, service."""
+    """What both roles do with their links: loop registration, timers, service, and the
+    count of closed links by cause (``closes``: the status's ``tcp_closes``)."""
 
     def __init__(self, host: Host, datapath: Datapath) -> None:
         self.host = host
         self.datapath = datapath
         self.timers: dict[StreamLink, Timer] = {}
         self.owners: dict[StreamLink, Peer | None] = {}
+        self.closes: dict[str, int] = {}
 
     def add(self, link: StreamLink, owner: Peer | None) -> None:
         self.owners[link] = owner
         self.timers[link] = self.host.loop.timer(partial(self._on_timer, link))
         self.host.loop.add(link.fileno(), partial(self._on_io, link))
+        link.notify = partial(self.host.loop.defer, partial(self._on_notify, link))
+
+    def _on_notify(self, link: StreamLink, now: float, _wall: float) -> None:
+        if link in self.owners:
+            self.service(link, now)
 
     def _on_io(self, link: StreamLink, mask: int, now: float, wall: float) -> None:
         if mask & select.EPOLLOUT:
@@ -106,36 +124,76 @@ class _Links:
     def on_event(self, link: StreamLink, ev: Event, now: float) -> None:
         raise NotImplementedError
 
+    def dead_peer(self, link: StreamLink, silent: float, now: float) -> None:
+        """Nothing authenticated from the peer for DeadPeerTimeout (heartbeats unanswered,
+        or none allowed): said at WARNING, the link closed (``dead_peer``)."""
+        peer = self.owners.get(link)
+        log.warning("peer %s unresponsive over TCP (nothing from %s for %.1fs): TCP link "
+                    "closed", peer.name if peer is not None else link.name, link.name, silent)
+        link.closing("dead_peer")
+        link.assoc.close(now)
+
     def carried(self, link: StreamLink, now: float) -> Peer | None:
         """The peer whose inner packets this link carries, if any."""
         peer = self.owners.get(link)
         return peer if peer is not None and peer.stream is link else None
 
     def drop(self, link: StreamLink, now: float) -> None:
-        """Forget a closed link: its fd, its timer, its peer's carrier."""
+        """Forget a closed link: its fd, its timer, its peer's carrier; count its cause."""
+        if link not in self.owners:
+            return
         peer = self.owners.pop(link, None)
         timer = self.timers.pop(link, None)
         if timer is not None:
             timer.cancel()
         self.host.loop.remove(link.fileno())
         link.close(now)
+        cause = self._count(link, now)
         if peer is not None and peer.stream is link:
             peer.stream = None
             set_transport(self.host, peer, "udp")
-            log.info("peer %s: TCP carrier closed (%s)", peer.name, link.close_reason)
+            if cause in KEY_LIMITS:
+                log.warning("peer %s: TLS keys used up over TCP and not renewed (%s): TCP "
+                            "link closed", peer.name, link.assoc.close_reason or cause)
+            else:
+                log.info("peer %s: TCP carrier closed (%s: %s)", peer.name, cause,
+                         link.close_reason)
+
+    def _count(self, link: StreamLink, now: float) -> str:
+        """The cause of a closed established link, counted; of the handshakes that did
+        not complete only the abandoned ones (the failed ones are refusals)."""
+        assoc = link.assoc
+        if assoc.handshake_result is None:
+            if abandoned(link):
+                self.closes["abandoned"] = self.closes.get("abandoned", 0) + 1
+                return "abandoned"
+            return "handshake"
+        if link.close_cause is None and assoc.close_cause == "peer_closed":
+            # The peer's own key limit closed it (its clock runs a little ahead of ours,
+            # or it counted the same record first): say so, not just "peer_closed".
+            due = assoc.renewal_due(now)
+            if due is not None:
+                link.close_cause = due
+        cause = link.cause
+        self.closes[cause] = self.closes.get(cause, 0) + 1
+        return cause
 
     def close_all(self, now: float) -> None:
         for link in list(self.owners):
+            link.closing("shutdown")
             self.drop(link, now)
 
 
 class ServerTcp(_Links):
-    """The server's TCP listener and the links it accepted."""
+    """The server's TCP listener and the links it accepted.  A TLS handshake that fails
+    is a refusal like a DTLS one (``refusals``, the role's: the same counts, words and
+    rate limit, the place said "over TCP"); one the client abandoned is not."""
 
     def __init__(self, host: Host, datapath: Datapath,
-                 config: Callable[[], DtlsConfig]) -> None:
+                 config: Callable[[], DtlsConfig], refusals: Refusals) -> None:
         super().__init__(host, datapath)
         self.config = config
+        self.refusals = refusals
         self.lsock: socket.socket | None = None
         self.results: dict[StreamLink, HandshakeCompleted] = {}  # bound, not yet carrying
 
@@ -178,22 +236,35 @@ class ServerTcp(_Links):
                 cfg = match_peer(self.host.cfg, ev)
                 peer = self.host.peers.get(cfg.name) if cfg is not None else None
                 if peer is None:
-                    log.warning("TCP connection from %s matches no [Peer]: closed", link.name)
+                    self._refused(link, unknown_peer(ev, matched=False), now)
                     self.datapath.drop("unknown_peer")
+                    link.closing("unknown_peer")
                     link.assoc.close(now)
                     return
                 self.owners[link] = peer
                 self.results[link] = ev
                 self.carried(link, now)  # (its SP header may have come in the same read)
-            case PeerUnresponsive():
-                link.assoc.close(now)
+            case PeerUnresponsive(silent_for=silent):
+                self.dead_peer(link, silent, now)
             case HeartbeatAnswered() if (peer := self.owners.get(link)) is not None:
                 peer.rtt = ev.rtt
+            case AssociationClosed(handshake=True) if not abandoned(link):
+                self._refused(link, ev, now)
             case AssociationClosed(reason=reason) if self.owners.get(link) is None:
                 log.info("TCP connection from %s closed before binding (%s)", link.name,
                          link.close_reason or reason)
             case _:
                 pass
+
+    def _refused(self, link: StreamLink, ev: AssociationClosed, now: float) -> None:
+        """A TLS handshake that failed or matched no [Peer]: as over DTLS (refusals.py)."""
+        message = explain(ev, server=True)
+        who = ev.peer_identity
+        where = f"{link.name} over TCP"
+        if who and who not in message:
+            where += f" ({who})"
+        self.refusals.note(ev.failure or "closed", link.name.rpartition(":")[0], where,
+                           message, now)
 
     def carried(self, link: StreamLink, now: float) -> Peer | None:
         """A bound link becomes its peer's carrier once the client's SP header arrived
@@ -204,12 +275,17 @@ class ServerTcp(_Links):
         old = peer.stream
         peer.stream = link
         if old is not None:
+            old.closing("replaced")
             self.drop(old, now)  # the peer reconnected: the new link carries
             peer.stream = link
         set_transport(self.host, peer, "tcp")
         ev = self.results.pop(link, None)
         if ev is not None:
             peer.suite = ev.suite_name
+            # (counted once it carries, as the client does: a standby is not; a full
+            # handshake that replaces a link is the client's key renewal)
+            peer.note_tls_handshake(ev, self.host.loop.wall,
+                                    renewal=old is not None and not ev.resumed)
         log.info("peer %s: %s (%s from %s, %s)", peer.name,
                  "TCP link replaced (renewal or reconnect)" if old else "traffic moved to TCP",
                  ev.suite_name if ev else "?", link.name,
@@ -224,6 +300,7 @@ class ServerTcp(_Links):
         """The [Peer] went away on reload: its links close."""
         for link, owner in list(self.owners.items()):
             if owner is peer:
+                link.closing("removed")
                 link.assoc.close(now)
                 self.drop(link, now)
 

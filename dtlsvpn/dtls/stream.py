@@ -25,10 +25,25 @@ What differs from DTLS, and where it lives:
   socket after writing ``data_to_send``.
 * Timers: the handshake as a whole must finish within ``handshake_timeout``
   seconds of ``connect``/``accept``; afterwards RFC 6520 heartbeats keep
-  doing liveness (``keepalive.py``) exactly as over DTLS.
+  doing liveness (``keepalive.py``) exactly as over DTLS.  A server whose
+  client did not allow heartbeats (so it cannot ask) still declares it
+  unresponsive after ``heartbeat_settings.timeout`` seconds without an
+  authenticated record (``PeerUnresponsive``, once): a dead client over TCP may
+  leave no trace in the socket for a long time.
 
 Once established, renegotiation is refused with a warning no_renegotiation
 (RFC 5746, security.md S17) and any other handshake message is fatal.
+
+Key limits: a TLS connection is never renegotiated, so the shell renews by
+dialling a new connection when ``records_exhausted`` (the record budget, as
+over DTLS) or the rekey interval says so.  Should that renewal not happen, the
+keys stop here at twice either: once a direction has used ``KEY_LIMIT_FACTOR``
+× the budget of records, or the keys are ``KEY_LIMIT_FACTOR`` × ``rekey_interval``
+old, close_notify goes out and the association closes with ``close_cause``
+``record_limit`` or ``key_age`` (the client then dials again, resuming).
+``close_cause`` is a stable word for every close: ``record_limit``, ``key_age``,
+``peer_closed`` (close_notify), ``peer_alert``, ``alert_sent`` (our fatal alert),
+``timeout`` (the handshake's), ``closed`` (``close()``).
 """
 
 from __future__ import annotations
@@ -45,6 +60,7 @@ from dtlsvpn.dtls.events import (
     AlertReceived,
     Event,
     HandshakeCompleted,
+    PeerUnresponsive,
     SessionTicketReceived,
 )
 from dtlsvpn.dtls.flight import CCS, OutMessage
@@ -82,6 +98,7 @@ from dtlsvpn.wire.tls import (
 DEFAULT_HANDSHAKE_TIMEOUT = 30.0  # seconds from connect/accept to an established session
 _MAX_SEQ = (1 << 64) - 1  # RFC 5246 §6.1: sequence numbers never wrap
 _RENEGOTIATION = (HandshakeType.hello_request, HandshakeType.client_hello)
+KEY_LIMIT_FACTOR = 2  # keys stop at this many times the record budget or the rekey interval
 
 
 class BadRecordMac(Alert):
@@ -121,6 +138,10 @@ class StreamAssociation:
         self.handshake_result: HandshakeCompleted | None = None
         self.established_at: float | None = None
         self.close_reason: str | None = None
+        self.close_cause: str | None = None  # a stable word (see the module docstring)
+        self._key_expiry: float | None = None  # established_at + 2 x rekey_interval
+        self._silence: float | None = None  # server without liveness: this much is death
+        self._silence_told = False
 
     # --- public state -------------------------------------------------------
 
@@ -157,11 +178,30 @@ class StreamAssociation:
         """A direction used up its record budget for these keys (``rekey_records``, else
         the suite AEAD's ``REKEY_RECORDS``, as over DTLS): time for a new connection
         (a TLS connection is never renegotiated; ``tcpclient.py`` renews make-before-break)."""
+        budget = self._record_budget()
+        return budget is not None and (self._write_seq >= budget or self._read_seq >= budget)
+
+    def renewal_due(self, now: float) -> str | None:
+        """``record_limit`` or ``key_age`` when these keys are past the point where the
+        shell renews them (the budget, or ``rekey_interval``); else None."""
+        if self.records_exhausted():
+            return "record_limit"
+        interval, at = self.config.rekey_interval, self.established_at
+        if interval is not None and at is not None and now >= at + interval:
+            return "key_age"
+        return None
+
+    def _record_budget(self) -> int | None:
         prot = self._write
         if not self._established or prot is None:
-            return False
-        budget = self.config.rekey_records or REKEY_RECORDS[prot.suite.aead]
-        return self._write_seq >= budget or self._read_seq >= budget
+            return None
+        return self.config.rekey_records or REKEY_RECORDS[prot.suite.aead]
+
+    @property
+    def record_limit(self) -> int | None:
+        """Records per direction after which these keys are no longer used at all."""
+        budget = self._record_budget()
+        return None if budget is None else KEY_LIMIT_FACTOR * budget
 
     def connect(self, now: float, wall: float) -> None:
         """Client: send the ClientHello (the TCP connection is up)."""
@@ -216,29 +256,61 @@ class StreamAssociation:
         self._dirty = True
         if self._deadline is not None and now >= self._deadline:
             self._send_alert(AlertLevel.fatal, AlertDescription.handshake_failure)
-            self._close(local=True, reason="handshake timed out", alert=None)
+            self._close(local=True, reason="handshake timed out", alert=None, cause="timeout",
+                        failure="timeout")
             return
+        if self._key_expiry is not None and now >= self._key_expiry:
+            interval = self.config.rekey_interval
+            self._retire("key_age", f"keys {KEY_LIMIT_FACTOR} x RekeyInterval ({interval:g}s) "
+                         "old and not renewed")
+            return
+        if (self._silence is not None and not self._silence_told
+                and now >= self._last_rx + self._silence):
+            self._silence_told = True
+            self._events.append(PeerUnresponsive(silent_for=now - self._last_rx))
         self._service_keepalive(now)
 
-    def send(self, payloads: Iterable[bytes]) -> None:
-        """Seal each payload (an inner packet or an SP message) as application data."""
+    def send(self, payloads: Iterable[bytes]) -> int:
+        """Seal each payload (an inner packet or an SP message) as application data;
+        returns how many were sealed: fewer when the record limit closed the keys."""
         if not self.is_established:
             raise UsageError("send() before the handshake completed or after close")
         ct = int(ContentType.application_data)
+        limit = self.record_limit
         n = 0
         for payload in payloads:
             if len(payload) > MAX_PLAINTEXT:
                 raise UsageError(f"payload of {len(payload)} bytes exceeds 2^14")
+            if limit is not None and self._write_seq >= limit:
+                break
             self._seal(ct, payload)
             n += 1
         self.stats.tx_records += n
+        self._check_record_limit()
+        return n
 
     def close(self, now: float) -> None:
         """Send close_notify (RFC 5246 §7.2.1) and stop."""
         if self._closed:
             return
         self._send_alert(AlertLevel.warning, AlertDescription.close_notify)
-        self._close(local=True, reason="closed", alert=AlertDescription.close_notify)
+        self._close(local=True, reason="closed", alert=AlertDescription.close_notify,
+                    cause="closed")
+
+    def _check_record_limit(self) -> None:
+        limit = self.record_limit
+        if limit is None or self._closed:
+            return
+        for seq, verb in ((self._write_seq, "sent"), (self._read_seq, "received")):
+            if seq >= limit:
+                self._retire("record_limit", f"{limit} records {verb} under these keys "
+                             f"({KEY_LIMIT_FACTOR} x the record budget) and not renewed")
+                return
+
+    def _retire(self, cause: str, reason: str) -> None:
+        """The keys reached a hard limit: close_notify and close (``close_cause``)."""
+        self._send_alert(AlertLevel.warning, AlertDescription.close_notify)
+        self._close(local=True, reason=reason, alert=AlertDescription.close_notify, cause=cause)
 
     # --- outputs --------------------------------------------------------------
 
@@ -254,9 +326,15 @@ class StreamAssociation:
             return None
         if self._deadline is not None:
             return self._deadline
+        due = self._key_expiry
+        if self._silence is not None and not self._silence_told:
+            quiet = self._last_rx + self._silence
+            due = quiet if due is None else min(due, quiet)
         if self._keepalive is not None:
-            return self._keepalive.get_timer(self._last_rx)
-        return None
+            ka = self._keepalive.get_timer(self._last_rx)
+            if ka is not None and (due is None or ka < due):
+                due = ka
+        return due
 
     def pop_events(self) -> list[Event]:
         ev, self._events = self._events, []
@@ -293,7 +371,11 @@ class StreamAssociation:
         self.handshake_result = event
         self.established_at = now
         self._last_rx = now
+        if self.config.rekey_interval is not None:
+            self._key_expiry = now + KEY_LIMIT_FACTOR * self.config.rekey_interval
         self._events.append(event)
+        if not event.heartbeat and not self.config.is_client:
+            self._silence = self.config.heartbeat_settings.timeout
         self._keepalive = Keepalive(
             self.config, self.stats, now=now, answer=self._machine.heartbeat_negotiated,
             send_requests=event.heartbeat, ip_header=20, record_overhead=self.record_overhead,
@@ -319,6 +401,8 @@ class StreamAssociation:
             plain = prot.open(self._read_seq, ctype, fragment)
             if plain is None:
                 self.stats.bad_mac += 1
+                if not self._established:  # the first record under the new keys: Finished
+                    raise failures.finished_failed()
                 raise BadRecordMac("record failed authentication")  # RFC 5246 §6.2.3.3
             self._read_seq += 1
             self._last_rx = now
@@ -332,6 +416,7 @@ class StreamAssociation:
         if handler is None:
             raise UnexpectedMessage(f"record of unknown type {ctype}")  # RFC 5246 §6
         handler(self, payload, now, wall, out)
+        self._check_record_limit()
 
     def _on_handshake(self, payload: bytes, now: float, wall: float, out: list[bytes]) -> None:
         try:
@@ -366,10 +451,12 @@ class StreamAssociation:
         self._events.append(AlertReceived(level=level, description=desc))
         if desc == AlertDescription.close_notify:
             self._send_alert(AlertLevel.warning, AlertDescription.close_notify)
-            self._close(local=False, reason="peer sent close_notify", alert=desc)
+            self._close(local=False, reason="peer sent close_notify", alert=desc,
+                        cause="peer_closed")
         elif level == AlertLevel.fatal:
             reason, failure = failures.peer_alert(desc, self._established)
-            self._close(local=False, reason=reason, alert=desc, failure=failure)
+            self._close(local=False, reason=reason, alert=desc, failure=failure,
+                        cause="peer_alert")
 
     def _on_application_data(self, payload: bytes, now: float, wall: float,
                              out: list[bytes]) -> None:
@@ -415,6 +502,7 @@ class StreamAssociation:
     def _service_keepalive(self, now: float) -> None:
         if self._keepalive is not None:
             self._keepalive.service(now, self._last_rx)
+            self._check_record_limit()  # (our heartbeats spend records too)
 
     # --- alerts and closing ---------------------------------------------------------
 
@@ -432,15 +520,18 @@ class StreamAssociation:
         if self._closed:
             return
         self._send_alert(AlertLevel.fatal, exc.description)
-        self._close(local=True, reason=str(exc), alert=int(exc.description))
+        self._close(local=True, reason=str(exc), alert=int(exc.description), cause="alert_sent",
+                    failure=exc.failure)
 
-    def _close(self, *, local: bool, reason: str, alert: int | None,
+    def _close(self, *, local: bool, reason: str, alert: int | None, cause: str,
                failure: str | None = None) -> None:
         if self._closed:
             return
         self._closed = True
         self._deadline = None
+        self._key_expiry = None
         self.close_reason = reason
+        self.close_cause = cause
         self._handshake.clear()
         # The same event as DTLS's (failures.py): before completion it says what failed.
         self._events.append(failures.closed(local, reason, alert, failure=failure,

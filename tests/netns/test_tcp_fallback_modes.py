@@ -2,20 +2,33 @@
 dialling it by name, and a reload that removes the peer closing its TLS connection.
 
     server (198.18.0.1) ─── client (198.18.0.2; office.test → 198.18.0.1 in its hosts)
+
+and a full tunnel over TCP whose TLS dial carries FwMark (the server also at 198.18.3.1,
+reached by the client's default route).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.netns.harness import RunDaemon, Topology, ping, psk_pair, two_hosts
-from tests.util import wait_until
+from tests.netns.harness import (
+    RunDaemon,
+    Topology,
+    ip,
+    ping,
+    psk_pair,
+    start_pair,
+    two_hosts,
+)
+from tests.util import require_tools, wait_until
 
 pytestmark = pytest.mark.usefixtures("root")
+FAR = "198.18.3.1"  # a server address behind the client's default route
 
 
 def _sockets(topo: Topology, ns: str, flags: str) -> str:
@@ -64,3 +77,68 @@ def test_tcp_only_server_and_client_by_name(topo: Topology, run_daemon: RunDaemo
         etc.rmdir()
         if made_top:
             etc.parent.rmdir()
+
+
+def test_a_full_tunnel_marks_its_tcp_dial(topo: Topology, run_daemon: RunDaemon,
+                                          tmp_path: Path) -> None:
+    """A full tunnel (AllowedIPs = 0.0.0.0/0) over TCP only: the TLS connection carries
+    FwMark (SO_MARK 0xca6c) as the UDP socket would, so the kernel routes it by the main
+    table and not into the tunnel it carries (without the mark the server's address is
+    routed into dvc0: the dial could never connect)."""
+    server_ns, client_ns = two_hosts(topo)
+    # The server listens on an address the client reaches by its default route (a full
+    # tunnel leaves more specific main-table routes alone, so the veth's own would do).
+    ip("-n", server_ns, "addr", "add", f"{FAR}/32", "dev", "lo")
+    ip("-n", client_ns, "route", "add", "default", "via", "198.18.0.1")
+    server_conf, client_conf = psk_pair(tmp_path, server_ip=FAR, transport="tcp")
+    text = client_conf.read_text()
+    assert "AllowedIPs = 100.64.0.0/24, fd00::/64" in text
+    client_conf.write_text(text.replace("AllowedIPs = 100.64.0.0/24, fd00::/64",
+                                        "AllowedIPs = 0.0.0.0/0, ::/0"))
+    server = run_daemon(server_ns, server_conf, server_conf.with_suffix(".sock"))
+    server.wait_ready()
+    client = run_daemon(client_ns, client_conf, client_conf.with_suffix(".sock"))
+    client.wait_ready()
+    assert client.wait_connected(), client.proc.describe()
+    assert client.status()["peers"][0]["transport"] == "tcp"
+    assert "3 received" in ping(topo, client_ns, "100.64.0.1", "--count", "3")
+    conns = [line for line in _sockets(topo, client_ns, "-tne").splitlines()
+             if f"{FAR}:4433" in line]
+    assert len(conns) == 1 and "fwmark:0xca6c" in conns[0], conns
+    plain = topo.exec(client_ns, ["ip", "route", "get", FAR]).stdout
+    marked = topo.exec(client_ns, ["ip", "route", "get", FAR, "mark", "0xca6c"]).stdout
+    assert "dev dvc0" in plain and "dev dvc0" not in marked, (plain, marked)
+    print(f"\nTCP dial of a full tunnel: {conns[0].split()[3:5]} fwmark:0xca6c; "
+          f"unmarked route: {plain.strip()}")
+    assert client.stop() == 0 and server.stop() == 0
+
+
+DROP_ALL = ("table inet dvdead { chain i { type filter hook input priority 0; "
+            "tcp sport 4433 drop; }; chain o { type filter hook output priority 0; "
+            "tcp dport 4433 drop; }; }")
+
+
+def test_a_client_that_vanishes_over_tcp_is_closed_as_dead(topo: Topology,
+                                                           run_daemon: RunDaemon,
+                                                           tmp_path: Path) -> None:
+    """The client's host stops answering on TCP (nftables drops its TLS connection both
+    ways: no RST, no FIN, so the server's kernel keeps the connection): the server closes
+    the link after DeadPeerTimeout of silence, at WARNING, counted dead_peer."""
+    require_tools("nft")
+    server_ns, client_ns = two_hosts(topo)
+    server_conf, client_conf = psk_pair(tmp_path, server_ip="198.18.0.1", transport="tcp")
+    server, client = start_pair(run_daemon, server_ns, client_ns, server_conf, client_conf)
+    assert wait_until(lambda: server.status()["peers"][0]["transport"] == "tcp", 10)
+    assert "3 received" in ping(topo, client_ns, "100.64.0.1", "--count", "3")
+    res = topo.exec(client_ns, ["nft", DROP_ALL])
+    assert res.returncode == 0, res.stderr
+    gone = time.monotonic()
+    said = "unresponsive over TCP (nothing from 198.18.0.2:"
+    assert wait_until(lambda: said in server.proc.stderr(), 20), server.proc.describe()
+    took = time.monotonic() - gone
+    line = next(x for x in server.proc.stderr().splitlines() if said in x)
+    assert "WARNING" in line and line.endswith("TCP link closed"), line
+    assert server.status()["interface"]["tcp_closes"].get("dead_peer") == 1
+    print(f"\nsilent client over TCP: closed by the server {took:.1f}s after the drop "
+          f"(DeadPeerTimeout 8 s): {line.split('dtlsvpn: ', 1)[-1]}")
+    assert server.stop() == 0 and client.stop() == 0

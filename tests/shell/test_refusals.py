@@ -197,3 +197,110 @@ def test_client_says_what_a_silent_server_never_did(
     said = [x for x in lines if "never accepted our Finished (wrong PSK or key?)" in x]
     assert said and said[0].startswith("peer office: handshake failed: "), lines
     assert _failures(client).get("finished_unanswered", 0) >= 1
+
+
+# --- over TCP: the same refusals, words and rate limit (daemon/transport.py) ------------------
+
+def _tcp_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [m for m in _refusal_lines(caplog) if " over TCP" in m]
+
+
+def test_wrong_psk_over_tcp_is_a_refusal_on_the_server(world: World, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture
+                                                       ) -> None:
+    caplog.set_level(logging.INFO, logger="dtlsvpn")
+    server_conf, client_conf = psk_pair(tmp_path, transport="tcp")
+    wrong = secret_file(tmp_path / "wrong.hex", secrets.token_hex(32) + "\n")
+    _replace(client_conf, f"PSKFile = {tmp_path / 'psk.hex'}", f"PSKFile = {wrong}")
+    server, _client = _run_refusal(world, server_conf, client_conf, "wrong_key")
+    assert server.daemon.role.tcp.refusals is server.daemon.role.refusals  # one rate limit
+    (line,) = _tcp_lines(caplog)[:1]
+    assert re.match(r"refused handshake from 127\.0\.0\.1:\d+ over TCP: PSK identity branch: "
+                    r"Finished failed authentication — wrong key\?$", line), line
+    _check_metric(server, "wrong_key")
+    client_lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                    and "peer office: handshake failed over TCP:" in r.getMessage()]
+    assert client_lines, [r.getMessage() for r in caplog.records]
+    assert not server.snapshot()["interface"]["tcp_closes"]  # (refusals, not closes)
+
+
+def test_foreign_ca_over_tcp(world: World, tmp_path: Path, pki: Pki,
+                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dtlsvpn")
+    server_conf, client_conf = cert_pair(tmp_path, pki, transport="tcp")
+    _replace(client_conf, str(pki.client.cert_path), str(pki.evil_client.cert_path))
+    _replace(client_conf, str(pki.client.key_path), str(pki.evil_client.key_path))
+    server, _client = _run_refusal(world, server_conf, client_conf, "unknown_ca")
+    (line,) = _tcp_lines(caplog)[:1]
+    assert " over TCP (certificate " in line and "CN=client.test" in line, line
+    assert ": certificate not signed by CA: " in line, line
+    _check_metric(server, "unknown_ca")
+
+
+def _raw_tcp(server: Host) -> socket.socket:
+    """A plain TCP connection to the server's TLS listener (not a dtlsvpn client)."""
+    sock = socket.create_connection(server.world.net.tcp[(SERVER, 4433)], timeout=2.0)
+    server.world.settle()
+    return sock
+
+
+def test_bad_client_hellos_over_tcp_are_refused_and_rate_limited(
+        world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Five malformed ClientHellos from one host: five refusals counted (decode_error), one
+    line logged (the per-source limit DTLS refusals have), each answered by a fatal alert."""
+    caplog.set_level(logging.INFO, logger="dtlsvpn")
+    server_conf, _ = psk_pair(tmp_path, transport="tcp")
+    server = world.start(server_conf, SERVER)
+    # A handshake record holding a ClientHello whose body ends inside its version field.
+    hello = b"\x16\x03\x01\x00\x06" + b"\x01\x00\x00\x02\x03\x03"
+    for _ in range(5):
+        sock = _raw_tcp(server)
+        sock.sendall(hello)
+        world.run_for(0.2)
+        answer = sock.recv(100)
+        sock.close()
+        assert answer[:1] == b"\x15" and answer[-2:] == bytes([2, AlertDescription.decode_error])
+    world.run_for(0.5)
+    assert _failures(server) == {"decode_error": 5}
+    lines = _tcp_lines(caplog)
+    assert len(lines) == 1 and "127.0.0.1:" in lines[0], lines
+    print(lines[0])
+
+
+def test_an_abandoned_tls_handshake_is_not_a_refusal(world: World, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A client that connects, sends half a ClientHello and goes away (a port scan, a client
+    that changed its mind) is no refusal: nothing at WARNING, no handshake_failures; it shows
+    as ``abandoned`` in tcp_closes."""
+    caplog.set_level(logging.INFO, logger="dtlsvpn")
+    server_conf, _ = psk_pair(tmp_path, transport="tcp")
+    server = world.start(server_conf, SERVER)
+    sock = _raw_tcp(server)
+    sock.sendall(b"\x16\x03\x01\x00\x40\x01\x00\x00\x3c\x03\x03")  # (53 bytes short)
+    world.run_for(0.2)
+    sock.close()
+    quiet = _raw_tcp(server)  # and one that says nothing at all
+    quiet.close()
+    world.run_for(0.5)
+    assert not server.daemon.role.tcp.owners
+    assert _failures(server) == {}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert server.snapshot()["interface"]["tcp_closes"] == {"abandoned": 2}
+
+
+def test_a_silent_tls_connection_is_refused_as_timed_out(world: World, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture
+                                                         ) -> None:
+    """A connection that stays open and says nothing is no abandonment: after the
+    handshake's 30 s it is refused as ``timeout``, like a DTLS handshake that never ends."""
+    caplog.set_level(logging.INFO, logger="dtlsvpn")
+    server_conf, _ = psk_pair(tmp_path, transport="tcp")
+    server = world.start(server_conf, SERVER)
+    sock = _raw_tcp(server)
+    world.run_for(29.0)
+    assert _failures(server) == {}
+    world.run_for(2.0)
+    assert _failures(server) == {"timeout": 1}
+    (line,) = _tcp_lines(caplog)
+    assert line.endswith("over TCP: handshake did not complete (timed out)"), line
+    sock.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dtlsvpn.daemon.status import format_prometheus
 from tests.fakes.packets import seq_of, udp
 from tests.fakes.world import Host, World
 from tests.netns.harness import psk_pair, secret_file
@@ -48,6 +49,11 @@ def _tcp_pair(world: World, tmp_path: Path, **interface: str) -> tuple[Host, Hos
     assert world.run_until(lambda: client.peer()["transport"] == "tcp"
                            and server.peer()["transport"] == "tcp", within=10.0), (
         client.snapshot(), server.snapshot())
+    for host in (client, server):  # the TLS handshake is in the status as a DTLS one is
+        peer = host.peer()
+        when = peer["last_handshake"]
+        assert peer["handshakes"] == 1 and peer["resumed"] is False, peer
+        assert when is not None and world.clock.wall - 10.0 <= when <= world.clock.wall, peer
     return server, client
 
 
@@ -146,6 +152,9 @@ def test_keys_over_tcp_are_renewed_make_before_break(world: World, tmp_path: Pat
     assert seqs == list(range(len(seqs))) and len(seqs) > 300  # in order, no gap
     peer = client.peer()
     assert peer["rekey_generation"] >= 2 and peer["rekeys"] == peer["rekey_generation"]
+    assert peer["handshakes"] == 1 + peer["rekeys"]  # (every TLS handshake counts)
+    far = server.peer()
+    assert far["rekeys"] == peer["rekeys"] and far["handshakes"] == peer["handshakes"], far
     tcp = client.daemon.role.tcp
     assert tcp.link is not first and tcp.link is not None and tcp.link.ready
     world.run_for(RETIRE_SETTLE)
@@ -235,3 +244,123 @@ def test_a_wrong_psk_over_tcp_is_said_and_redials_back_off(world: World, tmp_pat
     dials = len(client.devices.tcp_dials)
     print(f"\nwrong PSK over TCP: {dials} TLS dials in 60 s (fake clock); {lines[0]}")
     assert 4 <= dials <= 10  # 1, 2, 4, 8, 16, 30 s apart; a fixed 1 s would be ~60
+
+
+def _budget(host: Host, records: int) -> None:
+    """A small record budget on every TLS link of ``host`` (the config has no key for it)."""
+    for link in host.daemon.role.tcp.owners:
+        link.assoc.config = dataclasses.replace(link.assoc.config, rekey_records=records)
+
+
+def test_keys_unrenewed_stop_at_twice_the_record_budget(world: World, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture
+                                                        ) -> None:
+    """The renewal cannot get through (dials refused): the link carries on past the budget,
+    and at twice it both sides send close_notify, count ``record_limit`` in tcp_closes,
+    and the client dials again at once, resuming with its ticket."""
+    caplog.set_level(logging.INFO, logger="dtlsvpn")
+    server, client = _tcp_pair(world, tmp_path)
+    first = client.daemon.role.tcp.link
+    _budget(client, 20)
+    _budget(server, 20)
+    client.devices.online = False  # the renewal's dial fails (and is retried in 30 s)
+    dials = len(client.devices.tcp_dials)
+    got = traffic(world, client, server, 1.0, replies=False, step=0.05)
+    assert len(client.devices.tcp_dials) == dials + 1  # the renewal, refused
+    assert client.daemon.role.tcp.link is first and first is not None and first.ready
+    client.devices.online = True
+    got += traffic(world, client, server, 3.0, replies=False, step=0.05)
+    assert client.daemon.role.tcp.link is not first
+    assert first.assoc.close_cause == "record_limit"
+    assert first.assoc.record_limit == 40 and first.assoc.stats.tx_records <= 41
+    for host in (client, server):
+        assert host.snapshot()["interface"]["tcp_closes"].get("record_limit") == 1, (
+            host.snapshot()["interface"]["tcp_closes"])
+    assert client.peer()["transport"] == server.peer()["transport"] == "tcp"
+    metrics = format_prometheus([server.snapshot()])
+    assert re.search(r'^dtlsvpn_tcp_closes_total\{instance="[^"]*",reason="record_limit"\} 1$',
+                     metrics, re.M), metrics
+    log = [r.getMessage() for r in caplog.records]
+    assert any("TLS keys used up over TCP and not renewed" in m and r.levelno == logging.WARNING
+               for m, r in zip(log, caplog.records, strict=True)), log
+    up = [m for m in log if "TLS over TCP up" in m]
+    assert len(up) == 2 and "full" in up[0] and "resumed" in up[1], up
+    for host in (client, server):
+        assert host.peer()["handshakes"] == 2 and host.peer()["resumed"], host.peer()
+    seqs = [s for _, s in got]
+    assert seqs and max(seqs) > 50  # traffic went on after the redial
+
+
+def test_keys_unrenewed_stop_at_twice_the_rekey_interval(world: World, tmp_path: Path) -> None:
+    server, client = _tcp_pair(world, tmp_path, rekey_interval="2")
+    first = client.daemon.role.tcp.link
+    assert first is not None
+    client.devices.online = False
+    traffic(world, client, server, 2.5)  # the renewal at 2 s is refused
+    assert client.daemon.role.tcp.link is first and first.ready
+    client.devices.online = True
+    traffic(world, client, server, 2.5)  # 4 s: the keys are closed (2 x RekeyInterval)
+    assert first.closed and client.daemon.role.tcp.link is not first
+    for host in (client, server):
+        closes = host.snapshot()["interface"]["tcp_closes"]
+        assert closes.get("key_age") == 1, closes
+    assert world.run_until(lambda: client.peer()["transport"] == "tcp"
+                           and server.peer()["transport"] == "tcp", within=2.0)
+    assert traffic(world, client, server, 0.5)
+
+
+def test_a_silent_peer_over_tcp_is_closed_as_dead(world: World, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The client vanishes without a word (its process stopped; its socket stays open, so
+    TCP says nothing): the server closes the link after DeadPeerTimeout (8 s) of silence,
+    at WARNING, counted ``dead_peer``; the peer is down."""
+    caplog.set_level(logging.INFO, logger="dtlsvpn")
+    server, client = _tcp_pair(world, tmp_path)
+    assert traffic(world, client, server, 1.0)
+    gone = world.clock.now
+    client.crash()
+    assert world.run_until(lambda: not server.daemon.role.tcp.owners, within=12.0)
+    print(f"\nfake time: the silent client's TCP link closed {world.clock.now - gone:.2f}s "
+          "after its last word")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                and "unresponsive over TCP" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert re.fullmatch(r"peer branch unresponsive over TCP \(nothing from 127\.0\.0\.1:\d+ "
+                        r"for 8\.\ds\): TCP link closed", warnings[0]), warnings
+    snap = server.snapshot()
+    assert snap["interface"]["tcp_closes"] == {"dead_peer": 1}
+    assert snap["peers"][0]["state"] == "down" and snap["peers"][0]["transport"] == "udp"
+    assert "dtlsvpn_tcp_closes_total" in format_prometheus([snap])
+
+
+def test_spoofed_inner_sources_over_tcp_are_dropped_as_over_udp(world: World,
+                                                               tmp_path: Path) -> None:
+    """The same anti-spoofing on both carriers: an inner packet from outside the client's
+    AllowedIPs that came over TLS never reaches the server's TUN (``spoofed_source``)."""
+    server, client = _tcp_pair(world, tmp_path)
+    client.tun.inject([udp("100.64.0.9", S_ADDR, seq=1), udp(C_ADDR, S_ADDR, seq=2)])
+    world.run_for(0.2)
+    assert [seq_of(p) for p in server.tun.drain()] == [2]
+    assert server.peer()["drops"].get("spoofed_source") == 1, server.peer()["drops"]
+    assert server.peer()["transport"] == "tcp"
+
+
+def test_the_stale_dtls_association_is_not_called_unresponsive_after_the_move(
+        pair: Pair, caplog: pytest.LogCaptureFixture) -> None:
+    """After the move to TCP the server's DTLS association of that peer falls silent as
+    expected: it is closed at info ("silent since the move to TCP"), not reported as an
+    unresponsive peer at WARNING, and the peer stays up over TCP."""
+    caplog.set_level(logging.INFO, logger="dtlsvpn")
+    server, client = pair()
+    world = server.world
+    assert traffic(world, client, server, 1.0)
+    world.net.udp_blocked = True
+    traffic(world, client, server, 3.0, seq=1000)
+    assert server.peer()["transport"] == "tcp"
+    traffic(world, client, server, 12.0, seq=2000)  # past DeadPeerTimeout (8 s)
+    assert server.peer()["transport"] == "tcp" and server.peer()["state"] == "established"
+    lines = [r.getMessage() for r in caplog.records]
+    assert not [m for m in lines if "unresponsive" in m], lines
+    assert any("peer branch: DTLS association silent since the move to TCP: closed" in m
+               for m in lines), lines
+    assert server.peer()["last_error"] != "PeerUnresponsive"

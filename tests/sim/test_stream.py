@@ -308,3 +308,76 @@ def test_misuse_raises_usage_error(pki: Pki) -> None:
     p = pair(c, s)
     with pytest.raises(UsageError):
         p.client.send([bytes(2**14 + 1)])
+
+
+def test_keys_stop_at_twice_the_record_budget(pki: Pki) -> None:
+    """Renewal is the shell's job (a new connection at the budget); should it not come,
+    the keys stop at 2x the budget: close_notify, ``close_cause`` record_limit on both
+    sides, and no record beyond it is sealed."""
+    c, s = configs_for("psk-aes128", pki, rekey_records=10)
+    p = pair(c, s)
+    assert p.client.record_limit == 20 and not p.client.records_exhausted()
+    sealed = 0
+    while p.client.is_established:
+        sealed += p.client.send([b"\x45" + bytes([sealed])])
+        if sealed == 9:
+            assert p.client.records_exhausted()  # (the budget: time to renew)
+        p.pump()
+    assert sealed == 19  # (the Finished was the first record under these keys)
+    assert len(p.got_server) == 19
+    assert p.client.close_cause == p.server.close_cause == "record_limit"
+    assert "20 records sent" in (p.client.close_reason or "")
+    assert "20 records received" in (p.server.close_reason or "")
+    # Each side's last record is its close_notify (a sealed 2-byte alert).
+    for sent in (p.c2s, p.s2c):
+        last = records(b"".join(sent))[-1]
+        assert last[0] == ContentType.alert and last[2] == 2 + p.client.record_overhead - 5
+    closed = _closed(p.events_client)
+    assert closed.local and not closed.handshake
+
+
+def test_keys_stop_at_twice_the_rekey_interval(pki: Pki) -> None:
+    hb = HeartbeatSettings(interval=2.0)
+    c, s = configs_for("ecdhe-psk-chacha", pki, rekey_interval=10.0, heartbeat_settings=hb)
+    p = pair(c, s)
+    p.advance(19.5)
+    assert p.client.is_established and p.server.is_established  # (heartbeats went on)
+    p.advance(1.0, step=0.1)
+    assert p.client.is_closed and p.server.is_closed
+    causes = {p.client.close_cause, p.server.close_cause}
+    assert "key_age" in causes and causes <= {"key_age", "peer_closed"}, causes
+    first = p.client if p.client.close_cause == "key_age" else p.server
+    assert "2 x RekeyInterval (10s)" in (first.close_reason or "")
+
+
+def test_close_causes_are_stable_words(pki: Pki) -> None:
+    c, s = configs_for("psk-aes128", pki)
+    p = pair(c, s)
+    p.client.close(1.0)
+    p.pump()
+    assert (p.client.close_cause, p.server.close_cause) == ("closed", "peer_closed")
+    side = StreamAssociation(s, handshake_timeout=5.0)
+    side.accept(0.0)
+    side.handle_timer(5.0)
+    assert side.close_cause == "timeout"
+
+
+def test_a_server_without_heartbeats_still_finds_a_silent_client_dead(pki: Pki) -> None:
+    """The client did not allow heartbeats, so the server cannot ask: DeadPeerTimeout of
+    silence is death anyway (once); traffic before that keeps the link."""
+    hb = HeartbeatSettings(interval=2.0, timeout=8.0)
+    c, s = configs_for("psk-aes128", pki, heartbeat_settings=hb)
+    p = pair(with_changes(c, heartbeat=False), s)
+    assert p.server.is_established
+    for _ in range(10):  # 10 s of traffic, one packet a second: alive
+        p.client.send([b"\x45"])
+        p.advance(1.0)
+    assert not [e for e in p.events_server if isinstance(e, PeerUnresponsive)]
+    p.advance(7.0)  # (the last packet came 0.5 s into the last second)
+    assert not [e for e in p.events_server if isinstance(e, PeerUnresponsive)]
+    p.advance(2.0)
+    dead = [e for e in p.events_server if isinstance(e, PeerUnresponsive)]
+    assert len(dead) == 1 and dead[0].silent_for == 8.0, dead
+    p.advance(20.0)
+    assert len([e for e in p.events_server if isinstance(e, PeerUnresponsive)]) == 1
+    assert not [e for e in p.events_client if isinstance(e, PeerUnresponsive)]

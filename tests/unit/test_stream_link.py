@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import socket
@@ -211,3 +212,32 @@ def test_tcp_connect_marks_the_socket_of_a_full_tunnel() -> None:
         assert refused.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
     finally:
         refused.close()
+
+
+def test_refused_packets_are_counted_by_reason(pair: tuple[StreamLink, StreamLink]) -> None:
+    """Not ready, the queue's hard limit and spent keys are three reasons, each counted
+    through the caller's ``drop`` (the peer's counters), never all as stream_queue_full."""
+    client, server = pair
+    drops: dict[str, int] = {}
+
+    def drop(reason: str, n: int) -> None:
+        drops[reason] = drops.get(reason, 0) + n
+
+    assert client.send_packets([b"\x45early"] * 3, drop) == 0  # no handshake yet
+    assert drops == {"stream_not_ready": 3}
+    pump(pair)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    big = bytes([0x45]) + bytes(MTU - 1)
+    accepted = sum(client.send_packets([big] * 10, drop) for _ in range(20))  # never read
+    assert drops["stream_queue_full"] == 200 - accepted > 0
+    for _ in range(400):  # the server reads again: the queue drains
+        client.flush()
+        server.on_readable(2.0, WALL)
+    assert not client.queue
+    limit = client.assoc.record_limit
+    assert limit is not None
+    client.assoc.config = dataclasses.replace(client.assoc.config, rekey_records=50)
+    sent = client.send_packets([b"\x45" * 40] * 200, drop)  # past 2 x 50 records
+    assert client.assoc.close_cause == "record_limit"
+    assert drops["stream_keys_spent"] == 200 - sent > 0
+    assert client.dropped == sum(drops.values())
