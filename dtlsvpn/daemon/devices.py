@@ -78,7 +78,8 @@ class TunDevice(Protocol):
 
     ``vnet``: the queue carries virtio-net headers (``TUNOffload``, ``tun.py``), which
     ``read_batch``/``write_batch`` handle: packets in and out stay whole IP packets (a
-    write may coalesce TCP segments of one flow, the reader's kernel sees the same bytes);
+    write may coalesce TCP segments of one flow, the reader's kernel sees the same bytes;
+    ``write_one(pkt)`` is ``write_batch([pkt])`` with nothing to coalesce);
     ``counters``: what the offload did.
     """
 
@@ -89,6 +90,7 @@ class TunDevice(Protocol):
 
     def read_batch(self, budget: int) -> list[bytes]: ...
     def write_batch(self, packets: list[bytes]) -> int: ...
+    def write_one(self, pkt: bytes) -> int: ...
     def close(self) -> None: ...
 
 
