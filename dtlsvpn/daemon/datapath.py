@@ -167,9 +167,9 @@ class Datapath:
         TUN write."""
         if not self.router.admit_one(peer, pkt):
             return
-        if self.mss4 and len(pkt) >= 40 and (  # the SYN bit first, as clamp_batch
-                pkt[33] & 2 if pkt[0] == 0x45 else
-                pkt[0] >> 4 != 6 or (len(pkt) >= 60 and pkt[53] & 2)):
+        if self.mss4 and len(pkt) >= 40 and (  # TCP and its SYN bit first (clamp_batch)
+                pkt[9] == 6 and pkt[33] & 2 if pkt[0] == 0x45 else
+                pkt[0] >> 4 != 6 or (pkt[6] == 6 and len(pkt) >= 60 and pkt[53] & 2)):
             new = clamp_one(pkt, self.mss4, self.mss6)
             if new is not None:
                 pkt = new
@@ -248,9 +248,9 @@ class Datapath:
                       pkt: bytes, sock: UdpPort, addr: Any, now: float) -> bytes:
         """``_transmit`` of a lone packet: one clamp test, one seal, one send; returns
         the packet as clamped (the client keeps it to resend over TCP)."""
-        if self.mss4 and len(pkt) >= 40 and (  # the SYN bit first, as clamp_batch
-                pkt[33] & 2 if pkt[0] == 0x45 else
-                pkt[0] >> 4 != 6 or (len(pkt) >= 60 and pkt[53] & 2)):
+        if self.mss4 and len(pkt) >= 40 and (  # TCP and its SYN bit first (clamp_batch)
+                pkt[9] == 6 and pkt[33] & 2 if pkt[0] == 0x45 else
+                pkt[0] >> 4 != 6 or (pkt[6] == 6 and len(pkt) >= 60 and pkt[53] & 2)):
             new = clamp_one(pkt, self.mss4, self.mss6)
             if new is not None:
                 pkt = new
