@@ -286,13 +286,16 @@ class Datapath:
         if error is not None:  # a queued ICMP error (refused, unreachable)
             peer.last_error = error.strerror
             self._errors(sock, peer, now)
-        if len(datagrams) == 1 and self.lone:  # a lone datagram: no runs
+        lone = len(datagrams) == 1 and self.lone  # a lone datagram: no runs
+        if lone:
             inner = conn.receive_datagram(datagrams[0], now, wall)
         else:
             inner = conn.receive_batch(datagrams, now, wall)  # runs through the fast path
         if conn.needs_service and self.defer is not None and self.service is not None:
             self.defer(self.service)  # not after data only (the fast path)
-        if inner:
+        if lone and len(inner) == 1:
+            self._deliver_one(peer, inner[0])
+        elif inner:
             self._deliver(peer, inner)
 
     # --- server -------------------------------------------------------------------
@@ -395,7 +398,10 @@ class Datapath:
         if self.touched and self.defer is not None and self.service is not None:
             self.defer(self.service)
         if peer is not None and out:
-            self._deliver(peer, out)
+            if len(out) == 1:
+                self._deliver_one(peer, out[0])
+            else:
+                self._deliver(peer, out)
 
     @staticmethod
     def _fast_run(received: list[tuple[bytes, Any]], i: int, raw: Any, assoc: Association,

@@ -35,6 +35,7 @@ import select
 import socket
 import struct
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, Protocol
 
 from dtlsvpn.daemon.dns import Dns
@@ -200,7 +201,7 @@ class SocketPort:
     """
 
     __slots__ = ("_cmsgs", "_ready", "counters", "family", "fileno", "gro", "gso",
-                 "recv", "recvfrom", "send", "sendto", "sock")
+                 "recv", "recv_batch", "recvfrom", "recvfrom_batch", "send", "sendto", "sock")
 
     def __init__(self, sock: Any, *, offload: bool = False,
                  counters: UdpCounters | None = None) -> None:
@@ -216,6 +217,11 @@ class SocketPort:
         self.gro = offload and enable_gro(sock)
         self._cmsgs: dict[int, list[tuple[int, int, bytes]]] = {}
         self._ready = _poller(sock)
+        # The receive batches, chosen once (GRO or not): no dispatch per wake-up.
+        self.recv_batch: Callable[[int], tuple[list[bytes], OSError | None]] = (
+            partial(self._recv_gro, False) if self.gro else self._recv_each)
+        self.recvfrom_batch: Callable[[int], tuple[list[tuple[bytes, Any]], OSError | None]] = (
+            partial(self._recv_gro, True) if self.gro else self._recvfrom_each)
         if offload and not (self.gso and self.gro):
             log.debug("UDP offload: GSO %s, GRO %s on this socket",
                       "on" if self.gso else "unavailable", "on" if self.gro else "unavailable")
@@ -299,9 +305,8 @@ class SocketPort:
 
     # --- receive --------------------------------------------------------------------
 
-    def recv_batch(self, budget: int, /) -> tuple[list[bytes], OSError | None]:
-        if self.gro:  # the connected peer's address comes along; dropped
-            return self._recv_gro(budget, False)
+    def _recv_each(self, budget: int, /) -> tuple[list[bytes], OSError | None]:
+        """``recv_batch`` without GRO: one ``recv`` per datagram."""
         out: list[bytes] = []
         error: OSError | None = None
         recv = self.recv
@@ -318,10 +323,9 @@ class SocketPort:
                 break  # a lone datagram: no EAGAIN read to end the batch
         return out, error
 
-    def recvfrom_batch(self, budget: int, /
+    def _recvfrom_each(self, budget: int, /
                        ) -> tuple[list[tuple[bytes, Any]], OSError | None]:
-        if self.gro:
-            return self._recv_gro(budget, True)
+        """``recvfrom_batch`` without GRO."""
         out: list[tuple[bytes, Any]] = []
         error: OSError | None = None
         recvfrom = self.recvfrom
@@ -338,9 +342,10 @@ class SocketPort:
                 break
         return out, error
 
-    def _recv_gro(self, budget: int, with_addr: bool) -> tuple[list[Any], OSError | None]:
+    def _recv_gro(self, with_addr: bool, budget: int) -> tuple[list[Any], OSError | None]:
         """``recvmsg`` with room for the UDP_GRO control message, coalesced buffers
-        split: datagrams, or (datagram, source) pairs with ``with_addr``."""
+        split: datagrams, or (datagram, source) pairs with ``with_addr`` (without it, a
+        connected socket's, the peer's address comes along and is dropped)."""
         out: list[Any] = []
         error: OSError | None = None
         recvmsg = self.sock.recvmsg
