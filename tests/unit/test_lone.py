@@ -205,3 +205,12 @@ def test_lone_lanes_equal_the_batch_lanes(monkeypatch: pytest.MonkeyPatch) -> No
     assert client_peer["drops"].get("too_big") == 1
     assert server_peer["dtls"]["replay"] > 0 and client_peer["dtls"]["replay"] > 0
     assert all(got == ([], []) for got in out[len(STEPS):])  # no replay got through
+
+
+def test_the_wakeup_bench_and_its_floor_carry_every_ping() -> None:
+    """``bench.micro_wakeup`` (the figure of the lone lanes) and its ``--floor`` run
+    their trips (each checks every ping arrived, one handler per wake-up)."""
+    from bench.micro_wakeup import floor_pings, pings
+    pings(3, exact=True)
+    floor_pings(3)
+    floor_pings(3, drain=True)
