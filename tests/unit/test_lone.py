@@ -9,7 +9,9 @@ it must do exactly what a batch of one would:
 * end to end (two daemons on the fakes): lone packets of every kind both ways (data,
   IPv6, SYNs to clamp, spoofed sources, multicast, no route, the tunnel's own underlay,
   too big with and without DF, not IP, replayed records) give the same TUN bytes and
-  counters with the lone lanes on and off, and each run used only its own lanes.
+  counters with the lone lanes on and off, and each run used only its own lanes;
+* ``records_exhausted`` without a limit, which skips the suite's budget lookup below the
+  least budget, still answers each suite's budget.
 """
 
 from __future__ import annotations
@@ -214,3 +216,23 @@ def test_the_wakeup_bench_and_its_floor_carry_every_ping() -> None:
     pings(3, exact=True)
     floor_pings(3)
     floor_pings(3, drain=True)
+
+
+def test_records_exhausted_without_a_limit_is_the_suites_budget() -> None:
+    """Below the least budget the Enum-keyed lookup is skipped; at and above it each
+    suite's own budget decides (AES-GCM 2^23, ChaCha20-Poly1305 2^36)."""
+    from dtlsvpn.crypto.aead import RecordProtection
+    from dtlsvpn.crypto.suites import SUITES, AeadKind
+    from dtlsvpn.dtls.epoch import REKEY_RECORDS, ReadState, WriteState, records_exhausted
+    for aead in (AeadKind.AES_GCM, AeadKind.CHACHA20_POLY1305):
+        suite = next(s for s in SUITES.values() if s.aead is aead)
+        budget = REKEY_RECORDS[aead]
+        for sent, received, due in ((0, -1, False), (2**23 - 1, 2**23 - 1, False),
+                                    (budget, -1, True), (0, budget, True),
+                                    (budget - 1, budget - 1, False), (2**23, 0, budget == 2**23)):
+            writer = WriteState.initial(0)
+            writer.current.next_seq = sent
+            reader = ReadState(protection=RecordProtection(suite, bytes(suite.key_len),
+                                                           bytes(suite.fixed_iv_len)))
+            reader.window.top = received
+            assert records_exhausted(writer, reader, None) is due, (aead, sent, received)
