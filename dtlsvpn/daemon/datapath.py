@@ -24,6 +24,14 @@ Inbound pipeline (peer → TUN), one call per readable UDP wake-up:
     clamp_batch(admitted, mss4, mss6)      TCP SYN-ACKs (and SYNs) from the far side
     tun.write_batch(admitted)
 
+Lone packets (the idle round trip, issue 10: batching must never hold one back or make
+it dear): a TUN read or a UDP receive that found one packet takes the lone lanes, the
+same steps with no lists, dicts or runs: ``router.route_one`` (one lookup), the SYN bit
+read before any clamp, one seal, one ``send``; on receive ``receive_datagram`` (one
+open), ``router.admit_one``, ``tun.write_one`` (nothing to coalesce).  ``lone = False``
+sends a batch of one through the batch lanes instead, which must give the same bytes and
+counters (``tests/unit/test_lone.py``).
+
 Packets that don't fit (``peer.limit``: the peer's applied inner MTU, 0 until the first
 PMTU search settled, see daemon/mtu.py).  Only possible when the TUN MTU is above it: a
 fixed ``MTU =``, the IPv6 floor of 1280, or a path that shrank within this batch.
@@ -67,7 +75,7 @@ from dtlsvpn.daemon.udp import ErrorHint, UdpCounters
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.endpoint import ServerEndpoint
 from dtlsvpn.vpn.ip import IPV6_MIN_MTU, TooBigResponder, fragment_v4
-from dtlsvpn.vpn.mss import clamp_batch
+from dtlsvpn.vpn.mss import clamp_batch, clamp_one
 from dtlsvpn.vpn.router import Router
 
 BUDGET = 64  # packets or datagrams per fd per wake-up
@@ -89,6 +97,9 @@ class Datapath:
         self.mss_clamped = 0
         self.fragmented = 0
         self.drops: dict[str, int] = {}  # interface-wide (no peer to charge)
+        # A batch of one takes the lone lanes (module doc); False: the batch lanes, which
+        # give the same bytes and counters (tests/unit/test_lone.py holds them to it).
+        self.lone = True
         self.udp = UdpCounters()  # GSO/GRO, shared by the interface's UDP ports
         self.touched: dict[Association, Addr] = {}  # server: associations to service
         self.client_peer: Peer | None = None
@@ -138,6 +149,9 @@ class Datapath:
         return keep
 
     def _deliver(self, peer: Peer, inner: list[bytes]) -> None:
+        if len(inner) == 1 and self.lone:
+            self._deliver_one(peer, inner[0])
+            return
         admitted = self.router.admit(peer, inner)
         if admitted:
             if self.mss4:
@@ -147,6 +161,23 @@ class Datapath:
             refused = self.tun.write_batch(admitted)
             if refused:
                 peer.drop("tun_write", refused)
+
+    def _deliver_one(self, peer: Peer, pkt: bytes) -> None:
+        """``_deliver(peer, [pkt])`` without the lists: one admit, one clamp test, one
+        TUN write."""
+        if not self.router.admit_one(peer, pkt):
+            return
+        if self.mss4 and len(pkt) >= 40 and (  # TCP and its SYN bit first (clamp_batch)
+                pkt[9] == 6 and pkt[33] & 2 if pkt[0] == 0x45 else
+                pkt[0] >> 4 != 6 or (pkt[6] == 6 and len(pkt) >= 60 and pkt[53] & 2)):
+            new = clamp_one(pkt, self.mss4, self.mss6)
+            if new is not None:
+                pkt = new
+                self.mss_clamped += 1
+        peer.rx_packets += 1
+        peer.rx_bytes += len(pkt)
+        if self.tun.write_one(pkt):
+            peer.drop("tun_write")
 
     def _errors(self, sock: UdpPort, peer: Peer | None, now: float) -> None:
         hints = sock.read_errors()
@@ -170,6 +201,18 @@ class Datapath:
         if conn is None or sock is None or not conn.is_established:
             peer.drop("no_session", len(packets))
             return
+        if len(packets) == 1 and self.lone:  # a lone packet: no lists, no runs
+            pkt = packets[0]
+            if self.router.route_one(pkt) is None:
+                return
+            wake = peer.on_send
+            if wake is not None:
+                wake(now)
+            pkt = self._transmit_one(peer, conn.protect, pkt, sock, None, now)
+            replay = peer.replay
+            if replay is not None and len(replay) < REPLAY_MAX:
+                replay.append(pkt)
+            return
         batch = self.router.route_single(packets)  # one peer: no lookup, no dict
         if batch:
             wake = peer.on_send  # the first send after an idle spell (tcpclient.py)
@@ -189,12 +232,46 @@ class Datapath:
         limit = peer.limit
         if limit and max(map(len, batch)) > limit:
             batch = self._split_too_big(batch, limit, now, peer)
+        self._transmit_rest(peer, protect, batch, sock, addr, now)
+
+    def _transmit_rest(self, peer: Any, protect: Callable[[list[bytes]], list[bytes]],
+                       batch: list[bytes], sock: UdpPort, addr: Any, now: float) -> None:
+        """Seal, send, count (``batch`` past the clamp and the too-big rule)."""
         sent, failures = sock.send_batch(protect(batch), addr)
         if failures is not None:
             for exc, n in failures:
                 self._send_failed(peer, sock, exc, n, now)
         peer.tx_packets += sent
         peer.tx_bytes += sum(map(len, batch))
+
+    def _transmit_one(self, peer: Any, protect: Callable[[list[bytes]], list[bytes]],
+                      pkt: bytes, sock: UdpPort, addr: Any, now: float) -> bytes:
+        """``_transmit`` of a lone packet: one clamp test, one seal, one send; returns
+        the packet as clamped (the client keeps it to resend over TCP)."""
+        if self.mss4 and len(pkt) >= 40 and (  # TCP and its SYN bit first (clamp_batch)
+                pkt[9] == 6 and pkt[33] & 2 if pkt[0] == 0x45 else
+                pkt[0] >> 4 != 6 or (pkt[6] == 6 and len(pkt) >= 60 and pkt[53] & 2)):
+            new = clamp_one(pkt, self.mss4, self.mss6)
+            if new is not None:
+                pkt = new
+                self.mss_clamped += 1
+        limit = peer.limit
+        if limit and len(pkt) > limit:
+            self._transmit_rest(peer, protect, self._split_too_big([pkt], limit, now, peer),
+                                sock, addr, now)
+            return pkt
+        (datagram,) = protect([pkt])
+        try:
+            if addr is None:
+                sock.send(datagram)
+            else:
+                sock.sendto(datagram, addr)
+        except OSError as exc:
+            self._send_failed(peer, sock, exc, 1, now)
+        else:
+            peer.tx_packets += 1
+        peer.tx_bytes += len(pkt)
+        return pkt
 
     def client_udp(self, mask: int, now: float, wall: float) -> None:
         peer = self.client_peer
@@ -209,10 +286,16 @@ class Datapath:
         if error is not None:  # a queued ICMP error (refused, unreachable)
             peer.last_error = error.strerror
             self._errors(sock, peer, now)
-        inner = conn.receive_batch(datagrams, now, wall)  # runs through the fast path
+        lone = len(datagrams) == 1 and self.lone  # a lone datagram: no runs
+        if lone:
+            inner = conn.receive_datagram(datagrams[0], now, wall)
+        else:
+            inner = conn.receive_batch(datagrams, now, wall)  # runs through the fast path
         if conn.needs_service and self.defer is not None and self.service is not None:
             self.defer(self.service)  # not after data only (the fast path)
-        if inner:
+        if lone and len(inner) == 1:
+            self._deliver_one(peer, inner[0])
+        elif inner:
             self._deliver(peer, inner)
 
     # --- server -------------------------------------------------------------------
@@ -221,22 +304,33 @@ class Datapath:
         packets = self.tun.read_batch(BUDGET)
         if not packets:
             return
-        sock = self.sock  # (None on a TCP-only server: only stream peers below)
-        endpoint = self.endpoint
+        if len(packets) == 1 and self.lone:  # a lone packet: one lookup, no dict
+            peer = self.router.route_one(packets[0])
+            if peer is not None:
+                self._server_out(peer, packets, now)
+            return
         for peer, batch in self.router.route(packets).items():
-            stream = peer.stream
-            if stream is not None and stream.ready:  # TCP fallback (daemon/transport.py)
-                self.stream_out(peer, stream, batch)
-                continue
-            assoc = peer.assoc
-            addr = peer.addr
-            previous = peer.previous
-            if (previous is not None and addr is not None and endpoint is not None
-                    and endpoint.sending_association(addr) is previous):
-                assoc = previous  # renewal: the client does not use the new keys yet
-            if assoc is None or addr is None or not assoc.is_established or sock is None:
-                peer.drop("no_session", len(batch))
-                continue
+            self._server_out(peer, batch, now)
+
+    def _server_out(self, peer: Peer, batch: list[bytes], now: float) -> None:
+        """One peer's share of a TUN read: over its TLS link, or sealed and sent on the
+        listening socket (None on a TCP-only server: stream peers only)."""
+        stream = peer.stream
+        if stream is not None and stream.ready:  # TCP fallback (daemon/transport.py)
+            self.stream_out(peer, stream, batch)
+            return
+        sock = self.sock
+        assoc = peer.assoc
+        addr = peer.addr
+        previous = peer.previous
+        if (previous is not None and addr is not None and self.endpoint is not None
+                and self.endpoint.sending_association(addr) is previous):
+            assoc = previous  # renewal: the client does not use the new keys yet
+        if assoc is None or addr is None or not assoc.is_established or sock is None:
+            peer.drop("no_session", len(batch))
+        elif len(batch) == 1 and self.lone:
+            self._transmit_one(peer, assoc.protect, batch[0], sock, addr, now)
+        else:
             self._transmit(peer, assoc.protect, batch, sock, addr, now)
 
     def server_udp(self, mask: int, now: float, wall: float) -> None:
@@ -248,6 +342,15 @@ class Datapath:
         received, error = sock.recvfrom_batch(BUDGET)
         if error is not None:
             self._errors(sock, None, now)
+        if len(received) == 1 and self.lone:  # a lone datagram: no per-peer dict, no run
+            self._server_one(sock, endpoint, received[0], now, wall)
+        else:
+            self._server_batch(sock, endpoint, received, now, wall)
+
+    def _server_batch(self, sock: UdpPort, endpoint: ServerEndpoint,
+                      received: list[tuple[bytes, Any]], now: float, wall: float) -> None:
+        """Each datagram to its association, a GRO buffer's run at once where the
+        endpoint allows, the data by peer."""
         receive = endpoint.receive
         lane = endpoint.fast_lane
         touched = self.touched
@@ -278,6 +381,27 @@ class Datapath:
         for peer, inner in per_peer.items():
             if inner:
                 self._deliver(peer, inner)
+
+    def _server_one(self, sock: UdpPort, endpoint: ServerEndpoint, item: tuple[bytes, Any],
+                    now: float, wall: float) -> None:
+        """``server_udp``'s loop for one datagram."""
+        data, raw = item
+        addr: Addr = (raw[0], raw[1])
+        assoc, out = endpoint.receive(data, addr, now, wall)
+        if assoc is None:
+            self._stateless(sock, out, addr)
+            peer = None
+        else:
+            if assoc.needs_service:
+                self.touched[assoc] = addr
+            peer = self._owner(addr, assoc, out, now)
+        if self.touched and self.defer is not None and self.service is not None:
+            self.defer(self.service)
+        if peer is not None and out:
+            if len(out) == 1:
+                self._deliver_one(peer, out[0])
+            else:
+                self._deliver(peer, out)
 
     @staticmethod
     def _fast_run(received: list[tuple[bytes, Any]], i: int, raw: Any, assoc: Association,

@@ -35,6 +35,7 @@ import select
 import socket
 import struct
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, Protocol
 
 from dtlsvpn.daemon.dns import Dns
@@ -78,7 +79,8 @@ class TunDevice(Protocol):
 
     ``vnet``: the queue carries virtio-net headers (``TUNOffload``, ``tun.py``), which
     ``read_batch``/``write_batch`` handle: packets in and out stay whole IP packets (a
-    write may coalesce TCP segments of one flow, the reader's kernel sees the same bytes);
+    write may coalesce TCP segments of one flow, the reader's kernel sees the same bytes;
+    ``write_one(pkt)`` is ``write_batch([pkt])`` with nothing to coalesce);
     ``counters``: what the offload did.
     """
 
@@ -89,6 +91,7 @@ class TunDevice(Protocol):
 
     def read_batch(self, budget: int) -> list[bytes]: ...
     def write_batch(self, packets: list[bytes]) -> int: ...
+    def write_one(self, pkt: bytes) -> int: ...
     def close(self) -> None: ...
 
 
@@ -171,7 +174,13 @@ class Resolvers(Protocol):
 
 def _poller(sock: Any) -> Callable[[int], list[tuple[int, int]]] | None:
     """``poll`` of a ``select.poll`` watching the socket for input, None without a
-    descriptor to watch."""
+    descriptor to watch.
+
+    The receive batches ask it (zero timeout, inline) once, after their first read: when
+    nothing else waits, a lone datagram ends the batch without the read that fails with
+    EAGAIN (an exception: about 7 000 interpreter instructions, against some 1 000 for
+    the poll).  A pending error also counts (the next read reports it).  A port whose
+    descriptor cannot be polled (a test double) is read until EAGAIN."""
     try:
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN)
@@ -192,7 +201,7 @@ class SocketPort:
     """
 
     __slots__ = ("_cmsgs", "_ready", "counters", "family", "fileno", "gro", "gso",
-                 "recv", "recvfrom", "send", "sendto", "sock")
+                 "recv", "recv_batch", "recvfrom", "recvfrom_batch", "send", "sendto", "sock")
 
     def __init__(self, sock: Any, *, offload: bool = False,
                  counters: UdpCounters | None = None) -> None:
@@ -208,6 +217,11 @@ class SocketPort:
         self.gro = offload and enable_gro(sock)
         self._cmsgs: dict[int, list[tuple[int, int, bytes]]] = {}
         self._ready = _poller(sock)
+        # The receive batches, chosen once (GRO or not): no dispatch per wake-up.
+        self.recv_batch: Callable[[int], tuple[list[bytes], OSError | None]] = (
+            partial(self._recv_gro, False) if self.gro else self._recv_each)
+        self.recvfrom_batch: Callable[[int], tuple[list[tuple[bytes, Any]], OSError | None]] = (
+            partial(self._recv_gro, True) if self.gro else self._recvfrom_each)
         if offload and not (self.gso and self.gro):
             log.debug("UDP offload: GSO %s, GRO %s on this socket",
                       "on" if self.gso else "unavailable", "on" if self.gro else "unavailable")
@@ -291,12 +305,12 @@ class SocketPort:
 
     # --- receive --------------------------------------------------------------------
 
-    def recv_batch(self, budget: int, /) -> tuple[list[bytes], OSError | None]:
-        if self.gro:  # the connected peer's address comes along; dropped
-            return self._recv_gro(budget, False)
+    def _recv_each(self, budget: int, /) -> tuple[list[bytes], OSError | None]:
+        """``recv_batch`` without GRO: one ``recv`` per datagram."""
         out: list[bytes] = []
         error: OSError | None = None
         recv = self.recv
+        ready = self._ready  # the end-of-batch poll, inline (see _poller)
         for _ in range(budget):
             try:
                 out.append(recv(MAX_DATAGRAM))
@@ -305,17 +319,17 @@ class SocketPort:
             except OSError as exc:
                 error = exc
                 continue
-            if len(out) == 1 and not self._queued():
+            if len(out) == 1 and ready is not None and not ready(0):
                 break  # a lone datagram: no EAGAIN read to end the batch
         return out, error
 
-    def recvfrom_batch(self, budget: int, /
+    def _recvfrom_each(self, budget: int, /
                        ) -> tuple[list[tuple[bytes, Any]], OSError | None]:
-        if self.gro:
-            return self._recv_gro(budget, True)
+        """``recvfrom_batch`` without GRO."""
         out: list[tuple[bytes, Any]] = []
         error: OSError | None = None
         recvfrom = self.recvfrom
+        ready = self._ready
         for _ in range(budget):
             try:
                 out.append(recvfrom(MAX_DATAGRAM))
@@ -324,16 +338,18 @@ class SocketPort:
             except OSError as exc:
                 error = exc
                 continue
-            if len(out) == 1 and not self._queued():
+            if len(out) == 1 and ready is not None and not ready(0):
                 break
         return out, error
 
-    def _recv_gro(self, budget: int, with_addr: bool) -> tuple[list[Any], OSError | None]:
+    def _recv_gro(self, with_addr: bool, budget: int) -> tuple[list[Any], OSError | None]:
         """``recvmsg`` with room for the UDP_GRO control message, coalesced buffers
-        split: datagrams, or (datagram, source) pairs with ``with_addr``."""
+        split: datagrams, or (datagram, source) pairs with ``with_addr`` (without it, a
+        connected socket's, the peer's address comes along and is dropped)."""
         out: list[Any] = []
         error: OSError | None = None
         recvmsg = self.sock.recvmsg
+        ready = self._ready
         calls = 0
         while calls < budget:
             calls += 1
@@ -351,20 +367,9 @@ class SocketPort:
                 out += [(part, addr) for part in parts] if with_addr else parts
             else:
                 out.append((data, addr) if with_addr else data)
-            if len(out) >= budget or (calls == 1 and not self._queued()):
+            if len(out) >= budget or (calls == 1 and ready is not None and not ready(0)):
                 break
         return out, error
-
-    def _queued(self) -> bool:
-        """Whether anything else waits on the socket (a ``poll`` with zero timeout).
-
-        Asked once per batch, after its first read: a lone datagram then ends the batch
-        without the read that fails with EAGAIN (an exception: about 7 000 interpreter
-        instructions, against some 1 000 for this).  A pending error also counts (the
-        next read reports it).  A port whose descriptor cannot be polled (a test
-        double) is read until EAGAIN."""
-        ready = self._ready
-        return ready is None or bool(ready(0))
 
     def _coalesced(self, n: int) -> None:
         counters = self.counters

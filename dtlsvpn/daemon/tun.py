@@ -164,6 +164,15 @@ class Tun:
                 dropped += self._refused(frame, exc)
         return dropped
 
+    def write_one(self, pkt: bytes) -> int:
+        """``write_batch([pkt])`` (a lone packet: nothing to coalesce, one write)."""
+        frame = PLAIN_HDR + pkt if self.vnet else pkt
+        try:
+            self.write(self.fd, frame)
+        except OSError as exc:
+            return self._refused(frame, exc)
+        return 0
+
     def _count(self, frames: list[bytes]) -> None:
         counters = self.counters
         for frame in frames:

@@ -301,8 +301,8 @@ class Association:
 
     def records_exhausted(self) -> bool:
         """A direction used up its record budget for these keys (see REKEY_RECORDS)."""
-        return self.is_established and records_exhausted(self._writer, self._read,
-                                                          self.config.rekey_records)
+        return (self._established and not self._closed  # (no property: asked per wake-up)
+                and records_exhausted(self._writer, self._read, self.config.rekey_records))
 
     def path_hint(self, mtu: int, now: float) -> None:
         """A kernel hint: IP_MTU, an ICMP Packet Too Big, or EMSGSIZE at ``mtu``; never
@@ -315,7 +315,7 @@ class Association:
 
     def protect(self, payloads: Iterable[bytes]) -> list[bytes]:
         """Seal each payload as one application_data record in its own datagram."""
-        if not self.is_established:
+        if not self._established or self._closed:  # (not is_established: per packet)
             raise UsageError("protect() before the handshake completed or after close")
         writer = self._writer
         ws = writer.epochs[writer.epoch]

@@ -42,6 +42,7 @@ MAX_FUTURE_RECORDS = 16  # next-epoch records kept until the CCS arrives
 # records TLS 1.3 (RFC 8446 §5.5) allows per key; ChaCha20-Poly1305 has more room;
 # both stay far from the 2^48 sequence numbers of RFC 6347 §4.1.
 REKEY_RECORDS = {AeadKind.AES_GCM: 2**23, AeadKind.CHACHA20_POLY1305: 2**36}
+_LEAST_BUDGET = min(REKEY_RECORDS.values())
 
 CT_CID = int(ContentType.tls12_cid)
 CID_PREFIX = struct.Struct("!BHQ")  # RFC 9146 §4: type, version, epoch||seq, then the CID
@@ -187,5 +188,10 @@ def records_exhausted(writer: WriteState, read: ReadState, limit: int | None) ->
     ``REKEY_RECORDS`` of the suite's AEAD when None)."""
     prot = read.protection
     assert prot is not None
-    budget = limit or REKEY_RECORDS[prot.suite.aead]
-    return writer.current.next_seq >= budget or read.window.top >= budget
+    sent, received = writer.epochs[writer.epoch].next_seq, read.window.top
+    if limit:
+        return sent >= limit or received >= limit
+    if sent < _LEAST_BUDGET and received < _LEAST_BUDGET:  # (no Enum hash per wake-up)
+        return False
+    budget = REKEY_RECORDS[prot.suite.aead]
+    return sent >= budget or received >= budget

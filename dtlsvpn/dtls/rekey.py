@@ -203,7 +203,7 @@ class RekeyingClient:
             return pending.needs_service or (previous is not None and previous.needs_service)
         if previous is not None and previous.needs_service:
             return True
-        return cur.is_established and cur.records_exhausted()
+        return cur.records_exhausted()  # (False unless established)
 
     @property
     def is_closed(self) -> bool:

@@ -19,7 +19,9 @@ Rules (those of Linux's ``tcp_gro_receive``, kept strict):
   acknowledgement, window, header length and options, flags exactly ACK); its payload has
   the run's segment size, or is smaller and ends the run; the run stays under 64 KiB.
 - ACK|PSH may end a run (the super-packet then carries PSH); SYN, FIN, RST, URG, ECE, CWR
-  are never merged, and neither is a segment without payload (a pure ACK).
+  are never merged, and neither is a segment without payload (a pure ACK).  An ACK|PSH
+  segment of a flow with no open run (interactive traffic, a request) is written as it is
+  at once, with no run set up.
 - A TCP packet that cannot join closes its flow's run, so a flow's order is kept; packets
   of different flows may be written in another order than they came (each run sits where
   its first segment was).  An IPv4 fragment or an IPv6 packet with extension headers
@@ -118,8 +120,11 @@ def coalesce(packets: list[bytes]) -> list[bytes]:
             flows.pop(key, None)
             items.append([pkt])
             continue
-        options = pkt[ihl + 20:hl]
         run = flows.get(key)
+        if run is None and flags & _PSH:  # no run to end, none to open: written as it is
+            items.append([pkt])
+            continue
+        options = pkt[ihl + 20:hl]
         if (run is not None and run.next_seq == seq and run.ipsig == ipsig
                 and run.options == options and (sig == run.sig or sig == run.sig_psh)):
             size = run.size

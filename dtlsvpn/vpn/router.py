@@ -178,6 +178,50 @@ class Router(Generic[P]):
             return packets
         return self.route(packets).get(single, [])  # something to drop: count it there
 
+    def route_one(self, pkt: bytes) -> P | None:
+        """``route([pkt])``'s one peer, or None with the drop counted as ``route`` counts
+        it (a lone packet: one lookup, no dict, no list)."""
+        n = len(pkt)
+        v = pkt[0] >> 4 if n else 0
+        if v == 4 and n >= 20:
+            dst = pkt[16:20]
+            mcast = 224 <= pkt[16] < 240
+        elif v == 6 and n >= 40:
+            dst = pkt[24:40]
+            mcast = pkt[24] == 0xFF
+        else:
+            self.stats.not_ip += 1
+            return None
+        if mcast:
+            self.stats.multicast += 1
+            return None
+        peer = self.single
+        if peer is None:
+            peer = self.table.lookup(dst)
+            if peer is None:
+                self.stats.no_route += 1
+                return None
+        if self._underlay and self._underlay.get(peer) == dst:
+            self.stats.recursive += 1
+            return None
+        return peer
+
+    def admit_one(self, peer: P, pkt: bytes) -> bool:
+        """``admit(peer, [pkt]) == [pkt]``, the drop counted the same way."""
+        n = len(pkt)
+        v = pkt[0] >> 4 if n else 0
+        if v == 4 and n >= 20:
+            src = pkt[12:16]
+        elif v == 6 and n >= 40:
+            src = pkt[8:24]
+        else:
+            self.peer_stats.setdefault(peer, RouterStats()).not_ip += 1
+            return False
+        if self.table.lookup(src) != peer:
+            self.peer_stats.setdefault(peer, RouterStats()).spoofed_source += 1
+            return False
+        return True
+
     def admit(self, peer: P, packets: list[bytes]) -> list[bytes]:
         """The packets whose source address routes back to ``peer``; count the rest.
         ``packets`` itself when all do (one lookup per run of one source)."""
