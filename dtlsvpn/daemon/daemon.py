@@ -211,7 +211,7 @@ class Daemon:
             self.notifier.status(status)
 
     def status_line(self) -> str:
-        up = sum(1 for p in self.peers if p.established or p.stream is not None)  # (or TCP)
+        up = len(self.peers.up)  # established or on a TCP link; no walk (peers.py)
         return f"{up}/{len(self.peers)} peers up, mtu {self.tunmtu.mtu}"
 
     def status_text(self) -> str:

@@ -118,4 +118,5 @@ def test_the_daemon_forgets_closing_peers_without_the_walk(
     assert len(endpoint._by_cid) == n - 3
     peers = {p["name"]: p["state"] for p in world.hosts[0].snapshot()["peers"]}
     assert sum(state == "established" for state in peers.values()) == n - 3
+    assert world.hosts[0].daemon.status_line().startswith(f"{n - 3}/{n} peers up")
     world.close()
