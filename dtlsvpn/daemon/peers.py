@@ -155,12 +155,23 @@ class PeerTable:
         # Peers up (``Peer.up``), kept in step by the peers' setters: the status line
         # counts them without a walk over every peer.
         self.up: set[Peer] = set()
+        # Peers added, removed, up or down since ``take_changed`` (the TUN MTU's running
+        # minimum, tunmtu.py, recounts only these).
+        self._changed: set[Peer] = set()
 
     def note_up(self, peer: Peer) -> None:
         if peer.up:
             self.up.add(peer)
         else:
             self.up.discard(peer)
+        self._changed.add(peer)
+
+    def take_changed(self) -> set[Peer]:
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def holds(self, peer: Peer) -> bool:
+        return peer._table is self
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(self._by_name.values())
@@ -190,6 +201,7 @@ class PeerTable:
             self.release(peer)
             peer.previous = None
             self.up.discard(peer)
+            self._changed.add(peer)
             peer._table = None
         return peer
 
