@@ -222,9 +222,13 @@ class _Busy:
 
 
 def _run(world: World, clients: _Clients, until: float, busy: _Busy | None = None) -> None:
+    solo = world.hosts[0] if len(world.hosts) == 1 else None
     while True:
         while True:
-            ran = world.step() > 0
+            if solo is not None:  # (the server alone: no cost of the harness beyond it)
+                ran = solo.loop.run_once(max_wait=0) > 0
+            else:
+                ran = world.step() > 0
             if busy is not None:
                 ran |= busy.tick(world.clock.now)
             ran |= clients.move()
@@ -235,8 +239,12 @@ def _run(world: World, clients: _Clients, until: float, busy: _Busy | None = Non
                 ran = True
             if not ran:
                 break
-        nxt = [t for t in (world.next_deadline(), clients.next_event(),
-                           busy.next_event() if busy is not None else None) if t is not None]
+        if solo is not None and busy is None:
+            nxt = [t for t in (solo.next_deadline(), clients.next_event()) if t is not None]
+        else:
+            nxt = [t for t in (world.next_deadline(), clients.next_event(),
+                               busy.next_event() if busy is not None else None)
+                   if t is not None]
         t = min(nxt, default=until)
         if t > until:
             world.clock.advance_to(until)
