@@ -9,9 +9,11 @@ the N idle associations up.  For the second run :mod:`bench.idle_clients` (one p
 in the client namespace, a UDP socket per peer) brings the N associations up and
 keeps their keepalives running; after it the process sends close_notify from every
 association and exits, and the server's status is polled until it holds only the
-busy peer again, so "without" and "with" alternate round by round.  The ratio of the
-medians is the figure; the server's CPU while only the idle peers talk, and the idle
-process's own CPU (it shares this machine), are reported beside it.
+busy peer again.  Odd rounds run "without" first, even rounds "with" first, so drift
+within a round favours neither.  The ratio of the medians is the figure; the server's
+CPU while only the idle peers talk, and the idle process's own CPU (it shares this
+machine's 2 cores: with no data flowing, ``idle_clients_cores``, and during the busy
+runs, ``idle_clients_busy_cores``), are reported beside it.
 """
 
 from __future__ import annotations
@@ -48,15 +50,24 @@ def peer_sections(n: int, psk_file: str) -> str:
 
 
 def _busy_run(loads: Loads, seconds: float, pids: list[int], tag: str,
-              say: Callable[[str], None]) -> tuple[float | None, float | None]:
+              say: Callable[[str], None], idle_pid: int | None = None
+              ) -> tuple[float | None, float | None, float | None]:
+    """(Mbit/s, cores per Gbit/s of ``pids``, cores the idle-client process used during
+    the run, when ``idle_pid`` is given)."""
     say(f"idle peers: busy peer iperf3 c→s {seconds:g} s, {tag}")
+    before = cpu_seconds([idle_pid]) if idle_pid is not None else {}
+    t0 = time.monotonic()
     try:
         tput, _ = loads.iperf(f"{SUBNET}.1", seconds, cpu_pids=pids)
     except BenchError as exc:
         say(f"  failed: {exc}")
-        return None, None
-    say(f"  {tput.mbit_s:.0f} Mbit/s")
-    return tput.mbit_s, tput.cores_per_gbit
+        return None, None, None
+    idle_cores = None
+    if idle_pid is not None:
+        idle_cores = cpu_used(before, cpu_seconds([idle_pid])) / (time.monotonic() - t0)
+    say(f"  {tput.mbit_s:.0f} Mbit/s" + ("" if idle_cores is None else
+                                         f", idle clients {100 * idle_cores:.0f} % of a core"))
+    return tput.mbit_s, tput.cores_per_gbit, idle_cores
 
 
 def _read_progress(path: Any) -> dict[str, int]:
@@ -97,13 +108,23 @@ def run_idle(ctx: Context, loads: Loads, n: int, rounds: int, seconds: float,
     series: dict[str, list[Any]] = {k: [] for k in (
         "without", "cpu_without", "with", "cpu_with", "established_rounds", "setup_rounds",
         "server_view", "server_idle_cores_rounds", "idle_clients_cores_rounds",
-        "drain_seconds", "setup_progress_rounds")}
+        "idle_clients_busy_cores_rounds", "drain_seconds", "setup_progress_rounds",
+        "order")}
     for r in range(1, rounds + 1):
-        mbit, cpu = _busy_run(loads, seconds, pids, f"no idle peers, round {r}/{rounds}", say)
+        # The order alternates (odd rounds without first, even rounds with first), so a
+        # machine that drifts during a round does not favour one side.
+        with_first = r % 2 == 0
+        series["order"].append("with, without" if with_first else "without, with")
+        if with_first:
+            _with_idle_peers(ctx, loads, server, pids, psk, n, r, seconds, setup_budget,
+                             series, say)
+        mbit, cpu, _ = _busy_run(loads, seconds, pids, f"no idle peers, round {r}/{rounds}",
+                                 say)
         series["without"].append(mbit)
         series["cpu_without"].append(cpu)
-        _with_idle_peers(ctx, loads, server, pids, psk, n, r, seconds, setup_budget, series,
-                         say)
+        if not with_first:
+            _with_idle_peers(ctx, loads, server, pids, psk, n, r, seconds, setup_budget,
+                             series, say)
     for daemon in (client, server):
         ctx.procs.stop(daemon.proc)
     result.update(series)
@@ -135,10 +156,12 @@ def _with_idle_peers(ctx: Context, loads: Loads, server: Any, pids: list[int], p
         series["idle_clients_cores_rounds"].append(cpu_used(before[1], after[1]) / SETTLE)
         say(f"  server CPU with {up['established']} idle peers and no data: "
             f"{100 * series['server_idle_cores_rounds'][-1]:.0f} % of a core")
-        mbit, cpu = _busy_run(loads, seconds, pids,
-                              f"{up['established']} idle peers, round {r}", say)
+        mbit, cpu, idle_cores = _busy_run(loads, seconds, pids,
+                                          f"{up['established']} idle peers, round {r}", say,
+                                          idle_pid=idle.pid)
         series["with"].append(mbit)
         series["cpu_with"].append(cpu)
+        series["idle_clients_busy_cores_rounds"].append(idle_cores)
     finally:
         ctx.procs.stop(idle, grace=10)
     t0 = time.monotonic()
@@ -158,7 +181,7 @@ def _summarise(result: dict[str, Any]) -> dict[str, Any]:
     result["setup_progress"] = (result["setup_progress_rounds"] or [{}])[0]
     result["server_view_established"] = result["server_view"][0] if result["server_view"] \
         else None
-    for key in ("server_idle_cores", "idle_clients_cores"):
+    for key in ("server_idle_cores", "idle_clients_cores", "idle_clients_busy_cores"):
         s = summarise(result[f"{key}_rounds"])
         result[key] = s.median if s else 0.0
     return result

@@ -51,6 +51,7 @@ class Clients:
         self.socks: list[socket.socket] = []
         self.assocs: list[Association] = []
         self.by_fd: dict[int, int] = {}
+        self.polls: list[select.poll] = []  # one per socket: is another datagram waiting?
         self.timers: list[tuple[float, int]] = []
         self.armed: list[float | None] = []  # the deadline pushed for each association
         self.counts = {"established": 0, "handshaking": 0, "failed": 0, "closed": 0,
@@ -71,6 +72,9 @@ class Clients:
         self.armed.append(None)
         self.by_fd[sock.fileno()] = i
         self.epoll.register(sock.fileno(), select.EPOLLIN)
+        poll = select.poll()
+        poll.register(sock.fileno(), select.POLLIN)
+        self.polls.append(poll)
         self.counts["started"] += 1
         self.counts["handshaking"] += 1
         assoc.connect(now, time.time())
@@ -111,14 +115,20 @@ class Clients:
             c["unresponsive"] += 1
 
     def readable(self, fd: int, now: float, wall: float) -> None:
+        """Drain the socket: after each datagram a zero-timeout poll says whether another
+        waits, so a lone keepalive answer costs no recv that fails with EAGAIN (one
+        exception per wake-up, ≈7 000 instructions, against ≈1 000 for the poll)."""
         i = self.by_fd[fd]
         sock, assoc = self.socks[i], self.assocs[i]
+        more = self.polls[i].poll
         while True:
             try:
                 data = sock.recv(RECV_SIZE)
-            except OSError:  # EAGAIN: drained; ECONNREFUSED and the like: nothing to read
+            except OSError:  # ECONNREFUSED and the like (or a spurious wake-up): nothing
                 break
             assoc.receive_datagram(data, now, wall)
+            if not more(0):
+                break
         self.service(i, now)
 
     def due(self, now: float) -> None:

@@ -117,6 +117,7 @@ def _idle(doc: dict[str, Any]) -> list[str]:
     short = "" if n >= req else (f" of {req} ({failed} failed, the rest not up within the "
                                  f"set-up budget)")
     cpu_wo, cpu_w = summarise(idle.get("cpu_without", [])), summarise(idle.get("cpu_with", []))
+    doc_nproc = doc.get("machine", {}).get("nproc", "?")
     lines += [
         "| idle peers established | set-up | busy c→s without (Mbit/s) | with (Mbit/s) | "
         "ratio | CPU without (cores per Gbit/s) | CPU with | server CPU, idle peers only |",
@@ -130,9 +131,12 @@ def _idle(doc: dict[str, Any]) -> list[str]:
         f"(started in {idle.get('server_start_seconds', 0):.1f} s); the server's status "
         f"showed {idle.get('server_view_established')} peers established. The idle "
         f"clients live in one process of the bench on this same machine (it used "
-        f"{100 * idle.get('idle_clients_cores', 0):.0f} % of a core with no data flowing). "
-        f"Without and with alternate round by round: the idle peers come up before each "
-        f"\"with\" run and close (close_notify) after it.", ""]
+        f"{100 * idle.get('idle_clients_cores', 0):.0f} % of a core with no data flowing "
+        f"and {100 * idle.get('idle_clients_busy_cores', 0):.0f} % during the busy runs, "
+        f"beside the server and the busy client on {doc_nproc} cores). "
+        f"Without and with alternate round by round (odd rounds without first, even "
+        f"rounds with first): the idle peers come up before each \"with\" run and close "
+        f"(close_notify) after it.", ""]
     return lines
 
 

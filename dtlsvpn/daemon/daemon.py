@@ -211,7 +211,7 @@ class Daemon:
             self.notifier.status(status)
 
     def status_line(self) -> str:
-        up = sum(1 for p in self.peers if p.established or p.stream is not None)  # (or TCP)
+        up = len(self.peers.up)  # established or on a TCP link; no walk (peers.py)
         return f"{up}/{len(self.peers)} peers up, mtu {self.tunmtu.mtu}"
 
     def status_text(self) -> str:
@@ -224,20 +224,20 @@ class Daemon:
 
     def carrier_changed(self, peer: Peer) -> None:
         """A peer moved between UDP and a TCP link (TCP fallback): the MSS clamp follows."""
-        self.tunmtu.follow(self.peers)
+        self.tunmtu.follow_peer(self.peers, peer)
 
     def mtu_report(self, peer: Peer, assoc: Association, ev: PathMtuChanged,
                    now: float) -> None:
         peer.plpmtu = ev.plpmtu
         peer.inner_mtu = ev.inner_mtu
         if peer.mtu.report(assoc, ev.inner_mtu, now):
-            self.tunmtu.follow(self.peers)
+            self.tunmtu.follow_peer(self.peers, peer)  # (no walk over every peer)
         if peer.mtu_timer is not None:
             peer.mtu_timer.schedule(peer.mtu.due)
 
     def _on_mtu_due(self, peer: Peer, now: float, wall: float) -> None:
         if peer.mtu.poll(now):
-            self.tunmtu.follow(self.peers)
+            self.tunmtu.follow_peer(self.peers, peer)
 
     def _on_watchdog(self, now: float, wall: float) -> None:
         self.notifier.watchdog()

@@ -38,13 +38,17 @@ if TYPE_CHECKING:
 class Peer:
     """A configured peer and its runtime: association(s), address, counters."""
 
-    __slots__ = ("addr", "assoc", "config", "conn", "drops", "established", "generation",
-                 "handshake_wall", "handshakes", "inner_mtu", "last_error", "limit", "mtu",
-                 "mtu_timer", "name", "on_send", "plpmtu", "previous", "rekey_wall", "rekeys",
-                 "replay", "resumed", "roams", "rtt", "rx_bytes", "rx_packets", "sock",
-                 "stream", "suite", "transport", "transport_wall", "tx_bytes", "tx_packets")
+    __slots__ = ("_established", "_stream", "_table", "addr", "assoc", "config", "conn", "drops",
+                 "generation", "handshake_wall", "handshakes", "inner_mtu", "last_error",
+                 "limit", "mtu", "mtu_timer", "name", "on_send", "plpmtu", "previous",
+                 "rekey_wall", "rekeys", "replay", "resumed", "roams", "rtt", "rx_bytes",
+                 "rx_packets", "sock", "suite", "transport", "transport_wall", "tx_bytes",
+                 "tx_packets")
 
     def __init__(self, config: PeerConfig) -> None:
+        self._table: PeerTable | None = None  # the table that counts it (PeerTable.up)
+        self._established = False
+        self._stream: StreamLink | None = None
         self.config = config
         self.name: str = config.name
         self.assoc: Association | None = None  # client: conn.current
@@ -84,6 +88,31 @@ class Peer:
         # client: called (then cleared by the callee) before the next batch goes out over
         # UDP; the TCP fallback's checker sleeps while the tunnel is idle (tcpclient.py)
         self.on_send: Callable[[float], None] | None = None
+
+    @property
+    def established(self) -> bool:
+        return self._established
+
+    @established.setter
+    def established(self, value: bool) -> None:
+        self._established = value
+        if self._table is not None:
+            self._table.note_up(self)
+
+    @property
+    def stream(self) -> StreamLink | None:
+        return self._stream
+
+    @stream.setter
+    def stream(self, link: StreamLink | None) -> None:
+        self._stream = link
+        if self._table is not None:
+            self._table.note_up(self)
+
+    @property
+    def up(self) -> bool:
+        """Counted as up by the status line: established, or a TCP link (fallback)."""
+        return self._established or self._stream is not None
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
@@ -136,6 +165,26 @@ class PeerTable:
         self._by_name: dict[str, Peer] = {}
         self.by_addr: dict[Addr, Peer] = {}  # the data path's lookup: keep it a dict
         self._by_assoc: dict[Association, Peer] = {}
+        # Peers up (``Peer.up``), kept in step by the peers' setters: the status line
+        # counts them without a walk over every peer.
+        self.up: set[Peer] = set()
+        # Peers added, removed, up or down since ``take_changed`` (the TUN MTU's running
+        # minimum, tunmtu.py, recounts only these).
+        self._changed: set[Peer] = set()
+
+    def note_up(self, peer: Peer) -> None:
+        if peer.up:
+            self.up.add(peer)
+        else:
+            self.up.discard(peer)
+        self._changed.add(peer)
+
+    def take_changed(self) -> set[Peer]:
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def holds(self, peer: Peer) -> bool:
+        return peer._table is self
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(self._by_name.values())
@@ -155,6 +204,8 @@ class PeerTable:
 
     def add(self, peer: Peer) -> None:
         self._by_name[peer.name] = peer
+        peer._table = self
+        self.note_up(peer)
 
     def remove(self, name: str) -> Peer | None:
         """Take the peer out, with every association and address of it."""
@@ -162,6 +213,9 @@ class PeerTable:
         if peer is not None:
             self.release(peer)
             peer.previous = None
+            self.up.discard(peer)
+            self._changed.add(peer)
+            peer._table = None
         return peer
 
     def owner(self, assoc: Association) -> Peer | None:

@@ -118,13 +118,14 @@ class ServerRole:
         """Associations the data path fed this iteration (deferred by it)."""
         dp = self.datapath
         touched, dp.touched = dp.touched, {}
-        closed = False
+        closed: list[Association] = []
         for assoc, addr in touched.items():
             self._service(addr, assoc, now)
-            closed |= assoc.is_closed
+            if assoc.is_closed:
+                closed.append(assoc)
         if closed:
             assert self.endpoint is not None
-            self.endpoint.remove_closed()
+            self.endpoint.forget_closed(closed)  # (no walk over every association)
 
     def poke(self, peer: Peer, now: float) -> None:
         """The peer's association was fed outside the data path (a kernel hint)."""
@@ -172,7 +173,7 @@ class ServerRole:
             assoc.handle_timer(now)
         self._service(addr, assoc, now)
         if assoc.is_closed:
-            self.endpoint.remove_closed()
+            self.endpoint.forget_closed((assoc,))
 
     def _note_renewal_progress(self, peer: Peer, now: float) -> None:
         """The endpoint starts the old keys' grace once the client used the new ones."""
@@ -261,7 +262,7 @@ class ServerRole:
             stale.close(now)  # the peer came back (new address or association)
             self._flush(peer.addr, stale, now, peer)
         if decision.close:
-            endpoint.remove_closed()
+            endpoint.forget_closed(decision.close)
         renewal = decision.verdict is Verdict.RENEWAL
         self._retire_at.pop(peer, None)
         host.peers.bind(peer, assoc, addr, renewal=renewal)
@@ -315,10 +316,14 @@ class ServerRole:
         pass
 
     def remove_peer(self, peer: Peer, now: float) -> None:
+        closed = []
         for assoc in (peer.assoc, peer.previous):
             if assoc is not None and not assoc.is_closed:
                 assoc.close(now)
                 self._flush(peer.addr, assoc, now, peer)
+                closed.append(assoc)
+        if closed and self.endpoint is not None:
+            self.endpoint.forget_closed(closed)
         self._retire_at.pop(peer, None)
         self.tcp.close_peer(peer, now)  # its TCP link too
 

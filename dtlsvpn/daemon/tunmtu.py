@@ -30,7 +30,7 @@ from typing import Protocol
 from dtlsvpn.config import InterfaceConfig
 from dtlsvpn.crypto.suites import SUITES
 from dtlsvpn.daemon.devices import LinkConfig
-from dtlsvpn.daemon.peers import Peer
+from dtlsvpn.daemon.peers import Peer, PeerTable
 from dtlsvpn.vpn.mss import mss_for_mtu
 
 log = logging.getLogger("dtlsvpn")
@@ -69,6 +69,11 @@ class TunnelMtu:
         self.policy = "fixed"
         self.link: LinkConfig | None = None
         self.clamp_to: MssClamp | None = None
+        # follow_peer's running counts: each counted peer's inner MTU, peers per value,
+        # and the peers with a TCP link (looked at on every call).
+        self._counted: dict[Peer, int] = {}
+        self._values: dict[int, int] = {}
+        self._streams: set[Peer] = set()
 
     def initial(self, family: socket.AddressFamily, path_mtu: int | None) -> int:
         if self.iface.mtu is not None:
@@ -111,6 +116,52 @@ class TunnelMtu:
             self._set(min(applied))
         if applied or carried:
             self.update_mss(min(applied + carried))
+
+    def follow_peer(self, table: PeerTable, peer: Peer | None = None) -> None:
+        """``follow(table)`` without the walk: ``peer`` (whose applied MTU changed) and
+        the peers the table saw added, removed, up or down since the last call are
+        recounted into running counts (distinct inner MTUs → peers), so an event costs
+        the peers that changed, not every peer; peers with a TCP link (few, and their
+        link's ``ready`` and ``inner_mtu`` change inside it) are looked at each time.
+        The same limits, TUN MTU and clamp as the walk (tests/unit/test_peer_aggregates.py)."""
+        changed = table.take_changed()
+        if peer is not None:
+            changed.add(peer)
+        for p in changed:
+            self._recount(p, table.holds(p))
+        values = self._values
+        low = min(values) if values else None
+        carried: int | None = None
+        for p in self._streams:
+            stream = p.stream
+            if stream is not None and stream.ready:
+                carried = stream.inner_mtu if carried is None else min(carried, stream.inner_mtu)
+            elif p.established and (value := p.mtu.applied):
+                low = value if low is None else min(low, value)
+        if low is not None and self.policy != "fixed":
+            self.policy = "pmtu"
+            self._set(low)
+        if low is not None or carried is not None:
+            self.update_mss(min(v for v in (low, carried) if v is not None))
+
+    def _recount(self, p: Peer, member: bool) -> None:
+        old = self._counted.pop(p, None)
+        if old is not None:
+            left = self._values[old] - 1
+            if left:
+                self._values[old] = left
+            else:
+                del self._values[old]
+        self._streams.discard(p)
+        if not member:
+            return
+        value = p.mtu.applied
+        p.limit = value or 0
+        if p.stream is not None:
+            self._streams.add(p)
+        elif p.established and value:
+            self._counted[p] = value
+            self._values[value] = self._values.get(value, 0) + 1
 
     def _set(self, inner: int) -> None:
         mtu = self._floor(inner)

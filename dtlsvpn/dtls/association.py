@@ -18,7 +18,9 @@ Record layer rules (RFC 6347 §4.1):
   ``protect``) only records the last-received time, which moves the keepalive deadline
   later, so ``needs_service`` stays false: the shell skips the service after a
   data-only wake-up; the armed timer fires early at worst, finds nothing due, re-arms.
-  A lone HeartbeatRequest record is taken at its header too (``hbfast.py``).
+  A lone HeartbeatRequest record is taken at its header too (``hbfast.py``), opened
+  once (with a CID FastOpen's plaintext is reused), and ours are sealed by a FastSeal
+  of the heartbeat type.
 * Everything else takes the slow path: records are opened by the read epoch and
   dispatched by content type (``_BY_CONTENT_TYPE``).  Records that do not parse, fail
   authentication, are replays, or belong to an epoch without keys are dropped silently
@@ -122,6 +124,7 @@ class Association:
         self.fast_open: FastOpen | None = None
         self._hb_in: HeartbeatIn | None = None  # the peer's keepalive, at the header (hbfast.py)
         self._seal: FastSeal | None = None  # for the current write epoch
+        self._hb_seal: FastSeal | None = None  # our heartbeats, in the current write epoch
 
     # --- public state -------------------------------------------------------
 
@@ -526,7 +529,15 @@ class Association:
             self._keepalive.service(now, self._last_rx)
 
     def _send_heartbeat(self, message: bytes) -> None:
-        self._out.append(self._seal_record(_CT_HEARTBEAT, self._writer.epoch, message))
+        """One heartbeat record, sealed from parts built once per write epoch (the
+        bytes ``_seal_record`` would write: tests/unit/test_hbfast.py)."""
+        writer = self._writer
+        ws = writer.epochs[writer.epoch]
+        seal = self._hb_seal
+        if seal is None or seal.state is not ws or seal.cid != writer.cid:
+            seal = self._hb_seal = FastSeal(ws, writer.epoch, writer.cid, _CT_HEARTBEAT)
+        self.stats.tx_records += 1
+        self._out.append(seal.seal_one(message))
 
     def _emit(self, event: Event) -> None:
         self._events.append(event)

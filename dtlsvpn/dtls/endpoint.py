@@ -36,6 +36,7 @@ a replayed, older or forged record from elsewhere moves nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dtlsvpn.crypto.cookie import CookieSecrets
@@ -376,7 +377,21 @@ class ServerEndpoint:
                     self._forget(old)
 
     def remove_closed(self) -> list[Address]:
+        """Forget every closed association (a walk over the table: a shell that knows
+        which ones closed calls ``forget_closed`` with them)."""
         gone = [(addr, a) for addr, a in self.associations.items() if a.is_closed]
         for _addr, a in gone:
             self._forget(a)
         return [addr for addr, _a in gone]
+
+    def forget_closed(self, assocs: Iterable[Association]) -> list[Address]:
+        """``remove_closed`` for the associations given (those that closed since the
+        last call): each that is closed and still holds its address leaves the table and
+        the CID index; no walk over the others.  The addresses that were freed."""
+        gone: list[Address] = []
+        for a in assocs:
+            addr = self._address.get(a)
+            if a.is_closed and addr is not None and self.associations.get(addr) is a:
+                self._forget(a)
+                gone.append(addr)
+        return gone

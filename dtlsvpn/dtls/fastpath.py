@@ -59,8 +59,8 @@ class FastOpen:
 
     __slots__ = (
         "aad", "aad_mid", "aad_pre", "advanced", "cid", "decrypt", "explicit", "gcm", "head",
-        "hlen", "max_size", "min_size", "nonce_high", "nonce_xor", "opened", "parts", "record",
-        "window",
+        "held", "hlen", "max_size", "min_size", "nonce_high", "nonce_xor", "opened", "parts",
+        "record", "window",
     )
 
     def __init__(self, read: ReadState, ctype: int) -> None:
@@ -91,6 +91,11 @@ class FastOpen:
         self.window = read.window
         self.advanced = False  # the last record opened was newer than any before
         self.opened = False  # the last ``open_batch`` delivered data
+        # (datagram, epoch || seq, DTLSInnerPlaintext) of the last CID record that
+        # authenticated but carried no data: a keepalive, which ``HeartbeatIn.take``
+        # then takes without opening it a second time (hbfast.py).  Not state of the
+        # association: the window and the counters are as if it had not been opened.
+        self.held: tuple[bytes, int, bytes] | None = None
         self.parts = (self.head, self.hlen, cid, self.explicit, self.min_size, self.max_size,
                       self.record.unpack_from, self.aad.pack, self.aad_pre, self.aad_mid,
                       self.nonce_high, self.nonce_xor, self.decrypt, self.window)
@@ -141,7 +146,10 @@ class FastOpen:
                 else:
                     if cid:
                         if not plain or plain[-1] != _CT_APP:
-                            break  # padding or not data (RFC 9146 §4): the slow path
+                            # Padding or not data (RFC 9146 §4): the slow path, or
+                            # HeartbeatIn with what was opened here (``held``).
+                            self.held = (data, es, plain)
+                            break
                         plain = plain[:-1]
                     append(plain)
                     opened = True
@@ -171,17 +179,23 @@ def _aad(pre: bytes, mid: bytes) -> struct.Struct:
 
 
 class FastSeal:
-    """Seals application_data records of one write epoch (``Association.protect``)."""
+    """Seals records of one content type (application_data for ``Association.protect``,
+    heartbeat for its keepalives) in one write epoch."""
 
-    __slots__ = ("aad", "aad_mid", "aad_pre", "cid", "encrypt", "epoch_bits", "gcm", "head",
-                 "header", "nonce_high", "nonce_xor", "parts", "state")
+    __slots__ = ("aad", "aad_mid", "aad_pre", "cid", "ctype", "encrypt", "epoch", "epoch_bits",
+                 "gcm", "head", "header", "inner_type", "nonce_high", "nonce_xor", "parts",
+                 "state")
 
-    def __init__(self, state: WriteEpoch, epoch: int, cid: bytes) -> None:
+    def __init__(self, state: WriteEpoch, epoch: int, cid: bytes, ctype: int = _CT_APP) -> None:
         prot = state.protection
         if prot is None:
             raise UsageError("FastSeal needs the write epoch's keys")
         self.state = state
+        self.epoch = epoch
+        self.ctype = ctype
         self.epoch_bits = epoch << 48
+        own_type = bytes((ctype,))
+        self.inner_type = own_type  # DTLSInnerPlaintext: content || real type, no padding
         gcm, salt, iv_high, iv_low = prot.nonce_material()
         self.gcm = gcm
         self.nonce_high = salt if gcm else iv_high
@@ -196,13 +210,13 @@ class FastSeal:
             self.aad_pre = b"\xff" * 8 + bytes((CT_CID, len(cid), CT_CID)) + _VERSION
             self.aad_mid = cid
         else:
-            self.head = _APP_TYPE + _VERSION
+            self.head = own_type + _VERSION
             self.aad_pre = b""
-            self.aad_mid = _APP_TYPE + _VERSION
+            self.aad_mid = own_type + _VERSION
         self.aad = _aad(self.aad_pre, self.aad_mid)
         self.header = struct.Struct(f"!3sQ{len(cid)}sHQ" if gcm else f"!3sQ{len(cid)}sH")
         self.parts = (self.encrypt, gcm, cid, self.head, self.aad.pack, self.header.pack,
-                      self.aad_pre, self.aad_mid, self.nonce_high, self.nonce_xor)
+                      self.aad_pre, self.aad_mid, self.nonce_high, self.nonce_xor, own_type)
 
     def seal(self, payloads: Iterable[bytes]) -> list[bytes]:
         """One record (datagram) per payload, numbered from the epoch's counter."""
@@ -210,8 +224,8 @@ class FastSeal:
         state = self.state
         first = state.next_seq
         count = len(batch)
-        encrypt, gcm, cid, head, pack_aad, pack_header, pre, mid, nonce_high, nonce_xor = \
-            self.parts
+        (encrypt, gcm, cid, head, pack_aad, pack_header, pre, mid, nonce_high, nonce_xor,
+         inner_type) = self.parts
         pack_nonce = _NONCE.pack
         if count == 1:  # a lone packet (the idle round trip): no loop, no max()
             payload = batch[0]
@@ -220,7 +234,7 @@ class FastSeal:
             state.next_seq = first + 1
             es = self.epoch_bits | first
             if cid:
-                payload += _APP_TYPE
+                payload += inner_type
             sealed = encrypt(pack_nonce(nonce_high, es ^ nonce_xor), payload,
                              pack_aad(pre, es, mid, len(payload)))
             if gcm:
@@ -236,7 +250,7 @@ class FastSeal:
         append = out.append
         for payload in batch:
             if cid:
-                payload += _APP_TYPE  # DTLSInnerPlaintext: content || real type, no padding
+                payload += inner_type  # DTLSInnerPlaintext: content || real type, no padding
             sealed = encrypt(pack_nonce(nonce_high, es ^ nonce_xor), payload,
                              pack_aad(pre, es, mid, len(payload)))
             if gcm:
@@ -245,6 +259,26 @@ class FastSeal:
                 append(pack_header(head, es, cid, len(sealed)) + sealed)
             es += 1
         return out
+
+    def seal_one(self, payload: bytes) -> bytes:
+        """One record, numbered from the epoch's counter (a keepalive: no list around
+        it).  A payload above 2^14 or no sequence number left: ``WriteEpoch.seal``, as
+        the slow path seals every other record type."""
+        state = self.state
+        seq = state.next_seq
+        if seq > MAX_SEQ or len(payload) > MAX_PLAINTEXT:
+            return state.seal(self.ctype, self.epoch, payload, self.cid)
+        state.next_seq = seq + 1
+        es = self.epoch_bits | seq
+        (encrypt, gcm, cid, head, pack_aad, pack_header, pre, mid, nonce_high, nonce_xor,
+         inner_type) = self.parts
+        if cid:
+            payload += inner_type
+        sealed = encrypt(_NONCE.pack(nonce_high, es ^ nonce_xor), payload,
+                         pack_aad(pre, es, mid, len(payload)))
+        if gcm:
+            return pack_header(head, es, cid, len(sealed) + 8, es) + sealed
+        return pack_header(head, es, cid, len(sealed)) + sealed
 
     def _seal_checked(self, batch: list[bytes]) -> list[bytes]:
         """One at a time, failing at the payload that is too big or has no number left."""

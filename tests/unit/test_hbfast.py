@@ -9,11 +9,23 @@ header and end up counted by the slow path as before.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 import dtlsvpn.dtls.association as association_module
 from bench.micro_core import CLIENT_ADDR, WALL, established_pair
+from dtlsvpn.crypto.suites import SuiteInfo
 from dtlsvpn.dtls.association import Association
+from dtlsvpn.dtls.epoch import ReadState, WriteEpoch
+from dtlsvpn.dtls.fastpath import FastOpen, FastSeal
+from dtlsvpn.dtls.hbfast import HeartbeatIn
+from dtlsvpn.dtls.stats import Stats
+from dtlsvpn.wire.constants import ContentType
+from tests.support.records import AEAD_SUITES
+from tests.support.records import protection as _prot
+
+CT_HEARTBEAT = int(ContentType.heartbeat)
 
 
 def _requests(client: Association, server: Association, n: int) -> list[tuple[float, bytes]]:
@@ -122,3 +134,97 @@ def test_data_is_not_taken_at_the_heartbeat_header(cid: bool) -> None:
     assert hb.take(data, server.stats) is None
     assert (server.stats.rx_records, hb.window.top) == before
     assert endpoint.receive(data, CLIENT_ADDR, 1.1, WALL)[1] == [b"\x45" * 40]
+
+
+class _CountingAead:
+    """An AEAD object that counts its decrypt calls (the record opens)."""
+
+    def __init__(self, aead: object) -> None:
+        self.aead, self.decrypts = aead, 0
+
+    def decrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+        self.decrypts += 1
+        return self.aead.decrypt(nonce, data, aad)  # type: ignore[attr-defined, no-any-return]
+
+    def encrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+        return self.aead.encrypt(nonce, data, aad)  # type: ignore[attr-defined, no-any-return]
+
+
+def _count_opens(a: Association) -> _CountingAead:
+    """Count ``a``'s record opens from now on (its fast parts rebuilt around the counter)."""
+    prot = a._read.protection
+    assert prot is not None
+    counter = _CountingAead(prot.aead)
+    prot.aead = counter  # type: ignore[assignment]
+    a.fast_open = FastOpen(a._read, a._fast_type)
+    a._hb_in = HeartbeatIn.build(a._read, a.fast_open, a._keepalive)
+    return counter
+
+
+@pytest.mark.parametrize("cid", [False, True], ids=["no-cid", "cid"])
+def test_keepalive_is_opened_once(cid: bool) -> None:
+    """A keepalive request is opened once on the server (with a CID FastOpen's plaintext
+    goes on to HeartbeatIn) and its response once on the client; requests, answers,
+    counters and timers are byte for byte those of the slow path."""
+    rows = []
+    for fast in (True, False):
+        client, endpoint, server = established_pair(cid)
+        (data,) = client.protect([b"\x45" * 40])
+        endpoint.receive(data, CLIENT_ADDR, 0.5, WALL)  # the peer used the keys
+        server.pop_events()
+        (back,) = server.protect([b"\x45" * 40])
+        client.receive_datagram(back, 0.5, WALL)
+        client.pop_events()
+        s_count, c_count = _count_opens(server), _count_opens(client)
+        trips = []
+        for _ in range(3):
+            t = client.get_timer()
+            assert t is not None
+            client.handle_timer(t)
+            (req,) = client.datagrams_to_send(t)
+            if not fast:
+                server._hb_in = client._hb_in = None  # the slow path: parse, dispatch
+            endpoint.receive(req, CLIENT_ADDR, t, WALL)
+            (resp,) = server.datagrams_to_send(t)
+            if not fast:
+                client._hb_in = None
+            client.receive_datagram(resp, t + 0.001, WALL)
+            trips.append((req, resp, _state(server), _state(client)))
+        if fast:
+            assert (s_count.decrypts, c_count.decrypts) == (3, 3)
+        rows.append(trips)
+    assert rows[0] == rows[1]
+    assert rows[0][-1][2][0].heartbeat_answered == 3  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("suite", AEAD_SUITES, ids=lambda s: s.name)
+@pytest.mark.parametrize("cid", [b"", b"\x01\x02\x03\x04\x05\x06\x07\x08"])
+def test_heartbeat_seal_equals_slow_seal(suite: SuiteInfo, cid: bytes) -> None:
+    """Our heartbeats from FastSeal(heartbeat) are the bytes WriteEpoch.seal writes, and
+    HeartbeatIn opens them (without a CID from its own parts) as RecordProtection does."""
+    rng = random.Random(5)
+    messages = [b"\x01\x00\x10" + rng.randbytes(16 + 16), b"\x02\x00\x00" + bytes(16),
+                b"\x01\x05\x14" + rng.randbytes(1300 + 16)]  # type, payload_length, ...
+    slow = WriteEpoch(_prot(suite, 9), 77)
+    state = WriteEpoch(_prot(suite, 9), 77)
+    seal = FastSeal(state, 3, cid, CT_HEARTBEAT)
+    sealed = [seal.seal_one(m) for m in messages] + seal.seal(messages)
+    assert sealed == [slow.seal(CT_HEARTBEAT, 3, m, cid) for m in messages * 2]
+    assert state.next_seq == slow.next_seq == 77 + 6
+    if cid:
+        return  # (a CID record is opened by FastOpen: tests/unit/test_fastpath.py)
+    read = ReadState(epoch=3, protection=_prot(suite, 9))
+    hb = HeartbeatIn(read, object())  # type: ignore[arg-type]
+    stats = Stats()
+    for i, (m, d) in enumerate(zip(messages * 2, sealed, strict=True)):
+        assert read.protection is not None
+        assert read.protection.open(3 << 48 | 77 + i, CT_HEARTBEAT, d[13:]) == m
+        assert hb.take(d, stats) == m
+    assert stats.rx_records == 6 and read.window.top == 77 + 5
+    assert hb.take(sealed[0], stats) is None  # a replay: not taken, nothing counted
+    forged = slow.seal(CT_HEARTBEAT, 3, messages[0], cid)
+    forged = forged[:-1] + bytes([forged[-1] ^ 1])
+    assert hb.take(forged, stats) is None  # a bad tag: left to the slow path to count
+    short = slow.seal(CT_HEARTBEAT, 3, b"\x01\x00\x20" + bytes(40), cid)  # RFC 6520 §4
+    assert hb.take(short, stats) is None
+    assert stats.rx_records == 6 and read.window.top == 77 + 5
