@@ -5,8 +5,9 @@ Outputs: ``datagrams_to_send``, ``get_timer``, ``pop_events``, the data returned
 ``receive_datagram``.  Time comes in as arguments; no socket, clock or thread here.
 
 Who owns what: epoch keys, replay window, held records: ``epoch.py``; handshake
-records in: ``handshake_input.py``; handshake rules: the role's machine; our flights:
-``flight.py``; heartbeats, liveness, PMTU probing: ``keepalive.py``.  This routes.
+records in: ``handshake_input.py``; what each content type does: ``content.py``;
+handshake rules: the role's machine; our flights: ``flight.py``; heartbeats, liveness,
+PMTU probing: ``keepalive.py``.  This routes.
 
 Record layer rules (RFC 6347 §4.1):
 
@@ -22,7 +23,7 @@ Record layer rules (RFC 6347 §4.1):
   once (with a CID FastOpen's plaintext is reused), and ours are sealed by a FastSeal
   of the heartbeat type.
 * Everything else takes the slow path: records are opened by the read epoch and
-  dispatched by content type (``_BY_CONTENT_TYPE``).  Records that do not parse, fail
+  dispatched by content type (``content.dispatch``).  Records that do not parse, fail
   authentication, are replays, or belong to an epoch without keys are dropped silently
   and counted (§4.1.2.7); they never raise and never close the association.  The
   replay window moves only after authentication (§4.1.2.6, CVE-2016-2181).
@@ -46,9 +47,9 @@ from dtlsvpn.crypto.aead import RecordProtection
 from dtlsvpn.dtls import failures
 from dtlsvpn.dtls.client import ClientMachine
 from dtlsvpn.dtls.config import DtlsConfig
+from dtlsvpn.dtls.content import dispatch
 from dtlsvpn.dtls.epoch import CT_CID, ReadState, WriteState, records_exhausted, split_inner
 from dtlsvpn.dtls.events import (
-    AlertReceived,
     Event,
     HandshakeCompleted,
     PeerAddressChanged,
@@ -63,14 +64,13 @@ from dtlsvpn.dtls.machine import Machine
 from dtlsvpn.dtls.server import ServerMachine
 from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.dtls.stats import Stats
-from dtlsvpn.errors import Alert, DecodeError, DecodeErrorAlert, UsageError
-from dtlsvpn.wire.alert import decode_alert, encode_alert
+from dtlsvpn.errors import Alert, DecodeErrorAlert, UsageError
+from dtlsvpn.wire.alert import encode_alert
 from dtlsvpn.wire.constants import DTLS_1_0, DTLS_1_2, AlertDescription, AlertLevel, ContentType
 from dtlsvpn.wire.record import Record, parse_datagram
 
 _CT_APP = int(ContentType.application_data)
 _CT_HANDSHAKE = int(ContentType.handshake)
-_CT_CCS = int(ContentType.change_cipher_spec)
 _CT_ALERT = int(ContentType.alert)
 _CT_HEARTBEAT = int(ContentType.heartbeat)
 _NO_FAST_PATH = -1  # a content type no record has
@@ -417,7 +417,7 @@ class Association:
                 if rec.version not in (DTLS_1_2, DTLS_1_0):
                     self.stats.malformed += 1
                     return False
-                return self._dispatch(rec.content_type, epoch, rec.fragment, now, wall, out)
+                return dispatch(self, rec.content_type, epoch, rec.fragment, now, wall, out)
             if rec.version != DTLS_1_2:
                 self.stats.malformed += 1
                 return False
@@ -427,7 +427,7 @@ class Association:
                     self._fail(failures.finished_failed())  # see failures.py
                 return False
             self._last_rx = now
-            return self._dispatch(opened[0], epoch, opened[1], now, wall, out)
+            return dispatch(self, opened[0], epoch, opened[1], now, wall, out)
         if epoch == rd.epoch + 1 and not self._established:
             rd.hold(rec, self.stats)  # security.md S9: a Finished that overtook its CCS
             return False
@@ -446,76 +446,7 @@ class Association:
             return False
         self._read.window.commit(seq)
         self._last_rx = now
-        return self._dispatch(split[0], self._read.epoch, split[1], now, wall, out)
-
-    def _dispatch(
-        self, ctype: int, epoch: int, payload: bytes, now: float, wall: float, out: list[bytes]
-    ) -> bool:
-        handler = _BY_CONTENT_TYPE.get(ctype)
-        if handler is None:
-            self.stats.unexpected += 1  # RFC 5246 §6: unknown content types are dropped here
-            return False
-        return handler(self, epoch, payload, now, wall, out)
-
-    def _on_handshake(self, epoch: int, payload: bytes, now: float, wall: float,
-                      out: list[bytes]) -> bool:
-        return self._guard(lambda: self._handshake.receive(
-            payload, now, wall, established=self._established), now)
-
-    def _on_ccs(self, epoch: int, payload: bytes, now: float, wall: float,
-                out: list[bytes]) -> bool:
-        held: list[Record] = []
-
-        def step() -> None:
-            held.extend(self._handshake.receive_ccs(payload, now, wall, self._read,
-                                                    established=self._established))
-
-        self._guard(step, now)
-        for rec in held:  # security.md S9: what overtook the CCS, now in its epoch
-            if self._closed:
-                break
-            self._slow_record(rec, now, wall, [])
-        return False
-
-    def _on_alert(self, epoch: int, payload: bytes, now: float, wall: float,
-                  out: list[bytes]) -> bool:
-        try:
-            level, desc = decode_alert(payload)
-        except DecodeError:
-            self.stats.malformed += 1
-            return False
-        self._events.append(AlertReceived(level=level, description=desc))
-        if desc == AlertDescription.close_notify:
-            # RFC 5246 §7.2.1: answer with a close_notify of our own, then stop.
-            self._send_alert(AlertLevel.warning, AlertDescription.close_notify)
-            self._close(local=False, reason="peer sent close_notify", alert=desc)
-        elif level == AlertLevel.fatal:
-            reason, failure = failures.peer_alert(desc, self._established)
-            self._close(local=False, reason=reason, alert=desc, failure=failure)
-        return False
-
-    def _on_application_data(self, epoch: int, payload: bytes, now: float, wall: float,
-                             out: list[bytes]) -> bool:
-        # security.md S6: nothing reaches the tunnel before Finished is verified;
-        # epoch-0 application data is never accepted.
-        if self._established and epoch > 0:
-            out.append(payload)
-            self._note_peer_used_keys()
-        else:
-            self.stats.early_data += 1
-        return False
-
-    def _on_heartbeat(self, epoch: int, payload: bytes, now: float, wall: float,
-                      out: list[bytes]) -> bool:
-        ka = self._keepalive
-        # RFC 6520 §3: nothing during a handshake or unprotected.
-        if ka is None or epoch == 0:
-            self.stats.heartbeat_dropped += 1
-            return False
-        if ka.receive(payload, now):
-            self._hb_pending = True
-        self._note_peer_used_keys()
-        return False
+        return dispatch(self, split[0], self._read.epoch, split[1], now, wall, out)
 
     def _note_peer_used_keys(self) -> None:
         """Data or a heartbeat under the established keys: the fast path opens."""
@@ -592,15 +523,3 @@ class Association:
                                             handshake=handshake, who=self._machine.presented,
                                             finished_sent=self._writer.epoch > 0))
 
-
-_ContentHandler = Callable[[Association, int, bytes, float, float, list[bytes]], bool]
-
-# RFC 5246 §6.2.1 / RFC 6520: the slow path's handler per (inner) content type;
-# each returns True when the record was part of a repeated flight of the peer.
-_BY_CONTENT_TYPE: dict[int, _ContentHandler] = {
-    _CT_HANDSHAKE: Association._on_handshake,
-    _CT_CCS: Association._on_ccs,
-    _CT_ALERT: Association._on_alert,
-    _CT_APP: Association._on_application_data,
-    _CT_HEARTBEAT: Association._on_heartbeat,
-}
