@@ -207,27 +207,25 @@ class Datapath:
         if conn is None or sock is None or not conn.is_established:
             peer.drop("no_session", len(packets))
             return
-        if len(packets) == 1 and self.lone:  # a lone packet: no lists, no runs
-            pkt = packets[0]
-            if self.router.route_one(pkt) is None:
+        lone = len(packets) == 1 and self.lone  # a lone packet: no lists, no runs
+        if lone:
+            if self.router.route_one(packets[0]) is None:
                 return
-            wake = peer.on_send
-            if wake is not None:
-                wake(now)
-            pkt = self._transmit_one(peer, conn.protect, pkt, sock, None, now)
-            replay = peer.replay
-            if replay is not None and len(replay) < REPLAY_MAX:
-                replay.append(pkt)
-            return
-        batch = self.router.route_single(packets)  # one peer: no lookup, no dict
-        if batch:
-            wake = peer.on_send  # the first send after an idle spell (tcpclient.py)
-            if wake is not None:
-                wake(now)
+            batch = packets
+        else:
+            batch = self.router.route_single(packets)  # one peer: no lookup, no dict
+            if not batch:
+                return
+        wake = peer.on_send  # the first send after an idle spell (tcpclient.py)
+        if wake is not None:
+            wake(now)
+        if lone:  # (as clamped: what the replay below resends)
+            batch[0] = self._transmit_one(peer, conn.protect, batch[0], sock, None, now)
+        else:
             self._transmit(peer, conn.protect, batch, sock, None, now)
-            replay = peer.replay  # UDP suspect: kept to resend over TCP (tcpclient.py)
-            if replay is not None and len(replay) < REPLAY_MAX:
-                replay += batch
+        replay = peer.replay  # UDP suspect: kept to resend over TCP (tcpclient.py)
+        if replay is not None and len(replay) < REPLAY_MAX:
+            replay += batch
 
     def _transmit(self, peer: Any, protect: Callable[[list[bytes]], list[bytes]],
                   batch: list[bytes], sock: UdpPort, addr: Any, now: float) -> None:
