@@ -31,7 +31,7 @@ def add_parsers(commands: Any) -> None:
         description="Query the status socket of one daemon (NAME) or of every daemon.",
     )
     status.add_argument("name", metavar="NAME", nargs="?",
-                        help="instance name (RUNDIR/NAME.sock)")
+                        help="instance name (RUNDIR/NAME.sock), or a status socket's path")
     status.add_argument("--socket", metavar="PATH", type=Path,
                         help="status socket path (overrides NAME)")
     status.add_argument("--rundir", metavar="DIR", type=Path, default=DEFAULT_RUNDIR,
@@ -48,6 +48,8 @@ def _sockets(args: argparse.Namespace) -> list[Path]:
     if args.socket is not None:
         return [args.socket]
     if args.name is not None:
+        if "/" in args.name:  # a socket's path given as NAME (StatusSocket = /some/path)
+            return [Path(args.name)]
         return [args.rundir / f"{args.name}.sock"]
     return sorted(args.rundir.glob("*.sock"))
 

@@ -55,6 +55,7 @@ def test_every_mode_has_one_shape(pair: Pair, tmp_path: Path) -> None:
     modes = {
         "named": ["server", "--rundir", str(rundir)],
         "socket": ["--socket", str(sock)],
+        "path as NAME": [str(sock)],  # a StatusSocket path given where NAME goes
         "all": ["--rundir", str(rundir)],
     }
     for mode, argv in modes.items():
