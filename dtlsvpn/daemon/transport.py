@@ -156,8 +156,9 @@ class _Links:
                 log.warning("peer %s: TLS keys used up over TCP and not renewed (%s): TCP "
                             "link closed", peer.name, link.assoc.close_reason or cause)
             else:
-                log.info("peer %s: TCP carrier closed (%s: %s)", peer.name, cause,
-                         link.close_reason)
+                reason = link.close_reason
+                log.info("peer %s: TCP carrier closed (%s)", peer.name,
+                         f"{cause}: {reason}" if reason else cause)
 
     def _count(self, link: StreamLink, now: float) -> str:
         """The cause of a closed established link, counted; of the handshakes that did
