@@ -292,10 +292,8 @@ class Datapath:
             inner = conn.receive_batch(datagrams, now, wall)  # runs through the fast path
         if conn.needs_service and self.defer is not None and self.service is not None:
             self.defer(self.service)  # not after data only (the fast path)
-        if lone and len(inner) == 1:
-            self._deliver_one(peer, inner[0])
-        elif inner:
-            self._deliver(peer, inner)
+        if inner:
+            self._deliver(peer, inner)  # (one packet: _deliver_one)
 
     # --- server -------------------------------------------------------------------
 
@@ -397,10 +395,7 @@ class Datapath:
         if self.touched and self.defer is not None and self.service is not None:
             self.defer(self.service)
         if peer is not None and out:
-            if len(out) == 1:
-                self._deliver_one(peer, out[0])
-            else:
-                self._deliver(peer, out)
+            self._deliver(peer, out)  # (one packet: _deliver_one)
 
     @staticmethod
     def _fast_run(received: list[tuple[bytes, Any]], i: int, raw: Any, assoc: Association,
