@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.netns.harness import (
+    Daemon,
     RunDaemon,
     Topology,
     ip,
@@ -29,6 +30,12 @@ from tests.util import require_tools, wait_until
 
 pytestmark = pytest.mark.usefixtures("root")
 FAR = "198.18.3.1"  # a server address behind the client's default route
+
+
+def _carried(daemon: Daemon) -> bool:
+    """Up over TCP (a TCP-only peer shows ``tcp`` before it is up)."""
+    peer = daemon.status()["peers"][0]
+    return bool(peer["transport"] == "tcp" and peer["state"] == "established")
 
 
 def _sockets(topo: Topology, ns: str, flags: str) -> str:
@@ -55,7 +62,7 @@ def test_tcp_only_server_and_client_by_name(topo: Topology, run_daemon: RunDaemo
         assert ":4433" not in _sockets(topo, server_ns, "-lun")  # ... and not on UDP
         client = run_daemon(client_ns, client_conf, client_conf.with_suffix(".sock"))
         client.wait_ready()
-        assert wait_until(lambda: client.status()["peers"][0]["transport"] == "tcp", 20), \
+        assert wait_until(lambda: _carried(client), 20), \
             client.proc.describe()
         assert "3 received" in ping(topo, client_ns, "100.64.0.1", "--count", "3")
         assert server.status()["peers"][0]["transport"] == "tcp"
@@ -128,7 +135,7 @@ def test_a_client_that_vanishes_over_tcp_is_closed_as_dead(topo: Topology,
     server_ns, client_ns = two_hosts(topo)
     server_conf, client_conf = psk_pair(tmp_path, server_ip="198.18.0.1", transport="tcp")
     server, client = start_pair(run_daemon, server_ns, client_ns, server_conf, client_conf)
-    assert wait_until(lambda: server.status()["peers"][0]["transport"] == "tcp", 10)
+    assert wait_until(lambda: _carried(server), 10)
     assert "3 received" in ping(topo, client_ns, "100.64.0.1", "--count", "3")
     res = topo.exec(client_ns, ["nft", DROP_ALL])
     assert res.returncode == 0, res.stderr
