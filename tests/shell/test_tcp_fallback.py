@@ -296,6 +296,27 @@ def test_keys_unrenewed_stop_at_twice_the_record_budget(world: World, tmp_path: 
     assert seqs and max(seqs) > 50  # traffic went on after the redial
 
 
+def test_a_renewal_retried_keeps_its_cause(world: World, tmp_path: Path,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """The record limit starts a renewal whose dial is refused: the retry 30 s later is
+    logged with the record limit as its cause, not as the rekey interval."""
+    caplog.set_level(logging.INFO, logger="dtlsvpn")
+    server, client = _tcp_pair(world, tmp_path)
+    first = client.daemon.role.tcp.link
+    _budget(client, 20)
+    _budget(server, 20)
+    client.devices.online = False
+    dials = len(client.devices.tcp_dials)
+    traffic(world, client, server, 1.0, replies=False, step=0.05)
+    assert len(client.devices.tcp_dials) == dials + 1  # the renewal, refused
+    client.devices.online = True
+    world.run_for(31.0)  # no traffic: the retry is the timer's
+    assert client.daemon.role.tcp.link is not first
+    renewing = [r.getMessage() for r in caplog.records
+                if "renewing the keys over TCP" in r.getMessage()]
+    assert len(renewing) == 2 and all("(record limit)" in m for m in renewing), renewing
+
+
 def test_keys_unrenewed_stop_at_twice_the_rekey_interval(world: World, tmp_path: Path) -> None:
     server, client = _tcp_pair(world, tmp_path, rekey_interval="2")
     first = client.daemon.role.tcp.link
