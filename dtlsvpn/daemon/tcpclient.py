@@ -507,9 +507,12 @@ class ClientTcp(_Links):
                 self.host.carrier_changed(peer)  # (after CARRY_UDP: the clamp follows UDP)
 
     def stop(self, now: float) -> None:
-        """The [Peer] went away (reload): its TCP link closes, the policy starts afresh."""
+        """The [Peer] went away (reload; a changed [Peer], new key or Endpoint, is removed
+        and added again): its TCP link closes, the policy and the back-off start afresh
+        (the next ``start`` dials at once)."""
         self._check.cancel()
         self._redial.cancel()
+        self.not_before, self.failures = 0.0, 0
         self._abandon(now, "removed")
         peer = self.hooks.peer()
         peer.replay = peer.on_send = None
