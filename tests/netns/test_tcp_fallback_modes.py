@@ -76,7 +76,8 @@ def test_tcp_only_server_and_client_by_name(topo: Topology, run_daemon: RunDaemo
         assert server.wait_message("READY=1", timeout=10, count=2)
         assert wait_until(lambda: "peer branch: TCP carrier closed" in server.proc.stderr(),
                           10), server.proc.describe()
-        assert wait_until(lambda: client.status()["peers"][0]["transport"] == "udp", 10)
+        assert wait_until(lambda: not _carried(client), 10)
+        assert client.status()["peers"][0]["transport"] == "tcp"  # (TCP only, down)
         assert server.stop() == 0 and client.stop() == 0
     finally:
         for f in etc.iterdir():
