@@ -10,6 +10,7 @@ reached by the client's default route).
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from tests.netns.harness import (
     ip,
     ping,
     psk_pair,
+    secret_file,
     start_pair,
     two_hosts,
 )
@@ -149,4 +151,35 @@ def test_a_client_that_vanishes_over_tcp_is_closed_as_dead(topo: Topology,
     assert server.status()["interface"]["tcp_closes"].get("dead_peer") == 1
     print(f"\nsilent client over TCP: closed by the server {took:.1f}s after the drop "
           f"(DeadPeerTimeout 8 s): {line.split('dtlsvpn: ', 1)[-1]}")
+    assert server.stop() == 0 and client.stop() == 0
+
+
+def test_a_reload_with_the_fixed_psk_dials_at_once(topo: Topology, run_daemon: RunDaemon,
+                                                   tmp_path: Path) -> None:
+    """TCP only with the wrong PSK: the TLS redials back off (16 s after four failures).
+    The PSK file fixed in place and SIGHUP: the client dials at once with the new key and
+    connects well before the backed-off redial was due."""
+    server_ns, client_ns = two_hosts(topo)
+    server_conf, client_conf = psk_pair(tmp_path, server_ip="198.18.0.1", transport="tcp")
+    right = (tmp_path / "psk.hex").read_text()
+    wrong = secret_file(tmp_path / "wrong.hex", secrets.token_hex(32) + "\n")
+    text = client_conf.read_text()
+    assert f"PSKFile = {tmp_path / 'psk.hex'}" in text
+    client_conf.write_text(text.replace(f"PSKFile = {tmp_path / 'psk.hex'}",
+                                        f"PSKFile = {wrong}"))
+    server = run_daemon(server_ns, server_conf, server_conf.with_suffix(".sock"))
+    server.wait_ready()
+    client = run_daemon(client_ns, client_conf, client_conf.with_suffix(".sock"))
+    client.wait_ready()
+
+    def failures() -> int:
+        return client.proc.stderr().count("handshake failed over TCP")
+
+    assert wait_until(lambda: failures() >= 4, 30), client.proc.describe()
+    secret_file(wrong, right)
+    assert client.pid is not None
+    os.kill(client.pid, signal.SIGHUP)
+    assert client.wait_message("READY=1", timeout=10, count=2)
+    assert wait_until(lambda: _carried(client), 5), client.proc.describe()  # (not 16 s)
+    assert "3 received" in ping(topo, client_ns, "100.64.0.1", "--count", "3")
     assert server.stop() == 0 and client.stop() == 0
