@@ -64,6 +64,17 @@ log = logging.getLogger("dtlsvpn")
 RESUMED_RECENTLY = 5.0  # seconds: a resumed session the server ends this soon: bad ticket
 
 
+def pmtu_capped(conf: DtlsConfig, path_mtu: int | None) -> DtlsConfig:
+    """The PMTU search bounded by the connected socket's ``IP_MTU`` (the route's MTU
+    towards the server): no probe is sent that the kernel refuses with EMSGSIZE (the
+    ``emsgsize`` drop every association showed once).  Left alone when unknown or below
+    the search's base (the search finds the PLPMTU from there, as before)."""
+    pm = conf.pmtu
+    if pm is None or path_mtu is None or not pm.base_plpmtu <= path_mtu < pm.max_plpmtu:
+        return conf
+    return dataclasses.replace(conf, pmtu=dataclasses.replace(pm, max_plpmtu=path_mtu))
+
+
 class ClientRole:
     """Dialling, the connection's events and its slow-path output."""
 
@@ -219,10 +230,11 @@ class ClientRole:
             peer.last_error = str(exc)
             self._lost(peer, now, f"cannot reach {name}: {exc}")
             return
+        path_mtu = sock.path_mtu()
         if self.tunmtu.policy == "auto" and peer.inner_mtu is None:
-            self.tunmtu.refine(family, sock.path_mtu())
+            self.tunmtu.refine(family, path_mtu)
         wall = host.loop.wall
-        conn = RekeyingClient(self._dtls_config(peer, wall),
+        conn = RekeyingClient(pmtu_capped(self._dtls_config(peer, wall), path_mtu),
                               grace=rekey_grace(host.cfg.interface.rekey_interval),
                               ip_header=40 if family == socket.AF_INET6 else 20,  # PLPMTU
                               peer=f"{name}:{port}".encode())

@@ -56,6 +56,7 @@ from dtlsvpn.daemon.startup import (
 )
 from dtlsvpn.daemon.status import StatusServer
 from dtlsvpn.daemon.systemd import Notifier
+from dtlsvpn.daemon.transport import first_carrier
 from dtlsvpn.daemon.tunmtu import TunnelMtu
 from dtlsvpn.daemon.udp import ErrorHint, family_of, normalise, packed
 from dtlsvpn.dtls.association import Association
@@ -94,6 +95,7 @@ class Daemon:
 
     def _new_peer(self, peer_cfg: PeerConfig) -> Peer:
         peer = Peer(peer_cfg)
+        peer.transport = first_carrier(self.cfg.interface.transport)  # (before any carrier)
         peer.mtu_timer = self.loop.timer(partial(self._on_mtu_due, peer))
         self.peers.add(peer)
         return peer

@@ -95,6 +95,8 @@ class Peer:
 
     @established.setter
     def established(self, value: bool) -> None:
+        if value == self._established:  # (unchanged: not a change for the table)
+            return
         self._established = value
         if self._table is not None:
             self._table.note_up(self)
@@ -105,6 +107,8 @@ class Peer:
 
     @stream.setter
     def stream(self, link: StreamLink | None) -> None:
+        if link is self._stream:
+            return
         self._stream = link
         if self._table is not None:
             self._table.note_up(self)

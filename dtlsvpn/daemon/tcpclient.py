@@ -113,6 +113,8 @@ class ClientTcp(_Links):
         self.renewal: StreamLink | None = None
         self.retiring: list[StreamLink] = []
         self.renew_not_before = 0.0
+        self.renew_why = ""  # what started the renewal under way (or the one to retry)
+        self._retry_why: str | None = None  # a failed renewal's cause, kept for its retry
         self._rekey = host.loop.timer(self._on_rekey)
         self._retire = host.loop.timer(self._on_retire)
 
@@ -303,7 +305,8 @@ class ClientTcp(_Links):
                            select.EPOLLOUT)
 
     def _failed(self, now: float, renew: bool) -> None:
-        if renew:  # the current link carries on; try again later
+        if renew:  # the current link carries on; try again later, for the same cause
+            self._retry_why = self.renew_why
             self.renew_not_before = now + RENEW_RETRY
             self._rekey.schedule(self.renew_not_before)
         else:
@@ -350,7 +353,8 @@ class ClientTcp(_Links):
             self._rekey.schedule(max(at + interval, self.renew_not_before))
 
     def _on_rekey(self, now: float, _wall: float) -> None:
-        self._renew(now, "rekey interval")
+        why, self._retry_why = self._retry_why, None
+        self._renew(now, why or "rekey interval")
 
     def service(self, link: StreamLink, now: float) -> None:
         super().service(link, now)
@@ -363,6 +367,7 @@ class ClientTcp(_Links):
         if (link is None or addr is None or peer.stream is not link or self.renewal is not None
                 or self.renewing is not None):
             return
+        self.renew_why = why
         log.info("peer %s: renewing the keys over TCP (%s): a new TLS connection",
                  peer.name, why)
         family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
@@ -376,6 +381,7 @@ class ClientTcp(_Links):
             new.assoc.close(now)
             return
         self.link = new
+        self._retry_why = None
         new.start_carrying()  # our SP header: the server moves to it and closes the old one
         peer.stream = new
         peer.note_tls_handshake(ev, self.host.loop.wall, renewal=True)
@@ -487,6 +493,7 @@ class ClientTcp(_Links):
                 other.assoc.close(now)
                 self.drop(other, now)
         self._rekey.cancel()
+        self._retry_why = None
         link, self.link = self.link, None
         if link is not None:
             peer = self.hooks.peer()
@@ -500,9 +507,12 @@ class ClientTcp(_Links):
                 self.host.carrier_changed(peer)  # (after CARRY_UDP: the clamp follows UDP)
 
     def stop(self, now: float) -> None:
-        """The [Peer] went away (reload): its TCP link closes, the policy starts afresh."""
+        """The [Peer] went away (reload; a changed [Peer], new key or Endpoint, is removed
+        and added again): its TCP link closes, the policy and the back-off start afresh
+        (the next ``start`` dials at once)."""
         self._check.cancel()
         self._redial.cancel()
+        self.not_before, self.failures = 0.0, 0
         self._abandon(now, "removed")
         peer = self.hooks.peer()
         peer.replay = peer.on_send = None

@@ -52,6 +52,12 @@ def max_message(host: Host) -> int:
     return min(MAX_SP_MESSAGE, host.cfg.interface.mtu or 1500)
 
 
+def first_carrier(mode: str) -> str:
+    """The carrier ``Transport = mode`` tries first: what a peer shows (and the MSS clamp
+    assumes) before anything is connected and after its link is gone."""
+    return "tcp" if mode == "tcp" else "udp"
+
+
 def set_transport(host: Host, peer: Peer, transport: str) -> None:
     """What ``status`` shows, and the MSS clamp (``tunmtu.py``) follows the carrier."""
     if peer.transport != transport:
@@ -151,7 +157,7 @@ class _Links:
         cause = self._count(link, now)
         if peer is not None and peer.stream is link:
             peer.stream = None
-            set_transport(self.host, peer, "udp")
+            set_transport(self.host, peer, first_carrier(self.host.cfg.interface.transport))
             if cause in KEY_LIMITS:
                 log.warning("peer %s: TLS keys used up over TCP and not renewed (%s): TCP "
                             "link closed", peer.name, link.assoc.close_reason or cause)

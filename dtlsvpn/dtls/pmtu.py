@@ -543,8 +543,13 @@ class Dplpmtud:
         g = self.settings.granularity
         lo = self._lo
         upper = self._max if self._hint_cap is None else min(self._max, self._hint_cap)
-        if lo >= upper or self._hi - lo <= g:
-            return None  # MAX_PLPMTU (or the hinted cap) acked, or resolution reached
+        if lo >= upper:
+            return None  # MAX_PLPMTU (or the hinted cap) acked
+        if self._hi - lo <= g:
+            # Resolution reached; a ceiling (MAX_PLPMTU, the interface's or hinted MTU)
+            # within it and not known to fail gets its probe: the search would otherwise
+            # end up to granularity - 1 bytes below a ceiling that works.
+            return upper if upper < self._hi else None
         soft = min(self._fails) if self._fails else None
         if soft is not None and soft - lo <= g:
             return soft  # accumulate MAX_PROBES losses before believing it

@@ -10,6 +10,7 @@ reached by the client's default route).
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -17,11 +18,13 @@ from pathlib import Path
 import pytest
 
 from tests.netns.harness import (
+    Daemon,
     RunDaemon,
     Topology,
     ip,
     ping,
     psk_pair,
+    secret_file,
     start_pair,
     two_hosts,
 )
@@ -29,6 +32,12 @@ from tests.util import require_tools, wait_until
 
 pytestmark = pytest.mark.usefixtures("root")
 FAR = "198.18.3.1"  # a server address behind the client's default route
+
+
+def _carried(daemon: Daemon) -> bool:
+    """Up over TCP (a TCP-only peer shows ``tcp`` before it is up)."""
+    peer = daemon.status()["peers"][0]
+    return bool(peer["transport"] == "tcp" and peer["state"] == "established")
 
 
 def _sockets(topo: Topology, ns: str, flags: str) -> str:
@@ -55,7 +64,7 @@ def test_tcp_only_server_and_client_by_name(topo: Topology, run_daemon: RunDaemo
         assert ":4433" not in _sockets(topo, server_ns, "-lun")  # ... and not on UDP
         client = run_daemon(client_ns, client_conf, client_conf.with_suffix(".sock"))
         client.wait_ready()
-        assert wait_until(lambda: client.status()["peers"][0]["transport"] == "tcp", 20), \
+        assert wait_until(lambda: _carried(client), 20), \
             client.proc.describe()
         assert "3 received" in ping(topo, client_ns, "100.64.0.1", "--count", "3")
         assert server.status()["peers"][0]["transport"] == "tcp"
@@ -69,7 +78,8 @@ def test_tcp_only_server_and_client_by_name(topo: Topology, run_daemon: RunDaemo
         assert server.wait_message("READY=1", timeout=10, count=2)
         assert wait_until(lambda: "peer branch: TCP carrier closed" in server.proc.stderr(),
                           10), server.proc.describe()
-        assert wait_until(lambda: client.status()["peers"][0]["transport"] == "udp", 10)
+        assert wait_until(lambda: not _carried(client), 10)
+        assert client.status()["peers"][0]["transport"] == "tcp"  # (TCP only, down)
         assert server.stop() == 0 and client.stop() == 0
     finally:
         for f in etc.iterdir():
@@ -128,7 +138,7 @@ def test_a_client_that_vanishes_over_tcp_is_closed_as_dead(topo: Topology,
     server_ns, client_ns = two_hosts(topo)
     server_conf, client_conf = psk_pair(tmp_path, server_ip="198.18.0.1", transport="tcp")
     server, client = start_pair(run_daemon, server_ns, client_ns, server_conf, client_conf)
-    assert wait_until(lambda: server.status()["peers"][0]["transport"] == "tcp", 10)
+    assert wait_until(lambda: _carried(server), 10)
     assert "3 received" in ping(topo, client_ns, "100.64.0.1", "--count", "3")
     res = topo.exec(client_ns, ["nft", DROP_ALL])
     assert res.returncode == 0, res.stderr
@@ -141,4 +151,35 @@ def test_a_client_that_vanishes_over_tcp_is_closed_as_dead(topo: Topology,
     assert server.status()["interface"]["tcp_closes"].get("dead_peer") == 1
     print(f"\nsilent client over TCP: closed by the server {took:.1f}s after the drop "
           f"(DeadPeerTimeout 8 s): {line.split('dtlsvpn: ', 1)[-1]}")
+    assert server.stop() == 0 and client.stop() == 0
+
+
+def test_a_reload_with_the_fixed_psk_dials_at_once(topo: Topology, run_daemon: RunDaemon,
+                                                   tmp_path: Path) -> None:
+    """TCP only with the wrong PSK: the TLS redials back off (16 s after four failures).
+    The PSK file fixed in place and SIGHUP: the client dials at once with the new key and
+    connects well before the backed-off redial was due."""
+    server_ns, client_ns = two_hosts(topo)
+    server_conf, client_conf = psk_pair(tmp_path, server_ip="198.18.0.1", transport="tcp")
+    right = (tmp_path / "psk.hex").read_text()
+    wrong = secret_file(tmp_path / "wrong.hex", secrets.token_hex(32) + "\n")
+    text = client_conf.read_text()
+    assert f"PSKFile = {tmp_path / 'psk.hex'}" in text
+    client_conf.write_text(text.replace(f"PSKFile = {tmp_path / 'psk.hex'}",
+                                        f"PSKFile = {wrong}"))
+    server = run_daemon(server_ns, server_conf, server_conf.with_suffix(".sock"))
+    server.wait_ready()
+    client = run_daemon(client_ns, client_conf, client_conf.with_suffix(".sock"))
+    client.wait_ready()
+
+    def failures() -> int:
+        return client.proc.stderr().count("handshake failed over TCP")
+
+    assert wait_until(lambda: failures() >= 4, 30), client.proc.describe()
+    secret_file(wrong, right)
+    assert client.pid is not None
+    os.kill(client.pid, signal.SIGHUP)
+    assert client.wait_message("READY=1", timeout=10, count=2)
+    assert wait_until(lambda: _carried(client), 5), client.proc.describe()  # (not 16 s)
+    assert "3 received" in ping(topo, client_ns, "100.64.0.1", "--count", "3")
     assert server.stop() == 0 and client.stop() == 0

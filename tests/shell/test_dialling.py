@@ -4,11 +4,14 @@ a server restart, a refused ticket, all on fake time."""
 from __future__ import annotations
 
 import itertools
+import secrets
 from pathlib import Path
+
+import pytest
 
 from dtlsvpn.daemon.dialer import BACKOFF_CAP, DIAL_TIMEOUT
 from tests.fakes.world import Host, World
-from tests.netns.harness import psk_pair
+from tests.netns.harness import psk_pair, secret_file
 from tests.shell.conftest import CLIENT, SERVER, established
 
 LIVENESS = {"heartbeat_interval": 1, "dead_peer_timeout": 3}
@@ -142,3 +145,30 @@ def test_a_name_with_both_families_takes_the_one_with_a_route(world: World,
     assert world.run_until(lambda: established(client), within=2.0)
     assert established(server) and client.peer()["endpoint"] == f"{SERVER}:4433"
     assert len(client.devices.resolved) == 1
+
+
+@pytest.mark.parametrize("mode", ["udp", "tcp", "auto"])
+def test_a_reload_with_a_new_key_dials_at_once(world: World, tmp_path: Path, mode: str) -> None:
+    """A wrong PSK: the client's redials back off.  The operator fixes the PSK file and
+    reloads: the peer's credentials changed, so its back-off starts afresh and it dials at
+    once (DTLS or TLS), not when the backed-off timer would have fired."""
+    server_conf, client_conf = psk_pair(tmp_path, transport=mode)
+    right = (tmp_path / "psk.hex").read_text()
+    wrong = secret_file(tmp_path / "wrong.hex", secrets.token_hex(32) + "\n")
+    text = client_conf.read_text()
+    client_conf.write_text(text.replace(f"PSKFile = {tmp_path / 'psk.hex'}",
+                                        f"PSKFile = {wrong}"))
+    server = world.start(server_conf, SERVER)
+    client = world.start(client_conf, CLIENT)
+    world.run_for(40.0)
+    assert not established(client)
+    role = client.daemon.role
+    waits = ([role.dialer.deadline] if mode == "udp"
+             else [role.tcp.not_before, role.tcp._redial.when])
+    backed_off = max(w for w in waits if w is not None) - world.clock.now
+    assert backed_off > 2.0, waits  # the next dial is a while away
+    secret_file(wrong, right)  # fixed in place: same path, the right key
+    client.daemon.on_reload(world.clock.now)
+    assert world.run_until(lambda: established(client) and established(server),
+                           within=1.0), (backed_off, client.snapshot())
+    print(f"\n{mode}: the fixed key dialled at the reload, not {backed_off:.1f} s later")

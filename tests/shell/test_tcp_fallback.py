@@ -42,12 +42,17 @@ def traffic(world: World, client: Host, server: Host, seconds: float, *, replies
     return got
 
 
+def carried(host: Host) -> bool:
+    """The peer is up over TCP (a TCP-only peer shows ``tcp`` before it is up)."""
+    peer = host.peer()
+    return bool(peer["transport"] == "tcp" and peer["state"] == "established")
+
+
 def _tcp_pair(world: World, tmp_path: Path, **interface: str) -> tuple[Host, Host]:
     server_conf, client_conf = psk_pair(tmp_path, transport="tcp", **interface)
     server = world.start(server_conf, SERVER)
     client = world.start(client_conf.with_name(client_conf.name), "198.18.0.2")
-    assert world.run_until(lambda: client.peer()["transport"] == "tcp"
-                           and server.peer()["transport"] == "tcp", within=10.0), (
+    assert world.run_until(lambda: carried(client) and carried(server), within=10.0), (
         client.snapshot(), server.snapshot())
     for host in (client, server):  # the TLS handshake is in the status as a DTLS one is
         peer = host.peer()
@@ -116,7 +121,7 @@ def test_tcp_only_by_hostname_server_without_udp(world: World, tmp_path: Path) -
     assert any(m.startswith("READY=1") for m in server.messages)
     assert any("(TCP only)" in m for m in server.messages), server.messages
     client = world.start(client_conf, "198.18.0.2")
-    assert world.run_until(lambda: server.peer()["transport"] == "tcp", within=10.0), (
+    assert world.run_until(lambda: carried(server), within=10.0), (
         client.snapshot(), server.snapshot())
     assert client.devices.tcp_dials == [(SERVER, 4433)]
     got = traffic(world, client, server, 1.0)
@@ -132,7 +137,7 @@ def test_tcp_only_by_hostname_server_without_udp(world: World, tmp_path: Path) -
     world.run_for(0.5)
     tcp = server.daemon.role.tcp
     assert not any(owner is not None for owner in tcp.owners.values())
-    assert client.peer()["transport"] != "tcp"
+    assert not carried(client) and client.peer()["transport"] == "tcp"  # (TCP only)
 
 
 def test_udp_only_server_does_not_listen_on_tcp(world: World, tmp_path: Path) -> None:
@@ -291,6 +296,27 @@ def test_keys_unrenewed_stop_at_twice_the_record_budget(world: World, tmp_path: 
     assert seqs and max(seqs) > 50  # traffic went on after the redial
 
 
+def test_a_renewal_retried_keeps_its_cause(world: World, tmp_path: Path,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """The record limit starts a renewal whose dial is refused: the retry 30 s later is
+    logged with the record limit as its cause, not as the rekey interval."""
+    caplog.set_level(logging.INFO, logger="dtlsvpn")
+    server, client = _tcp_pair(world, tmp_path)
+    first = client.daemon.role.tcp.link
+    _budget(client, 20)
+    _budget(server, 20)
+    client.devices.online = False
+    dials = len(client.devices.tcp_dials)
+    traffic(world, client, server, 1.0, replies=False, step=0.05)
+    assert len(client.devices.tcp_dials) == dials + 1  # the renewal, refused
+    client.devices.online = True
+    world.run_for(31.0)  # no traffic: the retry is the timer's
+    assert client.daemon.role.tcp.link is not first
+    renewing = [r.getMessage() for r in caplog.records
+                if "renewing the keys over TCP" in r.getMessage()]
+    assert len(renewing) == 2 and all("(record limit)" in m for m in renewing), renewing
+
+
 def test_keys_unrenewed_stop_at_twice_the_rekey_interval(world: World, tmp_path: Path) -> None:
     server, client = _tcp_pair(world, tmp_path, rekey_interval="2")
     first = client.daemon.role.tcp.link
@@ -304,8 +330,7 @@ def test_keys_unrenewed_stop_at_twice_the_rekey_interval(world: World, tmp_path:
     for host in (client, server):
         closes = host.snapshot()["interface"]["tcp_closes"]
         assert closes.get("key_age") == 1, closes
-    assert world.run_until(lambda: client.peer()["transport"] == "tcp"
-                           and server.peer()["transport"] == "tcp", within=2.0)
+    assert world.run_until(lambda: carried(client) and carried(server), within=2.0)
     assert traffic(world, client, server, 0.5)
 
 
@@ -329,7 +354,7 @@ def test_a_silent_peer_over_tcp_is_closed_as_dead(world: World, tmp_path: Path,
                         r"for 8\.\ds\): TCP link closed", warnings[0]), warnings
     snap = server.snapshot()
     assert snap["interface"]["tcp_closes"] == {"dead_peer": 1}
-    assert snap["peers"][0]["state"] == "down" and snap["peers"][0]["transport"] == "udp"
+    assert snap["peers"][0]["state"] == "down" and snap["peers"][0]["transport"] == "tcp"  # (TCP only)
     assert "dtlsvpn_tcp_closes_total" in format_prometheus([snap])
 
 
@@ -364,3 +389,27 @@ def test_the_stale_dtls_association_is_not_called_unresponsive_after_the_move(
     assert any("peer branch: DTLS association silent since the move to TCP: closed" in m
                for m in lines), lines
     assert server.peer()["last_error"] != "PeerUnresponsive"
+
+
+@pytest.mark.parametrize(("mode", "first"), [("tcp", "tcp"), ("udp", "udp"), ("auto", "udp")])
+def test_a_peer_not_connected_shows_the_carrier_its_transport_tries_first(
+        world: World, tmp_path: Path, mode: str, first: str) -> None:
+    """Before anything is connected (no server yet) the peer's carrier is the one
+    ``Transport`` dials first (a TCP-only client is not shown ``(udp)``), and the MSS
+    clamp it starts with is the one it keeps once the TCP link carries."""
+    server_conf, client_conf = psk_pair(tmp_path, transport=mode)
+    client = world.start(client_conf, "198.18.0.2")
+    world.run_for(1.0)
+    assert client.peer()["state"] != "established"
+    assert client.peer()["transport"] == first, client.peer()
+    clamp = client.snapshot()["interface"]["mss_clamp"]
+    assert clamp is not None
+    if mode != "tcp":
+        return
+    server = world.start(server_conf, SERVER)
+    assert world.run_until(lambda: carried(client) and carried(server), within=40.0)
+    assert client.snapshot()["interface"]["mss_clamp"] == clamp
+    server.crash()  # the link goes: still a TCP-only client
+    assert world.run_until(lambda: client.peer()["state"] != "established"
+                           and client.daemon.role.tcp.link is None, within=30.0)
+    assert client.peer()["transport"] == "tcp", client.peer()

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from dtlsvpn.daemon.devices import Addr
 from tests.fakes.packets import seq_of, udp
-from tests.shell.conftest import CLIENT, SERVER, Pair
+from tests.fakes.world import World
+from tests.netns.harness import psk_pair
+from tests.shell.conftest import CLIENT, SERVER, Pair, established
 from tests.shell.pipeline import measure
 
 
@@ -54,3 +59,29 @@ def test_the_server_endpoint_table_is_sized_for_its_peers(pair: Pair) -> None:
     endpoint = server.daemon.datapath.endpoint
     assert endpoint is not None
     assert endpoint.max_associations == 1024  # one peer: the floor
+
+
+def test_the_client_never_probes_above_its_route_mtu(world: World, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's PMTU search is bounded by its connected socket's IP_MTU (1500 here):
+    no probe above it goes out (a real kernel refuses one with EMSGSIZE, which every
+    association used to count once), and the search ends at that MTU."""
+    sent: list[tuple[str, int]] = []  # (source host, IP size) of the datagrams too big
+    deliver = world.net.deliver
+
+    def watched(data: bytes, src: Addr, dst: Addr, gso: int = 0) -> None:
+        size = min(gso or len(data), len(data)) + (40 if ":" in dst[0] else 20) + 8
+        if size > world.net.path_mtu:
+            sent.append((src[0], size))
+        deliver(data, src, dst, gso)
+
+    monkeypatch.setattr(world.net, "deliver", watched)
+    server_conf, client_conf = psk_pair(tmp_path, transport="udp")
+    server = world.start(server_conf, SERVER)
+    client = world.start(client_conf, CLIENT)
+    assert world.run_until(lambda: established(client) and established(server))
+    assert world.run_until(lambda: client.peer()["plpmtu"] == 1500, within=30.0), (
+        client.peer())  # (the ceiling itself, not 1496)
+    world.run_for(5.0)
+    assert not [s for s in sent if s[0] == CLIENT], sent
+    assert "emsgsize" not in client.peer()["drops"]

@@ -57,6 +57,33 @@ def test_up_count_equals_the_walk(tmp_path: Path) -> None:
     assert 0 < len(table.up) < len(table)
 
 
+def test_setting_the_same_value_is_no_change(tmp_path: Path) -> None:
+    """``established`` or ``stream`` set to what it already is marks nothing changed (the
+    TUN MTU's recount skips it) and keeps the up count; a real change is marked."""
+    cfg = load_config(server_conf(tmp_path, 2))
+    table = PeerTable()
+    a, b = (Peer(pc) for pc in cfg.peers)
+    table.add(a)
+    table.add(b)
+    table.take_changed()
+    link: Any = object()
+    for value in (False, False):
+        a.established = value
+        a.stream = None
+    assert table.take_changed() == set() and table.up == set()
+    a.established = True
+    assert table.take_changed() == {a} and table.up == {a}
+    a.established = True
+    b.stream = link
+    assert table.take_changed() == {b} and table.up == {a, b}
+    b.stream = link
+    a.note_down("closed")
+    assert table.take_changed() == {a} and table.up == {b}
+    a.note_down("closed")
+    b.stream = None
+    assert table.take_changed() == {b} and table.up == set()
+
+
 class _Link:
     """The TUN link's MTU as set (a LinkConfig stand-in)."""
 

@@ -155,6 +155,29 @@ def test_converges_to_cap(cap: int) -> None:
     assert m.inner_mtu == m.plpmtu - IP4 - 8 - OVERHEAD
 
 
+@pytest.mark.parametrize("iface", [1400, 1500, 1392, 1210])
+def test_an_interface_mtu_is_a_ceiling_reached_exactly(iface: int) -> None:
+    """The interface MTU given as the upper bound (the client's IP_MTU): no probe above
+    it, and the search ends at it, not up to granularity - 1 below (it got its own probe
+    when the steps stopped within granularity of it)."""
+    m = Dplpmtud(PmtuSettings(), ip_header=IP4, record_overhead=OVERHEAD, now=0.0,
+                 random_bytes=random.Random(3).randbytes, interface_mtu=iface)
+    sim = Sim(m, FakePath(fixed(iface))).run_until(30.0)
+    assert m.state is PmtuState.SEARCH_COMPLETE and m.plpmtu == iface, sim.probes
+    assert max(size for _, size, _ in sim.probes) == iface
+    assert all(ok for _, _, ok in sim.probes)  # nothing lost: nothing was too big
+
+
+def test_a_ceiling_that_fails_ends_the_search_below_it() -> None:
+    """The ceiling's own probe is not repeated for ever: lost MAX_PROBES times, the
+    search ends at the last acked size below it."""
+    m = Dplpmtud(PmtuSettings(), ip_header=IP4, record_overhead=OVERHEAD, now=0.0,
+                 random_bytes=random.Random(3).randbytes, interface_mtu=1400)
+    sim = Sim(m, FakePath(fixed(1396))).run_until(60.0)
+    assert m.state is PmtuState.SEARCH_COMPLETE and m.plpmtu == 1392, sim.probes
+    assert sum(1 for _, size, _ in sim.probes if size == 1400) == 3  # MAX_PROBES
+
+
 def test_cap_576_through_error_with_default_base() -> None:
     s = PmtuSettings(min_plpmtu=576)
     sim = Sim(make(s), FakePath(fixed(576))).run_until(30.0)
