@@ -224,26 +224,18 @@ class FastSeal:
         state = self.state
         first = state.next_seq
         count = len(batch)
-        (encrypt, gcm, cid, head, pack_aad, pack_header, pre, mid, nonce_high, nonce_xor,
-         inner_type) = self.parts
-        pack_nonce = _NONCE.pack
         if count == 1:  # a lone packet (the idle round trip): no loop, no max()
             payload = batch[0]
             if first > MAX_SEQ or len(payload) > MAX_PLAINTEXT:
                 return self._seal_checked(batch)
-            state.next_seq = first + 1
-            es = self.epoch_bits | first
-            if cid:
-                payload += inner_type
-            sealed = encrypt(pack_nonce(nonce_high, es ^ nonce_xor), payload,
-                             pack_aad(pre, es, mid, len(payload)))
-            if gcm:
-                return [pack_header(head, es, cid, len(sealed) + 8, es) + sealed]
-            return [pack_header(head, es, cid, len(sealed)) + sealed]
+            return [self.seal_one(payload)]
         if not count:
             return []
         if first + count - 1 > MAX_SEQ or max(map(len, batch)) > MAX_PLAINTEXT:
             return self._seal_checked(batch)
+        (encrypt, gcm, cid, head, pack_aad, pack_header, pre, mid, nonce_high, nonce_xor,
+         inner_type) = self.parts
+        pack_nonce = _NONCE.pack
         state.next_seq = first + count
         es = self.epoch_bits | first
         out: list[bytes] = []
