@@ -94,7 +94,9 @@ class FastOpen:
         # (datagram, epoch || seq, DTLSInnerPlaintext) of the last CID record that
         # authenticated but carried no data: a keepalive, which ``HeartbeatIn.take``
         # then takes without opening it a second time (hbfast.py).  Not state of the
-        # association: the window and the counters are as if it had not been opened.
+        # association: the window and the counters are as if it had not been opened; it
+        # is cleared as soon as that datagram is taken (``HeartbeatIn.take``) or left to
+        # the slow path (``Association._take_heartbeat``).
         self.held: tuple[bytes, int, bytes] | None = None
         self.parts = (self.head, self.hlen, cid, self.explicit, self.min_size, self.max_size,
                       self.record.unpack_from, self.aad.pack, self.aad_pre, self.aad_mid,
