@@ -75,7 +75,7 @@ from dtlsvpn.daemon.udp import ErrorHint, UdpCounters
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.endpoint import ServerEndpoint
 from dtlsvpn.vpn.ip import IPV6_MIN_MTU, TooBigResponder, fragment_v4
-from dtlsvpn.vpn.mss import clamp_batch, clamp_one
+from dtlsvpn.vpn.mss import clamp_batch, clamp_lone
 from dtlsvpn.vpn.router import Router
 
 BUDGET = 64  # packets or datagrams per fd per wake-up
@@ -162,24 +162,14 @@ class Datapath:
             if refused:
                 peer.drop("tun_write", refused)
 
-    def _clamp_lone(self, pkt: bytes) -> bytes:
-        """The MSS clamp of one packet of at least 40 bytes (clamping on): TCP and its
-        SYN bit tested first, as ``clamp_batch`` does."""
-        if (pkt[9] == 6 and pkt[33] & 2 if pkt[0] == 0x45 else
-                pkt[0] >> 4 != 6 or (pkt[6] == 6 and len(pkt) >= 60 and pkt[53] & 2)):
-            new = clamp_one(pkt, self.mss4, self.mss6)
-            if new is not None:
-                self.mss_clamped += 1
-                return new
-        return pkt
-
     def _deliver_one(self, peer: Peer, pkt: bytes) -> None:
         """``_deliver(peer, [pkt])`` without the lists: one admit, one clamp test, one
         TUN write."""
         if not self.router.admit_one(peer, pkt):
             return
-        if self.mss4 and len(pkt) >= 40:
-            pkt = self._clamp_lone(pkt)
+        if self.mss4 and (new := clamp_lone(pkt, self.mss4, self.mss6)) is not None:
+            pkt = new
+            self.mss_clamped += 1
         peer.rx_packets += 1
         peer.rx_bytes += len(pkt)
         if self.tun.write_one(pkt):
@@ -252,8 +242,9 @@ class Datapath:
                       pkt: bytes, sock: UdpPort, addr: Any, now: float) -> bytes:
         """``_transmit`` of a lone packet: one clamp test, one seal, one send; returns
         the packet as clamped (the client keeps it to resend over TCP)."""
-        if self.mss4 and len(pkt) >= 40:
-            pkt = self._clamp_lone(pkt)
+        if self.mss4 and (new := clamp_lone(pkt, self.mss4, self.mss6)) is not None:
+            pkt = new
+            self.mss_clamped += 1
         limit = peer.limit
         if limit and len(pkt) > limit:
             self._transmit_rest(peer, protect, self._split_too_big([pkt], limit, now, peer),

@@ -262,6 +262,9 @@ class Association:
     def _take_heartbeat(self, data: bytes, now: float) -> bool:
         hb = self._hb_in  # a lone heartbeat record, at its header (hbfast.py)
         if hb is None or (msg := hb.take(data, self.stats)) is None:
+            fast = self.fast_open
+            if fast is not None:  # what FastOpen held of ``data`` is the slow path's now
+                fast.held = None
             return False
         self._last_rx, self._dirty, self.advanced = now, True, hb.advanced
         if hb.keepalive.receive(msg, now):  # as the slow path: the same answer, bytes

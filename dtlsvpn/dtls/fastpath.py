@@ -94,7 +94,9 @@ class FastOpen:
         # (datagram, epoch || seq, DTLSInnerPlaintext) of the last CID record that
         # authenticated but carried no data: a keepalive, which ``HeartbeatIn.take``
         # then takes without opening it a second time (hbfast.py).  Not state of the
-        # association: the window and the counters are as if it had not been opened.
+        # association: the window and the counters are as if it had not been opened; it
+        # is cleared as soon as that datagram is taken (``HeartbeatIn.take``) or left to
+        # the slow path (``Association._take_heartbeat``).
         self.held: tuple[bytes, int, bytes] | None = None
         self.parts = (self.head, self.hlen, cid, self.explicit, self.min_size, self.max_size,
                       self.record.unpack_from, self.aad.pack, self.aad_pre, self.aad_mid,
@@ -224,26 +226,18 @@ class FastSeal:
         state = self.state
         first = state.next_seq
         count = len(batch)
-        (encrypt, gcm, cid, head, pack_aad, pack_header, pre, mid, nonce_high, nonce_xor,
-         inner_type) = self.parts
-        pack_nonce = _NONCE.pack
         if count == 1:  # a lone packet (the idle round trip): no loop, no max()
             payload = batch[0]
             if first > MAX_SEQ or len(payload) > MAX_PLAINTEXT:
                 return self._seal_checked(batch)
-            state.next_seq = first + 1
-            es = self.epoch_bits | first
-            if cid:
-                payload += inner_type
-            sealed = encrypt(pack_nonce(nonce_high, es ^ nonce_xor), payload,
-                             pack_aad(pre, es, mid, len(payload)))
-            if gcm:
-                return [pack_header(head, es, cid, len(sealed) + 8, es) + sealed]
-            return [pack_header(head, es, cid, len(sealed)) + sealed]
+            return [self.seal_one(payload)]
         if not count:
             return []
         if first + count - 1 > MAX_SEQ or max(map(len, batch)) > MAX_PLAINTEXT:
             return self._seal_checked(batch)
+        (encrypt, gcm, cid, head, pack_aad, pack_header, pre, mid, nonce_high, nonce_xor,
+         inner_type) = self.parts
+        pack_nonce = _NONCE.pack
         state.next_seq = first + count
         es = self.epoch_bits | first
         out: list[bytes] = []

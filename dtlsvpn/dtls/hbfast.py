@@ -18,15 +18,11 @@ takes it exactly as before (a record that does not authenticate is then counted
 there). No ``parse_datagram``, no ``Record``, no new FastOpen per keepalive, and the
 record is opened once: with a CID the header fast path (``FastOpen``) has opened it
 before it finds the inner type is not data, and hands the plaintext over
-(``FastOpen.held``); without one the open uses parts built once per epoch.  Our own
-heartbeats are sealed by a ``FastSeal`` of the heartbeat type (association.py).
+(``FastOpen.held``); without one it is the slow path's ``RecordProtection.open``.  Our
+own heartbeats are sealed by a ``FastSeal`` of the heartbeat type (association.py).
 """
 
 from __future__ import annotations
-
-import struct
-
-from cryptography.exceptions import InvalidTag
 
 from dtlsvpn.crypto.aead import RecordProtection
 from dtlsvpn.dtls.epoch import CT_CID, ReadState, split_inner
@@ -40,14 +36,13 @@ from dtlsvpn.wire.constants import DTLS_1_2, MAX_CIPHERTEXT, ContentType
 _CT_HEARTBEAT = int(ContentType.heartbeat)
 _KNOWN = (b"\x01", b"\x02")  # HeartbeatMessageType: request, response
 _MIN_PADDING = 16  # RFC 6520 §4
-_NONCE = struct.Struct("!4sQ")  # ChaCha20: IV high || (IV low ^ epoch_seq), RFC 7905 §2
 
 
 class HeartbeatIn:
     """Takes single-record heartbeat datagrams of one read epoch (see above)."""
 
-    __slots__ = ("aad", "advanced", "cid", "decrypt", "epoch_bits", "fast", "gcm", "head",
-                 "hlen", "keepalive", "nonce_high", "nonce_xor", "prot", "window")
+    __slots__ = ("advanced", "cid", "epoch_bits", "fast", "head", "hlen", "keepalive", "prot",
+                 "window")
 
     def __init__(self, read: ReadState, keepalive: Keepalive, fast: FastOpen | None = None
                  ) -> None:
@@ -65,15 +60,6 @@ class HeartbeatIn:
         self.prot = prot
         self.window: ReplayWindow = read.window
         self.advanced = False
-        # Without a CID: the parts of the open, once per epoch (as FastOpen's): the AEAD's
-        # decrypt, the nonce's fixed part, the additional data's layout (RFC 5246
-        # §6.2.3.3: epoch || seq, heartbeat, DTLS 1.2, the plaintext's length).
-        gcm, salt, iv_high, iv_low = prot.nonce_material()
-        self.gcm = gcm
-        self.nonce_high = salt if gcm else iv_high
-        self.nonce_xor = 0 if gcm else iv_low
-        self.decrypt = prot.aead.decrypt
-        self.aad = struct.Struct("!QBHH")
 
     @classmethod
     def build(cls, read: ReadState, fast: FastOpen | None,
@@ -108,7 +94,7 @@ class HeartbeatIn:
                 return None
             msg = split[1]
         else:
-            opened = self._open(seq, data, size)
+            opened = self.prot.open(self.epoch_bits | seq, _CT_HEARTBEAT, data[hlen:])
             if opened is None:
                 return None
             msg = opened
@@ -120,18 +106,3 @@ class HeartbeatIn:
         stats.rx_records += 1
         stats.rx_bytes += size
         return msg
-
-    def _open(self, seq: int, data: bytes, size: int) -> bytes | None:
-        """``RecordProtection.open`` of a heartbeat record, from the parts built once."""
-        es = self.epoch_bits | seq
-        n = size - 13 - self.prot.overhead  # the plaintext's length
-        if n < 0:
-            return None
-        if self.gcm:
-            nonce, body = self.nonce_high + data[13:21], data[21:]
-        else:
-            nonce, body = _NONCE.pack(self.nonce_high, es ^ self.nonce_xor), data[13:]
-        try:
-            return self.decrypt(nonce, body, self.aad.pack(es, _CT_HEARTBEAT, DTLS_1_2, n))
-        except InvalidTag:
-            return None

@@ -115,39 +115,12 @@ class Router(Generic[P]):
         return self._route_each(packets)
 
     def _route_each(self, packets: list[bytes]) -> dict[P, list[bytes]]:
-        stats = self.stats
-        underlay = self._underlay
+        """``route`` packet by packet (``route_one``: its peer, or its drop counted)."""
+        route_one = self.route_one
         out: dict[P, list[bytes]] = {}
-        single = self.single
-        lookup = self.table.lookup
-        last_dst: bytes | None = None  # a batch is mostly one flow: one lookup for a run
-        last_peer: P | None = None
         for pkt in packets:
-            v = pkt[0] >> 4 if pkt else 0
-            if v == 4 and len(pkt) >= 20:
-                dst = pkt[16:20]
-                mcast = 224 <= dst[0] < 240
-            elif v == 6 and len(pkt) >= 40:
-                dst = pkt[24:40]
-                mcast = dst[0] == 0xFF
-            else:
-                stats.not_ip += 1
-                continue
-            if mcast:
-                stats.multicast += 1
-                continue
-            if single is not None:
-                peer: P | None = single
-            elif dst == last_dst:
-                peer = last_peer
-            else:
-                peer = last_peer = lookup(dst)
-                last_dst = dst
+            peer = route_one(pkt)
             if peer is None:
-                stats.no_route += 1
-                continue
-            if underlay.get(peer) == dst:
-                stats.recursive += 1
                 continue
             bucket = out.get(peer)
             if bucket is None:
@@ -179,8 +152,8 @@ class Router(Generic[P]):
         return self.route(packets).get(single, [])  # something to drop: count it there
 
     def route_one(self, pkt: bytes) -> P | None:
-        """``route([pkt])``'s one peer, or None with the drop counted as ``route`` counts
-        it (a lone packet: one lookup, no dict, no list)."""
+        """``route([pkt])``'s one peer, or None with the drop counted (a lone packet: one
+        lookup, no dict, no list; ``route`` counts a mixed batch's drops here too)."""
         n = len(pkt)
         v = pkt[0] >> 4 if n else 0
         if v == 4 and n >= 20:

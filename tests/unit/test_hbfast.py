@@ -228,3 +228,30 @@ def test_heartbeat_seal_equals_slow_seal(suite: SuiteInfo, cid: bytes) -> None:
     short = slow.seal(CT_HEARTBEAT, 3, b"\x01\x00\x20" + bytes(40), cid)  # RFC 6520 §4
     assert hb.take(short, stats) is None
     assert stats.rx_records == 6 and read.window.top == 77 + 5
+
+
+
+def test_nothing_is_held_after_take_heartbeat() -> None:
+    """With a CID, FastOpen opens a keepalive before it sees it is not data and holds its
+    plaintext for HeartbeatIn (a GRO run stops there).  Once ``_take_heartbeat`` has
+    run, whether it took that datagram or left another to the slow path, nothing is held
+    any more: no plaintext outlives the datagram it came from."""
+    client, endpoint, server = established_pair(True)
+    (data,) = client.protect([b"\x45" * 40])
+    endpoint.receive(data, CLIENT_ADDR, 0.5, WALL)  # the peer used the keys: fast paths open
+    fast = server.fast_open
+    assert fast is not None
+    answered = server.stats.heartbeat_answered
+    for taken in (True, False):
+        t = client.get_timer()
+        assert t is not None
+        client.handle_timer(t)
+        (req,) = client.datagrams_to_send(t)
+        assert server.receive_fast([req], 0, [], t) == 0  # not data: the run stops there
+        assert fast.held is not None and fast.held[0] is req
+        other = req if taken else client.protect([b"\x45" * 40])[0]
+        assert server._take_heartbeat(other, t) is taken
+        assert fast.held is None
+        if taken:
+            server.datagrams_to_send(t)
+    assert server.stats.heartbeat_answered == answered + 1

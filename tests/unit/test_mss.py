@@ -8,7 +8,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtlsvpn.vpn.mss import clamp_batch, clamp_syn, mss_for_mtu
+from dtlsvpn.vpn.mss import clamp_batch, clamp_lone, clamp_syn, mss_for_mtu
 
 SRC4, DST4 = ipaddress.ip_address("100.64.1.10").packed, ipaddress.ip_address("100.64.2.10").packed
 SRC6, DST6 = ipaddress.ip_address("fd00:1::10").packed, ipaddress.ip_address("fd00:2::10").packed
@@ -114,6 +114,22 @@ def test_odd_offset_mss_checksum() -> None:
         batch = [pkt]
         assert clamp_batch(batch, mss, mss) == 1
         assert mss_of(batch[0]) == mss and tcp_checksum_ok(batch[0])
+
+
+def test_clamp_lone_clamps_a_syn_and_leaves_the_rest() -> None:
+    """``clamp_lone`` (the lone lanes' clamp, and ``clamp_batch``'s per packet): a SYN
+    (IPv4 and IPv6, SYN-ACK too) above the limit comes back clamped with a correct
+    checksum; an ACK, a short packet and a SYN already below the limit give None."""
+    for syn, limit in ((ipv4(mss_option(1460)), 1360), (ipv6(mss_option(1440), SYN | ACK), 1340)):
+        out = clamp_lone(syn, 1360, 1340)
+        assert out is not None and mss_of(out) == limit and tcp_checksum_ok(out)
+        assert len(out) == len(syn) and out[:16] == syn[:16]
+    assert clamp_lone(ipv4(mss_option(1460), ACK), 1360, 1340) is None
+    assert clamp_lone(ipv6(mss_option(1460), ACK), 1360, 1340) is None
+    assert clamp_lone(ipv4(mss_option(1300)), 1360, 1340) is None
+    assert clamp_lone(ipv4(mss_option(1460))[:39], 1360, 1340) is None
+    assert clamp_lone(ipv6(mss_option(1460))[:59], 1360, 1340) is None
+    assert clamp_lone(b"", 1360, 1340) is None
 
 
 def test_syn_without_mss_option_is_untouched() -> None:
