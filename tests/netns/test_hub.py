@@ -108,6 +108,12 @@ def build_hub(topo: Topology, run_daemon: RunDaemon, workdir: Path, *,
             res = topo.exec(host[b], argv)
             assert res.returncode == 0, res.stderr
         _sysctl(topo, gw[b], 1)
+        # Resolve each LAN's neighbours first (as test_fulltunnel does): on a new veth the
+        # first IPv6 neighbour solicitation is often lost and retried 1 s later, which
+        # made the first echo through the hub miss its 2 s deadline now and then.
+        for addr in (f"100.64.{n}.10", f"fd00:{n}::10"):
+            rc, out = _ping(topo, gw[b], addr, count=1, timeout=5)
+            assert rc == 0, f"gateway {b} -> {addr} on its own LAN: {out}"
     _sysctl(topo, hub_ns, 1 if hub_forwarding else 0)
 
     confs = _configs(workdir)
@@ -120,8 +126,10 @@ def build_hub(topo: Topology, run_daemon: RunDaemon, workdir: Path, *,
     return Hub(host, gw, hub_ns, hub, branch)
 
 
-def _ping(topo: Topology, ns: str, addr: str, count: int = 3) -> tuple[int, str]:
-    res = topo.exec(ns, [*TOOLS, "ping", addr, "--count", str(count)], timeout=30)
+def _ping(topo: Topology, ns: str, addr: str, count: int = 3, timeout: float = 2.0
+          ) -> tuple[int, str]:
+    res = topo.exec(ns, [*TOOLS, "ping", addr, "--count", str(count), "--timeout",
+                         str(timeout)], timeout=30)
     return res.returncode, res.stdout + res.stderr
 
 
