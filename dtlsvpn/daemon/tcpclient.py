@@ -113,8 +113,9 @@ class ClientTcp(_Links):
         self.renewal: StreamLink | None = None
         self.retiring: list[StreamLink] = []
         self.renew_not_before = 0.0
-        self.renew_why = ""  # what started the renewal under way (or the one to retry)
-        self._retry_why: str | None = None  # a failed renewal's cause, kept for its retry
+        # What started the renewal under way, or the failed one the rekey timer retries
+        # (None: neither, so the timer's renewal is the rekey interval's).
+        self.renew_why: str | None = None
         self._rekey = host.loop.timer(self._on_rekey)
         self._retire = host.loop.timer(self._on_retire)
 
@@ -306,7 +307,6 @@ class ClientTcp(_Links):
 
     def _failed(self, now: float, renew: bool) -> None:
         if renew:  # the current link carries on; try again later, for the same cause
-            self._retry_why = self.renew_why
             self.renew_not_before = now + RENEW_RETRY
             self._rekey.schedule(self.renew_not_before)
         else:
@@ -353,8 +353,7 @@ class ClientTcp(_Links):
             self._rekey.schedule(max(at + interval, self.renew_not_before))
 
     def _on_rekey(self, now: float, _wall: float) -> None:
-        why, self._retry_why = self._retry_why, None
-        self._renew(now, why or "rekey interval")
+        self._renew(now, self.renew_why or "rekey interval")
 
     def service(self, link: StreamLink, now: float) -> None:
         super().service(link, now)
@@ -376,12 +375,11 @@ class ClientTcp(_Links):
     def _renewed(self, new: StreamLink, ev: HandshakeCompleted, now: float) -> None:
         peer = self.hooks.peer()
         old = self.link
-        self.renewal = None
+        self.renewal = self.renew_why = None
         if old is None or peer.stream is not old:  # the link it was to replace is gone
             new.assoc.close(now)
             return
         self.link = new
-        self._retry_why = None
         new.start_carrying()  # our SP header: the server moves to it and closes the old one
         peer.stream = new
         peer.note_tls_handshake(ev, self.host.loop.wall, renewal=True)
@@ -493,7 +491,7 @@ class ClientTcp(_Links):
                 other.assoc.close(now)
                 self.drop(other, now)
         self._rekey.cancel()
-        self._retry_why = None
+        self.renew_why = None
         link, self.link = self.link, None
         if link is not None:
             peer = self.hooks.peer()
