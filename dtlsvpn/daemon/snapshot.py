@@ -54,6 +54,8 @@ def peer_status(peer: Peer, dp: Datapath | None, wall: float, rekeying: bool) ->
     endpoint = display(peer.addr)
     if endpoint is None and peer.config.endpoint is not None:
         endpoint = display(peer.config.endpoint)
+    if endpoint is None and peer.stream is not None:  # a server's peer over TCP only
+        endpoint = peer.stream.name
     return {
         "name": peer.name,
         "endpoint": endpoint,

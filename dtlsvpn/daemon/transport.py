@@ -29,7 +29,7 @@ from dtlsvpn.daemon.datapath import Datapath
 from dtlsvpn.daemon.loop import Timer
 from dtlsvpn.daemon.peers import Peer
 from dtlsvpn.daemon.refusals import Refusals, explain, unknown_peer
-from dtlsvpn.daemon.role import Host
+from dtlsvpn.daemon.role import Host, display
 from dtlsvpn.daemon.settings import match_peer
 from dtlsvpn.daemon.stream import StreamLink
 from dtlsvpn.dtls.config import DtlsConfig
@@ -233,7 +233,7 @@ class ServerTcp(_Links):
             assoc = StreamAssociation(self.config())
             assoc.accept(now)
             link = StreamLink(sock, assoc, max_message=max_message(self.host),
-                              name=f"{addr[0]}:{addr[1]}")
+                              name=display(addr) or "?")
             self.add(link, None)
             self.service(link, now)
 

@@ -110,6 +110,16 @@ def test_no_switch_when_the_peer_just_has_nothing_to_send(pair: Pair) -> None:
     assert client.devices.tcp_dials, "the silence was never suspected: the test proves nothing"
 
 
+def test_the_server_shows_where_a_tcp_only_peer_is(world: World, tmp_path: Path) -> None:
+    """A peer that only ever came over TCP has no UDP address: the server's status shows
+    the TCP connection's (it showed ``endpoint: -``, seen trying TCP-only by hand)."""
+    server, client = _tcp_pair(world, tmp_path)
+    (link,) = client.daemon.role.tcp.owners  # the fake carries TCP over real loopback
+    host, port = link.sock.getsockname()[:2]
+    assert server.peer()["endpoint"] == f"{host}:{port}", server.peer()
+    assert client.peer()["endpoint"] == f"{SERVER}:4433", client.peer()
+
+
 def test_tcp_only_by_hostname_server_without_udp(world: World, tmp_path: Path) -> None:
     server_conf, client_conf = psk_pair(tmp_path, transport="tcp")
     text = client_conf.read_text()
