@@ -35,6 +35,7 @@ Rules (those of Linux's ``tcp_gro_receive``, kept strict):
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from dtlsvpn.vpn.vnet import (
     F_NEEDS_CSUM,
@@ -58,93 +59,164 @@ _V6_EXTENSIONS = frozenset((0, 43, 44, 50, 51, 60, 135, 139, 140, 253, 254))
 
 class _Run:
     """A flow's open run: its segments, the next sequence number, the segment size, the
-    payload bytes so far, and what every further segment must repeat."""
+    payload bytes so far, and what every further segment must repeat: the IP header's
+    fixed fields (``ip_a``, ``ip_b``: see ``_V4`` and ``_V6``), the TCP header's
+    (``sig``, ``options``)."""
 
-    __slots__ = ("ipsig", "next_seq", "options", "packets", "sig", "sig_psh", "size",
-                 "total")
+    __slots__ = ("hl", "ihl", "ip_a", "ip_b", "limit", "next_seq", "options", "packets",
+                 "sig", "sig_psh", "size", "total")
 
     def __init__(self, packets: list[bytes], next_seq: int, size: int, sig: bytes,
-                 ipsig: int, options: bytes) -> None:
+                 ip_a: int, ip_b: int, options: bytes, ihl: int, hl: int,
+                 limit: int) -> None:
         self.packets = packets
         self.next_seq = next_seq
         self.size = size
         self.total = size
         self.sig = sig  # acknowledgement, data offset, flags (ACK), window
         self.sig_psh = sig[:5] + bytes((sig[5] | _PSH,)) + sig[6:]  # the same with PSH
-        self.ipsig = ipsig
+        self.ip_a = ip_a
+        self.ip_b = ip_b
         self.options = options
+        self.ihl = ihl
+        self.hl = hl
+        self.limit = limit
 
 
-# IPv4 without options + TCP: TOS, total length, flags/fragment offset, TTL, protocol,
-# addresses and ports (the flow), sequence number, then ack, offset, flags, window.
-_V4 = struct.Struct("!xBH2xHBB2x12sI8s")
-# IPv6 + TCP: version/class/label, payload length, next header, hop limit, the flow,
-# sequence number, ack/offset/flags/window.
-_V6 = struct.Struct("!IHBB36sI8s")
+# Both families unpack to the same shape: (a, length, b, flow, sequence number, TCP's
+# ack/offset/flags/window), where a and b hold every IP field a run's segments repeat.
+# IPv4 without options + TCP: a = version/IHL and TOS, b = flags/fragment offset, TTL and
+# protocol; the addresses and ports are the flow.
+_V4 = struct.Struct("!HH2xI2x12sI8s")
+# IPv6 + TCP: a = version/class/label, b = next header and hop limit; the flow as above.
+_V6 = struct.Struct("!IHH36sI8s")
+_CONTINUATIONS: dict[tuple[int, int], struct.Struct] = {}
+
+
+def _continuation(ihl: int, options: int) -> struct.Struct:
+    """``_V4`` or ``_V6`` with the TCP options after them (checksum and urgent pointer
+    skipped): a continuing segment's whole check in one unpack."""
+    layout = _CONTINUATIONS.get((ihl, options))
+    if layout is None:
+        head = "!HH2xI2x12sI8s" if ihl == 20 else "!IHH36sI8s"
+        layout = _CONTINUATIONS[ihl, options] = struct.Struct(f"{head}4x{options}s")
+    return layout
 
 
 def coalesce(packets: list[bytes]) -> list[bytes]:
     """The frames to write (virtio-net header + packet) for ``packets``, in order but
-    for runs of one flow's segments merged into super-packets (see the module's rules)."""
+    for runs of one flow's segments merged into super-packets (see the module's rules).
+
+    The run the last segment opened or joined is held in locals (``c_*``): a full-size
+    segment that continues it is checked with one unpack (``_continuation``) and a
+    chain of comparisons, and appended (bulk traffic: nearly every segment).  Anything
+    else takes the general path, which first writes the locals back to the run."""
     items: list[list[bytes]] = []
     flows: dict[bytes, _Run] = {}  # flow (addresses, ports) -> its open run
     v4 = _V4.unpack_from
     v6 = _V6.unpack_from
+    cur: _Run | None = None  # the run in the locals below
+    c_n = -1  # a continuing segment's length (-1: no run held)
+    c_unpack = _continuation(20, 0).unpack_from
+    c_key = c_sig = c_opts = b""
+    c_seq = c_total = c_cap = c_size = c_a = c_b = c_len = 0
+    c_append: Callable[[bytes], None] = list[bytes]().append  # the held run's, when held
     for pkt in packets:
         n = len(pkt)
+        if n == c_n:
+            a, length, b, key, seq, sig, opts = c_unpack(pkt)
+            if (seq == c_seq and key == c_key and sig == c_sig and a == c_a and b == c_b
+                    and length == c_len and opts == c_opts and c_total <= c_cap):
+                c_append(pkt)
+                c_seq = (seq + c_size) & 0xFFFFFFFF
+                c_total += c_size
+                continue
+        if cur is not None:  # the general path reads and writes the run's own state
+            cur.next_seq = c_seq
+            cur.total = c_total
+        joined: _Run | None = None  # the run this packet opened or joined, still open
         b0 = pkt[0] if n else 0
         if b0 == 0x45 and n >= 40:
-            tos, length, frag, ttl, proto, key, seq, sig = v4(pkt)
-            if proto != TCP_PROTO or frag & 0xBFFF or length != n:
+            a, length, b, key, seq, sig = v4(pkt)
+            if b & 0xFF != TCP_PROTO or b >> 16 & 0xBFFF or length != n:
                 _not_merged(pkt, items, flows)
-                continue
-            ihl = 20
-            ipsig = (tos << 8 | ttl) << 16 | frag
-            limit = MAX_V4_PACKET
+                key = b""
+            else:
+                ihl = 20
+                limit = MAX_V4_PACKET
         elif b0 >> 4 == 6 and n >= 60:
-            ipsig, length, proto, ttl, key, seq, sig = v6(pkt)
-            if proto != TCP_PROTO or length + 40 != n:
+            a, length, b, key, seq, sig = v6(pkt)
+            if b >> 8 != TCP_PROTO or length + 40 != n:
                 _not_merged(pkt, items, flows)
-                continue
-            ihl = 40
-            ipsig = ipsig << 8 | ttl
-            limit = MAX_V4_PACKET + 40
+                key = b""
+            else:
+                ihl = 40
+                limit = MAX_V4_PACKET + 40
         else:
             _not_merged(pkt, items, flows)
-            continue
-        doff = sig[4]
-        flags = sig[5]
-        hl = ihl + (doff >> 4) * 4
-        payload = n - hl
-        if (flags | _PSH) != (_ACK | _PSH) or payload <= 0 or doff < 0x50 or doff & 0x0F:
-            flows.pop(key, None)
-            items.append([pkt])
-            continue
-        run = flows.get(key)
-        if run is None and flags & _PSH:  # no run to end, none to open: written as it is
-            items.append([pkt])
-            continue
-        options = pkt[ihl + 20:hl]
-        if (run is not None and run.next_seq == seq and run.ipsig == ipsig
-                and run.options == options and (sig == run.sig or sig == run.sig_psh)):
-            size = run.size
-            total = run.total + payload
-            if payload <= size and hl + total <= limit:
-                run.packets.append(pkt)
-                if payload < size or flags & _PSH:
-                    del flows[key]
-                else:
-                    run.next_seq = (seq + payload) & 0xFFFFFFFF
-                    run.total = total
-                continue
-        packets_of_run = [pkt]
-        items.append(packets_of_run)
-        if flags & _PSH:
-            flows.pop(key, None)
-        else:
-            flows[key] = _Run(packets_of_run, (seq + payload) & 0xFFFFFFFF, payload, sig,
-                              ipsig, options)
+            key = b""
+        if key:
+            joined = _general(pkt, n, a, b, key, seq, sig, ihl, limit, items, flows)
+        if joined is not None:
+            cur = joined
+            c_key = key
+            c_seq = joined.next_seq
+            c_total = joined.total
+            c_size = size = joined.size
+            hl = joined.hl
+            c_n = hl + size
+            c_cap = joined.limit - hl - size
+            c_a = joined.ip_a
+            c_b = joined.ip_b
+            c_len = c_n if joined.ihl == 20 else c_n - 40
+            c_sig = joined.sig
+            c_opts = joined.options
+            c_unpack = _continuation(joined.ihl, len(c_opts)).unpack_from
+            c_append = joined.packets.append
+        elif cur is not None and flows.get(c_key) is not cur:  # closed by this packet
+            cur = None
+            c_n = -1
     return [PLAIN_HDR + run[0] if len(run) == 1 else merge(run) for run in items]
+
+
+def _general(pkt: bytes, n: int, a: int, b: int, key: bytes, seq: int, sig: bytes,
+             ihl: int, limit: int, items: list[list[bytes]],
+             flows: dict[bytes, _Run]) -> _Run | None:
+    """A TCP packet that does not simply continue the held run: joined to its flow's run,
+    opening one, or written as it is.  Returns its run if that is still open."""
+    doff = sig[4]
+    flags = sig[5]
+    hl = ihl + (doff >> 4) * 4
+    payload = n - hl
+    if (flags | _PSH) != (_ACK | _PSH) or payload <= 0 or doff < 0x50 or doff & 0x0F:
+        flows.pop(key, None)
+        items.append([pkt])
+        return None
+    run = flows.get(key)
+    if run is None and flags & _PSH:  # no run to end, none to open: written as it is
+        items.append([pkt])
+        return None
+    options = pkt[ihl + 20:hl]
+    if (run is not None and run.next_seq == seq and run.ip_a == a and run.ip_b == b
+            and run.options == options and (sig == run.sig or sig == run.sig_psh)):
+        size = run.size
+        total = run.total + payload
+        if payload <= size and hl + total <= limit:
+            run.packets.append(pkt)
+            if payload < size or flags & _PSH:
+                del flows[key]
+                return None
+            run.next_seq = (seq + payload) & 0xFFFFFFFF
+            run.total = total
+            return run
+    packets_of_run = [pkt]
+    items.append(packets_of_run)
+    if flags & _PSH:
+        flows.pop(key, None)
+        return None
+    run = flows[key] = _Run(packets_of_run, (seq + payload) & 0xFFFFFFFF, payload, sig, a, b,
+                            options, ihl, hl, limit)
+    return run
 
 
 def _not_merged(pkt: bytes, items: list[list[bytes]], flows: dict[bytes, _Run]) -> None:
