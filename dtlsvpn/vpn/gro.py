@@ -249,7 +249,7 @@ def merge(run: list[bytes]) -> bytes:
     ihl = 20 if v4 else 40
     hl = ihl + (head[ihl + 12] >> 4) * 4
     size = len(head) - hl
-    payload = sum(map(len, run)) - hl * len(run)
+    payload = size * (len(run) - 1) + len(run[-1]) - hl  # (only the last may be shorter)
     tcp_len = hl - ihl + payload
     tcp = bytearray(head[ihl:hl])
     tcp[13] = run[-1][ihl + 13]  # ACK, or ACK|PSH from the last
