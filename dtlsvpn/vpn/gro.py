@@ -98,7 +98,7 @@ def _continuation(ihl: int, options: int) -> struct.Struct:
     skipped): a continuing segment's whole check in one unpack."""
     layout = _CONTINUATIONS.get((ihl, options))
     if layout is None:
-        head = "!HH2xI2x12sI8s" if ihl == 20 else "!IHH36sI8s"
+        head = (_V4 if ihl == 20 else _V6).format
         layout = _CONTINUATIONS[ihl, options] = struct.Struct(f"{head}4x{options}s")
     return layout
 

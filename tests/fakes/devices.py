@@ -95,11 +95,7 @@ class FakeTun(Tun):
     def drain(self) -> list[bytes]:
         """Packets the daemon wrote to the host (super-packets segmented)."""
         out: list[bytes] = []
-        while True:
-            try:
-                data = self.far.recv(65535 + VNET_HDR_LEN)
-            except BlockingIOError:
-                return out
+        for data in self.drain_frames():
             if not self.vnet:
                 out.append(data)
                 continue
@@ -112,6 +108,7 @@ class FakeTun(Tun):
             else:
                 assert not data[0], data[:80].hex()  # nothing else asks for a checksum
                 out.append(data[VNET_HDR_LEN:])
+        return out
 
     def drain_frames(self) -> list[bytes]:
         """What the daemon wrote, as written (super-packets whole, headers on): for the
