@@ -204,7 +204,15 @@ def write_results(doc: dict[str, Any], out_dir: Path, stamp: str, say: Progress)
     return 0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
+    if args:  # every knob is an environment variable: refuse before anything starts
+        print(f"bench: no arguments (got {' '.join(args)}); the knobs are BENCH_* "
+              "environment variables, see python -m bench --help", file=sys.stderr)
+        return 2
     say = Progress()
     try:
         s = Settings.from_env(dict(os.environ))

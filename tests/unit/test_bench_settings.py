@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.idle import FIRST_IDLE, IDLE_NET, peer_sections
-from bench.main import Settings
+from bench.main import Settings, main
 from bench.procs import BenchError
 from dtlsvpn.daemon.settings import load_config
 
@@ -57,3 +57,14 @@ TicketStore = {tmp_path / "state"}
     assert cfg.peers[299].allowed_prefixes == (ipaddress.ip_network(f"{FIRST_IDLE + 299}/32"),)
     assert all(ipaddress.ip_network(IDLE_NET, strict=False).supernet_of(p.allowed_prefixes[0])
                for p in cfg.peers)
+
+
+def test_help_prints_the_knobs_and_starts_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "BENCH_SYSTEMS" in capsys.readouterr().out
+
+
+def test_an_argument_is_refused_before_anything_starts(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--rounds", "1"]) == 2
+    assert "BENCH_* environment variables" in capsys.readouterr().err
