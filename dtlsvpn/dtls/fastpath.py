@@ -156,7 +156,9 @@ class FastOpen:
                     append(plain)
                     opened = True
                     if seq > top:
-                        bits = ((bits << (seq - top)) | 1) & _WINDOW_MASK
+                        # Past the window: only seq is left (never a 2^48-bit shift).
+                        bits = (((bits << (seq - top)) | 1) & _WINDOW_MASK
+                                if seq - top < WINDOW_SIZE else 1)
                         top = seq
                         advanced = True
                     else:

@@ -48,7 +48,24 @@ def test_b3_5_replay_check_does_not_move_window() -> None:
     assert w.check(11) and w.top == 10
 
 
-@given(st.lists(st.integers(min_value=0, max_value=400), max_size=200))
+def test_a_jump_to_the_last_sequence_number_empties_the_window_at_once() -> None:
+    # The peer picks the sequence number (48 bits): one authenticated record far ahead
+    # must not shift the bitmask by the jump (2^48 bits: a MemoryError or minutes).
+    w = ReplayWindow()
+    w.commit(0)
+    w.commit(2**48 - 1)
+    assert (w.top, w.bits) == (2**48 - 1, 1)
+    assert not w.check(2**48 - 1) and not w.check(0)
+    assert w.check(2**48 - 2) and not w.check(2**48 - 1 - WINDOW_SIZE)
+    w.commit(2**48 - 2)
+    assert w.bits == 0b11
+
+
+_SEQS = st.one_of(st.integers(min_value=0, max_value=400),
+                  st.integers(min_value=2**48 - 400, max_value=2**48 - 1))
+
+
+@given(st.lists(_SEQS, max_size=200))
 def test_replay_matches_reference(seqs: list[int]) -> None:
     w = ReplayWindow()
     seen: set[int] = set()

@@ -79,6 +79,22 @@ def test_fast_open_round_trip_replay_and_forgery(suite: SuiteInfo, cid: bytes) -
     assert fast.open(fresh, stats) == [b"x"] and fast.advanced and read.window.top == 6
 
 
+@pytest.mark.parametrize("cid", [b"", b"\xaa\xbb\xcc\xdd"])
+def test_a_record_far_ahead_empties_the_window_at_once(cid: bytes) -> None:
+    # The peer picks the sequence number: an authenticated record at 2^48 - 1 after
+    # record 0 must leave only itself in the window, not shift it by 2^48 bits.
+    suite = AEAD_SUITES[1]
+    read = ReadState(epoch=1, protection=_prot(suite, 5), cid=cid)
+    fast = FastOpen(read, CT_CID if cid else CT_APP)
+    first = FastSeal(WriteEpoch(_prot(suite, 5), 0), 1, cid).seal([b"a"])[0]
+    last, before = FastSeal(WriteEpoch(_prot(suite, 5), 2**48 - 2), 1, cid).seal([b"b", b"c"])
+    last, before = before, last  # 2^48 - 1 arrives first, then 2^48 - 2
+    stats = Stats()
+    assert fast.open_batch([first, last, first, before], 0, stats, out := []) == 4
+    assert out == [b"a", b"c", b"b"] and stats.replay == 1
+    assert (read.window.top, read.window.bits) == (2**48 - 1, 0b11)
+
+
 @pytest.mark.parametrize("suite", AEAD_SUITES, ids=lambda s: s.name)
 def test_not_a_fast_datagram_changes_nothing(suite: SuiteInfo) -> None:
     cid = b"\x10\x20\x30\x40"
