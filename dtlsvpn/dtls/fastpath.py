@@ -8,16 +8,17 @@ header bytes, pack the nonce and the additional data and make one AEAD call.  No
 ``Record``, no ``parse_datagram``, no per-packet object beyond the bytes.
 
 ``FastOpen.open`` takes a datagram only when it is exactly one protected data record of
-the current read epoch (RFC 6347 §4.1): its first five bytes are the precomputed
-type (application_data, or tls12_cid with our CID, RFC 9146 §4), version (DTLS 1.2)
-and epoch; with a CID the CID bytes at their fixed offset (11) are ours; the length
-field says the record fills the datagram and is within ``MAX_CIPHERTEXT`` and at least
-the AEAD overhead.  Anything else (several records, another type or epoch, a CID
-record whose inner type is not data) returns None *before any state or counter
-changed*, and the Association's slow path takes it exactly as it would have.  What the
-fast path accepts it handles in full, with the slow path's counters: a replay
-(``replay``, checked before the AEAD) or a record that does not authenticate
-(``bad_mac``) is dropped; the replay window moves only after authentication
+the current read epoch (RFC 6347 §4.1): its first five bytes are the precomputed type
+(application_data, or tls12_cid with our CID, RFC 9146 §4), version (DTLS 1.2) and
+epoch; with a CID the CID bytes at their fixed offset (11) are ours; the length field
+says the record fills the datagram and is within ``MAX_CIPHERTEXT`` and at least the
+AEAD overhead.  The header is read with one unpack (type and version, epoch and sequence
+number, CID, length, explicit nonce) and its fields compared.  Anything else (several
+records, another type or epoch, a CID record whose inner type is not data) returns None
+*before any state or counter changed*, and the Association's slow path takes it exactly
+as it would have.  What the fast path accepts it handles in full, with the slow path's
+counters: a replay (``replay``, checked before the AEAD) or a record that does not
+authenticate (``bad_mac``) is dropped; the replay window moves only after authentication
 (RFC 6347 §4.1.2.6, CVE-2016-2181).
 
 Nonces and additional data are those of ``crypto/aead.py`` (RFC 5288 §3, RFC 7905 §2,
@@ -77,8 +78,9 @@ class FastOpen:
         self.gcm = gcm
         self.nonce_high = salt if gcm else iv_high
         self.nonce_xor = 0 if gcm else iv_low
-        # (epoch || seq, length[, explicit nonce]) from the header, in one unpack.
-        self.record = struct.Struct(f"!3xQ{len(cid)}xH8s" if gcm else f"!3xQ{len(cid)}xH")
+        # The whole header in one unpack: (type || version, epoch || seq, CID, length,
+        # explicit nonce), the CID and the nonce empty when there is none.
+        self.record = struct.Struct(f"!3sQ{len(cid)}sH{8 if gcm else 0}s")
         self.explicit = 8 if gcm else 0  # bytes of explicit nonce before the ciphertext
         if cid:  # RFC 9146 §5: 8 x 0xff, tls12_cid, cid_length, tls12_cid, version, ...
             self.aad_pre = b"\xff" * 8 + bytes((CT_CID, len(cid), CT_CID)) + _VERSION
@@ -98,9 +100,9 @@ class FastOpen:
         # is cleared as soon as that datagram is taken (``HeartbeatIn.take``) or left to
         # the slow path (``Association._take_heartbeat``).
         self.held: tuple[bytes, int, bytes] | None = None
-        self.parts = (self.head, self.hlen, cid, self.explicit, self.min_size, self.max_size,
-                      self.record.unpack_from, self.aad.pack, self.aad_pre, self.aad_mid,
-                      self.nonce_high, self.nonce_xor, self.decrypt, self.window)
+        self.parts = (self.head[:3], read.epoch, self.hlen, cid, self.explicit, self.min_size,
+                      self.max_size, self.record.unpack_from, self.aad.pack, self.aad_pre,
+                      self.aad_mid, self.nonce_high, self.nonce_xor, self.decrypt, self.window)
 
     def open(self, data: bytes, stats: Stats) -> list[bytes] | None:
         """The datagram's data ([] when dropped and counted), or None: not a fast one."""
@@ -112,32 +114,30 @@ class FastOpen:
         """Open ``datagrams[start:]`` while each is a fast one, appending their data to
         ``out`` (replays and forgeries dropped and counted); return the index of the first
         that is not (``len(datagrams)`` when none), which nothing here has touched."""
-        (head, hlen, cid, explicit, min_size, max_size, unpack, pack_aad, pre, mid,
-         nonce_high, nonce_xor, decrypt, win) = self.parts
+        (type_version, epoch, hlen, cid, explicit, min_size, max_size, unpack, pack_aad, pre,
+         mid, nonce_high, nonce_xor, decrypt, win) = self.parts
         pack_nonce = _NONCE.pack
         body_at = hlen + explicit
         top, bits = win.top, win.bits
         advanced, opened = self.advanced, False
-        records = size_sum = replays = forged = 0
+        replays = forged = 0
         append = out.append
         i, n = start, len(datagrams)
         while i < n:
             data = datagrams[i]
             size = len(data)
-            if (not min_size <= size <= max_size or not data.startswith(head)
-                    or (cid and not data.startswith(cid, 11))):
+            if not min_size <= size <= max_size:
                 break
-            fields = unpack(data)
-            if fields[1] != size - hlen:
+            tv, es, own, length, nonce_tail = unpack(data)
+            if tv != type_version or es >> 48 != epoch or own != cid or length != size - hlen:
                 break
-            es = fields[0]
             seq = es & _SEQ_MASK
             advanced = False
             if seq <= top and (top - seq >= WINDOW_SIZE or bits >> (top - seq) & 1):
                 replays += 1
             else:
-                nonce = nonce_high + fields[2] if explicit else pack_nonce(nonce_high,
-                                                                             es ^ nonce_xor)
+                nonce = nonce_high + nonce_tail if explicit else pack_nonce(nonce_high,
+                                                                              es ^ nonce_xor)
                 try:
                     plain = decrypt(nonce, data[body_at:], pack_aad(pre, es, mid,
                                                                     size - min_size))
@@ -163,13 +163,11 @@ class FastOpen:
                         advanced = True
                     else:
                         bits |= 1 << (top - seq)
-            records += 1
-            size_sum += size
             i += 1
-        if records:
+        if i > start:  # every datagram before ``i`` was taken (dropped or opened)
             win.top, win.bits = top, bits
-            stats.rx_records += records
-            stats.rx_bytes += size_sum
+            stats.rx_records += i - start
+            stats.rx_bytes += sum(map(len, datagrams[start:i]))
             stats.replay += replays
             stats.bad_mac += forged
             self.advanced = advanced
