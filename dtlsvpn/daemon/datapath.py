@@ -190,7 +190,9 @@ class Datapath:
         assert peer is not None
         stream = peer.stream
         if stream is not None and stream.ready:  # TCP fallback (daemon/transport.py)
-            self.stream_out(peer, stream, packets)
+            batch = self.router.route_single(packets)  # the same drops as over UDP
+            if batch:
+                self.stream_out(peer, stream, batch)
             return
         conn = peer.conn
         sock = peer.sock

@@ -192,6 +192,7 @@ class ClientTcp(_Links):
         if ev is not None and peer.stream is not link:  # (a standby counts once it carries)
             peer.note_tls_handshake(ev, self.host.loop.wall, renewal=False)
         peer.stream = link
+        self.host.set_underlay(peer, self.link_addr)  # never routed into the tunnel itself
         self.moved_at = now
         self._schedule_renewal(link)
         replay, peer.replay = peer.replay, None

@@ -380,6 +380,26 @@ def test_spoofed_inner_sources_over_tcp_are_dropped_as_over_udp(world: World,
     assert server.peer()["transport"] == "tcp"
 
 
+def test_what_the_client_never_sends_over_udp_it_never_sends_over_tcp(
+        world: World, tmp_path: Path) -> None:
+    """The client's router runs before either carrier: a multicast packet (the kernel's
+    IPv6 router solicitation on the TUN) and one to the server's own underlay address
+    are dropped and counted at the client over TCP as over UDP.  Over TCP they went out
+    and the server counted them as the peer's ``spoofed_source`` (seen by hand, with a
+    TCP-only client in namespaces)."""
+    server, client = _tcp_pair(world, tmp_path)
+    solicitation = udp("fe80::1", "ff02::2", seq=1)
+    client.tun.inject([solicitation, udp(C_ADDR, SERVER, seq=2), udp(C_ADDR, S_ADDR, seq=3)])
+    world.run_for(0.2)
+    client.tun.inject([solicitation])  # alone too (a one-packet read)
+    world.run_for(0.2)
+    assert [seq_of(p) for p in server.tun.drain()] == [3]
+    assert "spoofed_source" not in server.peer()["drops"], server.peer()["drops"]
+    drops = client.snapshot()["interface"]["drops"]
+    assert (drops.get("multicast"), drops.get("recursive")) == (2, 1), drops
+    assert client.peer()["tx_packets"] == 1, client.peer()
+
+
 def test_the_stale_dtls_association_is_not_called_unresponsive_after_the_move(
         pair: Pair, caplog: pytest.LogCaptureFixture) -> None:
     """After the move to TCP the server's DTLS association of that peer falls silent as
