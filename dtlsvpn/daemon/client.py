@@ -45,7 +45,7 @@ from dtlsvpn.daemon.resolve import Answer, is_literal
 from dtlsvpn.daemon.role import Host, display, peer_event, rekey_grace, send_datagrams
 from dtlsvpn.daemon.settings import core_settings, match_peer
 from dtlsvpn.daemon.tcpclient import ClientHooks, ClientTcp
-from dtlsvpn.daemon.ticketstore import TicketStore
+from dtlsvpn.daemon.ticketstore import TicketStore, trust_digest
 from dtlsvpn.daemon.tunmtu import TunnelMtu
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
@@ -343,12 +343,14 @@ class ClientRole:
         """The TLS dial's settings: the stored ticket offered (resumes across transports)."""
         peer = self.peer
         conf = core_settings(self.host.cfg, peer.config)
-        session = self.tickets.load(self._ticket_key(peer), self.host.loop.wall)
+        session = self.tickets.load(self._ticket_key(peer), self.host.loop.wall,
+                                    trust_digest(conf))
         return conf if session is None else dataclasses.replace(conf, resume_session=session)
 
     def _save_ticket(self, session: ClientSession) -> None:
+        trust = trust_digest(core_settings(self.host.cfg, self.peer.config))
         try:
-            self.tickets.save(self._ticket_key(self.peer), session)
+            self.tickets.save(self._ticket_key(self.peer), session, trust)
         except OSError as exc:
             log.warning("cannot store ticket: %s", exc)
 
@@ -359,7 +361,7 @@ class ClientRole:
     def _dtls_config(self, peer: Peer, wall: float) -> DtlsConfig:
         conf = core_settings(self.host.cfg, peer.config)
         self.offered_ticket = False
-        session = self.tickets.load(self._ticket_key(peer), wall)
+        session = self.tickets.load(self._ticket_key(peer), wall, trust_digest(conf))
         if session is not None:
             conf = dataclasses.replace(conf, resume_session=session)
             self.offered_ticket = True

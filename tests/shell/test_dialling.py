@@ -4,6 +4,7 @@ a server restart, a refused ticket, all on fake time."""
 from __future__ import annotations
 
 import itertools
+import logging
 import secrets
 from pathlib import Path
 
@@ -93,6 +94,29 @@ def test_refused_ticket_falls_back_to_a_full_handshake(world: World, tmp_path: P
     assert client.peer()["resumed"] is False
     assert server2.peer()["resumed"] is False
     assert world.run_until(lambda: ticket.exists() and ticket.read_text() != old_ticket)
+
+
+def test_a_ticket_made_under_other_credentials_is_not_offered(
+        world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The client's PSK is replaced while it is stopped.  Its stored ticket resumes the
+    old PSK's session, so offering it would get the client in with the credential it no
+    longer has (it did): the ticket is deleted unused, and the full handshake with the
+    new PSK is refused by a server still holding the old one."""
+    caplog.set_level(logging.INFO)
+    server, client, server_conf = _up_with_ticket(world, tmp_path)
+    (ticket,) = (tmp_path / "tickets").glob("*.ticket")
+    client.stop()
+    secret_file(tmp_path / "psk.hex", secrets.token_hex(32) + "\n")  # the server keeps the old
+    again = world.start(client.conf, CLIENT)
+    world.run_for(10.0)
+    assert not established(again), again.peer()
+    assert again.peer()["handshakes"] == 0 and not ticket.exists()
+    assert "made under other credentials" in caplog.text
+    server.stop()  # the server gets the new PSK too: a full handshake, and a new ticket
+    world.start(server_conf, SERVER)
+    assert world.run_until(lambda: established(again), within=60)
+    assert again.peer()["resumed"] is False
+    assert world.run_until(ticket.exists)
 
 
 def test_a_removed_peer_backs_off_to_the_cap(world: World, tmp_path: Path) -> None:

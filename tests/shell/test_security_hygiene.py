@@ -19,7 +19,6 @@ import pytest
 
 from dtlsvpn.crypto.tickets import parse_keys
 from dtlsvpn.dtls.session import ClientSession
-from tests.netns.harness import psk_pair
 from tests.shell.conftest import Pair, established
 
 
@@ -45,8 +44,7 @@ def test_no_secret_in_logs_notifications_or_status(
     world = server.world
     world.run_for(5.0)
     client.stop()
-    _s, client_conf = psk_pair(tmp_path)
-    again = world.start(client_conf, "198.18.0.2")
+    again = world.start(client.conf, "198.18.0.2")  # the same credentials: it resumes
     assert world.run_until(lambda: established(again))
     world.run_for(2.0)
     secrets = _secrets(tmp_path)

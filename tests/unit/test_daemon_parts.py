@@ -3,6 +3,7 @@ the UDP error queue."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import random
@@ -17,10 +18,12 @@ from dtlsvpn.daemon.dialer import BACKOFF_CAP, backoff_delay
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.status import StatusServer, format_text, query
 from dtlsvpn.daemon.systemd import Notifier
-from dtlsvpn.daemon.ticketstore import TicketStore
+from dtlsvpn.daemon.ticketstore import TicketStore, trust_digest
 from dtlsvpn.daemon.tunmtu import MAX_AEAD_OVERHEAD, default_tun_mtu, tunnel_overhead
 from dtlsvpn.daemon.udp import normalise, open_udp, read_errors
+from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.session import ClientSession
+from tests.pki import Pki
 
 
 def test_default_mtu_policy() -> None:
@@ -133,6 +136,41 @@ def test_ticket_store_round_trip_and_modes(tmp_path: Path) -> None:
     path.write_text("garbage")
     assert store.load("office-198.18.0.1-4433", wall=2000) is None
     assert not path.exists()
+
+
+def test_a_ticket_is_offered_only_under_the_credentials_it_was_made_with(
+        tmp_path: Path) -> None:
+    store = TicketStore(tmp_path / "tickets")
+    session = ClientSession(ticket=b"t" * 40, suite=0xCCAC, master_secret=b"m" * 48, ems=True,
+                            received_at=1000, lifetime_hint=3600)
+    store.save("office", session, "a" * 64)
+    (path,) = (tmp_path / "tickets").iterdir()
+    assert store.load("office", 2000, "a" * 64) == session
+    assert store.load("office", 2000, "b" * 64) is None and not path.exists()  # deleted
+    store.save("office", session)  # a file without the digest (an older daemon's)
+    assert store.load("office", 2000, "a" * 64) is None and not path.exists()
+
+
+def test_the_trust_digest_follows_every_credential(pki: Pki) -> None:
+    base = DtlsConfig(is_client=True, ca_certs=(pki.ca.cert,), server_name="vpn.test",
+                      certificate_chain=(pki.client.cert,), private_key=pki.client.key)
+    same = DtlsConfig(is_client=True, ca_certs=(pki.ca.cert,), server_name="vpn.test",
+                      certificate_chain=(pki.client.cert,), private_key=pki.client.key)
+    assert trust_digest(base) == trust_digest(same)
+    changed = [
+        dataclasses.replace(base, ca_certs=(pki.evil_ca.cert,)),
+        dataclasses.replace(base, ca_certs=(pki.ca.cert, pki.rsa_ca.cert)),
+        dataclasses.replace(base, pinned_spki_sha256=frozenset({b"p" * 32})),
+        dataclasses.replace(base, server_name="other.test"),
+        dataclasses.replace(base, certificate_chain=(pki.evil_client.cert,),
+                            private_key=pki.evil_client.key),
+        dataclasses.replace(base, cipher_suites=base.suites[:1]),
+    ]
+    psk = DtlsConfig(is_client=True, psk=b"k" * 32, psk_identity=b"branch")
+    changed += [psk, dataclasses.replace(psk, psk=b"j" * 32),
+                dataclasses.replace(psk, psk_identity=b"other")]
+    digests = [trust_digest(c) for c in [base, *changed]]
+    assert len(set(digests)) == len(digests)
 
 
 def test_error_queue_reports_icmp_unreachable() -> None:
