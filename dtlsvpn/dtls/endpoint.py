@@ -105,7 +105,7 @@ def _initial_client_hello(data: bytes) -> tuple[Record, int, ClientHello] | None
     """(record, message_seq, hello) when the datagram starts with a whole ClientHello."""
     if data[:1] != _HANDSHAKE_TYPE or data[3:5] != b"\x00\x00":
         return None  # not an epoch-0 handshake record: no need to parse the datagram
-    records, _ = parse_datagram(data)
+    records, _ = parse_datagram(data, limit=1)  # only the first is looked at
     if not records:
         return None
     rec = records[0]

@@ -41,7 +41,8 @@ from dtlsvpn.wire.constants import (
     ContentType,
 )
 
-__all__ = ["RECORD_HEADER", "Record", "encode_record", "parse_datagram"]
+__all__ = ["MAX_RECORDS_PER_DATAGRAM", "RECORD_HEADER", "Record", "encode_record",
+           "parse_datagram"]
 
 RECORD_HEADER = struct.Struct("!BHQH")  # type, version, epoch << 48 | seq, length
 assert RECORD_HEADER.size == RECORD_HEADER_LEN
@@ -64,23 +65,29 @@ class Record:
     cid: bytes = b""
 
 
+MAX_RECORDS_PER_DATAGRAM = 32  # a flight's datagram packs a handful; data is one each
+
+
 def parse_datagram(
-    data: bytes | bytearray | memoryview, cid_len: int = 0
+    data: bytes | bytearray | memoryview, cid_len: int = 0,
+    limit: int = MAX_RECORDS_PER_DATAGRAM,
 ) -> tuple[list[Record], bool]:
     """Split a datagram into records.
 
     Returns the well-formed records in order and ``True`` when the datagram
     ended in garbage (a truncated header, a length past the end of the
-    datagram, or a length above ``MAX_CIPHERTEXT``).  ``cid_len`` is the length
-    of the connection ID we asked the peer to send (RFC 9146 §4); with the
-    default 0 a tls12_cid record is framed like any other.
+    datagram, or a length above ``MAX_CIPHERTEXT``) or held more than ``limit``
+    records (the rest is dropped unparsed: thousands of empty records in one
+    datagram would cost the receiver a record's work each).  ``cid_len`` is the
+    length of the connection ID we asked the peer to send (RFC 9146 §4); with
+    the default 0 a tls12_cid record is framed like any other.
     """
     records: list[Record] = []
     end = len(data)
     pos = 0
     unpack_from = RECORD_HEADER.unpack_from
     while pos < end:
-        if pos + RECORD_HEADER_LEN > end:
+        if pos + RECORD_HEADER_LEN > end or len(records) == limit:
             return records, True
         ctype, version, epoch_seq, length = unpack_from(data, pos)
         if ctype == _TLS12_CID and cid_len:

@@ -33,7 +33,7 @@ from dtlsvpn.wire.constants import (
     HandshakeType,
 )
 from dtlsvpn.wire.handshake import encode_handshake
-from dtlsvpn.wire.record import encode_record, parse_datagram
+from dtlsvpn.wire.record import MAX_RECORDS_PER_DATAGRAM, encode_record, parse_datagram
 from tests.pki import Pki
 from tests.sim.clock import FakeClock
 from tests.sim.configs import MODES, configs_for
@@ -320,6 +320,26 @@ def test_s13_hvr_small_stateless_and_never_retransmitted(pki: Pki) -> None:
         out = srv.send(ch)
         assert len(out) == 1 and len(out[0]) <= len(ch)
         assert len(srv.endpoint.associations) == 0
+
+
+def test_a_datagram_of_thousands_of_records_costs_a_bounded_number(pki: Pki) -> None:
+    """The stateless gate reads only the first record of a datagram from a new source,
+    and an association at most MAX_RECORDS_PER_DATAGRAM: 5 000 empty records cost one
+    record's parse (the gate) or 32 (an association), the rest is counted garbage."""
+    srv = ServerUnderTest(configs_for("ecdhe-ecdsa-aes128", pki)[1])
+    c = make_client(pki, "ecdhe-ecdsa-aes128")
+    ch = c.record(HS, c.client_hello(), 0, seq=5)
+    out = srv.send(ch + encode_record(HS, 0, 6, b"") * 5000)  # a ClientHello first: answered
+    assert len(out) == 1 and parse_datagram(out[0])[0][0].fragment[0] == (
+        HandshakeType.hello_verify_request)
+    c, srv, _ = complete(pki)
+    before = drops(srv.assoc)
+    flood = b"".join(c.app_record(b"p%d" % i, seq=10 + i) for i in range(40))
+    assert srv.send(flood) == []
+    assert srv.app[-MAX_RECORDS_PER_DATAGRAM:] == [b"p%d" % i
+                                                   for i in range(MAX_RECORDS_PER_DATAGRAM)]
+    assert b"p32" not in srv.app
+    assert_only(before, drops(srv.assoc), malformed=1)
 
 
 # --- S14: nothing after close_notify ---------------------------------------------------------

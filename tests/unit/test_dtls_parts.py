@@ -21,7 +21,7 @@ from dtlsvpn.wire.constants import (
     ContentType,
 )
 from dtlsvpn.wire.handshake import HandshakeFragment, parse_handshake_fragments
-from dtlsvpn.wire.record import encode_record, parse_datagram
+from dtlsvpn.wire.record import MAX_RECORDS_PER_DATAGRAM, encode_record, parse_datagram
 
 # --- replay window (RFC 6347 §4.1.2.6) ------------------------------------------
 
@@ -77,6 +77,16 @@ def test_replay_matches_reference(seqs: list[int]) -> None:
             w.commit(s)
             seen.add(s)
             top = max(top, s)
+
+
+def test_records_past_the_limit_are_left_unparsed_as_garbage() -> None:
+    one = encode_record(ContentType.application_data, 1, 0, b"x")
+    records, garbage = parse_datagram(one * MAX_RECORDS_PER_DATAGRAM)
+    assert len(records) == MAX_RECORDS_PER_DATAGRAM and not garbage
+    records, garbage = parse_datagram(one * 5000)
+    assert len(records) == MAX_RECORDS_PER_DATAGRAM and garbage
+    records, garbage = parse_datagram(one * 3, limit=1)
+    assert len(records) == 1 and garbage
 
 
 # --- reassembly (RFC 6347 §4.2.3) --------------------------------------------
