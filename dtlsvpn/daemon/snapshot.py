@@ -119,6 +119,7 @@ def endpoint_counters(endpoint: ServerEndpoint) -> dict[str, int]:
         "cookie_accepted": stats.cookie_accepted,
         "hvr_rate_limited": admission.hvr_rate_limited,
         "source_limited": admission.source_limited,
+        "association_rate_limited": admission.association_rate_limited,
         "table_full": stats.table_full,
         "not_client_hello": stats.not_client_hello,
         "replaced": stats.replaced,

@@ -22,6 +22,15 @@ one that can receive its cookies, cannot fill the association table.  This is st
 after a valid cookie only; entries are dropped when their association is
 established or closed.
 
+New associations (a cookie-verified ClientHello, each a full server flight: an ECDHE
+key and a signature) also meet a per-source bucket of their own (``new_per_source_rate``,
+the same hashed slots; ``association_rate_limited``).  A cookie stays valid for minutes
+and proves only that its sender can receive at the address, so without it one captured
+cookie-bearing ClientHello, replayed with an alert that closes each half-open
+association, bought a full handshake's work per replay, past the HelloVerifyRequest
+buckets and the half-open cap; and an on-path observer could replay a victim's to
+reflect the server's flights at it.
+
 Sans-I/O: the caller passes ``now``; the salt comes from the config's
 ``random_bytes``.
 """
@@ -51,10 +60,13 @@ class AdmissionLimits:
     per_source_burst: float = 40.0
     slots: int = 4096
     max_half_open_per_source: int = 32
+    new_per_source_rate: float = 20.0  # new associations per second per source host
+    new_per_source_burst: float = 40.0
 
     def __post_init__(self) -> None:
         if min(self.global_rate, self.global_burst, self.per_source_rate,
-               self.per_source_burst) <= 0 or self.slots < 1:
+               self.per_source_burst, self.new_per_source_rate,
+               self.new_per_source_burst) <= 0 or self.slots < 1:
             raise ValueError("admission limits must be positive")
         if self.max_half_open_per_source < 1:
             raise ValueError("max_half_open_per_source must be at least 1")
@@ -63,8 +75,9 @@ class AdmissionLimits:
 class Admission:
     """The HelloVerifyRequest buckets and the half-open table of one endpoint."""
 
-    __slots__ = ("_g_last", "_g_tokens", "_half_open", "_last", "_salt", "_tokens",
-                 "hvr_rate_limited", "limits", "source_limited")
+    __slots__ = ("_g_last", "_g_tokens", "_half_open", "_last", "_n_last", "_n_tokens",
+                 "_salt", "_tokens", "association_rate_limited", "hvr_rate_limited", "limits",
+                 "source_limited")
 
     def __init__(self, random_bytes: Callable[[int], bytes],
                  limits: AdmissionLimits | None = None) -> None:
@@ -72,11 +85,14 @@ class Admission:
         self._salt = random_bytes(16)
         self._tokens = array("d", [lim.per_source_burst]) * lim.slots
         self._last = array("d", [0.0]) * lim.slots
+        self._n_tokens = array("d", [lim.new_per_source_burst]) * lim.slots
+        self._n_last = array("d", [0.0]) * lim.slots
         self._g_tokens = lim.global_burst
         self._g_last = 0.0
         self._half_open: dict[str, list[_Assoc]] = {}
         self.hvr_rate_limited = 0
         self.source_limited = 0
+        self.association_rate_limited = 0
 
     # --- HelloVerifyRequests ---------------------------------------------------------
 
@@ -103,17 +119,28 @@ class Admission:
 
     # --- half-open associations ----------------------------------------------------------
 
-    def admit(self, host: str) -> bool:
-        """True if ``host`` may open one more association (the caller then ``opened`` it)."""
+    def admit(self, host: str, now: float) -> bool:
+        """True if ``host`` may open one more association now (and charge it; the caller
+        then ``opened`` it)."""
         live = [a for a in self._half_open.get(host, ())
                 if not a.is_established and not a.is_closed]
         if live:
             self._half_open[host] = live
         else:
             self._half_open.pop(host, None)
-        if len(live) >= self.limits.max_half_open_per_source:
+        lim = self.limits
+        if len(live) >= lim.max_half_open_per_source:
             self.source_limited += 1
             return False
+        i = self._slot(host)
+        t = min(lim.new_per_source_burst,
+                self._n_tokens[i] + max(0.0, now - self._n_last[i]) * lim.new_per_source_rate)
+        self._n_last[i] = now
+        if t < 1.0:
+            self._n_tokens[i] = t
+            self.association_rate_limited += 1
+            return False
+        self._n_tokens[i] = t - 1.0
         return True
 
     def opened(self, host: str, assoc: _Assoc) -> None:

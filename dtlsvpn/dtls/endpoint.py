@@ -227,7 +227,7 @@ class ServerEndpoint:
         if addr not in self.associations and len(self.associations) >= self.max_associations:
             self.stats.table_full += 1
             return []
-        if not self.admission.admit(addr[0]):  # half-open associations per source host
+        if not self.admission.admit(addr[0], now):  # half-open cap, new-association rate
             return []
         return None
 

@@ -170,6 +170,30 @@ def test_b3_3_established_associations_free_their_half_open_slot(pki: Pki) -> No
     assert out and adm.source_limited == 0
 
 
+def test_one_replayed_cookie_buys_a_bounded_number_of_full_handshakes(pki: Pki) -> None:
+    """A captured cookie-bearing ClientHello replayed 200 times at one instant, each
+    followed by a fatal alert that closes the half-open association it opened: the
+    half-open cap never bites and no HelloVerifyRequest is asked for, so only the
+    new-association bucket stops it (it let every replay through, a full flight each)."""
+    srv = ServerUnderTest(configs_for("psk-aes128", pki)[1])
+    adm = srv.endpoint.admission
+    addr = ("198.18.0.9", 20000)
+    ch, out = _hello_with_cookie(srv, pki, addr, 1)
+    assert out  # the genuine one: a server flight
+    alert = encode_record(21, 0, 99, b"\x02\x28")  # fatal handshake_failure, epoch 0
+    flights = 1
+    for _ in range(200):
+        srv.send(alert, addr=addr)
+        flights += bool(srv.send(ch, addr=addr))
+    burst = int(adm.limits.new_per_source_burst)
+    print(f"200 replays at one instant: {flights} server flights, "
+          f"association_rate_limited {adm.association_rate_limited}")
+    assert flights == burst and adm.association_rate_limited == 201 - burst
+    srv.clock.advance(1.0)  # the bucket refills: a genuine retry gets in again
+    srv.send(alert, addr=addr)
+    assert srv.send(ch, addr=addr)
+
+
 # --- HelloVerifyRequest rate limits ------------------------------------------------------------
 
 
