@@ -70,12 +70,15 @@ TICKET_OVERHEAD = KEY_NAME_LEN + NONCE_LEN + TAG_LEN
 MAX_TICKET_LEN = 0xFFFF  # RFC 5077 §3.3: opaque ticket<0..2^16-1>
 MASTER_SECRET_LEN = 48  # RFC 5246 §8.1
 
-STATE_FORMAT = 1
-"""First byte of an encoded :class:`TicketState`; a new layout gets a new number."""
+STATE_FORMAT = 2
+"""First byte of an encoded :class:`TicketState`; a new layout gets a new number (1 had
+no ``binding``: such a ticket no longer decodes, and its client gets a full handshake)."""
 
+MAX_BINDING_LEN = 32
 # format(1) version(2) suite(2) flags(1) issued_at(8) lifetime(4) master_secret(48) id_len(2)
-_FIXED_STATE_LEN = 1 + 2 + 2 + 1 + 8 + 4 + MASTER_SECRET_LEN + 2
-MAX_PEER_IDENTITY_LEN = MAX_TICKET_LEN - TICKET_OVERHEAD - _FIXED_STATE_LEN
+# binding_len(1): the shortest state; the longest adds the identity and a 32-byte binding
+_FIXED_STATE_LEN = 1 + 2 + 2 + 1 + 8 + 4 + MASTER_SECRET_LEN + 2 + 1
+MAX_PEER_IDENTITY_LEN = MAX_TICKET_LEN - TICKET_OVERHEAD - _FIXED_STATE_LEN - MAX_BINDING_LEN
 """The longest peer identity whose ticket still fits RFC 5077's 16-bit length."""
 
 _FLAG_EMS = 0x01
@@ -103,6 +106,8 @@ class TicketState:
     SHA-256 of the client's leaf certificate DER, ``b"psk:" + identity`` for a
     PSK client, or ``b""`` for an anonymous client. ``issued_at`` is the wall
     clock (seconds) when the ticket was made; ``lifetime`` is in seconds.
+    ``binding`` is a digest of what the server authenticated that identity by (the
+    PSK, the CA set): a ticket resumes only while it is unchanged.
     """
 
     version: int
@@ -112,6 +117,7 @@ class TicketState:
     peer_identity: bytes
     issued_at: int
     lifetime: int
+    binding: bytes = b""
 
     def __post_init__(self) -> None:
         if not 0 <= self.version <= 0xFFFF or not 0 <= self.suite <= 0xFFFF:
@@ -126,10 +132,13 @@ class TicketState:
             raise UsageError("ticket state: issued_at out of range")
         if not 0 <= self.lifetime <= _MAX_U32:
             raise UsageError("ticket state: lifetime out of range")
+        if len(self.binding) > MAX_BINDING_LEN:
+            raise UsageError(f"ticket state: binding over {MAX_BINDING_LEN} bytes")
 
     def encode(self) -> bytes:
         """format(1) version(2) suite(2) flags(1) issued_at(8) lifetime(4)
-        master_secret(48) peer_identity<0..2^16-1>; big-endian, no padding."""
+        master_secret(48) peer_identity<0..2^16-1> binding<0..32>; big-endian, no
+        padding."""
         w = Writer()
         w.push_uint8(STATE_FORMAT)
         w.push_uint16(self.version)
@@ -139,6 +148,7 @@ class TicketState:
         w.push_uint32(self.lifetime)
         w.push_bytes(self.master_secret)
         w.push_opaque16(self.peer_identity)
+        w.push_opaque8(self.binding)
         return w.data()
 
     @classmethod
@@ -157,11 +167,14 @@ class TicketState:
         lifetime = r.pull_uint32()
         master = r.pull_bytes(MASTER_SECRET_LEN)
         identity = r.pull_opaque16()
+        binding = r.pull_opaque8()
         r.expect_end("ticket state")
         if len(identity) > MAX_PEER_IDENTITY_LEN:
             raise DecodeError("ticket state: peer identity too long")
+        if len(binding) > MAX_BINDING_LEN:
+            raise DecodeError("ticket state: binding too long")
         return cls(version, suite, master, bool(flags & _FLAG_EMS), identity, issued_at,
-                   lifetime)
+                   lifetime, binding)
 
 
 @dataclass(frozen=True, slots=True)

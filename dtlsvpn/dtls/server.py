@@ -30,6 +30,8 @@ or a CCS before the CertificateVerify are all refused by the table.
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -318,17 +320,36 @@ class ServerMachine(Machine):
             return b"psk:" + self.psk_identity
         return b""
 
+    def _binding(self, identity: bytes) -> bytes:
+        """A digest of what this server authenticates ``identity`` by now: its PSK, or
+        the CA set for a certificate (pins and names are checked again on every
+        resumption by the daemon).  A ticket resumes only while it is unchanged, so a
+        replaced PSK or CA is not bypassed by a session from before."""
+        h = hashlib.sha256()
+        if identity.startswith(b"psk:"):
+            psk = self.config.lookup_psk(identity[4:])
+            h.update(b"psk\x00" + (psk or b""))
+        elif identity.startswith(b"cert:"):
+            h.update(b"ca\x00")
+            for ca in self.config.ca_certs:
+                der = ca.public_bytes(Encoding.DER)
+                h.update(len(der).to_bytes(4, "big") + der)
+        else:
+            return b""
+        return h.digest()[:16]
+
     def _ticket_messages(self, wall: float) -> list[OutMessage]:
         """A NewSessionTicket when the ServerHello promised one (RFC 5077 §3.3)."""
         keys = self.config.ticket_keys
         if not self.issue_ticket or keys is None:
             return []
         assert self.suite is not None
+        identity = self._peer_identity()
         state = TicketState(
             version=self.framing.version, suite=int(self.suite.code),
             master_secret=self.master_secret,
-            ems=self.ems, peer_identity=self._peer_identity(), issued_at=int(wall),
-            lifetime=keys.ticket_lifetime,
+            ems=self.ems, peer_identity=identity, issued_at=int(wall),
+            lifetime=keys.ticket_lifetime, binding=self._binding(identity),
         )
         msg = hs.NewSessionTicket(keys.lifetime_hint, keys.seal(state, wall))
         return [self.outgoing(0, HandshakeType.new_session_ticket,
@@ -345,6 +366,8 @@ class ServerMachine(Machine):
                 int(s) for s in self.config.suites]:
             return False
         ident = state.peer_identity
+        if not hmac.compare_digest(state.binding, self._binding(ident)):
+            return False  # the PSK or the CA set changed since the ticket was made
         if ident.startswith(b"psk:"):
             return self.config.lookup_psk(ident[4:]) is not None
         if ident.startswith(b"cert:"):

@@ -338,6 +338,33 @@ def test_ticket_for_psk_identity_no_longer_known(pki: Pki) -> None:
     assert [e.alert for _, e in closed] == [int(AlertDescription.unknown_psk_identity)]
 
 
+def test_a_ticket_from_before_the_psk_was_replaced_does_not_resume(pki: Pki) -> None:
+    """Same identity, new key (the ticket keys persist across the server's restart): the
+    ticket binds a digest of the PSK it was made under, so the session of the old key is
+    not resumed (it was, for the ticket's whole lifetime) and the client that has the
+    new key gets a full handshake under it."""
+    ring = ticket_ring("ring")
+    session = full(pki, "ecdhe-psk-chacha", ring).ticket
+    new_psk = bytes(range(100, 132))
+    rotated = {"psk_lookup": {PSK_IDENTITY: new_psk}.get}
+    conn = connect(pki, "ecdhe-psk-chacha", ring, session=session, at=10.0, server=rotated,
+                   client={"psk": new_psk})
+    check_full_fallback(conn, session.ticket)
+    # The same key again (a restart with nothing changed): resumed.
+    check_resumed(connect(pki, "ecdhe-psk-chacha", ring, session=session, at=20.0), session)
+
+
+def test_a_ticket_from_before_the_client_ca_changed_does_not_resume(pki: Pki) -> None:
+    """The server's client CA set changed (a CA retired, one added): certificate
+    sessions from before are judged again by a full handshake."""
+    ring = ticket_ring("ring")
+    session = full(pki, "mutual-ecdsa", ring).ticket
+    check_resumed(connect(pki, "mutual-ecdsa", ring, session=session, at=5.0), session)
+    widened = {"ca_certs": (pki.ca.cert, pki.rsa_ca.cert)}
+    conn = connect(pki, "mutual-ecdsa", ring, session=session, at=10.0, server=widened)
+    check_full_fallback(conn, session.ticket)
+
+
 # --- RFC 7627 §5.3 ---------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from dtlsvpn.crypto.tickets import (
     DEFAULT_TICKET_LIFETIME,
     FUTURE_SKEW,
     KEY_NAME_LEN,
+    MAX_BINDING_LEN,
     MAX_PEER_IDENTITY_LEN,
     MAX_TICKET_LEN,
     TICKET_OVERHEAD,
@@ -57,15 +58,21 @@ def test_state_round_trip(identity: bytes, ems: bool) -> None:
 
 
 def test_state_layout() -> None:
-    data = state(identity=b"id").encode()
-    assert data[0] == 1  # format
+    data = dataclasses.replace(state(identity=b"id"), binding=b"b" * 16).encode()
+    assert data[0] == 2  # format (1: before the binding)
     assert data[1:3] == b"\xfe\xfd"
     assert data[3:5] == SUITE.to_bytes(2, "big")
     assert data[5] == 1  # EMS flag
     assert data[6:14] == T0.to_bytes(8, "big")
     assert data[14:18] == (3600).to_bytes(4, "big")
     assert data[18:66] == bytes(range(48))
-    assert data[66:] == b"\x00\x02id"
+    assert data[66:] == b"\x00\x02id\x10" + b"b" * 16
+
+
+def test_a_format_1_state_no_longer_decodes() -> None:
+    data = state(identity=b"id").encode()
+    with pytest.raises(DecodeError, match="format 1"):
+        TicketState.decode(b"\x01" + data[1:-1])
 
 
 @pytest.mark.parametrize(
@@ -73,7 +80,7 @@ def test_state_layout() -> None:
     [
         lambda d: d[:-1],  # truncated
         lambda d: d + b"\x00",  # trailing byte
-        lambda d: b"\x02" + d[1:],  # unknown format
+        lambda d: b"\x03" + d[1:],  # unknown format
         lambda d: d[:5] + b"\x02" + d[6:],  # reserved flag
         lambda d: b"",
     ],
@@ -133,7 +140,8 @@ def test_seal_open_round_trip() -> None:
 
 def test_largest_state_fits_ticket_length() -> None:
     ring = TicketKeyRing(seeded())
-    s = state(identity=bytes(MAX_PEER_IDENTITY_LEN))
+    s = dataclasses.replace(state(identity=bytes(MAX_PEER_IDENTITY_LEN)),
+                            binding=bytes(MAX_BINDING_LEN))
     ticket = ring.seal(s, T0)
     assert len(ticket) == MAX_TICKET_LEN
     assert ring.open(ticket, T0) == s
