@@ -235,7 +235,7 @@ class ServerRole:
                     self._flush(addr, assoc, now, peer)
                 self._closed(assoc, why, peer)
             case PeerAddressChanged() if peer is not None:
-                self._moved(peer, assoc, ev)
+                self._moved(peer, assoc, ev, now)
             case _:
                 peer_event(self.host, peer, assoc, addr, ev, now)
         return peer
@@ -272,6 +272,7 @@ class ServerRole:
                      display(addr), peer.generation, ev.suite_name)
         else:
             host.set_underlay(peer, addr)
+            self._cap_search(assoc, addr, now)
             log.info("peer %s: handshake with %s done (%s, %s)", peer.name, display(addr),
                      ev.suite_name, "resumed" if ev.resumed else "full")
         self._save_ticket_keys(host.loop.wall)
@@ -286,7 +287,8 @@ class ServerRole:
         self.refusals.note(ev.failure or "closed", addr[0] if addr else "?", str(where),
                            message, now)
 
-    def _moved(self, peer: Peer, assoc: Association, ev: PeerAddressChanged) -> None:
+    def _moved(self, peer: Peer, assoc: Association, ev: PeerAddressChanged,
+               now: float) -> None:
         """RFC 9146 §6: the peer moved (the core follows it by connection ID)."""
         new_addr = binding.moved(assoc, ev.new, current=peer.assoc)
         if new_addr is None:
@@ -295,6 +297,17 @@ class ServerRole:
                  display(new_addr))
         self.host.peers.move(peer, new_addr)
         self.host.set_underlay(peer, new_addr)
+        if peer.assoc is not None:
+            self._cap_search(peer.assoc, new_addr, now)
+
+    def _cap_search(self, assoc: Association, addr: Addr, now: float) -> None:
+        """The PMTU search bounded by the kernel's path MTU towards the peer, as a
+        client's is by its connected socket: the listening socket is unconnected, so
+        without it the first probe above the interface MTU was refused (EMSGSIZE, one
+        ``emsgsize`` drop per association)."""
+        mtu = self.host.devices.path_mtu_to(addr)
+        if mtu is not None:
+            assoc.path_hint(mtu, now)
 
     def _closed(self, assoc: Association, reason: str, peer: Peer | None) -> None:
         if peer is None:

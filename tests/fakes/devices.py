@@ -558,6 +558,9 @@ class FakeDevices:
     def route_mtu(self, host: str) -> int | None:
         return self._route_mtu
 
+    def path_mtu_to(self, addr: Addr) -> int | None:
+        return self.net.path_mtu
+
     def resolver(self, loop: Loop) -> Resolver:
         """The production ``Resolver`` with this fake lookup, answered without a thread
         (at the end of the loop iteration), so fake time stays deterministic."""

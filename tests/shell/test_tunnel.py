@@ -61,7 +61,7 @@ def test_the_server_endpoint_table_is_sized_for_its_peers(pair: Pair) -> None:
     assert endpoint.max_associations == 1024  # one peer: the floor
 
 
-def test_the_client_never_probes_above_its_route_mtu(world: World, tmp_path: Path,
+def test_neither_side_probes_above_its_route_mtu(world: World, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The client's PMTU search is bounded by its connected socket's IP_MTU (1500 here):
     no probe above it goes out (a real kernel refuses one with EMSGSIZE, which every
@@ -85,3 +85,9 @@ def test_the_client_never_probes_above_its_route_mtu(world: World, tmp_path: Pat
     world.run_for(5.0)
     assert not [s for s in sent if s[0] == CLIENT], sent
     assert "emsgsize" not in client.peer()["drops"]
+    # The server too, whose listening socket is unconnected: it asks the kernel's path
+    # MTU towards the peer at the handshake (it probed above it once per association).
+    assert world.run_until(lambda: server.peer()["plpmtu"] == 1500, within=30.0), (
+        server.peer())
+    assert not [s for s in sent if s[0] == SERVER], sent
+    assert "emsgsize" not in server.peer()["drops"]
