@@ -112,10 +112,13 @@ def summary(snap: dict[str, Any]) -> str:
             out.append(f"  key renewals: {p['rekeys']}, last {_ago(p.get('last_rekey_ago'))}"
                        + (" (renewing now)" if p.get("rekeying") else ""))
         rtt = p.get("heartbeat_rtt_ms")
+        tcp = p.get("transport") == "tcp" and p["state"] == "established"
         out.append(f"  heartbeat rtt: {rtt} ms" if rtt is not None
                    else "  heartbeat rtt: not measured yet")
         if p.get("plpmtu"):
             out.append(f"  path mtu: {p['plpmtu']}, inner mtu: {p['inner_mtu']}")
+        elif tcp:
+            out.append("  path mtu: -, TCP carries (its segments fit the path by themselves)")
         else:
             out.append("  path mtu: unknown (no discovery yet)")
         out.append(f"  transfer: {_bytes(p['rx_bytes'])} received ({p['rx_packets']} packets), "

@@ -8,6 +8,7 @@ printed here are fake seconds, never asserted.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 import secrets
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from dtlsvpn.cli.status import summary
 from dtlsvpn.daemon.status import format_prometheus
 from tests.fakes.packets import seq_of, udp
 from tests.fakes.world import Host, World
@@ -118,6 +120,9 @@ def test_the_server_shows_where_a_tcp_only_peer_is(world: World, tmp_path: Path)
     host, port = link.sock.getsockname()[:2]
     assert server.peer()["endpoint"] == f"{host}:{port}", server.peer()
     assert client.peer()["endpoint"] == f"{SERVER}:4433", client.peer()
+    for side in (server, client):  # no PMTU search over TCP: not "no discovery yet"
+        text = summary(json.loads(json.dumps(side.snapshot(), default=str)))
+        assert "  path mtu: -, TCP carries" in text, text
 
 
 def test_tcp_only_by_hostname_server_without_udp(world: World, tmp_path: Path) -> None:
