@@ -28,7 +28,7 @@ from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.errors import DecodeError
 from dtlsvpn.fileutil import replace_private
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dtlsvpn")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _TRUST = "trust "  # the digest's line in a ticket file (ClientSession.decode skips it)
