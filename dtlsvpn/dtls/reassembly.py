@@ -203,15 +203,15 @@ class Reassembler:
             return "buffer_full"
         if frag.length > MAX_HANDSHAKE_MESSAGE:
             return "buffer_full"
-        if not frag.body and frag.length:
-            return "malformed"
+        start = frag.fragment_offset
+        end = start + len(frag.body)
+        if (not frag.body and frag.length) or end > frag.length:
+            return "malformed"  # the parser refuses an overrun too (CVE-2014-0195)
         part = self._partials.get(seq)
         if part is None:
             part = _Partial(frag.msg_type, frag.length)
         elif part.msg_type != frag.msg_type or part.length != frag.length:
             return "malformed"  # RFC 6347 §4.2.3: same message, same type and length
-        start = frag.fragment_offset
-        end = start + len(frag.body)
         i, j = part.span(start, end)
         need = part.cost(start, end, i, j)
         if need is None:

@@ -218,6 +218,8 @@ def test_b3_2_reassembly_rejects_mismatched_type_or_length() -> None:
     assert r.add(HandshakeFragment(11, 100, 0, 0, b"a" * 10)) is None
     assert r.add(HandshakeFragment(12, 100, 0, 10, b"b" * 10)) == "malformed"
     assert r.add(HandshakeFragment(11, 5000, 0, 10, b"b" * 10)) == "malformed"
+    # An overrun (the parser refuses it first) never reaches past the message either.
+    assert r.add(HandshakeFragment(11, 100, 0, 95, b"c" * 10)) == "malformed"
     assert r.pop_ready() is None
 
 
