@@ -106,9 +106,10 @@ def test_reassembly_overlapping_out_of_order() -> None:
 @given(st.integers(1, 3000), st.sampled_from([1, 3, 8, 100, 1000]),
        st.randoms(use_true_random=False))
 def test_reassembly_any_cover_completes(length: int, most: int, rnd: random.Random) -> None:
-    """Random covers (overlapping, out of order, repeated, stray extra pieces, bytes
-    that disagree where pieces overlap) reassemble byte for byte to what a byte-wise
-    model holds: the first byte to arrive at each offset wins.  Every delivery round
+    """Random covers (overlapping, out of order, repeated, stray extra pieces) of a
+    random message reassemble to it byte for byte; junk whose bytes disagree where
+    pieces overlap reassembles to what a byte-wise model holds: the first byte to
+    arrive at each offset wins.  Every delivery round
     is a retransmission of all pieces in a new order; a piece is dropped only when it
     touches nothing covered and MAX_FRAGMENT_GAPS intervals are there already; what is
     charged stays within DENSE_SHARE x the bytes received."""
@@ -123,13 +124,15 @@ def test_reassembly_any_cover_completes(length: int, most: int, rnd: random.Rand
         start = rnd.randrange(length)
         cuts.append((start, min(length, start + rnd.randint(1, most))))
     cuts += rnd.sample(cuts, rnd.randint(0, len(cuts)))
+    body = rnd.randbytes(length)
+    agree = rnd.random() < 0.5  # the pieces of one message (or junk that disagrees)
     r = Reassembler()
     model = bytearray(length)
     have = bytearray(length)  # 1 where covered
     for _round in range(length + 1):
         rnd.shuffle(cuts)
         for start, end in cuts:
-            data = rnd.randbytes(end - start)
+            data = body[start:end] if agree else rnd.randbytes(end - start)
             got = r.add(HandshakeFragment(1, length, 0, start, data))
             if got is None:
                 for k in range(start, end):
@@ -143,7 +146,7 @@ def test_reassembly_any_cover_completes(length: int, most: int, rnd: random.Rand
             assert r.buffered <= DENSE_SHARE * covered + INTERVAL_COST * MAX_FRAGMENT_GAPS
         if all(have):
             break
-    assert r.pop_ready() == (1, 0, bytes(model))
+    assert r.pop_ready() == (1, 0, body if agree else bytes(model))
     assert r.buffered == 0
 
 
