@@ -24,7 +24,7 @@ class Stats:
     unknown_epoch: int = 0  # no keys for that epoch (yet, or any more)
     early_data: int = 0  # application data before the handshake completed
     unexpected: int = 0  # a record type or message not legal in this state
-    buffer_full: int = 0  # a reassembly or future-epoch buffer cap reached
+    buffer_full: int = 0  # a reassembly (bytes, window, 64 pieces) or next-epoch cap reached
     stale_handshake: int = 0  # a handshake message already processed, not an exact repeat
     after_close: int = 0  # anything that arrived after the association closed
     heartbeat_dropped: int = 0  # not negotiated, during the handshake, or an unknown type

@@ -98,6 +98,25 @@ def test_b3_3_handshake_message_size_future_messages_and_reassembly_bytes(pki: P
     assert srv.assoc.is_established and c.server_finished_ok
 
 
+def test_b3_3_reassembly_charged_by_bytes_received_not_declared_length(pki: Pki) -> None:
+    # One byte of a message declared MAX_HANDSHAKE_MESSAGE long in every window slot: 9
+    # datagrams of 38 bytes held 256 KiB (the whole budget, 4 x 64 KiB, the rest
+    # buffer_full) when the first fragment allocated the declared length.
+    c, srv = to_flight4(pki)
+    seq0 = c.next_msg_seq
+    with traced("one byte of a 64 KiB message in every window slot") as mem:
+        before = drops(srv.assoc)
+        for s in range(1, MAX_FUTURE_MESSAGES):
+            srv.send(c.record(HS, _frag(16, MAX_HANDSHAKE_MESSAGE, seq0 + s,
+                                        MAX_HANDSHAKE_MESSAGE - 1, b"x"), 0))
+        held, _peak = mem()
+    assert drops(srv.assoc) == before  # nothing full: 9 bytes received
+    assert held < 16 * 1024, held
+    msgs, fin = flight5(c)
+    c.absorb(srv.send(c.hs(*msgs) + c.ccs() + c.hs(fin, epoch=1)))
+    assert srv.assoc.is_established and c.server_finished_ok
+
+
 def test_b3_3_future_epoch_records_are_capped(pki: Pki) -> None:
     _c, srv = to_flight4(pki)
     with traced("3000 epoch-1 records before the CCS") as mem:

@@ -24,9 +24,11 @@ import pytest
 from dtlsvpn.crypto.aead import RecordProtection
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.events import AlertReceived, AssociationClosed
+from dtlsvpn.dtls.reassembly import MAX_FRAGMENT_GAPS
 from dtlsvpn.wire.constants import (
     DTLS_1_2,
     MAX_CIPHERTEXT,
+    MAX_HANDSHAKE_MESSAGE,
     MAX_SEQ,
     AlertDescription,
     AlertLevel,
@@ -531,6 +533,25 @@ def test_b3_1_b3_2_fragment_overrun_and_mismatched_length_dropped(pki: Pki) -> N
     out = srv.send(c.record(HS, _raw_fragment(16, 5000, cke_seq + 4, 10, bytes(10)), 0))
     assert out == [] and not srv.assoc.is_closed
     assert_only(before, drops(srv.assoc), malformed=1)
+    msgs, fin = flight5(c)
+    c.absorb(srv.send(c.hs(*msgs) + c.ccs() + c.hs(fin, epoch=1)))
+    assert srv.assoc.is_established and c.server_finished_ok
+
+
+def test_b3_3_disjoint_fragment_flood_capped_handshake_completes(pki: Pki) -> None:
+    # The audit's flood after the cookie: 1-byte fragments at every other offset of one
+    # 64 KiB message (it froze the event loop: each rebuilt the whole interval list).
+    # MAX_FRAGMENT_GAPS of them are kept, the rest dropped as buffer_full, and the real
+    # flight still completes the handshake (the junk message_seq is cleared at the CCS).
+    c, srv = to_flight4(pki)
+    seq = c.next_msg_seq + 1
+    n = 3000
+    frags = [_raw_fragment(16, MAX_HANDSHAKE_MESSAGE, seq, 1 + 2 * i, b"x") for i in range(n)]
+    before = drops(srv.assoc)
+    for k in range(0, n, 100):
+        assert srv.send(c.record(HS, b"".join(frags[k:k + 100]), 0)) == []
+    assert not srv.assoc.is_closed
+    assert_only(before, drops(srv.assoc), buffer_full=n - MAX_FRAGMENT_GAPS)
     msgs, fin = flight5(c)
     c.absorb(srv.send(c.hs(*msgs) + c.ccs() + c.hs(fin, epoch=1)))
     assert srv.assoc.is_established and c.server_finished_ok
