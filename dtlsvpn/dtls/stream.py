@@ -20,7 +20,9 @@ What differs from DTLS, and where it lives:
   fatal: bad_record_mac for a record that does not authenticate (§6.2.3.3),
   record_overflow for a length above 2^14 + 2048 (§6.2.3) or a plaintext
   above 2^14, unexpected_message for a record type or handshake message out
-  of place (§6), an SSLv2 hello is refused (RFC 6176).  The fatal alert goes
+  of place (§6; a heartbeat before the handshake completed too: until then only
+  handshake, ChangeCipherSpec and alert records are legal), an SSLv2 hello is refused
+  (RFC 6176).  The fatal alert goes
   out, ``AssociationClosed(local=True)`` is queued; the shell closes the
   socket after writing ``data_to_send``.
 * Timers: the handshake as a whole must finish within ``handshake_timeout``
@@ -469,8 +471,10 @@ class StreamAssociation:
     def _on_heartbeat(self, payload: bytes, now: float, wall: float, out: list[bytes]) -> None:
         ka = self._keepalive
         if ka is None or self._read is None:
-            self.stats.heartbeat_dropped += 1  # RFC 6520 §3: not during a handshake
-            return
+            # RFC 6520 §3: not during a handshake.  Over a stream nothing may be skipped,
+            # and an unauthenticated client could stream them for ever: fatal.
+            self.stats.heartbeat_dropped += 1
+            raise UnexpectedMessage("heartbeat before the handshake completed")
         if ka.receive(payload, now):
             self._hb_pending = True
 

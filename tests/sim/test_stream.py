@@ -246,6 +246,9 @@ def test_corrupted_record_is_fatal_bad_record_mac(pki: Pki) -> None:
     (b"\x14\x03\x03\x00\x01\x01", AlertDescription.unexpected_message),  # CCS before keys
     (b"\x63\x03\x03\x00\x01\x00", AlertDescription.unexpected_message),  # unknown type
     (b"\x16\x03\x03\x00\x04\x03\x00\x00\x00", AlertDescription.unexpected_message),  # HVR
+    (b"\x18\x03\x03\x00\x00", AlertDescription.unexpected_message),  # heartbeat before keys
+    (b"\x18\x03\x03\x00\x13\x01\x00\x00" + bytes(16),  # a well-formed request
+     AlertDescription.unexpected_message),
 ])
 def test_bad_first_records_are_fatal_alerts(wire: bytes, alert: int, pki: Pki) -> None:
     c, s = configs_for("ecdhe-ecdsa-aes128", pki)
@@ -264,6 +267,21 @@ def test_bad_first_records_are_fatal_alerts(wire: bytes, alert: int, pki: Pki) -
     before = side.stats.after_close
     assert side.receive_data(b"more", 0.0, WALL) == []
     assert side.stats.after_close == before + 1
+
+
+def test_a_stream_of_heartbeats_before_the_handshake_ends_at_the_first(pki: Pki) -> None:
+    """An unauthenticated client streaming empty heartbeat records (5 bytes each) got
+    every one parsed and counted (1 MiB: 209 712 records in one wake-up): now the first
+    is a fatal unexpected_message and the rest is not even split into records."""
+    _c, s = configs_for("ecdhe-ecdsa-aes128", pki)
+    side = StreamAssociation(s)
+    side.accept(0.0)
+    side.receive_data(b"\x18\x03\x03\x00\x00" * 2000, 0.0, WALL)
+    closed = _closed(side.pop_events())
+    assert closed.local and closed.alert == AlertDescription.unexpected_message
+    assert side.stats.heartbeat_dropped == 1 and side.stats.rx_records == 1
+    sent = side.data_to_send()
+    assert sent == b"\x15\x03\x03\x00\x02\x02" + bytes([AlertDescription.unexpected_message])
 
 
 def test_handshake_times_out(pki: Pki) -> None:
