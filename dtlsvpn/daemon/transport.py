@@ -155,13 +155,16 @@ class _Links:
         self.host.loop.remove(link.fileno())
         link.close(now)
         cause = self._count(link, now)
+        if cause == "control_overflow":  # (stream.py: the peer made us send, never read)
+            log.warning("%sTCP link %s given up: %s", f"peer {peer.name}: " if peer else "",
+                        link.name, link.close_reason)
         if peer is not None and peer.stream is link:
             peer.stream = None
             set_transport(self.host, peer, first_carrier(self.host.cfg.interface.transport))
             if cause in KEY_LIMITS:
                 log.warning("peer %s: TLS keys used up over TCP and not renewed (%s): TCP "
                             "link closed", peer.name, link.assoc.close_reason or cause)
-            else:
+            elif cause != "control_overflow":
                 reason = link.close_reason
                 log.info("peer %s: TCP carrier closed (%s)", peer.name,
                          f"{cause}: {reason}" if reason else cause)
