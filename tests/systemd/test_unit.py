@@ -271,6 +271,8 @@ def test_hardening_in_effect(inst: Instance) -> None:
         assert int(proc["CapBnd"], 16) == CAPS, proc["CapBnd"]
         assert int(proc["CapEff"], 16) == CAPS, proc["CapEff"]
         assert proc["NoNewPrivs"].strip() == "1"
+        limits = inst.run(["cat", f"/proc/{pid}/limits"], check=True).stdout
+        assert re.search(r"Max open files\s+65536\s+65536", limits), limits  # LimitNOFILE=
         assert proc["Seccomp"].strip() == "2"
         # ProtectHome=yes: the host's /root (visible in this instance) is empty to it.
         assert inst.run(["ls", "-A", f"/proc/{pid}/root/root"], check=True).stdout == ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dtlsvpn.daemon.tcpgate import Pending, TcpLimits, Throttle, source_of
@@ -51,3 +53,15 @@ def test_throttle_logs_the_first_then_once_per_interval_with_the_count() -> None
     assert [t.ready(x) for x in (1.0, 30.0, 59.9)] == [False] * 3
     assert t.ready(60.0) and t.take() == 3
     assert not t.ready(61.0) and t.since == 1
+
+
+def test_the_unit_gives_room_above_the_caps() -> None:
+    """``LimitNOFILE=`` in the systemd unit: a descriptor per TCP connection, so the
+    soft limit stays well above what the pending caps let in (the default 1024 did not
+    leave four times 256)."""
+    unit = Path(__file__).resolve().parents[2] / "systemd" / "dtlsvpn@.service"
+    values = [line.split("=", 1)[1] for line in unit.read_text().splitlines()
+              if line.startswith("LimitNOFILE=")]
+    assert len(values) == 1, values
+    soft = int(values[0].split(":")[0])
+    assert soft >= 16 * TcpLimits().max_pending
