@@ -165,7 +165,7 @@ class _Links:
         self.host.loop.remove(link.fileno())
         link.close(now)
         cause = self._count(link, now)
-        if cause == "control_overflow":  # (stream.py: the peer made us send, never read)
+        if link.cause == "control_overflow":  # (stream.py: it made us send, never read)
             log.warning("%sTCP link %s given up: %s", f"peer {peer.name}: " if peer else "",
                         link.name, link.close_reason)
         if peer is not None and peer.stream is link:
