@@ -15,7 +15,11 @@ Invariants:
 * Bounded memory for a stalled peer: a packet is framed and sealed only when the
   send queue holds less than ``queue_limit`` bytes; otherwise it is dropped and
   counted (``dropped``), before any sequence number is spent, so the TLS stream
-  never has a gap.  Control bytes are always queued (they are few).  On the
+  never has a gap.  Control bytes (flights, alerts, heartbeat answers) are queued
+  past that limit, but not without end: a peer that makes us answer and never reads
+  would grow the queue for ever, so once it would hold more than
+  ``CONTROL_LIMIT_FACTOR`` × ``queue_limit`` the link is given up at once
+  (``control_overflow``: nothing more is written, the socket is closed).  On the
   receive side the record and SP buffers hold at most one record and one frame.
 * ``ready`` only once the TLS handshake completed *and* the peer's SP header
   checked out; inner packets before that cannot exist (no application data
@@ -55,6 +59,7 @@ MIN_INNER_MTU = 576  # the TCP carrier's inner MTU is never taken below this (st
 RECV_SIZE = 65536
 RECV_BUDGET = 16  # reads per readable wake-up
 DEFAULT_QUEUE_LIMIT = 1 << 20  # bytes queued for a peer that stopped reading
+CONTROL_LIMIT_FACTOR = 2  # control bytes may take the queue to this x queue_limit, no further
 
 
 class StreamLink:
@@ -196,9 +201,9 @@ class StreamLink:
             sealed = assoc.send(accepted)  # (fewer: the keys reached their record limit)
             if sealed < len(accepted):
                 self._refuse(drop, "stream_keys_spent", len(accepted) - sealed)
-            q.push(assoc.data_to_send(), force=True)
+            self._queue(assoc.data_to_send())
             self.flush()
-            if self.notify is not None and (assoc.is_closed or (
+            if self.notify is not None and (assoc.is_closed or self.eof or (
                     not self._due_told and assoc.records_exhausted())):
                 self._due_told = True
                 self.notify()
@@ -235,7 +240,7 @@ class StreamLink:
                 self._send_header()
             elif isinstance(ev, AssociationClosed) and self.close_reason is None:
                 self.close_reason = ev.reason
-        self.queue.push(self.assoc.data_to_send(), force=True)
+        self._queue(self.assoc.data_to_send())
         self.flush()
         return events
 
@@ -244,7 +249,7 @@ class StreamLink:
         self.hold_header = False
         if self.assoc.is_established and not self.assoc.is_closed:
             self._send_header()
-            self.queue.push(self.assoc.data_to_send(), force=True)
+            self._queue(self.assoc.data_to_send())
             self.flush()
 
     def _send_header(self) -> None:
@@ -256,6 +261,21 @@ class StreamLink:
         """close_notify, one last flush, then the socket."""
         if not self.assoc.is_closed:
             self.assoc.close(now)
-        self.queue.push(self.assoc.data_to_send(), force=True)
+        self._queue(self.assoc.data_to_send())
         self.flush()
         self.sock.close()
+
+    def _queue(self, data: bytes) -> None:
+        """Sealed bytes join the queue, past its limit if need be (they are sealed, so
+        the stream cannot skip them), up to ``CONTROL_LIMIT_FACTOR`` x the limit: beyond
+        that the peer is not reading what it makes us send, and the link is given up."""
+        q = self.queue
+        if self.eof or not data:
+            return  # (nothing is written after EOF or a give-up)
+        if q.size + len(data) > CONTROL_LIMIT_FACTOR * q.limit:
+            self.closing("control_overflow")
+            self.close_reason = (f"peer {self.name or '?'} does not read what it makes us "
+                                 f"send: over {CONTROL_LIMIT_FACTOR * q.limit} bytes queued")
+            self.eof = True
+            return
+        q.push(data, force=True)

@@ -12,6 +12,12 @@ is what ``status`` shows.
 ListenAddress (port ``TCPPort``, default the UDP port number), accepts connections,
 binds each to the [Peer] that authenticated (``match_peer``, as for DTLS) and makes it
 the peer's carrier; a link that closes hands the peer back to its DTLS association.
+Before the TLS handshake completes a link is *pending* (``tcpgate.py``): at most 256 of
+them, 16 per source (/32, IPv6 /64); one over a cap is accepted and closed at once
+(``tcp_pending_full``, ``tcp_source_limited`` among the interface drops, one log line
+a minute).  When ``accept`` fails for want of descriptors or memory (EMFILE, ENFILE,
+ENOBUFS, ENOMEM) the listener stays readable, so it leaves the loop for
+``accept_backoff`` (1 s) instead of failing on every iteration; one line per episode.
 
 :class:`~dtlsvpn.daemon.tcpclient.ClientTcp` (client, ``tcpclient.py``): the policy
 of ``vpn/transport.py`` on the loop.
@@ -19,6 +25,7 @@ of ``vpn/transport.py`` on the loop.
 
 from __future__ import annotations
 
+import errno
 import logging
 import select
 import socket
@@ -26,12 +33,14 @@ from collections.abc import Callable
 from functools import partial
 
 from dtlsvpn.daemon.datapath import Datapath
+from dtlsvpn.daemon.devices import Addr
 from dtlsvpn.daemon.loop import Timer
 from dtlsvpn.daemon.peers import Peer
 from dtlsvpn.daemon.refusals import Refusals, explain, unknown_peer
 from dtlsvpn.daemon.role import Host, display
 from dtlsvpn.daemon.settings import match_peer
 from dtlsvpn.daemon.stream import StreamLink
+from dtlsvpn.daemon.tcpgate import Pending, TcpLimits, Throttle, source_of
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import (
     AssociationClosed,
@@ -66,6 +75,7 @@ def set_transport(host: Host, peer: Peer, transport: str) -> None:
     host.carrier_changed(peer)
 
 
+ACCEPT_STARVED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # rest, retry
 KEY_LIMITS = ("record_limit", "key_age")  # the keys were used up (dtls/stream.py)
 ABANDONED = ("connection_lost", "peer_closed", "shutdown")  # a handshake given up, not failed
 
@@ -155,13 +165,16 @@ class _Links:
         self.host.loop.remove(link.fileno())
         link.close(now)
         cause = self._count(link, now)
+        if link.cause == "control_overflow":  # (stream.py: it made us send, never read)
+            log.warning("%sTCP link %s given up: %s", f"peer {peer.name}: " if peer else "",
+                        link.name, link.close_reason)
         if peer is not None and peer.stream is link:
             peer.stream = None
             set_transport(self.host, peer, first_carrier(self.host.cfg.interface.transport))
             if cause in KEY_LIMITS:
                 log.warning("peer %s: TLS keys used up over TCP and not renewed (%s): TCP "
                             "link closed", peer.name, link.assoc.close_reason or cause)
-            else:
+            elif cause != "control_overflow":
                 reason = link.close_reason
                 log.info("peer %s: TCP carrier closed (%s)", peer.name,
                          f"{cause}: {reason}" if reason else cause)
@@ -197,12 +210,18 @@ class ServerTcp(_Links):
     rate limit, the place said "over TCP"); one the client abandoned is not."""
 
     def __init__(self, host: Host, datapath: Datapath,
-                 config: Callable[[], DtlsConfig], refusals: Refusals) -> None:
+                 config: Callable[[], DtlsConfig], refusals: Refusals,
+                 limits: TcpLimits | None = None) -> None:
         super().__init__(host, datapath)
         self.config = config
         self.refusals = refusals
         self.lsock: socket.socket | None = None
         self.results: dict[StreamLink, HandshakeCompleted] = {}  # bound, not yet carrying
+        self.pending = Pending(limits)  # links in their TLS handshake (tcpgate.py)
+        self._over_cap = Throttle()
+        self._resting = False  # the listener is out of the loop (accept starved)
+        self._starved: tuple[float, int] | None = None  # since, failed accepts
+        self._rest = host.loop.timer(self._on_rested)
 
     def setup(self) -> None:
         iface = self.host.cfg.interface
@@ -225,21 +244,70 @@ class ServerTcp(_Links):
             try:
                 sock, addr = self.lsock.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:
-                log.warning("TCP accept: %s", exc.strerror)
+                self._accept_failed(exc, now)
                 return
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            assoc = StreamAssociation(self.config())
-            assoc.accept(now)
-            link = StreamLink(sock, assoc, max_message=max_message(self.host),
-                              name=display(addr) or "?")
-            self.add(link, None)
-            self.service(link, now)
+            self._accepted(sock, addr, now)
+        if self._starved is not None:
+            since, failed = self._starved
+            self._starved = None
+            log.info("TCP accept works again (%d attempts failed over %.1fs)", failed,
+                     now - since)
+
+    def _accepted(self, sock: socket.socket, addr: Addr, now: float) -> None:
+        source = source_of(addr)
+        name = display(addr) or "?"
+        refused = self.pending.refuse(source)
+        if refused is not None:
+            sock.close()  # (accepted so that the backlog does not fill with it)
+            self.datapath.drop(refused)
+            if self._over_cap.ready(now):
+                more = self._over_cap.take()
+                log.warning("TCP connection from %s closed at once: %s (%d handshakes under "
+                            "way, %d from %s)%s", name, refused, len(self.pending),
+                            self.pending.from_source(source), source,
+                            f" [{more} more since the last report]" if more else "")
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        assoc = StreamAssociation(self.config())
+        assoc.accept(now)
+        link = StreamLink(sock, assoc, max_message=max_message(self.host), name=name)
+        self.pending.opened(link, source)
+        self.add(link, None)
+        self.service(link, now)
+
+    def _accept_failed(self, exc: OSError, now: float) -> None:
+        """The listener stays readable while accept fails: a starved accept (no
+        descriptor, no memory) rests it for ``accept_backoff``, said once per episode."""
+        self.datapath.drop("tcp_accept_failed")
+        if exc.errno not in ACCEPT_STARVED:
+            log.warning("TCP accept: %s", exc.strerror)
+            return
+        if self._starved is None:
+            self._starved = (now, 1)
+            log.warning("TCP accept: %s: not accepting for %gs at a time until it works "
+                        "again (%d TCP links held)", exc.strerror,
+                        self.pending.limits.accept_backoff, len(self.owners))
+        else:
+            since, failed = self._starved
+            self._starved = (since, failed + 1)
+        assert self.lsock is not None
+        self.host.loop.remove(self.lsock.fileno())
+        self._resting = True
+        self._rest.schedule(now + self.pending.limits.accept_backoff)
+
+    def _on_rested(self, now: float, wall: float) -> None:
+        if self.lsock is None or not self._resting:
+            return
+        self._resting = False
+        self.host.loop.add(self.lsock.fileno(), self._on_accept)
+        self._on_accept(select.EPOLLIN, now, wall)  # (level-triggered: it would say so)
 
     def on_event(self, link: StreamLink, ev: Event, now: float) -> None:
         match ev:
             case HandshakeCompleted():
+                self.pending.done(link)
                 cfg = match_peer(self.host.cfg, ev)
                 peer = self.host.peers.get(cfg.name) if cfg is not None else None
                 if peer is None:
@@ -301,6 +369,7 @@ class ServerTcp(_Links):
 
     def drop(self, link: StreamLink, now: float) -> None:
         self.results.pop(link, None)
+        self.pending.done(link)
         super().drop(link, now)
 
     def close_peer(self, peer: Peer, now: float) -> None:
@@ -313,6 +382,8 @@ class ServerTcp(_Links):
 
     def teardown(self, now: float) -> None:
         self.close_all(now)
+        self._rest.cancel()
+        self._resting = False
         if self.lsock is not None:
             self.host.loop.remove(self.lsock.fileno())
             self.lsock.close()

@@ -13,7 +13,10 @@ apart:
 
 Once established, no new handshake is accepted (RFC 5746, security.md S17): a
 HelloRequest or ClientHello gets a warning no_renegotiation and changes
-nothing; any other new message is counted as unexpected.  A ChangeCipherSpec
+nothing; any other new message is counted as unexpected.  The warning is not an
+echo: at most one per record and one per ``RENEGOTIATION_ALERT_INTERVAL`` (a 16 KiB
+record packs some 1360 empty ClientHello fragments, and a datagram several records);
+the rest are counted (``renegotiation_ignored``).  A ChangeCipherSpec
 goes to the machine only where its table expects one and the next keys are
 installed (:meth:`receive_ccs`); that is where the read epoch moves.  Epoch-0 records
 after the read epoch moved are only good for recognising repeats
@@ -34,12 +37,13 @@ from dtlsvpn.wire.handshake import HandshakeFragment, parse_handshake_fragments
 from dtlsvpn.wire.record import Record
 
 _RENEGOTIATION = (HandshakeType.hello_request, HandshakeType.client_hello)
+RENEGOTIATION_ALERT_INTERVAL = 1.0  # seconds between two no_renegotiation warnings, at least
 
 
 class HandshakeInput:
     """Sorts, reassembles and delivers the peer's handshake messages."""
 
-    __slots__ = ("_client", "_machine", "_send_alert", "_stats", "reasm")
+    __slots__ = ("_client", "_machine", "_reneg_at", "_send_alert", "_stats", "reasm")
 
     def __init__(self, machine: Machine, stats: Stats, *, first_message_seq: int,
                  send_alert: Callable[[int, int], None]) -> None:
@@ -48,6 +52,7 @@ class HandshakeInput:
         self._stats = stats
         self._client = machine.config.is_client
         self._send_alert = send_alert  # (level, description): one alert record out
+        self._reneg_at: float | None = None  # our last no_renegotiation warning
 
     def receive(self, payload: bytes, now: float, wall: float, *, established: bool) -> bool:
         """A handshake record of the current read epoch; True when it was a repeat."""
@@ -60,10 +65,14 @@ class HandshakeInput:
         reasm = self.reasm
         for frag in fresh:
             if established:
-                if frag.msg_type in _RENEGOTIATION:
-                    self._send_alert(AlertLevel.warning, AlertDescription.no_renegotiation)
-                else:
+                if frag.msg_type not in _RENEGOTIATION:
                     stats.unexpected += 1
+                elif self._reneg_at is not None and (
+                        now - self._reneg_at < RENEGOTIATION_ALERT_INTERVAL):
+                    stats.renegotiation_ignored += 1  # (this record's, or too soon)
+                else:
+                    self._reneg_at = now
+                    self._send_alert(AlertLevel.warning, AlertDescription.no_renegotiation)
                 continue
             reason = reasm.add(frag)
             if reason is not None:

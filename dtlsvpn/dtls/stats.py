@@ -26,6 +26,7 @@ class Stats:
     unexpected: int = 0  # a record type or message not legal in this state
     buffer_full: int = 0  # a reassembly (bytes, window, 64 pieces) or next-epoch cap reached
     stale_handshake: int = 0  # a handshake message already processed, not an exact repeat
+    renegotiation_ignored: int = 0  # a renegotiation attempt not answered (one alert per record)
     after_close: int = 0  # anything that arrived after the association closed
     heartbeat_dropped: int = 0  # not negotiated, during the handshake, or an unknown type
     heartbeat_malformed: int = 0  # RFC 6520 §4 length check failed (Heartbleed-shaped)

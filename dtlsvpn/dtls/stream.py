@@ -20,7 +20,9 @@ What differs from DTLS, and where it lives:
   fatal: bad_record_mac for a record that does not authenticate (§6.2.3.3),
   record_overflow for a length above 2^14 + 2048 (§6.2.3) or a plaintext
   above 2^14, unexpected_message for a record type or handshake message out
-  of place (§6), an SSLv2 hello is refused (RFC 6176).  The fatal alert goes
+  of place (§6; a heartbeat before the handshake completed too: until then only
+  handshake, ChangeCipherSpec and alert records are legal), an SSLv2 hello is refused
+  (RFC 6176).  The fatal alert goes
   out, ``AssociationClosed(local=True)`` is queued; the shell closes the
   socket after writing ``data_to_send``.
 * Timers: the handshake as a whole must finish within ``handshake_timeout``
@@ -32,7 +34,10 @@ What differs from DTLS, and where it lives:
   leave no trace in the socket for a long time.
 
 Once established, renegotiation is refused with a warning no_renegotiation
-(RFC 5746, security.md S17) and any other handshake message is fatal.
+(RFC 5746, security.md S17) and any other handshake message is fatal.  The warning is
+not an echo: one per record however many HelloRequests/ClientHellos it packs (the rest
+are counted, ``renegotiation_ignored``; a 16 KiB record holds 4096 empty ones), and a
+peer that asks a ``MAX_RENEGOTIATIONS + 1``-th time gets a fatal unexpected_message.
 
 Key limits: a TLS connection is never renegotiated, so the shell renews by
 dialling a new connection when ``records_exhausted`` (the record budget, as
@@ -99,6 +104,7 @@ DEFAULT_HANDSHAKE_TIMEOUT = 30.0  # seconds from connect/accept to an establishe
 _MAX_SEQ = (1 << 64) - 1  # RFC 5246 §6.1: sequence numbers never wrap
 _RENEGOTIATION = (HandshakeType.hello_request, HandshakeType.client_hello)
 KEY_LIMIT_FACTOR = 2  # keys stop at this many times the record budget or the rekey interval
+MAX_RENEGOTIATIONS = 3  # records asking to renegotiate answered with a warning; then fatal
 
 
 class BadRecordMac(Alert):
@@ -142,6 +148,7 @@ class StreamAssociation:
         self._key_expiry: float | None = None  # established_at + 2 x rekey_interval
         self._silence: float | None = None  # server without liveness: this much is death
         self._silence_told = False
+        self._renegotiations = 0  # records that asked, since the handshake
 
     # --- public state -------------------------------------------------------
 
@@ -423,15 +430,23 @@ class StreamAssociation:
             messages = self._handshake.feed(payload)
         except DecodeError as exc:
             raise DecodeErrorAlert(str(exc)) from exc
+        answered = False
         for msg_type, body in messages:
             if self._closed:
                 return
             if not self._established:
                 self._machine.handle(msg_type, 0, body, now, wall)
-            elif msg_type in _RENEGOTIATION:
-                self._send_alert(AlertLevel.warning, AlertDescription.no_renegotiation)
-            else:
+            elif msg_type not in _RENEGOTIATION:
                 raise UnexpectedMessage(f"handshake message {msg_type} after the handshake")
+            elif answered:
+                self.stats.renegotiation_ignored += 1  # one warning per record at most
+            else:
+                answered = True
+                self._renegotiations += 1
+                if self._renegotiations > MAX_RENEGOTIATIONS:
+                    raise UnexpectedMessage(f"peer asked to renegotiate "
+                                            f"{self._renegotiations} times")
+                self._send_alert(AlertLevel.warning, AlertDescription.no_renegotiation)
 
     def _on_ccs(self, payload: bytes, now: float, wall: float, out: list[bytes]) -> None:
         if payload != b"\x01":
@@ -469,8 +484,10 @@ class StreamAssociation:
     def _on_heartbeat(self, payload: bytes, now: float, wall: float, out: list[bytes]) -> None:
         ka = self._keepalive
         if ka is None or self._read is None:
-            self.stats.heartbeat_dropped += 1  # RFC 6520 §3: not during a handshake
-            return
+            # RFC 6520 §3: not during a handshake.  Over a stream nothing may be skipped,
+            # and an unauthenticated client could stream them for ever: fatal.
+            self.stats.heartbeat_dropped += 1
+            raise UnexpectedMessage("heartbeat before the handshake completed")
         if ka.receive(payload, now):
             self._hb_pending = True
 

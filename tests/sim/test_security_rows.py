@@ -21,6 +21,7 @@ from dtlsvpn.crypto.suites import SUITES
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.endpoint import ServerEndpoint
 from dtlsvpn.dtls.events import AssociationClosed, Event, HandshakeCompleted
+from dtlsvpn.dtls.handshake_input import RENEGOTIATION_ALERT_INTERVAL
 from dtlsvpn.wire.alert import decode_alert
 from dtlsvpn.wire.constants import AlertDescription, AlertLevel, HandshakeType, SignatureScheme
 from dtlsvpn.wire.handshake import (
@@ -453,6 +454,29 @@ def test_s17_protected_client_hello_refused_with_no_renegotiation(pki: Pki) -> N
     assert c.alerts == [(1, AlertLevel.warning, AlertDescription.no_renegotiation)]
     assert drops(assoc) == before and assoc.is_established
     _old_keys_work(c, srv, assoc, b"no renegotiation")
+
+
+def test_s17_no_renegotiation_is_said_once_per_record_and_per_second(pki: Pki) -> None:
+    """Records full of empty ClientHellos (the audit: one 65 KB datagram of 4 records,
+    5 440 fragments, got 5 440 alert datagrams, 212 160 bytes, reflected wherever a CID
+    move pointed the association): one warning, the rest counted."""
+    c, srv, _ = complete(pki)
+    assoc = srv.assoc
+    hellos = b"".join(encode_handshake(T.client_hello, 1000 + i, b"") for i in range(200))
+    out = srv.send(c.hs(hellos, epoch=1) + c.hs(hellos, epoch=1) + c.hs(hellos, epoch=1))
+    assert len(out) == 1
+    c.absorb(out)
+    warning = (1, AlertLevel.warning, AlertDescription.no_renegotiation)
+    assert c.alerts == [warning]
+    before = drops(assoc)
+    assert before["renegotiation_ignored"] == 3 * 200 - 1
+    assert srv.send(c.hs(c.client_hello(), epoch=1)) == []  # the same second: counted only
+    assert_only(before, drops(assoc), renegotiation_ignored=1)
+    srv.clock.advance(RENEGOTIATION_ALERT_INTERVAL)
+    c.absorb(srv.send(c.hs(c.client_hello(), epoch=1)))
+    assert c.alerts == [warning, warning]
+    assert assoc.is_established
+    _old_keys_work(c, srv, assoc, b"no renegotiation, twice")
 
 
 def test_s17_b3_12_new_association_only_after_cookie_old_keys_until_it_completes(pki: Pki) -> None:

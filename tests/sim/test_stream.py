@@ -29,7 +29,7 @@ from dtlsvpn.dtls.events import (
     SessionTicketReceived,
 )
 from dtlsvpn.dtls.heartbeat import HeartbeatSettings
-from dtlsvpn.dtls.stream import StreamAssociation
+from dtlsvpn.dtls.stream import MAX_RENEGOTIATIONS, StreamAssociation
 from dtlsvpn.errors import UsageError
 from dtlsvpn.wire.constants import AlertDescription, ContentType, HandshakeType
 from dtlsvpn.wire.tls import TLS_1_2, decode_tls_client_hello
@@ -246,6 +246,9 @@ def test_corrupted_record_is_fatal_bad_record_mac(pki: Pki) -> None:
     (b"\x14\x03\x03\x00\x01\x01", AlertDescription.unexpected_message),  # CCS before keys
     (b"\x63\x03\x03\x00\x01\x00", AlertDescription.unexpected_message),  # unknown type
     (b"\x16\x03\x03\x00\x04\x03\x00\x00\x00", AlertDescription.unexpected_message),  # HVR
+    (b"\x18\x03\x03\x00\x00", AlertDescription.unexpected_message),  # heartbeat before keys
+    (b"\x18\x03\x03\x00\x13\x01\x00\x00" + bytes(16),  # a well-formed request
+     AlertDescription.unexpected_message),
 ])
 def test_bad_first_records_are_fatal_alerts(wire: bytes, alert: int, pki: Pki) -> None:
     c, s = configs_for("ecdhe-ecdsa-aes128", pki)
@@ -266,6 +269,21 @@ def test_bad_first_records_are_fatal_alerts(wire: bytes, alert: int, pki: Pki) -
     assert side.stats.after_close == before + 1
 
 
+def test_a_stream_of_heartbeats_before_the_handshake_ends_at_the_first(pki: Pki) -> None:
+    """An unauthenticated client streaming empty heartbeat records (5 bytes each) got
+    every one parsed and counted (1 MiB: 209 712 records in one wake-up): now the first
+    is a fatal unexpected_message and the rest is not even split into records."""
+    _c, s = configs_for("ecdhe-ecdsa-aes128", pki)
+    side = StreamAssociation(s)
+    side.accept(0.0)
+    side.receive_data(b"\x18\x03\x03\x00\x00" * 2000, 0.0, WALL)
+    closed = _closed(side.pop_events())
+    assert closed.local and closed.alert == AlertDescription.unexpected_message
+    assert side.stats.heartbeat_dropped == 1 and side.stats.rx_records == 1
+    sent = side.data_to_send()
+    assert sent == b"\x15\x03\x03\x00\x02\x02" + bytes([AlertDescription.unexpected_message])
+
+
 def test_handshake_times_out(pki: Pki) -> None:
     _c, s = configs_for("ecdhe-ecdsa-aes128", pki)
     side = StreamAssociation(s, handshake_timeout=5.0)
@@ -284,6 +302,46 @@ def test_renegotiation_is_refused_with_a_warning(pki: Pki) -> None:
     warn = [e for e in p.events_server if isinstance(e, AlertReceived)]
     assert warn and warn[0].description == AlertDescription.no_renegotiation
     assert p.client.is_established and p.server.is_established
+
+
+def _alerts_in(p: Pipe, out: bytes) -> list[tuple[int, int]]:
+    """(level, description) of every alert record ``p.server`` wrote, opened by the client."""
+    p.client.pop_events()
+    p.client.receive_data(out, p.now, WALL)
+    return [(e.level, e.description) for e in p.client.pop_events()
+            if isinstance(e, AlertReceived)]
+
+
+def test_a_record_full_of_client_hellos_gets_one_warning(pki: Pki) -> None:
+    """A 16 KiB record packs 4096 empty ClientHellos: one no_renegotiation, not 4096
+    (the audit: 262 608 bytes in, 2 031 616 out)."""
+    c, s = configs_for("psk-aes128", pki)
+    p = pair(c, s)
+    p.client._seal(int(ContentType.handshake), b"\x01\x00\x00\x00" * 4096)
+    p.server.receive_data(p.client.data_to_send(), 1.0, WALL)
+    out = p.server.data_to_send()
+    assert _alerts_in(p, out) == [(1, AlertDescription.no_renegotiation)]
+    assert p.server.stats.renegotiation_ignored == 4095
+    assert p.server.is_established and p.client.is_established
+
+
+def test_a_peer_that_keeps_asking_to_renegotiate_is_closed(pki: Pki) -> None:
+    c, s = configs_for("psk-aes128", pki)
+    p = pair(c, s)
+    got: list[tuple[int, int]] = []
+    for _ in range(MAX_RENEGOTIATIONS):
+        p.client._seal(int(ContentType.handshake), b"\x01\x00\x00\x00" * 2)
+        p.server.receive_data(p.client.data_to_send(), 1.0, WALL)
+        got += _alerts_in(p, p.server.data_to_send())
+    assert got == [(1, AlertDescription.no_renegotiation)] * MAX_RENEGOTIATIONS
+    assert p.server.is_established
+    for _ in range(3):  # once more: fatal; what follows is not even opened
+        p.client._seal(int(ContentType.handshake), b"\x00\x00\x00\x00")
+    p.server.receive_data(p.client.data_to_send(), 1.0, WALL)
+    closed = _closed(p.server.pop_events())
+    assert closed.local and closed.alert == AlertDescription.unexpected_message
+    assert _alerts_in(p, p.server.data_to_send()) == [(2, AlertDescription.unexpected_message)]
+    assert p.server.stats.renegotiation_ignored == MAX_RENEGOTIATIONS
 
 
 def test_close_notify_both_ways(pki: Pki) -> None:

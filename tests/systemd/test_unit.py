@@ -259,6 +259,14 @@ def test_reload_keeps_unchanged_associations(inst: Instance) -> None:
     assert peer(after_server, "roamer")["state"] == "down"
 
 
+def _nofile(inst: Instance, pid: str) -> tuple[int, int]:
+    """A process's soft and hard RLIMIT_NOFILE, from /proc/PID/limits."""
+    limits = inst.run(["cat", f"/proc/{pid}/limits"], check=True).stdout
+    m = re.search(r"Max open files\s+(\d+)\s+(\d+)", limits)
+    assert m is not None, limits
+    return int(m.group(1)), int(m.group(2))
+
+
 def test_hardening_in_effect(inst: Instance) -> None:
     ensure_up(inst)
     for unit in (SERVER, CLIENT):
@@ -271,6 +279,11 @@ def test_hardening_in_effect(inst: Instance) -> None:
         assert int(proc["CapBnd"], 16) == CAPS, proc["CapBnd"]
         assert int(proc["CapEff"], 16) == CAPS, proc["CapEff"]
         assert proc["NoNewPrivs"].strip() == "1"
+        # LimitNOFILE=65536, or as near as the instance's own hard limit lets systemd go
+        # (the services' default soft limit is 1024).
+        soft, _ = _nofile(inst, str(pid))
+        _, ceiling = _nofile(inst, "1")
+        assert soft == min(65536, ceiling), (soft, ceiling)
         assert proc["Seccomp"].strip() == "2"
         # ProtectHome=yes: the host's /root (visible in this instance) is empty to it.
         assert inst.run(["ls", "-A", f"/proc/{pid}/root/root"], check=True).stdout == ""

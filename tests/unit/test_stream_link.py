@@ -10,9 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from dtlsvpn.daemon.stream import MIN_INNER_MTU, StreamLink
+from dtlsvpn.daemon.stream import CONTROL_LIMIT_FACTOR, MIN_INNER_MTU, StreamLink
 from dtlsvpn.dtls.events import AssociationClosed, Event, HandshakeCompleted
 from dtlsvpn.dtls.stream import StreamAssociation
+from dtlsvpn.wire.constants import ContentType
+from dtlsvpn.wire.heartbeat import encode_heartbeat
 from tests.pki import Pki
 from tests.sim.configs import configs_for
 
@@ -241,3 +243,32 @@ def test_refused_packets_are_counted_by_reason(pair: tuple[StreamLink, StreamLin
     assert client.assoc.close_cause == "record_limit"
     assert drops["stream_keys_spent"] == 200 - sent > 0
     assert client.dropped == sum(drops.values())
+
+
+def test_control_bytes_for_a_peer_that_never_reads_are_capped(
+        pair: tuple[StreamLink, StreamLink]) -> None:
+    """Heartbeat answers (and alerts, flights) are queued past ``queue_limit``: a peer
+    that keeps asking and never reads grew the queue without end; at
+    ``CONTROL_LIMIT_FACTOR`` x the limit the link is given up (``control_overflow``)."""
+    client, server = pair
+    pump(pair)
+    assert client.ready and server.ready
+    server.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    request = encode_heartbeat(1, bytes(16_000), bytes(16))
+    cap = CONTROL_LIMIT_FACTOR * server.queue.limit
+    most = 0
+    for second in range(40):  # (answers are rate-limited per second: one a second here)
+        now = 2.0 + second
+        client.assoc._seal(int(ContentType.heartbeat), request)
+        client.sock.sendall(client.assoc.data_to_send())
+        server.on_readable(now, WALL)
+        server.service(now)
+        most = max(most, server.queue.size)
+        if server.closed:
+            break
+    assert server.closed and server.cause == "control_overflow", server.queue.size
+    assert server.close_reason is not None and "does not read" in server.close_reason
+    assert server.assoc.stats.heartbeat_answered * 16_000 > server.queue.limit  # it answered
+    assert most <= cap
+    server.close(40.0)  # nothing more is written
+    assert server.queue.size == most

@@ -1,0 +1,116 @@
+"""Admission in front of the server's TCP listener: what ``accept`` may let in.
+
+The UDP side keeps no state before a valid cookie and caps half-open associations per
+source (``dtls/admission.py``).  TCP has no cookie: the kernel finished the three-way
+handshake, so the source address is real, but every accepted connection holds a
+descriptor, a ``StreamAssociation`` and a timer until its TLS handshake completes or
+times out (30 s).  Two caps bound that:
+
+* at most ``max_pending`` connections in their TLS handshake, all sources together;
+* at most ``max_pending_per_source`` from one source: an IPv4 address (/32), or an
+  IPv6 /64 (one host may hold a whole /64; an IPv4-mapped address counts as IPv4).
+
+A connection over a cap is accepted and closed at once (the listen backlog must not
+fill with it) and counted: ``tcp_pending_full`` or ``tcp_source_limited`` among the
+interface drops.  A completed handshake, or a closed connection, frees its place.
+
+:class:`Throttle` says when a repeated condition may be logged again: the first time,
+then once per ``every`` seconds with the count in between.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from dtlsvpn.daemon.udp import normalise
+
+
+@dataclass(frozen=True, slots=True)
+class TcpLimits:
+    max_pending: int = 256  # connections in their TLS handshake, all sources
+    max_pending_per_source: int = 16  # ... from one /32 (IPv4) or /64 (IPv6)
+    accept_backoff: float = 1.0  # seconds the listener rests after EMFILE and the like
+
+    def __post_init__(self) -> None:
+        if self.max_pending < 1 or self.max_pending_per_source < 1:
+            raise ValueError("TCP admission limits must be at least 1")
+        if self.accept_backoff <= 0:
+            raise ValueError("accept_backoff must be positive")
+
+
+def source_of(addr: tuple[object, ...]) -> str:
+    """The unit a per-source cap counts: ``a.b.c.d`` or the IPv6 ``prefix::/64``."""
+    host = normalise(addr)[0]
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"
+    return str(ip)
+
+
+class Pending:
+    """Connections accepted whose TLS handshake has not completed, by source."""
+
+    __slots__ = ("_by_source", "_source", "limits")
+
+    def __init__(self, limits: TcpLimits | None = None) -> None:
+        self.limits = limits or TcpLimits()
+        self._source: dict[object, str] = {}  # link -> its source
+        self._by_source: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def refuse(self, source: str) -> str | None:
+        """The drop reason when ``source`` may not open one more, else None."""
+        lim = self.limits
+        if len(self._source) >= lim.max_pending:
+            return "tcp_pending_full"
+        if self._by_source.get(source, 0) >= lim.max_pending_per_source:
+            return "tcp_source_limited"
+        return None
+
+    def opened(self, link: object, source: str) -> None:
+        self._source[link] = source
+        self._by_source[source] = self._by_source.get(source, 0) + 1
+
+    def done(self, link: object) -> None:
+        """The handshake completed, or the connection is gone: its place is free."""
+        source = self._source.pop(link, None)
+        if source is None:
+            return
+        n = self._by_source[source] - 1
+        if n:
+            self._by_source[source] = n
+        else:
+            del self._by_source[source]
+
+    def from_source(self, source: str) -> int:
+        return self._by_source.get(source, 0)
+
+
+class Throttle:
+    """When a repeated event may be logged: the first time, then once per ``every``
+    seconds; ``since`` is how many were not logged since the last line."""
+
+    __slots__ = ("every", "last", "since")
+
+    def __init__(self, every: float = 60.0) -> None:
+        self.every = every
+        self.last: float | None = None
+        self.since = 0
+
+    def ready(self, now: float) -> bool:
+        if self.last is not None and now - self.last < self.every:
+            self.since += 1
+            return False
+        self.last = now
+        return True
+
+    def take(self) -> int:
+        """The count not logged (and reset it), for the line that goes out now."""
+        n, self.since = self.since, 0
+        return n
