@@ -83,12 +83,13 @@ class Pairing:
     def __init__(self, server_config: DtlsConfig, *, max_associations: int = 100_000) -> None:
         self.endpoint = ServerEndpoint(server_config, max_associations=max_associations)
         # The capacity of the core is measured, not the flood guard: the endpoint's
-        # HelloVerifyRequest limits (2000/s in all, 20/s per source host; README
-        # "Security") would cap the figure, so they are lifted here.
+        # HelloVerifyRequest and new-association limits (2000/s in all, 20/s per source
+        # host; README "Security") would cap the figure, so they are lifted here.
         unlimited = 1e12
         self.endpoint.admission = Admission(server_config.random_bytes, AdmissionLimits(
             global_rate=unlimited, global_burst=unlimited, per_source_rate=unlimited,
-            per_source_burst=unlimited, max_half_open_per_source=1 << 30))
+            per_source_burst=unlimited, max_half_open_per_source=1 << 30,
+            new_per_source_rate=unlimited, new_per_source_burst=unlimited))
         self._port = 1024
 
     def handshake(self, client_config: DtlsConfig) -> Handshake:
