@@ -78,7 +78,8 @@ class Daemon:
         self.notifier: Notifier = self.devices.notifier
         self.rng = rng or random.Random()
         self.is_client = cfg.interface.role == "client"
-        self.loop = loop if loop is not None else Loop()
+        self.loop = loop if loop is not None else Loop(contain=True)
+        self.loop.on_error = self._internal_error
         self.peers = PeerTable()
         for peer_cfg in cfg.peers:
             self._new_peer(peer_cfg)
@@ -219,6 +220,11 @@ class Daemon:
     def status_text(self) -> str:
         """STATUS=: the role's full line (a client adds whether it is connected)."""
         return self.role.status_text() if self.role is not None else self.status_line()
+
+    def _internal_error(self) -> None:
+        """The loop contained an exception (loop.py): the interface's ``internal_error``."""
+        if self.datapath is not None:
+            self.datapath.drop("internal_error")
 
     def set_underlay(self, peer: Peer, addr: Addr | None) -> None:
         assert self.datapath is not None

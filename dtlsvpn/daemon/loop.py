@@ -21,6 +21,14 @@ it reaches the top; rescheduling to the same deadline pushes nothing, and
 ``bring_forward`` pushes only when the deadline comes sooner.  Work per
 wake-up is therefore O(log n) in the number of timers that moved, never O(peers).
 
+Errors (``contain=True``, the daemon's loop): an exception that escapes a handler, a
+timer or a deferred callback is a bug, and one datagram or one peer must not take every
+tunnel down with it (under systemd five crashes in two minutes stop the unit for good).
+It is logged at ERROR with its traceback (the first, then at most one a minute with
+the count since), counted (``on_error``: the daemon's ``internal_error`` drop), and the
+loop goes on; what that call had not done yet for its batch is lost.  Tests and the
+tools leave ``contain`` off, so there a bug still fails loudly.
+
 Signals arrive through ``signal.set_wakeup_fd`` on a self-pipe, so a signal wakes the
 poll immediately and is handled between iterations, never inside a handler.
 
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import logging
 import math
 import os
 import select
@@ -41,6 +50,9 @@ from collections.abc import Callable
 
 Handler = Callable[[int, float, float], None]  # (epoll events, now, wall)
 TimerCallback = Callable[[float, float], None]  # (now, wall)
+ERROR_LOG_EVERY = 60.0  # seconds between two tracebacks of contained errors
+
+log = logging.getLogger("dtlsvpn")
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -98,7 +110,7 @@ class Loop:
     """epoll over registered fds, a heap of timers, deferred callbacks, signals."""
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, contain: bool = False) -> None:
         self._ep = select.epoll()
         self._poll = self._ep.poll
         self._handlers: dict[int, Handler] = {}
@@ -113,6 +125,11 @@ class Loop:
         self._clock = clock
         self._wall_clock = wall_clock
         self.on_reload: Callable[[float], None] | None = None
+        self.contain = contain
+        self.on_error: Callable[[], None] | None = None  # a contained error was counted
+        self.errors = 0
+        self._error_logged: float | None = None
+        self._errors_unlogged = 0
         self.running = False
         self.now = clock()
         self.wall = wall_clock()
@@ -207,16 +224,7 @@ class Loop:
         events = self._poll(timeout)  # EINTR is retried inside (PEP 475)
         now = self.now = self._clock()
         wall = self.wall = self._wall_clock()
-        ran = 0
-        if events:
-            handlers = self._handlers
-            for fd, mask in events:
-                handler = handlers.get(fd)
-                if handler is not None:
-                    handler(mask, now, wall)
-                    ran += 1
-                elif fd == self._wake_r:
-                    self._drain_wakeup()
+        ran = self._handle(events, now, wall) if events else 0
         if heap and heap[0][0] <= now:
             ran += self._fire_timers(now, wall)
         if self._deferred:
@@ -225,12 +233,30 @@ class Loop:
             self._dispatch_signals(now)
         return ran
 
+    def _handle(self, events: list[tuple[int, int]], now: float, wall: float) -> int:
+        handlers = self._handlers
+        ran = 0
+        for fd, mask in events:
+            handler = handlers.get(fd)
+            if handler is not None:
+                try:
+                    handler(mask, now, wall)
+                except Exception:
+                    self._failed(handler, now)
+                ran += 1
+            elif fd == self._wake_r:
+                self._drain_wakeup()
+        return ran
+
     def _run_deferred(self, now: float, wall: float) -> int:
         ran = 0
         while self._deferred:
             deferred, self._deferred = self._deferred, {}
             for callback in deferred:
-                callback(now, wall)
+                try:
+                    callback(now, wall)
+                except Exception:
+                    self._failed(callback, now)
                 ran += 1
         return ran
 
@@ -239,8 +265,30 @@ class Loop:
         fired = 0
         while heap and heap[0][0] <= now:
             _, _, timer, gen = heapq.heappop(heap)
-            fired += timer._fire(gen, now, wall)
+            try:
+                fired += timer._fire(gen, now, wall)
+            except Exception:
+                self._failed(timer._callback, now)
+                fired += 1
         return fired
+
+    def _failed(self, callback: object, now: float) -> None:
+        """An exception escaped ``callback`` (called from an ``except`` block): re-raise
+        it, or with ``contain`` log, count and go on (see the module docstring)."""
+        if not self.contain:
+            raise  # (the exception being handled)
+        self.errors += 1
+        if self.on_error is not None:
+            with contextlib.suppress(Exception):
+                self.on_error()
+        if self._error_logged is not None and now - self._error_logged < ERROR_LOG_EVERY:
+            self._errors_unlogged += 1
+            return
+        since, self._errors_unlogged = self._errors_unlogged, 0
+        self._error_logged = now
+        log.exception("internal error in %s (the loop goes on%s)",
+                      getattr(callback, "__qualname__", repr(callback)),
+                      f"; {since} more since the last report" if since else "")
 
     def _drain_wakeup(self) -> None:
         with contextlib.suppress(BlockingIOError):

@@ -188,3 +188,63 @@ def test_close_can_leave_default_signals_ignored_in_one_step() -> None:
         assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # Python's own: restored
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def _faulty_loop(contain: bool) -> tuple[Loop, FakeClock, list[str], int, int]:
+    """A loop whose fd handler, timer and deferred callback each raise once."""
+    clock = FakeClock()
+    loop = Loop(clock=clock, wall_clock=lambda: clock.t, contain=contain)
+    ran: list[str] = []
+    r, w = os.pipe2(os.O_NONBLOCK)
+
+    def later(now: float, wall: float) -> None:
+        ran.append("deferred")
+        raise KeyError("deferred")
+
+    def on_readable(mask: int, now: float, wall: float) -> None:
+        os.read(r, 100)
+        ran.append("read")
+        loop.defer(later)
+        raise AttributeError("read")
+
+    def on_timer(now: float, wall: float) -> None:
+        ran.append("timer")
+        raise ValueError("timer")
+
+    loop.add(r, on_readable)
+    loop.timer(on_timer).schedule(100.0)
+    loop.timer(lambda now, wall: ran.append("next timer")).schedule(100.0)
+    os.write(w, b"x")
+    return loop, clock, ran, r, w
+
+
+def test_without_contain_a_handlers_exception_propagates() -> None:
+    loop, _, ran, r, w = _faulty_loop(contain=False)
+    with pytest.raises(AttributeError):
+        loop.run_once(max_wait=0)
+    assert ran == ["read"] and loop.errors == 0
+    loop.close()
+    os.close(r)
+    os.close(w)
+
+
+def test_contained_errors_are_counted_logged_sparingly_and_the_loop_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    loop, clock, ran, r, w = _faulty_loop(contain=True)
+    counted: list[int] = []
+    loop.on_error = lambda: counted.append(loop.errors)
+    loop.run_once(max_wait=0)
+    assert ran == ["read", "timer", "next timer", "deferred"]  # each still ran
+    assert loop.errors == 3 and counted == [1, 2, 3]
+    reports = [r for r in caplog.records if "internal error" in r.getMessage()]
+    assert len(reports) == 1 and reports[0].exc_info is not None  # then at most 1 a minute
+    assert "on_readable" in reports[0].getMessage()
+    clock.t += 61.0
+    os.write(w, b"y")
+    loop.run_once(max_wait=0)
+    reports = [r for r in caplog.records if "internal error" in r.getMessage()]
+    assert loop.errors == 5 and len(reports) == 2
+    assert "2 more since the last report" in reports[1].getMessage()
+    loop.close()
+    os.close(r)
+    os.close(w)
