@@ -197,7 +197,11 @@ class Datapath:
         conn = peer.conn
         sock = peer.sock
         if conn is None or sock is None or not conn.is_established:
-            peer.drop("no_session", len(packets))
+            # (what the router drops anyway, e.g. the kernel's first IPv6 router
+            # solicitation on a new TUN, is counted as that, not as "no session")
+            batch = self.router.route_single(packets)
+            if batch:
+                peer.drop("no_session", len(batch))
             return
         lone = len(packets) == 1 and self.lone  # a lone packet: no lists, no runs
         if lone:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dtlsvpn.daemon.dialer import BACKOFF_CAP, DIAL_TIMEOUT
+from tests.fakes.packets import udp
 from tests.fakes.world import Host, World
 from tests.netns.harness import psk_pair, secret_file
 from tests.shell.conftest import CLIENT, SERVER, established
@@ -196,3 +197,19 @@ def test_a_reload_with_a_new_key_dials_at_once(world: World, tmp_path: Path, mod
     assert world.run_until(lambda: established(client) and established(server),
                            within=1.0), (backed_off, client.snapshot())
     print(f"\n{mode}: the fixed key dialled at the reload, not {backed_off:.1f} s later")
+
+
+def test_before_a_session_the_router_counts_its_own_drops(world: World, tmp_path: Path) -> None:
+    """A client with no session yet: a unicast packet is ``no_session``, but the kernel's
+    router solicitation on the new TUN (multicast) is counted as the router counts it,
+    not as a packet lost for want of a session (every fresh client showed
+    ``no_session=1`` for it)."""
+    _server_conf, client_conf = psk_pair(tmp_path, transport="udp")
+    client = world.start(client_conf, CLIENT)  # no server: it stays unconnected
+    client.tun.inject([udp("fe80::1", "ff02::2", seq=1)])
+    world.run_for(0.5)
+    client.tun.inject([udp("100.64.0.2", "100.64.0.1", seq=2),
+                       udp("fe80::1", "ff02::2", seq=3)])
+    world.run_for(0.5)
+    assert client.peer()["drops"].get("no_session") == 1, client.peer()["drops"]
+    assert client.snapshot()["interface"]["drops"].get("multicast") == 2
