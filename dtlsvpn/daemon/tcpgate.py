@@ -10,9 +10,13 @@ times out (30 s).  Two caps bound that:
 * at most ``max_pending_per_source`` from one source: an IPv4 address (/32), or an
   IPv6 /64 (one host may hold a whole /64; an IPv4-mapped address counts as IPv4).
 
-A connection over a cap is accepted and closed at once (the listen backlog must not
-fill with it) and counted: ``tcp_pending_full`` or ``tcp_source_limited`` among the
-interface drops.  A completed handshake, or a closed connection, frees its place.
+A connection over its source's cap is accepted and closed at once (the listen backlog
+must not fill with it) and counted, ``tcp_source_limited`` among the interface drops.
+When all ``max_pending`` places are taken, the connection pending the longest is closed
+to make room (``tcp_pending_evicted``): sources that each stay under their cap could
+otherwise hold every place with idle connections and keep real clients out; now they
+would have to open ``max_pending`` connections within one real client's handshake.  A
+completed handshake, or a closed connection, frees its place.
 
 :class:`Throttle` says when a repeated condition may be logged again: the first time,
 then once per ``every`` seconds with the count in between.
@@ -67,11 +71,15 @@ class Pending:
     def refuse(self, source: str) -> str | None:
         """The drop reason when ``source`` may not open one more, else None."""
         lim = self.limits
-        if len(self._source) >= lim.max_pending:
-            return "tcp_pending_full"
         if self._by_source.get(source, 0) >= lim.max_pending_per_source:
             return "tcp_source_limited"
+        if len(self._source) >= lim.max_pending:
+            return "tcp_pending_full"
         return None
+
+    def oldest(self) -> object | None:
+        """The link pending the longest (the one a full table gives up for a new one)."""
+        return next(iter(self._source), None)
 
     def opened(self, link: object, source: str) -> None:
         self._source[link] = source

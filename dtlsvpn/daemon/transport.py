@@ -13,11 +13,12 @@ ListenAddress (port ``TCPPort``, default the UDP port number), accepts connectio
 binds each to the [Peer] that authenticated (``match_peer``, as for DTLS) and makes it
 the peer's carrier; a link that closes hands the peer back to its DTLS association.
 Before the TLS handshake completes a link is *pending* (``tcpgate.py``): at most 256 of
-them, 16 per source (/32, IPv6 /64); one over a cap is accepted and closed at once
-(``tcp_pending_full``, ``tcp_source_limited`` among the interface drops, one log line
-a minute).  When ``accept`` fails for want of descriptors or memory (EMFILE, ENFILE,
-ENOBUFS, ENOMEM) the listener stays readable, so it leaves the loop for
-``accept_backoff`` (1 s) instead of failing on every iteration; one line per episode.
+them, 16 per source (/32, IPv6 /64); one over its source's cap is accepted and closed at
+once (``tcp_source_limited`` among the interface drops, one log line a minute), and when
+all 256 are taken the oldest is closed for the new one (``tcp_pending_evicted``).  When
+``accept`` fails for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) the
+listener stays readable, so it leaves the loop for ``accept_backoff`` (1 s) instead of
+failing on every iteration; one line per episode.
 
 :class:`~dtlsvpn.daemon.tcpclient.ClientTcp` (client, ``tcpclient.py``): the policy
 of ``vpn/transport.py`` on the loop.
@@ -259,6 +260,14 @@ class ServerTcp(_Links):
         source = source_of(addr)
         name = display(addr) or "?"
         refused = self.pending.refuse(source)
+        if refused == "tcp_pending_full":  # all places taken: the oldest gives way
+            oldest = self.pending.oldest()
+            if isinstance(oldest, StreamLink):
+                oldest.closing("evicted")
+                oldest.assoc.close(now)
+                self.drop(oldest, now)
+                self.datapath.drop("tcp_pending_evicted")
+                refused = self.pending.refuse(source)
         if refused is not None:
             sock.close()  # (accepted so that the backlog does not fill with it)
             self.datapath.drop(refused)

@@ -94,16 +94,39 @@ def test_idle_connections_from_one_source_are_capped(
     assert len(tcp.pending) == 2 and tcp.pending.from_source("127.0.0.1") == 0
 
 
-def test_the_global_cap_counts_every_source(world: World, tmp_path: Path,
-                                            idle: list[socket.socket]) -> None:
+def test_a_full_table_gives_up_its_oldest_connection_for_a_new_one(
+        world: World, tmp_path: Path, idle: list[socket.socket]) -> None:
+    """Every source under its own cap, the table full: the connection pending the
+    longest is closed for the new one, so idle connections cannot hold every place."""
     server, tcp, real = _server(world, tmp_path)
     tcp.pending.limits = TcpLimits(max_pending=4)
     for i in range(6):
         idle += _connect(world, real, 1, f"127.0.0.{10 + i}")
     world.run_for(0.5)
     assert len(tcp.pending) == len(tcp.owners) == 4
-    assert _drops(server).get("tcp_pending_full") == 2
+    assert _drops(server).get("tcp_pending_evicted") == 2
     assert "tcp_source_limited" not in _drops(server)
+    assert [tcp.pending.from_source(f"127.0.0.{10 + i}") for i in range(6)] == [0, 0, 1, 1,
+                                                                                1, 1]
+
+
+def test_a_client_gets_in_while_idle_connections_fill_the_table(
+        world: World, tmp_path: Path, idle: list[socket.socket]) -> None:
+    """The attack a refusing table allowed: 4 sources, each under its cap, hold every
+    place with connections that never speak; a real client still completes (it evicts
+    the oldest idle one) and carries."""
+    server_conf, client_conf = psk_pair(tmp_path, transport="tcp")
+    server = world.start(server_conf, SERVER)
+    tcp = server.daemon.role.tcp
+    assert isinstance(tcp, ServerTcp)
+    tcp.pending.limits = TcpLimits(max_pending=8, max_pending_per_source=2)
+    for i in range(4):
+        idle += _connect(world, world.net.tcp[(SERVER, 4433)], 2, f"127.0.0.{20 + i}")
+    assert len(tcp.pending) == 8
+    client = world.start(client_conf, "198.18.0.2")
+    assert world.run_until(lambda: server.peer()["state"] == "established", within=10.0)
+    assert client.peer()["transport"] == "tcp"
+    assert _drops(server).get("tcp_pending_evicted") == 1
 
 
 def test_a_client_completes_beside_idle_connections(world: World, tmp_path: Path,
