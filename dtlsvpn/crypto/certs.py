@@ -37,6 +37,7 @@ Invariants:
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Callable, Collection, Sequence
@@ -179,6 +180,18 @@ def spki_sha256(cert: x509.Certificate) -> bytes:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return hashlib.sha256(spki).digest()
+
+
+@functools.lru_cache(maxsize=32)
+def certs_sha256(certs: tuple[x509.Certificate, ...]) -> bytes:
+    """SHA-256 over the certificates' DER, each length-prefixed, in order: which set of
+    certificates this is (a CA set or a chain), for the ticket bindings.  Cached: the
+    sets are a configuration's, asked about at every handshake."""
+    h = hashlib.sha256()
+    for cert in certs:
+        der = cert.public_bytes(serialization.Encoding.DER)
+        h.update(len(der).to_bytes(4, "big") + der)
+    return h.digest()
 
 
 # --- chain verification ----------------------------------------------------------

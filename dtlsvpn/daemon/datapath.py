@@ -188,21 +188,9 @@ class Datapath:
             return
         peer = self.client_peer
         assert peer is not None
-        stream = peer.stream
-        if stream is not None and stream.ready:  # TCP fallback (daemon/transport.py)
-            batch = self.router.route_single(packets)  # the same drops as over UDP
-            if batch:
-                self.stream_out(peer, stream, batch)
-            return
-        conn = peer.conn
-        sock = peer.sock
-        if conn is None or sock is None or not conn.is_established:
-            # (what the router drops anyway, e.g. the kernel's first IPv6 router
-            # solicitation on a new TUN, is counted as that, not as "no session")
-            batch = self.router.route_single(packets)
-            if batch:
-                peer.drop("no_session", len(batch))
-            return
+        # The router first, whatever carries the packets (or none yet): its drops are the
+        # same over DTLS, over TCP and before a session (the kernel's first IPv6 router
+        # solicitation on a new TUN is ``multicast``, not ``no_session``).
         lone = len(packets) == 1 and self.lone  # a lone packet: no lists, no runs
         if lone:
             if self.router.route_one(packets[0]) is None:
@@ -212,6 +200,15 @@ class Datapath:
             batch = self.router.route_single(packets)  # one peer: no lookup, no dict
             if not batch:
                 return
+        stream = peer.stream
+        if stream is not None and stream.ready:  # TCP fallback (daemon/transport.py)
+            self.stream_out(peer, stream, batch)
+            return
+        conn = peer.conn
+        sock = peer.sock
+        if conn is None or sock is None or not conn.is_established:
+            peer.drop("no_session", len(batch))
+            return
         wake = peer.on_send  # the first send after an idle spell (tcpclient.py)
         if wake is not None:
             wake(now)

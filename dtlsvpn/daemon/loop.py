@@ -106,6 +106,30 @@ class Timer:
         return True
 
 
+class Throttle:
+    """When a repeated event may be logged: the first time, then once per ``every``
+    seconds; ``since`` is how many were not logged since the last line."""
+
+    __slots__ = ("every", "last", "since")
+
+    def __init__(self, every: float = 60.0) -> None:
+        self.every = every
+        self.last: float | None = None
+        self.since = 0
+
+    def ready(self, now: float) -> bool:
+        if self.last is not None and now - self.last < self.every:
+            self.since += 1
+            return False
+        self.last = now
+        return True
+
+    def take(self) -> int:
+        """The count not logged (and reset it), for the line that goes out now."""
+        n, self.since = self.since, 0
+        return n
+
+
 class Loop:
     """epoll over registered fds, a heap of timers, deferred callbacks, signals."""
 
@@ -128,8 +152,7 @@ class Loop:
         self.contain = contain
         self.on_error: Callable[[], None] | None = None  # a contained error was counted
         self.errors = 0
-        self._error_logged: float | None = None
-        self._errors_unlogged = 0
+        self._error_log = Throttle(ERROR_LOG_EVERY)
         self.running = False
         self.now = clock()
         self.wall = wall_clock()
@@ -281,11 +304,9 @@ class Loop:
         if self.on_error is not None:
             with contextlib.suppress(Exception):
                 self.on_error()
-        if self._error_logged is not None and now - self._error_logged < ERROR_LOG_EVERY:
-            self._errors_unlogged += 1
+        if not self._error_log.ready(now):
             return
-        since, self._errors_unlogged = self._errors_unlogged, 0
-        self._error_logged = now
+        since = self._error_log.take()
         log.exception("internal error in %s (the loop goes on%s)",
                       getattr(callback, "__qualname__", repr(callback)),
                       f"; {since} more since the last report" if since else "")

@@ -18,14 +18,14 @@ otherwise hold every place with idle connections and keep real clients out; now 
 would have to open ``max_pending`` connections within one real client's handshake.  A
 completed handshake, or a closed connection, frees its place.
 
-:class:`Throttle` says when a repeated condition may be logged again: the first time,
-then once per ``every`` seconds with the count in between.
+The over-cap line is rate-limited with :class:`~dtlsvpn.daemon.loop.Throttle`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from dtlsvpn.daemon.udp import normalise
 
@@ -55,14 +55,17 @@ def source_of(addr: tuple[object, ...]) -> str:
     return str(ip)
 
 
-class Pending:
+L = TypeVar("L")  # a link (``StreamLink`` in the daemon)
+
+
+class Pending(Generic[L]):
     """Connections accepted whose TLS handshake has not completed, by source."""
 
     __slots__ = ("_by_source", "_source", "limits")
 
     def __init__(self, limits: TcpLimits | None = None) -> None:
         self.limits = limits or TcpLimits()
-        self._source: dict[object, str] = {}  # link -> its source
+        self._source: dict[L, str] = {}  # link -> its source, oldest first
         self._by_source: dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -77,15 +80,15 @@ class Pending:
             return "tcp_pending_full"
         return None
 
-    def oldest(self) -> object | None:
+    def oldest(self) -> L | None:
         """The link pending the longest (the one a full table gives up for a new one)."""
         return next(iter(self._source), None)
 
-    def opened(self, link: object, source: str) -> None:
+    def opened(self, link: L, source: str) -> None:
         self._source[link] = source
         self._by_source[source] = self._by_source.get(source, 0) + 1
 
-    def done(self, link: object) -> None:
+    def done(self, link: L) -> None:
         """The handshake completed, or the connection is gone: its place is free."""
         source = self._source.pop(link, None)
         if source is None:
@@ -98,27 +101,3 @@ class Pending:
 
     def from_source(self, source: str) -> int:
         return self._by_source.get(source, 0)
-
-
-class Throttle:
-    """When a repeated event may be logged: the first time, then once per ``every``
-    seconds; ``since`` is how many were not logged since the last line."""
-
-    __slots__ = ("every", "last", "since")
-
-    def __init__(self, every: float = 60.0) -> None:
-        self.every = every
-        self.last: float | None = None
-        self.since = 0
-
-    def ready(self, now: float) -> bool:
-        if self.last is not None and now - self.last < self.every:
-            self.since += 1
-            return False
-        self.last = now
-        return True
-
-    def take(self) -> int:
-        """The count not logged (and reset it), for the line that goes out now."""
-        n, self.since = self.since, 0
-        return n

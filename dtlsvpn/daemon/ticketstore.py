@@ -21,8 +21,7 @@ import logging
 import re
 from pathlib import Path
 
-from cryptography.hazmat.primitives.serialization import Encoding
-
+from dtlsvpn.crypto.certs import certs_sha256
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.session import ClientSession
 from dtlsvpn.errors import DecodeError
@@ -41,14 +40,12 @@ def trust_digest(conf: DtlsConfig) -> str:
     def part(label: str, value: bytes) -> None:
         h.update(label.encode() + len(value).to_bytes(4, "big") + value)
 
-    for cert in conf.ca_certs:
-        part("ca", cert.public_bytes(Encoding.DER))
+    part("ca", certs_sha256(conf.ca_certs))
     for pin in sorted(conf.pinned_spki_sha256):
         part("pin", pin)
     part("name", (conf.server_name or "").encode())
     part("verify", b"1" if conf.verify_peer else b"0")
-    for cert in conf.certificate_chain:
-        part("chain", cert.public_bytes(Encoding.DER))
+    part("chain", certs_sha256(conf.certificate_chain))
     part("psk-identity", conf.psk_identity or b"")
     part("psk", hashlib.sha256(conf.psk).digest() if conf.psk is not None else b"")
     part("suites", b"".join(int(s).to_bytes(2, "big") for s in conf.suites))

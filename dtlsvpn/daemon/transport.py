@@ -35,13 +35,13 @@ from functools import partial
 
 from dtlsvpn.daemon.datapath import Datapath
 from dtlsvpn.daemon.devices import Addr
-from dtlsvpn.daemon.loop import Timer
+from dtlsvpn.daemon.loop import Throttle, Timer
 from dtlsvpn.daemon.peers import Peer
 from dtlsvpn.daemon.refusals import Refusals, explain, unknown_peer
 from dtlsvpn.daemon.role import Host, display
 from dtlsvpn.daemon.settings import match_peer
 from dtlsvpn.daemon.stream import StreamLink
-from dtlsvpn.daemon.tcpgate import Pending, TcpLimits, Throttle, source_of
+from dtlsvpn.daemon.tcpgate import Pending, TcpLimits, source_of
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import (
     AssociationClosed,
@@ -218,7 +218,7 @@ class ServerTcp(_Links):
         self.refusals = refusals
         self.lsock: socket.socket | None = None
         self.results: dict[StreamLink, HandshakeCompleted] = {}  # bound, not yet carrying
-        self.pending = Pending(limits)  # links in their TLS handshake (tcpgate.py)
+        self.pending: Pending[StreamLink] = Pending(limits)  # in their TLS handshake
         self._over_cap = Throttle()
         self._resting = False  # the listener is out of the loop (accept starved)
         self._starved: tuple[float, int] | None = None  # since, failed accepts
@@ -262,7 +262,7 @@ class ServerTcp(_Links):
         refused = self.pending.refuse(source)
         if refused == "tcp_pending_full":  # all places taken: the oldest gives way
             oldest = self.pending.oldest()
-            if isinstance(oldest, StreamLink):
+            if oldest is not None:
                 oldest.closing("evicted")
                 oldest.assoc.close(now)
                 self.drop(oldest, now)

@@ -72,6 +72,12 @@ class AdmissionLimits:
             raise ValueError("max_half_open_per_source must be at least 1")
 
 
+def _refilled(tokens: float, last: float, now: float, rate: float, burst: float) -> float:
+    """A token bucket's level at ``now``: ``tokens`` at ``last``, ``rate`` a second more,
+    at most ``burst`` (a clock that went back adds nothing)."""
+    return min(burst, tokens + max(0.0, now - last) * rate)
+
+
 class Admission:
     """The HelloVerifyRequest buckets and the half-open table of one endpoint."""
 
@@ -103,12 +109,11 @@ class Admission:
     def allow_hello_verify(self, host: str, now: float) -> bool:
         """True if a HelloVerifyRequest may be sent to ``host`` now (and charge it)."""
         lim = self.limits
-        g = min(lim.global_burst,
-                self._g_tokens + max(0.0, now - self._g_last) * lim.global_rate)
+        g = _refilled(self._g_tokens, self._g_last, now, lim.global_rate, lim.global_burst)
         self._g_last = now
         i = self._slot(host)
-        t = min(lim.per_source_burst,
-                self._tokens[i] + max(0.0, now - self._last[i]) * lim.per_source_rate)
+        t = _refilled(self._tokens[i], self._last[i], now, lim.per_source_rate,
+                      lim.per_source_burst)
         self._last[i] = now
         if g < 1.0 or t < 1.0:
             self._g_tokens, self._tokens[i] = g, t
@@ -133,8 +138,8 @@ class Admission:
             self.source_limited += 1
             return False
         i = self._slot(host)
-        t = min(lim.new_per_source_burst,
-                self._n_tokens[i] + max(0.0, now - self._n_last[i]) * lim.new_per_source_rate)
+        t = _refilled(self._n_tokens[i], self._n_last[i], now, lim.new_per_source_rate,
+                      lim.new_per_source_burst)
         self._n_last[i] = now
         if t < 1.0:
             self._n_tokens[i] = t

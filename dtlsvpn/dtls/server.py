@@ -330,10 +330,7 @@ class ServerMachine(Machine):
             psk = self.config.lookup_psk(identity[4:])
             h.update(b"psk\x00" + (psk or b""))
         elif identity.startswith(b"cert:"):
-            h.update(b"ca\x00")
-            for ca in self.config.ca_certs:
-                der = ca.public_bytes(Encoding.DER)
-                h.update(len(der).to_bytes(4, "big") + der)
+            h.update(b"ca\x00" + certs.certs_sha256(self.config.ca_certs))
         else:
             return b""
         return h.digest()[:16]

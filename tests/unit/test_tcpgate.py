@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dtlsvpn.daemon.tcpgate import Pending, TcpLimits, Throttle, source_of
+from dtlsvpn.daemon.loop import Throttle
+from dtlsvpn.daemon.tcpgate import Pending, TcpLimits, source_of
 
 
 @pytest.mark.parametrize("addr, source", [
