@@ -206,6 +206,11 @@ class ServerRole:
         out = assoc.datagrams_to_send(now)
         if out and addr is not None and self.sock is not None:
             send_datagrams(self.host, self.sock, out, addr, peer, now)
+        challenge = assoc.take_path_challenge()  # to the candidate address alone
+        if challenge is not None and self.sock is not None:
+            to = challenge[1]
+            assert isinstance(to, tuple)
+            send_datagrams(self.host, self.sock, [challenge[0]], to, peer, now)
 
     def _bind(self, addr: Addr, assoc: Association, now: float) -> Peer | None:
         """Data path hook: service a just-completed association so it gets its peer."""

@@ -125,6 +125,7 @@ def endpoint_counters(endpoint: ServerEndpoint) -> dict[str, int]:
         "replaced": stats.replaced,
         "unknown_cid": stats.unknown_cid,
         "address_changes": stats.address_changes,
+        "path_challenges": stats.path_challenges,
     }
 
 

@@ -125,6 +125,10 @@ class Association:
         self._hb_in: HeartbeatIn | None = None  # the peer's keepalive, at the header (hbfast.py)
         self._seal: FastSeal | None = None  # for the current write epoch
         self._hb_seal: FastSeal | None = None  # our heartbeats, in the current write epoch
+        # RFC 9146 §6 return routability (endpoint.py): the address a move waits for, and
+        # since when; the sealed challenge for it, which goes to that address alone.
+        self.path_candidate: tuple[object, float] | None = None
+        self._challenge_out: tuple[bytes, object] | None = None
 
     # --- public state -------------------------------------------------------
 
@@ -140,7 +144,8 @@ class Association:
     def needs_service(self) -> bool:
         """Events or datagrams are queued, or the slow path ran since ``get_timer`` was
         last read (the timer may be earlier): see the module docstring."""
-        return bool(self._events or self._out) or (self._dirty and not self._closed)
+        return (bool(self._events or self._out) or self._challenge_out is not None
+                or (self._dirty and not self._closed))
 
     @property
     def client_random(self) -> bytes:
@@ -385,6 +390,35 @@ class Association:
             return None
         return m.own_cid, m.peer_cid
 
+    def challenge_path(self, addr: object, now: float) -> bool:
+        """Ask the peer at ``addr`` to prove it is there before the endpoint moves the
+        association to it (RFC 9146 §6, security.md: a copy of an authenticated record
+        sent from a spoofed source must not redirect the traffic): a HeartbeatRequest
+        with a fresh payload, for ``take_path_challenge``.  False when this peer takes
+        no heartbeat requests (then the endpoint follows the record, as RFC 9146 has it)."""
+        ka = self._keepalive
+        if ka is None or self._closed:
+            return False
+        message = ka.challenge(now)
+        if message is None:
+            return False
+        self._challenge_out = (self._heartbeat_record(message), addr)
+        self.path_candidate = (addr, now)
+        return True
+
+    @property
+    def challenge_answered(self) -> bool:
+        """The peer answered the last path challenge (from wherever it is)."""
+        ka = self._keepalive
+        return ka is not None and ka.challenge_answered
+
+    def take_path_challenge(self) -> tuple[bytes, object] | None:
+        """The sealed path challenge and the one address it must be sent to, once."""
+        out, self._challenge_out = self._challenge_out, None
+        if out is not None:
+            self.stats.tx_bytes += len(out[0])
+        return out
+
     def note_address_change(self, old: object, new: object) -> None:
         """The endpoint moved this association to a new peer address (RFC 9146 §6)."""
         self._events.append(PeerAddressChanged(old=old, new=new))
@@ -463,6 +497,9 @@ class Association:
             self._keepalive.service(now, self._last_rx)
 
     def _send_heartbeat(self, message: bytes) -> None:
+        self._out.append(self._heartbeat_record(message))
+
+    def _heartbeat_record(self, message: bytes) -> bytes:
         """One heartbeat record, sealed from parts built once per write epoch (the
         bytes ``_seal_record`` would write: tests/unit/test_hbfast.py)."""
         writer = self._writer
@@ -471,7 +508,7 @@ class Association:
         if seal is None or seal.state is not ws or seal.cid != writer.cid:
             seal = self._hb_seal = FastSeal(ws, writer.epoch, writer.cid, _CT_HEARTBEAT)
         self.stats.tx_records += 1
-        self._out.append(seal.seal_one(message))
+        return seal.seal_one(message)
 
     def _emit(self, event: Event) -> None:
         self._events.append(event)

@@ -31,7 +31,17 @@ other one if it does not authenticate there.  Then the old keys are dropped.
 RFC 9146 connection IDs: a tls12_cid record is routed by its CID, whatever its
 source address.  The association moves to the new address only when that
 datagram authenticated a record newer than any seen before (RFC 9146 §6), so
-a replayed, older or forged record from elsewhere moves nothing.
+a replayed, older or forged record from elsewhere moves nothing.  And only once the
+peer proved it receives at the new address (a return-routability check, as QUIC's
+path validation and RFC 9853 do, here with the heartbeats both ends negotiated):
+an on-path attacker who sends a copy of a fresh record from a spoofed source wins
+the RFC 9146 test, and would otherwise turn the tunnel's traffic on the victim.  The
+record's data is delivered at once (it authenticated); the endpoint sends a
+HeartbeatRequest with a fresh payload to the new address alone and keeps sending
+everything else to the old one; the move happens at the first newer record from
+the new address after the peer answered.  A real move costs one round trip more of
+the server's traffic to the old address; a peer without heartbeats moves as RFC 9146
+has it.
 """
 
 from __future__ import annotations
@@ -59,6 +69,7 @@ from dtlsvpn.wire.record import Record, encode_record, parse_datagram
 
 Address = tuple[str, int]
 
+CHALLENGE_GAP = 0.2  # seconds between two path challenges of one association, at least
 _HANDSHAKE_TYPE = bytes((ContentType.handshake,))
 _APP_DATA_TYPE = bytes((ContentType.application_data,))
 
@@ -74,6 +85,7 @@ class EndpointStats:
     cid_foreign: int = 0  # ... of those, another fleet server's CID (dtls/cid.py)
     cid_forged: int = 0  # ... of those, no fleet CID at all (bad tag)
     address_changes: int = 0  # RFC 9146 §6 moves
+    path_challenges: int = 0  # return-routability checks sent before such a move
     rekeys: int = 0  # new associations that replaced an established one
 
 
@@ -303,9 +315,11 @@ class ServerEndpoint:
         old = self._address.get(assoc)
         if self._previous and old is not None and old in self._previous:
             self._note_rekey_progress(old, now)
-        if old is not None and old != addr and assoc.advanced:
+        if old is not None and old != addr and assoc.advanced and self._may_move(assoc, addr,
+                                                                                  now):
             # RFC 9146 §6: only an authenticated record newer than any before moves
             # the peer; whoever held the new address before loses it.
+            assoc.path_candidate = None
             self.stats.address_changes += 1
             if self.associations.get(old) is assoc:
                 del self.associations[old]
@@ -316,6 +330,23 @@ class ServerEndpoint:
             self._address[assoc] = addr
             assoc.note_address_change(old, addr)
         return assoc, out
+
+    def _may_move(self, assoc: Association, addr: Address, now: float) -> bool:
+        """Return routability before an RFC 9146 move (see the module doc): True once
+        the peer answered a challenge sent to ``addr`` alone, or at once when it takes
+        no heartbeat requests.  Otherwise a challenge goes to ``addr``, at most one per
+        ``CHALLENGE_GAP`` per association whatever the address, so a flood of copies
+        from spoofed sources reflects one small datagram per gap."""
+        candidate = assoc.path_candidate
+        if candidate is not None:
+            if candidate[0] == addr and assoc.challenge_answered:
+                return True
+            if now < candidate[1] + CHALLENGE_GAP:
+                return False  # a check is under way (this address's or another's)
+        if not assoc.challenge_path(addr, now):
+            return True
+        self.stats.path_challenges += 1
+        return False
 
     def _note_unknown_cid(self, cid: bytes) -> None:
         layout = self.config.cid_layout  # fleet hook: tell misrouted from made-up CIDs

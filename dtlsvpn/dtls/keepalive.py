@@ -26,6 +26,13 @@ Invariants:
   last probe (``_confirm_idle``).  An idle association costs its keepalive only;
   once data flows again the confirmation is due at the next service (at most a
   keepalive interval later), so a black hole is still found while it matters.
+* A path challenge (:meth:`challenge`, the return-routability check of an RFC 9146
+  move, ``dtls/endpoint.py``) is a HeartbeatRequest of its own: a fresh payload
+  that goes only to the candidate address, never retransmitted by liveness (a copy
+  of an answer from the old path must not validate the new one).  It takes the one
+  request slot of RFC 6520 §3: the liveness request and a PMTU probe in flight are
+  abandoned, and both machines wait while it is outstanding (at most
+  ``retransmit`` seconds, the liveness machine's first retransmission timeout).
 * Changes come out as events through ``emit``: ``HeartbeatAnswered`` per
   answered request, ``PeerUnresponsive``/``PeerAlive`` (which disable and
   re-enable probing, RFC 8899 §5.2), ``PathMtuChanged``.
@@ -38,6 +45,7 @@ the current write epoch).
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 
 from dtlsvpn.dtls.config import DtlsConfig
@@ -56,6 +64,7 @@ from dtlsvpn.wire.constants import HeartbeatMessageType
 from dtlsvpn.wire.heartbeat import HeartbeatMessage, decode_heartbeat, encode_heartbeat
 
 HEARTBEAT_REPLY_RATE = 64  # heartbeat requests answered per second, at most
+CHALLENGE_LEN = 16  # payload bytes of a path challenge
 
 _REQUEST = HeartbeatMessageType.heartbeat_request
 _RESPONSE = HeartbeatMessageType.heartbeat_response
@@ -66,6 +75,7 @@ class Keepalive:
 
     __slots__ = (
         "_answer",
+        "_challenge",
         "_config",
         "_emit",
         "_liveness",
@@ -79,6 +89,7 @@ class Keepalive:
         "_stats",
         "_window_count",
         "_window_start",
+        "challenge_answered",
     )
 
     def __init__(
@@ -108,6 +119,8 @@ class Keepalive:
         self._window_count = 0
         self._liveness: Liveness | None = None
         self._pmtu: Dplpmtud | None = None
+        self._challenge: tuple[bytes, float] | None = None  # path challenge: payload, until
+        self.challenge_answered = False  # the outstanding path challenge was answered
         if send_requests:
             self._liveness = Liveness(config.heartbeat_settings, now,
                                       random_bytes=config.random_bytes,
@@ -174,6 +187,11 @@ class Keepalive:
 
     def _match_response(self, payload: bytes, now: float) -> bool:
         lv, pm = self._liveness, self._pmtu
+        challenge = self._challenge
+        if challenge is not None and hmac.compare_digest(payload, challenge[0]):
+            self._challenge = None
+            self.challenge_answered = True
+            return True
         sent = self._sent
         if lv is not None and lv.on_response(payload, now):
             rtt = now - sent[1] if sent is not None and sent[0] == payload else 0.0
@@ -194,6 +212,35 @@ class Keepalive:
         self._pmtu.path_hint(mtu, now)
         self.service(now, last_rx)
 
+    def challenge(self, now: float) -> bytes | None:
+        """A HeartbeatRequest message for a path challenge (see the module doc), with a
+        payload no other request had; None when we may not send requests (RFC 6520 §2).
+        A challenge still outstanding is replaced (its answer no longer counts)."""
+        lv, pm = self._liveness, self._pmtu
+        if lv is None:
+            return None
+        if pm is not None and pm.in_flight:
+            pm.abandon_probe()
+        lv.cancel()  # RFC 6520 §3: one request in flight; liveness asks again later
+        self._sent = None
+        rand = self._config.random_bytes
+        payload = rand(CHALLENGE_LEN)
+        self._challenge = (payload, now + self._config.heartbeat_settings.retransmit)
+        self.challenge_answered = False
+        self._own_records += 1
+        self._stats.path_challenges += 1
+        return encode_heartbeat(_REQUEST, payload, rand(16))
+
+    def _challenging(self, now: float) -> bool:
+        """A path challenge holds the request slot (it expires unanswered)."""
+        challenge = self._challenge
+        if challenge is None:
+            return False
+        if now < challenge[1]:
+            return True
+        self._challenge = None
+        return False
+
     # --- the machines ---------------------------------------------------------
 
     def service(self, now: float, last_rx: float) -> None:
@@ -210,7 +257,8 @@ class Keepalive:
         if pm is not None:
             pm.handle_timer(now)
         self._report_liveness(lv, pm, now)
-        self._send_request(lv, pm, now)
+        if not self._challenging(now):
+            self._send_request(lv, pm, now)
         if pm is not None:
             for plpmtu, inner in pm.pop_changes():
                 self._emit(PathMtuChanged(plpmtu=plpmtu, inner_mtu=inner))
@@ -256,6 +304,7 @@ class Keepalive:
             return False
         if pm is not None and pm.in_flight:
             pm.abandon_probe()
+        self._challenge = None  # (a server's; a client probes, it does not challenge)
         payload = lv.probe_now(now)
         self._sent = (payload, now)
         self._seal(encode_heartbeat(_REQUEST, payload, self._config.random_bytes(16)))
@@ -269,9 +318,14 @@ class Keepalive:
             return None
         if last_rx > lv.last_rx:
             lv.note_rx(last_rx)
-        deadline = lv.get_timer(blocked=pm is not None and pm.in_flight)
+        challenge = self._challenge
+        deadline = lv.get_timer(blocked=challenge is not None or (pm is not None
+                                                                   and pm.in_flight))
         if pm is not None:
-            t = pm.get_timer(blocked=lv.in_flight or self._confirm_idle(pm))
+            t = pm.get_timer(blocked=challenge is not None or lv.in_flight
+                             or self._confirm_idle(pm))
             if t is not None and (deadline is None or t < deadline):
                 deadline = t
+        if challenge is not None and (deadline is None or challenge[1] < deadline):
+            deadline = challenge[1]  # the slot frees: the machines may ask again
         return deadline

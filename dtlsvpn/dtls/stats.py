@@ -34,6 +34,7 @@ class Stats:
     heartbeat_answered: int = 0  # requests from the peer we responded to
     heartbeats_sent: int = 0  # our keepalive requests (retransmissions included)
     probes_sent: int = 0  # our DPLPMTUD probes
+    path_challenges: int = 0  # return-routability checks of an RFC 9146 move (keepalive.py)
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -427,6 +427,11 @@ class Simulator:
                                 f"{describe_datagram(d)}")
             else:
                 self._offer("s2c", d, addr)
+        challenge = assoc.take_path_challenge()  # to the candidate address alone
+        if challenge is not None:
+            to = challenge[1]
+            assert isinstance(to, tuple)
+            self._offer("s2c", challenge[0], to)
         for ev in assoc.pop_events():
             self.server_events.append((now, ev))
             self.server_assoc_events.append((now, assoc, ev))

@@ -20,8 +20,14 @@ What is asserted:
 * roaming (port only, and address and port): traffic continues both ways with no
   epoch-0 handshake record (no ClientHello, no HelloVerifyRequest) after the move,
   one ``PeerAddressChanged``, ``address_changes == 1``, and the server's records go
-  to the new address from the moment it learnt it; at most the packets the server
-  sent in the one-way delay before it learnt it are lost (to the old address);
+  to the new address from the moment it learnt it; only the packets the server
+  sent before it learnt it are lost (to the old address); it learns it after one
+  return-routability check (a HeartbeatRequest to the new address alone, answered);
+* return routability: a fresh authenticated record copied from a spoofed source
+  (an on-path attacker who wins the race) is delivered but moves nothing; the
+  spoofed address gets one challenge per ``CHALLENGE_GAP`` at most and nothing
+  else; an answer to a replaced challenge validates nothing; a peer that takes no
+  heartbeat requests moves at once, as RFC 9146 has it;
 * RFC 9146 §6: a replayed record, or an older (not yet seen) one, from a new
   address moves nothing (a replay is counted, the older one is still delivered);
   a forged record with a known CID from a spoofed address is dropped, counted as
@@ -42,6 +48,7 @@ import pytest
 
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
+from dtlsvpn.dtls.endpoint import CHALLENGE_GAP
 from dtlsvpn.dtls.events import (
     HandshakeCompleted,
     PathMtuChanged,
@@ -187,12 +194,21 @@ def test_client_address_change_needs_no_handshake(pki: Pki, new_addr: Address) -
     learnt = moves[0][0]
     after = [w for w in sim.wire if w.direction == "s2c" and w.time >= learnt]
     assert after and all(w.addr == new_addr for w in after)
+    # The move waited for the return-routability check: the first record from the new
+    # address brought one path challenge, sent there alone; the client answered it, and
+    # its next record moved the association: within the first packet period and two
+    # round trips of the path.
+    assert sim.endpoint.stats.path_challenges == 1 and server.stats.path_challenges == 1
+    before = [w for w in sim.wire if w.direction == "s2c" and w.time < learnt
+              and w.time >= moved_at]
+    assert [w.addr for w in before].count(new_addr) == 1, sim.format()
+    assert learnt - moved_at <= PERIOD + 4 * DELAY + 1e-9, sim.format()
     # Traffic continued both ways: every client packet arrived; of the server's, only those
-    # sent to the old address in the one-way delay before it learnt the move are lost.
+    # it sent to the old address before it learnt the move are lost.
     assert not sim.stream.lost("c2s"), sim.stream.lost("c2s")
     lost = sim.stream.lost("s2c")
     assert all(moved_at <= p.sent_at < learnt for p in lost), (lost, sim.format())
-    assert len(lost) <= 1 and sim.misaddressed == len(lost)
+    assert sim.misaddressed == len(lost)
     delivered_after = [p for p in sim.stream.sent("s2c") if p.sent_at >= learnt]
     assert len(delivered_after) >= 30 and not sim.stream.lost("s2c", delivered_after)
     assert all(sim.stream.received(d)[p.seq] <= 1 for d in ("c2s", "s2c") for p in sim.stream.sent(d))
@@ -269,6 +285,82 @@ def test_forged_record_with_known_cid_from_spoofed_address(pki: Pki, where: str)
     # The forgery did not move the replay window: the genuine record still gets in.
     assert sim.deliver_to_server(genuine, CLIENT_ADDR) == [b"genuine"]
     _assert_not_moved(sim, server)
+
+
+def _to(sim: Simulator, addr: Address) -> list[bytes]:
+    return [w.data for w in sim.wire if w.direction == "s2c" and w.addr == addr]
+
+
+def test_fresh_record_copied_from_spoofed_source_moves_nothing(pki: Pki) -> None:
+    """An on-path attacker copies each fresh record and sends the copy from a victim's
+    address so that it arrives first: RFC 9146 §6's newest-record test alone would move
+    the tunnel's traffic onto the victim."""
+    sim = _established_with_traffic(pki, 8)
+    server = sim.side("server")
+    victim: Address = ("192.0.2.66", 9999)
+    (fresh,) = sim.client.protect([b"fresh"])
+    assert sim.deliver_to_server(fresh, victim) == [b"fresh"]  # it authenticated
+    assert server.advanced
+    _assert_not_moved(sim, server)
+    (challenge,) = _to(sim, victim)  # one small datagram, and nothing else
+    assert challenge[0] == CT_CID or challenge[0] == int(ContentType.heartbeat)
+    assert len(challenge) < 100
+    assert sim.deliver_to_server(fresh, CLIENT_ADDR) == []  # the original: a replay
+    start, sent = sim.now, 0
+    for i in range(40):  # one second of copies racing every record
+        (rec,) = sim.client.protect([b"copy %d" % i])
+        assert sim.deliver_to_server(rec, victim) == [b"copy %d" % i]
+        sim.deliver_to_server(rec, CLIENT_ADDR)
+        sent += 1
+        sim.run_for(0.025)
+    _assert_not_moved(sim, server)
+    challenges = _to(sim, victim)
+    assert 1 < len(challenges) <= 2 + (sim.now - start) / CHALLENGE_GAP, len(challenges)
+    assert sim.endpoint.stats.path_challenges == len(challenges)
+    # The client never saw a challenge, and the tunnel still works both ways.
+    assert server.stats.heartbeat_unexpected == 0
+    assert sim.send_packet("s2c") is not None and sim.send_packet("c2s") is not None
+    sim.run_for(4 * DELAY)
+    assert not sim.stream.lost("c2s") and not sim.stream.lost("s2c")
+    report(SECTION, f"{sent} fresh records copied from a spoofed source in "
+                    f"{sim.now - start:.2f} s: {len(challenges)} challenges "
+                    f"({sum(map(len, challenges))} B) to it, no move")
+
+
+def test_answer_to_a_replaced_challenge_validates_nothing(pki: Pki) -> None:
+    sim = _established_with_traffic(pki, 9)
+    server = sim.side("server")
+    first: Address = ("192.0.2.70", 7000)
+    second: Address = ("192.0.2.71", 7001)
+    (a,) = sim.client.protect([b"a"])
+    sim.deliver_to_server(a, first)
+    (to_first,) = _to(sim, first)
+    sim.run_for(CHALLENGE_GAP)
+    (b,) = sim.client.protect([b"b"])
+    sim.deliver_to_server(b, second)
+    assert len(_to(sim, second)) == 1  # its own challenge replaced the first one
+    # The first challenge reaches the client after all (someone relays it); the client
+    # answers it, and its next record comes from the first address.
+    unexpected = server.stats.heartbeat_unexpected
+    sim.deliver_to_client(to_first)
+    sim.run_for(4 * DELAY)
+    assert server.stats.heartbeat_unexpected == unexpected + 1
+    (c,) = sim.client.protect([b"c"])
+    assert sim.deliver_to_server(c, first) == [b"c"]
+    _assert_not_moved(sim, server)
+
+
+def test_peer_without_heartbeats_moves_at_once(pki: Pki) -> None:
+    sim = cid_sim(*make_configs(pki, 10, client={"heartbeat": False}))
+    sim.establish()
+    _exchange(sim)
+    server = sim.side("server")
+    new_addr: Address = ("198.18.0.2", 50124)
+    sim.client_addr = new_addr
+    _exchange(sim, 4)
+    assert sim.endpoint.address_of(server) == new_addr
+    assert sim.endpoint.stats.address_changes == 1
+    assert sim.endpoint.stats.path_challenges == 0
 
 
 def test_unknown_cid_is_counted(pki: Pki) -> None:

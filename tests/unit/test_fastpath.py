@@ -212,8 +212,9 @@ def test_fast_path_and_slow_path_agree(cid: bool, monkeypatch: pytest.MonkeyPatc
 
 def test_cid_records_move_the_peer_only_when_newer_fast_and_slow(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """RFC 9146 §6 through the endpoint: a fresh record from a new address moves the
-    association; a replayed or forged one from elsewhere moves nothing; fast = slow."""
+    """RFC 9146 §6 through the endpoint: a fresh record from a new address brings a path
+    challenge there, and the peer's answer from it moves the association; a replayed or
+    forged one from elsewhere moves nothing; fast = slow."""
     moved = ("198.18.0.9", 50000)
     elsewhere = ("198.18.0.7", 50001)
     results = []
@@ -223,21 +224,31 @@ def test_cid_records_move_the_peer_only_when_newer_fast_and_slow(
                 m.setattr(fastpath.FastOpen, "open_batch", _no_fast_path)
             client, endpoint, server = established_pair(True)
             first, second, third = client.protect([b"one", b"two", b"three"])
-            steps = [
+            steps: list[object] = [
                 endpoint.receive(second, CLIENT_ADDR, 1.0, WALL)[1],
                 endpoint.receive(first, moved, 1.0, WALL)[1],  # older: no move
                 endpoint.address_of(server),
-                endpoint.receive(third, moved, 1.0, WALL)[1],  # newer: moves
+                endpoint.receive(third, moved, 1.0, WALL)[1],  # newer: a challenge there
+                endpoint.address_of(server),
+            ]
+            challenge = server.take_path_challenge()
+            assert challenge is not None
+            steps.append(challenge[1])
+            client.receive_datagram(challenge[0], 1.0, WALL)
+            (answer,) = client.datagrams_to_send(1.0)
+            steps += [
+                endpoint.receive(answer, moved, 1.0, WALL)[1],  # the answer: moves
                 endpoint.address_of(server),
                 endpoint.receive(third, elsewhere, 1.0, WALL)[1],  # replay: stays
                 endpoint.receive(third[:-1] + b"\x00", elsewhere, 1.0, WALL)[1],  # forged
                 endpoint.address_of(server),
                 endpoint.associations.get(moved) is server,
-                endpoint.associations.get(CLIENT_ADDR),
+                CLIENT_ADDR in endpoint.associations,
             ]
             results.append((steps, _stats(server.stats), dataclasses.asdict(endpoint.stats)))
     assert results[0] == results[1]
     steps = results[0][0]
-    assert steps[:5] == [[b"two"], [b"one"], CLIENT_ADDR, [b"three"], moved]
-    assert steps[5:] == [[], [], moved, True, None]
+    assert steps[:6] == [[b"two"], [b"one"], CLIENT_ADDR, [b"three"], CLIENT_ADDR, moved]
+    assert steps[6:] == [[], moved, [], [], moved, True, False]
+    assert results[0][2]["path_challenges"] == 1
     assert results[0][2]["address_changes"] == 1

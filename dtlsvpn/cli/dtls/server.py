@@ -218,6 +218,9 @@ class DtlsServer:
                 self._on_event(addr, assoc, ev)
         for addr, assoc in list(self.endpoint.associations.items()):
             self._send(assoc.datagrams_to_send(now), addr)
+            challenge = assoc.take_path_challenge()  # to the candidate address alone
+            if challenge is not None and isinstance(challenge[1], tuple):
+                self._send([challenge[0]], challenge[1])
             if self.show_heartbeat:
                 st = self.stats.setdefault(addr, SendStats())
                 for _ in range(st.newly_answered(assoc)):
