@@ -1,10 +1,13 @@
 """The daemon: configuration → devices → one loop, the role, the data path; then teardown.
 
-Start-up order: TUN device, its MTU, addresses and routes (before the loop), the router
-with every peer's allowed prefixes, the data path, the role (server: the UDP port
-bound to ListenAddress; client: dialled, see ``client.py``), the status socket, then
-the loop.  READY=1 goes out when a server listens and when a client is configured and
-dialling (``client.py``: offline start; STATUS= says whether it is connected).
+Start-up order: first what can fail without the TUN (the instance lock, a server's
+UDP port bound to ListenAddress and its TCP fallback's listener, the status socket), so
+that a start that fails there creates no interface and installs no address or route;
+then the TUN device, its MTU, addresses and routes (before the loop), the router with
+every peer's allowed prefixes, the data path, the role (server: serves on the sockets
+bound first; client: dialled, see ``client.py``), then the loop.  READY=1 goes out
+when a server listens and when a client is configured and dialling (``client.py``:
+offline start; STATUS= says whether it is connected).
 SIGTERM/SIGINT stop the loop; teardown sends close_notify to every peer, removes
 routes and addresses, closes the TUN descriptor (the interface disappears with it)
 and removes the status socket.  SIGHUP reloads the [Peer] sections: changed peers
@@ -44,13 +47,12 @@ from dtlsvpn.daemon.ifreload import apply_interface
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.peers import Peer, PeerTable
 from dtlsvpn.daemon.role import display
-from dtlsvpn.daemon.server import ServerRole
+from dtlsvpn.daemon.server import Listeners, ServerRole, bind_listeners
 from dtlsvpn.daemon.settings import load_config
 from dtlsvpn.daemon.snapshot import snapshot
 from dtlsvpn.daemon.startup import (
     InstanceLock,
     StartupError,
-    describe_listen,
     describe_status,
     describe_tun,
 )
@@ -88,6 +90,7 @@ class Daemon:
         self.status: StatusServer | None = None
         self.datapath: Datapath | None = None
         self.role: ClientRole | ServerRole | None = None
+        self.listeners: Listeners | None = None  # a server's, until its role takes them
         self.tunmtu = TunnelMtu(cfg.name, cfg.interface)
         self.ready_sent = False
         self.started_wall = 0.0
@@ -114,9 +117,21 @@ class Daemon:
         path = self.devices.route_mtu(endpoint[0]) if packed(endpoint[0]) else None
         return family_of(endpoint[0]), path
 
+    def _open_sockets(self) -> None:
+        """What can fail without the TUN, before it: the server's listening sockets, then
+        the status socket (a start that fails here touches no interface or route)."""
+        if not self.is_client:
+            self.listeners = bind_listeners(self.cfg, self.devices)
+        try:
+            self.status = StatusServer(self.cfg.interface.status_socket, self.snapshot,
+                                       self.loop)
+        except OSError as exc:
+            raise StartupError(describe_status(exc, self.cfg)) from exc
+
     def setup(self) -> None:
         iface = self.cfg.interface
         self.lock = InstanceLock.acquire(self.cfg)  # one instance per tunnel (startup.py)
+        self._open_sockets()
         try:
             self.tun = tun = self.devices.open_tun(iface.device, iface.tun_offload)
         except OSError as exc:
@@ -138,18 +153,13 @@ class Daemon:
         dp.defer = self.loop.defer
         self.datapath = self.tunmtu.clamp_to = dp
         self.tunmtu.update_mss()
-        self.role = (ClientRole(self, dp, self.tunmtu, Dialer(self.rng)) if self.is_client
-                     else ServerRole(self, dp))
-        try:
-            self.role.setup(tun)
-        except OSError as exc:
-            if self.is_client:
-                raise
-            raise StartupError(describe_listen(exc, self.cfg)) from exc
-        try:
-            self.status = StatusServer(iface.status_socket, self.snapshot, self.loop)
-        except OSError as exc:
-            raise StartupError(describe_status(exc, self.cfg)) from exc
+        if self.is_client:
+            self.role = client = ClientRole(self, dp, self.tunmtu, Dialer(self.rng))
+            client.setup(tun)
+        else:
+            assert self.listeners is not None
+            self.role = server = ServerRole(self, dp)
+            server.setup(tun, self.listeners)
         listening = self.role.listening()
         log.info("%s: interface %s up, mtu %d (%s), %s", self.cfg.name, tun.name, mtu,
                  self.tunmtu.policy, f"listening on {listening}" if listening else "client")
@@ -158,6 +168,8 @@ class Daemon:
         self.notifier.stopping()
         if self.role is not None:
             self.role.teardown(self.loop.now)
+        if self.listeners is not None:
+            self.listeners.close()  # (what the role did not take: none once it did)
         if self.status is not None:
             self.status.close()
         if self.netlink is not None:

@@ -21,19 +21,23 @@ resumes its clients; they are saved after a handshake when they rotated.
 from __future__ import annotations
 
 import logging
+import socket
+from dataclasses import dataclass
 from functools import partial
 
+from dtlsvpn.config import Config
 from dtlsvpn.crypto.tickets import TicketKeyRing
 from dtlsvpn.daemon import binding
 from dtlsvpn.daemon.binding import Ending, Verdict
 from dtlsvpn.daemon.datapath import Datapath
-from dtlsvpn.daemon.devices import Addr, TunDevice, UdpPort
+from dtlsvpn.daemon.devices import Addr, Platform, TunDevice, UdpPort
 from dtlsvpn.daemon.fleet import SharedTicketKeys
 from dtlsvpn.daemon.loop import Timer
 from dtlsvpn.daemon.peers import Peer
 from dtlsvpn.daemon.refusals import Refusals, explain, unknown_peer
 from dtlsvpn.daemon.role import Host, display, peer_event, rekey_grace, send_datagrams
 from dtlsvpn.daemon.settings import core_settings, match_peer
+from dtlsvpn.daemon.startup import StartupError, describe_listen
 from dtlsvpn.daemon.transport import ServerTcp
 from dtlsvpn.daemon.udp import family_of
 from dtlsvpn.dtls.association import Association
@@ -60,6 +64,52 @@ def association_limit(peers: int) -> int:
     return max(MIN_ASSOCIATIONS, 2 * peers + HALF_OPEN_HEADROOM)
 
 
+@dataclass(slots=True)
+class Listeners:
+    """The server's sockets, bound before the TUN exists (a start that fails on its
+    port touches no interface, ``daemon.py``); ``take`` hands them to the role, and
+    ``close`` closes what it did not take."""
+
+    udp: UdpPort | None = None
+    tcp: socket.socket | None = None
+
+    def take(self) -> tuple[UdpPort | None, socket.socket | None]:
+        out = self.udp, self.tcp
+        self.udp = self.tcp = None
+        return out
+
+    def close(self) -> None:
+        udp, tcp = self.take()
+        if udp is not None:
+            udp.close()
+        if tcp is not None:
+            tcp.close()
+
+
+def bind_listeners(cfg: Config, devices: Platform) -> Listeners:
+    """The UDP port bound to ListenAddress (not with ``Transport = tcp``) and the TCP
+    fallback's listener (not with ``udp``); StartupError names the port and the config
+    line.  A TCP listener that fails beside UDP is logged (no fallback for clients), not
+    fatal; with ``Transport = tcp`` it is the only way in, so it is."""
+    iface = cfg.interface
+    assert iface.listen is not None
+    out = Listeners()
+    if iface.transport != "tcp":
+        try:
+            out.udp = devices.open_udp(family_of(iface.listen[0]), bind=iface.listen,
+                                       offload=iface.udp_offload)
+        except OSError as exc:
+            raise StartupError(describe_listen(exc, cfg)) from exc
+    if iface.transport != "udp":
+        try:
+            out.tcp = devices.tcp_listener((iface.listen[0], iface.tcp_port or iface.listen[1]))
+        except OSError as exc:
+            if iface.transport == "tcp":
+                raise StartupError(describe_listen(exc, cfg, tcp=True)) from exc
+            log.error("%s: no TCP fallback for clients", describe_listen(exc, cfg, tcp=True))
+    return out
+
+
 class ServerRole:
     """The endpoint, its associations' timers and events, and peer binding."""
 
@@ -76,13 +126,13 @@ class ServerRole:
         self.tcp = ServerTcp(host, datapath, self._dtls_config,  # TCP fallback (transport.py)
                              self.refusals)
 
-    def setup(self, tun: TunDevice) -> None:
+    def setup(self, tun: TunDevice, listeners: Listeners) -> None:
+        """Serve on the sockets ``bind_listeners`` opened before the TUN existed."""
         host, dp = self.host, self.datapath
         iface = host.cfg.interface
-        assert iface.listen is not None
-        if iface.transport != "tcp":  # Transport = tcp: TLS over TCP only, no UDP socket
-            self.sock = host.devices.open_udp(family_of(iface.listen[0]), bind=iface.listen,
-                                              offload=iface.udp_offload, counters=dp.udp)
+        self.sock, lsock = listeners.take()
+        if self.sock is not None:  # (none with Transport = tcp: TLS over TCP only)
+            self.sock.counters = dp.udp  # (the interface's GSO/GRO counters)
             host.loop.add(self.sock.fileno(), dp.server_udp)
         self.endpoint = ServerEndpoint(self._dtls_config(),
                                        rekey_grace=rekey_grace(iface.rekey_interval),
@@ -92,8 +142,8 @@ class ServerRole:
         dp.bind = self._bind
         dp.service = self.service
         host.loop.add(tun.fd, dp.server_tun)
-        if iface.transport != "udp":
-            self.tcp.setup()  # TCP fallback: the same port number unless TCPPort
+        if lsock is not None:
+            self.tcp.setup(lsock)  # TCP fallback: the same port number unless TCPPort
 
     def start(self, now: float) -> None:
         if self.ticket_keys is not None:

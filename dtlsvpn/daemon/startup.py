@@ -174,10 +174,11 @@ def tun_holder(device: str) -> str | None:
     return None
 
 
-def udp_holder(port: int) -> str | None:
-    """The process owning a UDP socket bound to ``port`` (in this network namespace)."""
+def udp_holder(port: int, proto: str = "udp") -> str | None:
+    """The process owning a UDP (``proto`` "tcp": TCP) socket bound to ``port`` in this
+    network namespace."""
     inodes: set[str] = set()
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
+    for table in (f"/proc/net/{proto}", f"/proc/net/{proto}6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
                 cols = line.split()
@@ -194,15 +195,21 @@ def udp_holder(port: int) -> str | None:
 # --- the sentences ----------------------------------------------------------------------
 
 
-def describe_listen(exc: OSError, cfg: Config) -> str:
-    listen = cfg.interface.listen
-    assert listen is not None
-    host, port = listen
+def describe_listen(exc: OSError, cfg: Config, *, tcp: bool = False) -> str:
+    """Why the server cannot listen: its UDP port, or (``tcp``) its TCP fallback's port
+    (``TCPPort``, by default ListenAddress's port number)."""
+    iface = cfg.interface
+    assert iface.listen is not None
+    host, port = iface.listen
+    key = "TCPPort" if tcp and iface.tcp_port else "ListenAddress"
+    port = (iface.tcp_port or port) if tcp else port
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    line = config_line(cfg, "ListenAddress")
+    where = f"TCP {where}" if tcp else where
+    line = config_line(cfg, key)
     if exc.errno == errno.EADDRINUSE:
-        holder = udp_holder(port)
-        return (f"cannot listen on {where} ({line}): the UDP port is already in use"
+        proto = "TCP" if tcp else "UDP"
+        holder = udp_holder(port, proto.lower())
+        return (f"cannot listen on {where} ({line}): the {proto} port is already in use"
                 + (f" by {holder}" if holder else " (by another process)"))
     if exc.errno == errno.EADDRNOTAVAIL:
         return (f"cannot listen on {where} ({line}): {host} is not an address of this host "

@@ -224,20 +224,14 @@ class ServerTcp(_Links):
         self._starved: tuple[float, int] | None = None  # since, failed accepts
         self._rest = host.loop.timer(self._on_rested)
 
-    def setup(self) -> None:
-        iface = self.host.cfg.interface
-        assert iface.listen is not None
-        addr = (iface.listen[0], iface.tcp_port or iface.listen[1])
-        try:
-            sock = self.host.devices.tcp_listener(addr)
-        except OSError as exc:
-            log.error("cannot listen on TCP %s:%d (%s): no TCP fallback for clients",
-                      addr[0], addr[1], exc.strerror)
-            return
+    def setup(self, sock: socket.socket) -> None:
+        """Accept on ``sock``, bound before the TUN existed (``server.bind_listeners``)."""
         self.lsock = sock
         self.host.loop.add(sock.fileno(), self._on_accept)
-        only = self.host.cfg.interface.transport == "tcp"
-        log.info("listening on TCP %s:%d %s", *addr, "only" if only else "too (TLS fallback)")
+        iface = self.host.cfg.interface
+        assert iface.listen is not None
+        log.info("listening on TCP %s:%d %s", iface.listen[0], iface.tcp_port or iface.listen[1],
+                 "only" if iface.transport == "tcp" else "too (TLS fallback)")
 
     def _on_accept(self, _mask: int, now: float, _wall: float) -> None:
         assert self.lsock is not None

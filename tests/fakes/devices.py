@@ -476,6 +476,8 @@ class FakeDevices:
         self.ports: list[FakeUdp] = []
         self.tcp_listeners: list[socket.socket] = []
         self.tcp_dials: list[Addr] = []  # addresses tcp_connect was asked for
+        self.tcp_refused = 0  # an errno: tcp_listener fails with it (a port in use)
+        self.calls: list[str] = []  # "tun NAME", "link NAME", "udp H:P", "tcp H:P", in order
         self.resolved: list[tuple[float, str]] = []  # every name lookup: (when, name)
         self.monitor: FakeMonitor | None = None
         self.policy: FakePolicy | None = None
@@ -515,12 +517,16 @@ class FakeDevices:
         return self.links[-1]
 
     def open_tun(self, name: str, offload: str = "off") -> FakeTun:
+        self.calls.append(f"tun {name}")
         self.tun = FakeTun(name, offload, **self.tun_options)
         return self.tun
 
     def tcp_listener(self, addr: Addr) -> socket.socket:
         """The fake network carries UDP only: the TLS fallback listens for real, on an
         ephemeral loopback port that ``tcp_connect`` to ``addr`` reaches."""
+        self.calls.append(f"tcp {addr[0]}:{addr[1]}")
+        if self.tcp_refused:
+            raise OSError(self.tcp_refused, os.strerror(self.tcp_refused))
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         sock.listen(8)
@@ -545,6 +551,8 @@ class FakeDevices:
                  counters: UdpCounters | None = None, mark: int = 0) -> FakeUdp:
         if connect is not None and not self.online:
             raise OSError(errno.ENETUNREACH, "Network is unreachable")
+        if bind is not None:
+            self.calls.append(f"udp {bind[0]}:{bind[1]}")
         local = bind if bind is not None else self.net.ephemeral(self.host)
         port = FakeUdp(self.net, family, local, connect, offload=offload, counters=counters)
         port.mark = mark
@@ -552,6 +560,7 @@ class FakeDevices:
         return port
 
     def link(self, ifname: str) -> FakeLink:
+        self.calls.append(f"link {ifname}")
         self.links.append(FakeLink(ifname))
         return self.links[-1]
 
