@@ -26,11 +26,19 @@ that replace it, so another transport can slot in there.  Roaming: the kernel's
 notifications and failed sends run ``_path_check``; a new source with the tunnel up
 gets a fresh socket and at once a heartbeat (``probe_path``, the server follows the
 connection ID), or, without a CID, a dial at once that resumes with the ticket.
+
+The PMTU ceiling: the connected socket's path MTU (``IP_MTU``) caps the search at the
+dial (``pmtu_capped``).  It is read again when a check finds no move (an interface or
+route MTU changed, the source did not), after a rebind, and when a send fails with
+EMSGSIZE (``_follow_path_mtu``); a new value goes to the association as a kernel hint
+(``path_hint``: a lower one makes the search drop and find it, with no redial) and
+caps the renewals' searches.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import socket
 
@@ -56,6 +64,7 @@ from dtlsvpn.dtls.events import (
     PeerUnresponsive,
     SessionTicketReceived,
 )
+from dtlsvpn.dtls.pmtu_settings import PmtuSettings
 from dtlsvpn.dtls.rekey import Rekeyed, RekeyingClient
 from dtlsvpn.dtls.session import ClientSession
 
@@ -89,6 +98,8 @@ class ClientRole:
         loop = host.loop
         self._dial_timer = loop.timer(self._on_dial_deadline)
         self.refusals = Refusals()
+        self.path_mtu: int | None = None  # the ceiling in use: the socket's IP_MTU
+        self._pmtu: PmtuSettings | None = None  # the search's settings before that cap
         self._conn_timer = loop.timer(self._on_conn_timer)
         self.roamer = Roamer(loop, host.devices.watch_network(), self._path_check)
         self.resolver = host.devices.resolver(loop)
@@ -230,11 +241,13 @@ class ClientRole:
             peer.last_error = str(exc)
             self._lost(peer, now, f"cannot reach {name}: {exc}")
             return
-        path_mtu = sock.path_mtu()
+        path_mtu = self.path_mtu = sock.path_mtu()
         if self.tunmtu.policy == "auto" and peer.inner_mtu is None:
             self.tunmtu.refine(family, path_mtu)
         wall = host.loop.wall
-        conn = RekeyingClient(pmtu_capped(self._dtls_config(peer, wall), path_mtu),
+        conf = self._dtls_config(peer, wall)
+        self._pmtu = conf.pmtu
+        conn = RekeyingClient(pmtu_capped(conf, path_mtu),
                               grace=rekey_grace(host.cfg.interface.rekey_interval),
                               ip_header=40 if family == socket.AF_INET6 else 20,  # PLPMTU
                               peer=f"{name}:{port}".encode())
@@ -271,7 +284,34 @@ class ClientRole:
     # --- roaming (netwatch.py) --------------------------------------------------------
 
     def _send_failed(self, peer: Peer, exc: OSError, now: float) -> None:
-        self.roamer.send_failed(exc, now)
+        if exc.errno == errno.EMSGSIZE:
+            self._follow_path_mtu(peer, now)
+        else:
+            self.roamer.send_failed(exc, now)
+
+    def _follow_path_mtu(self, peer: Peer, now: float) -> None:
+        """The connected socket's path MTU again: a change goes to the association as a
+        kernel hint (never trusted above what a probe confirmed: a lower MTU makes the
+        search drop and find it; a higher one is found by the raise timer) and caps
+        the renewals' searches."""
+        conn, sock = peer.conn, peer.sock
+        if conn is None or sock is None:
+            return
+        mtu = sock.path_mtu()
+        if mtu is None or mtu == self.path_mtu:
+            return
+        log.info("peer %s: path MTU towards the server %s -> %d", peer.name,
+                 self.path_mtu or "unknown", mtu)
+        self.path_mtu = mtu
+        conn.config = pmtu_capped(dataclasses.replace(conn.config, pmtu=self._pmtu), mtu)
+        for assoc in (conn.current, conn.pending):
+            if assoc is not None:
+                # Twice: below the PLPMTU the first is a black hole suspected (the search
+                # drops to BASE); the second, then at or above it, caps the search, as
+                # IP_MTU bounds what the kernel sends (no probe it would refuse).
+                assoc.path_hint(mtu, now)
+                assoc.path_hint(mtu, now)
+        self.poke(peer, now)
 
     def _path_check(self, now: float) -> None:
         """The kernel said the network changed (or a send failed): where do we stand?"""
@@ -290,6 +330,8 @@ class ClientRole:
             self._roam(peer, bound, route, now)
         elif move is Move.REDIAL:
             self._redial_now(peer, now, f"the route to the server changed (source {route})")
+        else:  # (STAY: maybe an interface or route MTU changed)
+            self._follow_path_mtu(peer, now)
 
     def _no_route(self, peer: Peer, up: bool, now: float) -> None:
         """No route to the server's address.  A literal: wait for the network.  A name
@@ -321,6 +363,7 @@ class ClientRole:
                      "server follows the connection ID", peer.name, old, sock.local_host())
             self._flush(peer, conn, now)
             self._conn_timer.bring_forward(conn.get_timer())
+            self._follow_path_mtu(peer, now)  # (the new route's MTU)
             return
         log.info("peer %s: local address %s -> %s; no connection ID to follow, resuming "
                  "at once", peer.name, old, new)
@@ -398,7 +441,7 @@ class ClientRole:
     def _flush(self, peer: Peer, conn: RekeyingClient | Association, now: float) -> None:
         out = conn.datagrams_to_send(now)
         if out and peer.sock is not None:
-            send_datagrams(self.host, peer.sock, out, None, peer, now)
+            send_datagrams(self.host, peer.sock, out, None, peer, now, self._send_failed)
 
     def _on_event(self, peer: Peer, conn: RekeyingClient, ev: Event | Rekeyed, now: float,
                   wall: float) -> None:

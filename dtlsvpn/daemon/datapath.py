@@ -107,7 +107,8 @@ class Datapath:
         self.endpoint: ServerEndpoint | None = None
         self.bind: Callable[[Addr, Association, float], Peer | None] | None = None
         self.on_hints: Callable[[Peer | None, list[ErrorHint], float], None] | None = None
-        # (roam) a send that failed with an OS error: the client checks its path
+        # a send that failed with an OS error: the client checks its path (roam) or its
+        # path MTU (EMSGSIZE)
         self.on_send_error: Callable[[Peer, OSError, float], None] | None = None
         # The slow path, run once at the end of a loop iteration that received anything:
         # ``defer(service)`` (the role's: events, flights, timers of what was fed).
@@ -449,11 +450,12 @@ class Datapath:
                      now: float) -> None:
         if isinstance(exc, BlockingIOError):
             peer.drop("send_buffer_full", n)
-        elif exc.errno == errno.EMSGSIZE:
+            return
+        if exc.errno == errno.EMSGSIZE:
             peer.drop("emsgsize", n)
             self._errors(sock, peer, now)
         else:
             peer.drop("send_error", n)
             peer.last_error = exc.strerror
-            if self.on_send_error is not None:
-                self.on_send_error(peer, exc, now)
+        if self.on_send_error is not None:
+            self.on_send_error(peer, exc, now)

@@ -12,7 +12,9 @@ and answers the two lookups the shell needs:
 
 Invariants (kept by the methods here, nowhere else): ``by_addr[a] is p`` only while
 ``p.addr == a`` and ``p.assoc`` is bound there; an association maps to at most one
-peer, and to it only while it is that peer's ``assoc`` or ``previous``.  The client's
+peer, and to it only while it is that peer's ``assoc`` or ``previous``; ``renewing()``
+holds exactly the peers with a ``previous`` (a set, so the server's retire timer does
+not walk the idle peers).  The client's
 single peer uses only the by-name part (its association lives in ``conn``).  The
 connection IDs stay in the core's endpoint, which demuxes by them; the table follows
 the address the endpoint reports (``move``).
@@ -175,6 +177,9 @@ class PeerTable:
         # Peers added, removed, up or down since ``take_changed`` (the TUN MTU's running
         # minimum, tunmtu.py, recounts only these).
         self._changed: set[Peer] = set()
+        # Peers with a ``previous`` association, in the order their renewal began:
+        # ``renewing()`` without a walk over every peer (the retire timer asks it).
+        self._renewing: dict[Peer, None] = {}
 
     def note_up(self, peer: Peer) -> None:
         if peer.up:
@@ -216,7 +221,7 @@ class PeerTable:
         peer = self._by_name.pop(name, None)
         if peer is not None:
             self.release(peer)
-            peer.previous = None
+            self._set_previous(peer, None)
             self.up.discard(peer)
             self._changed.add(peer)
             peer._table = None
@@ -238,7 +243,7 @@ class PeerTable:
         old = peer.assoc
         self.retire(peer)
         if renewal and old is not None and old is not assoc:
-            peer.previous = old
+            self._set_previous(peer, old)
         elif old is not None and old is not assoc:
             self._unmap(old, peer)
         self._move_addr(peer, addr)
@@ -254,7 +259,7 @@ class PeerTable:
         prev = peer.previous
         if prev is None:
             return
-        peer.previous = None
+        self._set_previous(peer, None)
         if prev is not peer.assoc:
             self._unmap(prev, peer)
 
@@ -268,8 +273,16 @@ class PeerTable:
             del self.by_addr[peer.addr]
 
     def renewing(self) -> list[Peer]:
-        """Peers that still accept their previous keys."""
-        return [p for p in self._by_name.values() if p.previous is not None]
+        """Peers that still accept their previous keys (O(renewing peers))."""
+        return list(self._renewing)
+
+    def _set_previous(self, peer: Peer, assoc: Association | None) -> None:
+        """The one writer of ``Peer.previous``: the renewing set follows it."""
+        peer.previous = assoc
+        if assoc is None:
+            self._renewing.pop(peer, None)
+        else:
+            self._renewing[peer] = None
 
     def _move_addr(self, peer: Peer, addr: Addr) -> None:
         if peer.addr is not None and self.by_addr.get(peer.addr) is peer:

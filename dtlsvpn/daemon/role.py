@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from dtlsvpn.config import Config
@@ -70,8 +71,10 @@ class Host(Protocol):
 
 
 def send_datagrams(host: Host, sock: UdpPort, out: list[bytes], addr: Addr | None,
-                   peer: Peer | None, now: float) -> None:
-    """Slow-path output (flights, alerts, heartbeats) to ``addr`` (None: connected)."""
+                   peer: Peer | None, now: float,
+                   failed: Callable[[Peer, OSError, float], None] | None = None) -> None:
+    """Slow-path output (flights, alerts, heartbeats) to ``addr`` (None: connected);
+    ``failed`` is told of each send the kernel refused (the client: EMSGSIZE, roaming)."""
     for d in out:
         try:
             if addr is None:
@@ -90,6 +93,8 @@ def send_datagrams(host: Host, sock: UdpPort, out: list[bytes], addr: Addr | Non
                     peer.last_error = exc.strerror
             if exc.errno == errno.EMSGSIZE:
                 host.apply_hints(peer, sock.read_errors(), now)
+            if failed is not None and peer is not None:
+                failed(peer, exc, now)
 
 
 def peer_event(host: Host, peer: Peer | None, assoc: Association, addr: Addr | None,

@@ -18,7 +18,7 @@ Invariants:
   never has a gap.  Control bytes (flights, alerts, heartbeat answers) are queued
   past that limit, but not without end: a peer that makes us answer and never reads
   would grow the queue for ever, so once it would hold more than
-  ``CONTROL_LIMIT_FACTOR`` × ``queue_limit`` the link is given up at once
+  ``CONTROL_LIMIT_FACTOR`` × ``queue_limit`` (``vpn/sp.py``) the link is given up at once
   (``control_overflow``: nothing more is written, the socket is closed).  On the
   receive side the record and SP buffers hold at most one record and one frame.
 * ``ready`` only once the TLS handshake completed *and* the peer's SP header
@@ -59,7 +59,6 @@ MIN_INNER_MTU = 576  # the TCP carrier's inner MTU is never taken below this (st
 RECV_SIZE = 65536
 RECV_BUDGET = 16  # reads per readable wake-up
 DEFAULT_QUEUE_LIMIT = 1 << 20  # bytes queued for a peer that stopped reading
-CONTROL_LIMIT_FACTOR = 2  # control bytes may take the queue to this x queue_limit, no further
 
 
 class StreamLink:
@@ -272,10 +271,8 @@ class StreamLink:
         q = self.queue
         if self.eof or not data:
             return  # (nothing is written after EOF or a give-up)
-        if q.size + len(data) > CONTROL_LIMIT_FACTOR * q.limit:
+        if not q.push_control(data):
             self.closing("control_overflow")
             self.close_reason = (f"peer {self.name or '?'} does not read what it makes us "
-                                 f"send: over {CONTROL_LIMIT_FACTOR * q.limit} bytes queued")
+                                 f"send: over {q.control_limit} bytes queued")
             self.eof = True
-            return
-        q.push(data, force=True)

@@ -24,7 +24,11 @@ Bounded memory, both ways: :class:`SpReceiver` holds at most one header plus
 one partial message (``8 + max_message`` bytes) between calls, whatever the
 peer trickles; :class:`SendQueue` holds at most ``limit`` bytes of frames for
 a peer that stopped reading and drops (and counts) whole packets beyond that,
-as a router queue does.  Nothing here touches a socket or a clock.
+as a router queue does; sealed control bytes (flights, alerts, heartbeat answers,
+which the stream cannot skip) go past that limit, but at most to
+``CONTROL_LIMIT_FACTOR`` x it (:meth:`SendQueue.push_control`: beyond, the peer does
+not read what it makes us send and the caller gives the connection up).  Nothing
+here touches a socket or a clock.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ SP_MAGIC = b"\x00SP"
 SP_VERSION = 0
 SP_PROTOCOL_DTLSVPN = 0x4456  # "DV": our protocol number in the SP header
 SP_HEADER_LEN = 8
+CONTROL_LIMIT_FACTOR = 2  # control bytes may take a SendQueue to this x its limit, no further
 _HEADER = struct.Struct("!3sBHH")  # magic, version, protocol, reserved
 _LENGTH = struct.Struct("!Q")
 FRAME_OVERHEAD = _LENGTH.size
@@ -159,6 +164,20 @@ class SendQueue:
             self._chunks.append(chunk)
             self.size += len(chunk)
         return True
+
+    @property
+    def control_limit(self) -> int:
+        """The most :meth:`push_control` lets the queue hold."""
+        return CONTROL_LIMIT_FACTOR * self.limit
+
+    def push_control(self, chunk: bytes) -> bool:
+        """Queue sealed bytes past ``limit`` if need be (the stream cannot skip them), up
+        to :attr:`control_limit`; False, and nothing queued, beyond: the peer does not
+        read what it makes us send, and the caller gives the connection up (the daemon's
+        ``control_overflow``, the debug tool's error)."""
+        if self.size + len(chunk) > self.control_limit:
+            return False
+        return self.push(chunk, force=True)
 
     def peek(self, most: int = 1 << 16) -> bytes:
         """Up to ``most`` bytes from the front, without removing them."""

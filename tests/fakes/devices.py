@@ -11,7 +11,9 @@ its ``read_batch``/``write_batch`` are the real ones.  ``FakeUdp`` is the produc
 their source address and GSO segment size in a small header on the pair; ``FakeNet``
 delivers them to the port bound at the destination, drops what no port listens for and
 what is larger than ``path_mtu`` (a path that drops big DF packets without ICMP), and
-never fails a send (unless told to refuse GSO).
+never fails a send (unless told to refuse GSO, or a host's ``link_mtu`` is lower than the
+datagram: EMSGSIZE, as the kernel refuses a DF datagram above the interface MTU; that
+MTU is also what the host's connected sockets report as their path MTU).
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ class FakeNet:
     def __init__(self, *, path_mtu: int = 1500, gso: bool = True, gro: bool = True,
                  refuse_gso: bool = False) -> None:
         self.path_mtu = path_mtu
+        self.link_mtu: dict[str, int] = {}  # host → its interface MTU, when below path_mtu
         self.gso = gso
         self.gro = gro
         self.refuse_gso = refuse_gso
@@ -221,8 +224,14 @@ class FakeSocket:
         if self.local[0] in self.net.gone:  # as the kernel: the source is not ours now
             raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
 
+    def _fits(self, size: int) -> None:  # (size: a datagram's or GSO segment's payload)
+        mtu = self.net.link_mtu.get(self.local[0])
+        if mtu is not None and size + (40 if self.family == socket.AF_INET6 else 20) + 8 > mtu:
+            raise OSError(errno.EMSGSIZE, "Message too long")
+
     def sendto(self, data: bytes, addr: Addr, /) -> int:
         self._check()
+        self._fits(len(data))
         self.net.deliver(bytes(data), self.local, normalise(addr))
         return len(data)
 
@@ -251,6 +260,7 @@ class FakeSocket:
                 raise OSError(errno.EINVAL, "Invalid argument")
         else:
             gso = 0
+        self._fits(gso or len(payload))
         self.net.deliver(payload, self.local, normalise(dst), gso)
         return len(payload)
 
@@ -323,7 +333,8 @@ class FakeUdp(SocketPort):
         return out
 
     def path_mtu(self) -> int | None:
-        return self.net.path_mtu if self.remote is not None else None
+        mtu = self.net.link_mtu.get(self.local[0], self.net.path_mtu)
+        return min(self.net.path_mtu, mtu) if self.remote is not None else None
 
     def local_host(self) -> str | None:
         return self.local[0]

@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dtlsvpn.config.schema import PeerConfig
 from dtlsvpn.daemon import binding
 from dtlsvpn.daemon.binding import Ending, Verdict
@@ -106,3 +109,80 @@ def test_association_table_fits_every_peer_twice_and_never_shrinks_below_1024() 
     assert association_limit(384) == 1024
     assert association_limit(1000) == 2256  # 1,000 peers, each mid-renewal, + handshakes
     assert association_limit(5000) == 10256
+
+
+class _CountingPeer(Peer):
+    """A Peer that counts the reads of its ``previous`` (the slot stays Peer's)."""
+
+    __slots__ = ("reads",)
+    _slot = Peer.previous
+
+    def __init__(self, name: str) -> None:
+        self.reads = 0
+        super().__init__(cast(PeerConfig, type("Cfg", (), {"name": name})()))
+
+    @property  # type: ignore[override]
+    def previous(self) -> Any:
+        self.reads += 1
+        return _CountingPeer._slot.__get__(self)
+
+    @previous.setter
+    def previous(self, value: Any) -> None:
+        _CountingPeer._slot.__set__(self, value)
+
+
+def test_renewing_reads_nothing_of_the_idle_peers() -> None:
+    """The server's retire timer asks ``renewing()``: it walked every peer (issue 10: a
+    recurring path's work must not grow with 1 000 idle peers); it is the set now."""
+    table = PeerTable()
+    idle = [_CountingPeer(f"idle{i}") for i in range(1000)]
+    for p in idle:
+        table.add(p)
+    busy = _peer("busy")
+    table.add(busy)
+    old, new = (cast(Any, Assoc()) for _ in range(2))
+    table.bind(busy, old, A, renewal=False)
+    table.bind(busy, new, A, renewal=True)
+    for p in idle:
+        p.reads = 0
+    assert table.renewing() == [busy]
+    assert sum(p.reads for p in idle) == 0
+    table.retire(busy)
+    assert table.renewing() == []
+
+
+OPS = ("add", "bind", "renew", "retire", "release", "remove", "move")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, 3), st.integers(0, 2)),
+                max_size=60))
+def test_renewing_is_always_the_brute_force_list(ops: list[tuple[str, int, int]]) -> None:
+    """Whatever the order of renewals, retirements, releases, removals and moves, the
+    table's set of renewing peers is exactly the peers with a ``previous``."""
+    table = PeerTable()
+    addrs = [A, B, ("198.18.0.4", 40003)]
+    for op, i, j in ops:
+        name = f"p{i}"
+        peer = table.get(name)
+        if op == "add":
+            if peer is None:
+                table.add(_peer(name))
+        elif peer is None:
+            continue
+        elif op in ("bind", "renew"):
+            table.bind(peer, cast(Any, Assoc()), addrs[j], renewal=op == "renew")
+        elif op == "retire":
+            table.retire(peer)
+        elif op == "release":
+            table.release(peer)
+        elif op == "remove":
+            assert table.remove(name) is peer
+            assert peer.previous is None
+        else:
+            table.move(peer, addrs[j])
+        brute = [p for p in table if p.previous is not None]
+        got = table.renewing()
+        assert len(got) == len(set(got)) and set(got) == set(brute), (op, name)
+        for p in got:
+            assert table.owner(p.previous) is p  # type: ignore[arg-type]

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from dtlsvpn.daemon.stream import CONTROL_LIMIT_FACTOR, MIN_INNER_MTU, StreamLink
+from dtlsvpn.daemon.stream import MIN_INNER_MTU, StreamLink
 from dtlsvpn.dtls.events import AssociationClosed, Event, HandshakeCompleted
 from dtlsvpn.dtls.stream import StreamAssociation
+from dtlsvpn.vpn.sp import CONTROL_LIMIT_FACTOR
 from dtlsvpn.wire.constants import ContentType
 from dtlsvpn.wire.heartbeat import encode_heartbeat
 from tests.pki import Pki

@@ -50,7 +50,7 @@ from dtlsvpn.vpn.sp import SendQueue, SpError, SpReceiver, encode_frame, encode_
 
 RECV_SIZE = 65536
 RECV_BUDGET = 16
-SEND_QUEUE = 4 << 20  # bytes held for a peer that does not read
+SEND_QUEUE = 4 << 20  # bytes held for a peer that does not read (x2 at most: push_control)
 SP_MAX_MESSAGE = 16384 - 8  # one SP message per record at most
 
 Handler = Callable[[argparse.Namespace], int]
@@ -139,15 +139,10 @@ class StreamPeer:
         self.assoc.send([payload])
 
     def service(self, now: float) -> None:
-        for ev in self.assoc.pop_events():
-            if isinstance(ev, HandshakeCompleted):
-                self.established = True
-                if self.sp:
-                    self.assoc.send([encode_header()])
-            self.on_event(self, ev)
+        self._events()
         new = self.assoc.stats.heartbeat_answered - self.answered
         self.answered += new
-        self.queue.push(self.assoc.data_to_send(), force=True)
+        self._queue(now)
         self._flush()
         for _ in range(new):
             log(f"{PEER_HEARTBEAT_LINE} peer={self.name}")
@@ -158,6 +153,32 @@ class StreamPeer:
             self.sock.close()
         elif not self.done:
             self.timer.rearm()
+
+    def _events(self) -> None:
+        for ev in self.assoc.pop_events():
+            if isinstance(ev, HandshakeCompleted):
+                self.established = True
+                if self.sp:
+                    self.assoc.send([encode_header()])
+            self.on_event(self, ev)
+
+    def _queue(self, now: float) -> None:
+        """Sealed bytes join the queue, past its limit if need be, up to the daemon's
+        bound (``SendQueue.push_control``); beyond, the peer does not read what it makes
+        us send (an echo, heartbeat answers): the connection is given up, nothing more
+        is written."""
+        data = self.assoc.data_to_send()
+        q = self.queue
+        if q.push_control(data):
+            return
+        log(f"error: {self.name} does not read what it makes us send: "
+            f"over {q.control_limit} bytes queued")
+        self.eof = True
+        q.consume(len(q))
+        if not self.assoc.is_closed:
+            self.assoc.close(now)
+        self.assoc.data_to_send()  # (the close_notify is not written either)
+        self._events()
 
     def _flush(self) -> None:
         q = self.queue

@@ -1,0 +1,58 @@
+"""The client's PMTU ceiling follows its interface MTU under a running tunnel.
+
+Two namespaces on one veth pair (``two_hosts``'s addresses).  With the tunnel up and
+idle (no confirmation probes, so no black-hole detection) the client's veth MTU is
+lowered: the kernel's RTM_NEWLINK makes the client read its connected socket's
+``IP_MTU`` again (same address, same route: no rebind, no redial), the association's
+search drops to it, and the TUN MTU and ``dtlsvpn status`` follow.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.netns.harness import (
+    PYTHON,
+    RunDaemon,
+    Topology,
+    link_mtu,
+    ping,
+    psk_pair,
+    start_pair,
+)
+from tests.util import wait_until
+
+LOWER = 1400
+
+
+def test_a_lower_link_mtu_is_followed_without_a_redial(
+        topo: Topology, run_daemon: RunDaemon, tmp_path: Path) -> None:
+    server_ns, client_ns = topo.netns("s"), topo.netns("c")
+    _, client_dev = topo.veth(server_ns, ["198.18.0.1/24", "2001:db8::1/64"],
+                              client_ns, ["198.18.0.2/24", "2001:db8::2/64"])
+    server_conf, client_conf = psk_pair(tmp_path)
+    _server, client = start_pair(run_daemon, server_ns, client_ns, server_conf, client_conf)
+
+    def peer() -> dict:
+        return client.status()["peers"][0]
+
+    assert wait_until(lambda: peer()["plpmtu"] == 1500, timeout=30, interval=0.2), peer()
+    before = peer()
+    topo.exec(client_ns, ["ip", "link", "set", "dev", client_dev, "mtu", str(LOWER)])
+    start = time.monotonic()
+    assert wait_until(lambda: peer()["plpmtu"] == LOWER, timeout=10, interval=0.1), peer()
+    took = time.monotonic() - start
+    after = peer()
+    assert after["state"] == "established"
+    assert after["handshakes"] == before["handshakes"]  # the same association
+    assert after["roams"] == before["roams"]
+    want = LOWER - 20 - 8 - after["record_overhead"]
+    assert wait_until(lambda: link_mtu(topo, client_ns, "dvc0") == want, timeout=5,
+                      interval=0.1), link_mtu(topo, client_ns, "dvc0")
+    res = topo.exec(client_ns, [PYTHON, "-m", "dtlsvpn", "status",
+                                "--socket", str(client.status_socket)])
+    assert f"path mtu: {LOWER}, inner mtu: {want}" in res.stdout, res.stdout
+    print(f"veth MTU 1500 → {LOWER}: the client's plpmtu followed in {took:.2f} s, "
+          f"TUN MTU {want}, no redial")
+    assert "3 received" in ping(topo, client_ns, "100.64.0.1", "--count", "3")

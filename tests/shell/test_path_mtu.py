@@ -1,0 +1,105 @@
+"""The client's PMTU ceiling follows the underlay's MTU after the dial (daemon/client.py).
+
+At the dial the connected socket's path MTU (``IP_MTU``) caps the DPLPMTUD search.  When
+the interface MTU towards the server falls later (``ip link set dev X mtu N``, a route's
+``mtu``) without a new address or route source, the client reads it again when netlink
+reports a change that leads to no rebind or redial, and when a send fails with
+EMSGSIZE, and hands it to the association as a kernel hint: the search drops and
+finds the new size with the same association (no redial, no handshake).
+
+The fake kernel (``FakeNet.link_mtu``): the client's sockets report the lower MTU and
+refuse larger datagrams with EMSGSIZE; nothing is put on the error queue, so only the
+new reading can tell the association.
+"""
+
+from __future__ import annotations
+
+from dtlsvpn.daemon.client import ClientRole
+from tests.fakes.packets import udp
+from tests.fakes.world import Host
+from tests.shell.conftest import CLIENT, Pair, established
+
+C4, S4 = "100.64.0.2", "100.64.0.1"
+LOWER = 1400
+
+
+def _settled_at_1500(client: Host, server: Host) -> None:
+    world = client.world
+    assert world.run_until(lambda: client.peer()["plpmtu"] == 1500, within=30.0), client.peer()
+    world.run_for(5.0)
+    assert client.peer()["plpmtu"] == 1500 and established(server)
+
+
+def _followed_down(client: Host, handshakes: int, dials: int) -> None:
+    world = client.world
+    assert world.run_until(lambda: client.peer()["plpmtu"] == LOWER, within=5.0), (
+        client.peer())
+    want = LOWER - 20 - 8 - client.peer()["record_overhead"]
+    assert world.run_until(lambda: client.snapshot()["interface"]["mtu"] == want,
+                           within=10.0), client.link.mtu_history
+    assert established(client)
+    assert client.peer()["handshakes"] == handshakes  # the same association
+    assert len(client.devices.resolved) == dials  # no redial
+    role = client.daemon.role
+    assert isinstance(role, ClientRole)
+    conn = role.peer.conn
+    assert conn is not None and conn.config.pmtu is not None
+    assert conn.config.pmtu.max_plpmtu == LOWER  # the renewals' ceiling too
+
+
+def test_a_lower_interface_mtu_reported_by_netlink_is_followed(pair: Pair) -> None:
+    """An idle tunnel (no data: no confirmation probes, so no black-hole detection)
+    whose interface MTU falls: the netlink notification alone brings the search down."""
+    server, client = pair()
+    world = server.world
+    _settled_at_1500(client, server)
+    handshakes, dials = client.peer()["handshakes"], len(client.devices.resolved)
+    world.net.link_mtu[CLIENT] = LOWER
+    assert client.devices.monitor is not None
+    client.devices.monitor.notify()  # RTM_NEWLINK: same address, same route source
+    _followed_down(client, handshakes, dials)
+    assert client.peer()["roams"] == 0
+    assert client.peer()["drops"].get("emsgsize", 0) == 0
+
+
+def test_emsgsize_alone_makes_the_client_read_the_mtu_again(pair: Pair) -> None:
+    """No notification (a monitor that missed it): the send the kernel refused with
+    EMSGSIZE makes the client read the socket's MTU again."""
+    server, client = pair()
+    world = server.world
+    _settled_at_1500(client, server)
+    handshakes, dials = client.peer()["handshakes"], len(client.devices.resolved)
+    world.net.link_mtu[CLIENT] = LOWER
+    big = udp(C4, S4, seq=1, size=1420)  # fits the old tunnel MTU, not the new path
+    client.tun.inject([big])
+    world.settle()
+    assert client.peer()["drops"].get("emsgsize") == 1
+    _followed_down(client, handshakes, dials)
+    world.settle()
+    server.tun.drain()
+    client.tun.inject([udp(C4, S4, seq=2)])
+    world.settle()
+    assert len(server.tun.drain()) == 1
+
+
+def test_a_higher_mtu_again_is_found_by_the_raise_timer(pair: Pair) -> None:
+    """Back up: a hint never raises the PLPMTU (RFC 8899 §4.6.2); the ceiling is lifted
+    at once, and the search finds the larger size when its raise timer (600 s) runs."""
+    server, client = pair()
+    world = server.world
+    _settled_at_1500(client, server)
+    handshakes, dials = client.peer()["handshakes"], len(client.devices.resolved)
+    world.net.link_mtu[CLIENT] = LOWER
+    assert client.devices.monitor is not None
+    client.devices.monitor.notify()
+    _followed_down(client, handshakes, dials)
+    del world.net.link_mtu[CLIENT]
+    client.devices.monitor.notify()
+    world.run_for(5.0)
+    role = client.daemon.role
+    assert isinstance(role, ClientRole) and role.path_mtu == 1500
+    assert client.peer()["plpmtu"] == LOWER
+    assert world.run_until(lambda: client.peer()["plpmtu"] == 1500, within=700.0), (
+        client.peer())
+    assert client.peer()["handshakes"] == handshakes  # (the renewal is an hour away)
+    assert client.peer()["drops"].get("emsgsize", 0) == 0
