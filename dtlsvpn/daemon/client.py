@@ -30,9 +30,9 @@ connection ID), or, without a CID, a dial at once that resumes with the ticket.
 The PMTU ceiling: the connected socket's path MTU (``IP_MTU``) caps the search at the
 dial (``pmtu_capped``).  It is read again when a check finds no move (an interface or
 route MTU changed, the source did not), after a rebind, and when a send fails with
-EMSGSIZE (``_follow_path_mtu``); a new value goes to the association as a kernel hint
-(``path_hint``: a lower one makes the search drop and find it, with no redial) and
-caps the renewals' searches.
+EMSGSIZE (``_follow_path_mtu``); a new value moves the association's ceiling
+(``local_mtu``: a lower one makes the search drop and find it, a higher one resumes a
+search that had reached the old ceiling; no redial either way) and the renewals'.
 """
 
 from __future__ import annotations
@@ -79,9 +79,9 @@ def pmtu_capped(conf: DtlsConfig, path_mtu: int | None) -> DtlsConfig:
     ``emsgsize`` drop every association showed once).  Left alone when unknown or below
     the search's base (the search finds the PLPMTU from there, as before)."""
     pm = conf.pmtu
-    if pm is None or path_mtu is None or not pm.base_plpmtu <= path_mtu < pm.max_plpmtu:
+    if pm is None or path_mtu is None or path_mtu < pm.base_plpmtu:
         return conf
-    return dataclasses.replace(conf, pmtu=dataclasses.replace(pm, max_plpmtu=path_mtu))
+    return dataclasses.replace(conf, pmtu=dataclasses.replace(pm, local_mtu=path_mtu))
 
 
 class ClientRole:
@@ -290,10 +290,10 @@ class ClientRole:
             self.roamer.send_failed(exc, now)
 
     def _follow_path_mtu(self, peer: Peer, now: float) -> None:
-        """The connected socket's path MTU again: a change goes to the association as a
-        kernel hint (never trusted above what a probe confirmed: a lower MTU makes the
-        search drop and find it; a higher one is found by the raise timer) and caps
-        the renewals' searches."""
+        """The connected socket's path MTU again: a change moves the association's PMTU
+        ceiling (``local_mtu``: a lower MTU makes the search drop and find it; a higher
+        one resumes a search that had reached the old ceiling, confirmed by probes) and
+        the renewals'."""
         conn, sock = peer.conn, peer.sock
         if conn is None or sock is None:
             return
@@ -306,11 +306,7 @@ class ClientRole:
         conn.config = pmtu_capped(dataclasses.replace(conn.config, pmtu=self._pmtu), mtu)
         for assoc in (conn.current, conn.pending):
             if assoc is not None:
-                # Twice: below the PLPMTU the first is a black hole suspected (the search
-                # drops to BASE); the second, then at or above it, caps the search, as
-                # IP_MTU bounds what the kernel sends (no probe it would refuse).
-                assoc.path_hint(mtu, now)
-                assoc.path_hint(mtu, now)
+                assoc.local_mtu(mtu, now)
         self.poke(peer, now)
 
     def _path_check(self, now: float) -> None:

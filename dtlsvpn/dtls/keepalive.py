@@ -212,6 +212,13 @@ class Keepalive:
         self._pmtu.path_hint(mtu, now)
         self.service(now, last_rx)
 
+    def local_mtu(self, mtu: int, now: float, last_rx: float) -> None:
+        """The local MTU for the PMTU machine (see ``Association.local_mtu``)."""
+        if self._pmtu is None:
+            return
+        self._pmtu.local_mtu(mtu, now)
+        self.service(now, last_rx)
+
     def challenge(self, now: float) -> bytes | None:
         """A HeartbeatRequest message for a path challenge (see the module doc), with a
         payload no other request had; None when we may not send requests (RFC 6520 §2).

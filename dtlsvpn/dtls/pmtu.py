@@ -6,7 +6,8 @@ One :class:`Dplpmtud` per association and sending direction.  It decides which
 probe sizes to send and when; the caller turns each :class:`Probe` into a
 HeartbeatRequest whose *IP packet* is exactly ``probe.size`` bytes (payload
 ``probe.payload``, ``probe.padding`` random padding bytes), and feeds back the
-HeartbeatResponses (``on_response``) and kernel or ICMP hints (``path_hint``).
+HeartbeatResponses (``on_response``), kernel or ICMP hints (``path_hint``) and the
+local MTU towards the peer when it changes (``local_mtu``).
 Time is passed in as ``now`` (monotonic seconds); nothing here reads a clock.
 
 Units: PLPMTU is the IP packet size (outer IP header + UDP 8 + DTLS record).
@@ -135,35 +136,11 @@ class Dplpmtud:
     """RFC 8899 DPLPMTUD for one path; see the module docstring."""
 
     __slots__ = (
-        "_base",
-        "_changes",
-        "_counter",
-        "_edges",
-        "_epoch",
-        "_error_size",
-        "_fails",
-        "_hi",
-        "_hint_cap",
-        "_hint_next",
-        "_lo",
-        "_max",
-        "_min",
-        "_next_at",
-        "_overhead",
-        "_plateaus",
-        "_plpmtu",
-        "_probe",
-        "_probe_count",
-        "_probe_deadline",
-        "_probe_epoch",
-        "_probe_sent",
-        "_raise_at",
-        "_random_bytes",
-        "_refuted",
-        "_refuted_until",
-        "_srtt",
-        "_state",
-        "settings",
+        "_base", "_changes", "_counter", "_edges", "_epoch", "_error_size", "_fails", "_hi",
+        "_hint_cap", "_hint_next", "_limit", "_lo", "_max", "_min", "_next_at", "_overhead",
+        "_plateaus", "_plpmtu", "_probe", "_probe_count", "_probe_deadline", "_probe_epoch",
+        "_probe_sent", "_raise_at", "_random_bytes", "_refuted", "_refuted_until", "_srtt",
+        "_state", "settings",
     )
 
     def __init__(
@@ -185,16 +162,16 @@ class Dplpmtud:
         self._min = max(settings.min_plpmtu, floor)
         self._base = max(settings.base_plpmtu, self._min)
         largest = self._overhead + MAX_HEARTBEAT_LEN  # RFC 6520 §4: at most 2^14 plaintext
-        self._max = min(settings.max_plpmtu, largest)
-        if interface_mtu is not None:
-            self._max = min(self._max, interface_mtu)
-        if self._max < self._base:
-            raise UsageError(f"max PLPMTU {self._max} is below BASE_PLPMTU {self._base}")
+        self._limit = min(settings.max_plpmtu, largest)  # MAX_PLPMTU whatever the local MTU
+        top = self._limit
+        for local in (interface_mtu, settings.local_mtu):
+            if local is not None:
+                top = min(top, local)
+        if top < self._base:
+            raise UsageError(f"max PLPMTU {top} is below BASE_PLPMTU {self._base}")
         if self._plaintext(self._min) < HEADER_LEN + PROBE_PAYLOAD_LEN + MIN_PADDING:
             raise UsageError("MIN_PLPMTU leaves no room for a heartbeat probe")
-        table = {p for p in settings.plateaus if p < self._max} | {self._max}
-        self._plateaus = tuple(sorted(table))
-        self._edges = frozenset(self._plateaus) | {self._base, self._min}
+        self._set_max(top)
         self._plpmtu = self._base
         self._changes: list[tuple[int, int]] = []
         self._counter = 0
@@ -345,6 +322,28 @@ class Dplpmtud:
             self._set_plpmtu(self._min)
         self._next_at = now
 
+    def local_mtu(self, mtu: int, now: float) -> None:
+        """The local MTU towards the peer changed (a connected socket's ``IP_MTU``: an
+        interface's or a route's MTU).  MAX_PLPMTU follows it both ways (RFC 8899
+        §5.3.1, never above ``max_plpmtu`` nor below BASE_PLPMTU).  Below the PLPMTU it
+        is also a hint (``path_hint``: the search drops and finds the new size).  Above
+        a search that ended at the old ceiling, the search resumes upward at once
+        instead of at the raise timer; what it finds is confirmed by probes, so a wrong
+        reading costs probes, never a PLPMTU the path does not carry."""
+        old = self._max
+        new = max(self._base, min(self._limit, mtu))
+        self._set_max(new)
+        if self._hi > new + 1 or self._hi == old + 1:
+            self._hi = new + 1  # (``max + 1``: no size above the PLPMTU known to fail)
+        state = self._state
+        if state is not PmtuState.DISABLED and mtu < self._plpmtu:
+            self.path_hint(max(mtu, self._min), now)  # (below MIN: ERROR, probing MIN)
+        elif new > old:
+            self._hint_cap = None  # (the new reading is the fresher bound)
+            if state is PmtuState.SEARCH_COMPLETE and self._plpmtu >= old:
+                self._start_search(now, self._plpmtu, reset_bounds=True)
+        self._fails = {s: n for s, n in self._fails.items() if s <= new}
+
     def handle_timer(self, now: float) -> None:
         """Process expiries: a lost probe, the PMTU_RAISE_TIMER."""
         probe = self._probe
@@ -399,6 +398,12 @@ class Dplpmtud:
         if self._srtt is None:
             return self._next_at
         return max(self._next_at, self._probe_sent + self._srtt)
+
+    def _set_max(self, size: int) -> None:
+        self._max = size
+        table = {p for p in self.settings.plateaus if p < size} | {size}
+        self._plateaus = tuple(sorted(table))
+        self._edges = frozenset(self._plateaus) | {self._base, self._min}
 
     def _set_plpmtu(self, size: int) -> None:
         if size != self._plpmtu:

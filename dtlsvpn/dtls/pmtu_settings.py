@@ -51,8 +51,10 @@ COMMON_PLPMTUS: tuple[int, ...] = (1280, 1400, 1420, 1440, 1450, 1480, 1492, 150
 class PmtuSettings:
     """DPLPMTUD constants (RFC 8899 §5.1.1, §5.1.2); sizes are IP packet sizes.
 
-    ``max_plpmtu`` is further capped by the interface MTU given to
-    :class:`Dplpmtud`.  ``granularity`` is the search resolution: the result is
+    ``max_plpmtu`` is further capped by ``local_mtu``, the local MTU towards the peer
+    (a connected socket's ``IP_MTU``; RFC 8899 §5.3.1: MAX_PLPMTU is the minimum of the
+    local MTU and what the PL allows), which a running :class:`Dplpmtud` follows
+    (``local_mtu``).  ``granularity`` is the search resolution: the result is
     at most ``granularity - 1`` bytes below the largest working size (16 → ≤ 15 B).
     ``confirm_interval`` is the CONFIRMATION_TIMER (less than the raise timer).
     """
@@ -66,8 +68,11 @@ class PmtuSettings:
     confirm_interval: float = 2.0
     granularity: int = 16
     plateaus: tuple[int, ...] = COMMON_PLPMTUS
+    local_mtu: int | None = None
 
     def __post_init__(self) -> None:
+        if self.local_mtu is not None and self.local_mtu < self.base_plpmtu:
+            raise UsageError(f"local_mtu {self.local_mtu} is below base_plpmtu")
         if not IPV4_MIN_MTU <= self.min_plpmtu <= self.base_plpmtu <= self.max_plpmtu:
             raise UsageError("need 68 <= min_plpmtu <= base_plpmtu <= max_plpmtu")
         if self.probe_timer < MIN_PROBE_TIMER:

@@ -4,7 +4,9 @@ Two namespaces on one veth pair (``two_hosts``'s addresses).  With the tunnel up
 idle (no confirmation probes, so no black-hole detection) the client's veth MTU is
 lowered: the kernel's RTM_NEWLINK makes the client read its connected socket's
 ``IP_MTU`` again (same address, same route: no rebind, no redial), the association's
-search drops to it, and the TUN MTU and ``dtlsvpn status`` follow.
+search drops to it, and the TUN MTU and ``dtlsvpn status`` follow.  Raised to 1500
+again, the search that had reached the 1400 ceiling climbs back at once, with the same
+association (not at its 600 s raise timer, nor at the renewal).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tests.util import wait_until
 LOWER = 1400
 
 
-def test_a_lower_link_mtu_is_followed_without_a_redial(
+def test_a_link_mtu_is_followed_down_and_up_without_a_redial(
         topo: Topology, run_daemon: RunDaemon, tmp_path: Path) -> None:
     server_ns, client_ns = topo.netns("s"), topo.netns("c")
     _, client_dev = topo.veth(server_ns, ["198.18.0.1/24", "2001:db8::1/64"],
@@ -56,3 +58,16 @@ def test_a_lower_link_mtu_is_followed_without_a_redial(
     print(f"veth MTU 1500 → {LOWER}: the client's plpmtu followed in {took:.2f} s, "
           f"TUN MTU {want}, no redial")
     assert "3 received" in ping(topo, client_ns, "100.64.0.1", "--count", "3")
+    topo.exec(client_ns, ["ip", "link", "set", "dev", client_dev, "mtu", "1500"])
+    start = time.monotonic()
+    assert wait_until(lambda: peer()["plpmtu"] == 1500, timeout=10, interval=0.1), peer()
+    took = time.monotonic() - start
+    back = 1500 - 20 - 8 - after["record_overhead"]
+    assert wait_until(lambda: link_mtu(topo, client_ns, "dvc0") == back, timeout=5,
+                      interval=0.1), link_mtu(topo, client_ns, "dvc0")
+    final = peer()
+    assert final["state"] == "established"
+    assert final["handshakes"] == before["handshakes"] and final["roams"] == before["roams"]
+    print(f"veth MTU {LOWER} → 1500: plpmtu back at 1500 in {took:.2f} s, TUN MTU {back}")
+    assert "3 received" in ping(topo, client_ns, "100.64.0.1", "--count", "3", "--df",
+                                "--size", str(back - 28))  # a full-size inner packet

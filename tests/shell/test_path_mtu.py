@@ -4,8 +4,9 @@ At the dial the connected socket's path MTU (``IP_MTU``) caps the DPLPMTUD searc
 the interface MTU towards the server falls later (``ip link set dev X mtu N``, a route's
 ``mtu``) without a new address or route source, the client reads it again when netlink
 reports a change that leads to no rebind or redial, and when a send fails with
-EMSGSIZE, and hands it to the association as a kernel hint: the search drops and
-finds the new size with the same association (no redial, no handshake).
+EMSGSIZE, and moves the association's ceiling: the search drops and finds the new
+size with the same association (no redial, no handshake); when the MTU rises again a
+search that had reached the old ceiling climbs at once.
 
 The fake kernel (``FakeNet.link_mtu``): the client's sockets report the lower MTU and
 refuse larger datagrams with EMSGSIZE; nothing is put on the error queue, so only the
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from dtlsvpn.daemon.client import ClientRole
 from tests.fakes.packets import udp
-from tests.fakes.world import Host
+from tests.fakes.world import Host, World
 from tests.shell.conftest import CLIENT, Pair, established
 
 C4, S4 = "100.64.0.2", "100.64.0.1"
@@ -44,7 +45,7 @@ def _followed_down(client: Host, handshakes: int, dials: int) -> None:
     assert isinstance(role, ClientRole)
     conn = role.peer.conn
     assert conn is not None and conn.config.pmtu is not None
-    assert conn.config.pmtu.max_plpmtu == LOWER  # the renewals' ceiling too
+    assert conn.config.pmtu.local_mtu == LOWER  # the renewals' ceiling too
 
 
 def test_a_lower_interface_mtu_reported_by_netlink_is_followed(pair: Pair) -> None:
@@ -82,9 +83,9 @@ def test_emsgsize_alone_makes_the_client_read_the_mtu_again(pair: Pair) -> None:
     assert len(server.tun.drain()) == 1
 
 
-def test_a_higher_mtu_again_is_found_by_the_raise_timer(pair: Pair) -> None:
-    """Back up: a hint never raises the PLPMTU (RFC 8899 §4.6.2); the ceiling is lifted
-    at once, and the search finds the larger size when its raise timer (600 s) runs."""
+def test_a_higher_mtu_again_is_found_at_once(pair: Pair) -> None:
+    """Back up: the ceiling is lifted and the search that had reached the old one
+    resumes at once (not at its 600 s raise timer); the size is confirmed by probes."""
     server, client = pair()
     world = server.world
     _settled_at_1500(client, server)
@@ -93,13 +94,39 @@ def test_a_higher_mtu_again_is_found_by_the_raise_timer(pair: Pair) -> None:
     assert client.devices.monitor is not None
     client.devices.monitor.notify()
     _followed_down(client, handshakes, dials)
-    del world.net.link_mtu[CLIENT]
-    client.devices.monitor.notify()
+    _climbs_back(client, handshakes, dials)
+
+
+def test_a_tunnel_dialled_under_a_lower_mtu_climbs_when_it_rises(world: World,
+                                                                  pair: Pair) -> None:
+    """Dialled while the link's MTU was 1400 (the search capped there from the start,
+    as no probe the kernel would refuse is sent): when the link is back at 1500 the
+    same association climbs, instead of waiting for its renewal an hour later."""
+    world.net.link_mtu[CLIENT] = LOWER
+    _server, client = pair()
+    assert world.run_until(lambda: client.peer()["plpmtu"] == LOWER, within=30.0), (
+        client.peer())
     world.run_for(5.0)
+    assert client.peer()["plpmtu"] == LOWER
+    handshakes, dials = client.peer()["handshakes"], len(client.devices.resolved)
+    _climbs_back(client, handshakes, dials)
+
+
+def _climbs_back(client: Host, handshakes: int, dials: int) -> None:
+    world = client.world
+    del world.net.link_mtu[CLIENT]
+    assert client.devices.monitor is not None
+    client.devices.monitor.notify()  # RTM_NEWLINK: the MTU is back at 1500
+    assert world.run_until(lambda: client.peer()["plpmtu"] == 1500, within=10.0), (
+        client.peer())
     role = client.daemon.role
     assert isinstance(role, ClientRole) and role.path_mtu == 1500
-    assert client.peer()["plpmtu"] == LOWER
-    assert world.run_until(lambda: client.peer()["plpmtu"] == 1500, within=700.0), (
-        client.peer())
+    conn = role.peer.conn
+    assert conn is not None and conn.config.pmtu is not None
+    assert conn.config.pmtu.local_mtu == 1500
+    want = 1500 - 20 - 8 - client.peer()["record_overhead"]
+    assert world.run_until(lambda: client.snapshot()["interface"]["mtu"] == want,
+                           within=10.0), client.link.mtu_history
     assert client.peer()["handshakes"] == handshakes  # (the renewal is an hour away)
+    assert len(client.devices.resolved) == dials
     assert client.peer()["drops"].get("emsgsize", 0) == 0

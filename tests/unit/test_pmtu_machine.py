@@ -308,6 +308,57 @@ def test_raise_timer_searches_upward_again() -> None:
     assert sim.m.state is PmtuState.SEARCH_COMPLETE
 
 
+def test_a_local_mtu_rise_resumes_a_search_that_reached_the_ceiling() -> None:
+    """Dialled under a 1400 local MTU on a 1500 path: the search ends at 1400; the local
+    MTU back at 1500 resumes it at once (not at the 600 s raise timer), and no probe
+    goes above the local MTU in force."""
+    sim = Sim(make(PmtuSettings(local_mtu=1400)), FakePath(fixed(1500))).run_until(20.0)
+    assert sim.m.plpmtu == 1400 and sim.m.state is PmtuState.SEARCH_COMPLETE
+    assert max(size for _, size, _ in sim.probes) == 1400
+    sim.m.local_mtu(1500, sim.now)
+    sim.run_until(25.0)
+    assert sim.m.plpmtu == 1500 and sim.m.state is PmtuState.SEARCH_COMPLETE
+    assert max(size for _, size, _ in sim.probes) == 1500
+
+
+def test_a_local_mtu_rise_leaves_a_path_bound_search_alone() -> None:
+    """The search ended below the local MTU (the path's bottleneck is elsewhere): a
+    larger local MTU changes nothing before the raise timer."""
+    sim = Sim(make(PmtuSettings(local_mtu=1500)), FakePath(fixed(1420))).run_until(20.0)
+    found = sim.m.plpmtu
+    assert 1405 <= found <= 1420 and sim.m.state is PmtuState.SEARCH_COMPLETE
+    sim.m.local_mtu(9000, sim.now)
+    sim.run_until(300.0)
+    assert sim.m.plpmtu == found
+    assert all(size == found for t, size, _ in sim.probes if t > 20.0)  # confirmations
+
+
+@pytest.mark.parametrize("at", [0.3, 20.0])  # while searching, after it
+def test_a_local_mtu_fall_bounds_every_later_probe(at: float) -> None:
+    sim = Sim(make(PmtuSettings(local_mtu=1500)), FakePath(fixed(1500))).run_until(at)
+    sim.m.local_mtu(1300, sim.now)
+    sim.run_until(at + 30.0)
+    assert sim.m.plpmtu == 1300 and sim.m.state is PmtuState.SEARCH_COMPLETE
+    assert all(size <= 1300 for t, size, _ in sim.probes if t >= at)
+
+
+def test_a_local_mtu_outside_the_settings_is_bounded() -> None:
+    """Never above max_plpmtu, never below BASE_PLPMTU as a ceiling (below BASE it is a
+    hint: ERROR, as for any hint there)."""
+    sim = Sim(make(PmtuSettings(max_plpmtu=1450, local_mtu=1300)),
+              FakePath(fixed(9000))).run_until(20.0)
+    assert sim.m.plpmtu == 1300
+    sim.m.local_mtu(9000, sim.now)
+    sim.run_until(40.0)
+    assert sim.m.plpmtu == 1450 and max(size for _, size, _ in sim.probes) == 1450
+    sim.m.local_mtu(1000, sim.now)  # below BASE = MIN_PLPMTU: nothing but MIN is probed
+    at = sim.now
+    sim.run_until(at + 30.0)
+    assert sim.m.plpmtu == 1200 and all(size <= 1200 for t, size, _ in sim.probes if t >= at)
+    with pytest.raises(UsageError):
+        PmtuSettings(local_mtu=1100)
+
+
 def test_ipv6_floor_is_1280() -> None:
     m = make(ip=40)
     assert m.plpmtu == 1280
@@ -386,7 +437,7 @@ def test_search_step_shapes() -> None:
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["ack", "lose", "hint", "wait", "toggle"]),
+            st.sampled_from(["ack", "lose", "hint", "local", "wait", "toggle"]),
             st.integers(500, 10000),
             st.floats(0.0, 30.0),
         ),
@@ -397,16 +448,20 @@ def test_invariants_under_any_inputs(ops: list[tuple[str, int, float]]) -> None:
     m = make(PmtuSettings(min_plpmtu=576))
     now = 0.0
     acked = {m.plpmtu, 576}
+    ceiling = IFACE
     for op, size, dt in ops:
         probe = m.poll(now)
         if probe is not None:
-            assert 576 <= probe.size <= IFACE
+            assert 576 <= probe.size <= ceiling
             assert probe.padding >= 16 and HEADER_LEN + PROBE_PAYLOAD_LEN + probe.padding > 0
             if op == "ack":
                 assert m.on_response(probe.payload, now + 0.01)
                 acked.add(probe.size)
         if op == "hint":
             m.path_hint(size, now)
+        elif op == "local":
+            m.local_mtu(size, now)
+            ceiling = max(1200, min(IFACE, size))  # (the kernel refuses more: no probe)
         elif op == "toggle":
             if m.state is PmtuState.DISABLED:
                 m.enable(now)
