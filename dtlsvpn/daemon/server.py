@@ -359,10 +359,11 @@ class ServerRole:
         """The PMTU search bounded by the kernel's path MTU towards the peer, as a
         client's is by its connected socket: the listening socket is unconnected, so
         without it the first probe above the interface MTU was refused (EMSGSIZE, one
-        ``emsgsize`` drop per association)."""
+        ``emsgsize`` drop per association).  On an RFC 9146 move the ceiling follows the
+        new path both ways (``local_mtu``)."""
         mtu = self.host.devices.path_mtu_to(addr)
         if mtu is not None:
-            assoc.path_hint(mtu, now)
+            assoc.local_mtu(mtu, now)
 
     def _closed(self, assoc: Association, reason: str, peer: Peer | None) -> None:
         if peer is None:

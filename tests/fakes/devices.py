@@ -141,6 +141,9 @@ class FakeNet:
                  refuse_gso: bool = False) -> None:
         self.path_mtu = path_mtu
         self.link_mtu: dict[str, int] = {}  # host → its interface MTU, when below path_mtu
+        # destination host → the path MTU towards it, when below path_mtu (what a server's
+        # kernel reports for it, ``path_mtu_to``; larger datagrams to it are lost)
+        self.route_mtu: dict[str, int] = {}
         self.gso = gso
         self.gro = gro
         self.refuse_gso = refuse_gso
@@ -164,7 +167,8 @@ class FakeNet:
     def deliver(self, data: bytes, src: Addr, dst: Addr, gso: int = 0) -> None:
         """One datagram, or with ``gso`` a GSO packet of segments of ``gso`` bytes."""
         header = 40 if ":" in dst[0] else 20
-        if min(gso or len(data), len(data)) + header + 8 > self.path_mtu:
+        if min(gso or len(data), len(data)) + header + 8 > self.route_mtu.get(dst[0],
+                                                                               self.path_mtu):
             self._drop("too_big")
             return
         port = self.ports.get(dst)
@@ -579,7 +583,7 @@ class FakeDevices:
         return self._route_mtu
 
     def path_mtu_to(self, addr: Addr) -> int | None:
-        return self.net.path_mtu
+        return min(self.net.path_mtu, self.net.route_mtu.get(addr[0], self.net.path_mtu))
 
     def resolver(self, loop: Loop) -> Resolver:
         """The production ``Resolver`` with this fake lookup, answered without a thread

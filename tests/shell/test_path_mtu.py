@@ -22,6 +22,7 @@ from tests.shell.conftest import CLIENT, Pair, established
 
 C4, S4 = "100.64.0.2", "100.64.0.1"
 LOWER = 1400
+NEW = "198.18.0.3"  # the client's address after a move
 
 
 def _settled_at_1500(client: Host, server: Host) -> None:
@@ -130,3 +131,23 @@ def _climbs_back(client: Host, handshakes: int, dials: int) -> None:
     assert client.peer()["handshakes"] == handshakes  # (the renewal is an hour away)
     assert len(client.devices.resolved) == dials
     assert client.peer()["drops"].get("emsgsize", 0) == 0
+
+
+def test_the_server_follows_a_moved_peer_to_a_larger_path_mtu(world: World,
+                                                              pair: Pair) -> None:
+    """The server's search towards a client is bounded by its kernel's path MTU
+    towards the client's address; when the client moves (RFC 9146) to an address with
+    a larger path MTU, the server's search climbs to it with the same association."""
+    world.net.route_mtu[CLIENT] = LOWER
+    server, client = pair(connection_id=True)
+    assert world.run_until(lambda: server.peer()["plpmtu"] == LOWER, within=30.0), (
+        server.peer())
+    world.run_for(5.0)
+    assert server.peer()["plpmtu"] == LOWER
+    handshakes = server.peer()["handshakes"]
+    client.devices.move(NEW)  # no route_mtu entry: the 1500 path
+    assert world.run_until(lambda: server.peer()["endpoint"].startswith(NEW), within=5.0)
+    assert world.run_until(lambda: server.peer()["plpmtu"] == 1500, within=10.0), (
+        server.peer())
+    assert server.peer()["handshakes"] == handshakes
+    assert server.peer()["drops"].get("emsgsize", 0) == 0
