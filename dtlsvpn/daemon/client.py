@@ -289,24 +289,26 @@ class ClientRole:
         else:
             self.roamer.send_failed(exc, now)
 
-    def _follow_path_mtu(self, peer: Peer, now: float) -> None:
+    def _follow_path_mtu(self, peer: Peer, now: float, *, new_path: bool = False) -> None:
         """The connected socket's path MTU again: a change moves the association's PMTU
         ceiling (``local_mtu``: a lower MTU makes the search drop and find it; a higher
         one resumes a search that had reached the old ceiling, confirmed by probes) and
-        the renewals'."""
+        the renewals'.  ``new_path`` (a rebind): passed on even when the MTU is the same,
+        so that what was learnt of the old path (ICMP hints, lost probes) is dropped."""
         conn, sock = peer.conn, peer.sock
         if conn is None or sock is None:
             return
         mtu = sock.path_mtu()
-        if mtu is None or mtu == self.path_mtu:
+        if mtu is None or (mtu == self.path_mtu and not new_path):
             return
-        log.info("peer %s: path MTU towards the server %s -> %d", peer.name,
-                 self.path_mtu or "unknown", mtu)
+        if mtu != self.path_mtu:
+            log.info("peer %s: path MTU towards the server %s -> %d", peer.name,
+                     self.path_mtu or "unknown", mtu)
         self.path_mtu = mtu
         conn.config = pmtu_capped(dataclasses.replace(conn.config, pmtu=self._pmtu), mtu)
         for assoc in (conn.current, conn.pending):
             if assoc is not None:
-                assoc.local_mtu(mtu, now)
+                assoc.local_mtu(mtu, now, new_path=new_path)
         self.poke(peer, now)
 
     def _path_check(self, now: float) -> None:
@@ -359,7 +361,7 @@ class ClientRole:
                      "server follows the connection ID", peer.name, old, sock.local_host())
             self._flush(peer, conn, now)
             self._conn_timer.bring_forward(conn.get_timer())
-            self._follow_path_mtu(peer, now)  # (the new route's MTU)
+            self._follow_path_mtu(peer, now, new_path=True)  # (the new route's MTU)
             return
         log.info("peer %s: local address %s -> %s; no connection ID to follow, resuming "
                  "at once", peer.name, old, new)

@@ -353,17 +353,18 @@ class ServerRole:
         self.host.peers.move(peer, new_addr)
         self.host.set_underlay(peer, new_addr)
         if peer.assoc is not None:
-            self._cap_search(peer.assoc, new_addr, now)
+            self._cap_search(peer.assoc, new_addr, now, new_path=True)
 
-    def _cap_search(self, assoc: Association, addr: Addr, now: float) -> None:
+    def _cap_search(self, assoc: Association, addr: Addr, now: float, *,
+                    new_path: bool = False) -> None:
         """The PMTU search bounded by the kernel's path MTU towards the peer, as a
         client's is by its connected socket: the listening socket is unconnected, so
         without it the first probe above the interface MTU was refused (EMSGSIZE, one
         ``emsgsize`` drop per association).  On an RFC 9146 move the ceiling follows the
-        new path both ways (``local_mtu``)."""
+        new path both ways and what was learnt of the old one is dropped (``local_mtu``)."""
         mtu = self.host.devices.path_mtu_to(addr)
         if mtu is not None:
-            assoc.local_mtu(mtu, now)
+            assoc.local_mtu(mtu, now, new_path=new_path)
 
     def _closed(self, assoc: Association, reason: str, peer: Peer | None) -> None:
         if peer is None:

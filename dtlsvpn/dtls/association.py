@@ -324,13 +324,14 @@ class Association:
         self._dirty = True
         self._keepalive.path_hint(mtu, now, self._last_rx)
 
-    def local_mtu(self, mtu: int, now: float) -> None:
+    def local_mtu(self, mtu: int, now: float, *, new_path: bool = False) -> None:
         """The local MTU towards the peer changed (the connected socket's ``IP_MTU``):
-        the PMTU search's ceiling follows it both ways (``Dplpmtud.local_mtu``)."""
+        the PMTU search's ceiling follows it both ways (``Dplpmtud.local_mtu``);
+        ``new_path``: after a move, what was learnt of the old path is forgotten."""
         if self._keepalive is None or self._closed:
             return
         self._dirty = True
-        self._keepalive.local_mtu(mtu, now, self._last_rx)
+        self._keepalive.local_mtu(mtu, now, self._last_rx, new_path=new_path)
 
     def protect(self, payloads: Iterable[bytes]) -> list[bytes]:
         """Seal each payload as one application_data record in its own datagram."""

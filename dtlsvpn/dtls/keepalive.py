@@ -136,8 +136,9 @@ class Keepalive:
         self._seal_record(message)
 
     def _confirm_idle(self, pm: Dplpmtud) -> bool:
-        """RFC 8899 §5.1.1: no confirmation probe while we send no data (see above)."""
-        return (pm.state is PmtuState.SEARCH_COMPLETE
+        """RFC 8899 §5.1.1: no confirmation probe while we send no data (see above), but
+        the one a new path asks for (``Dplpmtud.unconfirmed``)."""
+        return (pm.state is PmtuState.SEARCH_COMPLETE and not pm.unconfirmed
                 and self._stats.tx_records - self._own_records <= self._probe_mark)
 
     @property
@@ -212,11 +213,11 @@ class Keepalive:
         self._pmtu.path_hint(mtu, now)
         self.service(now, last_rx)
 
-    def local_mtu(self, mtu: int, now: float, last_rx: float) -> None:
+    def local_mtu(self, mtu: int, now: float, last_rx: float, *, new_path: bool) -> None:
         """The local MTU for the PMTU machine (see ``Association.local_mtu``)."""
         if self._pmtu is None:
             return
-        self._pmtu.local_mtu(mtu, now)
+        self._pmtu.local_mtu(mtu, now, new_path=new_path)
         self.service(now, last_rx)
 
     def challenge(self, now: float) -> bytes | None:

@@ -112,13 +112,8 @@ from dtlsvpn.errors import UsageError
 from dtlsvpn.wire.heartbeat import HEADER_LEN, MAX_HEARTBEAT_LEN, MIN_PADDING
 
 __all__ = [
-    "COMMON_PLPMTUS",
-    "PROBE_PAYLOAD_LEN",
-    "Dplpmtud",
-    "PmtuSettings",
-    "PmtuState",
-    "Probe",
-    "search_step",
+    "COMMON_PLPMTUS", "PROBE_PAYLOAD_LEN", "Dplpmtud", "PmtuSettings", "PmtuState",
+    "Probe", "search_step",
 ]
 
 
@@ -140,7 +135,7 @@ class Dplpmtud:
         "_hint_cap", "_hint_next", "_limit", "_lo", "_max", "_min", "_next_at", "_overhead",
         "_plateaus", "_plpmtu", "_probe", "_probe_count", "_probe_deadline", "_probe_epoch",
         "_probe_sent", "_raise_at", "_random_bytes", "_refuted", "_refuted_until", "_srtt",
-        "_state", "settings",
+        "_state", "_unconfirmed", "settings",
     )
 
     def __init__(
@@ -193,6 +188,7 @@ class Dplpmtud:
         self._refuted = 0
         self._refuted_until = 0.0
         self._state = PmtuState.DISABLED
+        self._unconfirmed = False
         if enabled:
             self._enter_base(now)
 
@@ -215,6 +211,11 @@ class Dplpmtud:
     @property
     def max_plpmtu(self) -> int:
         return self._max
+
+    @property
+    def unconfirmed(self) -> bool:
+        """The PLPMTU awaits its confirmation on a new path (sent even while idle)."""
+        return self._unconfirmed
 
     @property
     def in_flight(self) -> bool:
@@ -304,6 +305,8 @@ class Dplpmtud:
                 self._enter_complete(now)
             return
         # BASE_PLPMTU <= PL_PTB_SIZE < PLPMTU: maybe a black hole (RFC 8899 §4.6.2).
+        if self._probe is not None and self._probe.size > mtu:
+            self._probe = None  # too big for the hint: lost, so the hinted size goes now
         old = self._plpmtu
         self._epoch += 1
         self._hi = self._max + 1
@@ -322,26 +325,34 @@ class Dplpmtud:
             self._set_plpmtu(self._min)
         self._next_at = now
 
-    def local_mtu(self, mtu: int, now: float) -> None:
+    def local_mtu(self, mtu: int, now: float, *, new_path: bool = False) -> None:
         """The local MTU towards the peer changed (a connected socket's ``IP_MTU``: an
         interface's or a route's MTU).  MAX_PLPMTU follows it both ways (RFC 8899
         §5.3.1, never above ``max_plpmtu`` nor below BASE_PLPMTU).  Below the PLPMTU it
         is also a hint (``path_hint``: the search drops and finds the new size).  Above
         a search that ended at the old ceiling, the search resumes upward at once
         instead of at the raise timer; what it finds is confirmed by probes, so a wrong
-        reading costs probes, never a PLPMTU the path does not carry."""
+        reading costs probes, never a PLPMTU the path does not carry.  ``new_path``: the
+        peer or we moved (an RFC 9146 move, a rebind): what hints and lost probes said
+        of the old path is forgotten, the search resumes upward from the PLPMTU, or
+        the PLPMTU, unconfirmed on this path, is probed at once, even while idle."""
         old = self._max
         new = max(self._base, min(self._limit, mtu))
         self._set_max(new)
-        if self._hi > new + 1 or self._hi == old + 1:
+        if new_path:
+            self._hint_cap = self._hint_next = None
+            self._fails = {}
+        if new_path or self._hi > new + 1 or self._hi == old + 1:
             self._hi = new + 1  # (``max + 1``: no size above the PLPMTU known to fail)
-        state = self._state
-        if state is not PmtuState.DISABLED and mtu < self._plpmtu:
+        done = self._state is PmtuState.SEARCH_COMPLETE
+        if self._state is not PmtuState.DISABLED and mtu < self._plpmtu:
             self.path_hint(max(mtu, self._min), now)  # (below MIN: ERROR, probing MIN)
-        elif new > old:
+        elif new > old or new_path:
             self._hint_cap = None  # (the new reading is the fresher bound)
-            if state is PmtuState.SEARCH_COMPLETE and self._plpmtu >= old:
+            if done and self._plpmtu < new and (self._plpmtu >= old or new_path):
                 self._start_search(now, self._plpmtu, reset_bounds=True)
+            elif done and new_path:
+                self._unconfirmed, self._next_at = True, now
         self._fails = {s: n for s, n in self._fails.items() if s <= new}
 
     def handle_timer(self, now: float) -> None:
@@ -413,6 +424,7 @@ class Dplpmtud:
     def _enter_base(self, now: float) -> None:
         # RFC 8899 §5.2 BASE: PROBED_SIZE = BASE_PLPMTU, PROBE_COUNT = 0.
         self._state = PmtuState.BASE
+        self._unconfirmed = False
         self._epoch += 1
         self._probe_count = 0
         self._set_plpmtu(self._base)
@@ -442,6 +454,7 @@ class Dplpmtud:
 
     def _enter_complete(self, now: float) -> None:
         self._state = PmtuState.SEARCH_COMPLETE
+        self._unconfirmed = False
         self._epoch += 1
         self._probe_count = 0
         self._next_at = now + self.settings.confirm_interval
@@ -460,6 +473,7 @@ class Dplpmtud:
         return self.settings.max_probes + self._refuted
 
     def _on_probe_acked(self, size: int, now: float) -> None:
+        self._unconfirmed = False
         state = self._state
         if self._probe_count and state is not PmtuState.SEARCHING:
             self._note_refuted(now)  # the size lost (BASE or PLPMTU) just got through

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from tests.netns.harness import (
     PYTHON,
+    TOOLS,
     RunDaemon,
     Topology,
+    ip,
     link_mtu,
     ping,
     psk_pair,
@@ -71,3 +73,52 @@ def test_a_link_mtu_is_followed_down_and_up_without_a_redial(
     print(f"veth MTU {LOWER} → 1500: plpmtu back at 1500 in {took:.2f} s, TUN MTU {back}")
     assert "3 received" in ping(topo, client_ns, "100.64.0.1", "--count", "3", "--df",
                                 "--size", str(back - 28))  # a full-size inner packet
+
+
+def test_a_laptop_moving_between_uplinks_of_two_mtus(
+        topo: Topology, run_daemon: RunDaemon, tmp_path: Path) -> None:
+    """Wi-Fi (1500) → a 1400 uplink (a tethered phone) → Wi-Fi again, with a connection
+    ID (the same association throughout): both ends' searches follow down and back up
+    (the client by its rebound socket's ``IP_MTU``, the server by the path MTU towards
+    the moved address), and a full-size inner packet crosses at the end."""
+    server_ns, router_ns, client_ns = topo.netns("s"), topo.netns("r"), topo.netns("c")
+    topo.veth(server_ns, ["198.18.0.1/24"], router_ns, ["198.18.0.254/24"])
+    wifi, _ = topo.veth(client_ns, ["198.18.1.2/24"], router_ns, ["198.18.1.1/24"])
+    phone, phone_r = topo.veth(client_ns, ["198.18.2.2/24"], router_ns, ["198.18.2.1/24"])
+    for ns, dev in ((client_ns, phone), (router_ns, phone_r)):
+        ip("-n", ns, "link", "set", "dev", dev, "mtu", str(LOWER))
+    topo.exec(router_ns, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    ip("-n", server_ns, "route", "replace", "default", "via", "198.18.0.254")
+    ip("-n", client_ns, "route", "replace", "default", "via", "198.18.1.1")
+    server_conf, client_conf = psk_pair(tmp_path, connection_id=True)
+    server, client = start_pair(run_daemon, server_ns, client_ns, server_conf, client_conf)
+
+    def both() -> tuple[int, int]:
+        return client.status()["peers"][0]["plpmtu"], server.status()["peers"][0]["plpmtu"]
+
+    assert wait_until(lambda: both() == (1500, 1500), timeout=30, interval=0.2), both()
+    handshakes = client.status()["peers"][0]["handshakes"]
+    figures = []
+    for dev, gateway, want in ((wifi, "198.18.2.1", LOWER), (phone, "198.18.1.1", 1500)):
+        ip("-n", client_ns, "link", "set", dev, "down")  # the other uplink takes over
+        ip("-n", client_ns, "route", "replace", "default", "via", gateway)
+        start = time.monotonic()
+        # traffic through the tunnel: the server's probes need data to confirm with
+        topo.exec(client_ns, [*TOOLS, "ping", "100.64.0.1", "--count", "20", "--timeout",
+                              "0.2"], timeout=30)  # (the first may be lost in the change)
+        assert wait_until(lambda w=want: both()[0] == w, timeout=15, interval=0.05), both()
+        took = time.monotonic() - start
+        assert wait_until(lambda w=want: both() == (w, w), timeout=15, interval=0.05), both()
+        figures.append(f"{want} (client {took:.2f} s, server {time.monotonic() - start:.2f} s)")
+        ip("-n", client_ns, "link", "set", dev, "up")
+        if dev == wifi:
+            ip("-n", client_ns, "route", "replace", "default", "via", gateway)
+    peer = client.status()["peers"][0]
+    assert peer["state"] == "established" and peer["handshakes"] == handshakes
+    inner = 1500 - 20 - 8 - peer["record_overhead"]
+    assert wait_until(lambda: link_mtu(topo, client_ns, "dvc0") == inner, timeout=5,
+                      interval=0.1), link_mtu(topo, client_ns, "dvc0")
+    print("uplinks 1500 → 1400 → 1500 under a CID tunnel: " + ", then ".join(
+        figures) + f", handshakes {handshakes} throughout")
+    assert "3 received" in ping(topo, client_ns, "100.64.0.1", "--count", "3", "--df",
+                                "--size", str(inner - 28))

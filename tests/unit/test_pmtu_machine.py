@@ -359,6 +359,56 @@ def test_a_local_mtu_outside_the_settings_is_bounded() -> None:
         PmtuSettings(local_mtu=1100)
 
 
+def _between_probes(sim: Sim) -> float:
+    """Run on until no probe is in flight (its response is one RTT away)."""
+    while sim.m.in_flight:
+        sim.run_until(sim.now + RTT / 2)
+    return sim.now
+
+
+def test_a_new_path_forgets_the_old_one_and_confirms_at_once() -> None:
+    """A move (``new_path``): an ICMP cap and the failed sizes of the old path no longer
+    hold the search; at the ceiling already, the PLPMTU is probed at once
+    (``unconfirmed``), not at the next confirmation interval."""
+    path = FakePath(lambda t: 1400 if t < 40.0 else 1500)
+    sim = Sim(make(PmtuSettings(local_mtu=1500)), path).run_until(20.0)
+    assert sim.m.plpmtu == 1400
+    sim.m.path_hint(1400, sim.now)  # the old path: a router said 1400
+    sim.run_until(40.0)
+    sim.m.local_mtu(1500, sim.now, new_path=True)  # moved: this path carries 1500
+    sim.run_until(45.0)
+    assert sim.m.plpmtu == 1500 and sim.m.state is PmtuState.SEARCH_COMPLETE
+    at = _between_probes(sim)
+    sim.m.local_mtu(1500, at, new_path=True)  # moved again, the same local MTU
+    assert sim.m.unconfirmed
+    probe = sim.m.poll(at)
+    assert probe is not None and probe.size == 1500  # at once
+    assert sim.m.on_response(probe.payload, at + 0.01) and not sim.m.unconfirmed
+
+
+def test_without_a_move_the_old_paths_bounds_hold() -> None:
+    """The control: the same reading without ``new_path`` leaves the search alone."""
+    path = FakePath(lambda t: 1400 if t < 40.0 else 1500)
+    sim = Sim(make(PmtuSettings(local_mtu=1500)), path).run_until(40.0)
+    sim.m.local_mtu(1500, sim.now)
+    sim.run_until(100.0)
+    assert sim.m.plpmtu == 1400
+
+
+def test_a_hint_below_a_probe_in_flight_sends_the_hinted_size_at_once() -> None:
+    """The ICMP says the probe in flight cannot pass: it is not waited for (1 s)."""
+    sim = Sim(make(PmtuSettings(local_mtu=1500)), FakePath(fixed(1500))).run_until(20.0)
+    m = sim.m
+    at = _between_probes(sim)
+    m.local_mtu(1500, at, new_path=True)
+    probe = m.poll(at)
+    assert probe is not None and probe.size == 1500
+    m.path_hint(1400, at + 0.01)  # the router's answer to that probe
+    nxt = m.poll(at + RTT + 0.001)  # (probes one RTT apart, RFC 8899 §3 (7); not 1 s)
+    assert nxt is not None and nxt.size == 1400
+    assert not m.on_response(probe.payload, at + RTT + 0.002)  # the abandoned one is gone
+
+
 def test_ipv6_floor_is_1280() -> None:
     m = make(ip=40)
     assert m.plpmtu == 1280
@@ -437,7 +487,7 @@ def test_search_step_shapes() -> None:
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["ack", "lose", "hint", "local", "wait", "toggle"]),
+            st.sampled_from(["ack", "lose", "hint", "local", "move", "wait", "toggle"]),
             st.integers(500, 10000),
             st.floats(0.0, 30.0),
         ),
@@ -459,8 +509,8 @@ def test_invariants_under_any_inputs(ops: list[tuple[str, int, float]]) -> None:
                 acked.add(probe.size)
         if op == "hint":
             m.path_hint(size, now)
-        elif op == "local":
-            m.local_mtu(size, now)
+        elif op in ("local", "move"):
+            m.local_mtu(size, now, new_path=op == "move")
             ceiling = max(1200, min(IFACE, size))  # (the kernel refuses more: no probe)
         elif op == "toggle":
             if m.state is PmtuState.DISABLED:
