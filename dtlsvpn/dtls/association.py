@@ -183,7 +183,10 @@ class Association:
     def receive_datagram(self, data: bytes, now: float, wall: float) -> list[bytes]:
         """Process one datagram; return the application data it carried, in order."""
         out: list[bytes] = []
-        if self.receive_fast([data], 0, out, now):  # the header fast path took it
+        fast = self.fast_open
+        if fast is not None and (held := fast.held) is not None and held[0] is data:
+            pass  # the run's ``receive_fast`` stopped at this keepalive, opened: not again
+        elif self.receive_fast([data], 0, out, now):  # the header fast path took it
             return out
         if self._take_heartbeat(data, now):  # a keepalive (hbfast.py)
             return []

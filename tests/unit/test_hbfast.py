@@ -255,3 +255,30 @@ def test_nothing_is_held_after_take_heartbeat() -> None:
         if taken:
             server.datagrams_to_send(t)
     assert server.stats.heartbeat_answered == answered + 1
+
+
+@pytest.mark.parametrize("cid", [False, True], ids=["no-cid", "cid"])
+def test_a_keepalive_inside_a_data_run_is_opened_once(cid: bool) -> None:
+    """A run of datagrams (a GRO buffer: data, a keepalive request, data), read as the
+    batch lanes do (``receive_fast`` for the run, ``receive_datagram`` for the one it
+    stops at): three records, three opens; with a CID ``FastOpen`` already opened the
+    keepalive when it stopped there, and that plaintext is the one answered."""
+    client, endpoint, server = established_pair(cid)
+    (data,) = client.protect([b"\x45" * 40])
+    endpoint.receive(data, CLIENT_ADDR, 0.5, WALL)
+    server.pop_events()
+    t = client.get_timer()
+    assert t is not None
+    first = client.protect([b"\x45" * 40])
+    client.handle_timer(t)
+    (request,) = client.datagrams_to_send(t)
+    run = [*first, request, *client.protect([b"\x46" * 40])]
+    count = _count_opens(server)
+    out: list[bytes] = []
+    i = server.receive_fast(run, 0, out, t)
+    assert i == 1
+    out += server.receive_datagram(run[1], t, WALL)
+    assert server.receive_fast(run, 2, out, t) == 3
+    assert out == [b"\x45" * 40, b"\x46" * 40]
+    assert count.decrypts == 3
+    assert server.stats.heartbeat_answered == 1 and len(server.datagrams_to_send(t)) == 1
