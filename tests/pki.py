@@ -219,6 +219,33 @@ def make_pki(directory: Path, *, now: dt.datetime | None = None) -> Pki:
     )
 
 
+def issue(directory: Path, stem: str, issuer: Credential, *, server: bool,
+          common_name: str | None = None, key: PrivateKey | None = None,
+          now: dt.datetime | None = None) -> Credential:
+    """One more leaf signed by ``issuer`` (a renewal, a second client): the server's
+    names or the client's (``common_name`` overrides the CN), a fresh P-256 key unless
+    ``key`` is given, valid as ``make_pki``'s; the files ``stem``.pem/.key are
+    written in place (a renewal in place overwrites the old ones)."""
+    now = now or dt.datetime.now(dt.UTC)
+    day = dt.timedelta(days=1)
+    name = common_name or (SERVER_NAME if server else CLIENT_NAME)
+    return _issue(
+        directory, stem, name, key or _p256(), issuer, (now - day, now + 365 * day),
+        eku=ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH,
+        dns_names=(name,), ip_addresses=(SERVER_IP,) if server else (),
+    )
+
+
+def issue_ca(directory: Path, stem: str, common_name: str,
+             issuer: Credential | None = None) -> Credential:
+    """Another ECDSA CA, valid as ``make_pki``'s: a self-signed root, or an intermediate
+    that ``issuer`` signed."""
+    now = dt.datetime.now(dt.UTC)
+    day = dt.timedelta(days=1)
+    return _issue(directory, stem, common_name, _p256(), issuer,
+                  (now - day, now + 365 * day), is_ca=True)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m tests.pki DIRECTORY", file=sys.stderr)

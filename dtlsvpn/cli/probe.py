@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cryptography.hazmat.primitives import hashes
+
 from dtlsvpn.cli.argtypes import ArgumentProblem, format_hostport, hostport, read_file, seconds
 from dtlsvpn.cli.probe_connection import ClientConnection
 from dtlsvpn.config.credentials import read_secret_file
@@ -129,7 +131,7 @@ def run_probe(config: DtlsConfig, host: str, port: int, timeout: float) -> dict[
         "address": None, "handshake": False, "handshake_ms": None, "suite": None,
         "full_handshake": None, "heartbeat": False, "heartbeat_rtt_ms": None,
         "plpmtu": None, "inner_mtu": None, "record_overhead": None, "ticket": False,
-        "resumed": None, "resumption_ms": None, "error": None,
+        "resumed": None, "resumption_ms": None, "error": None, "certificate": None,
     }
     try:
         family, addr = resolve(host, port)
@@ -186,7 +188,8 @@ def _full_handshake(conn: ClientConnection, result: dict[str, Any], start: float
     result.update(handshake=True, suite=hs.suite_name, full_handshake=not hs.resumed,
                   heartbeat=hs.heartbeat,
                   handshake_ms=round((time.monotonic() - start) * 1000, 2),
-                  record_overhead=conn.assoc.record_overhead)
+                  record_overhead=conn.assoc.record_overhead,
+                  certificate=_certificate(hs))
     if hs.heartbeat:
         conn.path_mtu_hint()
         _measure(conn, result, start + timeout / 2)
@@ -196,6 +199,16 @@ def _full_handshake(conn: ClientConnection, result: dict[str, Any], start: float
         conn.run(lambda: _first(conn.events, SessionTicketReceived) is not None,
                  min(deadline, time.monotonic() + 0.2))
     return True
+
+
+def _certificate(hs: HandshakeCompleted) -> dict[str, str] | None:
+    """The server's leaf as shown in the handshake: did a renewal take?"""
+    cert = hs.peer_certificate
+    if cert is None:
+        return None
+    return {"subject": cert.subject.rfc4514_string(), "serial": f"{cert.serial_number:x}",
+            "not_after": cert.not_valid_after_utc.strftime("%Y-%m-%d %H:%M UTC"),
+            "sha256": cert.fingerprint(hashes.SHA256()).hex()}
 
 
 def _resumption(conn: ClientConnection, result: dict[str, Any], deadline: float) -> None:
@@ -249,6 +262,10 @@ def format_human(r: dict[str, Any]) -> str:
     lines += [f"  handshake: ok in {r['handshake_ms']} ms "
               f"({'full' if r['full_handshake'] else 'resumed'})",
               f"  suite: {r['suite']}"]
+    cert = r.get("certificate")
+    if cert:
+        lines.append(f"  certificate: {cert['subject']}, serial {cert['serial']}, "
+                     f"expires {cert['not_after']}")
     if not r["heartbeat"]:
         lines.append("  heartbeat: not negotiated (no RTT, no path MTU discovery)")
     else:

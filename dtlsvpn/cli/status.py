@@ -97,6 +97,8 @@ def summary(snap: dict[str, Any]) -> str:
                    f"{i.get('fragmented', 0)} IPv4 packets fragmented")
     if i.get("handshake_failures"):
         out.append(f"  failed handshakes: {_drops(i['handshake_failures'])}")
+    if i.get("untrusted_closes"):
+        out.append(f"  closed by a trust reload: {i['untrusted_closes']}")
     out.append(f"  drops: {_drops(i.get('drops', {}))}")
     out += fleet_status_lines(i)  # issue 15: server id, shared keys, foreign CIDs
     for p in snap["peers"]:

@@ -54,6 +54,7 @@ from dtlsvpn.daemon.role import Host, display, peer_event, rekey_grace, send_dat
 from dtlsvpn.daemon.settings import core_settings, match_peer
 from dtlsvpn.daemon.tcpclient import ClientHooks, ClientTcp
 from dtlsvpn.daemon.ticketstore import TicketStore, trust_digest
+from dtlsvpn.daemon.trust import recheck
 from dtlsvpn.daemon.tunmtu import TunnelMtu
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
@@ -98,6 +99,7 @@ class ClientRole:
         loop = host.loop
         self._dial_timer = loop.timer(self._on_dial_deadline)
         self.refusals = Refusals()
+        self.untrusted = 0  # ended by a reload of the trust (trust.py)
         self.path_mtu: int | None = None  # the ceiling in use: the socket's IP_MTU
         self._pmtu: PmtuSettings | None = None  # the search's settings before that cap
         self._conn_timer = loop.timer(self._on_conn_timer)
@@ -471,6 +473,14 @@ class ClientRole:
             log.error("server credential does not match [Peer] %s", peer.name)
             assoc.close(now)
             return
+        if assoc.config.ca_certs != self.host.cfg.credentials.ca_certs:  # a trust reload
+            alert = recheck(core_settings(self.host.cfg, peer.config), ev, wall)
+            if alert is not None:  # (since the dial began)
+                log.error("peer %s: the server's certificate fails the reloaded trust (%s)",
+                          peer.name, alert)
+                self.untrusted += 1
+                assoc.abort(alert)
+                return
         peer.assoc = assoc
         peer.note_handshake(ev, wall, renewal=False)
         self.host.set_underlay(peer, peer.addr)
@@ -532,8 +542,27 @@ class ClientRole:
         self._conn_timer.cancel()
         self.tcp.stop(now)  # its TCP link too
 
-    def reloaded(self) -> None:
-        pass
+    def reloaded(self, now: float, trust: bool) -> None:
+        """The renewals use the reloaded credentials (the next dial reads them anyway).
+        When the trust changed, a server that no longer validates ends the association
+        with the alert, and the redial is judged by the new trust (``trust.py``)."""
+        peer, conn = self.peer, self.peer.conn
+        conf = core_settings(self.host.cfg, peer.config)
+        ended = self.tcp.recheck(conf, now) if trust else []
+        if conn is not None:
+            self._pmtu = conf.pmtu
+            conn.config = pmtu_capped(conf, self.path_mtu)
+            alert = (recheck(conf, conn.current.handshake_result, self.host.loop.wall)
+                     if trust and conn.is_established and not conn.is_closed else None)
+            if alert is not None:
+                ended.append((peer.name, alert))
+                conn.current.abort(alert)
+                conn.close(now)  # (a renewal under way, the old keys)
+                self.service(now, self.host.loop.wall)
+        for who, why in ended:
+            log.error("peer %s: the server's certificate no longer validates after the "
+                      "reload (%s): association closed", who, why)
+        self.untrusted += len(ended)
 
     def teardown(self, now: float) -> None:
         peer = self.peer

@@ -11,7 +11,9 @@ offline start; STATUS= says whether it is connected).
 SIGTERM/SIGINT stop the loop; teardown sends close_notify to every peer, removes
 routes and addresses, closes the TUN descriptor (the interface disappears with it)
 and removes the status socket.  SIGHUP reloads the [Peer] sections: changed peers
-are removed and added again, unchanged ones keep their associations.
+are removed and added again, unchanged ones keep their associations; the credential
+files are read again (``trust.py``: new handshakes use them, and a CA change ends the
+associations whose peer no longer validates); [Interface]: ``ifreload.py``.
 
 Everything with a deadline is a loop Timer: the watchdog (half of ``WATCHDOG_USEC``),
 each peer's MTU debounce (``mtu.py``), and the roles' own (dial, redial, association
@@ -59,6 +61,7 @@ from dtlsvpn.daemon.startup import (
 from dtlsvpn.daemon.status import StatusServer
 from dtlsvpn.daemon.systemd import Notifier
 from dtlsvpn.daemon.transport import first_carrier
+from dtlsvpn.daemon.trust import ca_changed, describe
 from dtlsvpn.daemon.tunmtu import TunnelMtu
 from dtlsvpn.daemon.udp import ErrorHint, family_of, normalise, packed
 from dtlsvpn.dtls.association import Association
@@ -297,7 +300,12 @@ class Daemon:
                                                                             "set_dns", None))
         old_peers = {p.name: p for p in self.cfg.peers}
         new_peers = {p.name: p for p in new.peers}
+        old_creds = self.cfg.credentials
         self.cfg = dataclasses.replace(new, interface=interface)
+        changed = describe(old_creds, new.credentials)  # (the files were read again)
+        if changed:
+            log.info("reload: credentials changed: %s; new handshakes use them, established "
+                     "associations keep their keys", changed)
         for name, old in old_peers.items():
             if new_peers.get(name) != old:
                 self._remove_peer(name, now)
@@ -307,7 +315,7 @@ class Daemon:
             else:
                 self.peers[name].config = peer_cfg
         if self.role is not None:
-            self.role.reloaded()
+            self.role.reloaded(now, trust=ca_changed(old_creds, new.credentials))
         log.info("reloaded %s: %d peers", self.cfg.path, len(self.peers))
         self.notifier.ready(self.status_text())
 
@@ -347,7 +355,8 @@ class Daemon:
             wall=self.loop.wall,
             rekeying=role.rekeying if role is not None else lambda _peer: False,
             handshake_failures=role.refusals.as_dict() if role is not None else None,
-            tcp_closes=role.tcp.closes if role is not None else None)
+            tcp_closes=role.tcp.closes if role is not None else None,
+            untrusted_closes=role.untrusted if role is not None else 0)
 
 
 def run_daemon(path: Path, name: str | None = None, log_level: str | None = None) -> int:

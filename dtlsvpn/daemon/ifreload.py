@@ -8,11 +8,16 @@ Applied at once, without touching the sessions:
 - ``MTU`` between two fixed values: the interface MTU and the MSS clamp (``auto`` ↔ a
   number changes the policy that PMTU discovery feeds: restart);
 - ``MSSClamp``, ``LogLevel``;
-- ``DNS`` (a client): the old resolvers restored, the new ones set.
+- ``DNS`` (a client): the old resolvers restored, the new ones set;
+- ``Certificate``, ``PrivateKey``, ``CA``: the files are read again at every reload
+  (contents count, not paths: ``trust.py``), so a new path changes nothing more here;
+  new handshakes, resumptions and a client's renewals use them, established
+  associations keep their keys, and a CA change ends those whose peer no longer
+  validates (the roles' ``reloaded``).
 
 Everything else needs a restart and keeps its running value (one warning names the
-keys): ``Role``, ``ListenAddress``, ``Device``, credentials and ``Ciphers`` (the
-handshakes in progress use them), ``HeartbeatInterval``/``DeadPeerTimeout``/
+keys): ``Role``, ``ListenAddress``, ``Device``, ``Ciphers`` (the handshakes in progress
+use them), ``HeartbeatInterval``/``DeadPeerTimeout``/
 ``RekeyInterval``/``ConnectionID`` (negotiated per association), ``TicketStore``,
 ``StatusSocket``, ``UDPOffload``/``TUNOffload`` (the open sockets and TUN),
 ``FwMark``/``Table``/``KillSwitch`` (the policy rules of a running full tunnel).
@@ -32,7 +37,8 @@ from dtlsvpn.daemon.tunmtu import TunnelMtu
 
 log = logging.getLogger("dtlsvpn")
 
-SAFE = ("addresses", "mtu", "mss_clamp", "log_level", "dns")
+SAFE = ("addresses", "mtu", "mss_clamp", "log_level", "dns",
+        "certificate", "private_key", "ca")  # (credentials: read by every load, trust.py)
 KEY_NAMES = {  # field → the README's key, for the warning
     "role": "Role", "listen": "ListenAddress", "device": "Device", "addresses": "Address",
     "mtu": "MTU", "certificate": "Certificate", "private_key": "PrivateKey", "ca": "CA",

@@ -39,6 +39,7 @@ from dtlsvpn.daemon.role import Host, display, peer_event, rekey_grace, send_dat
 from dtlsvpn.daemon.settings import core_settings, match_peer
 from dtlsvpn.daemon.startup import StartupError, describe_listen
 from dtlsvpn.daemon.transport import ServerTcp
+from dtlsvpn.daemon.trust import recheck
 from dtlsvpn.daemon.udp import family_of
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.config import DtlsConfig
@@ -50,6 +51,7 @@ from dtlsvpn.dtls.events import (
     PeerAddressChanged,
     PeerUnresponsive,
 )
+from dtlsvpn.errors import Alert
 
 log = logging.getLogger("dtlsvpn")
 
@@ -123,6 +125,7 @@ class ServerRole:
         self._retire_timer = host.loop.timer(self._on_retire_due)
         self._retire_at: dict[Peer, float] = {}  # renewals whose client switched keys
         self.ticket_keys: SharedTicketKeys | None = None  # daemon/fleet.py
+        self.untrusted = 0  # ended by a reload of the trust (trust.py)
         self.tcp = ServerTcp(host, datapath, self._dtls_config,  # TCP fallback (transport.py)
                              self.refusals)
 
@@ -301,6 +304,14 @@ class ServerRole:
         endpoint = self.endpoint
         assert endpoint is not None
         peer_cfg = match_peer(host.cfg, ev)
+        if assoc.config.ca_certs != endpoint.config.ca_certs:  # begun before a trust reload
+            alert = recheck(endpoint.config, ev, host.loop.wall)
+            if alert is not None:
+                log.warning("%s: handshake begun before the reload of the trust: %s",
+                            display(addr), alert)
+                self.untrusted += 1
+                assoc.abort(alert)
+                return None
         peer = host.peers.get(peer_cfg.name) if peer_cfg is not None else None
         current = peer.assoc if peer is not None else None
         decision = binding.authenticated(
@@ -397,10 +408,34 @@ class ServerRole:
         self._retire_at.pop(peer, None)
         self.tcp.close_peer(peer, now)  # its TCP link too
 
-    def reloaded(self) -> None:
-        if self.endpoint is not None:
-            self.endpoint.config = self._dtls_config()
-            self.endpoint.max_associations = association_limit(len(self.host.cfg.peers))
+    def reloaded(self, now: float, trust: bool) -> None:
+        """The next handshakes use the reloaded configuration (credentials included; a
+        ticket resumes only under the CA it was issued under: its binding names it).  When
+        the trust changed, the associations and TCP links whose client no longer validates
+        end with the alert (``trust.py``); the others are untouched."""
+        if self.endpoint is None:
+            return
+        self.endpoint.config = conf = self._dtls_config()
+        self.endpoint.max_associations = association_limit(len(self.host.cfg.peers))
+        if not trust:
+            return
+        ended: list[tuple[str, Alert]] = []
+        for peer in list(self.host.peers):
+            for assoc in (peer.previous, peer.assoc):  # (the old keys first: the peer stays)
+                alert = None if assoc is None or assoc.is_closed else recheck(
+                    conf, assoc.handshake_result, self.host.loop.wall)
+                if assoc is None or alert is None:
+                    continue
+                if assoc is peer.assoc:
+                    ended.append((peer.name, alert))
+                assoc.abort(alert)
+                self._service(self.endpoint.address_of(assoc), assoc, now)
+                self.endpoint.forget_closed((assoc,))
+        ended += self.tcp.recheck(conf, now)
+        for who, alert in ended:
+            log.warning("peer %s: its certificate no longer validates after the reload "
+                        "(%s): association closed", who, alert)
+        self.untrusted += len(ended)
 
     def teardown(self, now: float) -> None:
         for peer in self.host.peers:

@@ -133,7 +133,8 @@ def snapshot(cfg: Config, peers: list[Peer], dp: Datapath | None, *, device: str
              listen: str | None, mtu: int, mtu_policy: str, started_wall: float,
              wall: float, rekeying: Callable[[Peer], bool],
              handshake_failures: dict[str, int] | None = None,
-             tcp_closes: dict[str, int] | None = None) -> dict[str, Any]:
+             tcp_closes: dict[str, int] | None = None,
+             untrusted_closes: int = 0) -> dict[str, Any]:
     iface = cfg.interface
     counters, drops = _counters(dp)
     return {
@@ -155,6 +156,8 @@ def snapshot(cfg: Config, peers: list[Peer], dp: Datapath | None, *, device: str
             "drops": drops,
             # established TLS/TCP links closed, by cause (daemon/transport.py)
             "tcp_closes": dict(sorted((tcp_closes or {}).items())),
+            # associations and TLS links ended by a reload of the trust (daemon/trust.py)
+            "untrusted_closes": untrusted_closes,
             **fleet_status(cfg, dp.endpoint if dp is not None else None),  # issue 15
         },
         "peers": [peer_status(p, dp, wall, rekeying(p)) for p in peers],

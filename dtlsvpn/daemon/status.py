@@ -104,6 +104,9 @@ _IFACE_METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("dtlsvpn_icmp_too_big_sent_total", "counter",
      "ICMP fragmentation-needed / Packet Too Big errors written to the TUN device.",
      "icmp_too_big_sent"),
+    ("dtlsvpn_untrusted_closes_total", "counter",
+     "Associations and TLS links ended by a reload of the trust (the peer's certificate no "
+     "longer validated).", "untrusted_closes"),
 )
 
 

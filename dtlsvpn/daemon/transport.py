@@ -42,6 +42,7 @@ from dtlsvpn.daemon.role import Host, display
 from dtlsvpn.daemon.settings import match_peer
 from dtlsvpn.daemon.stream import StreamLink
 from dtlsvpn.daemon.tcpgate import Pending, TcpLimits, source_of
+from dtlsvpn.daemon.trust import recheck
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import (
     AssociationClosed,
@@ -51,6 +52,7 @@ from dtlsvpn.dtls.events import (
     PeerUnresponsive,
 )
 from dtlsvpn.dtls.stream import StreamAssociation
+from dtlsvpn.errors import Alert
 
 log = logging.getLogger("dtlsvpn")
 
@@ -198,6 +200,22 @@ class _Links:
         cause = link.cause
         self.closes[cause] = self.closes.get(cause, 0) + 1
         return cause
+
+    def recheck(self, conf: DtlsConfig, now: float) -> list[tuple[str, Alert]]:
+        """The trust was reloaded (``trust.py``): established links whose peer no longer
+        validates against ``conf`` end with the alert (``tcp_closes``: ``untrusted``);
+        (who, alert) for each."""
+        ended: list[tuple[str, Alert]] = []
+        for link in list(self.owners):
+            alert = recheck(conf, link.assoc.handshake_result, self.host.loop.wall)
+            if alert is None or link.closed:
+                continue
+            peer = self.owners.get(link)
+            ended.append((peer.name if peer is not None else link.name, alert))
+            link.closing("untrusted")
+            link.assoc.abort(alert)
+            self.service(link, now)
+        return ended
 
     def close_all(self, now: float) -> None:
         for link in list(self.owners):

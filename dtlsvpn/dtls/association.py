@@ -356,6 +356,11 @@ class Association:
         self._send_alert(AlertLevel.warning, AlertDescription.close_notify)
         self._close(local=True, reason="closed", alert=AlertDescription.close_notify)
 
+    def abort(self, exc: Alert) -> None:
+        """End the association with ``exc``'s fatal alert (the shell found, on a reload of
+        the trust, that the peer's certificate no longer validates)."""
+        self._fail(exc)
+
     # --- outputs --------------------------------------------------------------
 
     def datagrams_to_send(self, now: float) -> list[bytes]:

@@ -229,6 +229,7 @@ class ClientMachine(Machine):
         else:
             leaf = x509.load_der_x509_certificate(msg.chain[0])
         self.peer_certificate = leaf
+        self.peer_chain = tuple(bytes(c) for c in msg.chain)
         self.server_public = leaf.public_key()
         self.add_transcript(HandshakeType.certificate, seq, body)
         self.state = ClientState.WAIT_SERVER_KEY_EXCHANGE

@@ -41,6 +41,9 @@ class HandshakeCompleted(CoreEvent):
     # RFC 9146 connection IDs when negotiated: on records to us, on records we send.
     rx_cid: bytes | None = None
     tx_cid: bytes | None = None
+    # The DER chain the peer presented in this handshake (leaf first), as it was verified;
+    # empty when resumed or PSK (the shell checks it again when the trust is reloaded).
+    peer_chain: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

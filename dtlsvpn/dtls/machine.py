@@ -88,6 +88,7 @@ class Machine:
         self.ems = False
         self.key_share: KeyShare | None = None
         self.peer_certificate: x509.Certificate | None = None
+        self.peer_chain: tuple[bytes, ...] = ()  # as presented, once verified
         self.psk_identity: bytes | None = None
         # Who the peer said it was, verified or not, for the shell's refusal reports:
         # "PSK identity alice" or "certificate CN=laptop-2" (see ``note_presented``).
@@ -256,4 +257,5 @@ class Machine:
             heartbeat=self.peer_allows_heartbeat,
             rx_cid=self.own_cid if self.peer_cid is not None else None,
             tx_cid=self.peer_cid if self.own_cid is not None else None,
+            peer_chain=self.peer_chain,
         )

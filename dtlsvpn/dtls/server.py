@@ -254,6 +254,7 @@ class ServerMachine(Machine):
             leaf = self.verifier().verify(msg.chain, self.wall_datetime(wall),
                                           peer_is_server=False)
             self.peer_certificate = leaf
+            self.peer_chain = tuple(bytes(c) for c in msg.chain)
             self.client_public = leaf.public_key()
         self.add_transcript(HandshakeType.certificate, seq, body)
         self.state = ServerState.WAIT_CLIENT_KEY_EXCHANGE

@@ -304,6 +304,11 @@ class StreamAssociation:
         self._close(local=True, reason="closed", alert=AlertDescription.close_notify,
                     cause="closed")
 
+    def abort(self, exc: Alert) -> None:
+        """End the link with ``exc``'s fatal alert (a reload of the trust found the peer's
+        certificate no longer valid)."""
+        self._fail(exc)
+
     def _check_record_limit(self) -> None:
         limit = self.record_limit
         if limit is None or self._closed:

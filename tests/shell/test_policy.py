@@ -132,7 +132,7 @@ INTERFACE_KEYS = {"name", "device", "role", "listen", "addresses", "mtu", "mtu_p
                   "udp_gso_sends", "udp_gso_datagrams", "udp_gso_fallbacks",
                   "udp_gro_receives", "udp_gro_datagrams", "tun_offload", "tun_gso_writes",
                   "tun_gso_segments", "tun_gso_fallbacks", "drops",
-                  "handshake_failures", "tcp_closes"}
+                  "handshake_failures", "tcp_closes", "untrusted_closes"}
 PEER_KEYS = {"name", "endpoint", "state", "transport", "transport_since", "suite",
              "last_handshake", "last_handshake_ago", "resumed", "handshakes", "roams",
              "rekey_generation", "rekeys",
