@@ -49,6 +49,11 @@ class CookieSecrets:
         self._previous: bytes | None = None
         self._slot: int | None = None
 
+    @property
+    def period(self) -> float:
+        """Seconds between two secrets (a cookie lives at most two periods)."""
+        return self._period
+
     def _new_secret(self) -> bytes:
         secret = self._random_bytes(SECRET_LEN)
         if len(secret) != SECRET_LEN:

@@ -117,6 +117,7 @@ def endpoint_counters(endpoint: ServerEndpoint) -> dict[str, int]:
     return {
         "hello_verify_sent": stats.hello_verify_sent,
         "cookie_accepted": stats.cookie_accepted,
+        "hello_replayed": stats.hello_replayed,
         "hvr_rate_limited": admission.hvr_rate_limited,
         "source_limited": admission.source_limited,
         "association_rate_limited": admission.association_rate_limited,

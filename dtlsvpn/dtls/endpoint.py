@@ -17,6 +17,12 @@ and per source host (fixed-size hashed buckets: still no state per source), and
 one source host may hold only so many half-open associations; both refusals are
 silent drops, counted on ``admission``.
 
+Replays (``dtls/hellocache.py``): a cookie-verified ClientHello whose cookie already
+opened an association within the cookie's validity is dropped silently
+(``hello_replayed``), before the admission buckets: answering it with a
+HelloVerifyRequest would hand back the same cookie, and it would cost the victim of a
+spoofed replay its own new-association tokens.
+
 RFC 6347 §4.2.8: a new ClientHello (another random) from the address of a live
 association starts a new association only once it has a valid cookie; until
 then the live one is untouched.
@@ -54,6 +60,7 @@ from dtlsvpn.dtls.admission import Admission
 from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.cid import CidClass
 from dtlsvpn.dtls.config import DtlsConfig
+from dtlsvpn.dtls.hellocache import HelloReplayCache
 from dtlsvpn.errors import DecodeError, UsageError
 from dtlsvpn.wire.buffer import Writer
 from dtlsvpn.wire.constants import DTLS_1_0, DTLS_1_2, ContentType, HandshakeType
@@ -87,6 +94,7 @@ class EndpointStats:
     address_changes: int = 0  # RFC 9146 §6 moves
     path_challenges: int = 0  # return-routability checks sent before such a move
     rekeys: int = 0  # new associations that replaced an established one
+    hello_replayed: int = 0  # a cookie that already opened an association (hellocache.py)
 
 
 def _peer_bytes(addr: Address) -> bytes:
@@ -147,6 +155,7 @@ class ServerEndpoint:
         self.associations: dict[Address, Association] = {}
         self.stats = EndpointStats()
         self._cookies = CookieSecrets(config.random_bytes)
+        self.hello_cache = HelloReplayCache(self._cookies.period)
         self._cid_len = config.own_cid_length or 0
         self._by_cid: dict[bytes, Association] = {}
         self._address: dict[Association, Address] = {}
@@ -235,12 +244,17 @@ class ServerEndpoint:
                 if not self.admission.allow_hello_verify(addr[0], now):  # dtls/admission.py
                     return []
                 return [self._hello_verify(now, peer, params, rec, message_seq)]
+            if self.hello_cache.seen(ch.cookie, now):
+                self.stats.hello_replayed += 1
+                return []
             self.stats.cookie_accepted += 1
         if addr not in self.associations and len(self.associations) >= self.max_associations:
             self.stats.table_full += 1
             return []
         if not self.admission.admit(addr[0], now):  # half-open cap, new-association rate
             return []
+        if self.config.cookie_exchange:
+            self.hello_cache.remember(ch.cookie, now)
         return None
 
     def _replace(self, addr: Address, assoc: Association) -> None:

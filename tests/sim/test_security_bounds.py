@@ -189,28 +189,61 @@ def test_b3_3_established_associations_free_their_half_open_slot(pki: Pki) -> No
     assert out and adm.source_limited == 0
 
 
-def test_one_replayed_cookie_buys_a_bounded_number_of_full_handshakes(pki: Pki) -> None:
+def test_one_replayed_cookie_buys_no_second_handshake(pki: Pki) -> None:
     """A captured cookie-bearing ClientHello replayed 200 times at one instant, each
     followed by a fatal alert that closes the half-open association it opened: the
-    half-open cap never bites and no HelloVerifyRequest is asked for, so only the
-    new-association bucket stops it (it let every replay through, a full flight each)."""
+    half-open cap never bites and no HelloVerifyRequest is asked for.  The replay cache
+    (dtls/hellocache.py) refuses every replay (the new-association bucket alone let 40
+    of 200 through, a full flight each; before the bucket, all 200)."""
     srv = ServerUnderTest(configs_for("psk-aes128", pki)[1])
     adm = srv.endpoint.admission
     addr = ("198.18.0.9", 20000)
     ch, out = _hello_with_cookie(srv, pki, addr, 1)
     assert out  # the genuine one: a server flight
     alert = encode_record(21, 0, 99, b"\x02\x28")  # fatal handshake_failure, epoch 0
-    flights = 1
+    replies = 0
     for _ in range(200):
+        srv.send(alert, addr=addr)
+        replies += bool(srv.send(ch, addr=addr))
+    print(f"200 replays at one instant: {replies} answered, "
+          f"hello_replayed {srv.endpoint.stats.hello_replayed}")
+    assert replies == 0 and srv.endpoint.stats.hello_replayed == 200
+    assert adm.association_rate_limited == 0  # refused before the victim's bucket
+    srv.clock.advance(1.0)
+    srv.send(alert, addr=addr)
+    assert not srv.send(ch, addr=addr)  # still refused: the cookie is still valid
+    _ch2, out = _hello_with_cookie(srv, pki, addr, 2)  # a new random: a new handshake
+    assert out
+
+
+def test_distinct_cookie_bearing_hellos_meet_the_new_association_bucket(pki: Pki) -> None:
+    """200 different cookie-bearing ClientHellos from one host (each its own random and
+    cookie, fetched over 10 s within the HelloVerifyRequest bucket) sent at one instant,
+    each followed by an alert: the replay cache does not apply, the per-source
+    new-association bucket lets its burst through."""
+    srv = ServerUnderTest(configs_for("psk-aes128", pki)[1])
+    adm = srv.endpoint.admission
+    addr = ("198.18.0.9", 20000)
+    hellos = []
+    for seed in range(200):
+        c = make_client(pki, "psk-aes128", seed=1000 + seed)
+        c.absorb(srv.send(c.hs(c.client_hello()), addr=addr))
+        assert c.cookie
+        hellos.append(c.hs(c.client_hello()))
+        srv.clock.advance(0.05)
+    alert = encode_record(21, 0, 99, b"\x02\x28")
+    flights = 0
+    for ch in hellos:
         srv.send(alert, addr=addr)
         flights += bool(srv.send(ch, addr=addr))
     burst = int(adm.limits.new_per_source_burst)
-    print(f"200 replays at one instant: {flights} server flights, "
+    print(f"200 distinct hellos at one instant: {flights} server flights, "
           f"association_rate_limited {adm.association_rate_limited}")
-    assert flights == burst and adm.association_rate_limited == 201 - burst
-    srv.clock.advance(1.0)  # the bucket refills: a genuine retry gets in again
+    assert flights == burst and adm.association_rate_limited == 200 - burst
+    assert srv.endpoint.stats.hello_replayed == 0
+    srv.clock.advance(1.0)  # the bucket refills: a refused hello's retry gets in
     srv.send(alert, addr=addr)
-    assert srv.send(ch, addr=addr)
+    assert srv.send(hellos[-1], addr=addr)
 
 
 # --- HelloVerifyRequest rate limits ------------------------------------------------------------
