@@ -324,3 +324,30 @@ def test_admission_limits_validated() -> None:
         AdmissionLimits(global_rate=0)
     with pytest.raises(ValueError):
         AdmissionLimits(max_half_open_per_source=0)
+
+
+def test_a_genuine_retransmitted_hello_reaches_its_association(pki: Pki) -> None:
+    """The client's own retransmission of its cookie-bearing ClientHello (its flight
+    was lost) while its association exists is routed to that association, before the
+    replay cache: it is answered again, and nothing counts as a replay."""
+    srv = ServerUnderTest(configs_for("psk-aes128", pki)[1])
+    addr = ("198.18.0.9", 20000)
+    ch, out = _hello_with_cookie(srv, pki, addr, 1)
+    assert out
+    srv.clock.advance(1.0)
+    assert srv.send(ch, addr=addr)  # the same hello again: the flight again
+    assert srv.endpoint.stats.hello_replayed == 0
+
+
+def test_a_replay_after_the_cookie_expired_gets_only_a_hello_verify(pki: Pki) -> None:
+    """Once no cookie of its time is valid, the cache has forgotten the hello and the
+    cookie check itself refuses it: a HelloVerifyRequest (no flight), not a replay."""
+    srv = ServerUnderTest(configs_for("psk-aes128", pki)[1])
+    addr = ("198.18.0.9", 20000)
+    ch, out = _hello_with_cookie(srv, pki, addr, 1)
+    assert out
+    srv.send(encode_record(21, 0, 99, b"\x02\x28"), addr=addr)  # its association ends
+    srv.clock.advance(2 * srv.endpoint._cookies.period + 1.0)
+    replies = srv.send(ch, addr=addr)
+    assert len(replies) == 1 and replies[0][13] == 3  # hello_verify_request (type 3)
+    assert srv.endpoint.stats.hello_replayed == 0
