@@ -207,8 +207,10 @@ class _Links:
         (who, alert) for each."""
         ended: list[tuple[str, Alert]] = []
         for link in list(self.owners):
+            if link.closed:
+                continue
             alert = recheck(conf, link.assoc.handshake_result, self.host.loop.wall)
-            if alert is None or link.closed:
+            if alert is None:
                 continue
             peer = self.owners.get(link)
             ended.append((peer.name if peer is not None else link.name, alert))
