@@ -25,7 +25,7 @@ APT_STAMP := $(VENV)/.apt-stamp
 VENV_STAMP := $(VENV)/.install-stamp
 
 # Debian packages, and programs whose presence shows they are installed.
-APT_PACKAGES := openssl gnutls-bin libgnutls30 tshark libsystemd-dev pkg-config gcc \
+APT_PACKAGES := openssl gnutls-bin libgnutls30 tshark libsystemd-dev pkg-config gcc libssl-dev \
 	iproute2 nftables procps psmisc util-linux man-db iperf3 iputils-ping
 APT_PROGRAMS := iperf3 openssl gnutls-serv gnutls-cli tshark pkg-config gcc ip ss nft ps killall \
 	unshare nsenter timeout man ping
@@ -39,6 +39,7 @@ deps:
 	@missing=()
 	for prog in $(APT_PROGRAMS); do command -v "$$prog" >/dev/null || missing+=("$$prog"); done
 	pkg-config --exists libsystemd 2>/dev/null || missing+=(libsystemd.pc)
+	[[ -e /usr/include/openssl/evp.h ]] || missing+=(openssl/evp.h)  # the compiled lane
 	# (not `ldconfig -p | grep -q`: under pipefail grep's early exit kills ldconfig with
 	# SIGPIPE now and then, and the library looked missing)
 	[[ $$(ldconfig -p 2>/dev/null) == *libgnutls.so.30* ]] || missing+=(libgnutls.so.30)

@@ -205,6 +205,7 @@ class _Loader:
             connection_id=f.get("ConnectionID", values.boolean, True),
             udp_offload=f.get("UDPOffload", values.boolean, True),
             tun_offload=f.get("TUNOffload", values.tun_offload, "auto"),
+            compiled_lane=f.get("CompiledLane", values.boolean, True),
             fleet=self._fleet(f, role),  # fleet keys: the block at the end of this file
             **roaming_keys(f, role),
             # --- TCP fallback (issue 12) ---

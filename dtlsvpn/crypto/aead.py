@@ -49,7 +49,7 @@ class RecordProtection:
     """
 
     __slots__ = (
-        "_gcm", "_iv_high", "_iv_low", "_min_len", "_salt", "aead", "overhead", "suite",
+        "_gcm", "_iv_high", "_iv_low", "_min_len", "_salt", "aead", "key", "overhead", "suite",
     )
 
     aead: AESGCM | ChaCha20Poly1305
@@ -62,6 +62,7 @@ class RecordProtection:
             raise UsageError(f"{suite.name}: IV must be {suite.fixed_iv_len} bytes, got {len(iv)}")
         self.suite = suite
         self.overhead = suite.record_iv_len + suite.tag_len
+        self.key = bytes(key)  # (the compiled lane builds its own context: daemon/lane.py)
         self._gcm = suite.aead is AeadKind.AES_GCM
         # Shortest fragment that can possibly authenticate: explicit nonce + tag.
         self._min_len = self.overhead

@@ -46,6 +46,8 @@ from dtlsvpn.daemon.devices import Addr, Devices, LinkConfig, Platform, TunDevic
 from dtlsvpn.daemon.dialer import Dialer
 from dtlsvpn.daemon.fulltunnel import main_table_routes
 from dtlsvpn.daemon.ifreload import apply_interface
+from dtlsvpn.daemon.lane import Lane
+from dtlsvpn.daemon.lane import attach as attach_lane
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.peers import Peer, PeerTable
 from dtlsvpn.daemon.role import display
@@ -93,6 +95,7 @@ class Daemon:
         self.status: StatusServer | None = None
         self.datapath: Datapath | None = None
         self.role: ClientRole | ServerRole | None = None
+        self.lane: Lane | None = None  # the compiled lone-packet lane (lane.py)
         self.listeners: Listeners | None = None  # a server's, until its role takes them
         self.tunmtu = TunnelMtu(cfg.name, cfg.interface)
         self.ready_sent = False
@@ -163,12 +166,19 @@ class Daemon:
             assert self.listeners is not None
             self.role = server = ServerRole(self, dp)
             server.setup(tun, self.listeners)
+        self.lane = attach_lane(self.loop, dp, tun, server=not self.is_client,
+                                enabled=iface.compiled_lane)
+        if self.lane is not None:
+            dp.lane_counters = self.lane.counters
         listening = self.role.listening()
         log.info("%s: interface %s up, mtu %d (%s), %s", self.cfg.name, tun.name, mtu,
                  self.tunmtu.policy, f"listening on {listening}" if listening else "client")
 
     def teardown(self) -> None:
         self.notifier.stopping()
+        if self.lane is not None:
+            self.lane.close()
+            self.lane = None
         if self.role is not None:
             self.role.teardown(self.loop.now)
         if self.listeners is not None:

@@ -114,6 +114,10 @@ class Datapath:
         # ``defer(service)`` (the role's: events, flights, timers of what was fed).
         self.defer: Callable[[Callable[[float, float], None]], None] | None = None
         self.service: Callable[[float, float], None] | None = None
+        # server: a peer's lone packet went through the lanes here (daemon/lane.py arms
+        # the compiled lane for the peers it names)
+        self.on_lone: Callable[[Peer], None] | None = None
+        self.lane_counters: Callable[[], dict[str, int]] | None = None  # the lane is on
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
@@ -238,7 +242,7 @@ class Datapath:
         sent, failures = sock.send_batch(protect(batch), addr)
         if failures is not None:
             for exc, n in failures:
-                self._send_failed(peer, sock, exc, n, now)
+                self.send_failed(peer, sock, exc, n, now)
         peer.tx_packets += sent
         peer.tx_bytes += sum(map(len, batch))
 
@@ -261,7 +265,7 @@ class Datapath:
             else:
                 sock.sendto(datagram, addr)
         except OSError as exc:
-            self._send_failed(peer, sock, exc, 1, now)
+            self.send_failed(peer, sock, exc, 1, now)
         else:
             peer.tx_packets += 1
         peer.tx_bytes += len(pkt)
@@ -322,6 +326,8 @@ class Datapath:
             peer.drop("no_session", len(batch))
         elif len(batch) == 1 and self.lone:
             self._transmit_one(peer, assoc.protect, batch[0], sock, addr, now)
+            if self.on_lone is not None:
+                self.on_lone(peer)
         else:
             self._transmit(peer, assoc.protect, batch, sock, addr, now)
 
@@ -391,6 +397,8 @@ class Datapath:
             self.defer(self.service)
         if peer is not None and out:
             self._deliver(peer, out)  # (one packet: _deliver_one)
+            if self.on_lone is not None:
+                self.on_lone(peer)
 
     @staticmethod
     def _fast_run(received: list[tuple[bytes, Any]], i: int, raw: Any, assoc: Association,
@@ -446,7 +454,7 @@ class Datapath:
             self.drop("unbound", n)
         return peer
 
-    def _send_failed(self, peer: Peer, sock: UdpPort, exc: OSError, n: int,
+    def send_failed(self, peer: Peer, sock: UdpPort, exc: OSError, n: int,
                      now: float) -> None:
         if isinstance(exc, BlockingIOError):
             peer.drop("send_buffer_full", n)

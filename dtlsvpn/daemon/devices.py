@@ -201,7 +201,7 @@ class SocketPort:
     without it from then on (one log line).
     """
 
-    __slots__ = ("_cmsgs", "_ready", "counters", "family", "fileno", "gro", "gso",
+    __slots__ = ("_cmsgs", "_ready", "counters", "family", "fileno", "gro", "gso", "pending",
                  "recv", "recv_batch", "recvfrom", "recvfrom_batch", "send", "sendto", "sock")
 
     def __init__(self, sock: Any, *, offload: bool = False,
@@ -218,6 +218,10 @@ class SocketPort:
         self.gro = offload and enable_gro(sock)
         self._cmsgs: dict[int, list[tuple[int, int, bytes]]] = {}
         self._ready = _poller(sock)
+        # What the compiled lane read and handed back (daemon/lane.py), read first:
+        # datagrams (connected) or (datagram, source), an OSError a read reported, or
+        # (buffer, source, segment size) of a GRO buffer still to split.
+        self.pending: list[Any] = []
         # The receive batches, chosen once (GRO or not): no dispatch per wake-up.
         self.recv_batch: Callable[[int], tuple[list[bytes], OSError | None]] = (
             partial(self._recv_gro, False) if self.gro else self._recv_each)
@@ -308,6 +312,8 @@ class SocketPort:
 
     def _recv_each(self, budget: int, /) -> tuple[list[bytes], OSError | None]:
         """``recv_batch`` without GRO: one ``recv`` per datagram."""
+        if self.pending:
+            return self._handed_back(False)
         out: list[bytes] = []
         error: OSError | None = None
         recv = self.recv
@@ -327,6 +333,8 @@ class SocketPort:
     def _recvfrom_each(self, budget: int, /
                        ) -> tuple[list[tuple[bytes, Any]], OSError | None]:
         """``recvfrom_batch`` without GRO."""
+        if self.pending:
+            return self._handed_back(True)
         out: list[tuple[bytes, Any]] = []
         error: OSError | None = None
         recvfrom = self.recvfrom
@@ -347,6 +355,8 @@ class SocketPort:
         """``recvmsg`` with room for the UDP_GRO control message, coalesced buffers
         split: datagrams, or (datagram, source) pairs with ``with_addr`` (without it, a
         connected socket's, the peer's address comes along and is dropped)."""
+        if self.pending:
+            return self._handed_back(with_addr)
         out: list[Any] = []
         error: OSError | None = None
         recvmsg = self.sock.recvmsg
@@ -370,6 +380,26 @@ class SocketPort:
                 out.append((data, addr) if with_addr else data)
             if len(out) >= budget or (calls == 1 and ready is not None and not ready(0)):
                 break
+        return out, error
+
+    def _handed_back(self, with_addr: bool) -> tuple[list[Any], OSError | None]:
+        """The batch of what the compiled lane read (``pending``), as the reads above
+        would have returned it."""
+        out: list[Any] = []
+        error: OSError | None = None
+        items = self.pending[:]
+        del self.pending[:]  # (the same list: the lane holds it)
+        for item in items:
+            if isinstance(item, OSError):
+                error = item
+            elif isinstance(item, tuple) and len(item) == 3:  # a GRO buffer
+                data, addr, segment = item
+                parts = split_gro(data, segment) if 0 < segment < len(data) else [data]
+                if len(parts) > 1:
+                    self._coalesced(len(parts))
+                out += [(part, addr) for part in parts] if with_addr else parts
+            else:
+                out.append(item)
         return out, error
 
     def _coalesced(self, n: int) -> None:

@@ -19,7 +19,8 @@ Everything else needs a restart and keeps its running value (one warning names t
 keys): ``Role``, ``ListenAddress``, ``Device``, ``Ciphers`` (the handshakes in progress
 use them), ``HeartbeatInterval``/``DeadPeerTimeout``/
 ``RekeyInterval``/``ConnectionID`` (negotiated per association), ``TicketStore``,
-``StatusSocket``, ``UDPOffload``/``TUNOffload`` (the open sockets and TUN),
+``StatusSocket``, ``UDPOffload``/``TUNOffload``/``CompiledLane`` (the open sockets and
+TUN, the loop's poller),
 ``FwMark``/``Table``/``KillSwitch`` (the policy rules of a running full tunnel).
 Routes are ``[Peer]`` keys: a changed peer is removed and added again, with its routes.
 """
@@ -47,6 +48,7 @@ KEY_NAMES = {  # field → the README's key, for the warning
     "status_socket": "StatusSocket", "mss_clamp": "MSSClamp", "log_level": "LogLevel",
     "rekey_interval": "RekeyInterval", "connection_id": "ConnectionID",
     "udp_offload": "UDPOffload", "tun_offload": "TUNOffload", "dns": "DNS",
+    "compiled_lane": "CompiledLane",
     "fwmark": "FwMark", "table": "Table",
     "kill_switch": "KillSwitch",
 }

@@ -136,7 +136,7 @@ class Loop:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time, contain: bool = False) -> None:
         self._ep = select.epoll()
-        self._poll = self._ep.poll
+        self._poll: Callable[[float], list[tuple[int, int]]] = self._ep.poll
         self._handlers: dict[int, Handler] = {}
         self._heap: list[tuple[float, int, Timer, int]] = []
         self._seq = 0
@@ -166,6 +166,25 @@ class Loop:
 
     def modify(self, fd: int, mask: int) -> None:
         self._ep.modify(fd, mask)
+
+    @property
+    def epoll_fd(self) -> int:
+        return self._ep.fileno()
+
+    @property
+    def poller(self) -> Callable[[float], list[tuple[int, int]]] | None:
+        """What waits for the descriptors instead of ``epoll.poll`` (None: that): the
+        compiled lane (``daemon/lane.py``), which must return what it would."""
+        return None if self._poll == self._ep.poll else self._poll
+
+    @poller.setter
+    def poller(self, poll: Callable[[float], list[tuple[int, int]]] | None) -> None:
+        self._poll = self._ep.poll if poll is None else poll
+
+    @property
+    def real_clock(self) -> bool:
+        """The loop runs on the system's monotonic clock (not a test's fake one)."""
+        return self._clock is time.monotonic
 
     def remove(self, fd: int) -> None:
         if self._handlers.pop(fd, None) is not None:

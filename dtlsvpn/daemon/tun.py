@@ -87,6 +87,8 @@ class Tun:
         if offload not in OFFLOAD_MODES:
             raise ValueError(f"TUN offload {offload!r} is not one of {OFFLOAD_MODES}")
         self.counters = TunCounters()
+        # Packets the compiled lane read and handed back (daemon/lane.py), read first.
+        self.pending: list[bytes] = []
         self.vnet = self.gro = False
         self.write = os.write  # (a test's double may refuse)
         if offload != "off":
@@ -130,12 +132,16 @@ class Tun:
         read = os.read
         fd = self.fd
         size, cut = (MAX_FRAME, VNET_HDR_LEN) if self.vnet else (MAX_PACKET, 0)
-        try:
-            out = [read(fd, size)[cut:]]  # (a [0:] slice of bytes is the object itself)
-        except BlockingIOError:
-            return []
+        if self.pending:  # read by the compiled lane, handed back (daemon/lane.py)
+            out = self.pending[:]
+            del self.pending[:]  # (the same list: the lane holds it)
+        else:
+            try:
+                out = [read(fd, size)[cut:]]  # (a [0:] slice of bytes is the object itself)
+            except BlockingIOError:
+                return []
         if budget > 1 and self._waiting(0):
-            for _ in range(budget - 1):
+            for _ in range(budget - len(out)):
                 try:
                     out.append(read(fd, size)[cut:])
                 except BlockingIOError:

@@ -162,6 +162,12 @@ class Association:
         return None if self._keepalive is None else self._keepalive.inner_mtu
 
     @property
+    def fast_seal(self) -> FastSeal | None:
+        """The data records' sealer of the current write epoch, once ``protect`` made it."""
+        seal, writer = self._seal, self._writer
+        return seal if seal is not None and seal.state is writer.epochs[writer.epoch] else None
+
+    @property
     def record_overhead(self) -> int:
         """Bytes a record adds to its payload in the current write epoch."""
         return self._writer.record_overhead()

@@ -61,7 +61,7 @@ class FastOpen:
     __slots__ = (
         "aad", "aad_mid", "aad_pre", "advanced", "cid", "decrypt", "explicit", "gcm", "head",
         "held", "hlen", "max_size", "min_size", "nonce_high", "nonce_xor", "opened", "parts",
-        "record", "window",
+        "protection", "record", "window",
     )
 
     def __init__(self, read: ReadState, ctype: int) -> None:
@@ -69,6 +69,7 @@ class FastOpen:
         if prot is None:
             raise UsageError("FastOpen needs the read epoch's keys")
         cid = read.cid if ctype == CT_CID else b""
+        self.protection = prot
         self.head = bytes((ctype,)) + _VERSION + read.epoch.to_bytes(2, "big")
         self.cid = cid
         self.hlen = 13 + len(cid)

@@ -74,12 +74,14 @@ class Router(Generic[P]):
         self.peer_stats: dict[P, RouterStats] = {}
         self._underlay: dict[P, bytes] = {}
         self._prefixes: dict[P, tuple[Network, ...]] = {}
+        self.generation = 0  # bumped by every change of the prefixes (daemon/lane.py)
 
     # --- configuration ------------------------------------------------------
 
     def add_peer(self, peer: P, prefixes: Iterable[Network]) -> None:
         """Give ``peer`` its allowed prefixes (replacing any it had)."""
         self.remove_peer(peer)
+        self.generation += 1
         nets = tuple(prefixes)
         for net in nets:
             self.table.insert(net, peer)
@@ -88,12 +90,21 @@ class Router(Generic[P]):
 
     def remove_peer(self, peer: P) -> None:
         if peer in self._prefixes:
+            self.generation += 1
             self.table.remove_value(peer)
             del self._prefixes[peer]
         self._underlay.pop(peer, None)
 
     def prefixes(self, peer: P) -> tuple[Network, ...]:
         return self._prefixes.get(peer, ())
+
+    def peers(self) -> list[P]:
+        """Every peer that has prefixes."""
+        return list(self._prefixes)
+
+    def underlay(self, peer: P) -> bytes | None:
+        """The peer's outer address, packed, as ``set_underlay`` gave it."""
+        return self._underlay.get(peer)
 
     def set_underlay(self, peer: P, packed: bytes | None) -> None:
         """The peer's outer (UDP) address, packed; None forgets it."""

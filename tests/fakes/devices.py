@@ -73,6 +73,7 @@ class FakeTun(Tun):
         self.name = name
         self.closed = False
         self.counters = TunCounters()
+        self.pending: list[bytes] = []  # (the compiled lane's hand-backs: daemon/lane.py)
         self.refuse_gso = refuse_gso
         self.gso_frames = 0  # super-packets the daemon wrote
         self.gso_segments = 0

@@ -130,7 +130,7 @@ INTERFACE_KEYS = {"name", "device", "role", "listen", "addresses", "mtu", "mtu_p
                   "rekey_interval", "pid", "uptime", "config", "mss_clamp", "mss_clamped",
                   "fragmented", "icmp_too_big_sent", "icmp_too_big_rate_limited",
                   "udp_gso_sends", "udp_gso_datagrams", "udp_gso_fallbacks",
-                  "udp_gro_receives", "udp_gro_datagrams", "tun_offload", "tun_gso_writes",
+                  "udp_gro_receives", "udp_gro_datagrams", "tun_offload", "compiled_lane", "tun_gso_writes",
                   "tun_gso_segments", "tun_gso_fallbacks", "drops",
                   "handshake_failures", "tcp_closes", "untrusted_closes"}
 PEER_KEYS = {"name", "endpoint", "state", "transport", "transport_since", "suite",
