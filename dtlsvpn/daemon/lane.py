@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from typing import Any
 
 from dtlsvpn.daemon.datapath import Datapath
@@ -59,7 +58,6 @@ if os.environ.get("DTLSVPN_COMPILED_LANE") == "off":  # as if not built (the tes
 
 log = logging.getLogger("dtlsvpn")
 
-AVAILABLE = _lane is not None
 MAX_FLOWS: int = _lane.MAX_FLOWS if _lane is not None else 0
 _MAX_PREFIXES: int = _lane.MAX_PREFIXES if _lane is not None else 0
 
@@ -283,15 +281,15 @@ def _exclusive_prefixes(router: Any, peer: Peer) -> tuple[tuple[bytes, int], ...
     return tuple((net.network_address.packed, net.prefixlen) for net in nets)
 
 
-def attach(loop: Loop, datapath: Datapath, tun: object, *, server: bool, enabled: bool,
-           say: Callable[[str], None] | None = None) -> Lane | None:
+def attach(loop: Loop, datapath: Datapath, tun: object, *, server: bool,
+           enabled: bool) -> Lane | None:
     """The lane on ``loop`` when it is enabled and can run here; None otherwise (the
-    reason logged once at debug level, or through ``say``)."""
+    reason logged once at debug level)."""
     if not enabled:
         return None
     reason = unavailable_reason(loop, tun)
     if reason is not None:
-        (say or log.debug)(f"compiled lane off: {reason}")
+        log.debug("compiled lane off: %s", reason)
         return None
     assert isinstance(tun, Tun)
     return Lane(loop, datapath, tun, server=server)
