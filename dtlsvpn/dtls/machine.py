@@ -119,6 +119,10 @@ class Machine:
     def expects_ccs(self) -> bool:
         return (self.state, CCS_TYPE) in self._table
 
+    def expects(self, msg_type: int) -> bool:
+        """Whether a handshake message of this type is legal in the current state."""
+        return (self.state, msg_type) in self._table
+
     # --- transcript ---------------------------------------------------------
 
     def add_transcript(self, msg_type: int, message_seq: int, body: bytes) -> None:

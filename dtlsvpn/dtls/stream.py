@@ -452,6 +452,17 @@ class StreamAssociation:
                     raise UnexpectedMessage(f"peer asked to renegotiate "
                                             f"{self._renegotiations} times")
                 self._send_alert(AlertLevel.warning, AlertDescription.no_renegotiation)
+        self._check_started(self._handshake.pending_type)
+
+    def _check_started(self, msg_type: int | None) -> None:
+        """A message refused at its header, not after waiting up to 64 KiB for its body
+        (a Finished sealed under keys the reader has not switched to reads as a header of
+        random type and length; security.md S1)."""
+        if msg_type is None or self._closed:
+            return
+        legal = msg_type in _RENEGOTIATION if self._established else self._machine.expects(msg_type)
+        if not legal:
+            raise UnexpectedMessage(f"handshake message {msg_type} out of place")
 
     def _on_ccs(self, payload: bytes, now: float, wall: float, out: list[bytes]) -> None:
         if payload != b"\x01":

@@ -137,6 +137,11 @@ class HandshakeSplitter:
         """A message has started and not yet ended (no other record type may cut in)."""
         return bool(self._buf)
 
+    @property
+    def pending_type(self) -> int | None:
+        """The type of the message that has started and not ended, if any."""
+        return self._buf[0] if self._buf else None
+
     def feed(self, payload: bytes) -> list[tuple[int, bytes]]:
         """Append one record's payload; returns the messages it completed.
 

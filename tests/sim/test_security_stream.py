@@ -171,6 +171,30 @@ def test_s1_a_finished_without_its_ccs_never_completes(mode: str, pki: Pki) -> N
                                          AlertDescription.decode_error), ev
 
 
+@pytest.mark.parametrize("declared", [28, 1000, 60_000])
+def test_s1_a_message_out_of_place_is_refused_at_its_header(declared: int, pki: Pki) -> None:
+    # Without the CCS, the sealed Finished reads as a header of random type and length.
+    # Whatever length it declares, the reader refuses it at the header and does not sit
+    # waiting for a body that will never come (the flake this pins: ChaCha20 has no
+    # explicit nonce, so its ciphertext's first bytes were read as type and length).
+    c, s = configs_for("ecdhe-ecdsa-chacha", pki)
+    client, server = StreamAssociation(c), StreamAssociation(s)
+    server.accept(0.0)
+    client.connect(0.0, WALL)
+    server.receive_data(client.data_to_send(), 0.0, WALL)
+    client.receive_data(server.data_to_send(), 0.0, WALL)
+    flight = split(client.data_to_send())
+    for rec in flight:
+        if rec[0] == ContentType.handshake:
+            server.receive_data(rec, 0.0, WALL)  # the ClientKeyExchange
+            break
+    finished_type = 20
+    header = bytes([finished_type]) + declared.to_bytes(3, "big")
+    ct = int(ContentType.handshake)
+    server.receive_data(encode_tls_record(ct, 0x0303, header + bytes(28)), 0.0, WALL)
+    fatal_sent(server, AlertDescription.unexpected_message)
+
+
 def test_s6_application_data_after_the_ccs_before_the_finished_is_refused(pki: Pki) -> None:
     c, s = configs_for("psk-aes128", pki)
     client, server = StreamAssociation(c), StreamAssociation(s)
