@@ -221,6 +221,8 @@ class Datapath:
             batch[0] = self._transmit_one(peer, conn.protect, batch[0], sock, None, now)
         else:
             self._transmit(peer, conn.protect, batch, sock, None, now)
+        if conn.needs_service and self.defer is not None and self.service is not None:
+            self.defer(self.service)  # the write budget ran out: the renewal is due now
         replay = peer.replay  # UDP suspect: kept to resend over TCP (tcpclient.py)
         if replay is not None and len(replay) < REPLAY_MAX:
             replay += batch

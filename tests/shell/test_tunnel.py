@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from dtlsvpn.daemon.devices import Addr
+from dtlsvpn.dtls.epoch import REKEY_RECORDS
 from tests.fakes.packets import seq_of, udp
 from tests.fakes.world import World
 from tests.netns.harness import psk_pair
@@ -124,3 +125,29 @@ def test_a_bug_in_one_batch_is_contained_counted_and_the_tunnel_goes_on(
     world.settle()
     assert sorted(map(seq_of, server.tun.drain())) == [3, 4]
     assert established(client) and established(server)
+
+
+def test_the_write_budget_running_out_starts_the_renewal_at_once(pair: Pair) -> None:
+    """The client's last record number of its keys' budget sent from the TUN: the
+    renewal starts in the same wake-up, not at whatever timer comes next (a data-only
+    wake-up runs no service unless the connection asks for it)."""
+    server, client = pair()
+    world = server.world
+    dp = client.daemon.datapath
+    assert dp is not None and dp.client_peer is not None and dp.client_peer.conn is not None
+    conn = dp.client_peer.conn
+    client.tun.inject([udp("100.64.0.2", "100.64.0.1", seq=0)])  # (the seal is made on use)
+    assert world.run_until(lambda: len(server.tun.drain()) == 1, within=1.0)
+    world.run_for(0.25)  # (what was due now has run: the next timer is ahead)
+    deadline = client.next_deadline()
+    assert deadline is None or deadline > world.clock.now
+    seal = conn.current.fast_seal
+    assert seal is not None and seal.state.protection is not None
+    seal.state.next_seq = REKEY_RECORDS[seal.state.protection.suite.aead] - 1
+    old = conn.current
+    client.tun.inject([udp("100.64.0.2", "100.64.0.1", seq=1)])
+    before = world.clock.now
+    world.settle()  # no time passes (and the fake network has no delay)
+    assert world.clock.now == before
+    assert conn.current is not old and client.peer()["rekeys"] == 1
+    assert [seq_of(p) for p in server.tun.drain()] == [1]
