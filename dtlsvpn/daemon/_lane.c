@@ -300,7 +300,7 @@ static int may_clamp(const unsigned char *pkt, Py_ssize_t n) {
     if (pkt[0] == 0x45)
         return pkt[9] == 6 && (pkt[33] & 0x02);
     if (pkt[0] >> 4 == 6)
-        return n >= 60 && (pkt[53] & 0x02);
+        return n >= 60 && pkt[6] == 6 && (pkt[53] & 0x02);
     return 1;
 }
 

@@ -125,9 +125,9 @@ def clamp_lone(pkt: bytes, mss4: int, mss6: int) -> bytes | None:
     None when nothing changes.
 
     The common case reads two or three bytes: an IPv4 header without options (``0x45``)
-    that is not TCP or whose SYN bit is clear, or an IPv6 header whose SYN bit (at its
-    TCP offset) is clear whatever its protocol, is passed at once; the rest gets the
-    full checks of ``clamp_one``."""
+    that is not TCP or whose SYN bit is clear, or an IPv6 header whose next header is
+    not TCP (``clamp_one`` walks no extension headers either) or whose SYN bit is
+    clear, is passed at once; the rest gets the full checks of ``clamp_one``."""
     size = len(pkt)
     if size < _MIN_V4_SYN:
         return None
@@ -135,7 +135,8 @@ def clamp_lone(pkt: bytes, mss4: int, mss6: int) -> bytes | None:
     if b0 == 0x45:
         if pkt[9] != TCP_PROTO or not pkt[33] & TCP_SYN:
             return None
-    elif b0 >> 4 == 6 and (size < _MIN_V6_SYN or not pkt[53] & TCP_SYN):
+    elif b0 >> 4 == 6 and (size < _MIN_V6_SYN or pkt[6] != TCP_PROTO
+                           or not pkt[53] & TCP_SYN):
         return None
     return clamp_one(pkt, mss4, mss6)
 
