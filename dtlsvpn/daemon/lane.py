@@ -101,6 +101,7 @@ class Lane:
         self._exclusive: tuple[int, dict[Peer, tuple[tuple[bytes, int], ...] | None]] = (
             -1, {})
         self.armings = 0
+        self.send_failures = 0  # sends that failed in C (charged by _charge)
         loop.poller = self.poll
         if server:
             datapath.on_lone = self.offer
@@ -120,6 +121,7 @@ class Lane:
         out: dict[str, int] = self._c.counters()
         out["flows"] = len(self._by_peer)
         out["armings"] = self.armings
+        out["send_failures"] = self.send_failures
         return out
 
     def close(self) -> None:
@@ -260,6 +262,7 @@ class Lane:
         """Sends that failed in C, charged as the Python lane charges them."""
         sock = self._sock
         now = self._loop.refresh_clock()
+        self.send_failures += len(failures)
         for index, err in failures:
             flow = self._flows[index]
             if flow is None or sock is None:
