@@ -61,40 +61,55 @@ class LoopbackDevices(FakeDevices):
 
 
 class Tap:
-    """A forwarding UDP socket between the client and the server that records both ways.
+    """A forwarding UDP middlebox between the client and the server that records both ways.
 
+    The client talks to ``sock`` (``addr``); the tap talks to the server from ``up``, so
+    the server sees the tap's ``up`` address as the client's, and ``rebind`` gives it a
+    new one (a NAT rebinding: the client's packets arrive from a new source port).
     ``wire`` holds ``(direction, datagram)`` in order, direction ``"up"`` (client to
     server) or ``"down"``; ``tamper``, when set, maps each datagram to what is forwarded
-    instead (a list: nothing, a copy, several).  ``closed`` stops forwarding with the
-    socket gone (the client's next datagrams meet a closed port).
+    instead (a list: nothing, a copy, several).  ``close`` ends forwarding with the
+    client's side gone (its next datagrams meet a closed port).
     """
 
     def __init__(self, server: Addr) -> None:
         self.server = server
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((LOCAL, 0))
-        self.sock.setblocking(False)
+        self.sock = self._socket()
+        self.up = self._socket()
         self.addr: Addr = self.sock.getsockname()
         self.client: Addr | None = None
         self.wire: list[tuple[str, bytes]] = []
         self.tamper: Callable[[str, bytes], list[bytes]] | None = None
         self.closed = False
 
+    @staticmethod
+    def _socket() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((LOCAL, 0))
+        sock.setblocking(False)
+        return sock
+
+    def rebind(self) -> None:
+        """From now on the server hears the client from a new address."""
+        self.up.close()
+        self.up = self._socket()
+
     def pump(self) -> int:
         """Forward what waits; how many datagrams that was."""
         if self.closed:
             return 0
+        return self._pump(self.sock, "up") + self._pump(self.up, "down")
+
+    def _pump(self, sock: socket.socket, direction: str) -> int:
         n = 0
         while True:
             try:
-                data, src = self.sock.recvfrom(65535)
+                data, src = sock.recvfrom(65535)
             except (BlockingIOError, ConnectionRefusedError):
                 return n
             n += 1
-            up = src != self.server
-            if up:
+            if direction == "up":
                 self.client = src
-            direction = "up" if up else "down"
             self.wire.append((direction, data))
             out = [data] if self.tamper is None else self.tamper(direction, data)
             for item in out:
@@ -102,13 +117,16 @@ class Tap:
 
     def send(self, direction: str, data: bytes) -> None:
         """``data`` on toward the server (``"up"``) or the client, as if forwarded."""
-        dst = self.server if direction == "up" else self.client
-        assert dst is not None, "no client seen yet"
-        self.sock.sendto(data, dst)
+        if direction == "up":
+            self.up.sendto(data, self.server)
+            return
+        assert self.client is not None, "no client seen yet"
+        self.sock.sendto(data, self.client)
 
     def close(self) -> None:
         self.closed = True
         self.sock.close()
+        self.up.close()
 
 
 class Node:

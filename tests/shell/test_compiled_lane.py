@@ -14,7 +14,8 @@ data records, a source outside the peer's AllowedIPs, a multicast and a non-IP
 packet, a TCP SYN to clamp (each way: which end clamped is compared step by step), a
 GRO super-buffer, the peer's own underlay address inside its prefixes, packets over
 the peer's limit (ICMP "too big" with DF, fragments without), and the record budget
-of an epoch reached (the renewal then re-arms the lane); and two records swapped on
+of an epoch reached (the renewal then re-arms the lane), a NAT rebinding (the
+server's flow follows the connection ID to the new source); and two records swapped on
 the way (the replay window's older half).  A send that fails in C is charged as the
 Python lane charges it.  AES-128-GCM and ChaCha20-Poly1305, with and without a
 connection ID; a TUN with virtio-net headers (``TUNOffload = auto``) and one without.
@@ -471,3 +472,27 @@ def test_the_underlay_address_and_the_peers_limit_are_left_to_python(
     assert on["client_interface"]["drops"].get("recursive") == 1, on["client_interface"]
     assert on["client_interface"]["icmp_too_big_sent"] == 1
     assert on["client_interface"]["fragmented"] == 1
+
+
+def rebinding_script(script: Script) -> dict[str, Any]:
+    """The client's packets start to arrive from a new source port (a NAT rebinding):
+    the server's armed flow no longer matches the source, C hands the datagrams back,
+    Python follows the connection ID to the new address (RFC 9146), and the flow is
+    armed again for it."""
+    lone_both_ways(script, 3)
+    script.tap.rebind()
+    script.send(script.client, [udp("100.64.0.2", "100.64.0.1", seq=900, size=300)])
+    script.world.settle(0.1)
+    lone_both_ways(script, 4)
+    out = script.outcome()
+    out["moved"] = script.server.peer()["endpoint"] == f"{LOCAL}:{script.tap.up.getsockname()[1]}"
+    return out
+
+
+def test_a_nat_rebinding_disarms_and_rearms_the_servers_flow(
+        worlds: list[LoopbackWorld], tmp_path: Path) -> None:
+    on, off = compare(worlds, tmp_path, rebinding_script, least=5, hands_back=("server",),
+                      ciphers=GCM, connection_id=True)
+    same(on, off)
+    assert on["moved"]
+    assert on["lane"]["server"]["armings"] >= 2, on["lane"]
