@@ -92,6 +92,12 @@ def summary(snap: dict[str, Any]) -> str:
         out.append("  tcp mss clamp: " + (f"{clamp['ipv4']} (IPv4), {clamp['ipv6']} (IPv6), "
                                           f"{i.get('mss_clamped', 0)} SYNs clamped"
                                           if clamp else "off"))
+    if "compiled_lane" in i:
+        lane = i["compiled_lane"]
+        out.append("  compiled lane: " + (
+            f"on, {lane['flows']} peer(s); {lane['tx_packets']} packets sent and "
+            f"{lane['rx_packets']} received in C, {lane['handed_back']} left to Python"
+            if lane else "off"))
     if i.get("icmp_too_big_sent") or i.get("fragmented"):
         out.append(f"  too big: {i.get('icmp_too_big_sent', 0)} ICMP errors sent, "
                    f"{i.get('fragmented', 0)} IPv4 packets fragmented")

@@ -159,6 +159,19 @@ def _peer_samples(sample: Sample, instance: str, peer: dict[str, Any]) -> None:
                _labels(instance=instance, peer=peer.get("name", ""), reason=reason), n)
 
 
+def _lane_samples(sample: Sample, instance: str, lane: dict[str, int]) -> None:
+    """The compiled lane's counters (``daemon/lane.py``), when it is on."""
+    for event, n in sorted(lane.items()):
+        if event != "flows":
+            sample("dtlsvpn_compiled_lane_events_total", "counter",
+                   "What the compiled lane did: packets it sent (tx_packets) and received "
+                   "(rx_packets) in C, packets it left to Python (handed_back), sends that "
+                   "failed, polls, flow armings.", _labels(instance=instance, event=event), n)
+    sample("dtlsvpn_compiled_lane_flows", "gauge",
+           "Peers the compiled lane serves now (absent when the lane is off).",
+           _labels(instance=instance), lane["flows"])
+
+
 def format_prometheus(snaps: list[dict[str, Any]]) -> str:
     """Prometheus text exposition (format 0.0.4) of one or more daemons' snapshots."""
     families: dict[str, tuple[str, str, list[str]]] = {}
@@ -190,6 +203,8 @@ def format_prometheus(snaps: list[dict[str, Any]]) -> str:
                    "Server endpoint events before any association (cookies, admission "
                    "limits, table full, unknown CIDs), by event.",
                    _labels(instance=instance, event=event), n)
+        if iface.get("compiled_lane"):
+            _lane_samples(sample, instance, iface["compiled_lane"])
         for peer in snap.get("peers", []):
             _peer_samples(sample, instance, peer)
     out: list[str] = []

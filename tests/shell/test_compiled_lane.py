@@ -38,7 +38,9 @@ from typing import Any
 
 import pytest
 
+from dtlsvpn.cli.status import summary
 from dtlsvpn.daemon import lane
+from dtlsvpn.daemon.status import format_prometheus
 from dtlsvpn.daemon.udp import UDP_SEGMENT
 from dtlsvpn.dtls.epoch import REKEY_RECORDS, WriteEpoch
 from dtlsvpn.dtls.fastpath import FastSeal
@@ -313,6 +315,10 @@ def compare(worlds: list[LoopbackWorld], tmp_path: Path, script_of: Any = None,
         outcome = (script_of or run_script)(script)
         outcome["seals_checked"] = check_seals(script)
         outcome["lane"] = {"server": lane_counts(server), "client": lane_counts(client)}
+        snap = client.snapshot()
+        line = next(x for x in summary(snap).splitlines() if x.startswith("  compiled lane:"))
+        outcome["status"] = (line.split()[2].rstrip(","), "".join(
+            x for x in format_prometheus([snap]).splitlines() if "compiled_lane" in x))
         outcomes.append(outcome)
         world.close()
     on, off = outcomes
@@ -327,7 +333,7 @@ def compare(worlds: list[LoopbackWorld], tmp_path: Path, script_of: Any = None,
 
 def same(on: dict[str, Any], off: dict[str, Any]) -> None:
     for key in sorted(set(on) | set(off)):
-        if key not in ("lane",):
+        if key not in ("lane", "status"):
             assert on[key] == off[key], key
 
 
@@ -338,6 +344,9 @@ def test_the_lane_matches_the_python_lanes(worlds: list[LoopbackWorld], tmp_path
     on, off = compare(worlds, tmp_path, ciphers=cipher, connection_id=cid)
     same(on, off)
     assert on["seals_checked"] >= 16
+    assert on["status"][0] == "on" and off["status"] == ("off", "")
+    assert 'dtlsvpn_compiled_lane_events_total{instance="client",event="tx_packets"}' in (
+        on["status"][1])
     # the server's CID on the way up; the client asks for none (a server does not roam)
     assert {t for d, t, _, _ in on["wire"] if d == "up"} == {CT_CID if cid else CT_APP}
     assert {t for d, t, _, _ in on["wire"] if d == "down"} == {CT_APP}
