@@ -23,7 +23,7 @@ from bench.procs import BenchError
 from bench.stats import METRICS
 from bench.systems.base import Context, System, Tunnel
 
-IDLE_PINGS = 20
+IDLE_PINGS = 50  # (20 left the idle RTT of one round to a handful of slow wake-ups)
 IDLE_PING_INTERVAL = 0.05
 
 
