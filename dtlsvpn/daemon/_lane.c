@@ -19,7 +19,10 @@
  * keepalive, a record budget reached) is handed back untouched: no sequence number
  * taken, no window moved, no counter changed.  Counters, sequence numbers and replay
  * windows are the Python objects' own: read when a poll starts, written back when it
- * ends, so nothing in Python ever sees a stale value (Python does not run between).
+ * ends, so nothing in Python ever sees a stale value (Python does not run between,
+ * but for a flow's ``wake`` hook: called once after its first packet sent here, it
+ * sees the counters from before that packet, as the Python lane's call before its
+ * send does, and the poll then ends so that the loop sees the timers it moved).
  *
  * Wire format: RFC 6347 §4.1 records, RFC 5288 §3 (AES-GCM explicit nonce), RFC 7905
  * §2 (ChaCha20-Poly1305 nonce), RFC 5246 §6.2.3.3 and RFC 9146 §5 (additional data);
@@ -81,6 +84,9 @@ typedef struct {
     int used;
     /* the Python objects whose state this flow carries (owned references) */
     PyObject *peer, *stats, *assoc, *fast, *ws, *window;
+    /* called once, after the first packet sealed here and before its counts are
+       written back (Peer.on_send: the TCP fallback's checker woken by a send) */
+    PyObject *wake;
     /* routing: the peer's exclusive prefixes, its underlay address */
     int nprefix;
     Prefix prefix[MAX_PREFIXES];
@@ -126,6 +132,7 @@ typedef struct {
     int udp_fd, udp_connected;
     PyObject *udp_pending; /* list: datagrams (client) or (datagram, addr) (server) */
     PyObject *failures;    /* list: (flow index, errno) of sends that failed */
+    int stop;              /* a wake hook ran: the loop's timers may have moved */
     Flow flows[MAX_FLOWS];
     unsigned long long tx_packets, rx_packets, handed_back, polls;
     unsigned char buf[VNET_HDR_LEN + MAX_PACKET + 64];
@@ -466,7 +473,7 @@ static int push_back(PyObject *list, PyObject *item) {
 }
 
 /* A packet read from the TUN (``pkt``, ``n`` bytes): sealed and sent, or HANDBACK. */
-static int seal_out(Lane *self, const unsigned char *pkt, Py_ssize_t n) {
+static int seal_out(Lane *self, const unsigned char *pkt, Py_ssize_t n, double now) {
     int v = ip_version(pkt, n);
     if (!v || n > MAX_PLAINTEXT)
         return HANDBACK;
@@ -533,10 +540,23 @@ static int seal_out(Lane *self, const unsigned char *pkt, Py_ssize_t n) {
     }
     f->d_tx_packets++;
     self->tx_packets++;
+    if (f->wake != NULL) {
+        /* As the Python lane calls it before its send: the peer's counters are still
+           those from before this packet (written back when the poll ends). */
+        PyObject *wake = f->wake, *at = PyFloat_FromDouble(now);
+        f->wake = NULL;
+        self->stop = 1;
+        PyObject *res = at == NULL ? NULL : PyObject_CallOneArg(wake, at);
+        Py_XDECREF(at);
+        Py_DECREF(wake);
+        if (res == NULL)
+            return FAILED;
+        Py_DECREF(res);
+    }
     return HANDLED;
 }
 
-static int on_tun(Lane *self) {
+static int on_tun(Lane *self, double now) {
     int cut = self->tun_vnet ? VNET_HDR_LEN : 0;
     ssize_t r = read(self->tun_fd, self->buf, sizeof self->buf - 64);
     if (r < 0)
@@ -545,7 +565,7 @@ static int on_tun(Lane *self) {
     Py_ssize_t n = r - cut;
     if (n < 0)
         n = 0;
-    int verdict = more_waiting(self->tun_fd) ? HANDBACK : seal_out(self, pkt, n);
+    int verdict = more_waiting(self->tun_fd) ? HANDBACK : seal_out(self, pkt, n, now);
     if (verdict == HANDBACK) {
         self->handed_back++;
         if (push_back(self->tun_pending,
@@ -733,6 +753,7 @@ static void clear_flow(Flow *f) {
     Py_CLEAR(f->fast);
     Py_CLEAR(f->ws);
     Py_CLEAR(f->window);
+    Py_CLEAR(f->wake);
     aead_free(&f->seal);
     aead_free(&f->open);
     memset(f, 0, sizeof *f);
@@ -840,15 +861,16 @@ static int parse_prefixes(Flow *f, PyObject *list) {
 /* set_flow(index, peer, stats, assoc, prefixes, underlay, mss, limit,
  *          tx: None | (ws, key, gcm, nonce_high, nonce_xor, type, epoch, cid, until, dst),
  *          rx: None | (fast, window, key, gcm, nonce_high, nonce_xor, head, epoch, cid,
- *                      until, src)) */
+ *                      until, src),
+ *          wake: None | callable(now)) */
 static PyObject *Lane_set_flow(Lane *self, PyObject *args) {
     int index, mss;
     long limit;
-    PyObject *peer, *stats, *assoc, *prefixes, *tx, *rx;
+    PyObject *peer, *stats, *assoc, *prefixes, *tx, *rx, *wake;
     const char *under;
     Py_ssize_t under_len;
-    if (!PyArg_ParseTuple(args, "iOOOOy#ilOO", &index, &peer, &stats, &assoc, &prefixes,
-                          &under, &under_len, &mss, &limit, &tx, &rx))
+    if (!PyArg_ParseTuple(args, "iOOOOy#ilOOO", &index, &peer, &stats, &assoc, &prefixes,
+                          &under, &under_len, &mss, &limit, &tx, &rx, &wake))
         return NULL;
     if (index < 0 || index >= MAX_FLOWS || (under_len != 0 && under_len != 4 &&
                                             under_len != 16)) {
@@ -917,6 +939,10 @@ static PyObject *Lane_set_flow(Lane *self, PyObject *args) {
     f->stats = stats;
     Py_INCREF(assoc);
     f->assoc = assoc;
+    if (wake != Py_None) {
+        Py_INCREF(wake);
+        f->wake = wake;
+    }
     f->used = 1;
     Py_RETURN_NONE;
 fail:
@@ -954,6 +980,7 @@ static PyObject *Lane_poll(Lane *self, PyObject *arg) {
     double deadline = timeout < 0 ? -1.0 : mono() + timeout;
     struct epoll_event evs[64];
     self->polls++;
+    self->stop = 0;
     for (;;) {
         int ms = -1;
         if (timeout >= 0) {
@@ -977,7 +1004,7 @@ static PyObject *Lane_poll(Lane *self, PyObject *arg) {
         for (int k = 0; k < n; k++) {
             int fd = evs[k].data.fd, verdict = HANDBACK;
             if (evs[k].events == EPOLLIN && fd == self->tun_fd && armed_tx)
-                verdict = on_tun(self);
+                verdict = on_tun(self, now);
             else if (evs[k].events == EPOLLIN && fd == self->udp_fd && armed_rx)
                 verdict = on_udp(self, now);
             if (verdict == FAILED)
@@ -986,7 +1013,8 @@ static PyObject *Lane_poll(Lane *self, PyObject *arg) {
                 push_back(events, Py_BuildValue("(iI)", fd, evs[k].events)) < 0)
                 goto fail;
         }
-        if (n == 0 || ms == 0 || PyList_GET_SIZE(events) || PyList_GET_SIZE(self->failures))
+        if (n == 0 || ms == 0 || self->stop || PyList_GET_SIZE(events) ||
+            PyList_GET_SIZE(self->failures))
             break;
     }
     if (write_back_all(self) < 0) {

@@ -15,10 +15,17 @@ only while the Python lone lanes would do nothing for its packets beyond what C 
   directions (``Association.fast_open``, ``Association.fast_seal``) and no renewal
   overlapping it (the client's ``RekeyingClient`` has no pending or previous one; the
   server's peer has no ``previous`` and ``ServerEndpoint.fast_lane`` holds);
-- it is on UDP (no TLS link ready, no replay list kept for one, no ``on_send`` hook);
+- it is on UDP (no TLS link ready, no replay list kept for one);
 - its allowed prefixes are exclusive: no other peer holds a prefix inside one of them,
   so that "in the peer's prefixes" is exactly "the router's longest match is this peer"
   for both the route of a TUN packet and the anti-spoofing check of a received one.
+
+A peer's ``on_send`` hook (the TCP fallback's checker, asleep after an idle spell,
+``tcpclient.py``) goes with the flow: C calls it once, after the first packet it sends
+and before that packet's counts are written back, so the hook sees what it sees when
+the Python lane calls it just before its send; the poll then ends, and the flow is
+re-armed without the hook (which cleared itself).  So the first packet after a
+silence, the one a sleeping daemon is slowest to forward, stays in C.
 
 Per packet C then repeats the lanes' own checks (``_lane.c``) and hands back, untouched,
 every packet that fails one; those go through ``Datapath`` as they always did, from the
@@ -201,8 +208,7 @@ class Lane:
     def _key(self, peer: Peer) -> tuple[Any, ...] | None:
         """Everything a flow's arming depends on; None: the lane must leave the peer."""
         stream = peer.stream
-        if ((stream is not None and stream.ready) or peer.on_send is not None
-                or peer.replay is not None):
+        if (stream is not None and stream.ready) or peer.replay is not None:
             return None
         assoc = self._association(peer)
         if assoc is None:
@@ -214,7 +220,7 @@ class Lane:
         if prefixes is None:
             return None
         return (assoc, fast, seal, peer.addr, self._dp.mss4, peer.limit, prefixes,
-                self._dp.router.underlay(peer))
+                self._dp.router.underlay(peer), peer.on_send)
 
     def _prefixes(self, peer: Peer) -> tuple[tuple[bytes, int], ...] | None:
         """The peer's allowed prefixes as (packed address, length) when no other peer
@@ -247,7 +253,7 @@ class Lane:
               fast.head[:3], fast.parts[1], fast.cid, budget, addr)
         index = free[0]
         self._c.set_flow(index, peer, assoc.stats, assoc, prefixes, under, self._dp.mss4,
-                         peer.limit, tx, rx)
+                         peer.limit, tx, rx, key[8])
         flow = _Flow(index, peer, key)
         self._flows[index] = flow
         self._by_peer[peer] = flow

@@ -163,9 +163,16 @@ class Association:
 
     @property
     def fast_seal(self) -> FastSeal | None:
-        """The data records' sealer of the current write epoch, once ``protect`` made it."""
-        seal, writer = self._seal, self._writer
-        return seal if seal is not None and seal.state is writer.epochs[writer.epoch] else None
+        """The data records' sealer of the current write epoch (made on first use, so
+        that the compiled lane can arm before any packet went through ``protect``);
+        None before the handshake completed and after close."""
+        if not self._established or self._closed:
+            return None
+        writer = self._writer
+        ws, seal = writer.epochs[writer.epoch], self._seal
+        if seal is None or seal.state is not ws:
+            seal = self._seal = FastSeal(ws, writer.epoch, writer.cid)
+        return seal
 
     @property
     def record_overhead(self) -> int:
@@ -344,13 +351,9 @@ class Association:
 
     def protect(self, payloads: Iterable[bytes]) -> list[bytes]:
         """Seal each payload as one application_data record in its own datagram."""
-        if not self._established or self._closed:  # (not is_established: per packet)
+        seal = self.fast_seal
+        if seal is None:
             raise UsageError("protect() before the handshake completed or after close")
-        writer = self._writer
-        ws = writer.epochs[writer.epoch]
-        seal = self._seal
-        if seal is None or seal.state is not ws:
-            seal = self._seal = FastSeal(ws, writer.epoch, writer.cid)
         out = seal.seal(payloads)
         self.stats.tx_records += len(out)
         return out

@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 
 from dtlsvpn.cli.status import summary
-from dtlsvpn.daemon import lane
+from dtlsvpn.daemon import lane, tcpclient
 from dtlsvpn.daemon.status import format_prometheus
 from dtlsvpn.daemon.udp import UDP_SEGMENT
 from dtlsvpn.dtls.epoch import REKEY_RECORDS, WriteEpoch
@@ -70,14 +70,15 @@ def worlds() -> Iterator[list[LoopbackWorld]]:
 
 
 def start(worlds: list[LoopbackWorld], workdir: Path, *, compiled: bool,
-          client_allows: str = "", **interface: Value) -> tuple[LoopbackWorld, Node, Node]:
+          client_allows: str = "", transport: str = "udp", **interface: Value
+          ) -> tuple[LoopbackWorld, Node, Node]:
     """A server and a client (``CompiledLane`` as asked) with the tap between them,
     established, their path MTU searches over (``client_allows``: one more prefix the
     client routes into the tunnel)."""
     workdir.mkdir()
     port = free_port()
     server_conf, client_conf = psk_pair(workdir, server_ip=LOCAL, port=port,
-                                        compiled_lane=compiled, transport="udp",
+                                        compiled_lane=compiled, transport=transport,
                                         heartbeat_interval=60,
                                         dead_peer_timeout=180, **interface)
     world = LoopbackWorld()
@@ -505,3 +506,76 @@ def test_a_nat_rebinding_disarms_and_rearms_the_servers_flow(
     same(on, off)
     assert on["moved"]
     assert on["lane"]["server"]["armings"] >= 2, on["lane"]
+
+
+def wake_script(script: Script) -> dict[str, Any]:
+    """The peer's ``on_send`` hook set (as the TCP fallback's checker sets it when it
+    goes to sleep after an idle spell): the next packet calls it once, and the hook
+    sees the peer's counters from before that packet, in C as in Python."""
+    client = script.client
+    lone_both_ways(script, 2)
+    peer = client.datapath.client_peer
+    assert peer is not None
+    seen: list[tuple[int, int, int]] = []
+
+    def hook(now: float) -> None:
+        peer.on_send = None
+        assert abs(now - time.monotonic()) < 1.0, now
+        assoc = current(client)
+        seen.append((peer.tx_packets, peer.tx_bytes, assoc.stats.tx_records))
+
+    peer.on_send = hook  # (between two polls: the lane arms the flow with it)
+    before = lane_counts(client)
+    script.send(client, [udp("100.64.0.2", "100.64.0.1", seq=950, size=500)])
+    after = lane_counts(client)
+    script.send(client, [udp("100.64.0.2", "100.64.0.1", seq=951, size=500)])
+    lone_both_ways(script, 2)
+    out = script.outcome()
+    out["hook"] = seen
+    out["in_c"] = None if before is None or after is None else {
+        k: after[k] - before[k] for k in ("tx_packets", "handed_back", "armings")}
+    return out
+
+
+def test_the_on_send_hook_is_called_from_c_as_from_python(
+        worlds: list[LoopbackWorld], tmp_path: Path) -> None:
+    on, off = compare(worlds, tmp_path, wake_script, least=4, hands_back=(),
+                      ciphers=GCM)
+    # packet 950 sealed in C; the flow armed with the hook, then again without it
+    assert on.pop("in_c") == {"tx_packets": 1, "handed_back": 0, "armings": 2}
+    assert off.pop("in_c") is None
+    same(on, off)
+    assert len(on["hook"]) == 1, on["hook"]
+
+
+def test_the_tcp_checkers_first_send_after_a_silence_stays_in_c(
+        worlds: list[LoopbackWorld], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """``Transport = auto``: after IDLE_AFTER without a send the client's TCP fallback
+    checker sleeps and waits for the next send (``Peer.on_send``).  That send, the
+    first after a silence, is sealed in C, wakes the checker (its next look within
+    CHECK_EVERY) and leaves the flow armed."""
+    monkeypatch.setattr(tcpclient, "IDLE_AFTER", 0.3)
+    world, server, client = start(worlds, tmp_path / "auto", compiled=True,
+                                  transport="auto", ciphers=GCM)
+    script = Script(world, server, client)
+    lone_both_ways(script, 2)
+    peer = client.datapath.client_peer
+    assert peer is not None
+    assert world.run_until(lambda: peer.on_send is not None, within=5.0)
+    world.settle(0.05)  # (the next poll arms the flow with the hook)
+    checker = peer.on_send.__self__  # type: ignore[attr-defined]
+    assert isinstance(checker, tcpclient.ClientTcp)
+    assert checker._check.when is not None
+    assert checker._check.when > client.loop.now + 10 * tcpclient.CHECK_EVERY
+    before = lane_counts(client)
+    assert before is not None and before["flows"] == 1, before
+    script.send(client, [udp("100.64.0.2", "100.64.0.1", seq=960, size=300)])
+    after = lane_counts(client)
+    assert after is not None
+    assert peer.on_send is None
+    assert checker._check.when <= client.loop.now + tcpclient.CHECK_EVERY
+    assert after["tx_packets"] == before["tx_packets"] + 1, (before, after)
+    assert after["handed_back"] == before["handed_back"], (before, after)
+    assert after["flows"] == 1 and after["armings"] == before["armings"] + 1, after  # (no hook)
+    assert seq_of(script.got["server"][-1]) == 960
