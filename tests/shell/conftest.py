@@ -1,4 +1,5 @@
-"""Fixtures for the in-process daemon tests: a ``World`` and PSK configurations.
+"""Fixtures for the in-process daemon tests: a ``World``, loopback worlds and PSK
+configurations.
 
 The configurations are the namespace tests' (``tests/netns/harness.py``), so both
 layers run the same files; here they are loaded and run on fake devices.
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.loopback import LoopbackWorld
 from tests.fakes.world import Host, World
 from tests.netns.harness import psk_pair
 from tests.support.conf import Value
@@ -26,6 +28,15 @@ def world() -> Iterator[World]:
         yield w
     finally:
         w.close()
+
+
+@pytest.fixture
+def worlds() -> Iterator[list[LoopbackWorld]]:
+    """Loopback worlds (``tests/fakes/loopback.py``) a test starts; closed after it."""
+    made: list[LoopbackWorld] = []
+    yield made
+    for world in made:
+        world.close()
 
 
 Pair = Callable[..., tuple[Host, Host]]

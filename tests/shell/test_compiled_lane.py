@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +58,6 @@ CT_APP, CT_CID = 23, 25
 # what differs between two runs whatever the lane did: the process, the files, the ports
 VOLATILE = frozenset({"pid", "uptime", "config", "listen", "compiled_lane"})
 MSS_1460 = b"\x02\x04\x05\xb4"  # the option a SYN carries
-
-
-@pytest.fixture
-def worlds() -> Iterator[list[LoopbackWorld]]:
-    made: list[LoopbackWorld] = []
-    yield made
-    for world in made:
-        world.close()
 
 
 def start(worlds: list[LoopbackWorld], workdir: Path, *, compiled: bool,

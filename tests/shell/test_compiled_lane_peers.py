@@ -18,7 +18,6 @@ took it whatever the source (half the datagrams handed back).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +36,6 @@ pytestmark = pytest.mark.skipif(
 BRANCHES = {"a": ("100.64.0.2", "fd00::2"), "b": ("100.64.0.3", "fd00::3")}
 SERVER = ("100.64.0.1", "fd00::1")
 ROUNDS = 5
-
-
-@pytest.fixture
-def worlds() -> Iterator[list[LoopbackWorld]]:
-    made: list[LoopbackWorld] = []
-    yield made
-    for world in made:
-        world.close()
 
 
 def configs(workdir: Path, *, compiled: bool, cid: bool) -> tuple[Path, dict[str, Path]]:
