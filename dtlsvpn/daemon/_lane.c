@@ -20,9 +20,8 @@
  * taken, no window moved, no counter changed.  Counters, sequence numbers and replay
  * windows are the Python objects' own: read when a poll starts, written back when it
  * ends, so nothing in Python ever sees a stale value (Python does not run between,
- * but for a flow's ``wake`` hook: called once after its first packet sent here, it
- * sees the counters from before that packet, as the Python lane's call before its
- * send does, and the poll then ends so that the loop sees the timers it moved).
+ * but for a flow's ``wake`` hook: before it is called what the poll did is written
+ * back, after it everything is read again, and the poll then ends; see wake_up).
  *
  * Wire format: RFC 6347 §4.1 records, RFC 5288 §3 (AES-GCM explicit nonce), RFC 7905
  * §2 (ChaCha20-Poly1305 nonce), RFC 5246 §6.2.3.3 and RFC 9146 §5 (additional data);
@@ -84,8 +83,8 @@ typedef struct {
     int used;
     /* the Python objects whose state this flow carries (owned references) */
     PyObject *peer, *stats, *assoc, *fast, *ws, *window;
-    /* called once, after the first packet sealed here and before its counts are
-       written back (Peer.on_send: the TCP fallback's checker woken by a send) */
+    /* called once, before the first packet sealed here (Peer.on_send: the TCP
+       fallback's checker woken by a send); see wake_up */
     PyObject *wake;
     /* routing: the peer's exclusive prefixes, its underlay address */
     int nprefix;
@@ -472,6 +471,29 @@ static int push_back(PyObject *list, PyObject *item) {
     return r;
 }
 
+/* The flow's wake hook, where the Python lane calls it: before the packet is sealed.
+ * What this poll did so far is written back first, so the hook sees the peer as
+ * Python would (without this packet), and read again after, because the hook may
+ * have sent a record itself (a heartbeat probe takes the next sequence number).  The
+ * poll then ends: the hook may have moved the loop's timers. */
+static int wake_up(Lane *self, Flow *f, double now) {
+    PyObject *wake = f->wake;
+    f->wake = NULL;
+    self->stop = 1;
+    if (write_back_all(self) < 0) {
+        Py_DECREF(wake);
+        return -1;
+    }
+    PyObject *at = PyFloat_FromDouble(now);
+    PyObject *res = at == NULL ? NULL : PyObject_CallOneArg(wake, at);
+    Py_XDECREF(at);
+    Py_DECREF(wake);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return load_all(self);
+}
+
 /* A packet read from the TUN (``pkt``, ``n`` bytes): sealed and sent, or HANDBACK. */
 static int seal_out(Lane *self, const unsigned char *pkt, Py_ssize_t n, double now) {
     int v = ip_version(pkt, n);
@@ -496,6 +518,12 @@ static int seal_out(Lane *self, const unsigned char *pkt, Py_ssize_t n, double n
     if ((f->mss && may_clamp(pkt, n)) || (f->limit && n > f->limit) ||
         f->next_seq >= f->tx_until)
         return HANDBACK;
+    if (f->wake != NULL) {
+        if (wake_up(self, f, now) < 0)
+            return FAILED;
+        if (f->next_seq >= f->tx_until) /* (the hook sent a record: reloaded) */
+            return HANDBACK;
+    }
     uint64_t es = (uint64_t)f->tx_epoch << 48 | f->next_seq;
     unsigned char *o = self->out;
     int cid = f->tx_cid_len, explicit = f->seal.gcm ? 8 : 0;
@@ -540,19 +568,6 @@ static int seal_out(Lane *self, const unsigned char *pkt, Py_ssize_t n, double n
     }
     f->d_tx_packets++;
     self->tx_packets++;
-    if (f->wake != NULL) {
-        /* As the Python lane calls it before its send: the peer's counters are still
-           those from before this packet (written back when the poll ends). */
-        PyObject *wake = f->wake, *at = PyFloat_FromDouble(now);
-        f->wake = NULL;
-        self->stop = 1;
-        PyObject *res = at == NULL ? NULL : PyObject_CallOneArg(wake, at);
-        Py_XDECREF(at);
-        Py_DECREF(wake);
-        if (res == NULL)
-            return FAILED;
-        Py_DECREF(res);
-    }
     return HANDLED;
 }
 

@@ -21,10 +21,11 @@ only while the Python lone lanes would do nothing for its packets beyond what C 
   for both the route of a TUN packet and the anti-spoofing check of a received one.
 
 A peer's ``on_send`` hook (the TCP fallback's checker, asleep after an idle spell,
-``tcpclient.py``) goes with the flow: C calls it once, after the first packet it sends
-and before that packet's counts are written back, so the hook sees what it sees when
-the Python lane calls it just before its send; the poll then ends, and the flow is
-re-armed without the hook (which cleared itself).  So the first packet after a
+``tcpclient.py``) goes with the flow: C calls it once, where the Python lane calls it,
+before the first packet it seals, with what the poll did so far written back (so the
+hook sees the peer as Python would) and everything read again after it (the hook may
+send a record itself: its UDP probe takes the next sequence number); the poll then
+ends, and the flow is re-armed without the hook (which cleared itself).  So the first packet after a
 silence, the one a sleeping daemon is slowest to forward, stays in C.
 
 Per packet C then repeats the lanes' own checks (``_lane.c``) and hands back, untouched,
