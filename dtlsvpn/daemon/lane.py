@@ -25,8 +25,8 @@ A peer's ``on_send`` hook (the TCP fallback's checker, asleep after an idle spel
 before the first packet it seals, with what the poll did so far written back (so the
 hook sees the peer as Python would) and everything read again after it (the hook may
 send a record itself: its UDP probe takes the next sequence number); the poll then
-ends, and the flow is re-armed without the hook (which cleared itself).  So the first packet after a
-silence, the one a sleeping daemon is slowest to forward, stays in C.
+ends, and the flow is re-armed without the hook (which cleared itself).  So the first
+packet after a silence, the one a sleeping daemon is slowest to forward, stays in C.
 
 Per packet C then repeats the lanes' own checks (``_lane.c``) and hands back, untouched,
 every packet that fails one; those go through ``Datapath`` as they always did, from the

@@ -526,10 +526,13 @@ def wake_script(script: Script) -> dict[str, Any]:
     before = lane_counts(client)
     # a datagram for the client waiting on its socket when packet 950 is read, so that
     # one poll opens it in C before the hook runs (written back first, not lost)
-    down = len([d for d, _ in script.tap.wire if d == "down"])
+    def downs() -> int:
+        return sum(d == "down" for d, _ in script.tap.wire)
+
+    down = downs()
     script.server.tun.inject([udp("100.64.0.1", "100.64.0.2", seq=949, size=300)])
     limit = time.monotonic() + 3.0
-    while len([d for d, _ in script.tap.wire if d == "down"]) == down:
+    while downs() == down:  # (the server alone: the client must not read it yet)
         assert time.monotonic() < limit, "the server sent nothing"
         script.server.loop.run_once(max_wait=0)
         script.tap.pump()
