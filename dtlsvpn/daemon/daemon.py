@@ -312,7 +312,8 @@ class Daemon:
         new_peers = {p.name: p for p in new.peers}
         old_creds = self.cfg.credentials
         self.cfg = dataclasses.replace(new, interface=interface)
-        changed = describe(old_creds, new.credentials)  # (the files were read again)
+        trust = ca_changed(old_creds, new.credentials)  # (the files were read again)
+        changed = describe(old_creds, new.credentials, ca=trust)
         if changed:
             log.info("reload: credentials changed: %s; new handshakes use them, established "
                      "associations keep their keys", changed)
@@ -325,7 +326,7 @@ class Daemon:
             else:
                 self.peers[name].config = peer_cfg
         if self.role is not None:
-            self.role.reloaded(now, trust=ca_changed(old_creds, new.credentials))
+            self.role.reloaded(now, trust=trust)
         log.info("reloaded %s: %d peers", self.cfg.path, len(self.peers))
         self.notifier.ready(self.status_text())
 

@@ -50,8 +50,9 @@ def _ders(certs: tuple[x509.Certificate, ...]) -> list[bytes]:
     return [c.public_bytes(Encoding.DER) for c in certs]
 
 
-def describe(old: Credentials, new: Credentials) -> str | None:
-    """What changed between two loads, in one line (None: nothing)."""
+def describe(old: Credentials, new: Credentials, *, ca: bool | None = None) -> str | None:
+    """What changed between two loads, in one line (None: nothing); ``ca`` is
+    :func:`ca_changed`'s answer when the caller has it already."""
     parts: list[str] = []
     if certs_sha256(old.certificate_chain) != certs_sha256(new.certificate_chain):
         if new.certificate_chain:
@@ -62,8 +63,9 @@ def describe(old: Credentials, new: Credentials) -> str | None:
                          + (", same key" if same else ", new key"))
         else:
             parts.append("Certificate removed")
-    if ca_changed(old, new):
-        parts.append(f"CA: {len(new.ca_certs)} certificates")
+    if ca_changed(old, new) if ca is None else ca:
+        n = len(new.ca_certs)
+        parts.append(f"CA: {n} certificate{'' if n == 1 else 's'}")
     return "; ".join(parts) or None
 
 

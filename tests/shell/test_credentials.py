@@ -171,7 +171,7 @@ def test_a_ca_change_closes_only_the_client_it_no_longer_trusts(
     kept = _server_assoc(server, "laptop")
     setup.trust(setup.dir / "trust.pem", setup.ca)
     server.daemon.on_reload(world.clock.now)
-    assert _messages(caplog, "CA: 1 certificates")
+    assert _messages(caplog, "CA: 1 certificate")
     (line,) = _messages(caplog, "no longer validates")
     assert "laptop2" in line and "not a configured CA" in line, line
     assert server.peer("laptop2")["state"] == "down"
@@ -276,7 +276,7 @@ def test_server_tickets_from_before_a_ca_change_do_not_resume(
     kept = _server_assoc(server, "laptop")
     setup.trust(setup.dir / "trust.pem", setup.ca)
     server.daemon.on_reload(world.clock.now)
-    assert _messages(caplog, "CA: 1 certificates")
+    assert _messages(caplog, "CA: 1 certificate")
     assert _server_assoc(server, "laptop") is kept
     role = laptop.daemon.role
     assert isinstance(role, ClientRole) and isinstance(server.daemon.role, ServerRole)

@@ -76,5 +76,8 @@ def test_describe_says_what_changed(tmp_path: Path) -> None:
     assert "same key" in line and "CN=server.test" in line and "expires" in line, line
     assert "new key" in (describe(creds(old, root), creds(new_key, root)) or "")
     assert describe(creds(old, root), creds(old, other, root)) == "CA: 2 certificates"
+    # the caller's own answer is taken as given (the daemon computes it once per reload)
+    assert describe(creds(old, root), creds(old, other, root), ca=False) is None
+    assert describe(creds(old, root), creds(old, root), ca=True) == "CA: 1 certificate"
     assert not ca_changed(creds(old, root, other), creds(old, other, root))  # order
     assert ca_changed(creds(old, root), creds(old, other))
