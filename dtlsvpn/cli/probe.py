@@ -5,7 +5,8 @@ Two connections, on the daemon's event loop and socket code with the DTLS core
 
 1. a full handshake (or whatever the server grants), then heartbeats: the RTT of the
    first answered HeartbeatRequest, and path MTU discovery (RFC 8899) until the PLPMTU
-   has not changed for ``PMTU_QUIET`` seconds (or half the time left runs out);
+   has not changed for ``PMTU_QUIET`` seconds, or at once when the change that ended
+   the search (``search_complete``) came (or half the time left runs out);
 2. when the server issued a session ticket, a second handshake offering it: ``resumed``
    says whether the server accepted it (an abbreviated handshake, RFC 5077).
 
@@ -230,17 +231,20 @@ def _with_session(config: DtlsConfig, ticket: SessionTicketReceived) -> DtlsConf
 def _measure(conn: ClientConnection, result: dict[str, Any], until: float) -> None:
     """Heartbeat RTT and PMTU discovery until the PLPMTU is quiet (or ``until``)."""
     last_change = time.monotonic()
+    complete = False  # the latest PLPMTU change ended the search (no need to wait)
     seen = 0
 
     def settled() -> bool:
-        nonlocal last_change, seen
+        nonlocal last_change, complete, seen
         events = conn.events
         if len(events) != seen:
-            if any(isinstance(ev, PathMtuChanged) for ev in events[seen:]):
+            changes = [ev for ev in events[seen:] if isinstance(ev, PathMtuChanged)]
+            if changes:
                 last_change = time.monotonic()
+                complete = changes[-1].search_complete
             seen = len(events)
         answered = any(isinstance(ev, HeartbeatAnswered) for ev in events)
-        return answered and time.monotonic() - last_change >= PMTU_QUIET
+        return answered and (complete or time.monotonic() - last_change >= PMTU_QUIET)
 
     conn.run(settled, until)
     rtts = [ev.rtt for ev in conn.events

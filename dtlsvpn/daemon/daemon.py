@@ -263,7 +263,7 @@ class Daemon:
                    now: float) -> None:
         peer.plpmtu = ev.plpmtu
         peer.inner_mtu = ev.inner_mtu
-        if peer.mtu.report(assoc, ev.inner_mtu, now):
+        if peer.mtu.report(assoc, ev.inner_mtu, now, final=ev.search_complete):
             self.tunmtu.follow_peer(self.peers, peer)  # (no walk over every peer)
         if peer.mtu_timer is not None:
             peer.mtu_timer.schedule(peer.mtu.due)

@@ -12,6 +12,10 @@ nothing.  One ``MtuFollower`` per peer turns the reports into an *applied* inner
 - **Raising waits** until the search settles: no new report for ``settle`` seconds, and
   at most ``max_hold`` seconds after the first held report, so a slow search still moves
   the MTU every few seconds.
+- A report that **ends the search** (``PathMtuChanged.search_complete``: the search
+  reached its ceiling or its resolution) is applied at once, up or down: no further
+  report is coming to debounce, and holding it only kept the tunnel (and the MSS of
+  every TCP connection opened meanwhile) at the start-up MTU for ``settle`` seconds.
 - The **first report of an association** (BASE_PLPMTU, before any probe was answered;
   also after every reconnect or rekey) is a starting point, not a measurement: it is
   held like a raise, so a rekey does not dip the MTU to BASE for a second.
@@ -42,8 +46,9 @@ class MtuFollower:
         self._source: object = None  # the association whose reports these are
         self._last: int | None = None
 
-    def report(self, source: object, inner: int, now: float) -> bool:
-        """A PathMtuChanged from ``source``; True when ``applied`` changed now."""
+    def report(self, source: object, inner: int, now: float, *, final: bool = False) -> bool:
+        """A PathMtuChanged from ``source`` (``final``: its ``search_complete``); True
+        when ``applied`` changed now."""
         fresh = source is not self._source
         previous = None if fresh else self._last
         self._source = source
@@ -53,7 +58,8 @@ class MtuFollower:
         if inner == applied:
             self.due = self._held_since = None
             return False
-        if previous is not None and inner < previous and (applied is None or inner < applied):
+        if final or (previous is not None and inner < previous
+                     and (applied is None or inner < applied)):
             self.applied = inner
             self.due = self._held_since = None
             return True

@@ -59,11 +59,14 @@ class PathMtuChanged(CoreEvent):
 
     ``plpmtu`` is the outer IP packet size that gets through; ``inner_mtu`` is
     PLPMTU minus the outer IP, UDP and record overhead of the negotiated suite:
-    the MTU to put on the TUN device.
+    the MTU to put on the TUN device.  ``search_complete``: the search ended at this
+    PLPMTU with this report (SEARCH_COMPLETE, RFC 8899 §5.2), so no further raise
+    follows it soon; a report that only moves the search on leaves it False.
     """
 
     plpmtu: int
     inner_mtu: int
+    search_complete: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -268,8 +268,12 @@ class Keepalive:
         if not self._challenging(now):
             self._send_request(lv, pm, now)
         if pm is not None:
-            for plpmtu, inner in pm.pop_changes():
-                self._emit(PathMtuChanged(plpmtu=plpmtu, inner_mtu=inner))
+            changes = pm.pop_changes()
+            done = pm.state is PmtuState.SEARCH_COMPLETE
+            for i, (plpmtu, inner) in enumerate(changes, 1):
+                self._emit(PathMtuChanged(
+                    plpmtu=plpmtu, inner_mtu=inner,
+                    search_complete=done and i == len(changes) and plpmtu == pm.plpmtu))
 
     def _report_liveness(self, lv: Liveness, pm: Dplpmtud | None, now: float) -> None:
         for alive in lv.pop_changes():

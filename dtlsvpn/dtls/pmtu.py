@@ -8,7 +8,7 @@ HeartbeatRequest whose *IP packet* is exactly ``probe.size`` bytes (payload
 ``probe.payload``, ``probe.padding`` random padding bytes), and feeds back the
 HeartbeatResponses (``on_response``), kernel or ICMP hints (``path_hint``) and the
 local MTU towards the peer when it changes (``local_mtu``).
-Time is passed in as ``now`` (monotonic seconds); nothing here reads a clock.
+``now`` is monotonic seconds passed in; nothing here reads a clock.
 
 Units: PLPMTU is the IP packet size (outer IP header + UDP 8 + DTLS record).
 ``inner_mtu = plpmtu - ip_header - 8 - record_overhead`` is the largest inner
@@ -26,7 +26,8 @@ States (RFC 8899 §5.2)::
 - BASE: probe BASE_PLPMTU; acked → SEARCHING; MAX_PROBES lost → ERROR.
 - SEARCHING: probe larger sizes (below); done → SEARCH_COMPLETE when the
   smallest size that failed MAX_PROBES times is within ``granularity`` of the
-  PLPMTU, or MAX_PLPMTU (or the hinted cap) is acked (RFC 8899 §5.2, §5.3.1).
+  PLPMTU, or MAX_PLPMTU (or the hinted cap) is acked (RFC 8899 §5.2, §5.3.1),
+  checked at the ack itself: the change that ends the search finds it complete.
 - SEARCH_COMPLETE: every ``confirm_interval`` (the CONFIRMATION_TIMER of RFC
   8899 §5.1.1) the PLPMTU itself is re-probed; MAX_PROBES consecutive losses
   are a black hole → BASE with PLPMTU = BASE_PLPMTU (RFC 8899 §5.2), then a
@@ -85,9 +86,8 @@ Probing rules
 Outputs: ``poll(now, blocked=)`` → :class:`Probe` or None, ``get_timer(blocked=)``,
 ``pop_changes()`` → ``[(plpmtu, inner_mtu), ...]`` on every PLPMTU change
 (not for the initial value: read ``plpmtu``/``inner_mtu`` after construction),
-``state``, ``plpmtu``, ``inner_mtu``, ``in_flight``, ``srtt``.
-
-Settings, probes and the search step live in :mod:`dtlsvpn.dtls.pmtu_settings`.
+``state``, ``plpmtu``, ``inner_mtu``, ``in_flight``, ``srtt``.  Settings, probes and
+the search step live in :mod:`dtlsvpn.dtls.pmtu_settings`.
 """
 
 from __future__ import annotations
@@ -493,6 +493,8 @@ class Dplpmtud:
             if self._hint_next is not None and self._hint_next <= self._lo:
                 self._hint_next = None
             self._next_at = now
+            if self._search_candidate() is None:  # (now, not at a poll an SRTT later)
+                self._enter_complete(now)
         elif state is PmtuState.SEARCH_COMPLETE:
             # RFC 8899 §5.2: CONFIRMATION_TIMER resets PROBE_COUNT, PLPMTU still good.
             self._next_at = now + self.settings.confirm_interval

@@ -151,3 +151,19 @@ def test_the_server_follows_a_moved_peer_to_a_larger_path_mtu(world: World,
         server.peer())
     assert server.peer()["handshakes"] == handshakes
     assert server.peer()["drops"].get("emsgsize", 0) == 0
+
+
+def test_a_search_that_ends_at_its_ceiling_sets_the_tun_mtu_at_once(pair: Pair) -> None:
+    """The report that completes the search (the ceiling acked) is applied with no
+    settle delay: the TUN goes from its start-up MTU to the final one in one step, as
+    soon as the PLPMTU is known, on both ends (a raise in mid-search is still held)."""
+    server, client = pair()
+    world = server.world
+    for host in (client, server):
+        assert world.run_until(lambda h=host: h.peer()["plpmtu"] == 1500, within=30.0)
+    for host in (client, server):
+        want = 1500 - 20 - 8 - host.peer()["record_overhead"]
+        assert world.run_until(lambda h=host, w=want: h.snapshot()["interface"]["mtu"] == w,
+                               within=0.05), host.link.mtu_history
+        assert host.link.mtu_history[-1] == want and len(host.link.mtu_history) <= 2, (
+            host.link.mtu_history)

@@ -193,6 +193,33 @@ def test_discovers_path_mtu(pki: Pki, cap: int, settings: str, suite: str) -> No
                     + ", ".join(figures))
 
 
+@pytest.mark.parametrize(("cap", "local"), [(1500, 1500), (1420, 1420), (9000, None)])
+def test_the_report_that_ends_the_search_says_so(pki: Pki, cap: int, local: int | None
+                                                 ) -> None:
+    """The PLPMTU change made by the probe that completes the search (its ceiling, the
+    local MTU or MAX_PLPMTU, acked) carries ``search_complete``; no earlier one does, so
+    the daemon applies that one at once and keeps debouncing the climb before it.  At
+    50 ms RTT, where the completion used to wait for the next poll, an RTT after the
+    ack, and was reported as a plain change (with any RTT jitter)."""
+    settings = PmtuSettings(local_mtu=local)
+    c, s = configs_for(SUITE_MODES["gcm"], pki, seed=0, mtu=min(1400, cap - IPV4_UDP),
+                       pmtu=settings)
+    # Jitter: an ack that comes back sooner than the smoothed RTT is what left the
+    # completion to a later poll (probes go at least one SRTT apart, RFC 8899 §3).
+    c2s, s2c = (SimLink(random.Random(f"complete/{d}"), name=d, delay=DELAY, jitter=0.02,
+                        mtu=cap - IPV4_UDP) for d in ("c2s", "s2c"))
+    sim = Simulator(c, s, c2s=c2s, s2c=s2c)
+    assert sim.handshake(limit_seconds=600.0).satisfied
+    sim.run_for(RUN_AFTER_S)
+    for side in SIDES:
+        d = discovery(sim, side)
+        flags = [e.search_complete for _, e in d.changes]
+        where = f"{side}: {[(round(t, 3), e) for t, e in d.changes]}"
+        assert flags[-1] and not any(flags[:-1]), where
+        assert d.final.plpmtu == cap, where
+        assert sim.side(side).plpmtu == cap, where
+
+
 @pytest.mark.parametrize("suite", list(SUITE_MODES))
 def test_black_hole_detected_and_reconverged(pki: Pki, suite: str) -> None:
     """1500 -> 1280 with no ICMP while data flows: the lost confirmation probes reveal it

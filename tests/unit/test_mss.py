@@ -235,3 +235,20 @@ def test_mtu_follower_lowers_at_once_and_raises_when_settled() -> None:
     # A rekey's fresh association starts at BASE again: held, not a dip.
     assert not f.report(b, 1000, 30.0) and f.applied == 1170
     assert not f.report(b, 1170, 30.2) and f.due is None
+
+
+def test_mtu_follower_applies_the_report_that_ends_the_search_at_once() -> None:
+    from dtlsvpn.daemon.mtu import MtuFollower
+
+    f = MtuFollower(settle=1.0, max_hold=4.0)
+    a, b = object(), object()
+    assert not f.report(a, 1147, 0.0) and not f.report(a, 1347, 0.05)  # held climb
+    assert f.report(a, 1435, 0.06, final=True) and f.applied == 1435 and f.due is None
+    assert not f.poll(5.0) and f.applied == 1435  # nothing left held behind it
+    # A renewal's search that ends where the old one did changes nothing ...
+    assert not f.report(b, 1147, 10.0) and f.applied == 1435
+    assert not f.report(b, 1435, 10.1, final=True) and f.due is None
+    # ... and one that ends lower (a new, narrower path) is applied at once, too.
+    c = object()
+    assert not f.report(c, 1147, 20.0)
+    assert f.report(c, 1335, 20.1, final=True) and f.applied == 1335 and f.due is None
