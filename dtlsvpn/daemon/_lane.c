@@ -475,7 +475,8 @@ static int push_back(PyObject *list, PyObject *item) {
  * What this poll did so far is written back first, so the hook sees the peer as
  * Python would (without this packet), and read again after, because the hook may
  * have sent a record itself (a heartbeat probe takes the next sequence number).  The
- * poll then ends: the hook may have moved the loop's timers. */
+ * poll then ends: the hook may have moved the loop's timers.  1: seal the packet; 0:
+ * the hook returned False (what the flow was armed from changed: hand it back); -1. */
 static int wake_up(Lane *self, Flow *f, double now) {
     PyObject *wake = f->wake;
     f->wake = NULL;
@@ -490,8 +491,9 @@ static int wake_up(Lane *self, Flow *f, double now) {
     Py_DECREF(wake);
     if (res == NULL)
         return -1;
+    int keep = res != Py_False;
     Py_DECREF(res);
-    return load_all(self);
+    return load_all(self) < 0 ? -1 : keep;
 }
 
 /* A packet read from the TUN (``pkt``, ``n`` bytes): sealed and sent, or HANDBACK. */
@@ -519,9 +521,10 @@ static int seal_out(Lane *self, const unsigned char *pkt, Py_ssize_t n, double n
         f->next_seq >= f->tx_until)
         return HANDBACK;
     if (f->wake != NULL) {
-        if (wake_up(self, f, now) < 0)
+        int keep = wake_up(self, f, now);
+        if (keep < 0)
             return FAILED;
-        if (f->next_seq >= f->tx_until) /* (the hook sent a record: reloaded) */
+        if (!keep || f->next_seq >= f->tx_until) /* (a record the hook sent: reloaded) */
             return HANDBACK;
     }
     uint64_t es = (uint64_t)f->tx_epoch << 48 | f->next_seq;
@@ -877,7 +880,7 @@ static int parse_prefixes(Flow *f, PyObject *list) {
  *          tx: None | (ws, key, gcm, nonce_high, nonce_xor, type, epoch, cid, until, dst),
  *          rx: None | (fast, window, key, gcm, nonce_high, nonce_xor, head, epoch, cid,
  *                      until, src),
- *          wake: None | callable(now)) */
+ *          wake: None | callable(now) -> False to hand the packet back, else go on) */
 static PyObject *Lane_set_flow(Lane *self, PyObject *args) {
     int index, mss;
     long limit;

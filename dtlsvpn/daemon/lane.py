@@ -27,6 +27,9 @@ hook sees the peer as Python would) and everything read again after it (the hook
 send a record itself: its UDP probe takes the next sequence number); the poll then
 ends, and the flow is re-armed without the hook (which cleared itself).  So the first
 packet after a silence, the one a sleeping daemon is slowest to forward, stays in C.
+Should the hook change what the flow was armed from (its key: the association, the
+limit, the carrier, ...), C gets False back and hands that packet to Python instead
+of sealing it with the old state.
 
 Per packet C then repeats the lanes' own checks (``_lane.c``) and hands back, untouched,
 every packet that fails one; those go through ``Datapath`` as they always did, from the
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from dtlsvpn.daemon.datapath import Datapath
@@ -253,12 +257,25 @@ class Lane:
         rx = (fast, fast.window, prot_r.key, gcm_r, salt_r if gcm_r else high_r, low_r,
               fast.head[:3], fast.parts[1], fast.cid, budget, addr)
         index = free[0]
+        hook = key[8]
+        wake = None if hook is None else self._waker(peer, hook, key)
         self._c.set_flow(index, peer, assoc.stats, assoc, prefixes, under, self._dp.mss4,
-                         peer.limit, tx, rx, key[8])
+                         peer.limit, tx, rx, wake)
         flow = _Flow(index, peer, key)
         self._flows[index] = flow
         self._by_peer[peer] = flow
         self.armings += 1
+
+    def _waker(self, peer: Peer, hook: Callable[[float], None], key: tuple[Any, ...]
+               ) -> Callable[[float], bool]:
+        """The hook as C calls it: False when, after it, the flow is no longer what it
+        was armed from (the hook renewed the keys, moved the peer to TCP, ...), so that
+        C hands the packet back to Python instead of sealing it with the old state."""
+        def wake(now: float) -> bool:
+            hook(now)
+            after = self._key(peer)
+            return after is not None and after[:8] == key[:8]  # ([8]: the hook, spent)
+        return wake
 
     def _disarm(self, flow: _Flow) -> None:
         self._c.clear_flow(flow.index)

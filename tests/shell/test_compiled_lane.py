@@ -560,6 +560,49 @@ def test_the_on_send_hook_is_called_from_c_as_from_python(
     assert len(on["hook"]) == 1, on["hook"]
 
 
+def changing_hook_script(script: Script) -> dict[str, Any]:
+    """The hook itself changes what the flow was armed from: here the peer's limit
+    falls below the packet that woke it (as a PMTU drop found by the association's
+    service inside the hook would set it).  C must not seal that packet with the state
+    it armed from: the packet goes back to Python, which sends ICMP "too big" (DF), as
+    it does when it calls the hook itself."""
+    client = script.client
+    lone_both_ways(script, 2)
+    peer = client.datapath.client_peer
+    assert peer is not None
+    calls: list[float] = []
+
+    def hook(now: float) -> None:
+        peer.on_send = None
+        calls.append(now)
+        peer.limit = 1000
+
+    peer.on_send = hook
+    client.loop.run_once(max_wait=0)  # (the lane arms the flow with the hook)
+    before = lane_counts(client)
+    script.send(client, [udp("100.64.0.2", "100.64.0.1", seq=970, size=1200)], arrives=0)
+    after = lane_counts(client)
+    script.send(client, [udp("100.64.0.2", "100.64.0.1", seq=971, size=900)])
+    peer.limit = 0
+    lone_both_ways(script, 2)
+    out = script.outcome()
+    out["hook_calls"] = len(calls)
+    out["in_c"] = None if before is None or after is None else {
+        k: after[k] - before[k] for k in ("tx_packets", "handed_back")}
+    return out
+
+
+def test_a_hook_that_changes_the_flow_hands_its_packet_back(
+        worlds: list[LoopbackWorld], tmp_path: Path) -> None:
+    on, off = compare(worlds, tmp_path, changing_hook_script, least=4,
+                      hands_back=("client",), ciphers=GCM)
+    assert on.pop("in_c") == {"tx_packets": 0, "handed_back": 1}
+    assert off.pop("in_c") is None
+    same(on, off)
+    assert on["hook_calls"] == off["hook_calls"] == 1
+    assert on["client_interface"]["icmp_too_big_sent"] == 1, on["client_interface"]
+
+
 def test_the_tcp_checkers_first_send_after_a_silence_stays_in_c(
         worlds: list[LoopbackWorld], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         ) -> None:
