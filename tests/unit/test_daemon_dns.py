@@ -65,3 +65,48 @@ def test_neither_back_end_is_one_error_and_no_restore() -> None:
     assert dns.apply() is None and run.calls == []
     dns.restore()
     assert run.calls == []
+
+
+_SPAWNER = """
+import signal, sys, time
+from dtlsvpn.daemon.dns import run_command
+caught = []
+signal.signal(signal.SIGTERM, lambda *_: caught.append(1))  # (the daemon's loop does so)
+print("ready", flush=True)
+killed = spawned = 0
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    status, _ = run_command(["true"], None)
+    spawned += 1
+    killed += status < 0
+print(spawned, killed, len(caught), flush=True)
+"""
+
+
+def test_a_group_sigterm_during_the_spawn_does_not_kill_the_command() -> None:
+    """A process in its own group spawns commands as the DNS restore does, while its
+    whole group gets SIGTERM every millisecond (coreutils ``timeout`` sends it twice,
+    the second while the restore is being spawned): no command may die of it, and the
+    spawner itself still receives them.  Without the signals blocked around the spawn
+    1 spawn in 6 to 1 in 120 died (the child is in the group until its ``setsid``)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", _SPAWNER, "1.5"], stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        limit = time.monotonic() + 20.0
+        while proc.poll() is None and time.monotonic() < limit:
+            os.killpg(proc.pid, signal.SIGTERM)
+            time.sleep(0.001)
+        spawned, killed, caught = map(int, proc.stdout.read().split())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert spawned > 50 and caught > 20, (spawned, caught)
+    assert killed == 0, f"{killed} of {spawned} commands died of the group's SIGTERM"
