@@ -120,6 +120,7 @@ typedef struct {
     long long d_tx_records, d_tx_packets, d_tx_bytes;
     long long d_rx_records, d_rx_bytes, d_rx_packets, d_rx_inner, d_tun_write;
     double last_rx;
+    double last_used; /* when C last sealed or opened a packet of it (0: never) */
     int advanced;
 } Flow;
 
@@ -570,6 +571,7 @@ static int seal_out(Lane *self, const unsigned char *pkt, Py_ssize_t n, double n
         return push_back(self->failures, item) < 0 ? FAILED : HANDLED;
     }
     f->d_tx_packets++;
+    f->last_used = now;
     self->tx_packets++;
     return HANDLED;
 }
@@ -664,7 +666,7 @@ static int open_in(Lane *self, Flow *f, const unsigned char *d, Py_ssize_t size,
     f->d_rx_bytes += size;
     f->d_rx_packets++;
     f->d_rx_inner += n;
-    f->last_rx = now;
+    f->last_rx = f->last_used = now;
     self->rx_packets++;
     const unsigned char *frame = plain;
     size_t flen = (size_t)n;
@@ -1056,6 +1058,17 @@ static PyObject *Lane_take_failures(Lane *self, PyObject *Py_UNUSED(ignored)) {
     return out;
 }
 
+static PyObject *Lane_last_used(Lane *self, PyObject *arg) {
+    long index = PyLong_AsLong(arg);
+    if (index == -1 && PyErr_Occurred())
+        return NULL;
+    if (index < 0 || index >= MAX_FLOWS) {
+        PyErr_SetString(PyExc_ValueError, "bad flow index");
+        return NULL;
+    }
+    return PyFloat_FromDouble(self->flows[index].last_used);
+}
+
 static PyObject *Lane_counters(Lane *self, PyObject *Py_UNUSED(ignored)) {
     return Py_BuildValue("{sKsKsKsK}", "tx_packets", self->tx_packets, "rx_packets",
                          self->rx_packets, "handed_back", self->handed_back, "polls",
@@ -1073,6 +1086,8 @@ static PyMethodDef Lane_methods[] = {
      "poll(timeout) -> [(fd, events)]: epoll.poll minus what the lane handled."},
     {"take_failures", (PyCFunction)Lane_take_failures, METH_NOARGS,
      "The (flow, errno) of sends that failed since the last call."},
+    {"last_used", (PyCFunction)Lane_last_used, METH_O,
+     "last_used(index): when C last carried a packet of that flow (monotonic; 0: never)."},
     {"counters", (PyCFunction)Lane_counters, METH_NOARGS, "What the lane did."},
     {NULL, NULL, 0, NULL},
 };

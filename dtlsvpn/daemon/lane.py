@@ -36,9 +36,13 @@ every packet that fails one; those go through ``Datapath`` as they always did, f
 devices' ``pending`` lists.  A send that fails in C is reported here after the poll and
 charged as the Python lane charges it (``Datapath.send_failed``).
 
-The client arms its one peer.  A server arms up to ``MAX_FLOWS`` peers, the ones the
-Python lone lanes served most recently (``Datapath.on_lone``): a lone packet is what the
-lane is for, and a peer in a burst is the batch lanes' anyway.
+The client arms its one peer.  A server arms up to ``MAX_FLOWS`` peers, offered by the
+Python lone lanes when they serve one (``Datapath.on_lone``): a lone packet is what the
+lane is for, and a peer in a burst is the batch lanes' anyway.  When all are taken, a
+newly offered peer replaces the one idle longest, counting what C carried for it
+(``Lane.last_used``), and only one idle for ``EVICT_IDLE`` seconds or more: a flow C
+keeps busy is never given up for a newcomer (with more active peers than flows, the
+others stay with Python instead of trading places with them on every packet).
 
 Off (``CompiledLane = no``, the module not built, a device that is not a real TUN or
 socket, a loop on a fake clock): the loop polls as before and nothing here runs.
@@ -71,6 +75,7 @@ if os.environ.get("DTLSVPN_COMPILED_LANE") == "off":  # as if not built (the tes
 log = logging.getLogger("dtlsvpn")
 
 MAX_FLOWS: int = _lane.MAX_FLOWS if _lane is not None else 0
+EVICT_IDLE = 1.0  # seconds without a packet before a server's flow may go to another peer
 _MAX_PREFIXES: int = _lane.MAX_PREFIXES if _lane is not None else 0
 
 
@@ -88,12 +93,14 @@ def unavailable_reason(loop: Loop, tun: object) -> str | None:
 class _Flow:
     """What one armed flow was armed from (its ``key``) and its slot in C."""
 
-    __slots__ = ("index", "key", "peer")
+    __slots__ = ("armed_at", "index", "key", "peer")
 
-    def __init__(self, index: int, peer: Peer, key: tuple[Any, ...]) -> None:
+    def __init__(self, index: int, peer: Peer, key: tuple[Any, ...], armed_at: float
+                 ) -> None:
         self.index = index
         self.peer = peer
         self.key = key
+        self.armed_at = armed_at
 
 
 class Lane:
@@ -109,7 +116,7 @@ class Lane:
         self._sock: UdpPort | None = None
         self._flows: list[_Flow | None] = [None] * MAX_FLOWS
         self._by_peer: dict[Peer, _Flow] = {}
-        self._offered: dict[Peer, None] = {}  # server: most recent last
+        self._offered: dict[Peer, float] = {}  # server: when Python last served each
         self._exclusive: tuple[int, dict[Peer, tuple[tuple[bytes, int], ...] | None]] = (
             -1, {})
         self.armings = 0
@@ -146,13 +153,25 @@ class Lane:
     def offer(self, peer: Peer) -> None:
         """Server: ``peer`` just had a lone packet through the Python lanes."""
         offered = self._offered
-        if peer in offered:
-            if next(reversed(offered)) is peer:
-                return
-            del offered[peer]
-        offered[peer] = None
-        while len(offered) > MAX_FLOWS:
-            del offered[next(iter(offered))]
+        now = self._loop.now
+        if peer not in offered and len(offered) >= MAX_FLOWS:
+            idlest = self._idlest(now)
+            if idlest is None:
+                return  # every flow busy: this peer stays with the Python lanes
+            del offered[idlest]
+        offered[peer] = now
+
+    def _idlest(self, now: float) -> Peer | None:
+        """The offered peer idle longest (what Python or C last carried for it, or
+        its arming), if that is EVICT_IDLE or more; else None."""
+        best, best_at = None, now - EVICT_IDLE
+        for peer, served in self._offered.items():
+            flow = self._by_peer.get(peer)
+            at = served if flow is None else max(served, flow.armed_at,
+                                                 self._c.last_used(flow.index))
+            if at <= best_at:
+                best, best_at = peer, at
+        return best
 
     # --- arming -------------------------------------------------------------------
 
@@ -261,7 +280,7 @@ class Lane:
         wake = None if hook is None else self._waker(peer, hook, key)
         self._c.set_flow(index, peer, assoc.stats, assoc, prefixes, under, self._dp.mss4,
                          peer.limit, tx, rx, wake)
-        flow = _Flow(index, peer, key)
+        flow = _Flow(index, peer, key, self._loop.now)
         self._flows[index] = flow
         self._by_peer[peer] = flow
         self.armings += 1
