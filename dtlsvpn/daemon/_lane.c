@@ -970,7 +970,8 @@ fail:
     return NULL;
 }
 
-static PyObject *Lane_clear_flow(Lane *self, PyObject *arg) {
+/* The flow a Python index names; NULL with ValueError when there is none. */
+static Flow *flow_at(Lane *self, PyObject *arg) {
     long index = PyLong_AsLong(arg);
     if (index == -1 && PyErr_Occurred())
         return NULL;
@@ -978,7 +979,14 @@ static PyObject *Lane_clear_flow(Lane *self, PyObject *arg) {
         PyErr_SetString(PyExc_ValueError, "bad flow index");
         return NULL;
     }
-    clear_flow(&self->flows[index]);
+    return &self->flows[index];
+}
+
+static PyObject *Lane_clear_flow(Lane *self, PyObject *arg) {
+    Flow *f = flow_at(self, arg);
+    if (f == NULL)
+        return NULL;
+    clear_flow(f);
     Py_RETURN_NONE;
 }
 
@@ -1059,14 +1067,8 @@ static PyObject *Lane_take_failures(Lane *self, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *Lane_last_used(Lane *self, PyObject *arg) {
-    long index = PyLong_AsLong(arg);
-    if (index == -1 && PyErr_Occurred())
-        return NULL;
-    if (index < 0 || index >= MAX_FLOWS) {
-        PyErr_SetString(PyExc_ValueError, "bad flow index");
-        return NULL;
-    }
-    return PyFloat_FromDouble(self->flows[index].last_used);
+    Flow *f = flow_at(self, arg);
+    return f == NULL ? NULL : PyFloat_FromDouble(f->last_used);
 }
 
 static PyObject *Lane_counters(Lane *self, PyObject *Py_UNUSED(ignored)) {
