@@ -120,7 +120,7 @@ typedef struct {
     long long d_tx_records, d_tx_packets, d_tx_bytes;
     long long d_rx_records, d_rx_bytes, d_rx_packets, d_rx_inner, d_tun_write;
     double last_rx;
-    double last_used; /* when C last sealed or opened a packet of it (0: never) */
+    double last_used; /* when it was armed, or C last sealed or opened a packet of it */
     int advanced;
 } Flow;
 
@@ -964,6 +964,7 @@ static PyObject *Lane_set_flow(Lane *self, PyObject *args) {
         f->wake = wake;
     }
     f->used = 1;
+    f->last_used = mono();
     Py_RETURN_NONE;
 fail:
     clear_flow(f);
@@ -1089,7 +1090,7 @@ static PyMethodDef Lane_methods[] = {
     {"take_failures", (PyCFunction)Lane_take_failures, METH_NOARGS,
      "The (flow, errno) of sends that failed since the last call."},
     {"last_used", (PyCFunction)Lane_last_used, METH_O,
-     "last_used(index): when C last carried a packet of that flow (monotonic; 0: never)."},
+     "last_used(index): when that flow was armed or C last carried a packet of it."},
     {"counters", (PyCFunction)Lane_counters, METH_NOARGS, "What the lane did."},
     {NULL, NULL, 0, NULL},
 };

@@ -93,14 +93,12 @@ def unavailable_reason(loop: Loop, tun: object) -> str | None:
 class _Flow:
     """What one armed flow was armed from (its ``key``) and its slot in C."""
 
-    __slots__ = ("armed_at", "index", "key", "peer")
+    __slots__ = ("index", "key", "peer")
 
-    def __init__(self, index: int, peer: Peer, key: tuple[Any, ...], armed_at: float
-                 ) -> None:
+    def __init__(self, index: int, peer: Peer, key: tuple[Any, ...]) -> None:
         self.index = index
         self.peer = peer
         self.key = key
-        self.armed_at = armed_at
 
 
 class Lane:
@@ -163,12 +161,12 @@ class Lane:
 
     def _idlest(self, now: float) -> Peer | None:
         """The offered peer idle longest (what Python or C last carried for it, or
-        its arming), if that is EVICT_IDLE or more; else None."""
+        its flow's arming: ``Lane.last_used``), if that is EVICT_IDLE or more; else
+        None."""
         best, best_at = None, now - EVICT_IDLE
         for peer, served in self._offered.items():
             flow = self._by_peer.get(peer)
-            at = served if flow is None else max(served, flow.armed_at,
-                                                 self._c.last_used(flow.index))
+            at = served if flow is None else max(served, self._c.last_used(flow.index))
             if at <= best_at:
                 best, best_at = peer, at
         return best
@@ -276,11 +274,11 @@ class Lane:
         rx = (fast, fast.window, prot_r.key, gcm_r, salt_r if gcm_r else high_r, low_r,
               fast.head[:3], fast.parts[1], fast.cid, budget, addr)
         index = free[0]
-        hook = key[8]
+        hook = key[-1]
         wake = None if hook is None else self._waker(peer, hook, key)
         self._c.set_flow(index, peer, assoc.stats, assoc, prefixes, under, self._dp.mss4,
                          peer.limit, tx, rx, wake)
-        flow = _Flow(index, peer, key, self._loop.now)
+        flow = _Flow(index, peer, key)
         self._flows[index] = flow
         self._by_peer[peer] = flow
         self.armings += 1
@@ -293,7 +291,7 @@ class Lane:
         def wake(now: float) -> bool:
             hook(now)
             after = self._key(peer)
-            return after is not None and after[:8] == key[:8]  # ([8]: the hook, spent)
+            return after is not None and after[:-1] == key[:-1]  # ([-1]: the hook, spent)
         return wake
 
     def _disarm(self, flow: _Flow) -> None:
