@@ -7,15 +7,27 @@ layers run the same files; here they are loaded and run on fake devices.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from dtlsvpn.daemon import lane
 from tests.fakes.loopback import LoopbackWorld
 from tests.fakes.world import Host, World
 from tests.netns.harness import psk_pair
 from tests.support.conf import Value
+
+
+def _lane_missing() -> str:
+    if os.environ.get("DTLSVPN_COMPILED_LANE") == "off":
+        return "DTLSVPN_COMPILED_LANE=off turns the compiled lane off: unset it to run these"
+    return "dtlsvpn.daemon._lane is not built: run `make venv` (needs gcc and libssl-dev)"
+
+
+# The compiled lane's test modules: ``pytestmark = needs_lane``.
+needs_lane = pytest.mark.skipif(lane.MAX_FLOWS == 0, reason=_lane_missing())
 
 SERVER = "198.18.0.1"
 CLIENT = "198.18.0.2"

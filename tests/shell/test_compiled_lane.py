@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 
 from dtlsvpn.cli.status import summary
-from dtlsvpn.daemon import lane, tcpclient
+from dtlsvpn.daemon import tcpclient
 from dtlsvpn.daemon.status import format_prometheus
 from dtlsvpn.daemon.udp import UDP_SEGMENT
 from dtlsvpn.dtls.epoch import REKEY_RECORDS, WriteEpoch
@@ -46,11 +46,10 @@ from dtlsvpn.dtls.fastpath import FastSeal
 from tests.fakes.loopback import LOCAL, LoopbackWorld, Node, Tap, free_port
 from tests.fakes.packets import SYN, seq_of, tcp, udp
 from tests.netns.harness import psk_pair
+from tests.shell.conftest import needs_lane
 from tests.support.conf import Value
 
-pytestmark = pytest.mark.skipif(
-    lane.MAX_FLOWS == 0,
-    reason="dtlsvpn.daemon._lane is not built: run `make venv` (needs gcc and libssl-dev)")
+pytestmark = needs_lane
 
 GCM = "TLS_PSK_WITH_AES_128_GCM_SHA256"
 CHACHA = "TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256"

@@ -30,11 +30,10 @@ from dtlsvpn.daemon import lane
 from tests.fakes.loopback import LOCAL, LoopbackWorld, Node, free_port
 from tests.fakes.packets import seq_of, udp
 from tests.netns.harness import secret_file
+from tests.shell.conftest import needs_lane
 from tests.support.conf import TunnelConf
 
-pytestmark = pytest.mark.skipif(
-    lane.MAX_FLOWS == 0,
-    reason="dtlsvpn.daemon._lane is not built: run `make venv` (needs gcc and libssl-dev)")
+pytestmark = needs_lane
 
 HUB = "100.64.0.1"
 EVICT_IDLE = 0.3  # (the module's 1 s, shortened so that the quiet spell is short)

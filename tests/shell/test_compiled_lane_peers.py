@@ -23,15 +23,13 @@ from typing import Any
 
 import pytest
 
-from dtlsvpn.daemon import lane
 from tests.fakes.loopback import LOCAL, LoopbackWorld, Node, free_port
 from tests.fakes.packets import seq_of, udp
 from tests.netns.harness import secret_file
+from tests.shell.conftest import needs_lane
 from tests.support.conf import TunnelConf
 
-pytestmark = pytest.mark.skipif(
-    lane.MAX_FLOWS == 0,
-    reason="dtlsvpn.daemon._lane is not built: run `make venv` (needs gcc and libssl-dev)")
+pytestmark = needs_lane
 
 BRANCHES = {"a": ("100.64.0.2", "fd00::2"), "b": ("100.64.0.3", "fd00::3")}
 SERVER = ("100.64.0.1", "fd00::1")
