@@ -20,18 +20,15 @@ Every packet reaches its own host either way.
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from dtlsvpn.daemon import lane
-from tests.fakes.loopback import LOCAL, LoopbackWorld, Node, free_port
+from tests.fakes.loopback import LoopbackWorld, Node
 from tests.fakes.packets import seq_of, udp
-from tests.netns.harness import secret_file
 from tests.shell.conftest import needs_lane
-from tests.support.conf import TunnelConf
+from tests.shell.test_compiled_lane_peers import hub_conf
 
 pytestmark = needs_lane
 
@@ -45,29 +42,13 @@ def branch_ip(i: int) -> str:
 
 def start(worlds: list[LoopbackWorld], workdir: Path, count: int
           ) -> tuple[LoopbackWorld, Node, list[Node]]:
-    workdir.mkdir()
-    port = free_port()
-    common: dict[str, Any] = {"compiled_lane": True, "transport": "udp",
-                              "heartbeat_interval": 60, "dead_peer_timeout": 180}
-    hub = TunnelConf(comment="hub", role="server", listen_address=f"{LOCAL}:{port}",
-                     device="dvs0", address=(f"{HUB}/24",),
-                     status_socket=workdir / "hub.sock", ticket_store=workdir / "hub-state",
-                     **common)
-    confs = []
-    for i in range(count):
-        psk = secret_file(workdir / f"psk-{i}.hex", secrets.token_hex(32) + "\n")
-        hub.peer(name=f"branch-{i}", psk_identity=f"branch-{i}", psk_file=psk,
-                 allowed_ips=(f"{branch_ip(i)}/32",))
-        confs.append(TunnelConf(
-            comment=f"branch {i}", role="client", device="dvc0",
-            address=(f"{branch_ip(i)}/24",), status_socket=workdir / f"b{i}.sock",
-            ticket_store=workdir / f"tickets-{i}", **common,
-        ).peer(name="hub", endpoint=f"{LOCAL}:{port}", psk_identity=f"branch-{i}",
-               psk_file=psk, allowed_ips=("100.64.0.0/24",)).write(workdir / f"b{i}.conf"))
+    hub, confs = hub_conf(workdir, {str(i): (branch_ip(i),) for i in range(count)},
+                          (f"{HUB}/24",), ("100.64.0.0/24",), compiled_lane=True,
+                          transport="udp", heartbeat_interval=60, dead_peer_timeout=180)
     world = LoopbackWorld()
     worlds.append(world)
-    server = world.start(hub.write(workdir / "hub.conf"))
-    branches = [world.start(conf) for conf in confs]
+    server = world.start(hub)
+    branches = [world.start(conf) for conf in confs.values()]
 
     def ready() -> bool:
         peers = [p for node in (server, *branches) for p in node.snapshot()["peers"]]

@@ -36,32 +36,36 @@ SERVER = ("100.64.0.1", "fd00::1")
 ROUNDS = 5
 
 
-def configs(workdir: Path, *, compiled: bool, cid: bool) -> tuple[Path, dict[str, Path]]:
+def hub_conf(workdir: Path, branches: dict[str, tuple[str, ...]], hub: tuple[str, ...],
+             routes: tuple[str, ...], **common: Any) -> tuple[Path, dict[str, Path]]:
+    """A PSK hub (addresses ``hub``, with prefix lengths) and one client per branch
+    (its host addresses; /32 or /128 in the hub's AllowedIPs, /24 or /64 on its TUN,
+    ``routes`` into the tunnel), written under ``workdir``: (hub, {branch: client})."""
     workdir.mkdir()
     port = free_port()
-    common: dict[str, Any] = {"compiled_lane": compiled, "transport": "udp",
-                              "heartbeat_interval": 60, "dead_peer_timeout": 180,
-                              "connection_id": cid, "log_level": "debug"}
-    psk = {b: secret_file(workdir / f"psk-{b}.hex", secrets.token_hex(32) + "\n")
-           for b in BRANCHES}
-    hub = TunnelConf(comment="two-peer server", role="server",
-                     listen_address=f"{LOCAL}:{port}", device="dvs0",
-                     address=("100.64.0.1/24", "fd00::1/64"),
-                     status_socket=workdir / "hub.sock", ticket_store=workdir / "hub-state",
-                     **common)
-    for b, (v4, v6) in BRANCHES.items():
-        hub.peer(name=f"branch-{b}", psk_identity=f"branch-{b}", psk_file=psk[b],
-                 allowed_ips=(f"{v4}/32", f"{v6}/128"))
+    server = TunnelConf(comment="hub", role="server", listen_address=f"{LOCAL}:{port}",
+                        device="dvs0", address=hub, status_socket=workdir / "hub.sock",
+                        ticket_store=workdir / "hub-state", **common)
     clients = {}
-    for b, (v4, v6) in BRANCHES.items():
+    for b, ips in branches.items():
+        psk = secret_file(workdir / f"psk-{b}.hex", secrets.token_hex(32) + "\n")
+        server.peer(name=f"branch-{b}", psk_identity=f"branch-{b}", psk_file=psk,
+                    allowed_ips=tuple(f"{ip}/{128 if ':' in ip else 32}" for ip in ips))
         clients[b] = TunnelConf(
             comment=f"branch {b}", role="client", device="dvc0",
-            address=(f"{v4}/24", f"{v6}/64"), status_socket=workdir / f"{b}.sock",
-            ticket_store=workdir / f"tickets-{b}", **common,
+            address=tuple(f"{ip}/{64 if ':' in ip else 24}" for ip in ips),
+            status_socket=workdir / f"{b}.sock", ticket_store=workdir / f"tickets-{b}",
+            **common,
         ).peer(name="hub", endpoint=f"{LOCAL}:{port}", psk_identity=f"branch-{b}",
-               psk_file=psk[b], allowed_ips=("100.64.0.0/24", "fd00::/64")
-               ).write(workdir / f"{b}.conf")
-    return hub.write(workdir / "hub.conf"), clients
+               psk_file=psk, allowed_ips=routes).write(workdir / f"{b}.conf")
+    return server.write(workdir / "hub.conf"), clients
+
+
+def configs(workdir: Path, *, compiled: bool, cid: bool) -> tuple[Path, dict[str, Path]]:
+    return hub_conf(workdir, BRANCHES, ("100.64.0.1/24", "fd00::1/64"),
+                    ("100.64.0.0/24", "fd00::/64"), compiled_lane=compiled,
+                    transport="udp", heartbeat_interval=60, dead_peer_timeout=180,
+                    connection_id=cid, log_level="debug")
 
 
 def run(worlds: list[LoopbackWorld], workdir: Path, *, compiled: bool, cid: bool
