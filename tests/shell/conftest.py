@@ -1,5 +1,6 @@
 """Fixtures for the in-process daemon tests: a ``World``, loopback worlds and PSK
-configurations.
+configurations (``hub_conf``: a hub with N branches), and the compiled lane's
+``needs_lane`` marker.
 
 The configurations are the namespace tests' (``tests/netns/harness.py``), so both
 layers run the same files; here they are loaded and run on fake devices.
@@ -8,16 +9,18 @@ layers run the same files; here they are loaded and run on fake devices.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dtlsvpn.daemon import lane
-from tests.fakes.loopback import LoopbackWorld
+from tests.fakes.loopback import LOCAL, LoopbackWorld, free_port
 from tests.fakes.world import Host, World
-from tests.netns.harness import psk_pair
-from tests.support.conf import Value
+from tests.netns.harness import psk_pair, secret_file
+from tests.support.conf import TunnelConf, Value
 
 
 def _lane_missing() -> str:
@@ -72,3 +75,28 @@ def pair(world: World, tmp_path: Path) -> Pair:
 
 def established(host: Host) -> bool:
     return all(p["state"] == "established" for p in host.snapshot()["peers"])
+
+
+def hub_conf(workdir: Path, branches: dict[str, tuple[str, ...]], hub: tuple[str, ...],
+             routes: tuple[str, ...], **common: Any) -> tuple[Path, dict[str, Path]]:
+    """A PSK hub (addresses ``hub``, with prefix lengths) and one client per branch
+    (its host addresses; /32 or /128 in the hub's AllowedIPs, /24 or /64 on its TUN,
+    ``routes`` into the tunnel), written under ``workdir``: (hub, {branch: client})."""
+    workdir.mkdir()
+    port = free_port()
+    server = TunnelConf(comment="hub", role="server", listen_address=f"{LOCAL}:{port}",
+                        device="dvs0", address=hub, status_socket=workdir / "hub.sock",
+                        ticket_store=workdir / "hub-state", **common)
+    clients = {}
+    for b, ips in branches.items():
+        psk = secret_file(workdir / f"psk-{b}.hex", secrets.token_hex(32) + "\n")
+        server.peer(name=f"branch-{b}", psk_identity=f"branch-{b}", psk_file=psk,
+                    allowed_ips=tuple(f"{ip}/{128 if ':' in ip else 32}" for ip in ips))
+        clients[b] = TunnelConf(
+            comment=f"branch {b}", role="client", device="dvc0",
+            address=tuple(f"{ip}/{64 if ':' in ip else 24}" for ip in ips),
+            status_socket=workdir / f"{b}.sock", ticket_store=workdir / f"tickets-{b}",
+            **common,
+        ).peer(name="hub", endpoint=f"{LOCAL}:{port}", psk_identity=f"branch-{b}",
+               psk_file=psk, allowed_ips=routes).write(workdir / f"{b}.conf")
+    return server.write(workdir / "hub.conf"), clients

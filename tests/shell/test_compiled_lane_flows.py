@@ -27,8 +27,7 @@ import pytest
 from dtlsvpn.daemon import lane
 from tests.fakes.loopback import LoopbackWorld, Node
 from tests.fakes.packets import seq_of, udp
-from tests.shell.conftest import needs_lane
-from tests.shell.test_compiled_lane_peers import hub_conf
+from tests.shell.conftest import hub_conf, needs_lane
 
 pytestmark = needs_lane
 

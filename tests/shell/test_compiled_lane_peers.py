@@ -17,48 +17,20 @@ took it whatever the source (half the datagrams handed back).
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fakes.loopback import LOCAL, LoopbackWorld, Node, free_port
+from tests.fakes.loopback import LoopbackWorld, Node
 from tests.fakes.packets import seq_of, udp
-from tests.netns.harness import secret_file
-from tests.shell.conftest import needs_lane
-from tests.support.conf import TunnelConf
+from tests.shell.conftest import hub_conf, needs_lane
 
 pytestmark = needs_lane
 
 BRANCHES = {"a": ("100.64.0.2", "fd00::2"), "b": ("100.64.0.3", "fd00::3")}
 SERVER = ("100.64.0.1", "fd00::1")
 ROUNDS = 5
-
-
-def hub_conf(workdir: Path, branches: dict[str, tuple[str, ...]], hub: tuple[str, ...],
-             routes: tuple[str, ...], **common: Any) -> tuple[Path, dict[str, Path]]:
-    """A PSK hub (addresses ``hub``, with prefix lengths) and one client per branch
-    (its host addresses; /32 or /128 in the hub's AllowedIPs, /24 or /64 on its TUN,
-    ``routes`` into the tunnel), written under ``workdir``: (hub, {branch: client})."""
-    workdir.mkdir()
-    port = free_port()
-    server = TunnelConf(comment="hub", role="server", listen_address=f"{LOCAL}:{port}",
-                        device="dvs0", address=hub, status_socket=workdir / "hub.sock",
-                        ticket_store=workdir / "hub-state", **common)
-    clients = {}
-    for b, ips in branches.items():
-        psk = secret_file(workdir / f"psk-{b}.hex", secrets.token_hex(32) + "\n")
-        server.peer(name=f"branch-{b}", psk_identity=f"branch-{b}", psk_file=psk,
-                    allowed_ips=tuple(f"{ip}/{128 if ':' in ip else 32}" for ip in ips))
-        clients[b] = TunnelConf(
-            comment=f"branch {b}", role="client", device="dvc0",
-            address=tuple(f"{ip}/{64 if ':' in ip else 24}" for ip in ips),
-            status_socket=workdir / f"{b}.sock", ticket_store=workdir / f"tickets-{b}",
-            **common,
-        ).peer(name="hub", endpoint=f"{LOCAL}:{port}", psk_identity=f"branch-{b}",
-               psk_file=psk, allowed_ips=routes).write(workdir / f"{b}.conf")
-    return server.write(workdir / "hub.conf"), clients
 
 
 def configs(workdir: Path, *, compiled: bool, cid: bool) -> tuple[Path, dict[str, Path]]:
