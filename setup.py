@@ -8,7 +8,8 @@ setup(
     ext_modules=[
         Extension(
             "dtlsvpn.daemon._lane",
-            ["dtlsvpn/daemon/_lane.c"],
+            ["dtlsvpn/daemon/_lane.c", "dtlsvpn/daemon/_vnet.c"],
+            depends=["dtlsvpn/daemon/_vnet.h"],
             libraries=["crypto"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,

@@ -48,6 +48,8 @@
 
 #include <openssl/evp.h>
 
+#include "_vnet.h"
+
 #ifndef UDP_GRO
 #define UDP_GRO 104
 #endif
@@ -64,7 +66,7 @@
 #define WINDOW_SIZE 128
 #define SEQ_MASK ((1ULL << 48) - 1)
 
-enum { HANDLED = 0, HANDBACK = 1, FAILED = -1 };
+enum { HANDLED = 0, HANDBACK = 1, FAILED = -1, DROPPED = 2 /* offloaded_read only */ };
 
 typedef struct {
     int family; /* 4 or 6 */
@@ -129,6 +131,7 @@ typedef struct {
     int epfd;
     int tun_fd, tun_vnet;
     PyObject *tun_pending; /* list: packets read here and left to Python */
+    PyObject *tun_counters; /* the Tun's counters (tso_reads, tso_malformed) */
     int udp_fd, udp_connected;
     PyObject *udp_pending; /* list: datagrams (client) or (datagram, addr) (server) */
     PyObject *failures;    /* list: (flow index, errno) of sends that failed */
@@ -576,11 +579,46 @@ static int seal_out(Lane *self, const unsigned char *pkt, Py_ssize_t n, double n
     return HANDLED;
 }
 
+/* A TUN read with TSO offered (Tun.tso) that is not a finished packet: a super-packet
+ * is cut into its segments, which go back to Python (a burst: the batch lanes' work);
+ * a NEEDS_CSUM packet gets its checksum completed in place and goes on.  HANDLED (the
+ * packet is ready), HANDBACK, DROPPED (malformed: counted as Tun._take counts it). */
+static int offloaded_read(Lane *self, ssize_t r) {
+    unsigned char *b = self->buf;
+    if (b[1]) {
+        PyObject *frame = PyBytes_FromStringAndSize((const char *)b, r);
+        PyObject *segs = frame == NULL ? NULL : vnet_segment(NULL, frame);
+        Py_XDECREF(frame);
+        if (segs == NULL)
+            return FAILED;
+        Py_ssize_t k = PyList_GET_SIZE(segs);
+        int rc = add_ll(self->tun_counters, k ? "tso_reads" : "tso_malformed", 1);
+        if (rc == 0)
+            rc = PyList_SetSlice(self->tun_pending, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, segs);
+        Py_DECREF(segs);
+        if (rc < 0)
+            return FAILED;
+        self->handed_back++;
+        return k ? HANDBACK : DROPPED;
+    }
+    uint16_t start, offset; /* host byte order (the legacy virtio-net header) */
+    memcpy(&start, b + 6, 2);
+    memcpy(&offset, b + 8, 2);
+    if (vnet_complete(b + VNET_HDR_LEN, r - VNET_HDR_LEN, start, offset) < 0)
+        return add_ll(self->tun_counters, "tso_malformed", 1) < 0 ? FAILED : DROPPED;
+    return HANDLED;
+}
+
 static int on_tun(Lane *self, double now) {
     int cut = self->tun_vnet ? VNET_HDR_LEN : 0;
     ssize_t r = read(self->tun_fd, self->buf, sizeof self->buf - 64);
     if (r < 0)
         return (errno == EAGAIN || errno == EINTR) ? HANDLED : HANDBACK;
+    if (cut && r > VNET_HDR_LEN && (self->buf[0] | self->buf[1])) {
+        int got = offloaded_read(self, r);
+        if (got != HANDLED)
+            return got == DROPPED ? HANDLED : got;
+    }
     const unsigned char *pkt = self->buf + cut;
     Py_ssize_t n = r - cut;
     if (n < 0)
@@ -792,6 +830,7 @@ static void Lane_dealloc(Lane *self) {
     for (int i = 0; i < MAX_FLOWS; i++)
         clear_flow(&self->flows[i]);
     Py_CLEAR(self->tun_pending);
+    Py_CLEAR(self->tun_counters);
     Py_CLEAR(self->udp_pending);
     Py_CLEAR(self->failures);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -799,13 +838,15 @@ static void Lane_dealloc(Lane *self) {
 
 static PyObject *Lane_set_tun(Lane *self, PyObject *args) {
     int fd, vnet;
-    PyObject *pending;
-    if (!PyArg_ParseTuple(args, "ipO!", &fd, &vnet, &PyList_Type, &pending))
+    PyObject *pending, *counters;
+    if (!PyArg_ParseTuple(args, "ipO!O", &fd, &vnet, &PyList_Type, &pending, &counters))
         return NULL;
     self->tun_fd = fd;
     self->tun_vnet = vnet;
     Py_INCREF(pending);
     Py_XSETREF(self->tun_pending, pending);
+    Py_INCREF(counters);
+    Py_XSETREF(self->tun_counters, counters);
     Py_RETURN_NONE;
 }
 
@@ -1080,7 +1121,8 @@ static PyObject *Lane_counters(Lane *self, PyObject *Py_UNUSED(ignored)) {
 
 static PyMethodDef Lane_methods[] = {
     {"set_tun", (PyCFunction)Lane_set_tun, METH_VARARGS,
-     "set_tun(fd, vnet, pending): the TUN queue and the list its reads go back to."},
+     "set_tun(fd, vnet, pending, counters): the TUN queue, the list its reads go back "
+     "to and its TunCounters."},
     {"set_udp", (PyCFunction)Lane_set_udp, METH_VARARGS,
      "set_udp(fd, connected, pending): the UDP socket and its pending list."},
     {"set_flow", (PyCFunction)Lane_set_flow, METH_VARARGS, "Arm a flow (see lane.py)."},
@@ -1106,9 +1148,16 @@ static PyTypeObject LaneType = {
     .tp_doc = "The compiled lone-packet lane (see dtlsvpn/daemon/lane.py).",
 };
 
+static PyMethodDef lane_functions[] = {
+    {"segment", (PyCFunction)vnet_segment, METH_O,
+     "segment(frame) -> list[bytes]: vnet.segment in C (TSO reads, daemon/tun.py)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef lanemodule = {
     PyModuleDef_HEAD_INIT, "dtlsvpn.daemon._lane",
-    "The optional compiled lone-packet lane (dtlsvpn/daemon/lane.py).", -1, NULL,
+    "The optional compiled lone-packet lane (dtlsvpn/daemon/lane.py) and the TUN's "
+    "segmentation (vnet.segment in C).", -1, lane_functions,
 };
 
 PyMODINIT_FUNC PyInit__lane(void) {

@@ -139,7 +139,9 @@ class Daemon:
         self.lock = InstanceLock.acquire(self.cfg)  # one instance per tunnel (startup.py)
         self._open_sockets()
         try:
-            self.tun = tun = self.devices.open_tun(iface.device, iface.tun_offload)
+            # TSO on read goes with the compiled parts (CompiledLane; daemon/tun.py)
+            self.tun = tun = self.devices.open_tun(iface.device, iface.tun_offload,
+                                                   tso=iface.compiled_lane)
         except OSError as exc:
             raise StartupError(describe_tun(exc, self.cfg)) from exc
         self.netlink = self.tunmtu.link = self.devices.link(tun.name)

@@ -142,7 +142,8 @@ class Platform(Protocol):
     @property
     def notifier(self) -> Notifier: ...
 
-    def open_tun(self, name: str, offload: str = "off") -> TunDevice: ...
+    def open_tun(self, name: str, offload: str = "off", *,
+                 tso: bool = False) -> TunDevice: ...
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,
                  connect: Addr | None = None, offload: bool = False,
                  counters: UdpCounters | None = None, mark: int = 0) -> UdpPort: ...
@@ -433,9 +434,10 @@ class Devices:
     def __init__(self, notifier: Notifier | None = None) -> None:
         self.notifier = notifier if notifier is not None else Notifier()
 
-    def open_tun(self, name: str, offload: str = "off") -> TunDevice:
-        """``offload``: ``TUNOffload`` (auto, on, off; ``tun.py``)."""
-        return Tun(name, offload)
+    def open_tun(self, name: str, offload: str = "off", *, tso: bool = False) -> TunDevice:
+        """``offload``: ``TUNOffload`` (auto, on, off); ``tso``: offer TSO on read where
+        the compiled ``segment`` is there (``tun.py``)."""
+        return Tun(name, offload, tso=tso)
 
     def tcp_listener(self, addr: Addr) -> socket.socket:
         """A non-blocking TCP socket listening on ``addr`` (the TLS fallback); OSError."""

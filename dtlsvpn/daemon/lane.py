@@ -55,6 +55,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from dtlsvpn.daemon import compiled
 from dtlsvpn.daemon.datapath import Datapath
 from dtlsvpn.daemon.devices import SocketPort, UdpPort
 from dtlsvpn.daemon.loop import Loop
@@ -64,13 +65,7 @@ from dtlsvpn.dtls.association import Association
 from dtlsvpn.dtls.epoch import REKEY_RECORDS
 from dtlsvpn.wire.constants import MAX_SEQ
 
-_lane: Any
-try:
-    from dtlsvpn.daemon import _lane
-except ImportError:  # not built (no compiler or OpenSSL headers): the Python lanes only
-    _lane = None
-if os.environ.get("DTLSVPN_COMPILED_LANE") == "off":  # as if not built (the tests' switch)
-    _lane = None
+_lane: Any = compiled.module  # None: not built, or DTLSVPN_COMPILED_LANE=off
 
 log = logging.getLogger("dtlsvpn")
 
@@ -107,7 +102,7 @@ class Lane:
     def __init__(self, loop: Loop, datapath: Datapath, tun: Tun, *, server: bool) -> None:
         assert _lane is not None
         self._c = _lane.Lane(loop.epoll_fd)
-        self._c.set_tun(tun.fd, tun.vnet, tun.pending)
+        self._c.set_tun(tun.fd, tun.vnet, tun.pending, tun.counters)
         self._loop = loop
         self._dp = datapath
         self._server = server

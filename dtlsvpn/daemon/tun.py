@@ -8,14 +8,17 @@ and routes, when the descriptor is closed, so even a crash leaves nothing behind
 Offload (``TUNOffload``, ``vpn/vnet.py``): with ``IFF_VNET_HDR`` every read and write
 carries a 10-byte virtio-net header.  Writes go through ``vpn/gro.coalesce``: the TCP
 segments of one flow in a batch become one super-packet the kernel's TCP receives at
-once.  Reads: ``TUNSETOFFLOAD`` is given no flags, so the kernel segments and checksums
-what it sends before we read it; the header of every read carries nothing we need and is
-dropped.  Offering TSO (TUN_F_CSUM | TSO4 | TSO6, reads of 64 KiB super-packets cut by
-``vnet.segment``) or TUN_F_CSUM alone (checksums completed here) was measured and lost:
-the internet checksum in Python costs more than the kernel work it saves (README
-"Performance").  ``offload="auto"``: a kernel that refuses the header gives a plain TUN
-(one log line); a super-packet the kernel refuses on write (EINVAL) is written again
-segment by segment, plain, and coalescing stops for this queue.
+once.  Reads (``tso``): when the compiled ``segment`` is there (``daemon/compiled.py``)
+TSO is offered (TUN_F_CSUM | TSO4 | TSO6), so one read hands over up to 64 KiB of one
+TCP flow that the kernel neither segmented nor checksummed, and ``segment`` cuts it into
+MTU-sized segments with their checksums (a ``NEEDS_CSUM`` packet gets its checksum
+completed).  Without it ``TUNSETOFFLOAD`` is given no flags and the kernel segments and
+checksums what it sends before we read it: in Python the internet checksum costs more
+than the kernel work it saves (README "Performance"), so ``vnet.segment`` is not used
+for reads.  ``offload="auto"``: a kernel that refuses the header gives a plain TUN (one
+log line), one that refuses TSO gives reads without it (one log line); a super-packet
+the kernel refuses on write (EINVAL) is written again segment by segment, plain, and
+coalescing stops for this queue.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import select
 import struct
 
+from dtlsvpn.daemon import compiled
 from dtlsvpn.vpn.gro import coalesce
 from dtlsvpn.vpn.vnet import PLAIN_HDR, VNET_HDR, VNET_HDR_LEN, segment
 
@@ -38,6 +42,10 @@ TUNSETVNETHDRSZ = 0x400454D8
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TSO_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
 IFNAMSIZ = 16
 MAX_PACKET = 65535
 MAX_FRAME = VNET_HDR_LEN + MAX_PACKET
@@ -47,18 +55,23 @@ OFFLOAD_MODES = ("auto", "on", "off")
 class TunCounters:
     """``gso_writes``: super-packets written (runs of ≥ 2 segments), ``gso_segments``:
     the segments they carried; ``gso_fallbacks``: super-packets the kernel refused and
-    that were written again segment by segment."""
+    that were written again segment by segment; ``tso_reads``: super-packets read and
+    cut into segments (TSO on read), ``tso_malformed``: reads whose virtio-net header
+    did not fit the packet (dropped)."""
 
-    __slots__ = ("gso_fallbacks", "gso_segments", "gso_writes")
+    __slots__ = ("gso_fallbacks", "gso_segments", "gso_writes", "tso_malformed", "tso_reads")
 
     def __init__(self) -> None:
         self.gso_writes = 0
         self.gso_segments = 0
         self.gso_fallbacks = 0
+        self.tso_reads = 0
+        self.tso_malformed = 0
 
     def as_dict(self) -> dict[str, int]:
         return {"tun_gso_writes": self.gso_writes, "tun_gso_segments": self.gso_segments,
-                "tun_gso_fallbacks": self.gso_fallbacks}
+                "tun_gso_fallbacks": self.gso_fallbacks, "tun_tso_reads": self.tso_reads,
+                "tun_tso_malformed": self.tso_malformed}
 
 
 def _open(name: str, flags: int) -> tuple[int, str]:
@@ -78,10 +91,12 @@ class Tun:
     """One non-blocking TUN queue.
 
     ``vnet``: the queue carries virtio-net headers (``offload`` on, or auto and the
-    kernel took it); ``gro``: writes are coalesced (vnet, until the kernel refused one).
+    kernel took it); ``gro``: writes are coalesced (vnet, until the kernel refused one);
+    ``tso``: reads may be super-packets (asked for with ``tso`` and the compiled
+    ``segment`` there, and the kernel took it).
     """
 
-    def __init__(self, name: str, offload: str = "off") -> None:
+    def __init__(self, name: str, offload: str = "off", *, tso: bool = False) -> None:
         if not name or len(name.encode()) >= IFNAMSIZ:
             raise ValueError(f"interface name {name!r} must be 1 to {IFNAMSIZ - 1} bytes")
         if offload not in OFFLOAD_MODES:
@@ -89,7 +104,7 @@ class Tun:
         self.counters = TunCounters()
         # Packets the compiled lane read and handed back (daemon/lane.py), read first.
         self.pending: list[bytes] = []
-        self.vnet = self.gro = False
+        self.vnet = self.gro = self.tso = False
         self.write = os.write  # (a test's double may refuse)
         if offload != "off":
             try:
@@ -101,7 +116,7 @@ class Tun:
                          "plain TUN", exc.strerror or exc)
             else:
                 self.fd = fd
-                self._offload()
+                self._offload(tso)
         if not self.vnet:
             self.fd, self.name = _open(name, IFF_TUN | IFF_NO_PI)
         os.set_blocking(self.fd, False)
@@ -114,14 +129,26 @@ class Tun:
         poller.register(self.fd, select.POLLIN)
         self._waiting = poller.poll
 
-    def _offload(self) -> None:
-        """No offload on read: the kernel hands over finished packets (module doc)."""
+    def _offload(self, tso: bool) -> None:
+        """TSO on read when asked and ``segment`` is compiled; else no offload on read:
+        the kernel hands over finished packets (module doc)."""
+        flags = TSO_OFFLOADS if tso and compiled.segment is not None else 0
         try:
-            fcntl.ioctl(self.fd, TUNSETOFFLOAD, 0)
-        except OSError:
-            os.close(self.fd)
-            raise
+            fcntl.ioctl(self.fd, TUNSETOFFLOAD, flags)
+        except OSError as exc:
+            if not flags:
+                os.close(self.fd)
+                raise
+            log.info("TUN offload: the kernel refused TSO on read (%s); it segments what "
+                     "we read", exc.strerror or exc)
+            try:
+                fcntl.ioctl(self.fd, TUNSETOFFLOAD, 0)
+            except OSError:
+                os.close(self.fd)
+                raise
+            flags = 0
         self.vnet = self.gro = True
+        self.tso = bool(flags)
 
     # --- read ---------------------------------------------------------------------
 
@@ -129,6 +156,8 @@ class Tun:
         """Up to ``budget`` packets, stopping at EAGAIN.  After the first, a zero-timeout
         poll asks whether more wait, so a lone packet's wake-up ends without the failing
         read (its exception costs several times the poll); a burst reads on to EAGAIN."""
+        if self.tso:
+            return self._read_tso(budget)
         read = os.read
         fd = self.fd
         size, cut = (MAX_FRAME, VNET_HDR_LEN) if self.vnet else (MAX_PACKET, 0)
@@ -147,6 +176,44 @@ class Tun:
                 except BlockingIOError:
                     break
         return out
+
+    def _read_tso(self, budget: int) -> list[bytes]:
+        """``read_batch`` when a read may be a super-packet (all its segments count
+        toward ``budget``, so a batch may end up to one super-packet above it) or a
+        ``NEEDS_CSUM`` packet; the lone-packet poll as there."""
+        read = os.read
+        fd = self.fd
+        take = self._take
+        if self.pending:  # (the compiled lane cut what it read: packets only)
+            out = self.pending[:]
+            del self.pending[:]
+        else:
+            out = []
+            try:
+                take(read(fd, MAX_FRAME), out)
+            except BlockingIOError:
+                return []
+        if len(out) < budget and self._waiting(0):
+            while len(out) < budget:
+                try:
+                    frame = read(fd, MAX_FRAME)
+                except BlockingIOError:
+                    break
+                take(frame, out)
+        return out
+
+    def _take(self, frame: bytes, out: list[bytes]) -> None:
+        if len(frame) <= VNET_HDR_LEN or not frame[0] | frame[1]:  # a finished packet
+            out.append(frame[VNET_HDR_LEN:])
+            return
+        assert compiled.segment is not None  # (self.tso)
+        packets = compiled.segment(frame)
+        if not packets:
+            self.counters.tso_malformed += 1
+            return
+        if frame[1]:
+            self.counters.tso_reads += 1
+        out += packets
 
     # --- write --------------------------------------------------------------------
 

@@ -100,12 +100,14 @@ def segment(frame: bytes) -> list[bytes]:
 
 def _complete(frame: bytes, start: int, offset: int) -> bytes | None:
     """The packet after ``frame``'s header with the partial checksum at ``start + offset``
-    completed over ``[start:]`` (the field already holds the pseudo-header sum)."""
+    completed over ``[start:]`` (the field already holds the pseudo-header sum).  A
+    result of 0 is stored as 0xFFFF, its other form, as the kernel does (``skb_checksum_
+    help``, CSUM_MANGLED_0): in UDP a 0 means "no checksum", which IPv6 refuses."""
     packet = bytearray(memoryview(frame)[VNET_HDR_LEN:])
     at = start + offset
     if at + 2 > len(packet) or start >= len(packet):
         return None
-    value = checksum(memoryview(packet)[start:])
+    value = checksum(memoryview(packet)[start:]) or 0xFFFF
     _U16.pack_into(packet, at, value)
     return bytes(packet)
 

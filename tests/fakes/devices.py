@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from dtlsvpn.daemon import compiled
 from dtlsvpn.daemon.devices import SocketPort
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.resolve import Resolver
@@ -63,11 +64,16 @@ class FakeTun(Tun):
     back, on raises) the pair carries virtio-net headers as a real queue would: the fake
     kernel prepends a zero header to what it injects and ``drain`` cuts the daemon's
     super-packets back into segments (``vnet.segment``), counting them in ``gso_frames``;
-    ``refuse_gso``: every super-packet write fails with EINVAL (an old kernel).
+    ``refuse_gso``: every super-packet write fails with EINVAL (an old kernel).  ``tso``
+    (asked for as ``Tun`` asks, granted as the real one grants it: a vnet queue and the
+    compiled ``segment``): ``inject_offloaded`` hands over super-packets and
+    ``NEEDS_CSUM`` packets as they are, as a kernel offered TSO does; without it the fake
+    kernel segments and checksums them first, as a real one does.
     """
 
-    def __init__(self, name: str, offload: str = "off", *, vnet_refused: bool = False,
-                 refuse_gso: bool = False) -> None:  # no super().__init__: no /dev/net/tun
+    def __init__(self, name: str, offload: str = "off", *, tso: bool = False,
+                 vnet_refused: bool = False, refuse_gso: bool = False
+                 ) -> None:  # no super().__init__: no /dev/net/tun
         near, self.far = _pair()
         self.fd = near.detach()
         self.name = name
@@ -82,6 +88,7 @@ class FakeTun(Tun):
             self.close()
             raise OSError(errno.EINVAL, "Invalid argument")
         self.vnet = self.gro = on
+        self.tso = on and tso and compiled.segment is not None
         self.write = self._write
         self._watch()  # the real batch end: a zero-timeout poll of the queue
 
@@ -94,6 +101,15 @@ class FakeTun(Tun):
         """Packets the host sends into the tunnel."""
         for pkt in packets:
             self.far.send(PLAIN_HDR + pkt if self.vnet else pkt)
+
+    def inject_offloaded(self, frames: Iterable[bytes]) -> None:
+        """Frames (virtio-net header first: super-packets, ``NEEDS_CSUM`` packets) the
+        host's TCP sends: as they are with ``tso``, else as the kernel finishes them."""
+        for frame in frames:
+            if self.tso:
+                self.far.send(frame)
+            else:
+                self.inject(segment(frame))
 
     def drain(self) -> list[bytes]:
         """Packets the daemon wrote to the host (super-packets segmented)."""
@@ -532,9 +548,9 @@ class FakeDevices:
     def link_state(self) -> FakeLink:
         return self.links[-1]
 
-    def open_tun(self, name: str, offload: str = "off") -> FakeTun:
+    def open_tun(self, name: str, offload: str = "off", *, tso: bool = False) -> FakeTun:
         self.calls.append(f"tun {name}")
-        self.tun = FakeTun(name, offload, **self.tun_options)
+        self.tun = FakeTun(name, offload, tso=tso, **self.tun_options)
         return self.tun
 
     def tcp_listener(self, addr: Addr) -> socket.socket:

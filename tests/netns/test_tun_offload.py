@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from dtlsvpn.daemon import compiled
 from tests.netns.harness import (
     REPO,
     TOOLS,
@@ -56,6 +57,9 @@ def test_file_copy_both_ways_with_and_without_tun_offload(
         if offload == "on":
             assert counters["tun_gso_writes"] > 0, counters
             assert counters["tun_gso_segments"] > 2 * counters["tun_gso_writes"], counters
+            # TSO on read goes with the compiled segment (daemon/tun.py)
+            assert (counters["tun_tso_reads"] > 0) == (compiled.segment is not None), counters
+            assert counters["tun_tso_malformed"] == 0, counters
         else:
             assert {v for k, v in counters.items() if k != "tun_offload"} == {0}, counters
         assert counters["tun_gso_fallbacks"] == 0, counters
@@ -90,6 +94,7 @@ def test_ipv6_copy_both_ways_with_tun_offload(
         counters = tun_counters(daemon)
         print(daemon.conf.name, counters)
         assert counters["tun_gso_writes"] > 0 and counters["tun_gso_fallbacks"] == 0, counters
+        assert (counters["tun_tso_reads"] > 0) == (compiled.segment is not None), counters
 
 
 def test_copy_across_a_path_mtu_change_with_tun_offload(

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,10 @@ from dtlsvpn.daemon.status import format_prometheus
 from dtlsvpn.daemon.udp import UDP_SEGMENT
 from dtlsvpn.dtls.epoch import REKEY_RECORDS, WriteEpoch
 from dtlsvpn.dtls.fastpath import FastSeal
+from dtlsvpn.vpn.gro import coalesce
+from dtlsvpn.vpn.vnet import F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, header, pseudo_sum
 from tests.fakes.loopback import LOCAL, LoopbackWorld, Node, Tap, free_port
-from tests.fakes.packets import SYN, seq_of, tcp, udp
+from tests.fakes.packets import ACK, PSH, SYN, seq_of, tcp, udp
 from tests.netns.harness import psk_pair
 from tests.shell.conftest import needs_lane
 from tests.support.conf import Value
@@ -54,8 +58,10 @@ pytestmark = needs_lane
 GCM = "TLS_PSK_WITH_AES_128_GCM_SHA256"
 CHACHA = "TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256"
 CT_APP, CT_CID = 23, 25
-# what differs between two runs whatever the lane did: the process, the files, the ports
-VOLATILE = frozenset({"pid", "uptime", "config", "listen", "compiled_lane"})
+# what differs between two runs whatever the lane did: the process, the files, the ports;
+# and whether the TUN was offered TSO on read (CompiledLane: it goes with the compiled
+# parts), compared apart (``offloaded_reads``)
+VOLATILE = frozenset({"pid", "uptime", "config", "listen", "compiled_lane", "tun_tso_reads"})
 MSS_1460 = b"\x02\x04\x05\xb4"  # the option a SYN carries
 
 
@@ -118,13 +124,19 @@ class Script:
         self.got["server"] += self.server.tun.drain()
         self.got["client"] += self.client.tun.drain()
 
-    def send(self, sender: Node, packets: list[bytes], *, arrives: int | None = None) -> None:
+    def send(self, sender: Node, packets: list[bytes], *, arrives: int | None = None,
+             frames: list[bytes] | None = None) -> None:
         """Inject ``packets`` at ``sender``'s host and wait until ``arrives`` of them
-        (default all) reached the other host, then a little longer."""
+        (default all) reached the other host, then a little longer.  ``frames``: what the
+        host's TCP hands the TUN instead (``FakeTun.inject_offloaded``), ``packets``
+        being the finished segments they carry."""
         other = "server" if sender is self.client else "client"
         want = len(self.got[other]) + (len(packets) if arrives is None else arrives)
         before = len(self.tap.wire)
-        sender.tun.inject(packets)
+        if frames is None:
+            sender.tun.inject(packets)
+        else:
+            sender.tun.inject_offloaded(frames)
 
         def done() -> bool:
             self._drain()
@@ -161,6 +173,7 @@ class Script:
             out[name + "_window"] = window_bits(node)
             iface = node.snapshot()["interface"]
             out[name + "_interface"] = {k: v for k, v in iface.items() if k not in VOLATILE}
+            out[name + "_tso_reads"] = iface["tun_tso_reads"]
         return out
 
 
@@ -260,30 +273,69 @@ def hand_backs(script: Script) -> None:
 def gro_burst(script: Script) -> None:
     """Three records to the client in one GRO buffer (the tap sends them with
     UDP_SEGMENT): C hands the buffer back and the port splits it."""
+    packets = [udp("100.64.0.1", "100.64.0.2", seq=400 + i, size=600) for i in range(3)]
+    held_burst(script, script.server, lambda: script.server.tun.inject(packets), 3)
+
+
+def needs_csum(packet: bytes) -> bytes:
+    """``packet`` (TCP) as a TUN offered TSO hands it over: a virtio-net header with
+    NEEDS_CSUM and the pseudo-header sum where its TCP checksum goes."""
+    ihl = (packet[0] & 0x0F) * 4 if packet[0] >> 4 == 4 else 40
+    partial = bytearray(packet)
+    partial[ihl + 16:ihl + 18] = pseudo_sum(packet, len(packet) - ihl).to_bytes(2, "big")
+    return header(F_NEEDS_CSUM, GSO_NONE, 0, 0, ihl, 16) + bytes(partial)
+
+
+def offloaded_reads(script: Script) -> None:
+    """What a TUN offered TSO on read hands over (with the lane; without it, the fake
+    kernel segments and checksums them first, as a real one does): a lone NEEDS_CSUM
+    segment, which C completes and seals, and a super-packet of five segments, which C
+    cuts and hands back (or the Python read does).  The other host must get the same
+    finished segments either way, both ways.  The five records are held at the tap and
+    released as one GRO buffer, so that the receiver's batching (its TUN writes) does
+    not depend on how the two loops happened to be scheduled."""
+    for sender, src, dst in ((script.client, "100.64.0.2", "100.64.0.1"),
+                             (script.server, "100.64.0.1", "100.64.0.2")):
+        lone = tcp(src, dst, 500, b"keystroke", flags=ACK | PSH)
+        script.send(sender, [lone], frames=[needs_csum(lone)])
+        run = [tcp(src, dst, 1000 + 900 * i, bytes([i]) * 900, ident=7 + i,
+                   flags=ACK | (PSH if i == 4 else 0)) for i in range(5)]
+        frames = coalesce(run)
+        assert len(frames) == 1 and frames[0][1] == GSO_TCPV4
+        held_burst(script, sender, partial(sender.tun.inject_offloaded, frames), len(run))
+
+
+def held_burst(script: Script, sender: Node, inject: Callable[[], None], n: int) -> None:
+    """``inject`` at ``sender``'s host; its ``n`` records are held at the tap and sent on
+    as one GRO buffer (UDP_SEGMENT): C hands the buffer back and the port splits it."""
     tap = script.tap
+    direction = "up" if sender is script.client else "down"
     held: list[bytes] = []
 
-    def hold(direction: str, data: bytes) -> list[bytes]:
-        if direction == "down":
+    def hold(d: str, data: bytes) -> list[bytes]:
+        if d == direction:
             held.append(data)
             return []
         return [data]
 
     tap.tamper = hold
-    packets = [udp("100.64.0.1", "100.64.0.2", seq=400 + i, size=600) for i in range(3)]
-    script.server.tun.inject(packets)
-    assert script.world.run_until(lambda: len(held) == 3, within=3.0), held
+    inject()
+    assert script.world.run_until(lambda: len(held) == n, within=3.0), held
     tap.tamper = None
-    assert len({len(h) for h in held}) == 1
-    assert tap.client is not None
-    segment = len(held[0]).to_bytes(2, "little")  # (a u16 in host order)
-    tap.sock.sendmsg([b"".join(held)], [(socket.IPPROTO_UDP, UDP_SEGMENT, segment)], 0,
-                     tap.client)
-    script.send(script.server, [], arrives=3)
+    assert len({len(h) for h in held[:-1]}) == 1 and len(held[-1]) <= len(held[0])
+    size = len(held[0]).to_bytes(2, "little")  # (a u16 in host order)
+    cmsg = [(socket.IPPROTO_UDP, UDP_SEGMENT, size)]
+    if direction == "up":
+        tap.up.sendmsg([b"".join(held)], cmsg, 0, tap.server)
+    else:
+        assert tap.client is not None
+        tap.sock.sendmsg([b"".join(held)], cmsg, 0, tap.client)
+    script.send(sender, [], arrives=n)
 
 
 def run_script(script: Script, *, gro: bool = True) -> dict[str, Any]:
     lone_both_ways(script, 6)
+    offloaded_reads(script)
     hand_backs(script)
     if gro:
         gro_burst(script)
@@ -324,8 +376,10 @@ def compare(worlds: list[LoopbackWorld], tmp_path: Path, script_of: Any = None,
 
 def same(on: dict[str, Any], off: dict[str, Any]) -> None:
     for key in sorted(set(on) | set(off)):
-        if key not in ("lane", "status"):
+        if key not in ("lane", "status", "server_tso_reads", "client_tso_reads"):
             assert on[key] == off[key], key
+    # TSO on read goes with the compiled parts: never offered in the run without them
+    assert off["server_tso_reads"] == off["client_tso_reads"] == 0
 
 
 @pytest.mark.parametrize("cipher", [GCM, CHACHA])
@@ -335,6 +389,8 @@ def test_the_lane_matches_the_python_lanes(worlds: list[LoopbackWorld], tmp_path
     on, off = compare(worlds, tmp_path, ciphers=cipher, connection_id=cid)
     same(on, off)
     assert on["seals_checked"] >= 16
+    # each side read offloaded_reads' super-packet whole and cut it (C or Python)
+    assert on["server_tso_reads"] == on["client_tso_reads"] == 1
     assert on["status"][0] == "on" and off["status"] == ("off", "")
     assert 'dtlsvpn_compiled_lane_events_total{instance="client",event="tx_packets"}' in (
         on["status"][1])
@@ -353,7 +409,8 @@ def test_the_lane_on_a_tun_without_virtio_net_headers(
     on, off = compare(worlds, tmp_path, ciphers=GCM, tun_offload="off")
     same(on, off)
     for world in worlds:
-        assert all(not node.tun.vnet for node in world.nodes)
+        assert all(not node.tun.vnet and not node.tun.tso for node in world.nodes)
+    assert on["server_tso_reads"] == on["client_tso_reads"] == 0
 
 
 def budget_run(worlds: list[LoopbackWorld], workdir: Path, compiled: bool

@@ -15,10 +15,20 @@ from typing import Any
 
 import pytest
 
+from dtlsvpn.daemon import compiled
 from dtlsvpn.daemon import tun as tun_mod
-from dtlsvpn.daemon.tun import IFF_VNET_HDR, TUNSETOFFLOAD, Tun
-from dtlsvpn.vpn.vnet import PLAIN_HDR, VNET_HDR_LEN, segment
-from tests.fakes.packets import tcp, udp
+from dtlsvpn.daemon.tun import IFF_VNET_HDR, TSO_OFFLOADS, TUNSETOFFLOAD, Tun
+from dtlsvpn.vpn.gro import coalesce
+from dtlsvpn.vpn.vnet import (
+    F_NEEDS_CSUM,
+    GSO_NONE,
+    PLAIN_HDR,
+    VNET_HDR_LEN,
+    header,
+    pseudo_sum,
+    segment,
+)
+from tests.fakes.packets import ACK, PSH, tcp, tcp_valid, udp
 
 
 class Kernel:
@@ -26,6 +36,7 @@ class Kernel:
 
     def __init__(self, refuse_vnet: int = 0) -> None:
         self.refuse_vnet = refuse_vnet
+        self.refuse_tso = 0
         self.opened: list[int] = []  # TUNSETIFF flags asked for
         self.offloads: list[int] = []
         self.far: list[socket.socket] = []
@@ -41,6 +52,8 @@ class Kernel:
     def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
         assert request == TUNSETOFFLOAD
         self.offloads.append(arg)
+        if arg and self.refuse_tso:
+            raise OSError(self.refuse_tso, os.strerror(self.refuse_tso))
         return 0
 
 
@@ -149,4 +162,111 @@ def test_a_batch_ends_at_the_poll_or_the_budget(kernel: Kernel, monkeypatch: pyt
         assert t.read_batch(8) == []
     finally:
         monkeypatch.undo()
+        t.close()
+
+
+# --- TSO on read (with the compiled segment; here vnet.segment stands in for it) --------
+
+
+@pytest.fixture
+def segmenter(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """``compiled.segment`` as if built: ``vnet.segment`` (the compiled one is held to it
+    byte for byte in tests/shell/test_compiled_segment.py), recording its frames."""
+    seen: list[bytes] = []
+
+    def cut(frame: bytes) -> list[bytes]:
+        seen.append(frame)
+        return segment(frame)
+
+    monkeypatch.setattr(compiled, "segment", cut)
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["auto", "on"])
+def test_tso_is_offered_when_asked_and_compiled(kernel: Kernel, segmenter: list[bytes],
+                                                mode: str) -> None:
+    t = Tun("dv0", mode, tso=True)
+    try:
+        assert t.vnet and t.gro and t.tso and kernel.offloads == [TSO_OFFLOADS]
+    finally:
+        t.close()
+
+
+def test_tso_needs_the_compiled_segment_and_the_header(kernel: Kernel,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compiled, "segment", None)  # not built, or DTLSVPN_COMPILED_LANE=off
+    t = Tun("dv0", "on", tso=True)
+    try:
+        assert t.vnet and not t.tso and kernel.offloads == [0]
+    finally:
+        t.close()
+    t = Tun("dv0", "off", tso=True)
+    try:
+        assert not t.vnet and not t.tso and kernel.offloads == [0]
+    finally:
+        t.close()
+
+
+@pytest.mark.parametrize("mode", ["auto", "on"])
+def test_a_kernel_that_refuses_tso_gives_finished_packets(
+        kernel: Kernel, segmenter: list[bytes], caplog: pytest.LogCaptureFixture,
+        mode: str) -> None:
+    kernel.refuse_tso = errno.EINVAL
+    caplog.set_level("INFO")
+    t = Tun("dv0", mode, tso=True)
+    try:
+        assert t.vnet and t.gro and not t.tso and kernel.offloads == [TSO_OFFLOADS, 0]
+        assert "refused TSO on read" in caplog.text
+    finally:
+        t.close()
+
+
+def partial(packet: bytes) -> bytes:
+    """An IPv4 TCP packet as a kernel offered TSO hands it over: a NEEDS_CSUM header and
+    the pseudo-header sum where the TCP checksum goes."""
+    pseudo = pseudo_sum(packet, len(packet) - 20).to_bytes(2, "big")
+    return header(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 16) + packet[:36] + pseudo + packet[38:]
+
+
+def test_tso_reads_cut_super_packets_and_complete_checksums(kernel: Kernel,
+                                                            segmenter: list[bytes]) -> None:
+    t = Tun("dv0", "on", tso=True)
+    far = kernel.far[0]
+    try:
+        run = [tcp("100.64.0.2", "100.64.0.1", 1 + 1300 * i, os.urandom(1300), ident=i,
+                   flags=ACK | (PSH if i == 4 else 0)) for i in range(5)]
+        (frame,) = coalesce(run)  # the same layout as a TSO read: NEEDS_CSUM, GSO, pseudo
+        lone = tcp("100.64.0.2", "100.64.0.1", 9, b"keystroke", flags=ACK | PSH)
+        plain = udp("100.64.0.2", "100.64.0.1", size=300)
+        bad = header(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 4000) + lone  # offset past the end
+        for f in (frame, partial(lone), PLAIN_HDR + plain, bad):
+            far.send(f)
+        got = t.read_batch(64)
+        assert got == [*run, lone, plain]
+        assert all(tcp_valid(p) for p in got[:6])
+        assert (t.counters.tso_reads, t.counters.tso_malformed) == (1, 1)
+        assert len(segmenter) == 3  # the plain packet is not handed to segment
+        assert t.read_batch(64) == []
+    finally:
+        t.close()
+
+
+def test_a_tso_batch_counts_segments_and_ends_past_the_budget(
+        kernel: Kernel, segmenter: list[bytes]) -> None:
+    """The budget counts packets, not reads: a super-packet's segments all come out in
+    the batch that read it (which may end above the budget), the next read waits for the
+    next batch; what the compiled lane handed back comes first."""
+    t = Tun("dv0", "on", tso=True)
+    far = kernel.far[0]
+    try:
+        runs = [[tcp("100.64.0.2", "100.64.0.1", 100000 * k + 1 + 1000 * i, bytes(1000),
+                     ident=i) for i in range(5)] for k in range(3)]
+        for run in runs:
+            far.send(coalesce(run)[0])
+        t.pending.append(b"handed back")
+        assert t.read_batch(4) == [b"handed back", *runs[0]]
+        assert t.read_batch(6) == [*runs[1], *runs[2]]
+        assert t.read_batch(6) == []
+        assert t.counters.tso_reads == 3
+    finally:
         t.close()
