@@ -30,8 +30,9 @@ Invariants:
 - ``CompiledLane`` (yes/no, default yes): when the compiled module was built
   (daemon/compiled.py), lone packets of an established tunnel are forwarded by the
   compiled lane (``dtlsvpn/daemon/_lane.c``, daemon/lane.py) without waking the
-  interpreter, and the TUN is offered TSO on read (cut in ``_vnet.c``, daemon/tun.py);
-  ``no`` keeps every packet in Python (the same bytes on the wire either way).
+  interpreter, the TUN is offered TSO on read and what goes to it is coalesced in C
+  (``_vnet.c``, daemon/tun.py); ``no`` keeps every packet in Python (the same bytes on
+  the wire either way).
 - ``TUNOffload`` (auto/on/off, default auto) opens the TUN with its virtio-net header so
   that TCP segments received from a peer reach the kernel coalesced (vpn/gro.py);
   ``auto`` falls back to a plain TUN when the kernel refuses, ``on`` makes that an error.
@@ -174,7 +175,7 @@ class InterfaceConfig:
     connection_id: bool = True  # RFC 9146 connection IDs (roaming without a handshake)
     udp_offload: bool = True  # UDP GSO/GRO batching where the kernel has it
     tun_offload: str = "auto"  # auto/on/off: the TUN's virtio-net header (daemon/tun.py)
-    compiled_lane: bool = True  # the compiled module when built: lane.py, TSO reads (tun.py)
+    compiled_lane: bool = True  # the compiled module when built: lane.py; tun.py's offloads
     fleet: FleetConfig = field(default_factory=FleetConfig)  # fleet keys (block above)
     # --- roam (issue 11): a client's resolvers, full tunnel and kill switch -----------
     # DNS: the tunnel's resolvers (IP addresses) and search domains (the other entries),

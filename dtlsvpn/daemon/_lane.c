@@ -1151,6 +1151,8 @@ static PyTypeObject LaneType = {
 static PyMethodDef lane_functions[] = {
     {"segment", (PyCFunction)vnet_segment, METH_O,
      "segment(frame) -> list[bytes]: vnet.segment in C (TSO reads, daemon/tun.py)."},
+    {"coalesce", (PyCFunction)vnet_coalesce, METH_O,
+     "coalesce(packets) -> list[bytes]: gro.coalesce in C (TUN writes, daemon/tun.py)."},
     {NULL, NULL, 0, NULL},
 };
 

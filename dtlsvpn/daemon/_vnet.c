@@ -15,6 +15,7 @@
 #include "_vnet.h"
 
 #include <arpa/inet.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -196,4 +197,296 @@ fail:
     PyBuffer_Release(&view);
     Py_XDECREF(out);
     return NULL;
+}
+
+/* --- coalesce: vpn/gro.coalesce in C ----------------------------------------------
+ *
+ * The same frames, byte for byte, as the Python (tests/shell/test_compiled_coalesce.py),
+ * by the same rules (vpn/gro.py's docstring): the general path of gro._general,
+ * gro._not_merged and gro.merge, one packet at a time.  Items (what is written, in
+ * order) are chains of packet indices; the open runs are a small table searched by
+ * flow key (addresses and ports: 12 bytes for IPv4, 36 for IPv6), as gro's dict. */
+
+#define TCP_ACK 0x10
+#define MAX_V4_PACKET 65535
+
+typedef struct {
+    int head, tail, count;
+} Item;
+
+typedef struct {
+    int open, item;
+    int key_len;
+    const unsigned char *key, *options;
+    int options_len;
+    uint32_t next_seq;
+    Py_ssize_t size, total, limit;
+    unsigned char sig[8];
+    uint32_t ip_a, ip_b;
+} Run;
+
+typedef struct {
+    Item *items;
+    int nitems;
+    int *next; /* the next packet of the same item, -1 */
+    Run *runs;
+    int nruns, nopen;
+} Coalescer;
+
+static uint32_t be32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static uint32_t be16(const unsigned char *p) { return (uint32_t)p[0] << 8 | p[1]; }
+
+static Run *find_run(Coalescer *c, const unsigned char *key, int key_len) {
+    for (int r = 0; r < c->nruns; r++) {
+        Run *run = &c->runs[r];
+        if (run->open && run->key_len == key_len && memcmp(run->key, key, (size_t)key_len) == 0)
+            return run;
+    }
+    return NULL;
+}
+
+static void close_run(Coalescer *c, Run *run) {
+    if (run != NULL && run->open) {
+        run->open = 0;
+        c->nopen--;
+    }
+}
+
+static void close_key(Coalescer *c, const unsigned char *key, int key_len) {
+    close_run(c, find_run(c, key, key_len));
+}
+
+static void close_all(Coalescer *c) {
+    for (int r = 0; r < c->nruns; r++)
+        c->runs[r].open = 0;
+    c->nopen = 0;
+}
+
+/* A new item holding packet ``i``; its index. */
+static int new_item(Coalescer *c, int i) {
+    Item *it = &c->items[c->nitems];
+    it->head = it->tail = i;
+    it->count = 1;
+    c->next[i] = -1;
+    return c->nitems++;
+}
+
+static void item_append(Coalescer *c, int item, int i) {
+    Item *it = &c->items[item];
+    c->next[it->tail] = i;
+    c->next[i] = -1;
+    it->tail = i;
+    it->count++;
+}
+
+/* gro._not_merged: written as it is; the run its flow may have is closed (all runs
+ * when its flow cannot be told). */
+static void not_merged(Coalescer *c, int i, const unsigned char *p, Py_ssize_t n) {
+    new_item(c, i);
+    if (!c->nopen)
+        return;
+    int version = n ? p[0] >> 4 : 0;
+    if (version == 4 && n >= 20 && p[9] == TCP_PROTO) {
+        Py_ssize_t ihl = (p[0] & 0x0F) * 4;
+        if ((p[6] & 0x1F) || p[7] || n < ihl + 4) {
+            close_all(c); /* a later fragment: no ports */
+        } else {
+            unsigned char key[12];
+            memcpy(key, p + 12, 8);
+            memcpy(key + 8, p + ihl, 4);
+            close_key(c, key, 12);
+        }
+    } else if (version == 6 && n >= 44) {
+        static const unsigned char ext[] = {0, 43, 44, 50, 51, 60, 135, 139, 140, 253, 254};
+        if (p[6] == TCP_PROTO) {
+            close_key(c, p + 8, 36);
+        } else if (memchr(ext, p[6], sizeof ext) != NULL) {
+            close_all(c);
+        }
+    }
+}
+
+/* gro._general for a TCP packet of the right family, length and no fragment. */
+static void general(Coalescer *c, int i, const unsigned char *p, Py_ssize_t n, uint32_t a,
+                    uint32_t b, const unsigned char *key, int key_len, uint32_t seq,
+                    const unsigned char *sig, Py_ssize_t ihl, Py_ssize_t limit) {
+    unsigned doff = sig[4], flags = sig[5];
+    Py_ssize_t hl = ihl + (doff >> 4) * 4;
+    Py_ssize_t payload = n - hl;
+    if ((flags | TCP_PSH) != (TCP_ACK | TCP_PSH) || payload <= 0 || doff < 0x50 ||
+        (doff & 0x0F)) {
+        close_key(c, key, key_len);
+        new_item(c, i);
+        return;
+    }
+    Run *run = find_run(c, key, key_len);
+    if (run == NULL && (flags & TCP_PSH)) {
+        new_item(c, i);
+        return;
+    }
+    const unsigned char *options = p + ihl + 20;
+    int options_len = (int)(hl - ihl - 20);
+    if (run != NULL && run->next_seq == seq && run->ip_a == a && run->ip_b == b &&
+        run->options_len == options_len &&
+        memcmp(run->options, options, (size_t)options_len) == 0 &&
+        memcmp(run->sig, sig, 5) == 0 && memcmp(run->sig + 6, sig + 6, 2) == 0 &&
+        (sig[5] == run->sig[5] || sig[5] == (run->sig[5] | TCP_PSH))) {
+        Py_ssize_t total = run->total + payload;
+        if (payload <= run->size && hl + total <= limit) {
+            item_append(c, run->item, i);
+            if (payload < run->size || (flags & TCP_PSH)) {
+                close_run(c, run);
+                return;
+            }
+            run->next_seq = seq + (uint32_t)payload;
+            run->total = total;
+            return;
+        }
+    }
+    int item = new_item(c, i);
+    if (flags & TCP_PSH) {
+        close_key(c, key, key_len);
+        return;
+    }
+    close_run(c, run); /* (replaced: its item stays where it is) */
+    Run *fresh = &c->runs[c->nruns++];
+    fresh->open = 1;
+    c->nopen++;
+    fresh->item = item;
+    fresh->key = key;
+    fresh->key_len = key_len;
+    fresh->options = options;
+    fresh->options_len = options_len;
+    fresh->next_seq = seq + (uint32_t)payload;
+    fresh->size = fresh->total = payload;
+    fresh->limit = limit;
+    memcpy(fresh->sig, sig, 8);
+    fresh->ip_a = a;
+    fresh->ip_b = b;
+}
+
+/* gro.merge: one frame for an item of >= 2 segments. */
+static PyObject *merge_item(Coalescer *c, const Item *it, PyObject *const *pkts) {
+    const unsigned char *head = (const unsigned char *)PyBytes_AS_STRING(pkts[it->head]);
+    Py_ssize_t head_n = PyBytes_GET_SIZE(pkts[it->head]);
+    int v4 = head[0] >> 4 == 4;
+    Py_ssize_t ihl = v4 ? 20 : 40;
+    Py_ssize_t hl = ihl + (head[ihl + 12] >> 4) * 4;
+    Py_ssize_t size = head_n - hl;
+    Py_ssize_t payload = 0;
+    for (int i = it->head; i >= 0; i = c->next[i])
+        payload += PyBytes_GET_SIZE(pkts[i]) - hl;
+    unsigned tcp_len = (unsigned)(hl - ihl + payload);
+    PyObject *frame = PyBytes_FromStringAndSize(NULL, VNET_HDR_LEN + hl + payload);
+    if (frame == NULL)
+        return NULL;
+    unsigned char *f = (unsigned char *)PyBytes_AS_STRING(frame);
+    uint16_t h[4] = {(uint16_t)hl, (uint16_t)size, (uint16_t)ihl, 16};
+    f[0] = F_NEEDS_CSUM;
+    f[1] = v4 ? GSO_TCPV4 : GSO_TCPV6;
+    memcpy(f + 2, h, sizeof h); /* hdr_len, gso_size, csum_start, csum_offset (host order) */
+    unsigned char *d = f + VNET_HDR_LEN;
+    memcpy(d, head, (size_t)hl);
+    const unsigned char *last = (const unsigned char *)PyBytes_AS_STRING(pkts[it->tail]);
+    d[ihl + 13] = last[ihl + 13]; /* ACK, or ACK|PSH from the last */
+    uint64_t pseudo = csum_add(head + (v4 ? 12 : 8), v4 ? 8 : 32,
+                               htons(TCP_PROTO) + htons((uint16_t)tcp_len));
+    uint16_t ps = (uint16_t)(pseudo % 0xFFFF); /* vnet.pseudo_sum, not complemented */
+    memcpy(d + ihl + 16, &ps, 2);
+    if (v4) {
+        put_be16(d + 2, 20 + tcp_len);
+        d[10] = d[11] = 0;
+        csum_store(d + 10, csum_add(d, 20, 0), 0);
+    } else {
+        put_be16(d + 4, tcp_len);
+    }
+    unsigned char *o = d + hl;
+    for (int i = it->head; i >= 0; i = c->next[i]) {
+        Py_ssize_t k = PyBytes_GET_SIZE(pkts[i]) - hl;
+        memcpy(o, PyBytes_AS_STRING(pkts[i]) + hl, (size_t)k);
+        o += k;
+    }
+    return frame;
+}
+
+PyObject *vnet_coalesce(PyObject *module, PyObject *packets) {
+    (void)module;
+    if (!PyList_Check(packets)) {
+        PyErr_SetString(PyExc_TypeError, "coalesce() takes a list of bytes");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(packets);
+    PyObject *const *pkts = ((PyListObject *)packets)->ob_item;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (!PyBytes_Check(pkts[i])) {
+            PyErr_SetString(PyExc_TypeError, "coalesce() takes a list of bytes");
+            return NULL;
+        }
+    if (count > INT_MAX / 2) {
+        PyErr_SetString(PyExc_OverflowError, "too many packets");
+        return NULL;
+    }
+    Coalescer c = {0};
+    size_t slots = count ? (size_t)count : 1;
+    c.items = PyMem_Malloc(slots * sizeof(Item));
+    c.next = PyMem_Malloc(slots * sizeof(int));
+    c.runs = PyMem_Malloc(slots * sizeof(Run));
+    PyObject *out = NULL;
+    if (c.items == NULL || c.next == NULL || c.runs == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (int i = 0; i < (int)count; i++) {
+        const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(pkts[i]);
+        Py_ssize_t n = PyBytes_GET_SIZE(pkts[i]);
+        unsigned b0 = n ? p[0] : 0;
+        if (b0 == 0x45 && n >= 40) {
+            uint32_t b = be32(p + 6);
+            if ((b & 0xFF) != TCP_PROTO || (b >> 16 & 0xBFFF) || be16(p + 2) != (uint32_t)n)
+                not_merged(&c, i, p, n);
+            else
+                general(&c, i, p, n, be16(p), b, p + 12, 12, be32(p + 24), p + 28, 20,
+                        MAX_V4_PACKET);
+        } else if (b0 >> 4 == 6 && n >= 60) {
+            uint32_t b = be16(p + 6);
+            if (b >> 8 != TCP_PROTO || be16(p + 4) + 40 != (uint32_t)n)
+                not_merged(&c, i, p, n);
+            else
+                general(&c, i, p, n, be32(p), b, p + 8, 36, be32(p + 44), p + 48, 40,
+                        MAX_V4_PACKET + 40);
+        } else {
+            not_merged(&c, i, p, n);
+        }
+    }
+    out = PyList_New(c.nitems);
+    if (out == NULL)
+        goto done;
+    for (int k = 0; k < c.nitems; k++) {
+        const Item *it = &c.items[k];
+        PyObject *frame;
+        if (it->count == 1) {
+            Py_ssize_t n = PyBytes_GET_SIZE(pkts[it->head]);
+            frame = PyBytes_FromStringAndSize(NULL, VNET_HDR_LEN + n);
+            if (frame != NULL) {
+                char *f = PyBytes_AS_STRING(frame);
+                memset(f, 0, VNET_HDR_LEN);
+                memcpy(f + VNET_HDR_LEN, PyBytes_AS_STRING(pkts[it->head]), (size_t)n);
+            }
+        } else {
+            frame = merge_item(&c, it, pkts);
+        }
+        if (frame == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, k, frame);
+    }
+done:
+    PyMem_Free(c.items);
+    PyMem_Free(c.next);
+    PyMem_Free(c.runs);
+    return out;
 }

@@ -1,6 +1,7 @@
-/* The TUN's read side in C (part of dtlsvpn.daemon._lane): internet checksums and the
- * cutting of a TSO super-packet, exactly as dtlsvpn/vpn/vnet.py does them in Python
- * (tests/unit/test_vnet_compiled.py holds the two to the same bytes).  _vnet.c. */
+/* The TUN's offloads in C (part of dtlsvpn.daemon._lane): internet checksums, the
+ * cutting of a TSO super-packet (vpn/vnet.segment) and the coalescing of TCP segments
+ * toward the TUN (vpn/gro.coalesce), exactly as the Python does them
+ * (tests/shell/test_compiled_segment.py and test_compiled_coalesce.py).  _vnet.c. */
 #ifndef DTLSVPN_VNET_H
 #define DTLSVPN_VNET_H
 
@@ -14,5 +15,8 @@ int vnet_complete(unsigned char *pkt, Py_ssize_t n, unsigned start, unsigned off
 
 /* segment(frame) -> list[bytes]: vnet.segment in C (module function of _lane). */
 PyObject *vnet_segment(PyObject *module, PyObject *frame);
+
+/* coalesce(packets) -> list[bytes]: vpn/gro.coalesce in C (module function of _lane). */
+PyObject *vnet_coalesce(PyObject *module, PyObject *packets);
 
 #endif

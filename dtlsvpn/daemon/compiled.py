@@ -6,7 +6,7 @@ pure-Python counterpart that passes the same tests:
 
 - ``Lane``: the lone-packet lane (``daemon/lane.py``);
 - ``segment``: ``vpn/vnet.segment`` in C, which lets the TUN offer TSO on read
-  (``daemon/tun.py``).
+  (``daemon/tun.py``); ``coalesce``: ``vpn/gro.coalesce`` in C, for its writes.
 
 ``module`` is None when it is not built, or when the environment says
 ``DTLSVPN_COMPILED_LANE=off`` (as if not built: the tests' switch, and an operator's).
@@ -26,5 +26,7 @@ except ImportError:  # not built (no compiler or OpenSSL headers): pure Python o
 if os.environ.get("DTLSVPN_COMPILED_LANE") == "off":
     module = None
 
-segment: Callable[[bytes], list[bytes]] | None = module.segment if module is not None \
-    else None
+segment: Callable[[bytes], list[bytes]] | None = None
+coalesce: Callable[[list[bytes]], list[bytes]] | None = None
+if module is not None:
+    segment, coalesce = module.segment, module.coalesce

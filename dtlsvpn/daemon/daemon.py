@@ -139,9 +139,9 @@ class Daemon:
         self.lock = InstanceLock.acquire(self.cfg)  # one instance per tunnel (startup.py)
         self._open_sockets()
         try:
-            # TSO on read goes with the compiled parts (CompiledLane; daemon/tun.py)
+            # TSO on read and C coalescing go with the compiled lane (daemon/tun.py)
             self.tun = tun = self.devices.open_tun(iface.device, iface.tun_offload,
-                                                   tso=iface.compiled_lane)
+                                                   use_compiled=iface.compiled_lane)
         except OSError as exc:
             raise StartupError(describe_tun(exc, self.cfg)) from exc
         self.netlink = self.tunmtu.link = self.devices.link(tun.name)

@@ -143,7 +143,7 @@ class Platform(Protocol):
     def notifier(self) -> Notifier: ...
 
     def open_tun(self, name: str, offload: str = "off", *,
-                 tso: bool = False) -> TunDevice: ...
+                 use_compiled: bool = False) -> TunDevice: ...
     def open_udp(self, family: socket.AddressFamily, *, bind: Addr | None = None,
                  connect: Addr | None = None, offload: bool = False,
                  counters: UdpCounters | None = None, mark: int = 0) -> UdpPort: ...
@@ -434,10 +434,11 @@ class Devices:
     def __init__(self, notifier: Notifier | None = None) -> None:
         self.notifier = notifier if notifier is not None else Notifier()
 
-    def open_tun(self, name: str, offload: str = "off", *, tso: bool = False) -> TunDevice:
-        """``offload``: ``TUNOffload`` (auto, on, off); ``tso``: offer TSO on read where
-        the compiled ``segment`` is there (``tun.py``)."""
-        return Tun(name, offload, tso=tso)
+    def open_tun(self, name: str, offload: str = "off", *,
+                 use_compiled: bool = False) -> TunDevice:
+        """``offload``: ``TUNOffload`` (auto, on, off); ``use_compiled``: TSO on read and
+        C coalescing where the compiled module is there (``CompiledLane``, ``tun.py``)."""
+        return Tun(name, offload, use_compiled=use_compiled)
 
     def tcp_listener(self, addr: Addr) -> socket.socket:
         """A non-blocking TCP socket listening on ``addr`` (the TLS fallback); OSError."""

@@ -29,6 +29,7 @@ import logging
 import os
 import select
 import struct
+from collections.abc import Callable
 
 from dtlsvpn.daemon import compiled
 from dtlsvpn.vpn.gro import coalesce
@@ -92,11 +93,13 @@ class Tun:
 
     ``vnet``: the queue carries virtio-net headers (``offload`` on, or auto and the
     kernel took it); ``gro``: writes are coalesced (vnet, until the kernel refused one);
-    ``tso``: reads may be super-packets (asked for with ``tso`` and the compiled
-    ``segment`` there, and the kernel took it).
+    ``tso``: reads may be super-packets.  ``use_compiled`` (``CompiledLane``): where the
+    compiled module is there (``daemon/compiled.py``), offer TSO on read (``tso`` when
+    the kernel takes it) and coalesce writes in C; else ``vpn/gro.coalesce`` and no TSO.
     """
 
-    def __init__(self, name: str, offload: str = "off", *, tso: bool = False) -> None:
+    def __init__(self, name: str, offload: str = "off", *,
+                 use_compiled: bool = False) -> None:
         if not name or len(name.encode()) >= IFNAMSIZ:
             raise ValueError(f"interface name {name!r} must be 1 to {IFNAMSIZ - 1} bytes")
         if offload not in OFFLOAD_MODES:
@@ -105,6 +108,9 @@ class Tun:
         # Packets the compiled lane read and handed back (daemon/lane.py), read first.
         self.pending: list[bytes] = []
         self.vnet = self.gro = self.tso = False
+        self._coalesce: Callable[[list[bytes]], list[bytes]] = coalesce
+        if use_compiled and compiled.coalesce is not None:
+            self._coalesce = compiled.coalesce
         self.write = os.write  # (a test's double may refuse)
         if offload != "off":
             try:
@@ -116,7 +122,7 @@ class Tun:
                          "plain TUN", exc.strerror or exc)
             else:
                 self.fd = fd
-                self._offload(tso)
+                self._offload(use_compiled)
         if not self.vnet:
             self.fd, self.name = _open(name, IFF_TUN | IFF_NO_PI)
         os.set_blocking(self.fd, False)
@@ -129,10 +135,10 @@ class Tun:
         poller.register(self.fd, select.POLLIN)
         self._waiting = poller.poll
 
-    def _offload(self, tso: bool) -> None:
+    def _offload(self, use_compiled: bool) -> None:
         """TSO on read when asked and ``segment`` is compiled; else no offload on read:
         the kernel hands over finished packets (module doc)."""
-        flags = TSO_OFFLOADS if tso and compiled.segment is not None else 0
+        flags = TSO_OFFLOADS if use_compiled and compiled.segment is not None else 0
         try:
             fcntl.ioctl(self.fd, TUNSETOFFLOAD, flags)
         except OSError as exc:
@@ -223,7 +229,7 @@ class Tun:
         write = self.write
         fd = self.fd
         if self.gro:
-            frames = coalesce(packets)
+            frames = self._coalesce(packets)
             if len(frames) < len(packets):
                 self._count(frames)
         elif self.vnet:

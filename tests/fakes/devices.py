@@ -42,6 +42,7 @@ from dtlsvpn.daemon.udp import (
     normalise,
     split_gro,
 )
+from dtlsvpn.vpn.gro import coalesce
 from dtlsvpn.vpn.vnet import PLAIN_HDR, VNET_HDR_LEN, segment
 
 Addr = tuple[str, int]
@@ -64,14 +65,14 @@ class FakeTun(Tun):
     back, on raises) the pair carries virtio-net headers as a real queue would: the fake
     kernel prepends a zero header to what it injects and ``drain`` cuts the daemon's
     super-packets back into segments (``vnet.segment``), counting them in ``gso_frames``;
-    ``refuse_gso``: every super-packet write fails with EINVAL (an old kernel).  ``tso``
-    (asked for as ``Tun`` asks, granted as the real one grants it: a vnet queue and the
-    compiled ``segment``): ``inject_offloaded`` hands over super-packets and
-    ``NEEDS_CSUM`` packets as they are, as a kernel offered TSO does; without it the fake
-    kernel segments and checksums them first, as a real one does.
+    ``refuse_gso``: every super-packet write fails with EINVAL (an old kernel).
+    ``use_compiled`` as ``Tun`` takes it: ``tso`` (granted as the real one grants it: a
+    vnet queue and the compiled module) makes ``inject_offloaded`` hand over
+    super-packets and ``NEEDS_CSUM`` packets as they are, as a kernel offered TSO does;
+    without it the fake kernel segments and checksums them first, as a real one does.
     """
 
-    def __init__(self, name: str, offload: str = "off", *, tso: bool = False,
+    def __init__(self, name: str, offload: str = "off", *, use_compiled: bool = False,
                  vnet_refused: bool = False, refuse_gso: bool = False
                  ) -> None:  # no super().__init__: no /dev/net/tun
         near, self.far = _pair()
@@ -88,7 +89,10 @@ class FakeTun(Tun):
             self.close()
             raise OSError(errno.EINVAL, "Invalid argument")
         self.vnet = self.gro = on
-        self.tso = on and tso and compiled.segment is not None
+        self.tso = on and use_compiled and compiled.segment is not None
+        self._coalesce: Callable[[list[bytes]], list[bytes]] = coalesce
+        if use_compiled and compiled.coalesce is not None:
+            self._coalesce = compiled.coalesce
         self.write = self._write
         self._watch()  # the real batch end: a zero-timeout poll of the queue
 
@@ -548,9 +552,10 @@ class FakeDevices:
     def link_state(self) -> FakeLink:
         return self.links[-1]
 
-    def open_tun(self, name: str, offload: str = "off", *, tso: bool = False) -> FakeTun:
+    def open_tun(self, name: str, offload: str = "off", *,
+                 use_compiled: bool = False) -> FakeTun:
         self.calls.append(f"tun {name}")
-        self.tun = FakeTun(name, offload, tso=tso, **self.tun_options)
+        self.tun = FakeTun(name, offload, use_compiled=use_compiled, **self.tun_options)
         return self.tun
 
     def tcp_listener(self, addr: Addr) -> socket.socket:

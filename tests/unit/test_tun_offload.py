@@ -185,7 +185,7 @@ def segmenter(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 @pytest.mark.parametrize("mode", ["auto", "on"])
 def test_tso_is_offered_when_asked_and_compiled(kernel: Kernel, segmenter: list[bytes],
                                                 mode: str) -> None:
-    t = Tun("dv0", mode, tso=True)
+    t = Tun("dv0", mode, use_compiled=True)
     try:
         assert t.vnet and t.gro and t.tso and kernel.offloads == [TSO_OFFLOADS]
     finally:
@@ -195,12 +195,12 @@ def test_tso_is_offered_when_asked_and_compiled(kernel: Kernel, segmenter: list[
 def test_tso_needs_the_compiled_segment_and_the_header(kernel: Kernel,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compiled, "segment", None)  # not built, or DTLSVPN_COMPILED_LANE=off
-    t = Tun("dv0", "on", tso=True)
+    t = Tun("dv0", "on", use_compiled=True)
     try:
         assert t.vnet and not t.tso and kernel.offloads == [0]
     finally:
         t.close()
-    t = Tun("dv0", "off", tso=True)
+    t = Tun("dv0", "off", use_compiled=True)
     try:
         assert not t.vnet and not t.tso and kernel.offloads == [0]
     finally:
@@ -213,7 +213,7 @@ def test_a_kernel_that_refuses_tso_gives_finished_packets(
         mode: str) -> None:
     kernel.refuse_tso = errno.EINVAL
     caplog.set_level("INFO")
-    t = Tun("dv0", mode, tso=True)
+    t = Tun("dv0", mode, use_compiled=True)
     try:
         assert t.vnet and t.gro and not t.tso and kernel.offloads == [TSO_OFFLOADS, 0]
         assert "refused TSO on read" in caplog.text
@@ -230,7 +230,7 @@ def partial(packet: bytes) -> bytes:
 
 def test_tso_reads_cut_super_packets_and_complete_checksums(kernel: Kernel,
                                                             segmenter: list[bytes]) -> None:
-    t = Tun("dv0", "on", tso=True)
+    t = Tun("dv0", "on", use_compiled=True)
     far = kernel.far[0]
     try:
         run = [tcp("100.64.0.2", "100.64.0.1", 1 + 1300 * i, os.urandom(1300), ident=i,
@@ -256,7 +256,7 @@ def test_a_tso_batch_counts_segments_and_ends_past_the_budget(
     """The budget counts packets, not reads: a super-packet's segments all come out in
     the batch that read it (which may end above the budget), the next read waits for the
     next batch; what the compiled lane handed back comes first."""
-    t = Tun("dv0", "on", tso=True)
+    t = Tun("dv0", "on", use_compiled=True)
     far = kernel.far[0]
     try:
         runs = [[tcp("100.64.0.2", "100.64.0.1", 100000 * k + 1 + 1000 * i, bytes(1000),
@@ -270,3 +270,29 @@ def test_a_tso_batch_counts_segments_and_ends_past_the_budget(
         assert t.counters.tso_reads == 3
     finally:
         t.close()
+
+
+def test_writes_coalesce_in_c_only_with_the_compiled_parts(
+        kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``use_compiled`` takes ``compiled.coalesce`` for the writes (the compiled one is
+    held to ``gro.coalesce`` in tests/shell/test_compiled_coalesce.py); without it, or
+    without the module, ``gro.coalesce``."""
+    calls: list[int] = []
+
+    def recorded(packets: list[bytes]) -> list[bytes]:
+        calls.append(len(packets))
+        return coalesce(packets)
+
+    segs = [tcp("100.64.0.2", "100.64.0.1", 1 + 1000 * i, bytes(1000), ident=i)
+            for i in range(3)]
+    for use, module_there, want in ((True, True, [3]), (False, True, []), (True, False, [])):
+        monkeypatch.setattr(compiled, "coalesce", recorded if module_there else None)
+        calls.clear()
+        t = Tun("dv0", "on", use_compiled=use)
+        far = kernel.far[-1]
+        try:
+            assert t.write_batch(segs) == 0
+            assert segment(far.recv(70000)) == segs
+            assert calls == want, (use, module_there)
+        finally:
+            t.close()
