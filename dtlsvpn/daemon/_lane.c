@@ -27,6 +27,10 @@
  * §2 (ChaCha20-Poly1305 nonce), RFC 5246 §6.2.3.3 and RFC 9146 §5 (additional data);
  * dtls/fastpath.py has the same in Python and the unit tests hold the two to the same
  * bytes.  Crypto is OpenSSL's libcrypto, which ``cryptography`` wraps as well.
+ *
+ * The same module carries the TUN's offloads in C (``_vnet.c``: ``segment`` for TSO
+ * reads, ``coalesce`` for writes; daemon/tun.py); a TSO read that reaches this lane is
+ * completed (a lone NEEDS_CSUM packet) or cut and handed back (a super-packet) here.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1159,7 +1163,7 @@ static PyMethodDef lane_functions[] = {
 static struct PyModuleDef lanemodule = {
     PyModuleDef_HEAD_INIT, "dtlsvpn.daemon._lane",
     "The optional compiled lone-packet lane (dtlsvpn/daemon/lane.py) and the TUN's "
-    "segmentation (vnet.segment in C).", -1, lane_functions,
+    "offloads in C (_vnet.c: vnet.segment, gro.coalesce).", -1, lane_functions,
 };
 
 PyMODINIT_FUNC PyInit__lane(void) {

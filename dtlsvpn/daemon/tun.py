@@ -6,9 +6,10 @@ information header.  The device is not persistent: it disappears, with its addre
 and routes, when the descriptor is closed, so even a crash leaves nothing behind.
 
 Offload (``TUNOffload``, ``vpn/vnet.py``): with ``IFF_VNET_HDR`` every read and write
-carries a 10-byte virtio-net header.  Writes go through ``vpn/gro.coalesce``: the TCP
-segments of one flow in a batch become one super-packet the kernel's TCP receives at
-once.  Reads (``tso``): when the compiled ``segment`` is there (``daemon/compiled.py``)
+carries a 10-byte virtio-net header.  Writes go through ``vpn/gro.coalesce`` (its C
+twin with ``use_compiled``, the same frames): the TCP segments of one flow in a batch
+become one super-packet the kernel's TCP receives at once.  Reads (``tso``): with
+``use_compiled`` and the compiled ``segment`` there (``daemon/compiled.py``)
 TSO is offered (TUN_F_CSUM | TSO4 | TSO6), so one read hands over up to 64 KiB of one
 TCP flow that the kernel neither segmented nor checksummed, and ``segment`` cuts it into
 MTU-sized segments with their checksums (a ``NEEDS_CSUM`` packet gets its checksum

@@ -41,13 +41,19 @@ def tun_counters(daemon: Daemon) -> dict[str, Any]:
     return {k: v for k, v in iface.items() if k.startswith("tun_")}
 
 
-@pytest.mark.parametrize("offload", ["on", "off"])
+@pytest.mark.parametrize(("offload", "compiled_lane"), [("on", True), ("on", False),
+                                                      ("off", True)],
+                         ids=["on-compiled", "on-python", "off"])
 def test_file_copy_both_ways_with_and_without_tun_offload(
     topo: Topology, run_daemon: RunDaemon, tmp_path: Path, procs: ProcessGroup,
-    offload: str,
+    offload: str, compiled_lane: bool,
 ) -> None:
+    """With the offload, both of its forms: the compiled module's (TSO on read cut in C,
+    C coalescing) and the pure-Python one's (``CompiledLane = no``: the kernel segments
+    what we read, ``gro.coalesce``)."""
     server_ns, client_ns = two_hosts(topo)
-    server_conf, client_conf = psk_pair(tmp_path, tun_offload=offload)
+    server_conf, client_conf = psk_pair(tmp_path, tun_offload=offload,
+                                        compiled_lane=compiled_lane)
     server, client = start_pair(run_daemon, server_ns, client_ns, server_conf, client_conf)
     copy_both_ways(topo, procs, server_ns, client_ns, tmp_path)
     for daemon in (server, client):
@@ -57,8 +63,9 @@ def test_file_copy_both_ways_with_and_without_tun_offload(
         if offload == "on":
             assert counters["tun_gso_writes"] > 0, counters
             assert counters["tun_gso_segments"] > 2 * counters["tun_gso_writes"], counters
-            # TSO on read goes with the compiled segment (daemon/tun.py)
-            assert (counters["tun_tso_reads"] > 0) == (compiled.segment is not None), counters
+            # TSO on read goes with the compiled module (daemon/tun.py)
+            want_tso = compiled_lane and compiled.segment is not None
+            assert (counters["tun_tso_reads"] > 0) == want_tso, counters
             assert counters["tun_tso_malformed"] == 0, counters
         else:
             assert {v for k, v in counters.items() if k != "tun_offload"} == {0}, counters
