@@ -70,7 +70,7 @@
 #define WINDOW_SIZE 128
 #define SEQ_MASK ((1ULL << 48) - 1)
 
-enum { HANDLED = 0, HANDBACK = 1, FAILED = -1, DROPPED = 2 /* offloaded_read only */ };
+enum { HANDLED = 0, HANDBACK = 1, FAILED = -1 };
 
 typedef struct {
     int family; /* 4 or 6 */
@@ -586,7 +586,9 @@ static int seal_out(Lane *self, const unsigned char *pkt, Py_ssize_t n, double n
 /* A TUN read with TSO offered (Tun.tso) that is not a finished packet: a super-packet
  * is cut into its segments, which go back to Python (a burst: the batch lanes' work);
  * a NEEDS_CSUM packet gets its checksum completed in place and goes on.  HANDLED (the
- * packet is ready), HANDBACK, DROPPED (malformed: counted as Tun._take counts it). */
+ * packet is ready) or HANDBACK; one that cannot be cut is dropped and counted as
+ * Tun._take counts it, and handed back with nothing in ``pending``, so that Python's
+ * read sees the count and stops TSO (Tun._give_up_tso). */
 static int offloaded_read(Lane *self, ssize_t r) {
     unsigned char *b = self->buf;
     if (b[1]) {
@@ -603,13 +605,15 @@ static int offloaded_read(Lane *self, ssize_t r) {
         if (rc < 0)
             return FAILED;
         self->handed_back++;
-        return k ? HANDBACK : DROPPED;
+        return HANDBACK;
     }
     uint16_t start, offset; /* host byte order (the legacy virtio-net header) */
     memcpy(&start, b + 6, 2);
     memcpy(&offset, b + 8, 2);
-    if (vnet_complete(b + VNET_HDR_LEN, r - VNET_HDR_LEN, start, offset) < 0)
-        return add_ll(self->tun_counters, "tso_malformed", 1) < 0 ? FAILED : DROPPED;
+    if (vnet_complete(b + VNET_HDR_LEN, r - VNET_HDR_LEN, start, offset) < 0) {
+        self->handed_back++;
+        return add_ll(self->tun_counters, "tso_malformed", 1) < 0 ? FAILED : HANDBACK;
+    }
     return HANDLED;
 }
 
@@ -621,7 +625,7 @@ static int on_tun(Lane *self, double now) {
     if (cut && r > VNET_HDR_LEN && (self->buf[0] | self->buf[1])) {
         int got = offloaded_read(self, r);
         if (got != HANDLED)
-            return got == DROPPED ? HANDLED : got;
+            return got;
     }
     const unsigned char *pkt = self->buf + cut;
     Py_ssize_t n = r - cut;

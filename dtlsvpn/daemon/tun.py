@@ -58,8 +58,8 @@ class TunCounters:
     """``gso_writes``: super-packets written (runs of ≥ 2 segments), ``gso_segments``:
     the segments they carried; ``gso_fallbacks``: super-packets the kernel refused and
     that were written again segment by segment; ``tso_reads``: super-packets read and
-    cut into segments (TSO on read), ``tso_malformed``: reads whose virtio-net header
-    did not fit the packet (dropped)."""
+    cut into segments (TSO on read), ``tso_malformed``: reads that could not be cut
+    (dropped; TSO then stops, ``Tun._give_up_tso``)."""
 
     __slots__ = ("gso_fallbacks", "gso_segments", "gso_writes", "tso_malformed", "tso_reads")
 
@@ -94,7 +94,9 @@ class Tun:
 
     ``vnet``: the queue carries virtio-net headers (``offload`` on, or auto and the
     kernel took it); ``gro``: writes are coalesced (vnet, until the kernel refused one);
-    ``tso``: reads may be super-packets.  ``use_compiled`` (``CompiledLane``): where the
+    ``tso``: reads may be super-packets (``tso_offered``: the kernel still makes them; a
+    read ``segment`` cannot cut stops that, see ``_give_up_tso``).  ``use_compiled``
+    (``CompiledLane``): where the
     compiled module is there (``daemon/compiled.py``), offer TSO on read (``tso`` when
     the kernel takes it) and coalesce writes in C; else ``vpn/gro.coalesce`` and no TSO.
     """
@@ -108,7 +110,8 @@ class Tun:
         self.counters = TunCounters()
         # Packets the compiled lane read and handed back (daemon/lane.py), read first.
         self.pending: list[bytes] = []
-        self.vnet = self.gro = self.tso = False
+        self.vnet = self.gro = self.tso = self.tso_offered = False
+        self._malformed_seen = 0  # counters.tso_malformed when last looked at
         self._coalesce: Callable[[list[bytes]], list[bytes]] = coalesce
         if use_compiled and compiled.coalesce is not None:
             self._coalesce = compiled.coalesce
@@ -141,7 +144,7 @@ class Tun:
         the kernel hands over finished packets (module doc)."""
         flags = TSO_OFFLOADS if use_compiled and compiled.segment is not None else 0
         try:
-            fcntl.ioctl(self.fd, TUNSETOFFLOAD, flags)
+            self._set_offload(flags)
         except OSError as exc:
             if not flags:
                 os.close(self.fd)
@@ -149,13 +152,35 @@ class Tun:
             log.info("TUN offload: the kernel refused TSO on read (%s); it segments what "
                      "we read", exc.strerror or exc)
             try:
-                fcntl.ioctl(self.fd, TUNSETOFFLOAD, 0)
+                self._set_offload(0)
             except OSError:
                 os.close(self.fd)
                 raise
             flags = 0
         self.vnet = self.gro = True
-        self.tso = bool(flags)
+        self.tso = self.tso_offered = bool(flags)
+
+    def _set_offload(self, flags: int) -> None:
+        fcntl.ioctl(self.fd, TUNSETOFFLOAD, flags)
+
+    def _give_up_tso(self) -> None:
+        """A read that ``segment`` could not cut (an IPv6 super-packet with extension
+        headers: it knows TCP right after the fixed header only; or offsets that do not
+        fit) was dropped; from now on the kernel segments and checksums what we read, so
+        the TCP's retransmission of it gets through.  Reads keep cutting what is queued
+        already (``tso`` stays), and the drop is counted (``tso_malformed``)."""
+        self._malformed_seen = self.counters.tso_malformed
+        if not self.tso_offered:
+            return
+        self.tso_offered = False
+        try:
+            self._set_offload(0)
+        except OSError as exc:
+            log.warning("TUN offload: a TSO read could not be cut into segments and the "
+                        "kernel refused to stop TSO (%s)", exc.strerror or exc)
+            return
+        log.warning("TUN offload: a TSO read could not be cut into segments (dropped); the "
+                    "kernel segments what we read from now on")
 
     # --- read ---------------------------------------------------------------------
 
@@ -188,6 +213,8 @@ class Tun:
         """``read_batch`` when a read may be a super-packet (all its segments count
         toward ``budget``, so a batch may end up to one super-packet above it) or a
         ``NEEDS_CSUM`` packet; the lone-packet poll as there."""
+        if self.counters.tso_malformed != self._malformed_seen:  # (here or in C)
+            self._give_up_tso()
         read = os.read
         fd = self.fd
         take = self._take
@@ -217,6 +244,7 @@ class Tun:
         packets = compiled.segment(frame)
         if not packets:
             self.counters.tso_malformed += 1
+            self._give_up_tso()
             return
         if frame[1]:
             self.counters.tso_reads += 1

@@ -89,7 +89,9 @@ class FakeTun(Tun):
             self.close()
             raise OSError(errno.EINVAL, "Invalid argument")
         self.vnet = self.gro = on
-        self.tso = on and use_compiled and compiled.segment is not None
+        self.tso = self.tso_offered = on and use_compiled and compiled.segment is not None
+        self._malformed_seen = 0
+        self.offloads: list[int] = []  # TUNSETOFFLOAD flags set after the start
         self._coalesce: Callable[[list[bytes]], list[bytes]] = coalesce
         if use_compiled and compiled.coalesce is not None:
             self._coalesce = compiled.coalesce
@@ -106,11 +108,15 @@ class FakeTun(Tun):
         for pkt in packets:
             self.far.send(PLAIN_HDR + pkt if self.vnet else pkt)
 
+    def _set_offload(self, flags: int) -> None:
+        self.offloads.append(flags)
+
     def inject_offloaded(self, frames: Iterable[bytes]) -> None:
         """Frames (virtio-net header first: super-packets, ``NEEDS_CSUM`` packets) the
-        host's TCP sends: as they are with ``tso``, else as the kernel finishes them."""
+        host's TCP sends: as they are while TSO is offered, else as the kernel finishes
+        them."""
         for frame in frames:
-            if self.tso:
+            if self.tso_offered:
                 self.far.send(frame)
             else:
                 self.inject(segment(frame))

@@ -690,3 +690,25 @@ def test_the_tcp_checkers_first_send_after_a_silence_stays_in_c(
     assert after["handed_back"] == before["handed_back"], (before, after)
     assert after["flows"] == 1 and after["armings"] == before["armings"] + 1, after  # (no hook)
     assert seq_of(script.got["server"][-1]) == 960
+
+
+def test_a_read_that_cannot_be_cut_stops_tso_with_the_lane(
+        worlds: list[LoopbackWorld], tmp_path: Path) -> None:
+    """A super-packet ``segment`` cannot cut (here a TSO header on a packet too short to
+    be TCP), read by C or by Python: dropped and counted; the Tun then stops TSO, so the
+    fake kernel finishes what it hands over next, and traffic goes on through the lane."""
+    world, server, client = start(worlds, tmp_path / "cut", compiled=True)
+    script = Script(world, server, client)
+    lone_both_ways(script, 2)
+    assert client.tun.tso and client.tun.tso_offered
+    bad = header(F_NEEDS_CSUM, GSO_TCPV4, 52, 1000, 20, 16) + bytes(30)
+    client.tun.far.send(bad)
+    assert world.run_until(lambda: client.tun.offloads == [0], within=3.0), (
+        client.snapshot()["interface"]["tun_tso_malformed"])
+    assert client.snapshot()["interface"]["tun_tso_malformed"] == 1
+    run = [tcp("100.64.0.2", "100.64.0.1", 1000 + 900 * i, bytes([i]) * 900, ident=i)
+           for i in range(3)]
+    script.send(client, run, frames=coalesce(run))  # finished by the fake kernel now
+    assert script.got["server"][-3:] == run
+    lone_both_ways(script, 2)
+    assert client.snapshot()["interface"]["tun_tso_reads"] == 0

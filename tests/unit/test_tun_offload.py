@@ -23,6 +23,7 @@ from dtlsvpn.vpn.vnet import (
     F_NEEDS_CSUM,
     GSO_NONE,
     PLAIN_HDR,
+    VNET_HDR,
     VNET_HDR_LEN,
     header,
     pseudo_sum,
@@ -296,3 +297,51 @@ def test_writes_coalesce_in_c_only_with_the_compiled_parts(
             assert calls == want, (use, module_there)
         finally:
             t.close()
+
+
+def with_hop_by_hop(frame: bytes) -> bytes:
+    """An IPv6 TSO frame with an 8-byte hop-by-hop header (PadN) before its TCP header:
+    what ``segment`` cannot cut (it knows TCP right after the fixed header only)."""
+    flags, gso, hdr_len, gso_size, start, offset = VNET_HDR.unpack_from(frame)
+    pkt = frame[VNET_HDR_LEN:]
+    plen = int.from_bytes(pkt[4:6], "big") + 8
+    ip = pkt[:4] + plen.to_bytes(2, "big") + b"\x00" + pkt[7:40]  # next header: hop-by-hop
+    hbh = bytes((6, 0, 1, 4, 0, 0, 0, 0))
+    return VNET_HDR.pack(flags, gso, hdr_len + 8, gso_size, start + 8, offset) + ip + hbh + (
+        pkt[40:])
+
+
+def test_a_read_that_cannot_be_cut_stops_tso_for_the_queue(
+        kernel: Kernel, segmenter: list[bytes], caplog: pytest.LogCaptureFixture) -> None:
+    """The super-packet is dropped and counted, and the kernel is told to segment from
+    then on, so that the TCP's retransmission of it arrives finished; what was queued
+    before is still cut."""
+    t = Tun("dv0", "on", use_compiled=True)
+    far = kernel.far[0]
+    try:
+        run = [tcp("fd00::2", "fd00::1", 1 + 1000 * i, bytes(1000)) for i in range(3)]
+        (frame,) = coalesce(run)
+        assert segment(with_hop_by_hop(frame)) == []
+        far.send(with_hop_by_hop(frame))
+        far.send(frame)  # queued before the kernel was told: still a super-packet
+        assert t.read_batch(64) == run
+        assert (t.counters.tso_malformed, t.counters.tso_reads) == (1, 1)
+        assert kernel.offloads == [TSO_OFFLOADS, 0] and t.tso and not t.tso_offered
+        assert "could not be cut into segments" in caplog.text
+        far.send(PLAIN_HDR + run[0])
+        assert t.read_batch(64) == [run[0]] and kernel.offloads == [TSO_OFFLOADS, 0]
+    finally:
+        t.close()
+
+
+def test_a_drop_counted_by_the_compiled_lane_stops_tso_at_the_next_read(
+        kernel: Kernel, segmenter: list[bytes]) -> None:
+    """C counts a read it could not cut in the Tun's counters and hands the event back
+    with nothing pending; the next Python read sees the count and stops TSO."""
+    t = Tun("dv0", "on", use_compiled=True)
+    try:
+        t.counters.tso_malformed += 1  # (what _lane.c's offloaded_read does)
+        assert t.read_batch(64) == []
+        assert kernel.offloads == [TSO_OFFLOADS, 0] and not t.tso_offered
+    finally:
+        t.close()
