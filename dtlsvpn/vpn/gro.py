@@ -5,7 +5,10 @@ Consecutive segments of one TCP flow become one super-packet with a virtio-net h
 (``vnet.py``) asking for TCP segmentation: the kernel's TCP takes it as one receive, as
 from a NIC's GRO, so the receiving host pays its per-packet work (a ``write``, the IP and
 TCP receive path, the socket wake-up) once per super-packet instead of once per segment.
-The bytes the receiving socket reads are the same.
+The bytes the receiving socket reads are the same.  With the compiled module the daemon
+writes through its C twin (``daemon/_vnet.c``: these rules, the same frames byte for
+byte, tests/shell/test_compiled_coalesce.py); this one is the reference and the pure
+Python path.
 
 Rules (those of Linux's ``tcp_gro_receive``, kept strict):
 

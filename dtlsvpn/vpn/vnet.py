@@ -12,7 +12,10 @@ holds only the pseudo-header sum, the rest of the packet is still to be added),
 - From the TUN (the kernel sends), only when TSO was offered with ``TUNSETOFFLOAD``: a
   read may be a super-packet, which :func:`segment` cuts into MTU-sized segments with
   their IP and TCP checksums computed, or a ``NEEDS_CSUM`` packet whose checksum
-  :func:`segment` completes.
+  :func:`segment` completes.  The daemon offers TSO only with the compiled twin of
+  :func:`segment` (``daemon/_vnet.c``, held to this one byte for byte); this one cuts
+  the super-packets a kernel refuses on write (``daemon/tun.py``).  Both have C twins
+  for the same reason: per segment, this Python costs more than the kernel work saved.
 
 Checksums (RFC 1071): the one's complement sum of a byte string as 16-bit big-endian
 words is ``int.from_bytes(data, "big") % 0xFFFF`` (2**16 ≡ 1 modulo 0xFFFF), 0 standing
