@@ -98,6 +98,12 @@ def summary(snap: dict[str, Any]) -> str:
             f"on, {lane['flows']} peer(s); {lane['tx_packets']} packets sent and "
             f"{lane['rx_packets']} received in C, {lane['handed_back']} left to Python"
             if lane else "off"))
+    if "tun_offload" in i:
+        out.append("  tun offload: " + (
+            f"on, TSO on read {i.get('tun_tso', 'off')}; {i.get('tun_tso_reads', 0)} "
+            f"super-packets read, {i.get('tun_gso_writes', 0)} written "
+            f"({i.get('tun_gso_segments', 0)} segments)" if i["tun_offload"] == "on"
+            else "off"))
     if i.get("icmp_too_big_sent") or i.get("fragmented"):
         out.append(f"  too big: {i.get('icmp_too_big_sent', 0)} ICMP errors sent, "
                    f"{i.get('fragmented', 0)} IPv4 packets fragmented")

@@ -81,12 +81,14 @@ class TunDevice(Protocol):
     ``read_batch``/``write_batch`` handle: packets in and out stay whole IP packets (a
     write may coalesce TCP segments of one flow, the reader's kernel sees the same bytes;
     ``write_one(pkt)`` is ``write_batch([pkt])`` with nothing to coalesce);
-    ``counters``: what the offload did.
+    ``tso_offered``: reads may be TSO super-packets now (``tun.py``); ``counters``: what
+    the offload did.
     """
 
     fd: int
     name: str
     vnet: bool
+    tso_offered: bool
     counters: TunCounters
 
     def read_batch(self, budget: int) -> list[bytes]: ...

@@ -106,6 +106,7 @@ def _counters(dp: Datapath | None) -> tuple[dict[str, Any], dict[str, int]]:
         if dp.endpoint is not None:  # server: what happened before any association
             counters["endpoint"] = endpoint_counters(dp.endpoint)
         counters["tun_offload"] = "on" if dp.tun.vnet else "off"
+        counters["tun_tso"] = "on" if dp.tun.tso_offered else "off"  # TSO on read now
         # the compiled lone-packet lane (daemon/lane.py): None when off
         counters["compiled_lane"] = dp.lane_counters() if dp.lane_counters else None
         counters.update(dp.tun.counters.as_dict())  # coalesced writes (tun.TunCounters)

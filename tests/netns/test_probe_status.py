@@ -183,7 +183,9 @@ def test_status_human_and_prometheus(topo: Topology, run_daemon: RunDaemon,
                     r"\(\d+ packets\)$",
                     r"^  drops: .*spoofed_source=3",
                     r"^  drops: .*no_route=1",
-                    r"^  tcp mss clamp: \d+ \(IPv4\), \d+ \(IPv6\), \d+ SYNs clamped$"):
+                    r"^  tcp mss clamp: \d+ \(IPv4\), \d+ \(IPv6\), \d+ SYNs clamped$",
+                    r"^  tun offload: on, TSO on read (on|off); \d+ super-packets read, \d+ "
+                    r"written \(\d+ segments\)$"):
         assert re.search(pattern, human, re.M), f"{pattern!r} not in\n{human}"
 
     # Both daemons' sockets sit in tmp_path: one run reports both instances.

@@ -66,9 +66,12 @@ def test_file_copy_both_ways_with_and_without_tun_offload(
             # TSO on read goes with the compiled module (daemon/tun.py)
             want_tso = compiled_lane and compiled.segment is not None
             assert (counters["tun_tso_reads"] > 0) == want_tso, counters
+            assert counters["tun_tso"] == ("on" if want_tso else "off"), counters
             assert counters["tun_tso_malformed"] == 0, counters
         else:
-            assert {v for k, v in counters.items() if k != "tun_offload"} == {0}, counters
+            assert counters["tun_tso"] == "off", counters
+            assert {v for k, v in counters.items()
+                    if k not in ("tun_offload", "tun_tso")} == {0}, counters
         assert counters["tun_gso_fallbacks"] == 0, counters
         assert "tun_write" not in daemon.status()["peers"][0]["drops"]
 

@@ -61,7 +61,8 @@ CT_APP, CT_CID = 23, 25
 # what differs between two runs whatever the lane did: the process, the files, the ports;
 # and whether the TUN was offered TSO on read (CompiledLane: it goes with the compiled
 # parts), compared apart (``offloaded_reads``)
-VOLATILE = frozenset({"pid", "uptime", "config", "listen", "compiled_lane", "tun_tso_reads"})
+VOLATILE = frozenset({"pid", "uptime", "config", "listen", "compiled_lane", "tun_tso",
+                      "tun_tso_reads"})
 MSS_1460 = b"\x02\x04\x05\xb4"  # the option a SYN carries
 
 
@@ -174,6 +175,7 @@ class Script:
             iface = node.snapshot()["interface"]
             out[name + "_interface"] = {k: v for k, v in iface.items() if k not in VOLATILE}
             out[name + "_tso_reads"] = iface["tun_tso_reads"]
+            out[name + "_tso"] = iface["tun_tso"]
         return out
 
 
@@ -376,10 +378,12 @@ def compare(worlds: list[LoopbackWorld], tmp_path: Path, script_of: Any = None,
 
 def same(on: dict[str, Any], off: dict[str, Any]) -> None:
     for key in sorted(set(on) | set(off)):
-        if key not in ("lane", "status", "server_tso_reads", "client_tso_reads"):
+        if key not in ("lane", "status", "server_tso_reads", "client_tso_reads", "server_tso",
+                       "client_tso"):
             assert on[key] == off[key], key
     # TSO on read goes with the compiled parts: never offered in the run without them
     assert off["server_tso_reads"] == off["client_tso_reads"] == 0
+    assert off["server_tso"] == off["client_tso"] == "off"
 
 
 @pytest.mark.parametrize("cipher", [GCM, CHACHA])
@@ -391,6 +395,7 @@ def test_the_lane_matches_the_python_lanes(worlds: list[LoopbackWorld], tmp_path
     assert on["seals_checked"] >= 16
     # each side read offloaded_reads' super-packet whole and cut it (C or Python)
     assert on["server_tso_reads"] == on["client_tso_reads"] == 1
+    assert on["server_tso"] == on["client_tso"] == "on"
     assert on["status"][0] == "on" and off["status"] == ("off", "")
     assert 'dtlsvpn_compiled_lane_events_total{instance="client",event="tx_packets"}' in (
         on["status"][1])

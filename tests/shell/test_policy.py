@@ -131,7 +131,7 @@ INTERFACE_KEYS = {"name", "device", "role", "listen", "addresses", "mtu", "mtu_p
                   "fragmented", "icmp_too_big_sent", "icmp_too_big_rate_limited",
                   "udp_gso_sends", "udp_gso_datagrams", "udp_gso_fallbacks",
                   "udp_gro_receives", "udp_gro_datagrams", "tun_offload", "compiled_lane", "tun_gso_writes",
-                  "tun_gso_segments", "tun_gso_fallbacks", "tun_tso_reads",
+                  "tun_gso_segments", "tun_gso_fallbacks", "tun_tso", "tun_tso_reads",
                   "tun_tso_malformed", "drops",
                   "handshake_failures", "tcp_closes", "untrusted_closes"}
 PEER_KEYS = {"name", "endpoint", "state", "transport", "transport_since", "suite",

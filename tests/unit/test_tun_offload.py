@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from dtlsvpn.cli.status import summary
 from dtlsvpn.daemon import compiled
 from dtlsvpn.daemon import tun as tun_mod
 from dtlsvpn.daemon.tun import IFF_VNET_HDR, TSO_OFFLOADS, TUNSETOFFLOAD, Tun
@@ -345,3 +346,15 @@ def test_a_drop_counted_by_the_compiled_lane_stops_tso_at_the_next_read(
         assert kernel.offloads == [TSO_OFFLOADS, 0] and not t.tso_offered
     finally:
         t.close()
+
+
+def test_status_says_whether_tso_is_offered_and_what_the_offload_did() -> None:
+    """``dtlsvpn status``'s line for the TUN offload, on and off."""
+    on = {"name": "t", "device": "dv0", "role": "client", "addresses": [], "mtu": 1400,
+          "mtu_policy": "pmtu", "tun_offload": "on", "tun_tso": "on", "tun_tso_reads": 7,
+          "tun_gso_writes": 3, "tun_gso_segments": 40}
+    text = summary({"interface": on, "peers": []})
+    assert "  tun offload: on, TSO on read on; 7 super-packets read, 3 written (40 segments)" \
+        in text.splitlines()
+    text = summary({"interface": {**on, "tun_offload": "off"}, "peers": []})
+    assert "  tun offload: off" in text.splitlines()
