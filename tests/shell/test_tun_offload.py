@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from dtlsvpn.daemon import compiled
+from dtlsvpn.vpn.gro import coalesce
 from tests.fakes.packets import ACK, PSH, tcp, tcp_fields, udp
 from tests.fakes.world import Host, World
 from tests.netns.harness import psk_pair
@@ -52,10 +54,17 @@ def traffic(src: str, dst: str, src6: str, dst6: str, count: int, salt: int) -> 
     return out
 
 
-def bulk(world: World, src: Host, dst: Host, packets: list[bytes]) -> None:
+def bulk(world: World, src: Host, dst: Host, packets: list[bytes], *,
+         offloaded: bool = False) -> None:
+    """``packets`` from ``src``'s host to ``dst``'s, 64 at a time; ``offloaded``: handed
+    to the TUN as a kernel offered TSO would (super-packets, ``FakeTun.inject_offloaded``:
+    finished by the fake kernel unless TSO is offered)."""
     got: list[bytes] = []
     for i in range(0, len(packets), 64):
-        src.tun.inject(packets[i:i + 64])
+        if offloaded:
+            src.tun.inject_offloaded(coalesce(packets[i:i + 64]))
+        else:
+            src.tun.inject(packets[i:i + 64])
         world.settle()
         got += dst.tun.drain()
     assert len(got) == len(packets)
@@ -139,3 +148,26 @@ def test_bulk_across_renewals_with_tun_offload(pair: Pair) -> None:
         world.run_for(0.25)
     assert client.peer()["rekeys"] >= 2
     assert server.tun.gso_frames > 0 and client.tun.gso_frames > 0
+
+
+@pytest.mark.parametrize("compiled_lane", [True, False], ids=["compiled", "python"])
+def test_bulk_from_tso_reads_across_renewals(pair: Pair, compiled_lane: bool) -> None:
+    """The hosts' TCP hands the TUN super-packets (TSO on read, with the compiled module)
+    across key renewals both ways; every packet arrives as sent.  Without the compiled
+    module TSO is not offered and the fake kernel finishes them, as a real one does."""
+    server, client = pair(rekey_interval=2, tun_offload="on", compiled_lane=compiled_lane)
+    world = server.world
+    salt = 30
+    while world.clock.now < 1000.0 + 7.0:
+        bulk(world, client, server, traffic(C4, S4, C6, S6, 100, salt), offloaded=True)
+        bulk(world, server, client, traffic(S4, C4, S6, C6, 100, salt + 1), offloaded=True)
+        salt += 2
+        world.run_for(0.25)
+    assert client.peer()["rekeys"] >= 2
+    tso = compiled_lane and compiled.segment is not None
+    for host in (server, client):
+        counters = tun_counters(host)
+        assert counters["tun_tso"] == ("on" if tso else "off"), counters
+        reads = counters["tun_tso_reads"]
+        assert isinstance(reads, int) and (reads > 20) == tso, counters
+        assert counters["tun_tso_malformed"] == 0 and host.tun.gso_frames > 0, counters
