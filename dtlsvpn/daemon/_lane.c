@@ -69,6 +69,8 @@
 #define CT_CID 25
 #define WINDOW_SIZE 128
 #define SEQ_MASK ((1ULL << 48) - 1)
+/* RFC 9146 §5 additional data with the longest CID (255 bytes; RFC 5246's is 13) */
+#define MAX_AAD (8 + 3 + 2 + 8 + 255 + 2)
 
 enum { HANDLED = 0, HANDBACK = 1, FAILED = -1 };
 
@@ -557,7 +559,7 @@ static int seal_out(Lane *self, const unsigned char *pkt, Py_ssize_t n, double n
         body[n] = f->tx_type;
         plain = body;
     }
-    unsigned char aad[64];
+    unsigned char aad[MAX_AAD];
     int aad_len = build_aad(aad, es, f->tx_cid, cid, inner);
     if (aead_seal(&f->seal, es, aad, aad_len, plain, inner, body) != 0) {
         PyErr_SetString(PyExc_RuntimeError, "AEAD seal failed");
@@ -668,7 +670,7 @@ static int open_in(Lane *self, Flow *f, const unsigned char *d, Py_ssize_t size,
     Aead *a = &f->open;
     int ct_len = (int)size - hlen - explicit;
     int inner = ct_len - TAG_LEN;
-    unsigned char aad[64];
+    unsigned char aad[MAX_AAD];
     int aad_len = build_aad(aad, es, f->rx_cid, cid, inner);
     unsigned char *plain = self->out + VNET_HDR_LEN;
     /* GCM: the record's explicit nonce, the peer's to choose (RFC 5288 §3) */

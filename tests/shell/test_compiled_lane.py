@@ -43,6 +43,7 @@ from dtlsvpn.cli.status import summary
 from dtlsvpn.daemon import tcpclient
 from dtlsvpn.daemon.status import format_prometheus
 from dtlsvpn.daemon.udp import UDP_SEGMENT
+from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.epoch import REKEY_RECORDS, WriteEpoch
 from dtlsvpn.dtls.fastpath import FastSeal
 from dtlsvpn.vpn.gro import coalesce
@@ -717,3 +718,24 @@ def test_a_read_that_cannot_be_cut_stops_tso_with_the_lane(
     assert script.got["server"][-3:] == run
     lone_both_ways(script, 2)
     assert client.snapshot()["interface"]["tun_tso_reads"] == 0
+
+
+def test_a_255_byte_connection_id_both_ways_through_c(
+        worlds: list[LoopbackWorld], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 9146 lets a peer ask for a CID of up to 255 bytes, and what we send carries
+    the one it asked for; the additional data then holds all 255 bytes (C's buffer for it
+    was 64 bytes until 2026-12-04, so a peer asking for more than 41 overran it).  Our
+    client asks for 255 here: the server seals with that CID in C, the client opens with
+    it in C, and lone packets pass both ways."""
+    monkeypatch.setattr(DtlsConfig, "own_cid_length",
+                        property(lambda self: 255 if self.is_client else 8))
+    world, server, client = start(worlds, tmp_path / "cid255", compiled=True,
+                                  connection_id=True)
+    script = Script(world, server, client)
+    lone_both_ways(script, 4)
+    down = [data for d, data in script.tap.wire if d == "down" and data[0] == CT_CID]
+    assert down and all(data[11:11 + 255] == current(client).fast_open.cid for data in down)
+    for node in (server, client):
+        counts = lane_counts(node)
+        assert counts is not None and counts["tx_packets"] >= 3 and counts["rx_packets"] >= 3, (
+            counts)
