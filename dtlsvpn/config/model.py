@@ -31,8 +31,9 @@ Invariants:
   (daemon/compiled.py), lone packets of an established tunnel are forwarded by the
   compiled lane (``dtlsvpn/daemon/_lane.c``, daemon/lane.py) without waking the
   interpreter, the TUN is offered TSO on read and what goes to it is coalesced in C
-  (``_vnet.c``, daemon/tun.py); ``no`` keeps every packet in Python (the same bytes on
-  the wire either way).
+  (``_vnet.c``, daemon/tun.py), and batches of data records are sealed in C
+  (``DtlsConfig.record_sealer``); ``no`` keeps every packet in Python (the same bytes
+  on the wire either way).
 - ``TUNOffload`` (auto/on/off, default auto) opens the TUN with its virtio-net header so
   that TCP segments received from a peer reach the kernel coalesced (vpn/gro.py);
   ``auto`` falls back to a plain TUN when the kernel refuses, ``on`` makes that an error.

@@ -1158,6 +1158,122 @@ static PyTypeObject LaneType = {
     .tp_doc = "The compiled lone-packet lane (see dtlsvpn/daemon/lane.py).",
 };
 
+/* --- Sealer: FastSeal.seal's batch loop in C (dtls/fastpath.py) -----------------
+ *
+ * One per data FastSeal of a write epoch, made from the same key and nonce material
+ * (``DtlsConfig.record_sealer``, daemon/settings.py).  ``seal(payloads, es)`` returns
+ * one application_data record (a tls12_cid record with a CID) per payload, numbered
+ * from ``es`` (epoch << 48 | first sequence number): the bytes FastSeal's loop builds
+ * (tests/shell/test_compiled_seal.py).  Python keeps the state: it reserves the
+ * numbers and checks the limits before the call, as for its own loop. */
+
+typedef struct {
+    PyObject_HEAD
+    Aead aead;
+    unsigned char cid[255];
+    int cid_len;
+} Sealer;
+
+static int Sealer_init(Sealer *self, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"key", "gcm", "nonce_high", "nonce_xor", "cid", NULL};
+    const char *key, *nh, *cid;
+    Py_ssize_t keylen, nhlen, cidlen;
+    int gcm;
+    unsigned long long nx;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y#py#Ky#", kw, &key, &keylen, &gcm, &nh,
+                                     &nhlen, &nx, &cid, &cidlen))
+        return -1;
+    if (cidlen > 255) {
+        PyErr_SetString(PyExc_ValueError, "connection ID longer than 255 bytes");
+        return -1;
+    }
+    if (aead_init(&self->aead, 1, (const unsigned char *)key, keylen, gcm,
+                  (const unsigned char *)nh, nhlen, nx) < 0)
+        return -1;
+    memcpy(self->cid, cid, (size_t)cidlen);
+    self->cid_len = (int)cidlen;
+    return 0;
+}
+
+static void Sealer_dealloc(Sealer *self) {
+    aead_free(&self->aead);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Sealer_seal(Sealer *self, PyObject *args) {
+    PyObject *payloads;
+    unsigned long long first;
+    if (!PyArg_ParseTuple(args, "O!K", &PyList_Type, &payloads, &first))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(payloads);
+    PyObject *out = PyList_New(count);
+    if (out == NULL)
+        return NULL;
+    int cid = self->cid_len, explicit = self->aead.gcm ? 8 : 0;
+    int hlen = 13 + cid;
+    uint64_t es = first;
+    for (Py_ssize_t i = 0; i < count; i++, es++) {
+        PyObject *item = PyList_GET_ITEM(payloads, i);
+        if (!PyBytes_Check(item) || PyBytes_GET_SIZE(item) > MAX_PLAINTEXT) {
+            PyErr_SetString(PyExc_ValueError, "payloads are bytes of at most 2^14");
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_ssize_t n = PyBytes_GET_SIZE(item);
+        int inner = (int)n + (cid ? 1 : 0);
+        int length = explicit + inner + TAG_LEN;
+        PyObject *rec = PyBytes_FromStringAndSize(NULL, hlen + length);
+        if (rec == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        unsigned char *o = (unsigned char *)PyBytes_AS_STRING(rec);
+        o[0] = cid ? CT_CID : CT_APP;
+        o[1] = 0xfe;
+        o[2] = 0xfd;
+        put_u64(o + 3, es);
+        memcpy(o + 11, self->cid, (size_t)cid);
+        o[11 + cid] = (unsigned char)(length >> 8);
+        o[12 + cid] = (unsigned char)length;
+        if (explicit)
+            put_u64(o + hlen, es);
+        unsigned char *body = o + hlen + explicit;
+        const unsigned char *plain = (const unsigned char *)PyBytes_AS_STRING(item);
+        if (cid) { /* DTLSInnerPlaintext: content || real type, no padding */
+            memcpy(body, plain, (size_t)n);
+            body[n] = CT_APP;
+            plain = body;
+        }
+        unsigned char aad[MAX_AAD];
+        int aad_len = build_aad(aad, es, self->cid, cid, inner);
+        if (aead_seal(&self->aead, es, aad, aad_len, plain, inner, body) != 0) {
+            Py_DECREF(rec);
+            Py_DECREF(out);
+            PyErr_SetString(PyExc_RuntimeError, "AEAD seal failed");
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, rec);
+    }
+    return out;
+}
+
+static PyMethodDef Sealer_methods[] = {
+    {"seal", (PyCFunction)Sealer_seal, METH_VARARGS,
+     "seal(payloads, es) -> list[bytes]: one data record per payload, numbered from es."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SealerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "dtlsvpn.daemon._lane.Sealer",
+    .tp_basicsize = sizeof(Sealer),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Sealer_init,
+    .tp_dealloc = (destructor)Sealer_dealloc,
+    .tp_methods = Sealer_methods,
+    .tp_doc = "FastSeal's batch loop in C (see dtlsvpn/dtls/fastpath.py).",
+};
+
 static PyMethodDef lane_functions[] = {
     {"segment", (PyCFunction)vnet_segment, METH_O,
      "segment(frame) -> list[bytes]: vnet.segment in C (TSO reads, daemon/tun.py)."},
@@ -1173,7 +1289,7 @@ static struct PyModuleDef lanemodule = {
 };
 
 PyMODINIT_FUNC PyInit__lane(void) {
-    if (PyType_Ready(&LaneType) < 0)
+    if (PyType_Ready(&LaneType) < 0 || PyType_Ready(&SealerType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&lanemodule);
     if (m == NULL)
@@ -1181,6 +1297,12 @@ PyMODINIT_FUNC PyInit__lane(void) {
     Py_INCREF(&LaneType);
     if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
         Py_DECREF(&LaneType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&SealerType);
+    if (PyModule_AddObject(m, "Sealer", (PyObject *)&SealerType) < 0) {
+        Py_DECREF(&SealerType);
         Py_DECREF(m);
         return NULL;
     }

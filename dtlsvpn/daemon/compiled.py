@@ -6,7 +6,9 @@ pure-Python counterpart that passes the same tests:
 
 - ``Lane``: the lone-packet lane (``daemon/lane.py``);
 - ``segment``: ``vpn/vnet.segment`` in C, which lets the TUN offer TSO on read
-  (``daemon/tun.py``); ``coalesce``: ``vpn/gro.coalesce`` in C, for its writes.
+  (``daemon/tun.py``); ``coalesce``: ``vpn/gro.coalesce`` in C, for its writes;
+- ``Sealer``: ``FastSeal``'s batch loop in C (``DtlsConfig.record_sealer``,
+  ``daemon/settings.py``).
 
 ``module`` is None when it is not built, or when the environment says
 ``DTLSVPN_COMPILED_LANE=off`` (as if not built: the tests' switch, and an operator's).
@@ -28,5 +30,6 @@ if os.environ.get("DTLSVPN_COMPILED_LANE") == "off":
 
 segment: Callable[[bytes], list[bytes]] | None = None
 coalesce: Callable[[list[bytes]], list[bytes]] | None = None
+sealer: Callable[..., Any] | None = None
 if module is not None:
-    segment, coalesce = module.segment, module.coalesce
+    segment, coalesce, sealer = module.segment, module.coalesce, module.Sealer

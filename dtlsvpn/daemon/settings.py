@@ -22,6 +22,7 @@ from dtlsvpn.config.schema import Config, PeerConfig
 from dtlsvpn.config.schema import load_config as _load_config
 from dtlsvpn.crypto.certs import spki_sha256
 from dtlsvpn.crypto.tickets import TicketKeyRing
+from dtlsvpn.daemon import compiled
 from dtlsvpn.daemon.fleet import cid_layout
 from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.events import HandshakeCompleted
@@ -97,15 +98,17 @@ def dtls_config(cfg: Config, peer: PeerConfig | None = None) -> DtlsConfig:
 def core_settings(cfg: Config, peer: PeerConfig | None = None, *,
                   ticket_keys: TicketKeyRing | None = None) -> DtlsConfig:
     """:func:`dtls_config` with what the daemon adds: the heartbeat settings of
-    [Interface] (``HeartbeatInterval``, ``DeadPeerTimeout``) and a server's ticket keys."""
+    [Interface] (``HeartbeatInterval``, ``DeadPeerTimeout``), a server's ticket keys, and
+    with ``CompiledLane`` the compiled batch sealer of data records (``compiled.py``)."""
     iface = cfg.interface
     heartbeats = HeartbeatSettings(interval=iface.heartbeat_interval,
                                    retransmit=min(1.0, iface.heartbeat_interval),
                                    timeout=iface.dead_peer_timeout)
-    conf = dtls_config(cfg, peer)
+    conf = dataclasses.replace(dtls_config(cfg, peer), heartbeat_settings=heartbeats,
+                               record_sealer=compiled.sealer if iface.compiled_lane else None)
     if ticket_keys is None:
-        return dataclasses.replace(conf, heartbeat_settings=heartbeats)
-    return dataclasses.replace(conf, heartbeat_settings=heartbeats, ticket_keys=ticket_keys)
+        return conf
+    return dataclasses.replace(conf, ticket_keys=ticket_keys)
 
 
 def match_peer(cfg: Config, event: HandshakeCompleted) -> PeerConfig | None:

@@ -171,7 +171,8 @@ class Association:
         writer = self._writer
         ws, seal = writer.epochs[writer.epoch], self._seal
         if seal is None or seal.state is not ws:
-            seal = self._seal = FastSeal(ws, writer.epoch, writer.cid)
+            seal = self._seal = FastSeal(ws, writer.epoch, writer.cid,
+                                         compiled=self.config.record_sealer)
         return seal
 
     @property

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
@@ -87,6 +87,10 @@ class DtlsConfig:
     cid_layout: CidLayout | None = None  # server in a fleet: CIDs that name it (dtls/cid.py)
     rekey_interval: float | None = 3600.0  # seconds between key renewals (OpenVPN reneg-sec)
     rekey_records: int | None = None  # records per direction before renewal; None: per AEAD
+    # A compiled batch sealer of data records (``FastSeal``): called as ``record_sealer(
+    # key=, gcm=, nonce_high=, nonce_xor=, cid=)``, its ``seal(payloads, es)`` must give
+    # FastSeal's own bytes (the daemon's ``_lane.Sealer``); None: Python's loop.
+    record_sealer: Callable[..., Any] | None = field(default=None, repr=False)
     session_tickets: bool = True  # client: offer RFC 5077 (with resume_session's ticket)
     resume_session: ClientSession | None = None  # client: the session to resume
     ticket_keys: TicketKeyRing | None = field(default=None, repr=False)  # server: issue/accept

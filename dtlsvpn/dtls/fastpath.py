@@ -37,7 +37,8 @@ numbers.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
@@ -185,11 +186,12 @@ class FastSeal:
     """Seals records of one content type (application_data for ``Association.protect``,
     heartbeat for its keepalives) in one write epoch."""
 
-    __slots__ = ("aad", "aad_mid", "aad_pre", "cid", "ctype", "encrypt", "epoch", "epoch_bits",
-                 "gcm", "head", "header", "inner_type", "nonce_high", "nonce_xor", "parts",
-                 "state")
+    __slots__ = ("aad", "aad_mid", "aad_pre", "cid", "compiled", "ctype", "encrypt", "epoch",
+                 "epoch_bits", "gcm", "head", "header", "inner_type", "nonce_high", "nonce_xor",
+                 "parts", "state")
 
-    def __init__(self, state: WriteEpoch, epoch: int, cid: bytes, ctype: int = _CT_APP) -> None:
+    def __init__(self, state: WriteEpoch, epoch: int, cid: bytes, ctype: int = _CT_APP, *,
+                 compiled: Callable[..., Any] | None = None) -> None:
         prot = state.protection
         if prot is None:
             raise UsageError("FastSeal needs the write epoch's keys")
@@ -220,6 +222,11 @@ class FastSeal:
         self.header = struct.Struct(f"!3sQ{len(cid)}sHQ" if gcm else f"!3sQ{len(cid)}sH")
         self.parts = (self.encrypt, gcm, cid, self.head, self.aad.pack, self.header.pack,
                       self.aad_pre, self.aad_mid, self.nonce_high, self.nonce_xor, own_type)
+        # ``DtlsConfig.record_sealer``: the batch loop below in C, data records only
+        self.compiled: Any = None
+        if compiled is not None and ctype == _CT_APP:
+            self.compiled = compiled(key=prot.key, gcm=gcm, nonce_high=self.nonce_high,
+                                     nonce_xor=self.nonce_xor, cid=cid)
 
     def seal(self, payloads: Iterable[bytes]) -> list[bytes]:
         """One record (datagram) per payload, numbered from the epoch's counter."""
@@ -236,6 +243,10 @@ class FastSeal:
             return []
         if first + count - 1 > MAX_SEQ or max(map(len, batch)) > MAX_PLAINTEXT:
             return self._seal_checked(batch)
+        if self.compiled is not None:  # the same records, from C
+            state.next_seq = first + count
+            records: list[bytes] = self.compiled.seal(batch, self.epoch_bits | first)
+            return records
         (encrypt, gcm, cid, head, pack_aad, pack_header, pre, mid, nonce_high, nonce_xor,
          inner_type) = self.parts
         pack_nonce = _NONCE.pack
