@@ -506,6 +506,45 @@ static int wake_up(Lane *self, Flow *f, double now) {
     return load_all(self) < 0 ? -1 : keep;
 }
 
+/* The bytes of a record carrying ``n`` bytes (RFC 6347 §4.1 header, GCM's explicit
+ * nonce, RFC 9146's inner type with a CID, the tag). */
+static Py_ssize_t record_size(const Aead *a, int cid_len, Py_ssize_t n) {
+    return 13 + cid_len + (a->gcm ? 8 : 0) + n + (cid_len ? 1 : 0) + TAG_LEN;
+}
+
+/* One protected record of content ``type`` at ``es`` (epoch << 48 | sequence number)
+ * carrying ``plain[:n]`` into ``o`` (``record_size`` bytes): a tls12_cid record with the
+ * inner type when ``cid_len`` (RFC 9146 §4), else RFC 6347's.  Its size, or -1 when the
+ * AEAD failed.  ``plain`` may not overlap ``o``. */
+static int seal_record(Aead *a, uint64_t es, unsigned char type, const unsigned char *cid,
+                       int cid_len, const unsigned char *plain, Py_ssize_t n,
+                       unsigned char *o) {
+    int explicit = a->gcm ? 8 : 0;
+    int hlen = 13 + cid_len;
+    int inner = (int)n + (cid_len ? 1 : 0);
+    int length = explicit + inner + TAG_LEN;
+    o[0] = cid_len ? CT_CID : type;
+    o[1] = 0xfe;
+    o[2] = 0xfd;
+    put_u64(o + 3, es);
+    memcpy(o + 11, cid, (size_t)cid_len);
+    o[11 + cid_len] = (unsigned char)(length >> 8);
+    o[12 + cid_len] = (unsigned char)length;
+    if (explicit)
+        put_u64(o + hlen, es);
+    unsigned char *body = o + hlen + explicit;
+    if (cid_len) { /* DTLSInnerPlaintext: content || real type, no padding */
+        memcpy(body, plain, (size_t)n);
+        body[n] = type;
+        plain = body;
+    }
+    unsigned char aad[MAX_AAD];
+    int aad_len = build_aad(aad, es, cid, cid_len, inner);
+    if (aead_seal(a, es, aad, aad_len, plain, inner, body) != 0)
+        return -1;
+    return hlen + length;
+}
+
 /* A packet read from the TUN (``pkt``, ``n`` bytes): sealed and sent, or HANDBACK. */
 static int seal_out(Lane *self, const unsigned char *pkt, Py_ssize_t n, double now) {
     int v = ip_version(pkt, n);
@@ -539,29 +578,8 @@ static int seal_out(Lane *self, const unsigned char *pkt, Py_ssize_t n, double n
     }
     uint64_t es = (uint64_t)f->tx_epoch << 48 | f->next_seq;
     unsigned char *o = self->out;
-    int cid = f->tx_cid_len, explicit = f->seal.gcm ? 8 : 0;
-    int hlen = 13 + cid;
-    int inner = (int)n + (cid ? 1 : 0);
-    int length = explicit + inner + TAG_LEN;
-    o[0] = cid ? CT_CID : f->tx_type;
-    o[1] = 0xfe;
-    o[2] = 0xfd;
-    put_u64(o + 3, es);
-    memcpy(o + 11, f->tx_cid, (size_t)cid);
-    o[11 + cid] = (unsigned char)(length >> 8);
-    o[12 + cid] = (unsigned char)length;
-    if (explicit)
-        put_u64(o + hlen, es);
-    unsigned char *body = o + hlen + explicit;
-    const unsigned char *plain = pkt;
-    if (cid) { /* DTLSInnerPlaintext: content || real type, no padding */
-        memcpy(body, pkt, (size_t)n);
-        body[n] = f->tx_type;
-        plain = body;
-    }
-    unsigned char aad[MAX_AAD];
-    int aad_len = build_aad(aad, es, f->tx_cid, cid, inner);
-    if (aead_seal(&f->seal, es, aad, aad_len, plain, inner, body) != 0) {
+    int size = seal_record(&f->seal, es, f->tx_type, f->tx_cid, f->tx_cid_len, pkt, n, o);
+    if (size < 0) {
         PyErr_SetString(PyExc_RuntimeError, "AEAD seal failed");
         return FAILED;
     }
@@ -571,10 +589,10 @@ static int seal_out(Lane *self, const unsigned char *pkt, Py_ssize_t n, double n
     f->d_tx_bytes += n;
     ssize_t sent;
     if (f->dst_len)
-        sent = sendto(self->udp_fd, o, (size_t)(hlen + length), 0,
-                      (const struct sockaddr *)&f->dst, f->dst_len);
+        sent = sendto(self->udp_fd, o, (size_t)size, 0, (const struct sockaddr *)&f->dst,
+                      f->dst_len);
     else
-        sent = send(self->udp_fd, o, (size_t)(hlen + length), 0);
+        sent = send(self->udp_fd, o, (size_t)size, 0);
     if (sent < 0) {
         PyObject *item = Py_BuildValue("(ii)", (int)(f - self->flows), errno);
         return push_back(self->failures, item) < 0 ? FAILED : HANDLED;
@@ -1209,8 +1227,6 @@ static PyObject *Sealer_seal(Sealer *self, PyObject *args) {
     PyObject *out = PyList_New(count);
     if (out == NULL)
         return NULL;
-    int cid = self->cid_len, explicit = self->aead.gcm ? 8 : 0;
-    int hlen = 13 + cid;
     uint64_t es = first;
     for (Py_ssize_t i = 0; i < count; i++, es++) {
         PyObject *item = PyList_GET_ITEM(payloads, i);
@@ -1220,33 +1236,15 @@ static PyObject *Sealer_seal(Sealer *self, PyObject *args) {
             return NULL;
         }
         Py_ssize_t n = PyBytes_GET_SIZE(item);
-        int inner = (int)n + (cid ? 1 : 0);
-        int length = explicit + inner + TAG_LEN;
-        PyObject *rec = PyBytes_FromStringAndSize(NULL, hlen + length);
+        PyObject *rec =
+            PyBytes_FromStringAndSize(NULL, record_size(&self->aead, self->cid_len, n));
         if (rec == NULL) {
             Py_DECREF(out);
             return NULL;
         }
-        unsigned char *o = (unsigned char *)PyBytes_AS_STRING(rec);
-        o[0] = cid ? CT_CID : CT_APP;
-        o[1] = 0xfe;
-        o[2] = 0xfd;
-        put_u64(o + 3, es);
-        memcpy(o + 11, self->cid, (size_t)cid);
-        o[11 + cid] = (unsigned char)(length >> 8);
-        o[12 + cid] = (unsigned char)length;
-        if (explicit)
-            put_u64(o + hlen, es);
-        unsigned char *body = o + hlen + explicit;
-        const unsigned char *plain = (const unsigned char *)PyBytes_AS_STRING(item);
-        if (cid) { /* DTLSInnerPlaintext: content || real type, no padding */
-            memcpy(body, plain, (size_t)n);
-            body[n] = CT_APP;
-            plain = body;
-        }
-        unsigned char aad[MAX_AAD];
-        int aad_len = build_aad(aad, es, self->cid, cid, inner);
-        if (aead_seal(&self->aead, es, aad, aad_len, plain, inner, body) != 0) {
+        if (seal_record(&self->aead, es, CT_APP, self->cid, self->cid_len,
+                        (const unsigned char *)PyBytes_AS_STRING(item), n,
+                        (unsigned char *)PyBytes_AS_STRING(rec)) < 0) {
             Py_DECREF(rec);
             Py_DECREF(out);
             PyErr_SetString(PyExc_RuntimeError, "AEAD seal failed");
