@@ -612,9 +612,7 @@ static int seal_out(Lane *self, const unsigned char *pkt, Py_ssize_t n, double n
 static int offloaded_read(Lane *self, ssize_t r) {
     unsigned char *b = self->buf;
     if (b[1]) {
-        PyObject *frame = PyBytes_FromStringAndSize((const char *)b, r);
-        PyObject *segs = frame == NULL ? NULL : vnet_segment(NULL, frame);
-        Py_XDECREF(frame);
+        PyObject *segs = vnet_segment_frame(b, r);
         if (segs == NULL)
             return FAILED;
         Py_ssize_t k = PyList_GET_SIZE(segs);

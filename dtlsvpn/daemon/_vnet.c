@@ -156,11 +156,15 @@ PyObject *vnet_segment(PyObject *module, PyObject *frame) {
     Py_buffer view;
     if (PyObject_GetBuffer(frame, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    const unsigned char *f = view.buf;
-    Py_ssize_t n = view.len;
+    PyObject *out = vnet_segment_frame(view.buf, view.len);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+PyObject *vnet_segment_frame(const unsigned char *f, Py_ssize_t n) {
     PyObject *out = PyList_New(0);
     if (out == NULL || n <= VNET_HDR_LEN)
-        goto done;
+        return out;
     unsigned flags = f[0], gso = f[1] & ~GSO_ECN;
     unsigned gso_size, csum_start, csum_offset; /* host byte order (legacy header) */
     uint16_t u;
@@ -180,7 +184,7 @@ PyObject *vnet_segment(PyObject *module, PyObject *frame) {
             vnet_complete((unsigned char *)PyBytes_AS_STRING(one), size, csum_start,
                           csum_offset) < 0) {
             Py_DECREF(one);
-            goto done;
+            return out;
         }
         int r = PyList_Append(out, one);
         Py_DECREF(one);
@@ -190,12 +194,9 @@ PyObject *vnet_segment(PyObject *module, PyObject *frame) {
         if (segment_tcp(pkt, size, gso == GSO_TCPV4, gso_size, out) < 0)
             goto fail;
     }
-done:
-    PyBuffer_Release(&view);
     return out;
 fail:
-    PyBuffer_Release(&view);
-    Py_XDECREF(out);
+    Py_DECREF(out);
     return NULL;
 }
 

@@ -16,6 +16,9 @@ int vnet_complete(unsigned char *pkt, Py_ssize_t n, unsigned start, unsigned off
 /* segment(frame) -> list[bytes]: vnet.segment in C (module function of _lane). */
 PyObject *vnet_segment(PyObject *module, PyObject *frame);
 
+/* The same for the ``n`` bytes at ``f`` (the lane's read buffer: no copy first). */
+PyObject *vnet_segment_frame(const unsigned char *f, Py_ssize_t n);
+
 /* coalesce(packets) -> list[bytes]: vpn/gro.coalesce in C (module function of _lane). */
 PyObject *vnet_coalesce(PyObject *module, PyObject *packets);
 

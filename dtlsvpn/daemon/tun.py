@@ -76,6 +76,13 @@ class TunCounters:
                 "tun_tso_malformed": self.tso_malformed}
 
 
+def writes_coalesced_by(use_compiled: bool) -> Callable[[list[bytes]], list[bytes]]:
+    """``gro.coalesce``, or its C twin with ``use_compiled`` where the module is built."""
+    if use_compiled and compiled.coalesce is not None:
+        return compiled.coalesce
+    return coalesce
+
+
 def _open(name: str, flags: int) -> tuple[int, str]:
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     try:
@@ -112,9 +119,7 @@ class Tun:
         self.pending: list[bytes] = []
         self.vnet = self.gro = self.tso = self.tso_offered = False
         self._malformed_seen = 0  # counters.tso_malformed when last looked at
-        self._coalesce: Callable[[list[bytes]], list[bytes]] = coalesce
-        if use_compiled and compiled.coalesce is not None:
-            self._coalesce = compiled.coalesce
+        self._coalesce = writes_coalesced_by(use_compiled)
         self.write = os.write  # (a test's double may refuse)
         if offload != "off":
             try:

@@ -31,7 +31,7 @@ from dtlsvpn.daemon.devices import SocketPort
 from dtlsvpn.daemon.loop import Loop
 from dtlsvpn.daemon.resolve import Resolver
 from dtlsvpn.daemon.systemd import Notifier
-from dtlsvpn.daemon.tun import Tun, TunCounters
+from dtlsvpn.daemon.tun import Tun, TunCounters, writes_coalesced_by
 from dtlsvpn.daemon.udp import (
     GSO_MAX_SEGMENTS,
     SOL_UDP,
@@ -42,7 +42,6 @@ from dtlsvpn.daemon.udp import (
     normalise,
     split_gro,
 )
-from dtlsvpn.vpn.gro import coalesce
 from dtlsvpn.vpn.vnet import PLAIN_HDR, VNET_HDR_LEN, segment
 
 Addr = tuple[str, int]
@@ -92,9 +91,7 @@ class FakeTun(Tun):
         self.tso = self.tso_offered = on and use_compiled and compiled.segment is not None
         self._malformed_seen = 0
         self.offloads: list[int] = []  # TUNSETOFFLOAD flags set after the start
-        self._coalesce: Callable[[list[bytes]], list[bytes]] = coalesce
-        if use_compiled and compiled.coalesce is not None:
-            self._coalesce = compiled.coalesce
+        self._coalesce = writes_coalesced_by(use_compiled)
         self.write = self._write
         self._watch()  # the real batch end: a zero-timeout poll of the queue
 

@@ -11,6 +11,7 @@ import ipaddress
 import struct
 
 from dtlsvpn.vpn.ip import checksum
+from dtlsvpn.vpn.vnet import F_NEEDS_CSUM, GSO_NONE, header, pseudo_sum
 
 _UDP = struct.Struct("!HHHH")
 _SEQ = struct.Struct("!I")
@@ -86,6 +87,15 @@ def tcp(src: str, dst: str, seq: int, payload: bytes, *, flags: int = ACK,
         value = ref_checksum(tcp_pseudo(bytes(ip), len(segment)) + bytes(segment))
         struct.pack_into("!H", segment, 16, value)
     return bytes(ip + segment)
+
+
+def needs_csum(packet: bytes) -> bytes:
+    """``packet`` (TCP) as a TUN offered TSO hands it over: a virtio-net header with
+    NEEDS_CSUM and the pseudo-header sum where its TCP checksum goes."""
+    ihl = (packet[0] & 0x0F) * 4 if packet[0] >> 4 == 4 else 40
+    partial = bytearray(packet)
+    partial[ihl + 16:ihl + 18] = pseudo_sum(packet, len(packet) - ihl).to_bytes(2, "big")
+    return header(F_NEEDS_CSUM, GSO_NONE, 0, 0, ihl, 16) + bytes(partial)
 
 
 def tcp_valid(packet: bytes) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from dtlsvpn.daemon import lane
+from dtlsvpn.daemon import compiled
 from tests.fakes.loopback import LOCAL, LoopbackWorld, free_port
 from tests.fakes.world import Host, World
 from tests.netns.harness import psk_pair, secret_file
@@ -29,8 +29,9 @@ def _lane_missing() -> str:
     return "dtlsvpn.daemon._lane is not built: run `make venv` (needs gcc and libssl-dev)"
 
 
-# The compiled lane's test modules: ``pytestmark = needs_lane``.
-needs_lane = pytest.mark.skipif(lane.MAX_FLOWS == 0, reason=_lane_missing())
+# The compiled module's test modules (the lane, segment, coalesce, the sealer):
+# ``pytestmark = needs_lane``.
+needs_lane = pytest.mark.skipif(compiled.module is None, reason=_lane_missing())
 
 SERVER = "198.18.0.1"
 CLIENT = "198.18.0.2"

@@ -47,9 +47,9 @@ from dtlsvpn.dtls.config import DtlsConfig
 from dtlsvpn.dtls.epoch import REKEY_RECORDS, WriteEpoch
 from dtlsvpn.dtls.fastpath import FastSeal
 from dtlsvpn.vpn.gro import coalesce
-from dtlsvpn.vpn.vnet import F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, header, pseudo_sum
+from dtlsvpn.vpn.vnet import F_NEEDS_CSUM, GSO_TCPV4, header
 from tests.fakes.loopback import LOCAL, LoopbackWorld, Node, Tap, free_port
-from tests.fakes.packets import ACK, PSH, SYN, seq_of, tcp, udp
+from tests.fakes.packets import ACK, PSH, SYN, needs_csum, seq_of, tcp, udp
 from tests.netns.harness import psk_pair
 from tests.shell.conftest import needs_lane
 from tests.support.conf import Value
@@ -278,15 +278,6 @@ def gro_burst(script: Script) -> None:
     UDP_SEGMENT): C hands the buffer back and the port splits it."""
     packets = [udp("100.64.0.1", "100.64.0.2", seq=400 + i, size=600) for i in range(3)]
     held_burst(script, script.server, lambda: script.server.tun.inject(packets), 3)
-
-
-def needs_csum(packet: bytes) -> bytes:
-    """``packet`` (TCP) as a TUN offered TSO hands it over: a virtio-net header with
-    NEEDS_CSUM and the pseudo-header sum where its TCP checksum goes."""
-    ihl = (packet[0] & 0x0F) * 4 if packet[0] >> 4 == 4 else 40
-    partial = bytearray(packet)
-    partial[ihl + 16:ihl + 18] = pseudo_sum(packet, len(packet) - ihl).to_bytes(2, "big")
-    return header(F_NEEDS_CSUM, GSO_NONE, 0, 0, ihl, 16) + bytes(partial)
 
 
 def offloaded_reads(script: Script) -> None:

@@ -27,10 +27,9 @@ from dtlsvpn.vpn.vnet import (
     VNET_HDR,
     VNET_HDR_LEN,
     header,
-    pseudo_sum,
     segment,
 )
-from tests.fakes.packets import ACK, PSH, tcp, tcp_valid, udp
+from tests.fakes.packets import ACK, PSH, needs_csum, tcp, tcp_valid, udp
 
 
 class Kernel:
@@ -223,13 +222,6 @@ def test_a_kernel_that_refuses_tso_gives_finished_packets(
         t.close()
 
 
-def partial(packet: bytes) -> bytes:
-    """An IPv4 TCP packet as a kernel offered TSO hands it over: a NEEDS_CSUM header and
-    the pseudo-header sum where the TCP checksum goes."""
-    pseudo = pseudo_sum(packet, len(packet) - 20).to_bytes(2, "big")
-    return header(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 16) + packet[:36] + pseudo + packet[38:]
-
-
 def test_tso_reads_cut_super_packets_and_complete_checksums(kernel: Kernel,
                                                             segmenter: list[bytes]) -> None:
     t = Tun("dv0", "on", use_compiled=True)
@@ -241,7 +233,7 @@ def test_tso_reads_cut_super_packets_and_complete_checksums(kernel: Kernel,
         lone = tcp("100.64.0.2", "100.64.0.1", 9, b"keystroke", flags=ACK | PSH)
         plain = udp("100.64.0.2", "100.64.0.1", size=300)
         bad = header(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 4000) + lone  # offset past the end
-        for f in (frame, partial(lone), PLAIN_HDR + plain, bad):
+        for f in (frame, needs_csum(lone), PLAIN_HDR + plain, bad):
             far.send(f)
         got = t.read_batch(64)
         assert got == [*run, lone, plain]
