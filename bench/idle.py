@@ -6,7 +6,9 @@ as in the side-by-side rounds) plus N PSK peers ``idle-00001`` … whose Allowed
 (100.65.0.1/16), so no per-peer routes are installed.  Each round measures the busy
 peer twice with one single-stream iperf3 test client→server: first alone, then with
 the N idle associations up.  For the second run :mod:`bench.idle_clients` (one process
-in the client namespace, a UDP socket per peer) brings the N associations up and
+in the client namespace, a UDP socket per peer, the sockets spread over ``SOURCES``
+extra client addresses so that the server's per-source admission limit of 20 new
+associations a second does not pace the set-up) brings the N associations up and
 keeps their keepalives running; after it the process sends close_notify from every
 association and exits, and the server's status is polled until it holds only the
 busy peer again.  Odd rounds run "without" first, even rounds "with" first, so drift
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.load import Loads
-from bench.netns import CLIENT_UNDERLAY, SERVER_UNDERLAY
+from bench.netns import SERVER_UNDERLAY
 from bench.procs import BenchError, cpu_seconds, cpu_used, poll
 from bench.stats import summarise
 from bench.systems.base import Context, write
@@ -36,6 +38,8 @@ PORT = 4434
 FIRST_IDLE = ipaddress.IPv4Address("100.65.0.2")
 IDLE_NET = "100.65.0.1/16"
 MAX_IDLE = 65_000
+SOURCE_NET = "198.18.2.0/24"  # the idle clients' source hosts (testing.md's underlay)
+SOURCES = 64
 SETTLE = 3.0  # seconds of pure keepalive traffic before the busy runs
 STALL = 30.0  # give up the set-up after this long without a new association
 
@@ -105,6 +109,7 @@ def run_idle(ctx: Context, loads: Loads, n: int, rounds: int, seconds: float,
     if not loads.reachable(f"{SUBNET}.1"):
         raise BenchError("idle-peers server: no ping through the busy peer's tunnel")
     pids = [server.proc.pid, client.proc.pid]
+    sources = ",".join(ctx.topo.add_client_sources(SOURCE_NET, SOURCES))
     series: dict[str, list[Any]] = {k: [] for k in (
         "without", "cpu_without", "with", "cpu_with", "established_rounds", "setup_rounds",
         "server_view", "server_idle_cores_rounds", "idle_clients_cores_rounds",
@@ -116,15 +121,15 @@ def run_idle(ctx: Context, loads: Loads, n: int, rounds: int, seconds: float,
         with_first = r % 2 == 0
         series["order"].append("with, without" if with_first else "without, with")
         if with_first:
-            _with_idle_peers(ctx, loads, server, pids, psk, n, r, seconds, setup_budget,
-                             series, say)
+            _with_idle_peers(ctx, loads, server, pids, psk, sources, n, r, seconds,
+                             setup_budget, series, say)
         mbit, cpu, _ = _busy_run(loads, seconds, pids, f"no idle peers, round {r}/{rounds}",
                                  say)
         series["without"].append(mbit)
         series["cpu_without"].append(cpu)
         if not with_first:
-            _with_idle_peers(ctx, loads, server, pids, psk, n, r, seconds, setup_budget,
-                             series, say)
+            _with_idle_peers(ctx, loads, server, pids, psk, sources, n, r, seconds,
+                             setup_budget, series, say)
     for daemon in (client, server):
         ctx.procs.stop(daemon.proc)
     result.update(series)
@@ -132,14 +137,14 @@ def run_idle(ctx: Context, loads: Loads, n: int, rounds: int, seconds: float,
 
 
 def _with_idle_peers(ctx: Context, loads: Loads, server: Any, pids: list[int], psk: Any,
-                     n: int, r: int, seconds: float, setup_budget: float,
+                     sources: str, n: int, r: int, seconds: float, setup_budget: float,
                      series: dict[str, list[Any]], say: Callable[[str], None]) -> None:
     """Bring the idle peers up, measure the busy peer, then close them all again."""
     progress_file = ctx.work / f"idle-progress-{r}.json"
     idle = ctx.procs.start(
         f"idle-clients-{r}",
         [ctx.python, "-m", "bench.idle_clients", "--server", f"{SERVER_UNDERLAY}:{PORT}",
-         "--bind", CLIENT_UNDERLAY, "--count", str(n), "--psk-file", str(psk),
+         "--bind", sources, "--count", str(n), "--psk-file", str(psk),
          "--status", str(progress_file), "--limit", f"{ctx.limit:.0f}"],
         limit=ctx.limit, ns=ctx.topo.client, log=ctx.work / f"idle-clients-{r}.log",
         env=ctx.env())
@@ -176,6 +181,10 @@ def _summarise(result: dict[str, Any]) -> dict[str, Any]:
     result["without_summary"] = without.as_dict() if without else None
     result["with_summary"] = with_.as_dict() if with_ else None
     result["ratio"] = with_.median / without.median if with_ and without else None
+    # Each round's own pair too: the two runs of a round are seconds apart, the rounds
+    # a minute, so the pairs show how much of the spread is the machine's drift.
+    result["ratio_rounds"] = [w / wo if w and wo else None
+                              for w, wo in zip(result["with"], result["without"], strict=True)]
     result["established"] = min(result["established_rounds"], default=0)
     result["setup_seconds"] = max(result["setup_rounds"], default=0.0)
     result["setup_progress"] = (result["setup_progress_rounds"] or [{}])[0]

@@ -2,9 +2,13 @@
 
 Each client is a sans-I/O :class:`~dtlsvpn.dtls.association.Association` with a PSK
 identity of its own (``PREFIX00001`` …) on its own connected UDP socket, so the
-server sees N peers at N source ports.  Handshakes start at most ``--concurrency`` at
-a time; once established a client stays idle and its keepalives run as the core
-schedules them (a heartbeat after 2 s without traffic; it answers the server's too).
+server sees N peers at N source ports.  The sockets bind to the ``--bind`` addresses in
+turn: the server admits at most 20 new associations a second from one source host
+(README "Security"), so N peers from one address would take N / 20 seconds to come
+up, where from 64 hosts they come up as fast as the two ends can handshake.
+Handshakes start at most ``--concurrency`` at a time; once established a client stays
+idle and its keepalives run as the core schedules them (a heartbeat after 2 s without
+traffic; it answers the server's too).
 Path MTU discovery is off on these clients (the server still probes them).
 
 One epoll set holds every socket; the timers sit in a heap of (deadline, index)
@@ -43,9 +47,9 @@ RECV_SIZE = 65535
 
 
 class Clients:
-    def __init__(self, server: tuple[str, int], bind: str, psk: bytes, prefix: str,
+    def __init__(self, server: tuple[str, int], binds: list[str], psk: bytes, prefix: str,
                  count: int) -> None:
-        self.server, self.bind, self.psk, self.prefix = server, bind, psk, prefix
+        self.server, self.binds, self.psk, self.prefix = server, binds, psk, prefix
         self.count = count
         self.epoll = select.epoll()
         self.socks: list[socket.socket] = []
@@ -61,7 +65,7 @@ class Clients:
     def start_one(self, now: float) -> None:
         i = len(self.assocs)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind((self.bind, 0))
+        sock.bind((self.binds[i % len(self.binds)], 0))
         sock.connect(self.server)
         sock.setblocking(False)
         identity = f"{self.prefix}{i + 1:05d}".encode()
@@ -163,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     host, port = args.server.rsplit(":", 1)
     psk = bytes.fromhex(Path(args.psk_file).read_text().strip())
-    clients = Clients((host, int(port)), args.bind, psk, args.prefix, args.count)
+    binds = [b.strip() for b in args.bind.split(",") if b.strip()]
+    clients = Clients((host, int(port)), binds, psk, args.prefix, args.count)
     stop = False
 
     def on_term(_sig: int, _frame: object) -> None:
@@ -200,11 +205,12 @@ def _write_status(path: Path, counts: dict[str, int]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.idle_clients", description=__doc__)
     p.add_argument("--server", required=True, help="HOST:PORT of the dtlsvpn server")
-    p.add_argument("--bind", required=True, help="local address of every client socket")
+    p.add_argument("--bind", required=True,
+                   help="local addresses of the client sockets (comma list, used in turn)")
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--psk-file", required=True, help="the PSK in hex, shared by every client")
     p.add_argument("--prefix", default="idle-", help="PSK identity prefix")
-    p.add_argument("--concurrency", type=int, default=16, help="handshakes in flight")
+    p.add_argument("--concurrency", type=int, default=64, help="handshakes in flight")
     p.add_argument("--status", required=True, help="JSON progress file")
     p.add_argument("--limit", type=float, default=600, help="seconds before exiting")
     return run(p.parse_args(argv))

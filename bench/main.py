@@ -10,6 +10,8 @@ the profile) under ``bench/results/`` and printed.  Knobs (environment):
     BENCH_SYSTEMS     comma list of bare, dtlsvpn, openvpn, wireguard, ocserv, floor, idle, core
                       (default: all of them)
     BENCH_IDLE_PEERS  idle peers of the many-idle-peers case (default 1000)
+    BENCH_IDLE_ROUNDS rounds of the many-idle-peers case (default 5: its pairs take
+                      about 17 s each, and its ratio is the figure most moved by drift)
     BENCH_IDLE_SETUP  seconds allowed to bring the idle peers up (default 120)
     BENCH_OUT         where results go (default bench/results)
     BENCH_KEEP=1      keep the work directory (configurations and logs)
@@ -63,6 +65,7 @@ class Settings:
     seconds: float = 5.0
     systems: list[str] = field(default_factory=lambda: [s.name for s in SYSTEMS] + list(PARTS))
     idle_peers: int = 1000
+    idle_rounds: int = 5
     idle_setup: float = 120.0
     out: Path = REPO / "bench" / "results"
     keep: bool = False
@@ -74,6 +77,7 @@ class Settings:
             s.rounds = int(env.get("BENCH_ROUNDS", s.rounds))
             s.seconds = float(env.get("BENCH_SECONDS", s.seconds))
             s.idle_peers = int(env.get("BENCH_IDLE_PEERS", s.idle_peers))
+            s.idle_rounds = int(env.get("BENCH_IDLE_ROUNDS", s.idle_rounds))
             s.idle_setup = float(env.get("BENCH_IDLE_SETUP", s.idle_setup))
         except ValueError as exc:
             raise BenchError(f"bad BENCH_* setting: {exc}") from None
@@ -84,8 +88,9 @@ class Settings:
         if unknown:
             raise BenchError(f"BENCH_SYSTEMS: unknown {', '.join(unknown)}; expected some of "
                              f"{', '.join(sorted(known))}")
-        if s.rounds < 1 or s.seconds < 1:
-            raise BenchError("BENCH_ROUNDS and BENCH_SECONDS must be at least 1")
+        if s.rounds < 1 or s.seconds < 1 or s.idle_rounds < 1:
+            raise BenchError("BENCH_ROUNDS, BENCH_IDLE_ROUNDS and BENCH_SECONDS must be at "
+                             "least 1")
         if env.get("BENCH_OUT"):
             s.out = Path(env["BENCH_OUT"])
         s.keep = env.get("BENCH_KEEP") == "1"
@@ -93,7 +98,8 @@ class Settings:
 
     def as_dict(self) -> dict[str, Any]:
         return {"rounds": self.rounds, "seconds": self.seconds, "systems": self.systems,
-                "idle_peers": self.idle_peers, "idle_setup": self.idle_setup}
+                "idle_peers": self.idle_peers, "idle_rounds": self.idle_rounds,
+                "idle_setup": self.idle_setup}
 
 
 class Progress:
@@ -112,8 +118,8 @@ def _on_signal(signum: int, _frame: object) -> None:
 def process_limit(s: Settings) -> float:
     """An upper bound on the run, for ``timeout`` around every process."""
     tunnels = len([x for x in s.systems if x not in PARTS])
-    return 900 + s.rounds * tunnels * (3 * s.seconds + 20) + 4 * s.rounds * s.seconds \
-        + s.idle_setup
+    return 900 + s.rounds * tunnels * (3 * s.seconds + 20) \
+        + s.idle_rounds * (2 * s.seconds + 30 + s.idle_setup)
 
 
 def run_core(ctx: Context, out_dir: Path, stamp: str, say: Progress) -> dict[str, Any]:
@@ -173,7 +179,8 @@ def measure(s: Settings, ctx: Context, say: Progress, out_dir: Path, stamp: str
     idle = None
     if "idle" in s.systems:
         try:
-            idle = run_idle(ctx, loads, s.idle_peers, s.rounds, s.seconds, s.idle_setup, say)
+            idle = run_idle(ctx, loads, s.idle_peers, s.idle_rounds, s.seconds, s.idle_setup,
+                            say)
         except BenchError as exc:
             say(f"idle peers: FAILED: {exc}")
             idle = {"requested": s.idle_peers, "error": str(exc)}

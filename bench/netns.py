@@ -11,6 +11,7 @@ namespaces (and with them every interface inside) and is safe to call twice.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from dataclasses import dataclass, field
 
@@ -59,6 +60,16 @@ class Topology:
                               (self.client, self.client_veth, CLIENT_UNDERLAY)):
             ip("-n", ns, "addr", "add", f"{addr}/{UNDERLAY_PREFIX}", "dev", dev)
             ip("-n", ns, "link", "set", dev, "up")
+
+    def add_client_sources(self, net: str, n: int) -> list[str]:
+        """``n`` more client addresses (/32s from ``net``, on the client's veth) and the
+        server's on-link route to them: many source hosts behind the one veth."""
+        hosts = ipaddress.ip_network(net).hosts()
+        addrs = [str(next(hosts)) for _ in range(n)]
+        for a in addrs:
+            ip("-n", self.client, "addr", "add", f"{a}/32", "dev", self.client_veth)
+        ip("-n", self.server, "route", "add", net, "dev", self.server_veth)
+        return addrs
 
     def delete(self) -> None:
         for ns in reversed(self.created):

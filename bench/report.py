@@ -100,6 +100,11 @@ def _goals(doc: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _round_ratios(idle: dict[str, Any]) -> str:
+    ratios = [fmt_ratio(r) for r in idle.get("ratio_rounds", [])]
+    return ", ".join(ratios) if ratios else "–"
+
+
 def _idle(doc: dict[str, Any]) -> list[str]:
     idle = doc.get("idle_peers")
     lines = ["## Many idle peers", ""]
@@ -126,7 +131,8 @@ def _idle(doc: dict[str, Any]) -> list[str]:
         f"{s('with_summary')} | {fmt_ratio(idle.get('ratio'))} | {fmt_summary(cpu_wo, 2)} | "
         f"{fmt_summary(cpu_w, 2)} | {100 * idle.get('server_idle_cores', 0):.0f} % of a core |",
         "",
-        "CPU per Gbit/s is of the server and the busy client together.", "",
+        "CPU per Gbit/s is of the server and the busy client together. Each round's "
+        f"own ratio (with / without, seconds apart): {_round_ratios(idle)}.", "",
         f"The server ran {req} configured PSK peers plus the busy certificate peer "
         f"(started in {idle.get('server_start_seconds', 0):.1f} s); the server's status "
         f"showed {idle.get('server_view_established')} peers established. The idle "

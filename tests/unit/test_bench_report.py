@@ -46,7 +46,8 @@ def doc() -> dict[str, Any]:
             "with_summary": {"median": 384, "min": 380, "max": 390, "n": 3},
             "setup_seconds": 12.0, "server_idle_cores": 0.5, "idle_clients_cores": 0.02,
             "idle_clients_busy_cores": 0.31,
-            "server_start_seconds": 3.0, "server_view_established": 1001}
+            "server_start_seconds": 3.0, "server_view_established": 1001,
+            "ratio_rounds": [0.8, 384 / 476, None]}
     return {"date": "2026-12-01 21:40 UTC", "duration_seconds": 530.0,
             "machine": {"nproc": 2, "cpu": "Test CPU", "kernel": "6.1", "python": "3.11.7",
                         "cryptography": "45"},
@@ -87,5 +88,6 @@ def test_markdown_shows_every_system_and_the_missing_one(doc: dict[str, Any]) ->
     assert "× best peer (OpenVPN)" in text
     assert "| 1000 | 12.0 s | 476 (470–480) | 384 (380–390) | 0.81× | – | – | 50 % of a core |" in text
     assert "2 % of a core with no data flowing and 31 % during the busy runs" in text
+    assert "own ratio (with / without, seconds apart): 0.80×, 0.81×, –." in text
     assert "commit `0123456789ab` on `main`" in text
     assert "3 rounds × 5 s per iperf3 test" in text

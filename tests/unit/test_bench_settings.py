@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.idle import FIRST_IDLE, IDLE_NET, peer_sections
+from bench.idle import FIRST_IDLE, IDLE_NET, _summarise, peer_sections
 from bench.main import Settings, main
 from bench.pairs import Pairing, configs
 from bench.procs import BenchError
@@ -18,21 +18,24 @@ from dtlsvpn.dtls.admission import AdmissionLimits
 
 def test_defaults_are_the_documented_ones() -> None:
     s = Settings.from_env({})
-    assert (s.rounds, s.seconds, s.idle_peers) == (3, 5.0, 1000)
+    assert (s.rounds, s.seconds, s.idle_peers, s.idle_rounds) == (3, 5.0, 1000, 5)
     assert s.systems == ["bare", "dtlsvpn", "openvpn", "wireguard", "ocserv", "floor", "idle",
                          "core"]
 
 
 def test_knobs_are_read_from_the_environment() -> None:
     s = Settings.from_env({"BENCH_ROUNDS": "1", "BENCH_SECONDS": "2.5",
-                           "BENCH_SYSTEMS": "dtlsvpn, core", "BENCH_IDLE_PEERS": "20"})
-    assert (s.rounds, s.seconds, s.systems, s.idle_peers) == (1, 2.5, ["dtlsvpn", "core"], 20)
+                           "BENCH_SYSTEMS": "dtlsvpn, core", "BENCH_IDLE_PEERS": "20",
+                           "BENCH_IDLE_ROUNDS": "2"})
+    assert (s.rounds, s.seconds, s.systems, s.idle_peers, s.idle_rounds) == \
+        (1, 2.5, ["dtlsvpn", "core"], 20, 2)
 
 
 @pytest.mark.parametrize("env, message", [
     ({"BENCH_SYSTEMS": "dtlsvpn,strongswan"}, "unknown strongswan"),
     ({"BENCH_ROUNDS": "three"}, "bad BENCH_"),
     ({"BENCH_ROUNDS": "0"}, "at least 1"),
+    ({"BENCH_IDLE_ROUNDS": "0"}, "at least 1"),
 ])
 def test_bad_knobs_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(BenchError, match=message):
@@ -81,3 +84,15 @@ def test_the_core_bench_pairs_more_handshakes_than_the_admission_burst_allows() 
     burst = int(AdmissionLimits().new_per_source_burst)
     for _ in range(burst + 10):  # one fake instant, one source host
         pairing.drop(pairing.handshake(client).server)
+
+
+def test_idle_summary_pairs_each_round_with_its_own_run_without() -> None:
+    series = {"without": [100.0, 200.0, None], "with": [90.0, 150.0, 10.0],
+              "established_rounds": [5, 5, 5], "setup_rounds": [1.0, 2.0, 1.5],
+              "setup_progress_rounds": [{}], "server_view": [6],
+              "server_idle_cores_rounds": [0.1], "idle_clients_cores_rounds": [0.1],
+              "idle_clients_busy_cores_rounds": [0.1]}
+    out = _summarise(series)
+    assert out["ratio_rounds"] == [0.9, 0.75, None]
+    assert out["ratio"] == pytest.approx(90.0 / 150.0)  # the medians' ratio: 90 / 150
+    assert out["setup_seconds"] == 2.0
