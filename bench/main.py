@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import shutil
 import signal
@@ -59,6 +60,34 @@ CORE_MEMORY_ASSOCIATIONS = 500
 CORE_BULK_PACKETS = 40_000
 
 
+def _whole(env: dict[str, str], key: str, default: int) -> int:
+    """A count knob: a whole number, at least 1 (the message names the knob)."""
+    raw = env.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BenchError(f"{key}={raw!r}: expected a whole number of at least 1") from None
+    if value < 1:
+        raise BenchError(f"{key}={raw!r}: must be at least 1")
+    return value
+
+
+def _seconds(env: dict[str, str], key: str, default: float) -> float:
+    """A duration knob in seconds: finite, at least 1."""
+    raw = env.get(key)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BenchError(f"{key}={raw!r}: expected seconds (a number of at least 1)") from None
+    if not math.isfinite(value) or value < 1:
+        raise BenchError(f"{key}={raw!r}: must be a finite number of seconds, at least 1")
+    return value
+
+
 @dataclass
 class Settings:
     rounds: int = 3
@@ -73,14 +102,11 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict[str, str]) -> Settings:
         s = cls()
-        try:
-            s.rounds = int(env.get("BENCH_ROUNDS", s.rounds))
-            s.seconds = float(env.get("BENCH_SECONDS", s.seconds))
-            s.idle_peers = int(env.get("BENCH_IDLE_PEERS", s.idle_peers))
-            s.idle_rounds = int(env.get("BENCH_IDLE_ROUNDS", s.idle_rounds))
-            s.idle_setup = float(env.get("BENCH_IDLE_SETUP", s.idle_setup))
-        except ValueError as exc:
-            raise BenchError(f"bad BENCH_* setting: {exc}") from None
+        s.rounds = _whole(env, "BENCH_ROUNDS", s.rounds)
+        s.seconds = _seconds(env, "BENCH_SECONDS", s.seconds)
+        s.idle_peers = _whole(env, "BENCH_IDLE_PEERS", s.idle_peers)
+        s.idle_rounds = _whole(env, "BENCH_IDLE_ROUNDS", s.idle_rounds)
+        s.idle_setup = _seconds(env, "BENCH_IDLE_SETUP", s.idle_setup)
         if env.get("BENCH_SYSTEMS"):
             s.systems = [x.strip() for x in env["BENCH_SYSTEMS"].split(",") if x.strip()]
         known = {c.name for c in SYSTEMS} | set(PARTS)
@@ -88,9 +114,6 @@ class Settings:
         if unknown:
             raise BenchError(f"BENCH_SYSTEMS: unknown {', '.join(unknown)}; expected some of "
                              f"{', '.join(sorted(known))}")
-        if s.rounds < 1 or s.seconds < 1 or s.idle_rounds < 1:
-            raise BenchError("BENCH_ROUNDS, BENCH_IDLE_ROUNDS and BENCH_SECONDS must be at "
-                             "least 1")
         if env.get("BENCH_OUT"):
             s.out = Path(env["BENCH_OUT"])
         s.keep = env.get("BENCH_KEEP") == "1"

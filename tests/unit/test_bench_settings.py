@@ -33,9 +33,15 @@ def test_knobs_are_read_from_the_environment() -> None:
 
 @pytest.mark.parametrize("env, message", [
     ({"BENCH_SYSTEMS": "dtlsvpn,strongswan"}, "unknown strongswan"),
-    ({"BENCH_ROUNDS": "three"}, "bad BENCH_"),
-    ({"BENCH_ROUNDS": "0"}, "at least 1"),
-    ({"BENCH_IDLE_ROUNDS": "0"}, "at least 1"),
+    ({"BENCH_ROUNDS": "three"}, "BENCH_ROUNDS='three': expected a whole number"),
+    ({"BENCH_ROUNDS": "0"}, "BENCH_ROUNDS='0': must be at least 1"),
+    ({"BENCH_IDLE_ROUNDS": "0"}, "BENCH_IDLE_ROUNDS='0': must be at least 1"),
+    ({"BENCH_IDLE_ROUNDS": "x"}, "BENCH_IDLE_ROUNDS='x': expected a whole number"),
+    ({"BENCH_IDLE_PEERS": "-5"}, "BENCH_IDLE_PEERS='-5': must be at least 1"),
+    ({"BENCH_SECONDS": "0.5"}, "BENCH_SECONDS='0.5': must be a finite number"),
+    ({"BENCH_SECONDS": "nan"}, "BENCH_SECONDS='nan': must be a finite number"),
+    ({"BENCH_SECONDS": "inf"}, "BENCH_SECONDS='inf': must be a finite number"),
+    ({"BENCH_IDLE_SETUP": "soon"}, "BENCH_IDLE_SETUP='soon': expected seconds"),
 ])
 def test_bad_knobs_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(BenchError, match=message):
